@@ -1,0 +1,107 @@
+//! Per-core counters. Each pipeline owns one [`Stats`] and bumps plain integers; readers (the
+//! console) sum the cores' snapshots, so the fast path has no shared mutable state.
+use std::ops::AddAssign;
+
+/// Every counter the appliance keeps, by layer. All are monotonic except the gauges marked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    // Ethernet / IP
+    pub eth_rx_frames: u64,
+    pub eth_rx_bad: u64,
+    pub arp_requests_answered: u64,
+    pub arp_replies: u64,
+    pub ip_rx_bad: u64,
+    pub ip_rx_not_ours: u64,
+    pub icmp_echo_answered: u64,
+    // TCP
+    pub tcp_rx_segments: u64,
+    pub tcp_tx_segments: u64,
+    pub tcp_rx_bad: u64,
+    /// Gauge: connections in the table.
+    pub tcp_connections_active: u64,
+    pub tcp_connections_opened: u64,
+    pub tcp_connections_closed: u64,
+    pub tcp_connections_reset: u64,
+    pub tcp_connections_refused: u64,
+    pub tcp_retransmits: u64,
+    pub tcp_fast_retransmits: u64,
+    pub tcp_rto_timeouts: u64,
+    pub tcp_syn_cookies_sent: u64,
+    pub tcp_syn_cookies_accepted: u64,
+    pub tcp_syn_dropped: u64,
+    pub tcp_rst_sent: u64,
+    pub tcp_challenge_acks: u64,
+    pub tcp_out_of_window: u64,
+    pub tcp_idle_timeouts: u64,
+    pub tcp_table_full: u64,
+    // HTTP
+    pub http_requests: u64,
+    pub http_status_2xx: u64,
+    pub http_status_206: u64,
+    pub http_status_304: u64,
+    pub http_status_400: u64,
+    pub http_status_404: u64,
+    pub http_status_405: u64,
+    pub http_status_414: u64,
+    pub http_status_416: u64,
+    pub http_status_431: u64,
+    pub http_status_other: u64,
+    pub http_body_bytes: u64,
+    pub http_header_timeouts: u64,
+    // TLS
+    pub tls_handshakes: u64,
+    pub tls_handshake_failures: u64,
+    pub tls_records_sealed: u64,
+    pub tls_records_opened: u64,
+    pub tls_bad_records: u64,
+    // Storage
+    pub storage_reads: u64,
+    pub storage_read_bytes: u64,
+    pub storage_errors: u64,
+    /// Gauge: reads in flight.
+    pub storage_in_flight: u64,
+    // Console
+    pub console_commands: u64,
+    pub console_errors: u64,
+}
+
+impl Stats {
+    /// Count an HTTP response by status.
+    pub fn count_status(&mut self, status: u16) {
+        let c = match status {
+            206 => &mut self.http_status_206,
+            200..=299 => &mut self.http_status_2xx,
+            304 => &mut self.http_status_304,
+            400 => &mut self.http_status_400,
+            404 => &mut self.http_status_404,
+            405 => &mut self.http_status_405,
+            414 => &mut self.http_status_414,
+            416 => &mut self.http_status_416,
+            431 => &mut self.http_status_431,
+            _ => &mut self.http_status_other,
+        };
+        *c += 1;
+    }
+}
+
+macro_rules! add_fields {
+    ($a:ident, $b:ident; $($f:ident),* $(,)?) => { $( $a.$f += $b.$f; )* };
+}
+
+impl AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        add_fields!(self, o;
+            eth_rx_frames, eth_rx_bad, arp_requests_answered, arp_replies, ip_rx_bad, ip_rx_not_ours,
+            icmp_echo_answered, tcp_rx_segments, tcp_tx_segments, tcp_rx_bad, tcp_connections_active,
+            tcp_connections_opened, tcp_connections_closed, tcp_connections_reset,
+            tcp_connections_refused, tcp_retransmits, tcp_fast_retransmits, tcp_rto_timeouts,
+            tcp_syn_cookies_sent, tcp_syn_cookies_accepted, tcp_syn_dropped, tcp_rst_sent,
+            tcp_challenge_acks, tcp_out_of_window, tcp_idle_timeouts, tcp_table_full, http_requests,
+            http_status_2xx, http_status_206, http_status_304, http_status_400, http_status_404,
+            http_status_405, http_status_414, http_status_416, http_status_431, http_status_other,
+            http_body_bytes, http_header_timeouts, tls_handshakes, tls_handshake_failures,
+            tls_records_sealed, tls_records_opened, tls_bad_records, storage_reads,
+            storage_read_bytes, storage_errors, storage_in_flight, console_commands, console_errors,
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! The NIC interface, shaped for batched poll-mode I/O, and its backends.
+//!
+//! A receive burst hands out frames that live in the driver's own pool ([`Nic::Rx`]); dropping
+//! one returns it. A transmit is a gather list (headers, then payload slices that may live in
+//! storage DMA buffers) queued on the driver's ring and handed to the device by
+//! [`Nic::tx_flush`]. Nothing here allocates per packet once the backend is built.
+use std::time::Duration;
+
+/// A received frame, owned by the driver's pool until dropped.
+pub trait FrameBuf {
+    /// The whole Ethernet frame (no FCS).
+    fn bytes(&self) -> &[u8];
+}
+
+/// What the stack needs to know about the port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The port's own MAC address (the stack may be configured with another one).
+    pub mac: [u8; 6],
+    /// Largest IP packet the link carries (1500 for Ethernet).
+    pub mtu: usize,
+    pub up: bool,
+    /// "tap", "sim", or "dpdk:<pmd name>": reported as `nic.driver`.
+    pub driver: String,
+}
+
+/// Monotonic counters of one port (summed over its queues).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NicCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Frames the device or the ring dropped (ring full, no buffer, oversize).
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+    pub rx_errors: u64,
+    pub tx_errors: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NicError {
+    #[error("cannot open {what}: {source}")]
+    Open { what: String, source: std::io::Error },
+    #[error("{0}")]
+    Config(String),
+    #[error("device error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One port queue pair as the per-core loop drives it.
+pub trait Nic {
+    type Rx: FrameBuf;
+
+    /// Receive at most `max` frames without blocking, appending them to `out` (whose capacity
+    /// the caller reserved at start-up). Returns how many were appended.
+    fn rx_burst(&mut self, out: &mut Vec<Self::Rx>, max: usize) -> usize;
+
+    /// Queue one frame made of `parts` in order (total at most mtu + 14 bytes). Returns false
+    /// when the transmit ring is full; the frame is then not queued and the caller retries
+    /// after a flush (TCP treats it as a lost segment).
+    fn tx_gather(&mut self, parts: &[&[u8]]) -> bool;
+
+    /// Hand the queued frames to the device. Returns how many were sent.
+    fn tx_flush(&mut self) -> usize;
+
+    /// Block for at most `timeout` until a frame may be ready; used only when a whole loop
+    /// iteration found no work. Poll-mode drivers return at once.
+    fn wait_rx(&mut self, timeout: Duration);
+
+    fn link(&self) -> LinkInfo;
+    fn counters(&self) -> NicCounters;
+}

@@ -1,0 +1,70 @@
+//! The storage interface, shaped for asynchronous block reads into caller-provided DMA
+//! buffers with polled completions, and its backends.
+//!
+//! A read moves a [`DmaBuf`] into the backend and the completion moves it back, so a buffer
+//! the device may still write is never visible to the caller. Offsets and lengths are multiples
+//! of [`Storage::block_size`].
+pub mod dma;
+
+pub use dma::{DmaBuf, DmaPool};
+
+/// Why a read did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    #[error("read of {len} bytes at {offset} is not aligned to the {block} byte block size")]
+    Unaligned { offset: u64, len: usize, block: usize },
+    #[error("read of {len} bytes at {offset} is past the end of the medium ({capacity} bytes)")]
+    OutOfRange { offset: u64, len: usize, capacity: u64 },
+    #[error("submission queue full")]
+    QueueFull,
+    #[error("device error: {0}")]
+    Device(String),
+    #[error("read timed out")]
+    Timeout,
+    #[error("short read: {got} of {want} bytes")]
+    Short { got: usize, want: usize },
+}
+
+/// A finished read: the tag it was submitted with, and the buffer back.
+#[derive(Debug)]
+pub struct Completion {
+    pub tag: u64,
+    pub buf: DmaBuf,
+    pub result: Result<(), StorageError>,
+}
+
+/// Monotonic counters of one backend queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageCounters {
+    pub reads: u64,
+    pub read_bytes: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+}
+
+/// One storage queue as the per-core loop drives it.
+pub trait Storage {
+    /// "file" or "nvme-vfio": reported as `storage.backend`.
+    fn backend(&self) -> &'static str;
+    /// Size in bytes of the addressable medium.
+    fn capacity(&self) -> u64;
+    /// Read granularity and alignment in bytes (4096 for volumes).
+    fn block_size(&self) -> usize;
+    /// A pool of `count` buffers of `buf_size` bytes each that this backend can read into
+    /// (aligned for O_DIRECT, or mapped for device DMA). Called at start-up only.
+    fn dma_pool(&mut self, buf_size: usize, count: usize) -> Result<DmaPool, StorageError>;
+    /// Start reading `len` bytes at byte `offset` into the front of `buf`. On error the buffer
+    /// comes back with the reason and nothing is queued.
+    fn submit_read(
+        &mut self,
+        tag: u64,
+        offset: u64,
+        len: usize,
+        buf: DmaBuf,
+    ) -> Result<(), (StorageError, DmaBuf)>;
+    /// Move finished reads to `out` (capacity reserved by the caller). Returns how many.
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize;
+    /// Reads submitted and not yet completed.
+    fn in_flight(&self) -> usize;
+    fn counters(&self) -> StorageCounters;
+}
