@@ -1,0 +1,707 @@
+//! One core's network interface: dispatches received frames (Ethernet → ARP | IPv4 → ICMP |
+//! TCP), owns the connection table, the SYN cookies and the timer wheel, and drives each
+//! connection's transmissions. The application (HTTP) plugs in through [`App`].
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+
+use drivers::nic::Nic;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpAddress,
+    IpProtocol, Ipv4Address, Ipv4Packet, TcpControl, TcpPacket, TcpRepr,
+};
+
+use super::arp::ArpCache;
+use super::checksum;
+use super::headers::{self, flags, Endpoints, TcpFields, TcpOptions, MAX_HEADERS_LEN};
+use super::tcp::cookie::SynCookies;
+use super::tcp::table::{ConnId, ConnKey, ConnTable};
+use super::tcp::timer::TimerWheel;
+use super::tcp::{self, DataSource, SegmentIn, State, TcpConn};
+use super::{Instant, SEC};
+use crate::stats::Stats;
+
+/// Addresses and limits of the interface.
+#[derive(Clone, Debug)]
+pub struct IfaceConfig {
+    pub mac: [u8; 6],
+    pub ip: [u8; 4],
+    pub prefix: u8,
+    pub gateway: Option<[u8; 4]>,
+    /// Largest IP packet (1500 on Ethernet).
+    pub mtu: usize,
+    pub listen_ports: Vec<u16>,
+    pub max_conns: usize,
+    /// Half-open connections kept before answering SYNs with cookies.
+    pub syn_backlog: usize,
+    /// A connection that received nothing for this long is closed.
+    pub idle_timeout: u64,
+    pub tcp: tcp::Config,
+}
+
+impl IfaceConfig {
+    pub fn new(mac: [u8; 6], ip: [u8; 4], prefix: u8) -> Self {
+        IfaceConfig {
+            mac,
+            ip,
+            prefix,
+            gateway: None,
+            mtu: 1500,
+            listen_ports: Vec::new(),
+            max_conns: 4096,
+            syn_backlog: 256,
+            idle_timeout: 60 * SEC,
+            tcp: tcp::Config::default(),
+        }
+    }
+
+    fn on_link(&self, ip: [u8; 4]) -> bool {
+        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix as u32) };
+        u32::from_be_bytes(ip) & mask == u32::from_be_bytes(self.ip) & mask
+    }
+}
+
+/// Why a connection ended, for the application's bookkeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    Normal,
+    Reset,
+    TimedOut,
+    Aborted,
+}
+
+/// The application above TCP, with per-connection state `Conn`.
+pub trait App {
+    type Conn;
+    /// A connection is being opened on `local_port`; `None` refuses it (RST).
+    fn accept(&mut self, now: Instant, local_port: u16) -> Option<Self::Conn>;
+    /// How many received bytes the connection can take now (its receive window).
+    fn rx_room(&self, c: &Self::Conn) -> usize;
+    /// In-order bytes arrived. The application may extend the stream or close.
+    fn on_data(&mut self, now: Instant, id: ConnId, c: &mut Self::Conn, tcp: &mut TcpConn, data: &[u8]);
+    /// The peer sent its FIN.
+    fn on_peer_fin(&mut self, now: Instant, c: &mut Self::Conn, tcp: &mut TcpConn);
+    /// Stream bytes below `acked_to` are acknowledged: their buffers may go.
+    fn on_acked(&mut self, c: &mut Self::Conn, acked_to: u64);
+    /// A retransmission timeout fired: everything unacknowledged will be asked for again.
+    fn on_rto(&mut self, c: &mut Self::Conn);
+    /// Nothing was received for the idle timeout.
+    fn on_idle(&mut self, now: Instant, c: &mut Self::Conn, tcp: &mut TcpConn) {
+        let _ = (now, c);
+        tcp.close();
+    }
+    /// The connection is gone; release everything it held.
+    fn on_closed(&mut self, c: Self::Conn, reason: CloseReason);
+    /// See [`DataSource::available`].
+    fn available(&mut self, now: Instant, id: ConnId, c: &mut Self::Conn, off: u64, max: usize) -> usize;
+    /// The bytes promised by `available`.
+    fn payload<'a>(&'a self, c: &'a Self::Conn, off: u64, len: usize) -> &'a [u8];
+}
+
+pub struct Entry<C> {
+    pub tcp: TcpConn,
+    pub peer_mac: [u8; 6],
+    pub app: C,
+    pub opened_at: Instant,
+    ready: bool,
+    timer_at: Option<Instant>,
+    half_open: bool,
+}
+
+/// Adapter handing the application to TCP as its data source.
+struct Source<'a, A: App> {
+    app: &'a mut A,
+    conn: &'a mut A::Conn,
+    id: ConnId,
+    now: Instant,
+}
+
+impl<A: App> DataSource for Source<'_, A> {
+    fn available(&mut self, off: u64, max: usize) -> usize {
+        self.app.available(self.now, self.id, self.conn, off, max)
+    }
+}
+
+pub struct Stack<C> {
+    pub cfg: IfaceConfig,
+    pub arp: ArpCache,
+    conns: ConnTable<Entry<C>>,
+    wheel: TimerWheel,
+    cookies: SynCookies,
+    ready: Vec<ConnId>,
+    ready_spare: Vec<ConnId>,
+    expired: Vec<(ConnId, Instant)>,
+    half_open: usize,
+    ip_id: u16,
+    iss_key: RandomState,
+    scratch: Vec<u8>,
+    pub accepting: bool,
+    pub stats: Stats,
+}
+
+impl<C> Stack<C> {
+    pub fn new(cfg: IfaceConfig, now: Instant) -> Self {
+        let n = cfg.max_conns;
+        Stack {
+            conns: ConnTable::with_capacity(n),
+            wheel: TimerWheel::new(1024, super::MS, now, 16.max(n / 64)),
+            cookies: SynCookies::default(),
+            ready: Vec::with_capacity(n),
+            ready_spare: Vec::with_capacity(n),
+            expired: Vec::with_capacity(n),
+            half_open: 0,
+            ip_id: 1,
+            iss_key: RandomState::new(),
+            scratch: vec![0; 2048.max(cfg.mtu + 14)],
+            arp: ArpCache::default(),
+            accepting: true,
+            stats: Stats::default(),
+            cfg,
+        }
+    }
+
+    pub fn connections(&self) -> impl Iterator<Item = (ConnId, &ConnKey, &Entry<C>)> {
+        self.conns.iter()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn get(&self, id: ConnId) -> Option<&Entry<C>> {
+        self.conns.get(id).map(|(_, e)| e)
+    }
+
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Entry<C>> {
+        self.conns.get_mut(id).map(|(_, e)| e)
+    }
+
+    /// The application has something new for `id` (a storage read completed, ...).
+    pub fn wake(&mut self, id: ConnId) {
+        if let Some((_, e)) = self.conns.get_mut(id) {
+            if !e.ready {
+                e.ready = true;
+                self.ready.push(id);
+            }
+        }
+    }
+
+    fn next_ip_id(&mut self) -> u16 {
+        self.ip_id = self.ip_id.wrapping_add(1);
+        self.ip_id
+    }
+
+    fn iss_for(&self, key: &ConnKey, now: Instant) -> u32 {
+        // RFC 6528: a keyed hash of the 4-tuple plus a 4 µs clock.
+        let mut h = self.iss_key.build_hasher();
+        h.write_u64(key.packed());
+        (h.finish() as u32).wrapping_add((now / 4_000) as u32)
+    }
+
+    fn next_hop(&self, ip: [u8; 4]) -> [u8; 4] {
+        match self.cfg.gateway {
+            Some(gw) if !self.cfg.on_link(ip) => gw,
+            _ => ip,
+        }
+    }
+
+    /// The MAC of the next hop toward `ip`, sending an ARP request (paced) when unknown.
+    pub fn resolve<N: Nic>(&mut self, now: Instant, ip: [u8; 4], nic: &mut N) -> Option<[u8; 6]> {
+        let hop = self.next_hop(ip);
+        if let Some(mac) = self.arp.lookup(hop, now) {
+            return Some(mac);
+        }
+        if self.arp.should_request(hop, now) {
+            let repr = ArpRepr::EthernetIpv4 {
+                operation: ArpOperation::Request,
+                source_hardware_addr: EthernetAddress(self.cfg.mac),
+                source_protocol_addr: Ipv4Address::from(self.cfg.ip),
+                target_hardware_addr: EthernetAddress([0; 6]),
+                target_protocol_addr: Ipv4Address::from(hop),
+            };
+            self.send_arp(nic, [0xff; 6], &repr);
+        }
+        None
+    }
+
+    fn send_arp<N: Nic>(&mut self, nic: &mut N, dst: [u8; 6], repr: &ArpRepr) {
+        let f = &mut self.scratch[..14 + 28];
+        headers::emit_ethernet(f, dst, self.cfg.mac, headers::ETHERTYPE_ARP);
+        repr.emit(&mut ArpPacket::new_unchecked(&mut f[14..]));
+        // A full ring loses the frame; ARP asks again.
+        nic.tx_gather(&[f]);
+    }
+}
+
+/// Parsed view of a received TCP segment plus its addresses.
+struct Rx<'a> {
+    src_mac: [u8; 6],
+    src_ip: [u8; 4],
+    dst_port: u16,
+    src_port: u16,
+    seg: SegmentIn<'a>,
+}
+
+impl<C> Stack<C> {
+    /// Handle one received frame.
+    pub fn on_frame<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, frame: &[u8], app: &mut A, nic: &mut N) {
+        self.stats.eth_rx_frames += 1;
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            self.stats.eth_rx_bad += 1;
+            return;
+        };
+        let dst = eth.dst_addr().0;
+        if dst != self.cfg.mac && dst != [0xff; 6] {
+            self.stats.ip_rx_not_ours += 1;
+            return;
+        }
+        let src_mac = eth.src_addr().0;
+        match eth.ethertype() {
+            EthernetProtocol::Arp => self.on_arp(now, src_mac, eth.payload(), nic),
+            EthernetProtocol::Ipv4 if dst == self.cfg.mac => self.on_ipv4(now, src_mac, eth.payload(), app, nic),
+            _ => self.stats.ip_rx_not_ours += 1,
+        }
+    }
+
+    fn on_arp<N: Nic>(&mut self, now: Instant, src_mac: [u8; 6], payload: &[u8], nic: &mut N) {
+        let Ok(repr) = ArpPacket::new_checked(payload).and_then(|p| ArpRepr::parse(&p)) else {
+            self.stats.eth_rx_bad += 1;
+            return;
+        };
+        let ArpRepr::EthernetIpv4 { operation, source_hardware_addr, source_protocol_addr, target_protocol_addr, .. } = repr
+        else {
+            return;
+        };
+        let sender_ip = source_protocol_addr.octets();
+        if target_protocol_addr.octets() != self.cfg.ip {
+            return;
+        }
+        self.arp.insert(sender_ip, source_hardware_addr.0, now);
+        match operation {
+            ArpOperation::Request => {
+                let reply = ArpRepr::EthernetIpv4 {
+                    operation: ArpOperation::Reply,
+                    source_hardware_addr: EthernetAddress(self.cfg.mac),
+                    source_protocol_addr: Ipv4Address::from(self.cfg.ip),
+                    target_hardware_addr: source_hardware_addr,
+                    target_protocol_addr: source_protocol_addr,
+                };
+                self.send_arp(nic, src_mac, &reply);
+                self.stats.arp_requests_answered += 1;
+            }
+            ArpOperation::Reply => self.stats.arp_replies += 1,
+            _ => {}
+        }
+    }
+
+    fn on_ipv4<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, src_mac: [u8; 6], payload: &[u8], app: &mut A, nic: &mut N) {
+        let Ok(ip) = Ipv4Packet::new_checked(payload) else {
+            self.stats.ip_rx_bad += 1;
+            return;
+        };
+        if ip.version() != 4 || !ip.verify_checksum() {
+            self.stats.ip_rx_bad += 1;
+            return;
+        }
+        if ip.dst_addr().octets() != self.cfg.ip {
+            self.stats.ip_rx_not_ours += 1;
+            return;
+        }
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            // We never send more than the MTU and do not reassemble.
+            self.stats.ip_rx_bad += 1;
+            return;
+        }
+        let src_ip = ip.src_addr().octets();
+        match ip.next_header() {
+            IpProtocol::Icmp => self.on_icmp(src_mac, src_ip, ip.payload(), nic),
+            IpProtocol::Tcp => {
+                let Ok(pkt) = TcpPacket::new_checked(ip.payload()) else {
+                    self.stats.tcp_rx_bad += 1;
+                    return;
+                };
+                let Ok(repr) = TcpRepr::parse(
+                    &pkt,
+                    &IpAddress::Ipv4(ip.src_addr()),
+                    &IpAddress::Ipv4(ip.dst_addr()),
+                    &smoltcp::phy::ChecksumCapabilities::default(),
+                ) else {
+                    self.stats.tcp_rx_bad += 1;
+                    return;
+                };
+                let mut fl = match repr.control {
+                    TcpControl::Syn => flags::SYN,
+                    TcpControl::Fin => flags::FIN,
+                    TcpControl::Rst => flags::RST,
+                    TcpControl::Psh => flags::PSH,
+                    TcpControl::None => 0,
+                };
+                if repr.ack_number.is_some() {
+                    fl |= flags::ACK;
+                }
+                let seg = SegmentIn {
+                    seq: repr.seq_number.0 as u32,
+                    ack: repr.ack_number.map(|a| a.0 as u32),
+                    flags: fl,
+                    window: repr.window_len,
+                    mss: repr.max_seg_size,
+                    window_scale: repr.window_scale,
+                    sack_permitted: repr.sack_permitted,
+                    sack: repr.sack_ranges,
+                    timestamp: repr.timestamp.map(|t| (t.tsval, t.tsecr)),
+                    payload: repr.payload,
+                };
+                self.stats.tcp_rx_segments += 1;
+                let rx = Rx { src_mac, src_ip, dst_port: repr.dst_port, src_port: repr.src_port, seg };
+                self.on_tcp(now, &rx, app, nic);
+            }
+            _ => self.stats.ip_rx_not_ours += 1,
+        }
+    }
+
+    fn on_icmp<N: Nic>(&mut self, src_mac: [u8; 6], src_ip: [u8; 4], payload: &[u8], nic: &mut N) {
+        let Ok(icmp) = Icmpv4Packet::new_checked(payload) else {
+            self.stats.ip_rx_bad += 1;
+            return;
+        };
+        if !icmp.verify_checksum() {
+            self.stats.ip_rx_bad += 1;
+            return;
+        }
+        // Echo request (type 8, code 0) → echo reply with the same identifier, sequence, data.
+        if payload[0] != 8 || payload[1] != 0 {
+            return;
+        }
+        let len = payload.len();
+        if 14 + 20 + len > self.scratch.len() {
+            self.stats.ip_rx_bad += 1;
+            return;
+        }
+        let id = self.next_ip_id();
+        let f = &mut self.scratch[..14 + 20 + len];
+        headers::emit_ethernet(f, src_mac, self.cfg.mac, headers::ETHERTYPE_IPV4);
+        headers::emit_ipv4(&mut f[14..], self.cfg.ip, src_ip, headers::IP_PROTO_ICMP, len, id);
+        let icmp_out = &mut f[34..];
+        icmp_out.copy_from_slice(payload);
+        icmp_out[0] = 0;
+        icmp_out[2..4].copy_from_slice(&[0, 0]);
+        let c = checksum::finish(checksum::accumulate(0, icmp_out));
+        icmp_out[2..4].copy_from_slice(&c.to_be_bytes());
+        if nic.tx_gather(&[f]) {
+            self.stats.icmp_echo_answered += 1;
+        }
+    }
+
+    fn on_tcp<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, rx: &Rx, app: &mut A, nic: &mut N) {
+        let key = ConnKey { remote_ip: rx.src_ip, remote_port: rx.src_port, local_port: rx.dst_port };
+        let seg = &rx.seg;
+        let is = |f: u8| seg.flags & f != 0;
+        if let Some(id) = self.conns.find(&key) {
+            // A new SYN for a connection in TIME-WAIT (the client reuses its port): recycle.
+            let recycle = is(flags::SYN)
+                && !is(flags::ACK)
+                && self.conns.get(id).is_some_and(|(_, e)| e.tcp.state == State::TimeWait);
+            if !recycle {
+                self.on_conn_segment(now, id, rx, app);
+                self.after_event(now, id, app);
+                return;
+            }
+            self.remove(id, CloseReason::Normal, app);
+        }
+        if is(flags::RST) {
+            return;
+        }
+        if is(flags::SYN) && !is(flags::ACK) {
+            self.on_syn(now, key, rx, app, nic);
+            return;
+        }
+        if is(flags::ACK) && !is(flags::SYN) && self.cfg.listen_ports.contains(&rx.dst_port) && self.accepting {
+            // Maybe the last step of a SYN-cookie handshake.
+            if let Some(mss) = self.cookies.check(now, key.packed(), seg.seq.wrapping_sub(1), seg.ack.unwrap_or(0).wrapping_sub(1)) {
+                if self.conns.len() < self.conns.capacity() {
+                    if let Some(c) = app.accept(now, rx.dst_port) {
+                        let tcp = TcpConn::accept_cookie(&self.cfg.tcp, now, seg, seg.ack.unwrap_or(0).wrapping_sub(1), mss);
+                        let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, timer_at: None, half_open: false };
+                        if let Ok(id) = self.conns.insert(key, entry) {
+                            self.stats.tcp_syn_cookies_accepted += 1;
+                            self.stats.tcp_connections_opened += 1;
+                            self.on_conn_segment(now, id, rx, app);
+                            self.after_event(now, id, app);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        self.send_reset(now, rx, nic);
+    }
+
+    fn on_syn<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, key: ConnKey, rx: &Rx, app: &mut A, nic: &mut N) {
+        if !self.cfg.listen_ports.contains(&rx.dst_port) || !self.accepting {
+            self.stats.tcp_connections_refused += 1;
+            self.send_reset(now, rx, nic);
+            return;
+        }
+        let full = self.conns.len() >= self.conns.capacity();
+        if self.half_open >= self.cfg.syn_backlog || full {
+            if full {
+                self.stats.tcp_table_full += 1;
+            }
+            self.send_cookie(now, key, rx, nic);
+            return;
+        }
+        let Some(c) = app.accept(now, rx.dst_port) else {
+            self.stats.tcp_connections_refused += 1;
+            self.send_reset(now, rx, nic);
+            return;
+        };
+        let iss = self.iss_for(&key, now);
+        let mut tcp = TcpConn::accept(&self.cfg.tcp, now, &rx.seg, iss);
+        tcp.set_receive_window(app.rx_room(&c));
+        let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, timer_at: None, half_open: true };
+        match self.conns.insert(key, entry) {
+            Ok(id) => {
+                self.half_open += 1;
+                self.stats.tcp_connections_opened += 1;
+                self.after_event(now, id, app);
+            }
+            Err(_) => self.stats.tcp_table_full += 1,
+        }
+    }
+
+    fn on_conn_segment<A: App<Conn = C>>(&mut self, now: Instant, id: ConnId, rx: &Rx, app: &mut A) {
+        let cfg = &self.cfg.tcp;
+        let Some((_, e)) = self.conns.get_mut(id) else { return };
+        let room = app.rx_room(&e.app);
+        let out = e.tcp.on_segment(cfg, now, &rx.seg, room);
+        if out.rejected {
+            self.stats.tcp_out_of_window += 1;
+        }
+        if out.challenge_ack {
+            self.stats.tcp_challenge_acks += 1;
+        }
+        if out.established && e.half_open {
+            e.half_open = false;
+            self.half_open -= 1;
+        }
+        if out.acked > 0 {
+            app.on_acked(&mut e.app, e.tcp.acked_offset());
+        }
+        if let Some((start, len)) = out.deliver {
+            app.on_data(now, id, &mut e.app, &mut e.tcp, &rx.seg.payload[start..start + len]);
+        }
+        if out.peer_fin {
+            app.on_peer_fin(now, &mut e.app, &mut e.tcp);
+        }
+        let room = app.rx_room(&e.app);
+        e.tcp.set_receive_window(room);
+        if out.reset {
+            self.stats.tcp_connections_reset += 1;
+        }
+    }
+
+    /// After anything happened to a connection: queue it for transmission, re-arm its timer,
+    /// or remove it.
+    fn after_event<A: App<Conn = C>>(&mut self, now: Instant, id: ConnId, app: &mut A) {
+        let idle = self.cfg.idle_timeout;
+        let Some((_, e)) = self.conns.get_mut(id) else { return };
+        if e.tcp.is_closed() {
+            let reason = if e.tcp.state == State::Closed && e.tcp.counters.segments_sent == 0 { CloseReason::Reset } else { CloseReason::Normal };
+            self.remove(id, reason, app);
+            return;
+        }
+        if e.tcp.wants_tx() && !e.ready {
+            e.ready = true;
+            self.ready.push(id);
+        }
+        let tcp_deadline = e.tcp.next_deadline();
+        let idle_deadline = if e.tcp.state == State::TimeWait { None } else { Some(e.tcp.last_rx() + idle) };
+        let deadline = match (tcp_deadline, idle_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(d) = deadline {
+            if e.timer_at.is_none_or(|t| d < t) {
+                e.timer_at = Some(d);
+                self.wheel.schedule(id, d.max(now));
+            }
+        }
+    }
+
+    fn remove<A: App<Conn = C>>(&mut self, id: ConnId, reason: CloseReason, app: &mut A) {
+        if let Some((_, e)) = self.conns.remove(id) {
+            if e.half_open {
+                self.half_open -= 1;
+            }
+            self.stats.tcp_retransmits += e.tcp.counters.retransmits;
+            self.stats.tcp_fast_retransmits += e.tcp.counters.fast_retransmits;
+            self.stats.tcp_rto_timeouts += e.tcp.counters.rto_timeouts;
+            self.stats.tcp_connections_closed += 1;
+            app.on_closed(e.app, reason);
+        }
+    }
+
+    /// Counters of live connections not yet folded into `stats` (they are at close).
+    pub fn live_tcp_counters(&self) -> (u64, u64, u64) {
+        self.conns.iter().fold((0, 0, 0), |(r, f, t), (_, _, e)| {
+            (r + e.tcp.counters.retransmits, f + e.tcp.counters.fast_retransmits, t + e.tcp.counters.rto_timeouts)
+        })
+    }
+
+    fn send_cookie<N: Nic>(&mut self, now: Instant, key: ConnKey, rx: &Rx, nic: &mut N) {
+        let mss = rx.seg.mss.unwrap_or(536).min(self.cfg.tcp.mss);
+        let isn = self.cookies.make(now, key.packed(), rx.seg.seq, mss);
+        let f = TcpFields {
+            seq: isn,
+            ack: rx.seg.seq.wrapping_add(1),
+            flags: flags::SYN | flags::ACK,
+            window: self.cfg.tcp.max_rcv_wnd,
+            options: TcpOptions { mss: Some(mss), ..Default::default() },
+        };
+        self.stats.tcp_syn_cookies_sent += 1;
+        self.send_bare(rx, f, nic);
+    }
+
+    fn send_reset<N: Nic>(&mut self, _now: Instant, rx: &Rx, nic: &mut N) {
+        let seg = &rx.seg;
+        if seg.flags & flags::RST != 0 {
+            return;
+        }
+        let f = match seg.ack {
+            Some(ack) => TcpFields { seq: ack, ack: 0, flags: flags::RST, window: 0, options: TcpOptions::default() },
+            None => {
+                let len = seg.payload.len() as u32 + (seg.flags & flags::SYN != 0) as u32 + (seg.flags & flags::FIN != 0) as u32;
+                TcpFields { seq: 0, ack: seg.seq.wrapping_add(len), flags: flags::RST | flags::ACK, window: 0, options: TcpOptions::default() }
+            }
+        };
+        self.stats.tcp_rst_sent += 1;
+        self.send_bare(rx, f, nic);
+    }
+
+    fn send_bare<N: Nic>(&mut self, rx: &Rx, f: TcpFields, nic: &mut N) {
+        let ep = Endpoints {
+            src_mac: self.cfg.mac,
+            dst_mac: rx.src_mac,
+            src_ip: self.cfg.ip,
+            dst_ip: rx.src_ip,
+            src_port: rx.dst_port,
+            dst_port: rx.src_port,
+        };
+        let mut hdr = [0u8; MAX_HEADERS_LEN];
+        let id = self.next_ip_id();
+        let n = headers::emit_tcp_segment(&mut hdr, &ep, &f, id, &[]);
+        if nic.tx_gather(&[&hdr[..n]]) {
+            self.stats.tcp_tx_segments += 1;
+        }
+    }
+
+    /// Open a connection to `remote` (active open); the next hop's MAC must be resolved
+    /// (see [`Stack::resolve`]).
+    pub fn connect<A: App<Conn = C>>(&mut self, now: Instant, remote_ip: [u8; 4], remote_port: u16, local_port: u16, peer_mac: [u8; 6], c: C, app: &mut A) -> Option<ConnId> {
+        let key = ConnKey { remote_ip, remote_port, local_port };
+        if self.conns.find(&key).is_some() {
+            return None;
+        }
+        let iss = self.iss_for(&key, now);
+        let mut tcp = TcpConn::connect(&self.cfg.tcp, now, iss);
+        tcp.set_receive_window(app.rx_room(&c));
+        let entry = Entry { tcp, peer_mac, app: c, opened_at: now, ready: false, timer_at: None, half_open: false };
+        let id = self.conns.insert(key, entry).ok()?;
+        self.stats.tcp_connections_opened += 1;
+        self.after_event(now, id, app);
+        Some(id)
+    }
+
+    /// Transmit for connections that have something to send, at most `budget` segments.
+    /// Returns how many segments went out.
+    pub fn poll_tx<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, app: &mut A, nic: &mut N, budget: usize) -> usize {
+        let mut sent = 0;
+        std::mem::swap(&mut self.ready, &mut self.ready_spare);
+        let mut i = 0;
+        while i < self.ready_spare.len() {
+            let id = self.ready_spare[i];
+            i += 1;
+            if sent >= budget {
+                // Out of budget: keep the rest for the next round.
+                self.ready.push(id);
+                continue;
+            }
+            let Some((key, e)) = self.conns.get_mut(id) else { continue };
+            e.ready = false;
+            let ep = Endpoints {
+                src_mac: self.cfg.mac,
+                dst_mac: e.peer_mac,
+                src_ip: self.cfg.ip,
+                dst_ip: key.remote_ip,
+                src_port: key.local_port,
+                dst_port: key.remote_port,
+            };
+            let Entry { tcp, app: conn, .. } = e;
+            let mut hdr = [0u8; MAX_HEADERS_LEN];
+            let mut more = false;
+            loop {
+                if sent >= budget {
+                    more = true;
+                    break;
+                }
+                let mut src = Source { app, conn, id, now };
+                let Some(seg) = tcp.poll_tx(now, &mut src) else { break };
+                let payload = app.payload(conn, seg.payload_off, seg.payload_len);
+                debug_assert_eq!(payload.len(), seg.payload_len);
+                self.ip_id = self.ip_id.wrapping_add(1);
+                let n = headers::emit_tcp_segment(&mut hdr, &ep, &seg.fields, self.ip_id, payload);
+                if !nic.tx_gather(&[&hdr[..n], payload]) {
+                    // Ring full: the segment counts as lost; TCP recovers it.
+                    nic.tx_flush();
+                    more = true;
+                    break;
+                }
+                sent += 1;
+                self.stats.tcp_tx_segments += 1;
+                if seg.fields.flags & flags::RST != 0 {
+                    self.stats.tcp_rst_sent += 1;
+                }
+            }
+            if more {
+                if let Some((_, e)) = self.conns.get_mut(id) {
+                    e.ready = true;
+                    self.ready.push(id);
+                }
+            }
+            self.after_event(now, id, app);
+        }
+        self.ready_spare.clear();
+        sent
+    }
+
+    /// Run the timers due at `now`.
+    pub fn poll_timers<A: App<Conn = C>>(&mut self, now: Instant, app: &mut A) {
+        self.wheel.expire(now, &mut self.expired);
+        let idle = self.cfg.idle_timeout;
+        let cfg = self.cfg.tcp.clone();
+        let mut expired = std::mem::take(&mut self.expired);
+        for &(id, _) in &expired {
+            let Some((_, e)) = self.conns.get_mut(id) else { continue };
+            e.timer_at = None;
+            let out = e.tcp.on_timer(&cfg, now);
+            if out.rto {
+                app.on_rto(&mut e.app);
+            }
+            if !out.closed && !matches!(e.tcp.state, State::TimeWait | State::Closed) && now >= e.tcp.last_rx() + idle {
+                self.stats.tcp_idle_timeouts += 1;
+                if matches!(e.tcp.state, State::Established | State::CloseWait) && !e.tcp.fin_queued() {
+                    app.on_idle(now, &mut e.app, &mut e.tcp);
+                } else {
+                    // Idle while closing (or half-open): the peer is gone.
+                    e.tcp.abort();
+                }
+            }
+            if out.closed && e.tcp.is_closed() {
+                self.remove(id, CloseReason::TimedOut, app);
+                continue;
+            }
+            self.after_event(now, id, app);
+        }
+        expired.clear();
+        self.expired = expired;
+    }
+}

@@ -1,0 +1,1245 @@
+//! One TCP connection as a sans-IO state machine: segments and `now` in, segments to send
+//! out. Handshake (passive and active), MSS, window scaling, timestamps, SACK, RTO per
+//! RFC 6298, fast retransmit with SACK-guided or NewReno recovery, FIN/RST, TIME-WAIT, and
+//! the RFC 5961 checks against blind injection.
+//!
+//! The send side keeps stream offsets only: `snd_una..snd_nxt` is in flight, the payload is
+//! asked of a [`DataSource`] each time a segment is built, including retransmissions.
+use super::seq;
+use crate::net::headers::{flags, TcpFields, TcpOptions};
+use crate::net::{Instant, MS, SEC};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    SynSent,
+    SynReceived,
+    Established,
+    FinWait1,
+    FinWait2,
+    Closing,
+    TimeWait,
+    CloseWait,
+    LastAck,
+    Closed,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::SynSent => "SYN-SENT",
+            State::SynReceived => "SYN-RECEIVED",
+            State::Established => "ESTABLISHED",
+            State::FinWait1 => "FIN-WAIT-1",
+            State::FinWait2 => "FIN-WAIT-2",
+            State::Closing => "CLOSING",
+            State::TimeWait => "TIME-WAIT",
+            State::CloseWait => "CLOSE-WAIT",
+            State::LastAck => "LAST-ACK",
+            State::Closed => "CLOSED",
+        }
+    }
+
+    /// States in which we may still send stream data.
+    fn can_send_data(self) -> bool {
+        matches!(self, State::Established | State::CloseWait)
+    }
+
+    /// States in which the peer may still send us stream data.
+    fn can_receive_data(self) -> bool {
+        matches!(self, State::Established | State::FinWait1 | State::FinWait2)
+    }
+}
+
+/// Tunables, shared by every connection of a core.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// MSS we announce (link MTU - 40).
+    pub mss: u16,
+    /// Largest window we ever announce (we do not scale our own window: requests are small).
+    pub max_rcv_wnd: u16,
+    pub init_cwnd_segments: u32,
+    pub init_rto: u64,
+    pub min_rto: u64,
+    pub max_rto: u64,
+    /// Give up on a connection after this many consecutive retransmission timeouts.
+    pub max_retries: u32,
+    pub max_syn_retries: u32,
+    pub time_wait: u64,
+    pub use_timestamps: bool,
+    pub use_sack: bool,
+    pub use_window_scale: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mss: 1460,
+            max_rcv_wnd: 65535,
+            init_cwnd_segments: 10,
+            init_rto: SEC,
+            min_rto: 200 * MS,
+            max_rto: 60 * SEC,
+            max_retries: 12,
+            max_syn_retries: 5,
+            time_wait: 2 * SEC,
+            use_timestamps: true,
+            use_sack: true,
+            use_window_scale: true,
+        }
+    }
+}
+
+/// A received segment, already checked (checksum, lengths) by the wire layer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SegmentIn<'a> {
+    pub seq: u32,
+    pub ack: Option<u32>,
+    pub flags: u8,
+    pub window: u16,
+    pub mss: Option<u16>,
+    pub window_scale: Option<u8>,
+    pub sack_permitted: bool,
+    pub sack: [Option<(u32, u32)>; 3],
+    pub timestamp: Option<(u32, u32)>,
+    pub payload: &'a [u8],
+}
+
+impl SegmentIn<'_> {
+    fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    /// Sequence space the segment occupies.
+    fn seq_len(&self) -> u32 {
+        self.payload.len() as u32 + self.has(flags::SYN) as u32 + self.has(flags::FIN) as u32
+    }
+}
+
+/// A segment to send: header fields plus the stream range of its payload, which the caller
+/// gathers from the same [`DataSource`] it passed to [`TcpConn::poll_tx`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub fields: TcpFields,
+    pub payload_off: u64,
+    pub payload_len: usize,
+    pub retransmit: bool,
+}
+
+/// Where the payload of outgoing segments comes from.
+pub trait DataSource {
+    /// How many bytes from stream offset `off` (at most `max`) can be gathered right now. Zero
+    /// means "not yet" (a storage read is under way); the connection tries again later.
+    fn available(&mut self, off: u64, max: usize) -> usize;
+}
+
+/// What one received segment did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxOutcome {
+    /// In-order payload for the application: `payload[start..start + len]`.
+    pub deliver: Option<(usize, usize)>,
+    /// Stream bytes newly acknowledged (the application may release their buffers).
+    pub acked: u64,
+    /// The handshake completed with this segment.
+    pub established: bool,
+    /// The peer's FIN arrived with this segment.
+    pub peer_fin: bool,
+    /// The connection was reset by the peer.
+    pub reset: bool,
+    /// The segment was outside the window or otherwise unacceptable.
+    pub rejected: bool,
+    /// We owe the peer a challenge ACK (RFC 5961).
+    pub challenge_ack: bool,
+}
+
+/// What a timer expiry did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimerOutcome {
+    /// A retransmission timeout fired: in-flight data will be sent again (and read again).
+    pub rto: bool,
+    /// The connection gave up (too many timeouts) or TIME-WAIT ended: remove it.
+    pub closed: bool,
+}
+
+/// Per-connection counters, summed into the core's stats by the caller.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpCounters {
+    pub segments_sent: u64,
+    pub bytes_sent: u64,
+    pub retransmits: u64,
+    pub fast_retransmits: u64,
+    pub rto_timeouts: u64,
+    pub challenge_acks: u64,
+    pub out_of_window: u64,
+}
+
+pub struct TcpConn {
+    pub state: State,
+    // Send side, as offsets into our outgoing stream: seq(off) = iss + 1 + off.
+    iss: u32,
+    snd_una: u64,
+    snd_nxt: u64,
+    stream_len: u64,
+    fin_at: Option<u64>,
+    /// Our FIN took its sequence number (it stays taken even while it is resent).
+    fin_sent: bool,
+    /// A timeout asked for the FIN to be sent again.
+    fin_rexmit: bool,
+    /// The peer announced window scaling, so our SYN-ACK may too.
+    ws_ok: bool,
+    snd_wnd: u64,
+    snd_wl1: u32,
+    snd_wl2: u64,
+    snd_shift: u8,
+    mss: u32,
+    cwnd: u64,
+    ssthresh: u64,
+    ca_acked: u64,
+    dupacks: u32,
+    /// In recovery until `snd_una` reaches this offset.
+    recover: Option<u64>,
+    rexmit_next: u64,
+    rexmit_end: u64,
+    sacked: [(u64, u64); 4],
+    sacked_n: usize,
+    // RTT estimation (RFC 6298), nanoseconds.
+    srtt: u64,
+    rttvar: u64,
+    rto: u64,
+    rtt_probe: Option<(u64, Instant)>,
+    rto_deadline: Option<Instant>,
+    retries: u32,
+    // Receive side.
+    irs: u32,
+    rcv_nxt: u32,
+    rcv_wnd: u16,
+    ts_ok: bool,
+    ts_recent: u32,
+    sack_ok: bool,
+    ack_pending: bool,
+    syn_pending: bool,
+    rst_pending: bool,
+    time_wait_deadline: Option<Instant>,
+    last_rx: Instant,
+    pub counters: TcpCounters,
+}
+
+fn ts_now(now: Instant) -> u32 {
+    (now / MS) as u32
+}
+
+impl TcpConn {
+    fn blank(cfg: &Config, now: Instant, iss: u32) -> TcpConn {
+        TcpConn {
+            state: State::Closed,
+            iss,
+            snd_una: 0,
+            snd_nxt: 0,
+            stream_len: 0,
+            fin_at: None,
+            fin_sent: false,
+            fin_rexmit: false,
+            ws_ok: false,
+            snd_wnd: 0,
+            snd_wl1: 0,
+            snd_wl2: 0,
+            snd_shift: 0,
+            mss: 536,
+            cwnd: 0,
+            ssthresh: u64::MAX,
+            ca_acked: 0,
+            dupacks: 0,
+            recover: None,
+            rexmit_next: 0,
+            rexmit_end: 0,
+            sacked: [(0, 0); 4],
+            sacked_n: 0,
+            srtt: 0,
+            rttvar: 0,
+            rto: cfg.init_rto,
+            rtt_probe: None,
+            rto_deadline: None,
+            retries: 0,
+            irs: 0,
+            rcv_nxt: 0,
+            rcv_wnd: cfg.max_rcv_wnd,
+            ts_ok: false,
+            ts_recent: 0,
+            sack_ok: false,
+            ack_pending: false,
+            syn_pending: false,
+            rst_pending: false,
+            time_wait_deadline: None,
+            last_rx: now,
+            counters: TcpCounters::default(),
+        }
+    }
+
+    fn negotiate(&mut self, cfg: &Config, syn: &SegmentIn) {
+        let peer_mss = syn.mss.unwrap_or(536) as u32;
+        self.mss = peer_mss.min(cfg.mss as u32).max(64);
+        if cfg.use_window_scale {
+            // We announce shift 0 (our window is small) but honour the peer's shift.
+            self.snd_shift = syn.window_scale.unwrap_or(0).min(14);
+            self.ws_ok = syn.window_scale.is_some();
+        }
+        self.sack_ok = cfg.use_sack && syn.sack_permitted;
+        if cfg.use_timestamps {
+            if let Some((val, _)) = syn.timestamp {
+                self.ts_ok = true;
+                self.ts_recent = val;
+            }
+        }
+        self.cwnd = cfg.init_cwnd_segments as u64 * self.mss as u64;
+    }
+
+    /// A connection for a received SYN (passive open). It answers with a SYN-ACK.
+    pub fn accept(cfg: &Config, now: Instant, syn: &SegmentIn, iss: u32) -> TcpConn {
+        let mut c = TcpConn::blank(cfg, now, iss);
+        c.state = State::SynReceived;
+        c.irs = syn.seq;
+        c.rcv_nxt = syn.seq.wrapping_add(1);
+        c.negotiate(cfg, syn);
+        // The SYN's window is never scaled.
+        c.snd_wnd = syn.window as u64;
+        c.snd_wl1 = syn.seq;
+        c.syn_pending = true;
+        c
+    }
+
+    /// A connection completed by a valid SYN cookie in `ack` (the third segment of the
+    /// handshake); options the SYN carried were not kept, so none are in use but the MSS.
+    pub fn accept_cookie(cfg: &Config, now: Instant, ack: &SegmentIn, iss: u32, mss: u16) -> TcpConn {
+        let mut c = TcpConn::blank(cfg, now, iss);
+        c.state = State::Established;
+        c.irs = ack.seq.wrapping_sub(1);
+        c.rcv_nxt = ack.seq;
+        c.mss = (mss as u32).min(cfg.mss as u32);
+        c.cwnd = cfg.init_cwnd_segments as u64 * c.mss as u64;
+        c.snd_wnd = ack.window as u64;
+        c.snd_wl1 = ack.seq;
+        c
+    }
+
+    /// An active open: the connection sends a SYN.
+    pub fn connect(cfg: &Config, now: Instant, iss: u32) -> TcpConn {
+        let mut c = TcpConn::blank(cfg, now, iss);
+        c.state = State::SynSent;
+        c.mss = cfg.mss as u32;
+        c.syn_pending = true;
+        c.rto_deadline = Some(now + c.rto);
+        c
+    }
+
+    fn seq_of(&self, off: u64) -> u32 {
+        self.iss.wrapping_add(1).wrapping_add(off as u32)
+    }
+
+    /// Highest stream offset (exclusive) we have put in sequence space, counting our FIN.
+    fn snd_max_off(&self) -> u64 {
+        self.snd_nxt + (self.fin_sent as u64)
+    }
+
+    /// The application has `len` bytes of stream ready to be asked for (it only grows).
+    pub fn set_stream_len(&mut self, len: u64) {
+        debug_assert!(len >= self.stream_len && self.fin_at.is_none());
+        self.stream_len = len;
+    }
+
+    pub fn stream_len(&self) -> u64 {
+        self.stream_len
+    }
+
+    /// Stream bytes acknowledged by the peer.
+    pub fn acked_offset(&self) -> u64 {
+        self.snd_una
+    }
+
+    /// Next new stream byte to send.
+    pub fn sent_offset(&self) -> u64 {
+        self.snd_nxt
+    }
+
+    /// Send a FIN once the stream (as long as it is now) is all sent.
+    pub fn close(&mut self) {
+        if self.fin_at.is_none() {
+            self.fin_at = Some(self.stream_len);
+        }
+    }
+
+    /// Whether the application asked to close (our FIN is queued or sent).
+    pub fn fin_queued(&self) -> bool {
+        self.fin_at.is_some()
+    }
+
+    /// Abort: send a RST and forget the connection.
+    pub fn abort(&mut self) {
+        if !matches!(self.state, State::Closed | State::TimeWait | State::SynSent) {
+            self.rst_pending = true;
+        }
+        self.state = State::Closed;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed && !self.rst_pending
+    }
+
+    pub fn last_rx(&self) -> Instant {
+        self.last_rx
+    }
+
+    /// The window we announce: what the application can take now.
+    pub fn set_receive_window(&mut self, bytes: usize) {
+        let w = bytes.min(u16::MAX as usize) as u16;
+        if w > self.rcv_wnd && self.rcv_wnd < self.mss as u16 {
+            // The window re-opened from (nearly) zero: tell the peer at once.
+            self.ack_pending = true;
+        }
+        self.rcv_wnd = w;
+    }
+
+    /// Whether the connection has something to send right now, given `stream_len`.
+    pub fn wants_tx(&self) -> bool {
+        self.ack_pending
+            || self.syn_pending
+            || self.rst_pending
+            || (self.state.can_send_data() || matches!(self.state, State::FinWait1 | State::Closing | State::LastAck))
+                && (self.snd_nxt < self.stream_len || self.rexmit_next < self.rexmit_end || self.fin_due())
+    }
+
+    fn fin_due(&self) -> bool {
+        self.fin_at == Some(self.snd_nxt) && (!self.fin_sent || self.fin_rexmit)
+    }
+
+    /// The earliest time [`TcpConn::on_timer`] has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match (self.rto_deadline, self.time_wait_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn sacked_bytes(&self) -> u64 {
+        if self.sack_ok {
+            self.sacked[..self.sacked_n].iter().map(|&(l, r)| r - l).sum()
+        } else {
+            // Without SACK each duplicate ACK says one segment left the network (NewReno).
+            (self.dupacks as u64 * self.mss as u64).min(self.snd_nxt - self.snd_una)
+        }
+    }
+
+    fn is_sacked(&self, off: u64) -> Option<u64> {
+        self.sacked[..self.sacked_n].iter().find(|&&(l, r)| l <= off && off < r).map(|&(_, r)| r)
+    }
+
+    /// Bytes of `[from, to)` not covered by SACK blocks.
+    fn unsacked_in(&self, from: u64, to: u64) -> u64 {
+        if from >= to {
+            return 0;
+        }
+        let mut n = to - from;
+        for &(l, r) in &self.sacked[..self.sacked_n] {
+            let (l, r) = (l.max(from), r.min(to));
+            if l < r {
+                n -= r - l;
+            }
+        }
+        n
+    }
+
+    /// Data in flight as RFC 6675 estimates it: sent, not SACKed, not presumed lost (bytes
+    /// marked for retransmission and not yet resent are presumed lost).
+    fn pipe(&self) -> u64 {
+        let outstanding = self.snd_nxt - self.snd_una;
+        let lost = self.unsacked_in(self.rexmit_next.max(self.snd_una), self.rexmit_end.min(self.snd_nxt));
+        outstanding.saturating_sub(self.sacked_bytes() + lost)
+    }
+
+    /// Next hole to retransmit: (offset, max length).
+    fn next_rexmit(&mut self) -> Option<(u64, u64)> {
+        let mut p = self.rexmit_next.max(self.snd_una);
+        while p < self.rexmit_end {
+            match self.is_sacked(p) {
+                Some(r) => p = r,
+                None => {
+                    let mut end = self.rexmit_end.min(p + self.max_payload());
+                    for &(l, _) in &self.sacked[..self.sacked_n] {
+                        if l > p && l < end {
+                            end = l;
+                        }
+                    }
+                    self.rexmit_next = p;
+                    return Some((p, end - p));
+                }
+            }
+        }
+        self.rexmit_next = p;
+        None
+    }
+
+    /// Payload bytes per full segment: the MSS less the options every segment carries.
+    fn max_payload(&self) -> u64 {
+        self.mss as u64 - if self.ts_ok { 12 } else { 0 }
+    }
+
+    fn options_for_data(&self, now: Instant) -> TcpOptions {
+        TcpOptions { timestamp: self.ts_ok.then(|| (ts_now(now), self.ts_recent)), ..Default::default() }
+    }
+
+    fn fields(&self, now: Instant, seq: u32, fl: u8) -> TcpFields {
+        TcpFields { seq, ack: self.rcv_nxt, flags: fl, window: self.rcv_wnd, options: self.options_for_data(now) }
+    }
+
+    fn arm_rto(&mut self, now: Instant) {
+        self.rto_deadline = Some(now + self.rto);
+    }
+
+    fn emitted(&mut self, now: Instant, seg: Segment) -> Option<Segment> {
+        self.ack_pending = false;
+        self.counters.segments_sent += 1;
+        self.counters.bytes_sent += seg.payload_len as u64;
+        if seg.payload_len > 0 || seg.fields.flags & (flags::SYN | flags::FIN) != 0 {
+            if self.rto_deadline.is_none() {
+                self.arm_rto(now);
+            }
+        }
+        Some(seg)
+    }
+
+    /// The next segment to send, if any. Call repeatedly until `None` (or the burst is full).
+    pub fn poll_tx(&mut self, now: Instant, src: &mut dyn DataSource) -> Option<Segment> {
+        if self.rst_pending {
+            self.rst_pending = false;
+            let seg = Segment {
+                fields: TcpFields { seq: self.seq_of(self.snd_nxt), ack: self.rcv_nxt, flags: flags::RST | flags::ACK, window: 0, options: TcpOptions::default() },
+                payload_off: 0,
+                payload_len: 0,
+                retransmit: false,
+            };
+            self.counters.segments_sent += 1;
+            return Some(seg);
+        }
+        match self.state {
+            State::Closed => return None,
+            State::SynSent | State::SynReceived => {
+                if !self.syn_pending {
+                    return None;
+                }
+                self.syn_pending = false;
+                let syn_ack = self.state == State::SynReceived;
+                let mut f = TcpFields {
+                    seq: self.iss,
+                    ack: if syn_ack { self.rcv_nxt } else { 0 },
+                    flags: flags::SYN | if syn_ack { flags::ACK } else { 0 },
+                    window: self.rcv_wnd,
+                    options: TcpOptions { mss: Some(self.mss.min(u16::MAX as u32) as u16), ..Default::default() },
+                };
+                if syn_ack {
+                    f.options.mss = Some(self.mss as u16);
+                    f.options.sack_permitted = self.sack_ok;
+                    f.options.window_scale = self.ws_ok.then_some(0);
+                    f.options.timestamp = self.ts_ok.then(|| (ts_now(now), self.ts_recent));
+                } else {
+                    f.options.sack_permitted = true;
+                    f.options.window_scale = Some(0);
+                    f.options.timestamp = Some((ts_now(now), 0));
+                }
+                return self.emitted(now, Segment { fields: f, payload_off: 0, payload_len: 0, retransmit: false });
+            }
+            _ => {}
+        }
+        let sending = self.state.can_send_data() || matches!(self.state, State::FinWait1 | State::Closing | State::LastAck);
+        if sending {
+            // Retransmissions first.
+            if self.pipe() < self.cwnd {
+                if let Some((off, max)) = self.next_rexmit() {
+                    let n = src.available(off, max as usize);
+                    if n > 0 {
+                        self.rexmit_next = off + n as u64;
+                        self.counters.retransmits += 1;
+                        if self.rtt_probe.is_some_and(|(o, _)| o >= off) {
+                            self.rtt_probe = None; // Karn: no sample from a retransmitted range
+                        }
+                        let mut f = self.fields(now, self.seq_of(off), flags::ACK);
+                        if off + n as u64 == self.stream_len {
+                            f.flags |= flags::PSH;
+                        }
+                        return self.emitted(now, Segment { fields: f, payload_off: off, payload_len: n, retransmit: true });
+                    }
+                    return self.pure_ack(now);
+                }
+            }
+            // New data within the peer's window and our congestion window.
+            let wnd_end = self.snd_una + self.snd_wnd;
+            let cwnd_room = self.cwnd.saturating_sub(self.pipe());
+            let pending = self.stream_len.saturating_sub(self.snd_nxt);
+            if pending > 0 && self.state.can_send_data() {
+                let wnd_room = wnd_end.saturating_sub(self.snd_nxt);
+                let mut len = pending.min(self.max_payload()).min(wnd_room).min(cwnd_room);
+                let probe = self.snd_wnd == 0 && self.snd_nxt == self.snd_una && self.rto_deadline.is_none();
+                if probe {
+                    // Zero window: keep a probe timer running; the probe itself goes out on expiry.
+                    self.arm_rto(now);
+                }
+                // Sender-side silly window avoidance: no small segment while more is coming and
+                // something is in flight, unless the peer's whole window is that small.
+                if len > 0 && len < self.max_payload() && len < pending && self.snd_nxt > self.snd_una && len < self.snd_wnd / 2 {
+                    len = 0;
+                }
+                if len > 0 {
+                    let off = self.snd_nxt;
+                    let n = src.available(off, len as usize);
+                    if n > 0 {
+                        self.snd_nxt += n as u64;
+                        if self.rtt_probe.is_none() && !self.ts_ok {
+                            self.rtt_probe = Some((self.snd_nxt, now));
+                        }
+                        let mut f = self.fields(now, self.seq_of(off), flags::ACK);
+                        if self.snd_nxt == self.stream_len {
+                            f.flags |= flags::PSH;
+                        }
+                        if self.fin_due() {
+                            f.flags |= flags::FIN;
+                            self.on_fin_sent();
+                        }
+                        return self.emitted(now, Segment { fields: f, payload_off: off, payload_len: n, retransmit: false });
+                    }
+                    return self.pure_ack(now);
+                }
+            }
+            if self.fin_due() && matches!(self.state, State::Established | State::CloseWait | State::FinWait1 | State::Closing | State::LastAck) {
+                let f = self.fields(now, self.seq_of(self.snd_nxt), flags::FIN | flags::ACK);
+                self.on_fin_sent();
+                return self.emitted(now, Segment { fields: f, payload_off: self.snd_nxt, payload_len: 0, retransmit: false });
+            }
+        }
+        self.pure_ack(now)
+    }
+
+    fn on_fin_sent(&mut self) {
+        self.fin_sent = true;
+        self.fin_rexmit = false;
+        self.state = match self.state {
+            State::Established => State::FinWait1,
+            State::CloseWait => State::LastAck,
+            s => s,
+        };
+    }
+
+    fn pure_ack(&mut self, now: Instant) -> Option<Segment> {
+        if !self.ack_pending {
+            return None;
+        }
+        let seq = self.seq_of(self.snd_max_off());
+        let f = self.fields(now, seq, flags::ACK);
+        self.ack_pending = false;
+        self.counters.segments_sent += 1;
+        Some(Segment { fields: f, payload_off: 0, payload_len: 0, retransmit: false })
+    }
+
+    fn rtt_sample(&mut self, r: u64) {
+        if self.srtt == 0 && self.rttvar == 0 {
+            self.srtt = r;
+            self.rttvar = r / 2;
+        } else {
+            let err = self.srtt.abs_diff(r);
+            self.rttvar = (3 * self.rttvar + err) / 4;
+            self.srtt = (7 * self.srtt + r) / 8;
+        }
+        // RTO = SRTT + max(G, 4 * RTTVAR), G being our 1 ms timestamp clock (RFC 6298 2.3).
+        self.rto = self.srtt + (4 * self.rttvar).max(MS);
+    }
+
+    fn clamp_rto(&mut self, cfg: &Config) {
+        self.rto = self.rto.clamp(cfg.min_rto, cfg.max_rto);
+    }
+
+    /// Feed one received segment for this connection. `app_room` is how many payload bytes
+    /// the application can take now.
+    pub fn on_segment(&mut self, cfg: &Config, now: Instant, seg: &SegmentIn, app_room: usize) -> RxOutcome {
+        let mut out = RxOutcome::default();
+        match self.state {
+            State::Closed => return out,
+            State::SynSent => return self.on_segment_syn_sent(cfg, now, seg),
+            _ => {}
+        }
+        // RFC 793 acceptability test, with the window we announced.
+        let seg_len = seg.seq_len();
+        let wnd = self.rcv_wnd as u32;
+        let start_ok = seq::le(self.rcv_nxt, seg.seq) && seq::lt(seg.seq, self.rcv_nxt.wrapping_add(wnd.max(1)));
+        let acceptable = if seg_len == 0 {
+            if wnd == 0 { seg.seq == self.rcv_nxt } else { start_ok || seg.seq == self.rcv_nxt }
+        } else {
+            let last = seg.seq.wrapping_add(seg_len - 1);
+            wnd > 0
+                && (start_ok
+                    || (seq::le(self.rcv_nxt, last) && seq::lt(last, self.rcv_nxt.wrapping_add(wnd))))
+                || (seq::lt(seg.seq, self.rcv_nxt) && seq::le(seg.seq.wrapping_add(seg_len), self.rcv_nxt.wrapping_add(wnd)))
+        };
+        if seg.has(flags::RST) {
+            // RFC 5961 3.2: only an exact match resets; in-window otherwise gets a challenge.
+            if seg.seq == self.rcv_nxt || (self.state == State::SynReceived && acceptable) {
+                self.state = State::Closed;
+                self.rto_deadline = None;
+                out.reset = true;
+            } else if start_ok {
+                self.challenge(&mut out);
+            } else {
+                self.counters.out_of_window += 1;
+                out.rejected = true;
+            }
+            return out;
+        }
+        if self.state == State::TimeWait {
+            if seg.has(flags::FIN) {
+                // The peer lost our ACK of its FIN: ACK again and restart TIME-WAIT.
+                self.ack_pending = true;
+                self.time_wait_deadline = Some(now + cfg.time_wait);
+            }
+            return out;
+        }
+        if !acceptable {
+            self.counters.out_of_window += 1;
+            out.rejected = true;
+            self.ack_pending = true;
+            return out;
+        }
+        if seg.has(flags::SYN) {
+            if self.state == State::SynReceived && seg.seq == self.irs {
+                // Our SYN-ACK was lost: send it again.
+                self.syn_pending = true;
+                return out;
+            }
+            // RFC 5961 4.2: a SYN in a synchronized state gets a challenge ACK.
+            self.challenge(&mut out);
+            return out;
+        }
+        let Some(ack) = seg.ack else {
+            out.rejected = true;
+            return out;
+        };
+        self.last_rx = now;
+        if self.state == State::SynReceived {
+            if ack != self.iss.wrapping_add(1) {
+                self.rst_pending = true; // an ACK for a SYN we never sent
+                out.rejected = true;
+                return out;
+            }
+            self.state = State::Established;
+            self.rto_deadline = None;
+            self.retries = 0;
+            self.snd_wnd = (seg.window as u64) << self.snd_shift;
+            self.snd_wl1 = seg.seq;
+            self.snd_wl2 = 0;
+            out.established = true;
+        }
+        if self.ts_ok {
+            if let Some((val, _)) = seg.timestamp {
+                if seq::le(seg.seq, self.rcv_nxt) {
+                    self.ts_recent = val;
+                }
+            }
+        }
+        if !self.process_ack(cfg, now, seg, ack, &mut out) {
+            return out;
+        }
+        // Payload.
+        let mut fin_in_order = seg.has(flags::FIN);
+        if !seg.payload.is_empty() {
+            if self.state.can_receive_data() {
+                let skip = seq::diff(self.rcv_nxt, seg.seq).max(0) as usize;
+                if seq::gt(seg.seq, self.rcv_nxt) {
+                    // Out of order: we keep no reassembly queue (requests are small); the
+                    // duplicate ACK makes the peer resend.
+                    self.ack_pending = true;
+                    fin_in_order = false;
+                } else if skip < seg.payload.len() {
+                    let take = (seg.payload.len() - skip).min(app_room).min(self.rcv_wnd as usize);
+                    if take > 0 {
+                        out.deliver = Some((skip, take));
+                        self.rcv_nxt = self.rcv_nxt.wrapping_add(take as u32);
+                    }
+                    if skip + take < seg.payload.len() {
+                        fin_in_order = false;
+                    }
+                    self.ack_pending = true;
+                } else {
+                    self.ack_pending = true; // a duplicate: re-ACK
+                }
+            } else {
+                fin_in_order = false;
+            }
+        }
+        if fin_in_order && seg.seq.wrapping_add(seg.payload.len() as u32) == self.rcv_nxt {
+            self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+            self.ack_pending = true;
+            out.peer_fin = true;
+            self.state = match self.state {
+                State::Established | State::SynReceived => State::CloseWait,
+                State::FinWait1 => State::Closing,
+                State::FinWait2 => {
+                    self.enter_time_wait(cfg, now);
+                    State::TimeWait
+                }
+                s => s,
+            };
+        }
+        out
+    }
+
+    fn challenge(&mut self, out: &mut RxOutcome) {
+        self.ack_pending = true;
+        self.counters.challenge_acks += 1;
+        out.challenge_ack = true;
+        out.rejected = true;
+    }
+
+    fn enter_time_wait(&mut self, cfg: &Config, now: Instant) {
+        self.rto_deadline = None;
+        self.time_wait_deadline = Some(now + cfg.time_wait);
+    }
+
+    /// ACK processing; returns false when the segment must be dropped.
+    fn process_ack(&mut self, cfg: &Config, now: Instant, seg: &SegmentIn, ack: u32, out: &mut RxOutcome) -> bool {
+        let ack_off = self.snd_una as i64 + seq::diff(ack, self.seq_of(self.snd_una));
+        let max_off = self.snd_max_off() as i64;
+        if ack_off > max_off {
+            // Acknowledges what we never sent (RFC 5961 5.2): challenge and drop.
+            self.challenge(out);
+            return false;
+        }
+        if ack_off < self.snd_una as i64 - (u32::MAX as i64 / 4) {
+            self.challenge(out);
+            return false;
+        }
+        let ack_off = ack_off.max(0) as u64;
+        // Window update (RFC 793 SND.WL1/WL2 rule).
+        let wnd = (seg.window as u64) << self.snd_shift;
+        let window_changed = wnd != self.snd_wnd;
+        if seq::lt(self.snd_wl1, seg.seq) || (self.snd_wl1 == seg.seq && ack_off >= self.snd_wl2) {
+            self.snd_wnd = wnd;
+            self.snd_wl1 = seg.seq;
+            self.snd_wl2 = ack_off;
+        }
+        self.update_sack(seg);
+        let data_acked = ack_off.min(self.snd_nxt).saturating_sub(self.snd_una);
+        let fin_acked = self.fin_sent && ack_off > self.fin_at.unwrap_or(u64::MAX);
+        if ack_off > self.snd_una {
+            self.on_new_ack(cfg, now, seg, ack_off.min(self.snd_nxt), data_acked);
+            out.acked = data_acked;
+        } else if ack_off == self.snd_una
+            && self.snd_nxt > self.snd_una
+            && seg.payload.is_empty()
+            && !seg.has(flags::FIN)
+            && !window_changed
+        {
+            self.on_dup_ack(cfg);
+        }
+        if fin_acked {
+            self.rto_deadline = None;
+            match self.state {
+                State::FinWait1 => self.state = State::FinWait2,
+                State::Closing => {
+                    self.state = State::TimeWait;
+                    self.enter_time_wait(cfg, now);
+                }
+                State::LastAck => {
+                    self.state = State::Closed;
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        true
+    }
+
+    fn update_sack(&mut self, seg: &SegmentIn) {
+        if !self.sack_ok {
+            return;
+        }
+        for &(l, r) in seg.sack.iter().flatten() {
+            let base = self.seq_of(self.snd_una);
+            let lo = self.snd_una as i64 + seq::diff(l, base);
+            let hi = self.snd_una as i64 + seq::diff(r, base);
+            let (lo, hi) = (lo.max(self.snd_una as i64), hi.min(self.snd_nxt as i64));
+            if lo < hi {
+                self.add_sack(lo as u64, hi as u64);
+            }
+        }
+    }
+
+    fn add_sack(&mut self, mut l: u64, mut r: u64) {
+        // Merge with overlapping or touching blocks, keep at most 4 (drop the lowest).
+        let mut kept = [(0u64, 0u64); 5];
+        let mut n = 0;
+        for &(a, b) in &self.sacked[..self.sacked_n] {
+            if b < l || a > r {
+                kept[n] = (a, b);
+                n += 1;
+            } else {
+                l = l.min(a);
+                r = r.max(b);
+            }
+        }
+        kept[n] = (l, r);
+        n += 1;
+        kept[..n].sort_unstable();
+        let start = n.saturating_sub(4);
+        self.sacked_n = n - start;
+        self.sacked[..self.sacked_n].copy_from_slice(&kept[start..n]);
+    }
+
+    fn prune_sack(&mut self) {
+        let una = self.snd_una;
+        let mut n = 0;
+        for i in 0..self.sacked_n {
+            let (l, r) = self.sacked[i];
+            if r > una {
+                self.sacked[n] = (l.max(una), r);
+                n += 1;
+            }
+        }
+        self.sacked_n = n;
+    }
+
+    fn on_new_ack(&mut self, cfg: &Config, now: Instant, seg: &SegmentIn, ack_off: u64, acked: u64) {
+        self.snd_una = ack_off;
+        self.retries = 0;
+        self.dupacks = 0;
+        self.prune_sack();
+        // RTT: timestamps where both sides use them, else one timed segment at a time (Karn).
+        if self.ts_ok {
+            if let Some((_, ecr)) = seg.timestamp {
+                if ecr != 0 {
+                    let r = ts_now(now).wrapping_sub(ecr) as u64 * MS;
+                    if r < 60 * SEC {
+                        self.rtt_sample(r);
+                        self.clamp_rto(cfg);
+                    }
+                }
+            }
+        } else if let Some((o, t)) = self.rtt_probe {
+            if ack_off >= o {
+                self.rtt_sample(now.saturating_sub(t));
+                self.clamp_rto(cfg);
+                self.rtt_probe = None;
+            }
+        }
+        match self.recover {
+            Some(rec) if ack_off < rec => {
+                // Partial ACK: the next hole is lost too (NewReno); with SACK the scoreboard
+                // already says which holes remain.
+                if self.sack_ok {
+                    self.extend_rexmit_to_sacked();
+                } else {
+                    self.rexmit_next = self.snd_una;
+                    self.rexmit_end = self.snd_una + self.mss as u64;
+                }
+            }
+            Some(_) => {
+                self.recover = None;
+                self.cwnd = self.ssthresh.max(self.mss as u64);
+                self.rexmit_end = self.snd_una;
+            }
+            None => {
+                if self.cwnd < self.ssthresh {
+                    self.cwnd += acked.min(2 * self.mss as u64);
+                } else {
+                    self.ca_acked += acked;
+                    if self.ca_acked >= self.cwnd {
+                        self.ca_acked -= self.cwnd;
+                        self.cwnd += self.mss as u64;
+                    }
+                }
+            }
+        }
+        if self.rexmit_next < self.snd_una {
+            self.rexmit_next = self.snd_una;
+        }
+        self.rto_deadline = if self.snd_max_off() > self.snd_una { Some(now + self.rto) } else { None };
+    }
+
+    fn on_dup_ack(&mut self, _cfg: &Config) {
+        self.dupacks += 1;
+        if self.recover.is_some() {
+            self.extend_rexmit_to_sacked();
+            return;
+        }
+        let sack_loss = self.sack_ok && self.sacked_n > 0 && self.unsacked_in(self.snd_una, self.sacked[self.sacked_n - 1].1) > 0 && self.sacked_bytes() >= 3 * self.mss as u64;
+        if self.dupacks >= 3 || sack_loss {
+            // Fast retransmit: enter recovery (RFC 6675 with SACK, RFC 6582 NewReno without).
+            let flight = self.snd_nxt - self.snd_una;
+            self.ssthresh = (flight / 2).max(2 * self.mss as u64);
+            self.cwnd = self.ssthresh;
+            self.recover = Some(self.snd_nxt);
+            self.rexmit_next = self.snd_una;
+            self.rexmit_end = if self.sack_ok && self.sacked_n > 0 { self.sacked[self.sacked_n - 1].1 } else { self.snd_una + self.mss as u64 };
+            self.counters.fast_retransmits += 1;
+        }
+    }
+
+    /// In SACK recovery every hole below the highest SACKed byte is presumed lost.
+    fn extend_rexmit_to_sacked(&mut self) {
+        if self.sack_ok && self.sacked_n > 0 {
+            self.rexmit_end = self.rexmit_end.max(self.sacked[self.sacked_n - 1].1);
+        }
+    }
+
+    /// Handle the timers that are due at `now`.
+    pub fn on_timer(&mut self, cfg: &Config, now: Instant) -> TimerOutcome {
+        let mut out = TimerOutcome::default();
+        if let Some(t) = self.time_wait_deadline {
+            if now >= t {
+                self.time_wait_deadline = None;
+                self.state = State::Closed;
+                out.closed = true;
+                return out;
+            }
+        }
+        let Some(t) = self.rto_deadline else { return out };
+        if now < t {
+            return out;
+        }
+        self.retries += 1;
+        let limit = if matches!(self.state, State::SynSent | State::SynReceived) { cfg.max_syn_retries } else { cfg.max_retries };
+        if self.retries > limit {
+            self.abort();
+            out.closed = true;
+            return out;
+        }
+        self.rto = (self.rto * 2).min(cfg.max_rto);
+        self.rto_deadline = Some(now + self.rto);
+        match self.state {
+            State::SynSent | State::SynReceived => self.syn_pending = true,
+            _ if self.snd_wnd == 0 && self.snd_nxt == self.snd_una && !self.fin_sent => {
+                // Zero-window probe: one byte past the window makes the peer re-announce it.
+                if self.stream_len > self.snd_nxt {
+                    self.snd_wnd = 1;
+                }
+                self.retries = 0;
+            }
+            _ => {
+                out.rto = true;
+                self.counters.rto_timeouts += 1;
+                let flight = self.snd_nxt - self.snd_una;
+                self.ssthresh = (flight / 2).max(2 * self.mss as u64);
+                self.cwnd = self.mss as u64;
+                self.sacked_n = 0;
+                self.dupacks = 0;
+                self.rexmit_next = self.snd_una;
+                self.rexmit_end = self.snd_nxt;
+                self.rtt_probe = None;
+                // Go back to SND.UNA in slow start: everything in flight is presumed lost.
+                self.recover = None;
+                self.fin_rexmit = self.fin_sent;
+            }
+        }
+        out
+    }
+
+    fn on_segment_syn_sent(&mut self, cfg: &Config, now: Instant, seg: &SegmentIn) -> RxOutcome {
+        let mut out = RxOutcome::default();
+        let ack_ok = seg.ack == Some(self.iss.wrapping_add(1));
+        if seg.has(flags::RST) {
+            if ack_ok {
+                self.state = State::Closed;
+                self.rto_deadline = None;
+                out.reset = true;
+            }
+            return out;
+        }
+        if seg.ack.is_some() && !ack_ok {
+            out.rejected = true;
+            return out;
+        }
+        if !(seg.has(flags::SYN) && ack_ok) {
+            out.rejected = true;
+            return out;
+        }
+        self.irs = seg.seq;
+        self.rcv_nxt = seg.seq.wrapping_add(1);
+        self.negotiate(cfg, seg);
+        if seg.window_scale.is_none() {
+            self.snd_shift = 0;
+        }
+        self.snd_wnd = seg.window as u64; // never scaled in a SYN
+        self.snd_wl1 = seg.seq;
+        self.state = State::Established;
+        self.rto_deadline = None;
+        self.retries = 0;
+        self.ack_pending = true;
+        self.last_rx = now;
+        out.established = true;
+        out
+    }
+
+    /// Sequence numbers, for diagnostics and the console.
+    pub fn describe(&self) -> (u64, u64, u64, u64) {
+        (self.snd_una, self.snd_nxt, self.cwnd, self.srtt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn byte_at(off: u64) -> u8 {
+        (off.wrapping_mul(31) ^ (off >> 9)) as u8
+    }
+
+    struct Pattern;
+    impl DataSource for Pattern {
+        fn available(&mut self, _off: u64, max: usize) -> usize {
+            max
+        }
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    struct Wire {
+        at: Instant,
+        to_server: bool,
+        seg: Segment,
+        payload: Vec<u8>,
+    }
+
+    fn to_in<'a>(w: &'a Wire) -> SegmentIn<'a> {
+        let o = w.seg.fields.options;
+        let mut sack = [None; 3];
+        for i in 0..o.sack_len as usize {
+            sack[i] = Some(o.sack[i]);
+        }
+        SegmentIn {
+            seq: w.seg.fields.seq,
+            ack: (w.seg.fields.flags & flags::ACK != 0).then_some(w.seg.fields.ack),
+            flags: w.seg.fields.flags,
+            window: w.seg.fields.window,
+            mss: o.mss,
+            window_scale: o.window_scale,
+            sack_permitted: o.sack_permitted,
+            sack,
+            timestamp: o.timestamp,
+            payload: &w.payload,
+        }
+    }
+
+    /// Server sends `total` bytes to a client over a lossy, reordering wire; returns the
+    /// server's counters after the client got every byte in order.
+    fn transfer(total: u64, loss: f64, seed: u64) -> TcpCounters {
+        let cfg = Config::default();
+        let mut rng = Rng(seed | 1);
+        let mut now: Instant = 0;
+        let mut client = TcpConn::connect(&cfg, now, 1000);
+        client.set_receive_window(65535);
+        let mut server: Option<TcpConn> = None;
+        let mut wire: Vec<Wire> = Vec::new();
+        let mut received = 0u64;
+        let one_way = 5 * MS;
+        // Reordering looks like loss to a receiver without a reassembly queue.
+        let jitter = if loss > 0.0 { 2.0 * MS as f64 } else { 0.0 };
+        let mut steps = 0;
+        while received < total || server.as_ref().is_some_and(|s| s.state != State::FinWait2 && s.state != State::TimeWait) {
+            steps += 1;
+            assert!(steps < 2_000_000, "no progress: received {received} of {total}");
+            // Emit from both ends.
+            while let Some(seg) = client.poll_tx(now, &mut Pattern) {
+                let drop = rng.next() < loss;
+                if !drop {
+                    wire.push(Wire { at: now + one_way + (rng.next() * jitter) as u64, to_server: true, seg, payload: vec![] });
+                }
+            }
+            if let Some(s) = server.as_mut() {
+                while let Some(seg) = s.poll_tx(now, &mut Pattern) {
+                    let payload: Vec<u8> = (seg.payload_off..seg.payload_off + seg.payload_len as u64).map(byte_at).collect();
+                    if rng.next() >= loss {
+                        wire.push(Wire { at: now + one_way + (rng.next() * jitter) as u64, to_server: false, seg, payload });
+                    }
+                }
+            }
+            // Advance to the next event.
+            let next_wire = wire.iter().map(|w| w.at).min();
+            let next_timer = [client.next_deadline(), server.as_ref().and_then(|s| s.next_deadline())].into_iter().flatten().min();
+            let Some(t) = [next_wire, next_timer].into_iter().flatten().min() else { break };
+            now = now.max(t);
+            let (due, rest): (Vec<Wire>, Vec<Wire>) = wire.into_iter().partition(|w| w.at <= now);
+            wire = rest;
+            for w in &due {
+                let seg = to_in(w);
+                if w.to_server {
+                    match server.as_mut() {
+                        None if seg.flags & flags::SYN != 0 => {
+                            let mut s = TcpConn::accept(&cfg, now, &seg, 77_000);
+                            s.set_stream_len(total);
+                            s.close();
+                            server = Some(s);
+                        }
+                        None => {}
+                        Some(s) => {
+                            s.on_segment(&cfg, now, &seg, 1 << 20);
+                        }
+                    }
+                } else {
+                    let out = client.on_segment(&cfg, now, &seg, 1 << 20);
+                    if let Some((start, len)) = out.deliver {
+                        for (i, b) in seg.payload[start..start + len].iter().enumerate() {
+                            assert_eq!(*b, byte_at(received + i as u64), "byte {} corrupted", received + i as u64);
+                        }
+                        received += len as u64;
+                    }
+                }
+            }
+            client.on_timer(&cfg, now);
+            if let Some(s) = server.as_mut() {
+                s.on_timer(&cfg, now);
+            }
+        }
+        assert_eq!(received, total);
+        assert_eq!(client.state, State::CloseWait, "client saw the FIN");
+        server.unwrap().counters
+    }
+
+    #[test]
+    fn clean_transfer_has_no_retransmissions() {
+        let c = transfer(2_000_000, 0.0, 1);
+        assert_eq!(c.retransmits, 0);
+    }
+
+    #[test]
+    fn lossy_transfers_complete_byte_exact() {
+        for (seed, loss) in [(1, 0.01), (2, 0.05), (3, 0.10), (4, 0.02)] {
+            let c = transfer(1_000_000, loss, seed);
+            assert!(c.retransmits > 0, "loss {loss} seed {seed}: retransmissions expected");
+        }
+    }
+
+    #[test]
+    fn handshake_negotiates_options() {
+        let cfg = Config::default();
+        let syn = SegmentIn { seq: 5, flags: flags::SYN, window: 64240, mss: Some(1400), window_scale: Some(7), sack_permitted: true, timestamp: Some((100, 0)), ..Default::default() };
+        let mut s = TcpConn::accept(&cfg, 0, &syn, 9);
+        let sa = s.poll_tx(0, &mut Pattern).unwrap();
+        assert_eq!(sa.fields.flags, flags::SYN | flags::ACK);
+        assert_eq!(sa.fields.ack, 6);
+        assert_eq!(sa.fields.options.mss, Some(1400));
+        assert_eq!(sa.fields.options.window_scale, Some(0));
+        assert!(sa.fields.options.sack_permitted);
+        assert_eq!(sa.fields.options.timestamp.map(|t| t.1), Some(100));
+        // A RST with a sequence in the window but not exact gets a challenge ACK, not a reset.
+        let ack = SegmentIn { seq: 6, ack: Some(10), flags: flags::ACK, window: 500, timestamp: Some((101, 0)), ..Default::default() };
+        assert!(s.on_segment(&cfg, 1, &ack, 1000).established);
+        assert_eq!(s.snd_wnd, 500 << 7);
+        let rst = SegmentIn { seq: 100, flags: flags::RST, ..Default::default() };
+        let out = s.on_segment(&cfg, 2, &rst, 1000);
+        assert!(out.challenge_ack && !out.reset);
+        let rst = SegmentIn { seq: 6, flags: flags::RST, ..Default::default() };
+        assert!(s.on_segment(&cfg, 3, &rst, 1000).reset);
+        assert_eq!(s.state, State::Closed);
+    }
+}

@@ -1,0 +1,150 @@
+//! The fixed-capacity connection table: a slab of entries sized at start-up and an index by
+//! 4-tuple, so that every segment finds its connection in O(1) and nothing grows per packet.
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Remote address, remote port and local port; the local address is the stack's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub remote_ip: [u8; 4],
+    pub remote_port: u16,
+    pub local_port: u16,
+}
+
+impl ConnKey {
+    pub fn packed(&self) -> u64 {
+        (u32::from_be_bytes(self.remote_ip) as u64) << 32 | (self.remote_port as u64) << 16 | self.local_port as u64
+    }
+}
+
+/// A multiplicative hash for packed keys (the keys are not attacker-chosen beyond the
+/// 4-tuple itself; the table's capacity bounds the damage of collisions).
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Handle of an entry: slot index and the slot's generation, so a stale handle (timer,
+/// storage completion) never reaches a newer connection in the same slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnId {
+    pub slot: u32,
+    pub gen: u32,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct TableFull;
+
+pub struct ConnTable<T> {
+    slots: Vec<Option<(ConnKey, T)>>,
+    gens: Vec<u32>,
+    free: Vec<u32>,
+    index: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
+}
+
+impl<T> ConnTable<T> {
+    pub fn with_capacity(cap: usize) -> Self {
+        let mut slots = Vec::with_capacity(cap);
+        slots.resize_with(cap, || None);
+        ConnTable {
+            slots,
+            gens: vec![0; cap],
+            free: (0..cap as u32).rev().collect(),
+            index: HashMap::with_capacity_and_hasher(cap, Default::default()),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn insert(&mut self, key: ConnKey, value: T) -> Result<ConnId, TableFull> {
+        let slot = self.free.pop().ok_or(TableFull)?;
+        self.slots[slot as usize] = Some((key, value));
+        self.gens[slot as usize] = self.gens[slot as usize].wrapping_add(1);
+        self.index.insert(key.packed(), slot);
+        Ok(ConnId { slot, gen: self.gens[slot as usize] })
+    }
+
+    pub fn find(&self, key: &ConnKey) -> Option<ConnId> {
+        let slot = *self.index.get(&key.packed())?;
+        Some(ConnId { slot, gen: self.gens[slot as usize] })
+    }
+
+    pub fn get_mut(&mut self, id: ConnId) -> Option<(&ConnKey, &mut T)> {
+        if self.gens.get(id.slot as usize) != Some(&id.gen) {
+            return None;
+        }
+        self.slots[id.slot as usize].as_mut().map(|(k, v)| (&*k, v))
+    }
+
+    pub fn get(&self, id: ConnId) -> Option<(&ConnKey, &T)> {
+        if self.gens.get(id.slot as usize) != Some(&id.gen) {
+            return None;
+        }
+        self.slots[id.slot as usize].as_ref().map(|(k, v)| (k, v))
+    }
+
+    pub fn remove(&mut self, id: ConnId) -> Option<(ConnKey, T)> {
+        if self.gens.get(id.slot as usize) != Some(&id.gen) {
+            return None;
+        }
+        let (key, value) = self.slots[id.slot as usize].take()?;
+        self.index.remove(&key.packed());
+        self.gens[id.slot as usize] = self.gens[id.slot as usize].wrapping_add(1);
+        self.free.push(id.slot);
+        Some((key, value))
+    }
+
+    /// Every live entry, for the console (never on the packet path).
+    pub fn iter(&self) -> impl Iterator<Item = (ConnId, &ConnKey, &T)> {
+        self.slots.iter().enumerate().filter_map(move |(i, s)| {
+            s.as_ref().map(|(k, v)| (ConnId { slot: i as u32, gen: self.gens[i] }, k, v))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(p: u16) -> ConnKey {
+        ConnKey { remote_ip: [10, 0, 0, 1], remote_port: p, local_port: 80 }
+    }
+
+    #[test]
+    fn insert_find_remove_and_stale_ids() {
+        let mut t = ConnTable::with_capacity(2);
+        let a = t.insert(key(1), "a").unwrap();
+        let b = t.insert(key(2), "b").unwrap();
+        assert_eq!(t.insert(key(3), "c"), Err(TableFull));
+        assert_eq!(t.find(&key(2)), Some(b));
+        assert_eq!(t.remove(a).map(|(_, v)| v), Some("a"));
+        assert!(t.get_mut(a).is_none());
+        let c = t.insert(key(3), "c").unwrap();
+        assert_eq!(c.slot, a.slot);
+        assert!(t.get(a).is_none(), "stale handle must not reach the new entry");
+        assert_eq!(t.find(&key(1)), None);
+        assert_eq!(t.len(), 2);
+    }
+}
