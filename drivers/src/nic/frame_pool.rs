@@ -40,13 +40,23 @@ impl FramePool {
         for _ in 0..count {
             free.push(vec![0u8; buf_size].into_boxed_slice());
         }
-        FramePool { inner: Rc::new(RefCell::new(PoolInner { free, count, buf_size })) }
+        FramePool {
+            inner: Rc::new(RefCell::new(PoolInner {
+                free,
+                count,
+                buf_size,
+            })),
+        }
     }
 
     /// Takes a free buffer (length 0), or None when every buffer is in use.
     pub fn take(&self) -> Option<PoolFrame> {
         let buf = self.inner.borrow_mut().free.pop()?;
-        Some(PoolFrame { buf: Some(buf), len: 0, home: Rc::clone(&self.inner) })
+        Some(PoolFrame {
+            buf: Some(buf),
+            len: 0,
+            home: Rc::clone(&self.inner),
+        })
     }
 
     /// Buffers currently free.

@@ -109,19 +109,34 @@ impl Default for SimConfig {
 
 impl SimConfig {
     pub fn validate(&self) -> Result<(), NicError> {
-        for (name, p) in [("loss", self.loss), ("duplicate", self.duplicate), ("reorder", self.reorder), ("corrupt", self.corrupt)] {
+        for (name, p) in [
+            ("loss", self.loss),
+            ("duplicate", self.duplicate),
+            ("reorder", self.reorder),
+            ("corrupt", self.corrupt),
+        ] {
             if !(0.0..=1.0).contains(&p) {
-                return Err(NicError::Config(format!("sim link: {name} probability {p} is not in [0, 1]")));
+                return Err(NicError::Config(format!(
+                    "sim link: {name} probability {p} is not in [0, 1]"
+                )));
             }
         }
         if self.queue_frames == 0 || self.queue_frames > 1 << 20 {
-            return Err(NicError::Config(format!("sim link: queue_frames {} is not in 1..=1048576", self.queue_frames)));
+            return Err(NicError::Config(format!(
+                "sim link: queue_frames {} is not in 1..=1048576",
+                self.queue_frames
+            )));
         }
         if !(68..=65535).contains(&self.mtu) {
-            return Err(NicError::Config(format!("sim link: mtu {} is not in 68..=65535", self.mtu)));
+            return Err(NicError::Config(format!(
+                "sim link: mtu {} is not in 68..=65535",
+                self.mtu
+            )));
         }
         if self.rate_bps == Some(0) {
-            return Err(NicError::Config("sim link: rate_bps must be positive (None for unlimited)".into()));
+            return Err(NicError::Config(
+                "sim link: rate_bps must be positive (None for unlimited)".into(),
+            ));
         }
         Ok(())
     }
@@ -155,7 +170,14 @@ fn splitmix64(state: &mut u64) -> u64 {
 impl Rng {
     fn new(seed: u64) -> Rng {
         let mut st = seed;
-        Rng { s: [splitmix64(&mut st), splitmix64(&mut st), splitmix64(&mut st), splitmix64(&mut st)] }
+        Rng {
+            s: [
+                splitmix64(&mut st),
+                splitmix64(&mut st),
+                splitmix64(&mut st),
+                splitmix64(&mut st),
+            ],
+        }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -276,14 +298,20 @@ impl Direction {
             return;
         }
         let start = now.max(self.busy_until);
-        let serialise = self.cfg.rate_bps.map_or(0, |rate| ((len as u128 * 8 * 1_000_000_000).div_ceil(u128::from(rate))) as u64);
+        let serialise = self.cfg.rate_bps.map_or(0, |rate| {
+            ((len as u128 * 8 * 1_000_000_000).div_ceil(u128::from(rate))) as u64
+        });
         self.busy_until = start.saturating_add(serialise);
         if self.rng.chance(self.cfg.loss) {
             self.faults.lost += 1;
             return;
         }
         let jitter = self.rng.up_to(duration_ns(self.cfg.jitter));
-        let due = self.busy_until.saturating_add(duration_ns(self.cfg.delay)).saturating_add(jitter).max(self.last_due);
+        let due = self
+            .busy_until
+            .saturating_add(duration_ns(self.cfg.delay))
+            .saturating_add(jitter)
+            .max(self.last_due);
 
         let Some(mut frame) = self.slab.take() else {
             self.no_buffer += 1;
@@ -299,21 +327,32 @@ impl Direction {
         }
         // The copy leaves right behind the original (or, if the original is held back, on time
         // ahead of it); both count against the queue.
-        let copy = if self.rng.chance(self.cfg.duplicate) { self.copy_of(&frame) } else { None };
+        let copy = if self.rng.chance(self.cfg.duplicate) {
+            self.copy_of(&frame)
+        } else {
+            None
+        };
         // A frame that overtakes a held one is not itself held back.
         let hold = self.rng.chance(self.cfg.reorder) && self.held.is_none();
 
         let seq = self.seq();
         let original = InFlight { due, seq, frame };
         if hold {
-            self.held = Some(Held { frame: original, release_at: due.saturating_add(duration_ns(REORDER_MAX_HOLD)) });
+            self.held = Some(Held {
+                frame: original,
+                release_at: due.saturating_add(duration_ns(REORDER_MAX_HOLD)),
+            });
         } else {
             self.wire.push(original);
         }
         self.last_due = due;
         if let Some(copy) = copy {
             let seq = self.seq();
-            self.wire.push(InFlight { due, seq, frame: copy });
+            self.wire.push(InFlight {
+                due,
+                seq,
+                frame: copy,
+            });
         }
         if !hold {
             if let Some(mut held) = self.held.take() {
@@ -371,15 +410,24 @@ pub struct SimNic {
 
 impl std::fmt::Debug for SimNic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimNic").field("side", &if self.side == 0 { "A" } else { "B" }).field("mac", &self.mac).finish()
+        f.debug_struct("SimNic")
+            .field("side", &if self.side == 0 { "A" } else { "B" })
+            .field("mac", &self.mac)
+            .finish()
     }
 }
 
 /// Builds a link: endpoint A sends with `cfg_a_to_b`, endpoint B with `cfg_b_to_a`.
-pub fn try_pair(cfg_a_to_b: SimConfig, cfg_b_to_a: SimConfig, clock: SimClock) -> Result<(SimNic, SimNic), NicError> {
+pub fn try_pair(
+    cfg_a_to_b: SimConfig,
+    cfg_b_to_a: SimConfig,
+    clock: SimClock,
+) -> Result<(SimNic, SimNic), NicError> {
     cfg_a_to_b.validate()?;
     cfg_b_to_a.validate()?;
-    let link = Rc::new(RefCell::new(Link { dirs: [Direction::new(cfg_a_to_b), Direction::new(cfg_b_to_a)] }));
+    let link = Rc::new(RefCell::new(Link {
+        dirs: [Direction::new(cfg_a_to_b), Direction::new(cfg_b_to_a)],
+    }));
     let end = |side: usize, mac: [u8; 6]| SimNic {
         link: Rc::clone(&link),
         side,
@@ -406,7 +454,10 @@ pub fn pair(cfg_a_to_b: SimConfig, cfg_b_to_a: SimConfig, clock: SimClock) -> (S
 /// directions' faults are independent.
 pub fn pair_symmetric(cfg: SimConfig, clock: SimClock) -> (SimNic, SimNic) {
     let mut seed = cfg.seed;
-    let back = SimConfig { seed: splitmix64(&mut seed), ..cfg.clone() };
+    let back = SimConfig {
+        seed: splitmix64(&mut seed),
+        ..cfg.clone()
+    };
     pair(cfg, back, clock)
 }
 
@@ -418,7 +469,9 @@ impl SimNic {
 
     /// When the next frame toward this endpoint becomes receivable (None: nothing in flight).
     pub fn next_due(&self) -> Option<Duration> {
-        self.link.borrow().dirs[1 - self.side].next_due().map(Duration::from_nanos)
+        self.link.borrow().dirs[1 - self.side]
+            .next_due()
+            .map(Duration::from_nanos)
     }
 
     /// Frames on their way to this endpoint, due or not.
@@ -480,7 +533,12 @@ impl Nic for SimNic {
 
     fn link(&self) -> LinkInfo {
         let mtu = self.link.borrow().dirs[self.side].cfg.mtu;
-        LinkInfo { mac: self.mac, mtu, up: true, driver: "sim".to_owned() }
+        LinkInfo {
+            mac: self.mac,
+            mtu,
+            up: true,
+            driver: "sim".to_owned(),
+        }
     }
 
     fn counters(&self) -> NicCounters {
@@ -513,7 +571,10 @@ mod tests {
     fn id_of(f: &[u8]) -> Option<u64> {
         let id = u64::from_be_bytes(f[14..22].try_into().ok()?);
         let mut st = id;
-        (f.len() == 30 && f[..14] == frame_for(id)[..14] && f[22..30] == splitmix64(&mut st).to_be_bytes()).then_some(id)
+        (f.len() == 30
+            && f[..14] == frame_for(id)[..14]
+            && f[22..30] == splitmix64(&mut st).to_be_bytes())
+        .then_some(id)
     }
 
     /// Sends `n` frames 1 µs apart in rounds, receives everything, returns the delivered bytes.
@@ -533,7 +594,10 @@ mod tests {
             while let Some(due) = b.next_due() {
                 clock.set(clock.now().max(due));
                 b.rx_burst(&mut out, 64);
-                got.extend(out.drain(..).map(|f| <[u8; 30]>::try_from(f.bytes()).unwrap()));
+                got.extend(
+                    out.drain(..)
+                        .map(|f| <[u8; 30]>::try_from(f.bytes()).unwrap()),
+                );
             }
         }
         (got, a.fault_counters(), b.counters())
@@ -559,7 +623,10 @@ mod tests {
         let (first, f1, _) = run(faulty(7), 20_000);
         let (second, f2, _) = run(faulty(7), 20_000);
         assert_eq!(f1, f2);
-        assert!(first == second, "same seed must deliver the same frames in the same order");
+        assert!(
+            first == second,
+            "same seed must deliver the same frames in the same order"
+        );
         let (other, _, _) = run(faulty(8), 20_000);
         assert!(first != other, "another seed gives another fault sequence");
     }
@@ -571,7 +638,10 @@ mod tests {
         let (got, faults, rx) = run(cfg.clone(), n);
         let near = |what: &str, count: u64, base: u64, p: f64| {
             let rate = count as f64 / base as f64;
-            assert!((rate - p).abs() < p * 0.1, "{what}: {count} of {base} = {rate:.4}, configured {p}");
+            assert!(
+                (rate - p).abs() < p * 0.1,
+                "{what}: {count} of {base} = {rate:.4}, configured {p}"
+            );
         };
         eprintln!("{n} frames sent: {faults:?}");
         assert_eq!(faults.queue_drops, 0);
@@ -580,13 +650,21 @@ mod tests {
         near("corrupt", faults.corrupted, sent, cfg.corrupt);
         near("duplicate", faults.duplicated, sent, cfg.duplicate);
         // A frame overtaking a held one is not held itself: p / (1 + p) of frames get reordered.
-        near("reorder", faults.reordered, sent, cfg.reorder / (1.0 + cfg.reorder));
+        near(
+            "reorder",
+            faults.reordered,
+            sent,
+            cfg.reorder / (1.0 + cfg.reorder),
+        );
 
         // What the receiver sees agrees with the counters.
         assert_eq!(got.len() as u64, sent + faults.duplicated);
         assert_eq!(rx.rx_packets, got.len() as u64);
         let corrupt_seen = got.iter().filter(|f| id_of(&f[..]).is_none()).count() as u64;
-        assert!(corrupt_seen >= faults.corrupted && corrupt_seen <= faults.corrupted * 2, "{corrupt_seen} vs {faults:?}");
+        assert!(
+            corrupt_seen >= faults.corrupted && corrupt_seen <= faults.corrupted * 2,
+            "{corrupt_seen} vs {faults:?}"
+        );
         let mut seen = vec![0u8; n as usize];
         let (mut max_id, mut late, mut dups) = (None, 0u64, 0u64);
         for id in got.iter().filter_map(|f| id_of(&f[..])) {
@@ -600,15 +678,28 @@ mod tests {
         }
         let missing = seen.iter().filter(|&&c| c == 0).count() as u64;
         eprintln!("receiver: {} frames, {corrupt_seen} corrupt, {missing} missing, {dups} duplicates, {late} late", got.len());
-        assert!(missing >= faults.lost && missing <= faults.lost + faults.corrupted, "missing {missing}, {faults:?}");
-        assert!(dups <= faults.duplicated && dups * 10 >= faults.duplicated * 9, "dups {dups}, {faults:?}");
-        assert!(late <= faults.reordered && late * 10 >= faults.reordered * 8, "late {late}, {faults:?}");
+        assert!(
+            missing >= faults.lost && missing <= faults.lost + faults.corrupted,
+            "missing {missing}, {faults:?}"
+        );
+        assert!(
+            dups <= faults.duplicated && dups * 10 >= faults.duplicated * 9,
+            "dups {dups}, {faults:?}"
+        );
+        assert!(
+            late <= faults.reordered && late * 10 >= faults.reordered * 8,
+            "late {late}, {faults:?}"
+        );
     }
 
     #[test]
     fn delay_and_serialisation_follow_the_virtual_clock() {
         let clock = SimClock::new();
-        let cfg = SimConfig { delay: Duration::from_millis(10), rate_bps: Some(8_000_000), ..SimConfig::default() };
+        let cfg = SimConfig {
+            delay: Duration::from_millis(10),
+            rate_bps: Some(8_000_000),
+            ..SimConfig::default()
+        };
         let (mut a, mut b) = pair(cfg, SimConfig::default(), clock.clone());
         let mut out = Vec::with_capacity(8);
         let frame = [0x5au8; 1000];
@@ -634,7 +725,12 @@ mod tests {
     #[test]
     fn jitter_stays_in_bounds_and_keeps_order() {
         let clock = SimClock::new();
-        let cfg = SimConfig { seed: 3, delay: Duration::from_millis(1), jitter: Duration::from_micros(500), ..SimConfig::default() };
+        let cfg = SimConfig {
+            seed: 3,
+            delay: Duration::from_millis(1),
+            jitter: Duration::from_micros(500),
+            ..SimConfig::default()
+        };
         let (mut a, mut b) = pair(cfg, SimConfig::default(), clock.clone());
         let mut out = Vec::with_capacity(8);
         let mut last = 0;
@@ -642,7 +738,11 @@ mod tests {
             let sent_at = clock.now();
             assert!(a.tx_gather(&[&frame_for(id)]));
             let due = b.next_due().unwrap();
-            assert!(due >= sent_at + Duration::from_millis(1) && due <= sent_at + Duration::from_micros(1500), "{due:?}");
+            assert!(
+                due >= sent_at + Duration::from_millis(1)
+                    && due <= sent_at + Duration::from_micros(1500),
+                "{due:?}"
+            );
             clock.set(due);
             assert_eq!(b.rx_burst(&mut out, 8), 1);
             let got = id_of(out.pop().unwrap().bytes()).unwrap();
@@ -654,10 +754,17 @@ mod tests {
     #[test]
     fn queue_limit_tail_drops_and_counts() {
         let clock = SimClock::new();
-        let cfg = SimConfig { delay: Duration::from_millis(1), queue_frames: 8, ..SimConfig::default() };
+        let cfg = SimConfig {
+            delay: Duration::from_millis(1),
+            queue_frames: 8,
+            ..SimConfig::default()
+        };
         let (mut a, mut b) = pair(cfg, SimConfig::default(), clock.clone());
         for id in 0..20 {
-            assert!(a.tx_gather(&[&frame_for(id)]), "the port sends; the link drops");
+            assert!(
+                a.tx_gather(&[&frame_for(id)]),
+                "the port sends; the link drops"
+            );
         }
         assert_eq!(a.fault_counters().queue_drops, 12);
         assert_eq!(b.inbound_in_flight(), 8);
@@ -666,7 +773,11 @@ mod tests {
         let mut out = Vec::with_capacity(32);
         assert_eq!(b.rx_burst(&mut out, 32), 8);
         let ids: Vec<u64> = out.iter().map(|f| id_of(f.bytes()).unwrap()).collect();
-        assert_eq!(ids, (0..8).collect::<Vec<_>>(), "the tail is dropped, not the head");
+        assert_eq!(
+            ids,
+            (0..8).collect::<Vec<_>>(),
+            "the tail is dropped, not the head"
+        );
         // Received frames leave the queue: there is room again.
         assert!(a.tx_gather(&[&frame_for(99)]));
         assert_eq!(a.fault_counters().queue_drops, 12);
@@ -675,7 +786,12 @@ mod tests {
     #[test]
     fn buffers_are_recycled_and_the_slab_never_grows() {
         let clock = SimClock::new();
-        let cfg = SimConfig { queue_frames: 16, duplicate: 0.3, seed: 1, ..SimConfig::default() };
+        let cfg = SimConfig {
+            queue_frames: 16,
+            duplicate: 0.3,
+            seed: 1,
+            ..SimConfig::default()
+        };
         let (mut a, mut b) = pair(cfg, SimConfig::default(), clock.clone());
         let slab = b.inbound_slab();
         let total = slab.capacity();
@@ -711,7 +827,11 @@ mod tests {
     #[test]
     fn corruption_flips_one_byte_after_the_ethernet_header() {
         let clock = SimClock::new();
-        let cfg = SimConfig { corrupt: 1.0, seed: 9, ..SimConfig::default() };
+        let cfg = SimConfig {
+            corrupt: 1.0,
+            seed: 9,
+            ..SimConfig::default()
+        };
         let (mut a, mut b) = pair(cfg, SimConfig::default(), clock.clone());
         let mut out = Vec::with_capacity(1);
         for id in 0..1000 {
@@ -729,7 +849,10 @@ mod tests {
     #[test]
     fn reordered_frame_is_released_by_timeout_without_traffic() {
         let clock = SimClock::new();
-        let cfg = SimConfig { reorder: 1.0, ..SimConfig::default() };
+        let cfg = SimConfig {
+            reorder: 1.0,
+            ..SimConfig::default()
+        };
         let (mut a, mut b) = pair(cfg, SimConfig::default(), clock.clone());
         let mut out = Vec::with_capacity(4);
         a.tx_gather(&[&frame_for(0)]);
@@ -756,19 +879,43 @@ mod tests {
         assert_eq!(a.counters().tx_errors, 2);
         assert_eq!(a.counters().tx_packets, 1);
         for bad in [
-            SimConfig { loss: 1.5, ..SimConfig::default() },
-            SimConfig { corrupt: f64::NAN, ..SimConfig::default() },
-            SimConfig { queue_frames: 0, ..SimConfig::default() },
-            SimConfig { mtu: 10, ..SimConfig::default() },
-            SimConfig { rate_bps: Some(0), ..SimConfig::default() },
+            SimConfig {
+                loss: 1.5,
+                ..SimConfig::default()
+            },
+            SimConfig {
+                corrupt: f64::NAN,
+                ..SimConfig::default()
+            },
+            SimConfig {
+                queue_frames: 0,
+                ..SimConfig::default()
+            },
+            SimConfig {
+                mtu: 10,
+                ..SimConfig::default()
+            },
+            SimConfig {
+                rate_bps: Some(0),
+                ..SimConfig::default()
+            },
         ] {
-            assert!(matches!(try_pair(bad, SimConfig::default(), SimClock::new()), Err(NicError::Config(_))));
+            assert!(matches!(
+                try_pair(bad, SimConfig::default(), SimClock::new()),
+                Err(NicError::Config(_))
+            ));
         }
     }
 
     #[test]
     fn link_info_and_symmetric_pair() {
-        let (a, b) = pair_symmetric(SimConfig { seed: 5, ..SimConfig::default() }, SimClock::new());
+        let (a, b) = pair_symmetric(
+            SimConfig {
+                seed: 5,
+                ..SimConfig::default()
+            },
+            SimClock::new(),
+        );
         let (la, lb) = (a.link(), b.link());
         assert_eq!(la.driver, "sim");
         assert_eq!(la.mtu, 1500);

@@ -39,19 +39,43 @@ struct IfReqInt {
     _pad: [u8; 20],
 }
 
-/// `struct ifreq` with the union read as a `struct sockaddr` (hardware address).
+/// `struct ifreq` with the union read as a `struct sockaddr` (hardware or IPv4 address).
 #[repr(C)]
 struct IfReqAddr {
     name: [libc::c_char; libc::IFNAMSIZ],
-    addr: libc::sockaddr,
+    family: libc::sa_family_t,
+    /// sa_data: a MAC, or for AF_INET the port (2 bytes) then the address (4 bytes).
+    data: [u8; 14],
     _pad: [u8; 8],
+}
+
+/// The `struct ifreq` layouts above; only they may be passed to [`ifreq_ioctl`].
+trait IfReq {}
+impl IfReq for IfReqFlags {}
+impl IfReq for IfReqInt {}
+impl IfReq for IfReqAddr {}
+
+/// An interface ioctl (TUNSETIFF, SIOC[GS]IF*) that reads and/or writes one `struct ifreq`.
+fn ifreq_ioctl<T: IfReq>(fd: &OwnedFd, request: libc::c_ulong, req: &mut T) -> io::Result<()> {
+    // SAFETY: every IfReq type is a repr(C) struct ifreq (40 bytes) and the requests we pass
+    // read or write at most that struct, which is borrowed mutably across the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, req as *mut T) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn ifname_field(ifname: &str) -> Result<[libc::c_char; libc::IFNAMSIZ], NicError> {
     let bytes = ifname.as_bytes();
-    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.iter().any(|&b| b == 0 || b == b'/' || b.is_ascii_whitespace()) {
+    if bytes.is_empty()
+        || bytes.len() >= libc::IFNAMSIZ
+        || bytes
+            .iter()
+            .any(|&b| matches!(b, 0 | b'/' | b':' | b'%') || b.is_ascii_whitespace())
+    {
         return Err(NicError::Config(format!(
-            "invalid interface name {ifname:?}: 1 to {} bytes, no '/', NUL or spaces",
+            "invalid interface name {ifname:?}: 1 to {} bytes, no '/', ':', '%', NUL or spaces",
             libc::IFNAMSIZ - 1
         )));
     }
@@ -73,8 +97,22 @@ pub fn mac_for_ifname(ifname: &str) -> [u8; 6] {
     [0x02, h[0] ^ h[5], h[1] ^ h[6], h[2] ^ h[7], h[3], h[4]]
 }
 
-fn last_os_error(what: &str, ifname: &str) -> NicError {
-    NicError::Open { what: format!("{what} ({ifname})"), source: io::Error::last_os_error() }
+fn open_error(what: &str, ifname: &str, source: io::Error) -> NicError {
+    NicError::Open {
+        what: format!("{what} ({ifname})"),
+        source,
+    }
+}
+
+/// An AF_INET datagram socket: the handle for interface ioctls in this network namespace.
+fn control_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket has no memory preconditions.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: raw is a socket we just created and nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// One TAP interface driven without blocking.
@@ -108,67 +146,78 @@ impl TapNic {
         let name = ifname_field(ifname)?;
         let path = CString::new("/dev/net/tun").map_err(|e| NicError::Config(e.to_string()))?;
         // SAFETY: path is a valid NUL-terminated string; open has no other preconditions.
-        let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        let raw = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
         if raw < 0 {
-            return Err(last_os_error("/dev/net/tun", ifname));
+            return Err(open_error(
+                "/dev/net/tun",
+                ifname,
+                io::Error::last_os_error(),
+            ));
         }
         // SAFETY: raw is a file descriptor we just opened and nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
 
-        let mut req = IfReqFlags { name, flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short, _pad: [0; 22] };
-        // SAFETY: TUNSETIFF reads and writes a struct ifreq; req has its size and layout and
-        // lives across the call.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut req as *mut IfReqFlags) };
-        if rc < 0 {
-            return Err(last_os_error("TUNSETIFF", ifname));
-        }
+        let mut req = IfReqFlags {
+            name,
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
+        ifreq_ioctl(&fd, libc::TUNSETIFF as _, &mut req)
+            .map_err(|e| open_error("TUNSETIFF", ifname, e))?;
 
         // Interface ioctls go through any socket of the current network namespace.
-        // SAFETY: socket has no memory preconditions.
-        let raw_sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if raw_sock < 0 {
-            return Err(last_os_error("control socket", ifname));
-        }
-        // SAFETY: raw_sock is a socket we just created and nothing else owns.
-        let sock = unsafe { OwnedFd::from_raw_fd(raw_sock) };
-
-        let mut flags = IfReqFlags { name, flags: 0, _pad: [0; 22] };
-        // SAFETY: SIOCGIFFLAGS fills the flags of a struct ifreq that flags lays out.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut flags as *mut IfReqFlags) } < 0 {
-            return Err(last_os_error("SIOCGIFFLAGS", ifname));
-        }
+        let sock = control_socket().map_err(|e| open_error("control socket", ifname, e))?;
+        let mut flags = IfReqFlags {
+            name,
+            flags: 0,
+            _pad: [0; 22],
+        };
+        ifreq_ioctl(&sock, libc::SIOCGIFFLAGS, &mut flags)
+            .map_err(|e| open_error("SIOCGIFFLAGS", ifname, e))?;
         flags.flags |= libc::IFF_UP as libc::c_short;
-        // SAFETY: SIOCSIFFLAGS reads a struct ifreq that flags lays out.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &mut flags as *mut IfReqFlags) } < 0 {
-            return Err(last_os_error("SIOCSIFFLAGS (bring up)", ifname));
-        }
+        ifreq_ioctl(&sock, libc::SIOCSIFFLAGS, &mut flags)
+            .map_err(|e| open_error("SIOCSIFFLAGS (bring up)", ifname, e))?;
 
-        let mut mtu_req = IfReqInt { name, value: 0, _pad: [0; 20] };
-        // SAFETY: SIOCGIFMTU fills the int member of a struct ifreq that mtu_req lays out.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU as _, &mut mtu_req as *mut IfReqInt) } < 0 {
-            return Err(last_os_error("SIOCGIFMTU", ifname));
-        }
+        let mut mtu_req = IfReqInt {
+            name,
+            value: 0,
+            _pad: [0; 20],
+        };
+        ifreq_ioctl(&sock, libc::SIOCGIFMTU, &mut mtu_req)
+            .map_err(|e| open_error("SIOCGIFMTU", ifname, e))?;
         let mtu = usize::try_from(mtu_req.value)
             .ok()
             .filter(|&m| (68..=65535).contains(&m))
             .ok_or_else(|| NicError::Config(format!("{ifname}: unusable MTU {}", mtu_req.value)))?;
 
-        // SAFETY: an all-zero sockaddr is a valid value of this plain C struct.
-        let mut hw = IfReqAddr { name, addr: unsafe { std::mem::zeroed() }, _pad: [0; 8] };
-        // SAFETY: SIOCGIFHWADDR fills the sockaddr member of a struct ifreq that hw lays out.
-        let kernel_mac = if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR as _, &mut hw as *mut IfReqAddr) } == 0 {
-            let d = hw.addr.sa_data;
-            Some([d[0] as u8, d[1] as u8, d[2] as u8, d[3] as u8, d[4] as u8, d[5] as u8])
-        } else {
-            None
+        let mut hw = IfReqAddr {
+            name,
+            family: 0,
+            data: [0; 14],
+            _pad: [0; 8],
         };
+        let kernel_mac = ifreq_ioctl(&sock, libc::SIOCGIFHWADDR, &mut hw)
+            .ok()
+            .map(|()| {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&hw.data[..6]);
+                mac
+            });
         let mut mac = mac_for_ifname(ifname);
         if Some(mac) == kernel_mac {
             // Two hosts on one wire must not share a MAC.
             mac[5] ^= 0x01;
         }
 
-        let buf_size = (mtu + ETH_HLEN + VLAN_TAG_LEN).div_ceil(64).max(TAP_MIN_BUF_SIZE / 64) * 64;
+        let buf_size = (mtu + ETH_HLEN + VLAN_TAG_LEN)
+            .div_ceil(64)
+            .max(TAP_MIN_BUF_SIZE / 64)
+            * 64;
         log::info!("tap {ifname}: mtu {mtu}, mac {mac:02x?}, {TAP_RX_BUFFERS} rx buffers of {buf_size} bytes");
         Ok(TapNic {
             fd,
@@ -195,13 +244,25 @@ impl TapNic {
     /// Writes one frame; Ok(false) when the device queue is full.
     fn write_frame(&mut self, parts: &[&[u8]], total: usize) -> io::Result<bool> {
         let written = if parts.len() <= MAX_IOVECS {
-            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOVECS];
+            let mut iov = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; MAX_IOVECS];
             for (slot, part) in iov.iter_mut().zip(parts) {
-                *slot = libc::iovec { iov_base: part.as_ptr() as *mut libc::c_void, iov_len: part.len() };
+                *slot = libc::iovec {
+                    iov_base: part.as_ptr() as *mut libc::c_void,
+                    iov_len: part.len(),
+                };
             }
             // SAFETY: the first parts.len() iovecs point at live slices borrowed for the call;
             // writev only reads them.
-            unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), parts.len() as libc::c_int) }
+            unsafe {
+                libc::writev(
+                    self.fd.as_raw_fd(),
+                    iov.as_ptr(),
+                    parts.len() as libc::c_int,
+                )
+            }
         } else {
             let mut at = 0;
             for part in parts {
@@ -209,14 +270,27 @@ impl TapNic {
                 at += part.len();
             }
             // SAFETY: tx_scratch holds at least `total` initialised bytes; write only reads them.
-            unsafe { libc::write(self.fd.as_raw_fd(), self.tx_scratch.as_ptr() as *const libc::c_void, total) }
+            unsafe {
+                libc::write(
+                    self.fd.as_raw_fd(),
+                    self.tx_scratch.as_ptr() as *const libc::c_void,
+                    total,
+                )
+            }
         };
         if written < 0 {
             let err = io::Error::last_os_error();
-            return if err.kind() == io::ErrorKind::WouldBlock { Ok(false) } else { Err(err) };
+            return if err.kind() == io::ErrorKind::WouldBlock {
+                Ok(false)
+            } else {
+                Err(err)
+            };
         }
         if written as usize != total {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, format!("short write {written} of {total}")));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write {written} of {total}"),
+            ));
         }
         Ok(true)
     }
@@ -231,10 +305,18 @@ impl Nic for TapNic {
         while got < max {
             // An empty pool means the stack holds every buffer: leave frames in the kernel
             // queue (nothing is dropped here) until some come back.
-            let Some(mut frame) = self.pool.take() else { break };
+            let Some(mut frame) = self.pool.take() else {
+                break;
+            };
             let buf = frame.whole_mut();
             // SAFETY: buf is a writable buffer of buf.len() bytes that we own for the call.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                )
+            };
             if n < 0 {
                 let err = io::Error::last_os_error();
                 match err.kind() {
@@ -251,7 +333,10 @@ impl Nic for TapNic {
             if n < ETH_HLEN || n > max_frame || n > buf.len() {
                 // Truncated or runt frame; the buffer goes back to the pool.
                 self.counters.rx_errors += 1;
-                log::debug!("tap {}: dropped a {n}-byte frame (limits {ETH_HLEN}..={max_frame})", self.ifname);
+                log::debug!(
+                    "tap {}: dropped a {n}-byte frame (limits {ETH_HLEN}..={max_frame})",
+                    self.ifname
+                );
                 continue;
             }
             frame.set_len(n);
@@ -267,7 +352,11 @@ impl Nic for TapNic {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if !(ETH_HLEN..=self.mtu + ETH_HLEN).contains(&total) {
             self.counters.tx_errors += 1;
-            log::debug!("tap {}: refused a {total}-byte frame (mtu {})", self.ifname, self.mtu);
+            log::debug!(
+                "tap {}: refused a {total}-byte frame (mtu {})",
+                self.ifname,
+                self.mtu
+            );
             return false;
         }
         match self.write_frame(parts, total) {
@@ -295,7 +384,11 @@ impl Nic for TapNic {
 
     fn wait_rx(&mut self, timeout: Duration) {
         let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: pfd is one valid pollfd that lives across the call.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
         if rc < 0 {
@@ -307,7 +400,12 @@ impl Nic for TapNic {
     }
 
     fn link(&self) -> LinkInfo {
-        LinkInfo { mac: self.mac, mtu: self.mtu, up: true, driver: "tap".to_owned() }
+        LinkInfo {
+            mac: self.mac,
+            mtu: self.mtu,
+            up: true,
+            driver: "tap".to_owned(),
+        }
     }
 
     fn counters(&self) -> NicCounters {
@@ -331,8 +429,11 @@ mod tests {
 
     #[test]
     fn bad_interface_names_are_refused() {
-        for name in ["", "a/b", "sixteen-chars-xx", "a b"] {
-            assert!(matches!(TapNic::open(name), Err(NicError::Config(_))), "{name:?}");
+        for name in ["", "a/b", "sixteen-chars-xx", "a b", "tap%d", "a:1"] {
+            assert!(
+                matches!(TapNic::open(name), Err(NicError::Config(_))),
+                "{name:?}"
+            );
         }
     }
 
@@ -348,25 +449,38 @@ mod tests {
         None
     }
 
-    fn set_ipv4(ifname: &str, req: libc::Ioctl, addr: [u8; 4]) -> io::Result<()> {
-        // SAFETY: socket has no memory preconditions.
-        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    fn set_ipv4(ifname: &str, request: libc::c_ulong, addr: [u8; 4]) -> io::Result<()> {
+        let sock = control_socket()?;
+        let mut data = [0u8; 14];
+        data[2..6].copy_from_slice(&addr);
+        let mut ifr = IfReqAddr {
+            name: ifname_field(ifname).unwrap(),
+            family: libc::AF_INET as libc::sa_family_t,
+            data,
+            _pad: [0; 8],
+        };
+        ifreq_ioctl(&sock, request, &mut ifr)
+    }
+
+    /// Creates a TAP that outlives its file descriptor (as `ip tuntap add` does).
+    fn make_persistent_tap(ifname: &str) -> io::Result<()> {
+        let path = CString::new("/dev/net/tun").unwrap();
+        // SAFETY: path is a valid NUL-terminated string.
+        let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: raw is a socket we just created and nothing else owns.
-        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: an all-zero sockaddr_in is a valid value of this plain C struct.
-        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        sin.sin_family = libc::AF_INET as libc::sa_family_t;
-        sin.sin_addr.s_addr = u32::from_ne_bytes(addr);
-        // SAFETY: an all-zero sockaddr is a valid value; sockaddr_in has the same size.
-        let mut sa: libc::sockaddr = unsafe { std::mem::zeroed() };
-        // SAFETY: both are plain C structs of 16 bytes; this copies sin's bytes into sa.
-        unsafe { std::ptr::copy_nonoverlapping(&sin as *const _ as *const u8, &mut sa as *mut _ as *mut u8, 16) };
-        let mut ifr = IfReqAddr { name: ifname_field(ifname).unwrap(), addr: sa, _pad: [0; 8] };
-        // SAFETY: SIOCSIFADDR / SIOCSIFNETMASK read a struct ifreq that ifr lays out.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), req as _, &mut ifr as *mut IfReqAddr) } < 0 {
+        // SAFETY: raw is a file descriptor we just opened and nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut req = IfReqFlags {
+            name: ifname_field(ifname).unwrap(),
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
+        ifreq_ioctl(&fd, libc::TUNSETIFF as _, &mut req)?;
+        // SAFETY: TUNSETPERSIST takes its argument by value; no memory is passed.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST as _, 1 as libc::c_ulong) } < 0
+        {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -375,7 +489,11 @@ mod tests {
     fn ip_checksum(data: &[u8]) -> u16 {
         let mut sum: u32 = 0;
         for chunk in data.chunks(2) {
-            let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from(chunk[0]) << 8 };
+            let word = if chunk.len() == 2 {
+                u16::from_be_bytes([chunk[0], chunk[1]])
+            } else {
+                u16::from(chunk[0]) << 8
+            };
             sum += u32::from(word);
         }
         while sum >> 16 != 0 {
@@ -385,7 +503,10 @@ mod tests {
     }
 
     /// Receives until `matches` accepts a frame or 3 s pass.
-    fn receive_matching(nic: &mut TapNic, mut matches: impl FnMut(&[u8]) -> bool) -> Option<Vec<u8>> {
+    fn receive_matching(
+        nic: &mut TapNic,
+        mut matches: impl FnMut(&[u8]) -> bool,
+    ) -> Option<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut out = Vec::with_capacity(32);
         while Instant::now() < deadline {
@@ -403,14 +524,32 @@ mod tests {
     fn arp_and_ping_in_namespace() -> Result<(), String> {
         // SAFETY: unshare only changes this thread's namespace membership.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("unshare(CLONE_NEWNET): {}", io::Error::last_os_error()));
+            return Err(format!(
+                "unshare(CLONE_NEWNET): {}",
+                io::Error::last_os_error()
+            ));
         }
+        // A fresh name: open creates the TAP.
+        let created = TapNic::open("aptest1").map_err(|e| e.to_string())?;
+        assert_eq!(created.link().mtu, 1500);
+        drop(created);
+
+        // An operator's persistent TAP: open attaches to it.
         let ifname = "aptest0";
+        make_persistent_tap(ifname).map_err(|e| format!("persistent tap: {e}"))?;
         let mut nic = TapNic::open(ifname).map_err(|e| e.to_string())?;
         let kernel_ip = [10, 77, 0, 1];
         let our_ip = [10, 77, 0, 2];
-        set_ipv4(ifname, libc::SIOCSIFADDR as _, kernel_ip).map_err(|e| format!("SIOCSIFADDR: {e}"))?;
-        set_ipv4(ifname, libc::SIOCSIFNETMASK as _, [255, 255, 255, 0]).map_err(|e| format!("SIOCSIFNETMASK: {e}"))?;
+        set_ipv4(ifname, libc::SIOCSIFADDR as _, kernel_ip)
+            .map_err(|e| format!("SIOCSIFADDR: {e}"))?;
+        set_ipv4(ifname, libc::SIOCSIFNETMASK as _, [255, 255, 255, 0])
+            .map_err(|e| format!("SIOCSIFNETMASK: {e}"))?;
+        // The kernel lets one queue attach to a (non-multiqueue) TAP: a second open is a clear
+        // error, not a hang or a panic.
+        match TapNic::open(ifname) {
+            Err(NicError::Open { what, .. }) => assert!(what.contains("TUNSETIFF"), "{what}"),
+            other => return Err(format!("second open of {ifname}: {other:?}")),
+        }
         let link = nic.link();
         assert_eq!(link.driver, "tap");
         assert_eq!(link.mtu, 1500);
@@ -426,16 +565,25 @@ mod tests {
         arp[8..14].copy_from_slice(&mac);
         arp[14..18].copy_from_slice(&our_ip);
         arp[24..28].copy_from_slice(&kernel_ip);
-        assert!(nic.tx_gather(&[&eth, &arp[..10], &arp[10..]]), "tx of ARP request failed: {:?}", nic.counters());
+        assert!(
+            nic.tx_gather(&[&eth, &arp[..10], &arp[10..]]),
+            "tx of ARP request failed: {:?}",
+            nic.counters()
+        );
         assert_eq!(nic.tx_flush(), 1);
 
-        let reply = receive_matching(&mut nic, |f| f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2])
-            .ok_or("no ARP reply from the kernel within 3 s")?;
+        let reply = receive_matching(&mut nic, |f| {
+            f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2]
+        })
+        .ok_or("no ARP reply from the kernel within 3 s")?;
         assert_eq!(&reply[0..6], &mac, "reply addressed to us");
         assert_eq!(&reply[28..32], &kernel_ip, "sender IP");
         assert_eq!(&reply[32..38], &mac, "target MAC");
         let kernel_mac: [u8; 6] = reply[22..28].try_into().unwrap();
-        assert_ne!(kernel_mac, mac, "the appliance MAC must differ from the kernel's");
+        assert_ne!(
+            kernel_mac, mac,
+            "the appliance MAC must differ from the kernel's"
+        );
 
         // ICMP echo to the kernel; it learned our MAC from the ARP request.
         let payload = b"tap-nic echo test";
@@ -459,8 +607,10 @@ mod tests {
         eth[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         assert!(nic.tx_gather(&[&eth, &ip, &icmp]));
         assert_eq!(nic.tx_flush(), 1);
-        let reply = receive_matching(&mut nic, |f| f.len() >= 42 && f[12..14] == [0x08, 0x00] && f[23] == 1 && f[34] == 0)
-            .ok_or("no ICMP echo reply from the kernel within 3 s")?;
+        let reply = receive_matching(&mut nic, |f| {
+            f.len() >= 42 && f[12..14] == [0x08, 0x00] && f[23] == 1 && f[34] == 0
+        })
+        .ok_or("no ICMP echo reply from the kernel within 3 s")?;
         assert_eq!(&reply[26..30], &kernel_ip);
         assert_eq!(&reply[30..34], &our_ip);
         assert_eq!(&reply[38..42], &[0x12, 0x34, 0, 1], "echo id and sequence");
@@ -489,7 +639,9 @@ mod tests {
             eprintln!("SKIPPED kernel_answers_arp_and_ping_through_tap_in_namespace: {reason}");
             return;
         }
-        let result = std::thread::spawn(arp_and_ping_in_namespace).join().expect("namespace thread panicked");
+        let result = std::thread::spawn(arp_and_ping_in_namespace)
+            .join()
+            .expect("namespace thread panicked");
         if let Err(e) = result {
             panic!("{e}");
         }
