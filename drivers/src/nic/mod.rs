@@ -6,6 +6,12 @@
 //! [`Nic::tx_flush`]. Nothing here allocates per packet once the backend is built.
 use std::time::Duration;
 
+mod frame_pool;
+pub mod sim;
+pub mod tap;
+
+pub use frame_pool::{FramePool, PoolFrame};
+
 /// A received frame, owned by the driver's pool until dropped.
 pub trait FrameBuf {
     /// The whole Ethernet frame (no FCS).
