@@ -13,8 +13,10 @@
 //!   client shuts down its sending side, its remaining answers are still written before it is
 //!   dropped, so `echo stats | socat - UNIX-CONNECT:<path>` works.
 //!
-//! No prompt is printed: answers end with `ok` or `error: ...`, which is what scripts wait
-//! for. Output is buffered up to [`OUT_LIMIT`] bytes; a Unix client that lets more pile up is
+//! No prompt is printed and input is not echoed: answers end with `ok` or `error: ...`, which
+//! is what scripts wait for. For an operator typing on a raw line (a tty, or a terminal program
+//! in raw mode on the Unix socket), a `,echo` suffix (`/dev/ttyS0,echo`, `unix:<path>,echo`)
+//! echoes what is typed, with backspace erasing. Output is buffered up to [`OUT_LIMIT`] bytes; a Unix client that lets more pile up is
 //! dropped, and on stdio or a tty further output is discarded (and counted) until it drains.
 //!
 //! This is the only console file with `unsafe` (termios and poll/read/write on stdio).
@@ -71,11 +73,20 @@ pub struct ConsoleIo {
     out: Vec<u8>,
     out_start: usize,
     dropped_bytes: u64,
+    /// Echo input back (the `,echo` option).
+    echo: bool,
+    /// The last byte echoed was a CR, so an LF right after it is not echoed again.
+    echo_after_cr: bool,
 }
 
 impl ConsoleIo {
-    /// Open the transport named by a `--console` value: `stdio`, a tty path, or `unix:<path>`.
-    pub fn open(spec: &str) -> Result<ConsoleIo, ConsoleError> {
+    /// Open the transport named by a `--console` value: `stdio`, a tty path, or `unix:<path>`,
+    /// each optionally followed by `,echo`.
+    pub fn open(spec_with_options: &str) -> Result<ConsoleIo, ConsoleError> {
+        let (spec, echo) = match spec_with_options.strip_suffix(",echo") {
+            Some(spec) => (spec, true),
+            None => (spec_with_options, false),
+        };
         let endpoint = if spec == "stdio" {
             Endpoint::Stdio { stdin_open: true, stdout_open: true }
         } else if let Some(path) = spec.strip_prefix("unix:") {
@@ -101,6 +112,8 @@ impl ConsoleIo {
             out: Vec::new(),
             out_start: 0,
             dropped_bytes: 0,
+            echo,
+            echo_after_cr: false,
         })
     }
 
@@ -119,6 +132,11 @@ impl ConsoleIo {
             Endpoint::Unix { client, .. } => client.is_some(),
             _ => true,
         }
+    }
+
+    /// True once stdin reached EOF (stdio only): it is no longer read.
+    pub fn input_closed(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Stdio { stdin_open: false, .. })
     }
 
     /// Bytes of output waiting for the reader.
@@ -155,6 +173,9 @@ impl ConsoleIo {
                 Input::Bytes(n) => {
                     self.rend = n;
                     read_total += n;
+                    if self.echo {
+                        self.echo_input(n);
+                    }
                 }
                 Input::Nothing => break,
                 Input::Eof => {
@@ -168,6 +189,24 @@ impl ConsoleIo {
             }
         }
         produced
+    }
+
+    /// Queue the echo of the `n` bytes just read: text as is, one newline per line end,
+    /// backspace/DEL as "erase one cell", other control bytes not at all.
+    fn echo_input(&mut self, n: usize) {
+        let mut echo = Vec::with_capacity(n);
+        for &b in &self.rbuf[..n] {
+            let after_cr = std::mem::replace(&mut self.echo_after_cr, b == b'\r');
+            match b {
+                b'\n' if after_cr => {}
+                b'\n' | b'\r' => echo.push(b'\n'),
+                0x08 | 0x7f => echo.extend_from_slice(b"\x08 \x08"),
+                b'\t' => echo.push(b),
+                c if c < 0x20 => {}
+                c => echo.push(c),
+            }
+        }
+        self.write_str(&String::from_utf8_lossy(&echo));
     }
 
     /// Queue `s` for the reader and write what can be written now. Never blocks.
@@ -654,13 +693,119 @@ mod tests {
         let mut c = UnixStream::connect(&path).unwrap();
         // Ask for ~100 KB answers over and over and never read them.
         c.write_all("media 1000\nconns 1000\n".repeat(200).as_bytes()).unwrap();
-        let start = Instant::now();
-        let deadline = start + Duration::from_secs(20);
-        while svc.io().connected() || start.elapsed() < Duration::from_millis(10) {
+        svc.poll(&mut host, 8);
+        assert!(svc.io().connected());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut polls = 1;
+        while svc.io().connected() {
             assert!(Instant::now() < deadline, "slow client was never dropped");
             svc.poll(&mut host, 8);
+            polls += 1;
         }
-        assert!(svc.io().pending_output() == 0);
+        // It took several rounds of ~110 kB answers to pass the limit, and nothing is kept.
+        assert!(polls > 2, "{polls}");
+        assert_eq!(svc.io().pending_output(), 0);
+        // The dropped client sees its connection end: EOF, or a reset since the console
+        // closed with the client's unread commands still queued.
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut sink = Vec::new();
+        match c.read_to_end(&mut sink) {
+            Ok(_) => assert!(sink.len() < 200 * 110_000),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+
+    /// Runs as the child of the stdio tests (re-executed test binary): serve stdio until stdin
+    /// ends, check that polling after EOF is quiet, and flush.
+    fn stdio_child() {
+        let mut svc = ConsoleService::open("stdio").unwrap();
+        let mut host = FakeHost::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !svc.io().input_closed() {
+            assert!(Instant::now() < deadline, "stdin never reached EOF");
+            svc.poll(&mut host, 8);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for _ in 0..100 {
+            assert_eq!(svc.poll(&mut host, 8), 0);
+        }
+        assert!(svc.flush_for(Duration::from_secs(5)));
+    }
+
+    /// Run this test's binary again as [`stdio_child`] with `stdin`; returns its stdout.
+    fn run_stdio_child(test: &str, stdin: std::process::Stdio, input: &[u8]) -> String {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1", "-q"])
+            .env("CONSOLE_STDIO_CHILD", "1")
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(mut w) = child.stdin.take() {
+            w.write_all(input).unwrap();
+        } // Dropping the pipe is the EOF.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("stdio child did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn stdio_answers_then_stops_reading_at_eof() {
+        if std::env::var_os("CONSOLE_STDIO_CHILD").is_some() {
+            return stdio_child();
+        }
+        let out = run_stdio_child(
+            "console::transport::tests::stdio_answers_then_stops_reading_at_eof",
+            std::process::Stdio::piped(),
+            b"version\nbogus\r\nuptime",
+        );
+        assert!(
+            out.contains("appliance 9.8.7\nok\nerror: unknown command 'bogus' (try 'help')\nup 1d 01:01:01 (90061 s)\nok\n"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn stdio_from_dev_null_is_quiet() {
+        if std::env::var_os("CONSOLE_STDIO_CHILD").is_some() {
+            return stdio_child();
+        }
+        let out = run_stdio_child("console::transport::tests::stdio_from_dev_null_is_quiet", std::process::Stdio::null(), b"");
+        assert!(!out.contains("ok\n") && !out.contains("error"), "{out:?}");
+    }
+
+    #[test]
+    fn echo_option_echoes_typed_input() {
+        let path = sock_path("echo");
+        let mut svc = ConsoleService::open(&format!("unix:{},echo", path.display())).unwrap();
+        let mut host = FakeHost::new();
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(b"versiox\x7fn\r\n").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        c.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut eof = false;
+        pump(&mut svc, &mut host, || {
+            let mut buf = [0u8; 512];
+            match c.read(&mut buf) {
+                Ok(0) => eof = true,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            eof
+        });
+        assert_eq!(String::from_utf8(got).unwrap(), "versiox\x08 \x08n\nappliance 9.8.7\nok\n");
     }
 
     /// A pseudo-terminal pair: the master end plays the operator's terminal.
