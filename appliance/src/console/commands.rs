@@ -9,12 +9,27 @@ use super::{ConsoleHost, PowerAction, LIST_DEFAULT, LIST_MAX, MAX_LINE};
 /// Every command, with its usage and a one-line description, in the order `help` lists them.
 const COMMANDS: &[(&str, &str)] = &[
     ("help", "list the commands"),
-    ("status", "version, uptime, addresses, link, cores, media, ports"),
-    ("stats", "counters grouped by layer (nic, ip, tcp, http, tls, storage, console)"),
+    (
+        "status",
+        "version, uptime, addresses, link, cores, media, ports",
+    ),
+    (
+        "stats",
+        "counters grouped by layer (nic, ip, tcp, http, tls, storage, console)",
+    ),
     ("stats json", "the same counters as one line of JSON"),
-    ("conns [N]", "list up to N open connections (default 20, max 1000)"),
-    ("media [N]", "list up to N media objects (default 20, max 1000)"),
-    ("log [LEVEL]", "show or set the log level: error|warn|info|debug|trace|off"),
+    (
+        "conns [N]",
+        "list up to N open connections (default 20, max 1000)",
+    ),
+    (
+        "media [N]",
+        "list up to N media objects (default 20, max 1000)",
+    ),
+    (
+        "log [LEVEL]",
+        "show or set the log level: error|warn|info|debug|trace|off",
+    ),
     ("drain", "stop accepting connections; open transfers finish"),
     ("config show", "list the settings"),
     ("config set KEY VALUE", "change a setting"),
@@ -89,9 +104,10 @@ impl Console {
                 let up = host.status().uptime;
                 let _ = writeln!(out, "up {} ({} s)", fmt_uptime(up), up.as_secs());
             }),
-            _ if cmd.bytes().any(|b| b.is_ascii_uppercase()) => {
-                Err(format!("unknown command '{}' (commands are lower-case; try 'help')", shown(cmd)))
-            }
+            _ if cmd.bytes().any(|b| b.is_ascii_uppercase()) => Err(format!(
+                "unknown command '{}' (commands are lower-case; try 'help')",
+                shown(cmd)
+            )),
             _ => Err(format!("unknown command '{}' (try 'help')", shown(cmd))),
         };
         match result {
@@ -164,7 +180,12 @@ fn help(out: &mut String) {
 fn status(host: &mut dyn ConsoleHost, out: &mut String) {
     let s = host.status();
     let _ = writeln!(out, "version   appliance {}", s.version);
-    let _ = writeln!(out, "uptime    {} ({} s)", fmt_uptime(s.uptime), s.uptime.as_secs());
+    let _ = writeln!(
+        out,
+        "uptime    {} ({} s)",
+        fmt_uptime(s.uptime),
+        s.uptime.as_secs()
+    );
     let _ = writeln!(out, "ip        {}/{}", s.ip, s.prefix_len);
     match s.gateway {
         Some(g) => {
@@ -182,7 +203,12 @@ fn status(host: &mut dyn ConsoleHost, out: &mut String) {
         fmt_mac(&s.link.mac)
     );
     let cores: Vec<String> = s.cores.iter().map(|c| c.to_string()).collect();
-    let _ = writeln!(out, "cores     {} ({} pipelines)", cores.join(","), s.cores.len());
+    let _ = writeln!(
+        out,
+        "cores     {} ({} pipelines)",
+        cores.join(","),
+        s.cores.len()
+    );
     let _ = writeln!(
         out,
         "media     {} {}, {} objects, {} bytes",
@@ -219,28 +245,56 @@ fn conns(host: &mut dyn ConsoleHost, max: usize, out: &mut String) {
             c.core
         );
     }
-    let _ = writeln!(out, "{} of {} connections shown", list.entries.len().min(max), list.total);
+    let _ = writeln!(
+        out,
+        "{} of {} connections shown",
+        list.entries.len().min(max),
+        list.total
+    );
 }
 
 fn media(host: &mut dyn ConsoleHost, max: usize, out: &mut String) {
     let list = host.media(max);
     let _ = writeln!(out, "{:>14} {:<28} path", "size", "content_type");
     for m in list.entries.iter().take(max) {
-        let _ = writeln!(out, "{:>14} {:<28} {}", m.size, m.content_type, shown_path(&m.path));
+        let _ = writeln!(
+            out,
+            "{:>14} {:<28} {}",
+            m.size,
+            m.content_type,
+            shown_path(&m.path)
+        );
     }
-    let _ = writeln!(out, "{} of {} objects shown", list.entries.len().min(max), list.total);
+    let _ = writeln!(
+        out,
+        "{} of {} objects shown",
+        list.entries.len().min(max),
+        list.total
+    );
 }
 
 /// Paths come from the volume; escape control characters so they cannot fake an `ok` line.
 fn shown_path(path: &str) -> String {
-    path.chars().flat_map(|c| if c.is_control() { c.escape_debug().collect::<Vec<_>>() } else { vec![c] }).collect()
+    path.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_debug().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 fn log_level(args: &[&str], host: &mut dyn ConsoleHost, out: &mut String) -> CmdResult {
     const USAGE: &str = "usage: log [error|warn|info|debug|trace|off]";
     match args {
         [] => {
-            let _ = writeln!(out, "log level {}", log::max_level().as_str().to_ascii_lowercase());
+            let _ = writeln!(
+                out,
+                "log level {}",
+                log::max_level().as_str().to_ascii_lowercase()
+            );
             Ok(())
         }
         [level] => {
@@ -264,7 +318,10 @@ fn log_level(args: &[&str], host: &mut dyn ConsoleHost, out: &mut String) -> Cmd
 fn drain(host: &mut dyn ConsoleHost, out: &mut String) {
     host.drain();
     let open = host.connections(0).total;
-    let _ = writeln!(out, "draining: no new connections; {open} open connections will finish");
+    let _ = writeln!(
+        out,
+        "draining: no new connections; {open} open connections will finish"
+    );
 }
 
 /// `config show` and `config set KEY VALUE`; VALUE is the rest of the line, so it may hold
@@ -296,7 +353,9 @@ fn config(line: &str, args: &[&str], host: &mut dyn ConsoleHost, out: &mut Strin
 fn rest_after_words(line: &str, n: usize) -> &str {
     let mut rest = line.trim_start();
     for _ in 0..n {
-        let end = rest.find(|c: char| c.is_ascii_whitespace()).unwrap_or(rest.len());
+        let end = rest
+            .find(|c: char| c.is_ascii_whitespace())
+            .unwrap_or(rest.len());
         rest = rest[end..].trim_start();
     }
     rest.trim_end()
@@ -311,7 +370,10 @@ fn power(action: PowerAction, host: &mut dyn ConsoleHost, out: &mut String) {
 }
 
 pub(crate) fn fmt_mac(m: &[u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// "3d 04:05:06" or "04:05:06".
@@ -333,9 +395,15 @@ mod tests {
     fn run(console: &mut Console, host: &mut FakeHost, line: &str) -> String {
         let mut out = String::new();
         console.execute(line, host, &mut out);
-        assert!(out.ends_with('\n'), "answer must end with a newline: {out:?}");
+        assert!(
+            out.ends_with('\n'),
+            "answer must end with a newline: {out:?}"
+        );
         let last = out.lines().last().unwrap();
-        assert!(last == "ok" || last.starts_with("error: "), "bad last line {last:?} in {out:?}");
+        assert!(
+            last == "ok" || last.starts_with("error: "),
+            "bad last line {last:?} in {out:?}"
+        );
         out
     }
 
@@ -343,7 +411,10 @@ mod tests {
         let mut c = Console::new();
         let mut h = FakeHost::new();
         let out = run(&mut c, &mut h, line);
-        assert!(out.ends_with("\nok\n") || out == "ok\n", "{line:?} failed: {out}");
+        assert!(
+            out.ends_with("\nok\n") || out == "ok\n",
+            "{line:?} failed: {out}"
+        );
         assert_eq!(c.errors(), 0);
         (out, h)
     }
@@ -362,10 +433,25 @@ mod tests {
     fn help_lists_every_command() {
         let (out, _) = ok("help");
         for cmd in [
-            "help", "status", "stats", "stats json", "conns", "media", "log", "drain", "config show",
-            "config set", "reboot", "poweroff", "version", "uptime",
+            "help",
+            "status",
+            "stats",
+            "stats json",
+            "conns",
+            "media",
+            "log",
+            "drain",
+            "config show",
+            "config set",
+            "reboot",
+            "poweroff",
+            "version",
+            "uptime",
         ] {
-            assert!(out.lines().any(|l| l.starts_with(cmd)), "help lacks {cmd}: {out}");
+            assert!(
+                out.lines().any(|l| l.starts_with(cmd)),
+                "help lacks {cmd}: {out}"
+            );
         }
     }
 
@@ -392,11 +478,19 @@ mod tests {
     #[test]
     fn stats_text_is_grouped_and_shows_counts() {
         let (out, _) = ok("stats");
-        for group in ["nic", "eth", "arp", "ip", "icmp", "tcp", "http", "tls", "storage", "console"] {
-            assert!(out.lines().any(|l| l == group), "stats lacks group {group}: {out}");
+        for group in [
+            "nic", "eth", "arp", "ip", "icmp", "tcp", "http", "tls", "storage", "console",
+        ] {
+            assert!(
+                out.lines().any(|l| l == group),
+                "stats lacks group {group}: {out}"
+            );
         }
         let find = |key: &str| -> String {
-            let line = out.lines().find(|l| l.trim_start().starts_with(&format!("{key} "))).unwrap();
+            let line = out
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{key} ")))
+                .unwrap();
             line.split_whitespace().last().unwrap().to_string()
         };
         assert_eq!(find("driver"), "tap");
@@ -511,7 +605,9 @@ mod tests {
         let mut h = FakeHost::new();
         let out = run(&mut c, &mut h, "config set banner hello  world ");
         assert_eq!(out, "banner = hello  world\nok\n");
-        assert!(h.config.contains(&("banner".to_string(), "hello  world".to_string())));
+        assert!(h
+            .config
+            .contains(&("banner".to_string(), "hello  world".to_string())));
         let out = run(&mut c, &mut h, "config set readonly 1");
         assert_eq!(out, "error: readonly cannot be changed\n");
         err("config");

@@ -34,9 +34,19 @@ impl ConsoleHost for FakeHost {
             prefix_len: 24,
             gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
             mac: [2, 0, 0, 0, 0, 2],
-            link: LinkInfo { mac: [2, 0, 0, 0, 0, 0x99], mtu: 1500, up: true, driver: "tap".to_string() },
+            link: LinkInfo {
+                mac: [2, 0, 0, 0, 0, 0x99],
+                mtu: 1500,
+                up: true,
+                driver: "tap".to_string(),
+            },
             cores: vec![0, 1],
-            media: MediaSummary { backend: "file".to_string(), source: "/tmp/vol".to_string(), objects: 3, bytes: 6000 },
+            media: MediaSummary {
+                backend: "file".to_string(),
+                source: "/tmp/vol".to_string(),
+                objects: 3,
+                bytes: 6000,
+            },
             draining: self.draining,
             http_port: 8080,
             https_port: Some(8443),
@@ -44,7 +54,13 @@ impl ConsoleHost for FakeHost {
     }
 
     fn counters(&self) -> Counters {
-        let mut stats = Stats { tcp_connections_active: 2, tcp_retransmits: 7, http_requests: 11, tls_handshakes: 4, ..Stats::default() };
+        let mut stats = Stats {
+            tcp_connections_active: 2,
+            tcp_retransmits: 7,
+            http_requests: 11,
+            tls_handshakes: 4,
+            ..Stats::default()
+        };
         for _ in 0..3 {
             stats.count_status(404);
         }
@@ -53,9 +69,18 @@ impl ConsoleHost for FakeHost {
         }
         Counters {
             stats,
-            nic: NicCounters { rx_packets: 101, tx_packets: 202, ..NicCounters::default() },
+            nic: NicCounters {
+                rx_packets: 101,
+                tx_packets: 202,
+                ..NicCounters::default()
+            },
             nic_driver: "tap".to_string(),
-            storage: StorageCounters { reads: 12, read_bytes: 12 * 4096, errors: 0, timeouts: 0 },
+            storage: StorageCounters {
+                reads: 12,
+                read_bytes: 12 * 4096,
+                errors: 0,
+                timeouts: 0,
+            },
             storage_backend: "file".to_string(),
         }
     }
@@ -73,7 +98,10 @@ impl ConsoleHost for FakeHost {
                 core: i % 2,
             })
             .collect();
-        Listing { total: self.conns_total, entries }
+        Listing {
+            total: self.conns_total,
+            entries,
+        }
     }
 
     fn media(&self, max: usize) -> Listing<MediaEntry> {
@@ -85,9 +113,16 @@ impl ConsoleHost for FakeHost {
         let entries = all
             .iter()
             .take(max)
-            .map(|(p, s, t)| MediaEntry { path: p.to_string(), size: *s, content_type: t.to_string() })
+            .map(|(p, s, t)| MediaEntry {
+                path: p.to_string(),
+                size: *s,
+                content_type: t.to_string(),
+            })
             .collect();
-        Listing { total: all.len(), entries }
+        Listing {
+            total: all.len(),
+            entries,
+        }
     }
 
     fn set_log_level(&mut self, level: log::LevelFilter) {

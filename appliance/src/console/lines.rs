@@ -25,7 +25,11 @@ impl Default for LineSplitter {
 
 impl LineSplitter {
     pub fn new() -> Self {
-        LineSplitter { line: Vec::with_capacity(MAX_LINE + 1), overflow: false, after_cr: false }
+        LineSplitter {
+            line: Vec::with_capacity(MAX_LINE + 1),
+            overflow: false,
+            after_cr: false,
+        }
     }
 
     /// Forget a partial line (e.g. when a client disconnects).
@@ -42,7 +46,12 @@ impl LineSplitter {
 
     /// Consume bytes from `input` until it is used up or `max_lines` lines were passed to `f`.
     /// Returns (bytes consumed, lines produced); unconsumed bytes are to be fed again later.
-    pub fn feed(&mut self, input: &[u8], max_lines: usize, f: &mut dyn FnMut(&str)) -> (usize, usize) {
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        max_lines: usize,
+        f: &mut dyn FnMut(&str),
+    ) -> (usize, usize) {
         let mut lines = 0;
         let mut used = 0;
         while used < input.len() && lines < max_lines {
@@ -96,7 +105,10 @@ mod tests {
 
     #[test]
     fn lines_and_crlf_span_feeds() {
-        assert_eq!(split(&[b"sta", b"tus\r", b"\nhelp", b"\n"]), ["status", "help"]);
+        assert_eq!(
+            split(&[b"sta", b"tus\r", b"\nhelp", b"\n"]),
+            ["status", "help"]
+        );
         assert_eq!(split(&[b"partial"]), Vec::<String>::new());
     }
 
@@ -142,7 +154,11 @@ mod tests {
 
     #[test]
     fn backspace_and_del_erase_whole_characters() {
-        let out = split(&[b"statx\x08us\n", "\u{e9}\x7fok\n".as_bytes(), b"\x08\x08a\n"]);
+        let out = split(&[
+            b"statx\x08us\n",
+            "\u{e9}\x7fok\n".as_bytes(),
+            b"\x08\x08a\n",
+        ]);
         assert_eq!(out, ["status", "ok", "a"]);
     }
 

@@ -15,7 +15,11 @@ use Val::{Group, Num, Text};
 
 /// Every counter, grouped by layer. `console` holds the interpreter's own counts, added to
 /// whatever the host put in `Stats::console_*`.
-pub(crate) fn table(c: &Counters, console_commands: u64, console_errors: u64) -> Vec<(&'static str, Val)> {
+pub(crate) fn table(
+    c: &Counters,
+    console_commands: u64,
+    console_errors: u64,
+) -> Vec<(&'static str, Val)> {
     let s = &c.stats;
     vec![
         (
@@ -32,7 +36,13 @@ pub(crate) fn table(c: &Counters, console_commands: u64, console_errors: u64) ->
                 ("tx_errors", Num(c.nic.tx_errors)),
             ]),
         ),
-        ("eth", Group(vec![("rx_frames", Num(s.eth_rx_frames)), ("rx_bad", Num(s.eth_rx_bad))])),
+        (
+            "eth",
+            Group(vec![
+                ("rx_frames", Num(s.eth_rx_frames)),
+                ("rx_bad", Num(s.eth_rx_bad)),
+            ]),
+        ),
         (
             "arp",
             Group(vec![
@@ -40,8 +50,17 @@ pub(crate) fn table(c: &Counters, console_commands: u64, console_errors: u64) ->
                 ("replies", Num(s.arp_replies)),
             ]),
         ),
-        ("ip", Group(vec![("rx_bad", Num(s.ip_rx_bad)), ("rx_not_ours", Num(s.ip_rx_not_ours))])),
-        ("icmp", Group(vec![("echo_answered", Num(s.icmp_echo_answered))])),
+        (
+            "ip",
+            Group(vec![
+                ("rx_bad", Num(s.ip_rx_bad)),
+                ("rx_not_ours", Num(s.ip_rx_not_ours)),
+            ]),
+        ),
+        (
+            "icmp",
+            Group(vec![("echo_answered", Num(s.icmp_echo_answered))]),
+        ),
         (
             "tcp",
             Group(vec![
@@ -148,7 +167,11 @@ pub(crate) fn write_text(out: &mut String, table: &[(&'static str, Val)]) {
 
 fn write_members(out: &mut String, prefix: &str, members: &[(&'static str, Val)]) {
     for (name, val) in members {
-        let key = if prefix.is_empty() { (*name).to_string() } else { format!("{prefix} {name}") };
+        let key = if prefix.is_empty() {
+            (*name).to_string()
+        } else {
+            format!("{prefix} {name}")
+        };
         match val {
             Num(n) => {
                 let _ = writeln!(out, "  {key:<24}{n}");

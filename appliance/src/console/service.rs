@@ -13,7 +13,11 @@ pub struct ConsoleService {
 
 impl ConsoleService {
     pub fn new(io: ConsoleIo) -> Self {
-        ConsoleService { io, console: Console::new(), answer: String::new() }
+        ConsoleService {
+            io,
+            console: Console::new(),
+            answer: String::new(),
+        }
     }
 
     /// Open the transport named by a `--console` value (see [`ConsoleIo::open`]).
@@ -25,7 +29,11 @@ impl ConsoleService {
     /// few non-blocking syscalls when idle, so a busy loop may call it every iteration or,
     /// cheaper, every millisecond or so. Returns how many lines were executed.
     pub fn poll(&mut self, host: &mut dyn ConsoleHost, max_lines: usize) -> usize {
-        let Self { io, console, answer } = self;
+        let Self {
+            io,
+            console,
+            answer,
+        } = self;
         answer.clear();
         let n = io.poll_lines(max_lines, &mut |line| console.execute(line, host, answer));
         if !answer.is_empty() {

@@ -50,9 +50,20 @@ pub enum ConsoleError {
 }
 
 enum Endpoint {
-    Stdio { stdin_open: bool, stdout_open: bool },
-    Tty { file: File, path: String, read_error_logged: bool },
-    Unix { listener: UnixListener, path: PathBuf, client: Option<Client> },
+    Stdio {
+        stdin_open: bool,
+        stdout_open: bool,
+    },
+    Tty {
+        file: File,
+        path: String,
+        read_error_logged: bool,
+    },
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+        client: Option<Client>,
+    },
 }
 
 struct Client {
@@ -88,18 +99,33 @@ impl ConsoleIo {
             None => (spec_with_options, false),
         };
         let endpoint = if spec == "stdio" {
-            Endpoint::Stdio { stdin_open: true, stdout_open: true }
+            Endpoint::Stdio {
+                stdin_open: true,
+                stdout_open: true,
+            }
         } else if let Some(path) = spec.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err(ConsoleError::Spec(spec.to_string()));
             }
-            let listener = listen_unix(path)
-                .map_err(|source| ConsoleError::Socket { path: path.to_string(), source })?;
-            Endpoint::Unix { listener, path: PathBuf::from(path), client: None }
+            let listener = listen_unix(path).map_err(|source| ConsoleError::Socket {
+                path: path.to_string(),
+                source,
+            })?;
+            Endpoint::Unix {
+                listener,
+                path: PathBuf::from(path),
+                client: None,
+            }
         } else if spec.starts_with('/') {
-            let file =
-                open_tty(spec).map_err(|source| ConsoleError::Tty { path: spec.to_string(), source })?;
-            Endpoint::Tty { file, path: spec.to_string(), read_error_logged: false }
+            let file = open_tty(spec).map_err(|source| ConsoleError::Tty {
+                path: spec.to_string(),
+                source,
+            })?;
+            Endpoint::Tty {
+                file,
+                path: spec.to_string(),
+                read_error_logged: false,
+            }
         } else {
             return Err(ConsoleError::Spec(spec.to_string()));
         };
@@ -136,7 +162,13 @@ impl ConsoleIo {
 
     /// True once stdin reached EOF (stdio only): it is no longer read.
     pub fn input_closed(&self) -> bool {
-        matches!(self.endpoint, Endpoint::Stdio { stdin_open: false, .. })
+        matches!(
+            self.endpoint,
+            Endpoint::Stdio {
+                stdin_open: false,
+                ..
+            }
+        )
     }
 
     /// Bytes of output waiting for the reader.
@@ -159,7 +191,9 @@ impl ConsoleIo {
         let mut read_total = 0;
         while produced < max_lines {
             if self.rstart < self.rend {
-                let (used, n) = self.lines.feed(&self.rbuf[self.rstart..self.rend], max_lines - produced, f);
+                let (used, n) =
+                    self.lines
+                        .feed(&self.rbuf[self.rstart..self.rend], max_lines - produced, f);
                 self.rstart += used;
                 produced += n;
                 continue;
@@ -248,8 +282,12 @@ impl ConsoleIo {
                     }
                 }
                 Endpoint::Tty { file, .. } => file.write(pending),
-                Endpoint::Unix { client: Some(c), .. } => c.stream.write(pending),
-                Endpoint::Unix { client: None, .. } => Err(io::Error::from(ErrorKind::NotConnected)),
+                Endpoint::Unix {
+                    client: Some(c), ..
+                } => c.stream.write(pending),
+                Endpoint::Unix { client: None, .. } => {
+                    Err(io::Error::from(ErrorKind::NotConnected))
+                }
             };
             match written {
                 Ok(0) => break,
@@ -277,7 +315,9 @@ impl ConsoleIo {
                 }
                 *stdout_open = false;
             }
-            Endpoint::Tty { path, .. } => log::warn!("console: cannot write {path}: {e}; output dropped"),
+            Endpoint::Tty { path, .. } => {
+                log::warn!("console: cannot write {path}: {e}; output dropped")
+            }
             Endpoint::Unix { client, .. } => {
                 if client.take().is_some() {
                     log::info!("console: client gone ({e})");
@@ -304,7 +344,12 @@ impl ConsoleIo {
 
     /// Take the newest waiting Unix client, replacing the current one.
     fn accept(&mut self) {
-        let Endpoint::Unix { listener, client, .. } = &mut self.endpoint else { return };
+        let Endpoint::Unix {
+            listener, client, ..
+        } = &mut self.endpoint
+        else {
+            return;
+        };
         let mut replaced = false;
         loop {
             match listener.accept() {
@@ -317,7 +362,10 @@ impl ConsoleIo {
                         // Best effort, and never blocking: the old stream is non-blocking.
                         let _ = old.stream.write(b"console taken over by another client\n");
                     }
-                    *client = Some(Client { stream, read_closed: false });
+                    *client = Some(Client {
+                        stream,
+                        read_closed: false,
+                    });
                     replaced = true;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -366,12 +414,18 @@ impl ConsoleIo {
                     }
                 }
             }
-            Endpoint::Tty { file, path, read_error_logged } => match file.read(buf) {
+            Endpoint::Tty {
+                file,
+                path,
+                read_error_logged,
+            } => match file.read(buf) {
                 Ok(n) if n > 0 => Input::Bytes(n),
                 // 0 is a hang-up and EIO a vanished peer (pty): the line may come back, so
                 // keep polling it rather than giving up.
                 Ok(_) => Input::Nothing,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Input::Nothing,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                    Input::Nothing
+                }
                 Err(e) => {
                     if !*read_error_logged {
                         log::warn!("console: cannot read {path}: {e}");
@@ -381,14 +435,20 @@ impl ConsoleIo {
                 }
             },
             Endpoint::Unix { client, .. } => {
-                let Some(c) = client.as_mut().filter(|c| !c.read_closed) else { return Input::Nothing };
+                let Some(c) = client.as_mut().filter(|c| !c.read_closed) else {
+                    return Input::Nothing;
+                };
                 match c.stream.read(buf) {
                     Ok(0) => {
                         c.read_closed = true;
                         Input::Eof
                     }
                     Ok(n) => Input::Bytes(n),
-                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Input::Nothing,
+                    Err(e)
+                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
+                    {
+                        Input::Nothing
+                    }
                     Err(e) => {
                         log::info!("console: client gone ({e})");
                         *client = None;
@@ -421,7 +481,10 @@ fn listen_unix(path: &str) -> io::Result<UnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
         Ok(_) => {
-            return Err(io::Error::new(ErrorKind::AlreadyExists, "the path exists and is not a socket"));
+            return Err(io::Error::new(
+                ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(e),
@@ -464,7 +527,10 @@ fn set_raw_115200_8n1(fd: RawFd) -> io::Result<()> {
     t.c_cc[libc::VMIN] = 0;
     t.c_cc[libc::VTIME] = 0;
     // SAFETY: `t` is a valid termios; the calls only edit its speed fields.
-    let speed_ok = unsafe { libc::cfsetispeed(&mut t, libc::B115200) == 0 && libc::cfsetospeed(&mut t, libc::B115200) == 0 };
+    let speed_ok = unsafe {
+        libc::cfsetispeed(&mut t, libc::B115200) == 0
+            && libc::cfsetospeed(&mut t, libc::B115200) == 0
+    };
     if !speed_ok {
         return Err(io::Error::last_os_error());
     }
@@ -477,12 +543,20 @@ fn set_raw_115200_8n1(fd: RawFd) -> io::Result<()> {
 
 /// Zero-timeout poll of one descriptor; returns its revents.
 fn poll_now(fd: RawFd, events: libc::c_short) -> io::Result<libc::c_short> {
-    let mut pfd = libc::pollfd { fd, events, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
     // SAFETY: `pfd` is one valid pollfd that lives across the call; timeout 0 never blocks.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     if n < 0 {
         let e = io::Error::last_os_error();
-        return if e.kind() == ErrorKind::Interrupted { Ok(0) } else { Err(e) };
+        return if e.kind() == ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(e)
+        };
     }
     Ok(pfd.revents)
 }
@@ -550,7 +624,11 @@ mod tests {
     }
 
     /// Read one answer (up to and including its `ok`/`error:` line) from a client.
-    fn read_answer(svc: &mut ConsoleService, host: &mut FakeHost, reader: &mut io::BufReader<UnixStream>) -> Vec<String> {
+    fn read_answer(
+        svc: &mut ConsoleService,
+        host: &mut FakeHost,
+        reader: &mut io::BufReader<UnixStream>,
+    ) -> Vec<String> {
         let mut answer = Vec::new();
         let mut line = String::new();
         loop {
@@ -571,17 +649,29 @@ mod tests {
 
     #[test]
     fn spec_errors_are_clear() {
-        assert!(matches!(ConsoleIo::open("serial"), Err(ConsoleError::Spec(_))));
-        assert!(matches!(ConsoleIo::open("unix:"), Err(ConsoleError::Spec(_))));
+        assert!(matches!(
+            ConsoleIo::open("serial"),
+            Err(ConsoleError::Spec(_))
+        ));
+        assert!(matches!(
+            ConsoleIo::open("unix:"),
+            Err(ConsoleError::Spec(_))
+        ));
         let e = ConsoleIo::open("/nonexistent/ttyS9").err().unwrap();
         assert!(e.to_string().contains("/nonexistent/ttyS9"), "{e}");
         // A regular file is not a tty.
         let f = std::env::temp_dir().join(format!("console-test-{}-notatty", std::process::id()));
         std::fs::write(&f, b"").unwrap();
-        assert!(matches!(ConsoleIo::open(f.to_str().unwrap()), Err(ConsoleError::Tty { .. })));
+        assert!(matches!(
+            ConsoleIo::open(f.to_str().unwrap()),
+            Err(ConsoleError::Tty { .. })
+        ));
         // A path that exists and is not a socket is left alone.
         let spec = format!("unix:{}", f.display());
-        assert!(matches!(ConsoleIo::open(&spec), Err(ConsoleError::Socket { .. })));
+        assert!(matches!(
+            ConsoleIo::open(&spec),
+            Err(ConsoleError::Socket { .. })
+        ));
         assert!(f.exists());
         std::fs::remove_file(f).unwrap();
     }
@@ -594,7 +684,10 @@ mod tests {
         assert!(path.exists());
         let mut svc = ConsoleService::open(&format!("unix:{}", path.display())).unwrap();
         let mut host = FakeHost::new();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
 
         let client = UnixStream::connect(&path).unwrap();
         client.set_nonblocking(true).unwrap();
@@ -602,7 +695,10 @@ mod tests {
         let mut reader = io::BufReader::new(client);
 
         writer.write_all(b"version\r\n").unwrap();
-        assert_eq!(read_answer(&mut svc, &mut host, &mut reader), ["appliance 9.8.7", "ok"]);
+        assert_eq!(
+            read_answer(&mut svc, &mut host, &mut reader),
+            ["appliance 9.8.7", "ok"]
+        );
 
         writer.write_all(b"\xff\xfe garbage \x01\n").unwrap();
         let a = read_answer(&mut svc, &mut host, &mut reader);
@@ -612,7 +708,10 @@ mod tests {
         let mut long = vec![b'a'; 10_000];
         long.extend_from_slice(b"\nstats json\n");
         writer.write_all(&long).unwrap();
-        assert_eq!(read_answer(&mut svc, &mut host, &mut reader), ["error: line too long (more than 1024 bytes)"]);
+        assert_eq!(
+            read_answer(&mut svc, &mut host, &mut reader),
+            ["error: line too long (more than 1024 bytes)"]
+        );
         let a = read_answer(&mut svc, &mut host, &mut reader);
         assert_eq!(a.len(), 2);
         let v: serde_json::Value = serde_json::from_str(&a[0]).unwrap();
@@ -626,7 +725,10 @@ mod tests {
         }
 
         writer.write_all(b"reboot\n").unwrap();
-        assert_eq!(read_answer(&mut svc, &mut host, &mut reader), ["rebooting", "ok"]);
+        assert_eq!(
+            read_answer(&mut svc, &mut host, &mut reader),
+            ["rebooting", "ok"]
+        );
         assert_eq!(host.power, Some(super::super::PowerAction::Reboot));
         assert!(svc.flush_for(Duration::from_secs(1)));
 
@@ -660,7 +762,10 @@ mod tests {
                 eof
             });
             let text = String::from_utf8(got).unwrap();
-            assert_eq!(text, "appliance 9.8.7\nok\nup 1d 01:01:01 (90061 s)\nok\n", "round {round}");
+            assert_eq!(
+                text, "appliance 9.8.7\nok\nup 1d 01:01:01 (90061 s)\nok\n",
+                "round {round}"
+            );
         }
     }
 
@@ -674,7 +779,9 @@ mod tests {
         assert!(svc.io().connected());
         let second = UnixStream::connect(&path).unwrap();
         svc.poll(&mut host, 8);
-        first.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        first
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let mut text = String::new();
         first.read_to_string(&mut text).unwrap();
         assert_eq!(text, "console taken over by another client\n");
@@ -682,7 +789,10 @@ mod tests {
         let mut w = second.try_clone().unwrap();
         let mut reader = io::BufReader::new(second);
         w.write_all(b"version\n").unwrap();
-        assert_eq!(read_answer(&mut svc, &mut host, &mut reader), ["appliance 9.8.7", "ok"]);
+        assert_eq!(
+            read_answer(&mut svc, &mut host, &mut reader),
+            ["appliance 9.8.7", "ok"]
+        );
     }
 
     #[test]
@@ -692,7 +802,8 @@ mod tests {
         let mut host = FakeHost::new();
         let mut c = UnixStream::connect(&path).unwrap();
         // Ask for ~100 KB answers over and over and never read them.
-        c.write_all("media 1000\nconns 1000\n".repeat(200).as_bytes()).unwrap();
+        c.write_all("media 1000\nconns 1000\n".repeat(200).as_bytes())
+            .unwrap();
         svc.poll(&mut host, 8);
         assert!(svc.io().connected());
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -755,7 +866,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -780,7 +895,11 @@ mod tests {
         if std::env::var_os("CONSOLE_STDIO_CHILD").is_some() {
             return stdio_child();
         }
-        let out = run_stdio_child("console::transport::tests::stdio_from_dev_null_is_quiet", std::process::Stdio::null(), b"");
+        let out = run_stdio_child(
+            "console::transport::tests::stdio_from_dev_null_is_quiet",
+            std::process::Stdio::null(),
+            b"",
+        );
         assert!(!out.contains("ok\n") && !out.contains("error"), "{out:?}");
     }
 
@@ -805,7 +924,10 @@ mod tests {
             }
             eof
         });
-        assert_eq!(String::from_utf8(got).unwrap(), "versiox\x08 \x08n\nappliance 9.8.7\nok\n");
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            "versiox\x08 \x08n\nappliance 9.8.7\nok\n"
+        );
     }
 
     /// A pseudo-terminal pair: the master end plays the operator's terminal.
@@ -819,7 +941,10 @@ mod tests {
             assert_eq!(libc::unlockpt(master), 0);
             let mut buf = [0 as libc::c_char; 128];
             assert_eq!(libc::ptsname_r(master, buf.as_mut_ptr(), buf.len()), 0);
-            let name = std::ffi::CStr::from_ptr(buf.as_ptr()).to_str().unwrap().to_string();
+            let name = std::ffi::CStr::from_ptr(buf.as_ptr())
+                .to_str()
+                .unwrap()
+                .to_string();
             (File::from_raw_fd(master), name)
         }
     }
@@ -845,7 +970,10 @@ mod tests {
             got.ends_with(b"ok\r\n") || got.ends_with(b"\n") && got.starts_with(b"error")
         });
         // ^C is not a signal in raw mode; it reaches the interpreter as part of the word.
-        assert_eq!(String::from_utf8(got).unwrap(), "error: unknown command '\\u{3}version' (try 'help')\r\n");
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            "error: unknown command '\\u{3}version' (try 'help')\r\n"
+        );
         master.write_all(b"uptime\r").unwrap();
         let mut got = Vec::new();
         pump(&mut svc, &mut host, || {
@@ -855,6 +983,9 @@ mod tests {
             }
             got.ends_with(b"ok\r\n")
         });
-        assert_eq!(String::from_utf8(got).unwrap(), "up 1d 01:01:01 (90061 s)\r\nok\r\n");
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            "up 1d 01:01:01 (90061 s)\r\nok\r\n"
+        );
     }
 }
