@@ -2,4 +2,6 @@
 //! that ties them to a NIC and a storage backend, and the management console.
 pub mod console;
 pub mod net;
+pub mod server;
 pub mod stats;
+pub mod sys;
