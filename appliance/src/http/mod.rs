@@ -7,8 +7,8 @@
 //! Driving it from a connection (see also [`Limits::max_head_len`]):
 //! 1. `parse_request(&rx[..filled], &limits)`: `Incomplete` -> wait for more bytes;
 //!    `Error(e)` -> send `Plan::from_error(&e)` and close; `Complete { request, consumed }`
-//!    -> `decode_path(request.path, &mut path_buf)` (an error is planned like a parse error),
-//!    then `plan(&request, path, lookup)`.
+//!    -> `plan_request(&request, &mut path_buf, lookup)` (which is `decode_path` + `plan`).
+//!    The plan borrows nothing from the receive buffer.
 //! 2. `write_head(&plan, now, &mut head_buf)`, send it, then `plan.error_body()`, then the
 //!    object bytes `plan.body` (offset, len), if any.
 //! 3. Drop `consumed` bytes from the receive buffer; if `plan.keep_alive` parse the next
@@ -25,7 +25,7 @@ pub use mime::content_type_for;
 pub use range::{if_range_matches, parse_range, RangeOutcome};
 pub use request::{decode_path, parse_request, Method, Parse, Request, Version};
 pub use response::{
-    plan, write_head, ContentRange, HeadError, ObjectMeta, Plan, MAX_CONTENT_TYPE_LEN,
+    plan, plan_request, write_head, ContentRange, HeadError, ObjectMeta, Plan, MAX_CONTENT_TYPE_LEN,
     MAX_ETAG_LEN, MAX_HEAD_LEN,
 };
 

@@ -703,7 +703,7 @@ mod tests {
         assert_eq!(parse_request(&long[..21], &limits), Parse::Error(too_long_target()));
         // With the default limit: 2049-byte target.
         let mut big = b"GET /".to_vec();
-        big.extend(std::iter::repeat(b'a').take(2048));
+        big.extend(std::iter::repeat_n(b'a', 2048));
         assert_eq!(status(&big), 414);
         big.extend_from_slice(b" HTTP/1.1\r\nHost: h\r\n\r\n");
         assert_eq!(status(&big), 414);
@@ -733,7 +733,7 @@ mod tests {
         // Defaults: 8193 bytes of headers.
         let mut huge = head.to_vec();
         huge.extend_from_slice(b"Host: h\r\nX: ");
-        huge.extend(std::iter::repeat(b'v').take(8192));
+        huge.extend(std::iter::repeat_n(b'v', 8192));
         assert_eq!(status(&huge), 431);
     }
 
