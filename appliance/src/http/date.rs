@@ -5,10 +5,18 @@
 pub const HTTP_DATE_LEN: usize = 29;
 
 const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-const WEEKDAYS_LONG: [&str; 7] =
-    ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
-const MONTHS: [&str; 12] =
-    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const WEEKDAYS_LONG: [&str; 7] = [
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
 /// 9999-12-31 23:59:59 UTC: the last instant a four-digit year can show.
 const MAX_UNIX: u64 = 253_402_300_799;
@@ -83,7 +91,10 @@ fn digits(s: &[u8]) -> Option<u64> {
 }
 
 fn month_number(name: &[u8]) -> Option<u64> {
-    MONTHS.iter().position(|m| m.as_bytes() == name).map(|i| i as u64 + 1)
+    MONTHS
+        .iter()
+        .position(|m| m.as_bytes() == name)
+        .map(|i| i as u64 + 1)
 }
 
 /// "HH:MM:SS" -> seconds of the day (a leap second 60 counts as 59).
@@ -119,7 +130,12 @@ pub fn parse_http_date(s: &str) -> Option<u64> {
             {
                 return None;
             }
-            to_unix(digits(&r[8..12])?, month_number(&r[4..7])?, digits(&r[1..3])?, time_of_day(&r[13..21])?)
+            to_unix(
+                digits(&r[8..12])?,
+                month_number(&r[4..7])?,
+                digits(&r[1..3])?,
+                time_of_day(&r[13..21])?,
+            )
         }
         // RFC 850: "Sunday, 06-Nov-94 08:49:37 GMT"
         Some(n) => {
@@ -127,12 +143,23 @@ pub fn parse_http_date(s: &str) -> Option<u64> {
                 return None;
             }
             let r = &b[n + 1..];
-            if r.len() != 23 || r[0] != b' ' || r[3] != b'-' || r[7] != b'-' || r[10] != b' ' || &r[19..] != b" GMT" {
+            if r.len() != 23
+                || r[0] != b' '
+                || r[3] != b'-'
+                || r[7] != b'-'
+                || r[10] != b' '
+                || &r[19..] != b" GMT"
+            {
                 return None;
             }
             let yy = digits(&r[8..10])?;
             let year = if yy < 70 { 2000 + yy } else { 1900 + yy };
-            to_unix(year, month_number(&r[4..7])?, digits(&r[1..3])?, time_of_day(&r[11..19])?)
+            to_unix(
+                year,
+                month_number(&r[4..7])?,
+                digits(&r[1..3])?,
+                time_of_day(&r[11..19])?,
+            )
         }
         // asctime: "Sun Nov  6 08:49:37 1994"
         None => {
@@ -146,7 +173,12 @@ pub fn parse_http_date(s: &str) -> Option<u64> {
                 (b' ', d) => digits(&[d])?,
                 (d1, d2) => digits(&[d1, d2])?,
             };
-            to_unix(digits(&b[20..24])?, month_number(&b[4..7])?, day, time_of_day(&b[11..19])?)
+            to_unix(
+                digits(&b[20..24])?,
+                month_number(&b[4..7])?,
+                day,
+                time_of_day(&b[11..19])?,
+            )
         }
     }
 }
@@ -174,13 +206,31 @@ mod tests {
 
     #[test]
     fn parses_the_three_formats() {
-        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
-        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(784_111_777));
-        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(784_111_777));
-        assert_eq!(parse_http_date("Sun Nov 06 08:49:37 1994"), Some(784_111_777));
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            parse_http_date("Sun Nov  6 08:49:37 1994"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            parse_http_date("Sun Nov 06 08:49:37 1994"),
+            Some(784_111_777)
+        );
         assert_eq!(parse_http_date(" Thu, 01 Jan 1970 00:00:00 GMT "), Some(0));
-        assert_eq!(parse_http_date("Wednesday, 01-Jan-25 00:00:00 GMT"), Some(1_735_689_600));
-        assert_eq!(parse_http_date("Tue, 31 Dec 2024 23:59:60 GMT"), Some(1_735_689_599));
+        assert_eq!(
+            parse_http_date("Wednesday, 01-Jan-25 00:00:00 GMT"),
+            Some(1_735_689_600)
+        );
+        assert_eq!(
+            parse_http_date("Tue, 31 Dec 2024 23:59:60 GMT"),
+            Some(1_735_689_599)
+        );
     }
 
     #[test]

@@ -53,7 +53,10 @@ mod tests {
 
     #[test]
     fn known_extensions() {
-        assert_eq!(content_type_for("/live/index.m3u8"), "application/vnd.apple.mpegurl");
+        assert_eq!(
+            content_type_for("/live/index.m3u8"),
+            "application/vnd.apple.mpegurl"
+        );
         assert_eq!(content_type_for("/seg/00001.ts"), "video/mp2t");
         assert_eq!(content_type_for("/dash/chunk-1.m4s"), "video/iso.segment");
         assert_eq!(content_type_for("/movie.MP4"), "video/mp4");

@@ -4,7 +4,7 @@
 //! borrowed views over the receive buffer, heads are written into fixed buffers, and the
 //! object body itself is never touched here (the plan names the byte range to send).
 //!
-//! Driving it from a connection (see also [`Limits::max_head_len`]):
+//! Driving it from a connection:
 //! 1. `parse_request(&rx[..filled], &limits)`: `Incomplete` -> wait for more bytes;
 //!    `Error(e)` -> send `Plan::from_error(&e)` and close; `Complete { request, consumed }`
 //!    -> `plan_request(&request, &mut path_buf, lookup)` (which is `decode_path` + `plan`).
@@ -13,6 +13,12 @@
 //!    object bytes `plan.body` (offset, len), if any.
 //! 3. Drop `consumed` bytes from the receive buffer; if `plan.keep_alive` parse the next
 //!    (pipelined) request, otherwise close once everything is sent.
+//!
+//! Buffer sizes: `rx` of [`Limits::max_head_len`] bytes (parsing never answers `Incomplete`
+//! once that much is buffered), `path_buf` of `max_target` bytes, `head_buf` of
+//! [`MAX_HEAD_LEN`]. A head can only become complete when a `\n` arrives, so a caller may
+//! skip re-parsing after segments without one (errors are then noticed at the next line end
+//! or when `rx` is full).
 
 mod date;
 mod mime;
@@ -21,12 +27,12 @@ mod request;
 mod response;
 
 pub use date::{http_date, parse_http_date, HTTP_DATE_LEN};
-pub use mime::content_type_for;
+pub use mime::{content_type_for, DEFAULT_CONTENT_TYPE};
 pub use range::{if_range_matches, parse_range, RangeOutcome};
 pub use request::{decode_path, parse_request, Method, Parse, Request, Version};
 pub use response::{
-    plan, plan_request, write_head, ContentRange, HeadError, ObjectMeta, Plan, MAX_CONTENT_TYPE_LEN,
-    MAX_ETAG_LEN, MAX_HEAD_LEN,
+    plan, plan_request, write_head, ContentRange, HeadError, ObjectMeta, Plan,
+    MAX_CONTENT_TYPE_LEN, MAX_ETAG_LEN, MAX_HEAD_LEN,
 };
 
 /// Longest method token accepted; longer ones are malformed (400).
@@ -50,7 +56,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_target: 2048, max_header_bytes: 8192, max_headers: 64 }
+        Limits {
+            max_target: 2048,
+            max_header_bytes: 8192,
+            max_headers: 64,
+        }
     }
 }
 
@@ -81,6 +91,9 @@ pub struct RequestError {
 
 impl RequestError {
     pub(crate) const fn bad(reason: &'static str) -> Self {
-        RequestError { status: 400, reason }
+        RequestError {
+            status: 400,
+            reason,
+        }
     }
 }

@@ -37,7 +37,9 @@ fn digits(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(s.bytes().fold(0u64, |acc, d| acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))))
+    Some(s.bytes().fold(0u64, |acc, d| {
+        acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    }))
 }
 
 fn parse_spec(spec: &str) -> Option<Spec> {
@@ -51,7 +53,10 @@ fn parse_spec(spec: &str) -> Option<Spec> {
         return Some(Spec::From { first, last: None });
     }
     let last = digits(last)?;
-    (first <= last).then_some(Spec::From { first, last: Some(last) })
+    (first <= last).then_some(Spec::From {
+        first,
+        last: Some(last),
+    })
 }
 
 impl Spec {
@@ -115,7 +120,10 @@ pub fn parse_range(header: &str, size: u64) -> RangeOutcome {
         }
         end = end.max(last);
     }
-    RangeOutcome::Partial { start, end_inclusive: end }
+    RangeOutcome::Partial {
+        start,
+        end_inclusive: end,
+    }
 }
 
 /// If-Range (RFC 9110 section 13.1.5): the Range applies only when the validator still
@@ -137,7 +145,10 @@ mod tests {
     use RangeOutcome::*;
 
     fn part(start: u64, end_inclusive: u64) -> RangeOutcome {
-        Partial { start, end_inclusive }
+        Partial {
+            start,
+            end_inclusive,
+        }
     }
 
     #[test]
@@ -149,8 +160,14 @@ mod tests {
         assert_eq!(parse_range("bytes=500-5000", 1000), part(500, 999));
         assert_eq!(parse_range("bytes=999-999", 1000), part(999, 999));
         assert_eq!(parse_range("bytes=0-0", 1), part(0, 0));
-        assert_eq!(parse_range("bytes=0-99999999999999999999999", 10), part(0, 9));
-        assert_eq!(parse_range("bytes=-99999999999999999999999", 10), part(0, 9));
+        assert_eq!(
+            parse_range("bytes=0-99999999999999999999999", 10),
+            part(0, 9)
+        );
+        assert_eq!(
+            parse_range("bytes=-99999999999999999999999", 10),
+            part(0, 9)
+        );
     }
 
     #[test]
@@ -164,7 +181,10 @@ mod tests {
     fn unsatisfiable() {
         assert_eq!(parse_range("bytes=1000-", 1000), Unsatisfiable);
         assert_eq!(parse_range("bytes=1000-2000", 1000), Unsatisfiable);
-        assert_eq!(parse_range("bytes=99999999999999999999999-", 1000), Unsatisfiable);
+        assert_eq!(
+            parse_range("bytes=99999999999999999999999-", 1000),
+            Unsatisfiable
+        );
         assert_eq!(parse_range("bytes=-0", 1000), Unsatisfiable);
         assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);
         assert_eq!(parse_range("bytes=-5", 0), Unsatisfiable);
@@ -221,7 +241,11 @@ mod tests {
         assert!(!if_range_matches("W/\"abc\"", "\"abc\"", lm));
         assert!(!if_range_matches("W/\"abc\"", "W/\"abc\"", lm));
         assert!(if_range_matches(lm, "\"abc\"", lm));
-        assert!(!if_range_matches("Sun, 06 Nov 1994 08:49:38 GMT", "\"abc\"", lm));
+        assert!(!if_range_matches(
+            "Sun, 06 Nov 1994 08:49:38 GMT",
+            "\"abc\"",
+            lm
+        ));
         assert!(!if_range_matches("", "\"abc\"", lm));
     }
 

@@ -12,9 +12,7 @@
 //!   (ambiguous); duplicate Content-Length is fine only when the values agree.
 //! - Request-target: origin-form (`/path?query`), absolute-form (`http[s]://authority/path`;
 //!   its authority then becomes `host`), and `*` for OPTIONS only. Fragments are 400.
-use super::{
-    Limits, RequestError, MAX_LEADING_EMPTY_LINES, MAX_METHOD_LEN, MAX_VERSION_LEN,
-};
+use super::{Limits, RequestError, MAX_LEADING_EMPTY_LINES, MAX_METHOD_LEN, MAX_VERSION_LEN};
 
 /// Request method. GET and HEAD are served; every other token is carried for the 405.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +56,10 @@ pub enum Parse<'a> {
     Incomplete,
     /// A whole head: `consumed` bytes (through the empty line ending the headers) belong to
     /// it; whatever follows is the next pipelined request.
-    Complete { request: Request<'a>, consumed: usize },
+    Complete {
+        request: Request<'a>,
+        consumed: usize,
+    },
     /// Refused; answer with `status` and close the connection.
     Error(RequestError),
 }
@@ -73,11 +74,17 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
 }
 
 const fn too_long_target() -> RequestError {
-    RequestError { status: 414, reason: "request-target too long" }
+    RequestError {
+        status: 414,
+        reason: "request-target too long",
+    }
 }
 
 const fn too_large_headers(reason: &'static str) -> RequestError {
-    RequestError { status: 431, reason }
+    RequestError {
+        status: 431,
+        reason,
+    }
 }
 
 /// tchar from RFC 9110 section 5.6.2.
@@ -154,7 +161,10 @@ fn parse_version(v: &[u8]) -> Result<Version, RequestError> {
         [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
             if major.is_ascii_digit() && minor.is_ascii_digit() =>
         {
-            Err(RequestError { status: 505, reason: "HTTP version not supported" })
+            Err(RequestError {
+                status: 505,
+                reason: "HTTP version not supported",
+            })
         }
         _ => Err(RequestError::bad("malformed HTTP version")),
     }
@@ -166,7 +176,10 @@ struct RequestLine<'a> {
     version: Version,
 }
 
-fn parse_request_line<'a>(line: &'a [u8], limits: &Limits) -> Result<RequestLine<'a>, RequestError> {
+fn parse_request_line<'a>(
+    line: &'a [u8],
+    limits: &Limits,
+) -> Result<RequestLine<'a>, RequestError> {
     let sp1 = find(line, b' ').ok_or(RequestError::bad("malformed request line"))?;
     let method = &line[..sp1];
     check_method(method)?;
@@ -184,7 +197,10 @@ fn parse_request_line<'a>(line: &'a [u8], limits: &Limits) -> Result<RequestLine
     if target.is_empty() {
         return Err(RequestError::bad("empty request-target"));
     }
-    if !target.iter().all(|&b| (0x21..=0x7e).contains(&b) && b != b'#') {
+    if !target
+        .iter()
+        .all(|&b| (0x21..=0x7e).contains(&b) && b != b'#')
+    {
         return Err(RequestError::bad("invalid character in request-target"));
     }
     let version = parse_version(&rest[sp2 + 1..])?;
@@ -196,12 +212,17 @@ fn parse_request_line<'a>(line: &'a [u8], limits: &Limits) -> Result<RequestLine
         "HEAD" => Method::Head,
         other => Method::Other(other),
     };
-    Ok(RequestLine { method, target, version })
+    Ok(RequestLine {
+        method,
+        target,
+        version,
+    })
 }
 
 fn strip_prefix_ignore_case<'s>(s: &'s str, prefix: &str) -> Option<&'s str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// Splits a request-target into (path without query, authority of an absolute-form target).
@@ -225,7 +246,9 @@ fn split_target<'a>(
     let authority_end = after_scheme.find(['/', '?']).unwrap_or(after_scheme.len());
     let authority = &after_scheme[..authority_end];
     if authority.is_empty() || authority.contains('@') {
-        return Err(RequestError::bad("invalid authority in absolute-form target"));
+        return Err(RequestError::bad(
+            "invalid authority in absolute-form target",
+        ));
     }
     let path = path_of(&after_scheme[authority_end..]);
     Ok((if path.is_empty() { "/" } else { path }, Some(authority)))
@@ -277,7 +300,8 @@ fn parse_content_length(value: &[u8]) -> Result<u64, RequestError> {
 }
 
 fn is_valid_host(host: &[u8]) -> bool {
-    host.iter().all(|&b| (0x21..=0x7e).contains(&b) && !b",/?#@\"<>\\^`{|}".contains(&b))
+    host.iter()
+        .all(|&b| (0x21..=0x7e).contains(&b) && !b",/?#@\"<>\\^`{|}".contains(&b))
 }
 
 fn parse_field<'a>(line: &'a [u8], fields: &mut Fields<'a>) -> Result<(), RequestError> {
@@ -385,7 +409,11 @@ fn parse_head<'a>(
         parse_field(line, &mut fields)?;
     }
 
-    let RequestLine { method, target, version } = request_line;
+    let RequestLine {
+        method,
+        target,
+        version,
+    } = request_line;
     if version == Version::Http11 && fields.host.is_none() {
         return Err(RequestError::bad("HTTP/1.1 request without Host"));
     }
@@ -455,9 +483,10 @@ pub fn decode_path<'b>(raw: &str, out: &'b mut [u8]) -> Result<&'b str, RequestE
         if byte < 0x20 || byte == 0x7f {
             return Err(RequestError::bad("control character in path"));
         }
-        let slot = out
-            .get_mut(n)
-            .ok_or(RequestError { status: 414, reason: "decoded path too long" })?;
+        let slot = out.get_mut(n).ok_or(RequestError {
+            status: 414,
+            reason: "decoded path too long",
+        })?;
         *slot = byte;
         n += 1;
     }
@@ -513,14 +542,20 @@ mod tests {
     fn complete(bytes: &[u8]) -> (Request<'_>, usize) {
         match parse(bytes) {
             Parse::Complete { request, consumed } => (request, consumed),
-            other => panic!("expected Complete for {:?}, got {other:?}", String::from_utf8_lossy(bytes)),
+            other => panic!(
+                "expected Complete for {:?}, got {other:?}",
+                String::from_utf8_lossy(bytes)
+            ),
         }
     }
 
     fn status(bytes: &[u8]) -> u16 {
         match parse(bytes) {
             Parse::Error(e) => e.status,
-            other => panic!("expected Error for {:?}, got {other:?}", String::from_utf8_lossy(bytes)),
+            other => panic!(
+                "expected Error for {:?}, got {other:?}",
+                String::from_utf8_lossy(bytes)
+            ),
         }
     }
 
@@ -570,7 +605,8 @@ mod tests {
 
     #[test]
     fn absolute_form_sets_path_and_host() {
-        let (r, _) = complete(b"GET http://media.example:8080/a/b.mp4?q HTTP/1.1\r\nHost: other\r\n\r\n");
+        let (r, _) =
+            complete(b"GET http://media.example:8080/a/b.mp4?q HTTP/1.1\r\nHost: other\r\n\r\n");
         assert_eq!((r.path, r.host), ("/a/b.mp4", Some("media.example:8080")));
         let (r, _) = complete(b"GET HTTP://h HTTP/1.1\r\nHost: h\r\n\r\n");
         assert_eq!(r.path, "/");
@@ -589,13 +625,21 @@ mod tests {
     fn keep_alive_rules() {
         let ka = |s: &[u8]| complete(s).0.keep_alive;
         assert!(ka(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
-        assert!(!ka(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"));
-        assert!(!ka(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, CLOSE\r\n\r\n"));
-        assert!(!ka(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: te\r\nconnection: close\r\n\r\n"));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, CLOSE\r\n\r\n"
+        ));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: te\r\nconnection: close\r\n\r\n"
+        ));
         assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
         assert!(ka(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
         assert!(ka(b"GET / HTTP/1.0\r\nConnection: foo ,keep-alive\r\n\r\n"));
-        assert!(!ka(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n"));
+        assert!(!ka(
+            b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n"
+        ));
         assert!(!ka(b"GET / HTTP/1.0\r\nConnection: keep-alive-not\r\n\r\n"));
     }
 
@@ -617,7 +661,10 @@ mod tests {
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a,b\r\n\r\n"), 400);
-        assert_eq!(complete(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n").0.host, Some("[::1]:80"));
+        assert_eq!(
+            complete(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n").0.host,
+            Some("[::1]:80")
+        );
     }
 
     #[test]
@@ -672,8 +719,14 @@ mod tests {
     #[test]
     fn content_length_rules() {
         let cl = |s: &[u8]| complete(s).0.content_length;
-        assert_eq!(cl(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"), 0);
-        assert_eq!(cl(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n\r\n"), 12);
+        assert_eq!(
+            cl(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"),
+            0
+        );
+        assert_eq!(
+            cl(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n\r\n"),
+            12
+        );
         assert_eq!(cl(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 12, 12\r\nContent-Length: 12\r\n\r\n"), 12);
         for bad in [
             &b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
@@ -693,14 +746,23 @@ mod tests {
 
     #[test]
     fn target_limit_gives_414_early_and_late() {
-        let limits = Limits { max_target: 16, ..Limits::default() };
+        let limits = Limits {
+            max_target: 16,
+            ..Limits::default()
+        };
         let ok = b"GET /0123456789abcde HTTP/1.1\r\nHost: h\r\n\r\n"; // target is 16 bytes
         assert!(matches!(parse_request(ok, &limits), Parse::Complete { .. }));
         let long = b"GET /0123456789abcdef HTTP/1.1\r\nHost: h\r\n\r\n";
-        assert_eq!(parse_request(long, &limits), Parse::Error(too_long_target()));
+        assert_eq!(
+            parse_request(long, &limits),
+            Parse::Error(too_long_target())
+        );
         // Before the line is complete, once the target bytes exceed the limit.
         assert_eq!(parse_request(&long[..20], &limits), Parse::Incomplete);
-        assert_eq!(parse_request(&long[..21], &limits), Parse::Error(too_long_target()));
+        assert_eq!(
+            parse_request(&long[..21], &limits),
+            Parse::Error(too_long_target())
+        );
         // With the default limit: 2049-byte target.
         let mut big = b"GET /".to_vec();
         big.extend(std::iter::repeat_n(b'a', 2048));
@@ -711,30 +773,84 @@ mod tests {
 
     #[test]
     fn header_limits_give_431_early_and_late() {
-        let limits = Limits { max_header_bytes: 32, max_headers: 3, ..Limits::default() };
+        let limits = Limits {
+            max_header_bytes: 32,
+            max_headers: 3,
+            ..Limits::default()
+        };
         let head = b"GET / HTTP/1.1\r\n";
         // Exactly 32 header bytes, including the final CRLF.
         let ok = [&head[..], b"Host: h\r\nX-Padding: 01234567\r\n\r\n"].concat();
-        assert!(matches!(parse_request(&ok, &limits), Parse::Complete { .. }));
+        assert!(matches!(
+            parse_request(&ok, &limits),
+            Parse::Complete { .. }
+        ));
         let big = [&head[..], b"Host: h\r\nX-Padding: 012345678\r\n\r\n"].concat();
         assert_eq!(parse_request(&big, &limits).error_status(), Some(431));
         // Detected while still incomplete.
         let partial = [&head[..], &[b'x'; 33][..]].concat();
         assert_eq!(parse_request(&partial, &limits).error_status(), Some(431));
-        assert_eq!(parse_request(&partial[..partial.len() - 1], &limits), Parse::Incomplete);
+        assert_eq!(
+            parse_request(&partial[..partial.len() - 1], &limits),
+            Parse::Incomplete
+        );
         let many = [&head[..], b"Host: h\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"].concat();
-        let limits = Limits { max_headers: 3, ..Limits::default() };
+        let limits = Limits {
+            max_headers: 3,
+            ..Limits::default()
+        };
         assert_eq!(parse_request(&many, &limits).error_status(), Some(431));
         // The fourth field line is refused as soon as it is complete.
         let many_partial = [&head[..], b"Host: h\r\nA: 1\r\nB: 2\r\nC: 3\r\n"].concat();
-        assert_eq!(parse_request(&many_partial, &limits).error_status(), Some(431));
+        assert_eq!(
+            parse_request(&many_partial, &limits).error_status(),
+            Some(431)
+        );
         let three = [&head[..], b"Host: h\r\nA: 1\r\nB: 2\r\n\r\n"].concat();
-        assert!(matches!(parse_request(&three, &limits), Parse::Complete { .. }));
+        assert!(matches!(
+            parse_request(&three, &limits),
+            Parse::Complete { .. }
+        ));
         // Defaults: 8193 bytes of headers.
         let mut huge = head.to_vec();
         huge.extend_from_slice(b"Host: h\r\nX: ");
         huge.extend(std::iter::repeat_n(b'v', 8192));
         assert_eq!(status(&huge), 431);
+    }
+
+    #[test]
+    fn real_client_heads() {
+        let heads: [&[u8]; 4] = [
+            b"GET /media/movie.mp4 HTTP/1.1\r\nHost: 10.0.0.2:8080\r\nUser-Agent: curl/7.88.1\r\n\
+              Accept: */*\r\nRange: bytes=100-199\r\n\r\n",
+            b"GET /live/index.m3u8 HTTP/1.1\r\nUser-Agent: Lavf/59.27.100\r\nAccept: */*\r\n\
+              Range: bytes=0-\r\nConnection: close\r\nHost: 10.0.0.2\r\nIcy-MetaData: 1\r\n\r\n",
+            b"GET /index.html HTTP/1.1\r\nHost: localhost:8080\r\n\r\n",
+            b"GET /a.json HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip, deflate, br\r\n\
+              Accept-Language: en-US,en;q=0.9\r\nCookie: a=b; c=d\r\n\
+              If-None-Match: W/\"5f-1\"\r\nIf-Modified-Since: Tue, 14 Nov 2023 22:13:20 GMT\r\n\
+              Sec-Fetch-Mode: navigate\r\nUpgrade-Insecure-Requests: 1\r\n\r\n",
+        ];
+        for head in heads {
+            let (r, consumed) = complete(head);
+            assert_eq!(consumed, head.len());
+            assert_eq!(r.method, Method::Get);
+        }
+        assert_eq!(complete(heads[0]).0.range, Some("bytes=100-199"));
+        assert!(!complete(heads[1]).0.keep_alive);
+        assert_eq!(complete(heads[3]).0.if_none_match, Some("W/\"5f-1\""));
+    }
+
+    #[test]
+    fn a_request_body_is_not_consumed() {
+        let input = b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
+        let (r, consumed) = complete(input);
+        assert_eq!((r.content_length, &input[consumed..]), (5, &b"hello"[..]));
+    }
+
+    #[test]
+    fn default_max_head_len() {
+        assert_eq!(Limits::default().max_head_len(), 10_297);
     }
 
     #[test]
@@ -745,7 +861,10 @@ mod tests {
         let (r, consumed) = complete(&both);
         assert_eq!((r.path, consumed), ("/a", first.len()));
         let (r, consumed) = complete(&both[consumed..]);
-        assert_eq!((r.method, r.path, consumed), (Method::Head, "/b", second.len()));
+        assert_eq!(
+            (r.method, r.path, consumed),
+            (Method::Head, "/b", second.len())
+        );
         // A partial second request after a complete first one.
         let (_, consumed) = complete(&both[..first.len() + 5]);
         assert_eq!(consumed, first.len());
@@ -763,14 +882,22 @@ mod tests {
             let (_, consumed) = complete(req);
             assert_eq!(consumed, req.len());
             for split in 0..req.len() {
-                assert_eq!(parse(&req[..split]), Parse::Incomplete, "split {split} of {req:?}");
+                assert_eq!(
+                    parse(&req[..split]),
+                    Parse::Incomplete,
+                    "split {split} of {req:?}"
+                );
             }
         }
     }
 
     #[test]
     fn max_head_len_is_enough_for_the_largest_valid_head() {
-        let limits = Limits { max_target: 20, max_header_bytes: 40, max_headers: 8 };
+        let limits = Limits {
+            max_target: 20,
+            max_header_bytes: 40,
+            max_headers: 8,
+        };
         let mut req = b"\r\n\r\n".to_vec();
         req.extend([b'M'; MAX_METHOD_LEN]);
         req.extend_from_slice(b" /");
@@ -798,7 +925,9 @@ mod tests {
 
     fn decode(raw: &str) -> Result<String, u16> {
         let mut buf = [0u8; 256];
-        decode_path(raw, &mut buf).map(str::to_owned).map_err(|e| e.status)
+        decode_path(raw, &mut buf)
+            .map(str::to_owned)
+            .map_err(|e| e.status)
     }
 
     #[test]
@@ -807,7 +936,10 @@ mod tests {
         assert_eq!(decode("/caf%C3%A9"), Ok("/café".into()));
         assert_eq!(decode("/%41%4a%4A"), Ok("/AJJ".into()));
         assert_eq!(decode("/a+b"), Ok("/a+b".into()));
-        for bad in ["/%00", "/%", "/%4", "/%G0", "/%0G", "/a%zz", "/%C3", "/%FF", "/%0A", "/%7F", "a/b", "", "*"] {
+        for bad in [
+            "/%00", "/%", "/%4", "/%G0", "/%0G", "/a%zz", "/%C3", "/%FF", "/%0A", "/%7F", "a/b",
+            "", "*",
+        ] {
             assert_eq!(decode(bad), Err(400), "{bad}");
         }
     }
@@ -840,7 +972,10 @@ mod tests {
     #[test]
     fn decode_path_reports_a_short_buffer() {
         let mut small = [0u8; 3];
-        assert_eq!(decode_path("/abcd", &mut small).map_err(|e| e.status), Err(414));
+        assert_eq!(
+            decode_path("/abcd", &mut small).map_err(|e| e.status),
+            Err(414)
+        );
         let mut exact = [0u8; 5];
         assert_eq!(decode_path("/abcd", &mut exact), Ok("/abcd"));
     }
@@ -888,7 +1023,10 @@ mod tests {
     fn mutation() -> impl Strategy<Value = Mutation> {
         prop_oneof![
             (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Replace(i, b)),
-            (any::<usize>(), prop::sample::select(b" \t\r\n:%/.-,\"\x00\x80".to_vec()))
+            (
+                any::<usize>(),
+                prop::sample::select(b" \t\r\n:%/.-,\"\x00\x80".to_vec())
+            )
                 .prop_map(|(i, b)| Mutation::Insert(i, b)),
             any::<usize>().prop_map(Mutation::Delete),
         ]

@@ -34,7 +34,11 @@ pub struct ObjectMeta<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ContentRange {
     /// 206: `bytes start-end_inclusive/size`.
-    Bytes { start: u64, end_inclusive: u64, size: u64 },
+    Bytes {
+        start: u64,
+        end_inclusive: u64,
+        size: u64,
+    },
     /// 416: `bytes */size`.
     Unsatisfied { size: u64 },
 }
@@ -68,10 +72,16 @@ fn status_info(status: u16) -> Option<(&'static str, &'static [u8])> {
         405 => ("Method Not Allowed", b"405 Method Not Allowed\n"),
         414 => ("URI Too Long", b"414 URI Too Long\n"),
         416 => ("Range Not Satisfiable", b"416 Range Not Satisfiable\n"),
-        431 => ("Request Header Fields Too Large", b"431 Request Header Fields Too Large\n"),
+        431 => (
+            "Request Header Fields Too Large",
+            b"431 Request Header Fields Too Large\n",
+        ),
         500 => ("Internal Server Error", b"500 Internal Server Error\n"),
         503 => ("Service Unavailable", b"503 Service Unavailable\n"),
-        505 => ("HTTP Version Not Supported", b"505 HTTP Version Not Supported\n"),
+        505 => (
+            "HTTP Version Not Supported",
+            b"505 HTTP Version Not Supported\n",
+        ),
         _ => return None,
     })
 }
@@ -84,7 +94,11 @@ impl Plan<'static> {
     /// An error response that closes the connection (for 400, 414, 431, 505 from the parser,
     /// or 500/503 from the caller). Statuses this module does not know become 500.
     pub fn error(status: u16) -> Self {
-        let status = if status >= 400 && status_info(status).is_some() { status } else { 500 };
+        let status = if status >= 400 && status_info(status).is_some() {
+            status
+        } else {
+            500
+        };
         error_plan(status, false, false, None)
     }
 
@@ -202,8 +216,15 @@ pub fn plan<'m>(
     }
     let (status, start, len, content_range) = match outcome {
         RangeOutcome::Full => (200, 0, meta.size, None),
-        RangeOutcome::Partial { start, end_inclusive } => {
-            let range = ContentRange::Bytes { start, end_inclusive, size: meta.size };
+        RangeOutcome::Partial {
+            start,
+            end_inclusive,
+        } => {
+            let range = ContentRange::Bytes {
+                start,
+                end_inclusive,
+                size: meta.size,
+            };
             (206, start, end_inclusive - start + 1, Some(range))
         }
         RangeOutcome::Unsatisfiable => {
@@ -317,7 +338,9 @@ pub fn write_head(plan: &Plan<'_>, now_unix: u64, out: &mut [u8]) -> Result<usiz
     w.put(b"\r\n")?;
     w.date("Date", now_unix)?;
     w.header("Server", SERVER.as_bytes())?;
-    let object = plan.object.filter(|_| matches!(plan.status, 200 | 206 | 304));
+    let object = plan
+        .object
+        .filter(|_| matches!(plan.status, 200 | 206 | 304));
     if plan.status >= 400 {
         w.header("Content-Type", ERROR_CONTENT_TYPE)?;
     } else if let (Some(meta), false) = (object, plan.status == 304) {
@@ -329,7 +352,11 @@ pub fn write_head(plan: &Plan<'_>, now_unix: u64, out: &mut [u8]) -> Result<usiz
         w.put(b"\r\n")?;
     }
     match plan.content_range {
-        Some(ContentRange::Bytes { start, end_inclusive, size }) => {
+        Some(ContentRange::Bytes {
+            start,
+            end_inclusive,
+            size,
+        }) => {
             w.name("Content-Range")?;
             w.put(b"bytes ")?;
             w.num(start)?;
@@ -359,7 +386,14 @@ pub fn write_head(plan: &Plan<'_>, now_unix: u64, out: &mut [u8]) -> Result<usiz
     if plan.status == 405 {
         w.header("Allow", b"GET, HEAD")?;
     }
-    w.header("Connection", if plan.keep_alive { b"keep-alive" } else { b"close" })?;
+    w.header(
+        "Connection",
+        if plan.keep_alive {
+            b"keep-alive"
+        } else {
+            b"close"
+        },
+    )?;
     w.put(b"\r\n")?;
     Ok(w.len)
 }
@@ -375,7 +409,12 @@ mod tests {
     const NOW: u64 = 1_700_000_000; // Tue, 14 Nov 2023 22:13:20 GMT
 
     fn meta(size: u64) -> ObjectMeta<'static> {
-        ObjectMeta { size, content_type: "video/mp2t", etag: ETAG, mtime: MTIME }
+        ObjectMeta {
+            size,
+            content_type: "video/mp2t",
+            etag: ETAG,
+            mtime: MTIME,
+        }
     }
 
     /// Parses `head` (must be complete) and plans it against one object at /a.ts.
@@ -402,7 +441,10 @@ mod tests {
     #[test]
     fn full_get() {
         let p = plan_for(&get(""), 1000);
-        assert_eq!((p.status, p.body, p.content_length, p.keep_alive), (200, Some((0, 1000)), Some(1000), true));
+        assert_eq!(
+            (p.status, p.body, p.content_length, p.keep_alive),
+            (200, Some((0, 1000)), Some(1000), true)
+        );
         assert_eq!(p.error_body(), b"");
         assert_eq!(
             head_text(&p),
@@ -418,12 +460,21 @@ mod tests {
     #[test]
     fn head_has_the_get_headers_and_no_body() {
         let p = plan_for("HEAD /a.ts HTTP/1.1\r\nHost: h\r\n\r\n", 1000);
-        assert_eq!((p.status, p.head_only, p.body, p.content_length), (200, true, None, Some(1000)));
+        assert_eq!(
+            (p.status, p.head_only, p.body, p.content_length),
+            (200, true, None, Some(1000))
+        );
         // HEAD ignores Range.
-        let p = plan_for("HEAD /a.ts HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\n\r\n", 1000);
+        let p = plan_for(
+            "HEAD /a.ts HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\n\r\n",
+            1000,
+        );
         assert_eq!((p.status, p.body, p.content_range), (200, None, None));
         let p = plan_for("HEAD /missing HTTP/1.1\r\nHost: h\r\n\r\n", 1000);
-        assert_eq!((p.status, p.content_length, p.error_body()), (404, Some(14), &b""[..]));
+        assert_eq!(
+            (p.status, p.content_length, p.error_body()),
+            (404, Some(14), &b""[..])
+        );
     }
 
     #[test]
@@ -431,7 +482,10 @@ mod tests {
         let p = plan_for(&get(""), 0);
         assert_eq!((p.status, p.body, p.content_length), (200, None, Some(0)));
         let p = plan_for(&get("Range: bytes=0-\r\n"), 0);
-        assert_eq!((p.status, p.content_range), (416, Some(ContentRange::Unsatisfied { size: 0 })));
+        assert_eq!(
+            (p.status, p.content_range),
+            (416, Some(ContentRange::Unsatisfied { size: 0 }))
+        );
     }
 
     #[test]
@@ -449,7 +503,10 @@ mod tests {
         assert!(text.contains("Content-Length: 23\r\n"));
         assert!(text.contains("Connection: keep-alive\r\n"));
         // An unread body forces a close.
-        let p = plan_for("PUT /a.ts HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n", 10);
+        let p = plan_for(
+            "PUT /a.ts HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+            10,
+        );
         assert_eq!((p.status, p.keep_alive), (405, false));
         // HTTP/1.0 without keep-alive closes.
         let p = plan_for("GET /nope HTTP/1.0\r\n\r\n", 10);
@@ -461,7 +518,10 @@ mod tests {
     fn parser_errors_close_the_connection() {
         for status in [400, 414, 431, 505] {
             let p = Plan::error(status);
-            assert_eq!((p.status, p.keep_alive, p.body, p.object), (status, false, None, None));
+            assert_eq!(
+                (p.status, p.keep_alive, p.body, p.object),
+                (status, false, None, None)
+            );
             let text = head_text(&p);
             assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
             assert!(text.contains(&format!("Content-Length: {}\r\n", p.error_body().len())));
@@ -470,9 +530,14 @@ mod tests {
         }
         assert_eq!(Plan::error(299).status, 500);
         assert_eq!(Plan::error(418).status, 500);
-        let e = RequestError { status: 431, reason: "x" };
+        let e = RequestError {
+            status: 431,
+            reason: "x",
+        };
         assert_eq!(Plan::from_error(&e).status, 431);
-        assert!(head_text(&Plan::error(505)).starts_with("HTTP/1.1 505 HTTP Version Not Supported\r\n"));
+        assert!(
+            head_text(&Plan::error(505)).starts_with("HTTP/1.1 505 HTTP Version Not Supported\r\n")
+        );
     }
 
     #[test]
@@ -499,7 +564,10 @@ mod tests {
         assert!(text.contains("Last-Modified: Sun, 06 Nov 1994 08:49:37 GMT\r\n"));
         assert!(!text.contains("Content-Length"));
         assert!(!text.contains("Content-Type"));
-        let p = plan_for("HEAD /a.ts HTTP/1.1\r\nHost: h\r\nIf-None-Match: *\r\n\r\n", 10);
+        let p = plan_for(
+            "HEAD /a.ts HTTP/1.1\r\nHost: h\r\nIf-None-Match: *\r\n\r\n",
+            10,
+        );
         assert_eq!(p.status, 304);
         // Missing objects are 404 even with If-None-Match: *.
         let p = plan_for("GET /b HTTP/1.1\r\nHost: h\r\nIf-None-Match: *\r\n\r\n", 10);
@@ -516,7 +584,9 @@ mod tests {
         assert_eq!(ims("not a date"), 200);
         // If-None-Match takes precedence: a mismatching tag means 200 whatever the date.
         let p = plan_for(
-            &get("If-None-Match: \"other\"\r\nIf-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n"),
+            &get(
+                "If-None-Match: \"other\"\r\nIf-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT\r\n",
+            ),
             10,
         );
         assert_eq!(p.status, 200);
@@ -525,10 +595,16 @@ mod tests {
     #[test]
     fn ranges() {
         let p = plan_for(&get("Range: bytes=10-19\r\n"), 100);
-        assert_eq!((p.status, p.body, p.content_length), (206, Some((10, 10)), Some(10)));
+        assert_eq!(
+            (p.status, p.body, p.content_length),
+            (206, Some((10, 10)), Some(10))
+        );
         let text = head_text(&p);
         assert!(text.starts_with("HTTP/1.1 206 Partial Content\r\n"));
-        assert!(text.contains("Content-Range: bytes 10-19/100\r\n"), "{text}");
+        assert!(
+            text.contains("Content-Range: bytes 10-19/100\r\n"),
+            "{text}"
+        );
         assert!(text.contains("Content-Length: 10\r\n"));
         let p = plan_for(&get("Range: bytes=-30\r\n"), 100);
         assert_eq!((p.status, p.body), (206, Some((70, 30))));
@@ -548,7 +624,11 @@ mod tests {
     #[test]
     fn if_range_gates_the_range() {
         let with = |if_range: &str| {
-            plan_for(&get(&format!("Range: bytes=0-9\r\nIf-Range: {if_range}\r\n")), 100).status
+            plan_for(
+                &get(&format!("Range: bytes=0-9\r\nIf-Range: {if_range}\r\n")),
+                100,
+            )
+            .status
         };
         assert_eq!(with(ETAG), 206);
         assert_eq!(with("\"stale\""), 200);
@@ -556,7 +636,10 @@ mod tests {
         assert_eq!(with("Sun, 06 Nov 1994 08:49:37 GMT"), 206);
         assert_eq!(with("Sun, 06 Nov 1994 08:49:36 GMT"), 200);
         // If-Range without Range changes nothing.
-        assert_eq!(plan_for(&get(&format!("If-Range: {ETAG}\r\n")), 100).status, 200);
+        assert_eq!(
+            plan_for(&get(&format!("If-Range: {ETAG}\r\n")), 100).status,
+            200
+        );
     }
 
     #[test]
@@ -589,11 +672,20 @@ mod tests {
     fn head_rejects_control_characters_from_the_volume() {
         let mut p = plan_for(&get(""), 10);
         let mut out = [0u8; MAX_HEAD_LEN];
-        p.object = Some(ObjectMeta { content_type: "text/plain\r\nX: y", ..meta(10) });
+        p.object = Some(ObjectMeta {
+            content_type: "text/plain\r\nX: y",
+            ..meta(10)
+        });
         assert_eq!(write_head(&p, NOW, &mut out), Err(HeadError::InvalidField));
-        p.object = Some(ObjectMeta { etag: "\"a\nb\"", ..meta(10) });
+        p.object = Some(ObjectMeta {
+            etag: "\"a\nb\"",
+            ..meta(10)
+        });
         assert_eq!(write_head(&p, NOW, &mut out), Err(HeadError::InvalidField));
-        p.object = Some(ObjectMeta { etag: "", ..meta(10) });
+        p.object = Some(ObjectMeta {
+            etag: "",
+            ..meta(10)
+        });
         assert!(!head_text(&p).contains("ETag"));
     }
 
@@ -603,7 +695,10 @@ mod tests {
         let mut out = [0u8; MAX_HEAD_LEN];
         let n = write_head(&p, NOW, &mut out).unwrap();
         assert_eq!(write_head(&p, NOW, &mut out[..n]), Ok(n));
-        assert_eq!(write_head(&p, NOW, &mut out[..n - 1]), Err(HeadError::TooLarge));
+        assert_eq!(
+            write_head(&p, NOW, &mut out[..n - 1]),
+            Err(HeadError::TooLarge)
+        );
         assert_eq!(write_head(&p, NOW, &mut []), Err(HeadError::TooLarge));
     }
 
@@ -611,7 +706,12 @@ mod tests {
     fn max_head_len_suffices_for_the_worst_case() {
         let content_type = "t".repeat(MAX_CONTENT_TYPE_LEN);
         let etag = format!("\"{}\"", "e".repeat(MAX_ETAG_LEN - 2));
-        let big = ObjectMeta { size: u64::MAX, content_type: &content_type, etag: &etag, mtime: u64::MAX };
+        let big = ObjectMeta {
+            size: u64::MAX,
+            content_type: &content_type,
+            etag: &etag,
+            mtime: u64::MAX,
+        };
         let mut out = [0u8; MAX_HEAD_LEN];
         let mut longest = 0;
         let mut plans = vec![
@@ -628,16 +728,27 @@ mod tests {
                     size: u64::MAX,
                 }),
             },
-            Plan { status: 200, content_range: None, ..Plan::error(400) },
+            Plan {
+                status: 200,
+                content_range: None,
+                ..Plan::error(400)
+            },
         ];
         plans[1].object = Some(big);
         plans[1].content_length = Some(u64::MAX);
         let mut unsatisfied = error_plan(416, false, true, Some(big));
         unsatisfied.content_range = Some(ContentRange::Unsatisfied { size: u64::MAX });
         plans.push(unsatisfied);
-        plans.push(Plan { status: 304, content_length: None, ..plans[1] });
+        plans.push(Plan {
+            status: 304,
+            content_length: None,
+            ..plans[1]
+        });
         for status in [400, 404, 405, 414, 431, 500, 503, 505] {
-            plans.push(Plan { keep_alive: true, ..Plan::error(status) });
+            plans.push(Plan {
+                keep_alive: true,
+                ..Plan::error(status)
+            });
         }
         for p in &plans {
             let n = write_head(p, u64::MAX, &mut out).unwrap_or_else(|e| panic!("{p:?}: {e}"));
