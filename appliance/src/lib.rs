@@ -6,3 +6,4 @@ pub mod net;
 pub mod server;
 pub mod stats;
 pub mod sys;
+pub mod volume;

@@ -9,10 +9,19 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Write a media volume holding every regular file under DIR (its path relative to DIR
+    /// is its URL path) to VOLUME: a file (created or truncated) or a block device.
+    Pack { dir: std::path::PathBuf, volume: std::path::PathBuf },
+    /// List a volume's objects (path, size, content type) and verify their checksums.
+    Inspect { volume: std::path::PathBuf },
+}
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Pack { dir, volume } => std::process::exit(appliance::volume::cli::pack(&dir, &volume)),
+        Command::Inspect { volume } => std::process::exit(appliance::volume::cli::inspect(&volume)),
+    }
 }
