@@ -15,6 +15,8 @@ enum Command {
     Pack { dir: std::path::PathBuf, volume: std::path::PathBuf },
     /// List a volume's objects (path, size, content type) and verify their checksums.
     Inspect { volume: std::path::PathBuf },
+    /// Run the appliance: serve the volume over HTTP on the given NIC, with the console.
+    Serve(appliance::server::ServeArgs),
 }
 
 fn main() {
@@ -23,5 +25,14 @@ fn main() {
     match cli.command {
         Command::Pack { dir, volume } => std::process::exit(appliance::volume::cli::pack(&dir, &volume)),
         Command::Inspect { volume } => std::process::exit(appliance::volume::cli::inspect(&volume)),
+        Command::Serve(args) => match appliance::server::serve(args) {
+            Ok(appliance::server::Outcome::Poweroff) => std::process::exit(0),
+            // An init that supervises us reboots the machine on this status.
+            Ok(appliance::server::Outcome::Reboot) => std::process::exit(appliance::server::EXIT_REBOOT),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        },
     }
 }

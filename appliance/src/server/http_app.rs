@@ -177,18 +177,13 @@ impl<S: Storage> HttpApp<S> {
                     (Plan::from_error(&e), c.rx.len())
                 }
                 Parse::Complete { request, consumed } => {
-                    let plan = match http::decode_path(request.path, &mut path_buf) {
-                        Err(e) => Plan::from_error(&e),
-                        Ok(path) => {
-                            let volume = &self.volume;
-                            http::plan(&request, path, |p| {
-                                volume.lookup(p).map(|o| {
-                                    extent = o.offset;
-                                    ObjectMeta { size: o.size, content_type: &o.content_type, etag: &o.etag, mtime: o.mtime }
-                                })
-                            })
-                        }
-                    };
+                    let volume = &self.volume;
+                    let plan = http::plan_request(&request, &mut path_buf, |p| {
+                        volume.lookup(p).map(|o| {
+                            extent = o.offset;
+                            ObjectMeta { size: o.size, content_type: &o.content_type, etag: &o.etag, mtime: o.mtime }
+                        })
+                    });
                     log::debug!("{} {} -> {}", request.target, consumed, plan.status);
                     (plan, consumed)
                 }

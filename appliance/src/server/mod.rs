@@ -80,6 +80,9 @@ pub enum ServeError {
     Console(#[from] crate::console::ConsoleError),
 }
 
+/// Exit status of `appliance serve` after the console's `reboot` (0 is `poweroff`).
+pub const EXIT_REBOOT: i32 = 10;
+
 /// How `serve` ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
