@@ -24,13 +24,13 @@ pub(crate) struct BlockReader<'s> {
 impl<'s> BlockReader<'s> {
     pub(crate) fn new(storage: &'s mut dyn Storage, timeout: Duration) -> Result<BlockReader<'s>, VolumeError> {
         let block = storage.block_size();
-        if block == 0 || !block.is_power_of_two() || super::format::BLOCK_SIZE as usize % block != 0 {
+        if block == 0 || !block.is_power_of_two() || !(super::format::BLOCK_SIZE as usize).is_multiple_of(block) {
             return Err(VolumeError::UnsupportedBlockSize { block });
         }
         let pool = storage
             .dma_pool(CHUNK_LEN, WINDOW)
             .map_err(|source| VolumeError::Storage { offset: 0, source })?;
-        if pool.buf_size() == 0 || pool.buf_size() % block != 0 || pool.count() == 0 {
+        if pool.buf_size() == 0 || !pool.buf_size().is_multiple_of(block) || pool.count() == 0 {
             return Err(VolumeError::Storage {
                 offset: 0,
                 source: StorageError::Device(format!(

@@ -31,6 +31,11 @@ pub struct FileStorage {
 impl FileStorage {
     /// Opens `path` (a regular file or a block device) read-only.
     pub fn open(path: &Path) -> Result<FileStorage, StorageError> {
+        // Check the type first: O_DIRECT on a directory also fails with EINVAL.
+        let file_type = std::fs::metadata(path).map_err(|e| open_error(path, e))?.file_type();
+        if !file_type.is_file() && !file_type.is_block_device() {
+            return Err(not_a_medium(path));
+        }
         let (mut file, direct) = match open_read_only(path, true) {
             Ok(file) => (file, true),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -50,10 +55,7 @@ impl FileStorage {
             // lseek(SEEK_END) on a block device yields its size in bytes (as BLKGETSIZE64).
             file.seek(SeekFrom::End(0)).map_err(|e| open_error(path, e))?
         } else {
-            return Err(StorageError::Device(format!(
-                "{}: not a regular file or block device",
-                path.display()
-            )));
+            return Err(not_a_medium(path));
         };
         Ok(FileStorage {
             file,
@@ -98,6 +100,10 @@ fn open_read_only(path: &Path, direct: bool) -> io::Result<File> {
     OpenOptions::new().read(true).custom_flags(flags | libc::O_CLOEXEC).open(path)
 }
 
+fn not_a_medium(path: &Path) -> StorageError {
+    StorageError::Device(format!("{}: not a regular file or block device", path.display()))
+}
+
 fn open_error(path: &Path, e: io::Error) -> StorageError {
     StorageError::Device(format!("{}: {e}", path.display()))
 }
@@ -124,7 +130,7 @@ impl Storage for FileStorage {
 
     fn submit_read(&mut self, tag: u64, offset: u64, len: usize, mut buf: DmaBuf) -> Result<(), (StorageError, DmaBuf)> {
         let block = FILE_BLOCK_SIZE;
-        if offset % block as u64 != 0 || len % block != 0 || len > buf.len() {
+        if !offset.is_multiple_of(block as u64) || !len.is_multiple_of(block) || len > buf.len() {
             self.counters.errors += 1;
             return Err((StorageError::Unaligned { offset, len, block }, buf));
         }
