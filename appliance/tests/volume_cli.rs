@@ -5,11 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn appliance(args: &[&Path]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_appliance"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run appliance")
+    Command::new(env!("CARGO_BIN_EXE_appliance")).args(args).env("RUST_LOG", "warn").output().expect("run appliance")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -24,7 +20,11 @@ fn pack_then_inspect_then_refuse_corrupt_copies() {
     let segment: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let files: [(&str, &[u8], &str); 4] = [
         ("/index.html", b"<!doctype html><title>library</title>", "text/html; charset=utf-8"),
-        ("/hls/master.m3u8", b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000\n360p/index.m3u8\n", "application/vnd.apple.mpegurl"),
+        (
+            "/hls/master.m3u8",
+            b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000\n360p/index.m3u8\n",
+            "application/vnd.apple.mpegurl",
+        ),
         ("/hls/360p/index.m3u8", b"#EXTM3U\n#EXTINF:4.0,\nseg0.ts\n", "application/vnd.apple.mpegurl"),
         ("/hls/360p/seg0.ts", &segment, "video/mp2t"),
     ];
@@ -42,7 +42,8 @@ fn pack_then_inspect_then_refuse_corrupt_copies() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "inspect failed: {stdout}{}", text(&out.stderr));
     for (path, bytes, ct) in &files {
-        let line = stdout.lines().find(|l| l.starts_with(&format!("{path} "))).unwrap_or_else(|| panic!("{path}: {stdout}"));
+        let line =
+            stdout.lines().find(|l| l.starts_with(&format!("{path} "))).unwrap_or_else(|| panic!("{path}: {stdout}"));
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!((cols[1], cols[2..].join(" ").as_str()), (bytes.len().to_string().as_str(), *ct), "{line}");
     }

@@ -32,7 +32,9 @@ impl InspectReport {
 pub fn inspect(path: &Path, out: &mut dyn Write) -> Result<InspectReport, VolumeError> {
     let mut storage = FileStorage::open(path).map_err(VolumeError::Open)?;
     let volume = load_with_timeout(&mut storage, LOAD_TIMEOUT)?;
-    let w = |r: std::io::Result<()>| r.map_err(|source| VolumeError::Io { path: PathBuf::from("<output>"), action: "write", source });
+    let w = |r: std::io::Result<()>| {
+        r.map_err(|source| VolumeError::Io { path: PathBuf::from("<output>"), action: "write", source })
+    };
 
     let objects = volume.objects();
     let path_width = objects.iter().map(|o| o.path.chars().count()).max().unwrap_or(0).max(4);

@@ -323,6 +323,56 @@ fn a_backend_that_never_completes_times_out() {
     assert!(err.to_string().contains("did not complete"), "{err}");
 }
 
+/// The file backend with completions delivered in reverse order, one poll in two empty.
+struct Reordering {
+    inner: FileStorage,
+    skip: bool,
+}
+
+impl Storage for Reordering {
+    fn backend(&self) -> &'static str {
+        "reordering"
+    }
+    fn capacity(&self) -> u64 {
+        self.inner.capacity()
+    }
+    fn block_size(&self) -> usize {
+        self.inner.block_size()
+    }
+    fn dma_pool(&mut self, buf_size: usize, count: usize) -> Result<DmaPool, StorageError> {
+        self.inner.dma_pool(buf_size, count)
+    }
+    fn submit_read(&mut self, tag: u64, offset: u64, len: usize, buf: DmaBuf) -> Result<(), (StorageError, DmaBuf)> {
+        self.inner.submit_read(tag, offset, len, buf)
+    }
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        self.skip = !self.skip;
+        if self.skip {
+            return 0;
+        }
+        let start = out.len();
+        let n = self.inner.poll(out);
+        out[start..].reverse();
+        n
+    }
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+    fn counters(&self) -> StorageCounters {
+        self.inner.counters()
+    }
+}
+
+#[test]
+fn out_of_order_completions_are_delivered_in_order() {
+    let (_tmp, vol, files) = packed();
+    let mut storage = Reordering { inner: FileStorage::open(&vol).unwrap(), skip: false };
+    let volume = load(&mut storage).unwrap();
+    for (path, bytes) in &files {
+        assert_eq!(&read_object(&mut storage, volume.lookup(path).unwrap()), bytes, "{path}");
+    }
+}
+
 #[test]
 fn a_non_volume_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
