@@ -20,7 +20,7 @@
 //! docs/volume-format.md); [`load`] reads and validates header and index through any
 //! [`Storage`] backend into a [`Volume`], the in-memory index the server looks paths up in
 //! (payload is never loaded); [`pack`] writes a volume from a directory tree; [`inspect`]
-//! lists and verifies one.
+//! lists and verifies one; [`cli`] maps both to the `pack` and `inspect` sub-commands.
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -18,6 +18,9 @@ pub const FILE_BLOCK_SIZE: usize = 4096;
 pub const FILE_QUEUE_DEPTH: usize = 64;
 
 /// A volume file or block device opened for block reads.
+///
+/// Counters: `reads`/`read_bytes` count completed reads; `errors` counts refused submissions
+/// (unaligned, out of range) and failed reads. A full queue is back-pressure, not an error.
 #[derive(Debug)]
 pub struct FileStorage {
     file: File,
