@@ -2,6 +2,7 @@
 //! that ties them to a NIC and a storage backend, and the management console.
 pub mod console;
 pub mod http;
+pub mod loopback;
 pub mod net;
 pub mod server;
 pub mod stats;

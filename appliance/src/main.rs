@@ -10,6 +10,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+<<<<<<< HEAD
     /// Write a media volume holding every regular file under DIR (its path relative to DIR
     /// is its URL path) to VOLUME: a file (created or truncated) or a block device.
     Pack { dir: std::path::PathBuf, volume: std::path::PathBuf },
@@ -17,6 +18,20 @@ enum Command {
     Inspect { volume: std::path::PathBuf },
     /// Run the appliance: serve the volume over HTTP on the given NIC, with the console.
     Serve(appliance::server::ServeArgs),
+=======
+    /// Write a media volume holding every regular file under DIR
+    Pack {
+        /// Directory to pack: a file's path relative to it is its URL path
+        dir: std::path::PathBuf,
+        /// Output: a regular file (created or truncated) or a block device (written in place)
+        volume: std::path::PathBuf,
+    },
+    /// List a volume's objects (path, size, content type) and verify their checksums
+    Inspect {
+        /// Volume file or block device; exit status 1 if it is corrupt or a checksum fails
+        volume: std::path::PathBuf,
+    },
+>>>>>>> volume
 }
 
 fn main() {

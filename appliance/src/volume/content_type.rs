@@ -43,10 +43,7 @@ pub fn content_type_for(path: &str) -> &'static str {
         // A dot file such as ".ts" has no extension.
         return DEFAULT;
     }
-    TYPES
-        .iter()
-        .find(|(e, _)| e.eq_ignore_ascii_case(ext))
-        .map_or(DEFAULT, |&(_, ct)| ct)
+    TYPES.iter().find(|(e, _)| e.eq_ignore_ascii_case(ext)).map_or(DEFAULT, |&(_, ct)| ct)
 }
 
 #[cfg(test)]

@@ -170,7 +170,8 @@ impl<'a> HeaderView<'a> {
         if self.bytes[FIELDS_END..HEADER_SUMMED_LEN].iter().any(|&b| b != 0) {
             return bad("reserved header bytes are not zero".into());
         }
-        for (name, v) in [("index offset", h.index_offset), ("data offset", h.data_offset), ("data length", h.data_len)] {
+        for (name, v) in [("index offset", h.index_offset), ("data offset", h.data_offset), ("data length", h.data_len)]
+        {
             if v % BLOCK_SIZE != 0 {
                 return bad(format!("{name} {v} is not a multiple of {BLOCK_SIZE}"));
             }
@@ -367,10 +368,7 @@ fn check_etag(etag: &str) -> Result<(), &'static str> {
     if etag.len() < 2 || etag.len() > MAX_ETAG_LEN {
         return Err("length must be 2 to 255 bytes");
     }
-    let inner = etag
-        .strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .ok_or("is not a quoted strong entity-tag")?;
+    let inner = etag.strip_prefix('"').and_then(|s| s.strip_suffix('"')).ok_or("is not a quoted strong entity-tag")?;
     if !inner.bytes().all(|b| b == 0x21 || (0x23..0x7f).contains(&b)) {
         return Err("contains a character not allowed in an entity-tag");
     }

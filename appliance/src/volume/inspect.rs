@@ -30,9 +30,11 @@ impl InspectReport {
 /// A corrupt header or index is an error; corrupt content is reported in
 /// [`InspectReport::failed`].
 pub fn inspect(path: &Path, out: &mut dyn Write) -> Result<InspectReport, VolumeError> {
-    let mut storage = FileStorage::open(path).map_err(|source| VolumeError::Storage { offset: 0, source })?;
+    let mut storage = FileStorage::open(path).map_err(VolumeError::Open)?;
     let volume = load_with_timeout(&mut storage, LOAD_TIMEOUT)?;
-    let w = |r: std::io::Result<()>| r.map_err(|source| VolumeError::Io { path: PathBuf::from("<output>"), action: "write", source });
+    let w = |r: std::io::Result<()>| {
+        r.map_err(|source| VolumeError::Io { path: PathBuf::from("<output>"), action: "write", source })
+    };
 
     let objects = volume.objects();
     let path_width = objects.iter().map(|o| o.path.chars().count()).max().unwrap_or(0).max(4);

@@ -20,7 +20,7 @@
 //! docs/volume-format.md); [`load`] reads and validates header and index through any
 //! [`Storage`] backend into a [`Volume`], the in-memory index the server looks paths up in
 //! (payload is never loaded); [`pack`] writes a volume from a directory tree; [`inspect`]
-//! lists and verifies one.
+//! lists and verifies one; [`cli`] maps both to the `pack` and `inspect` sub-commands.
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -200,7 +200,9 @@ fn check_no_overlap(objects: &[Object]) -> Result<(), VolumeError> {
 /// Why a volume could not be packed, loaded or inspected.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
-    #[error("header truncated: {len} of {HEADER_LEN} bytes")]
+    #[error("cannot open volume: {0}")]
+    Open(StorageError),
+    #[error("too short for a volume: {len} bytes, the header alone takes {HEADER_LEN}")]
     HeaderTooShort { len: usize },
     #[error("not a media volume (magic {:?}, expected \"MEDIAVOL\")", String::from_utf8_lossy(found))]
     BadMagic { found: [u8; 8] },
@@ -267,7 +269,7 @@ pub fn load_with_timeout(storage: &mut dyn Storage, timeout: Duration) -> Result
         Ok(())
     })?;
     let volume = Volume::parse(&header, &index, medium_len)?;
-    log::info!(
+    log::debug!(
         "volume: {} objects, {} bytes of content, {} bytes in all",
         volume.objects.len(),
         volume.data_bytes,

@@ -130,10 +130,8 @@ pub fn pack(dir: &Path, out: &Path) -> Result<PackReport, VolumeError> {
     let mut index = vec![0u8; block_align(index_len).expect("bounded") as usize];
     let mut at = 0;
     for obj in &objects {
-        at += format::emit_entry(obj, &mut index[at..]).map_err(|reason| VolumeError::BadSourceFile {
-            path: PathBuf::from(&obj.path),
-            reason,
-        })?;
+        at += format::emit_entry(obj, &mut index[at..])
+            .map_err(|reason| VolumeError::BadSourceFile { path: PathBuf::from(&obj.path), reason })?;
     }
     debug_assert_eq!(at as u64, index_len);
     let header = HeaderFields {
@@ -160,7 +158,13 @@ pub fn pack(dir: &Path, out: &Path) -> Result<PackReport, VolumeError> {
 
 /// Streams `src` into the volume at `pos`, zero-padded to whole blocks. Returns the bytes
 /// copied and their sha256.
-fn copy_file(src: &Path, out: &File, out_path: &Path, pos: u64, buf: &mut [u8]) -> Result<(u64, [u8; 32]), VolumeError> {
+fn copy_file(
+    src: &Path,
+    out: &File,
+    out_path: &Path,
+    pos: u64,
+    buf: &mut [u8],
+) -> Result<(u64, [u8; 32]), VolumeError> {
     let read_err = |source| VolumeError::Io { path: src.to_path_buf(), action: "read", source };
     let mut input = File::open(src).map_err(read_err)?;
     let mut hasher = Sha256::new();
@@ -177,8 +181,11 @@ fn copy_file(src: &Path, out: &File, out_path: &Path, pos: u64, buf: &mut [u8]) 
             path: src.to_path_buf(),
             reason: "volume would exceed 2^64 bytes".into(),
         })?;
-        out.write_all_at(&buf[..padded], at)
-            .map_err(|source| VolumeError::Io { path: out_path.to_path_buf(), action: "write", source })?;
+        out.write_all_at(&buf[..padded], at).map_err(|source| VolumeError::Io {
+            path: out_path.to_path_buf(),
+            action: "write",
+            source,
+        })?;
         copied += n as u64;
         if n < buf.len() {
             break;
@@ -270,11 +277,7 @@ fn walk(root: &Path, skip: Option<(u64, u64)>) -> Result<Vec<Source>, VolumeErro
                 path: fs_path.clone(),
                 reason: format!("{url_path:?} is not a servable URL path: {reason}"),
             })?;
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs());
+            let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
             found.push(Source { url_path, fs_path, size: meta.len(), mtime });
         }
     }

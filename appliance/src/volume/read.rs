@@ -24,13 +24,11 @@ pub(crate) struct BlockReader<'s> {
 impl<'s> BlockReader<'s> {
     pub(crate) fn new(storage: &'s mut dyn Storage, timeout: Duration) -> Result<BlockReader<'s>, VolumeError> {
         let block = storage.block_size();
-        if block == 0 || !block.is_power_of_two() || super::format::BLOCK_SIZE as usize % block != 0 {
+        if block == 0 || !block.is_power_of_two() || !(super::format::BLOCK_SIZE as usize).is_multiple_of(block) {
             return Err(VolumeError::UnsupportedBlockSize { block });
         }
-        let pool = storage
-            .dma_pool(CHUNK_LEN, WINDOW)
-            .map_err(|source| VolumeError::Storage { offset: 0, source })?;
-        if pool.buf_size() == 0 || pool.buf_size() % block != 0 || pool.count() == 0 {
+        let pool = storage.dma_pool(CHUNK_LEN, WINDOW).map_err(|source| VolumeError::Storage { offset: 0, source })?;
+        if pool.buf_size() == 0 || !pool.buf_size().is_multiple_of(block) || pool.count() == 0 {
             return Err(VolumeError::Storage {
                 offset: 0,
                 source: StorageError::Device(format!(
@@ -57,13 +55,12 @@ impl<'s> BlockReader<'s> {
     ) -> Result<(), VolumeError> {
         let block = self.storage.block_size() as u64;
         let chunk = self.pool.buf_size() as u64;
-        let padded = len
-            .checked_next_multiple_of(block)
-            .filter(|p| offset.checked_add(*p).is_some())
-            .ok_or(VolumeError::Storage {
+        let padded = len.checked_next_multiple_of(block).filter(|p| offset.checked_add(*p).is_some()).ok_or(
+            VolumeError::Storage {
                 offset,
                 source: StorageError::OutOfRange { offset, len: 0, capacity: self.storage.capacity() },
-            })?;
+            },
+        )?;
         let chunks = padded.div_ceil(chunk);
         let window = (self.pool.count() as u64).min(chunks).max(1);
         let base_tag = self.next_tag;

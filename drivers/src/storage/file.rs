@@ -18,6 +18,9 @@ pub const FILE_BLOCK_SIZE: usize = 4096;
 pub const FILE_QUEUE_DEPTH: usize = 64;
 
 /// A volume file or block device opened for block reads.
+///
+/// Counters: `reads`/`read_bytes` count completed reads; `errors` counts refused submissions
+/// (unaligned, out of range) and failed reads. A full queue is back-pressure, not an error.
 #[derive(Debug)]
 pub struct FileStorage {
     file: File,
@@ -31,13 +34,15 @@ pub struct FileStorage {
 impl FileStorage {
     /// Opens `path` (a regular file or a block device) read-only.
     pub fn open(path: &Path) -> Result<FileStorage, StorageError> {
+        // Check the type first: O_DIRECT on a directory also fails with EINVAL.
+        let file_type = std::fs::metadata(path).map_err(|e| open_error(path, e))?.file_type();
+        if !file_type.is_file() && !file_type.is_block_device() {
+            return Err(not_a_medium(path));
+        }
         let (mut file, direct) = match open_read_only(path, true) {
             Ok(file) => (file, true),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                log::warn!(
-                    "{}: file system refuses O_DIRECT, falling back to buffered reads",
-                    path.display()
-                );
+                log::warn!("{}: file system refuses O_DIRECT, falling back to buffered reads", path.display());
                 (open_read_only(path, false).map_err(|e| open_error(path, e))?, false)
             }
             Err(e) => return Err(open_error(path, e)),
@@ -50,10 +55,7 @@ impl FileStorage {
             // lseek(SEEK_END) on a block device yields its size in bytes (as BLKGETSIZE64).
             file.seek(SeekFrom::End(0)).map_err(|e| open_error(path, e))?
         } else {
-            return Err(StorageError::Device(format!(
-                "{}: not a regular file or block device",
-                path.display()
-            )));
+            return Err(not_a_medium(path));
         };
         Ok(FileStorage {
             file,
@@ -98,6 +100,10 @@ fn open_read_only(path: &Path, direct: bool) -> io::Result<File> {
     OpenOptions::new().read(true).custom_flags(flags | libc::O_CLOEXEC).open(path)
 }
 
+fn not_a_medium(path: &Path) -> StorageError {
+    StorageError::Device(format!("{}: not a regular file or block device", path.display()))
+}
+
 fn open_error(path: &Path, e: io::Error) -> StorageError {
     StorageError::Device(format!("{}: {e}", path.display()))
 }
@@ -116,15 +122,23 @@ impl Storage for FileStorage {
     }
 
     fn dma_pool(&mut self, buf_size: usize, count: usize) -> Result<DmaPool, StorageError> {
-        if buf_size == 0 || count == 0 || count > u32::MAX as usize {
+        let total = buf_size.checked_next_multiple_of(FILE_BLOCK_SIZE).and_then(|b| b.checked_mul(count));
+        if buf_size == 0 || count == 0 || count > u32::MAX as usize || total.is_none_or(|t| t > isize::MAX as usize / 2)
+        {
             return Err(StorageError::Device(format!("invalid pool of {count} buffers of {buf_size} bytes")));
         }
         Ok(DmaPool::heap(buf_size, count, FILE_BLOCK_SIZE))
     }
 
-    fn submit_read(&mut self, tag: u64, offset: u64, len: usize, mut buf: DmaBuf) -> Result<(), (StorageError, DmaBuf)> {
+    fn submit_read(
+        &mut self,
+        tag: u64,
+        offset: u64,
+        len: usize,
+        mut buf: DmaBuf,
+    ) -> Result<(), (StorageError, DmaBuf)> {
         let block = FILE_BLOCK_SIZE;
-        if offset % block as u64 != 0 || len % block != 0 || len > buf.len() {
+        if !offset.is_multiple_of(block as u64) || !len.is_multiple_of(block) || len > buf.len() {
             self.counters.errors += 1;
             return Err((StorageError::Unaligned { offset, len, block }, buf));
         }
@@ -281,6 +295,21 @@ mod tests {
         assert!(out.iter().all(|c| c.result.is_ok()));
         out.clear();
         s.submit_read(100, 0, 4096, pool.alloc().unwrap()).map_err(|(e, _)| e).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_shrinks_after_open_gives_an_error_completion() {
+        let f = file_with(&pattern(3 * 4096));
+        let mut s = FileStorage::open(f.path()).unwrap();
+        f.as_file().set_len(4096).unwrap();
+        let pool = s.dma_pool(8192, 1).unwrap();
+        let c = read_one(&mut s, &pool, 4096, 8192);
+        assert!(matches!(c.result, Err(StorageError::Short { got: 0, want: 8192 })), "{:?}", c.result);
+        assert_eq!(s.counters().errors, 1);
+        assert_eq!(s.counters().reads, 0);
+        drop(c);
+        assert!(s.dma_pool(usize::MAX / 2, 4).is_err());
+        assert!(s.dma_pool(4096, 0).is_err());
     }
 
     #[test]
