@@ -10,15 +10,6 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-<<<<<<< HEAD
-    /// Write a media volume holding every regular file under DIR (its path relative to DIR
-    /// is its URL path) to VOLUME: a file (created or truncated) or a block device.
-    Pack { dir: std::path::PathBuf, volume: std::path::PathBuf },
-    /// List a volume's objects (path, size, content type) and verify their checksums.
-    Inspect { volume: std::path::PathBuf },
-    /// Run the appliance: serve the volume over HTTP on the given NIC, with the console.
-    Serve(appliance::server::ServeArgs),
-=======
     /// Write a media volume holding every regular file under DIR
     Pack {
         /// Directory to pack: a file's path relative to it is its URL path
@@ -31,7 +22,8 @@ enum Command {
         /// Volume file or block device; exit status 1 if it is corrupt or a checksum fails
         volume: std::path::PathBuf,
     },
->>>>>>> volume
+    /// Run the appliance: serve the volume over HTTP on the given NIC, with the console
+    Serve(appliance::server::ServeArgs),
 }
 
 fn main() {
