@@ -24,6 +24,8 @@ enum Command {
     },
     /// Run the appliance: serve the volume over HTTP on the given NIC, with the console
     Serve(appliance::server::ServeArgs),
+    /// Measure the fast path in-process (server loop over the simulated link, beside memcpy)
+    Bench(appliance::bench::BenchArgs),
 }
 
 fn main() {
@@ -32,6 +34,12 @@ fn main() {
     match cli.command {
         Command::Pack { dir, volume } => std::process::exit(appliance::volume::cli::pack(&dir, &volume)),
         Command::Inspect { volume } => std::process::exit(appliance::volume::cli::inspect(&volume)),
+        Command::Bench(args) => {
+            if let Err(e) = appliance::bench::run(args) {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
         Command::Serve(args) => match appliance::server::serve(args) {
             Ok(appliance::server::Outcome::Poweroff) => std::process::exit(0),
             // An init that supervises us reboots the machine on this status.
