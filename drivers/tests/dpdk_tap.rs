@@ -192,6 +192,10 @@ fn one_queue() {
     let pps = drivers::nic::dpdk::bench_tx(&mut nic, 2000, 1514);
     eprintln!("dpdk net_tap tx: {pps:.0} frames/s of 1514 bytes");
     assert!(pps > 0.0);
+    let bench = nic.counters();
+    assert_eq!(bench.tx_packets - after.tx_packets, 2000, "{after:?} -> {bench:?}");
+    assert_eq!(bench.tx_bytes - after.tx_bytes, 2000 * 1514);
+    assert_eq!(nic.pool_available(), pool_idle, "mbufs leaked by the benchmark");
 }
 
 fn two_queues() {
@@ -200,6 +204,7 @@ fn two_queues() {
     let mut q1 = q0.queue(1).expect("queue 1 handle");
     assert!(q0.queue(1).is_err(), "queue 1 is already handed out");
     assert_eq!((q0.queues(), q0.queue_id(), q1.queue_id()), (2, 0, 1));
+    assert!(q0.offloads().rss, "two queues are spread by RSS: {:?}", q0.offloads());
     let mac = q0.link().mac;
     // Queue 1 runs on another thread, as a second core would drive it.
     let q1_thread = std::thread::spawn(move || {
