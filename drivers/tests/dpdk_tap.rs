@@ -23,10 +23,12 @@ fn dpdk_tap_talks_to_the_kernel() {
     match std::env::var(CASE_ENV).as_deref() {
         Ok("one_queue") => one_queue(),
         Ok("two_queues") => two_queues(),
+        Ok("af_packet") => af_packet(),
         Ok(other) => panic!("unknown case {other}"),
         Err(_) => {
             run_case("one_queue", "dpdk_tap_talks_to_the_kernel");
             run_case("two_queues", "dpdk_tap_talks_to_the_kernel");
+            run_case("af_packet", "dpdk_tap_talks_to_the_kernel");
         }
     }
 }
@@ -59,7 +61,10 @@ fn run_case(case: &str, test_name: &str) {
 }
 
 fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("run ip (iproute2)");
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip (iproute2)");
     assert!(status.success(), "ip {args:?} failed: {status}");
 }
 
@@ -71,7 +76,14 @@ fn eal_args(iface: &str) -> String {
 
 fn start(iface: &str, queues: u16) -> DpdkNic {
     ip(&["link", "set", "lo", "up"]);
-    let cfg = DpdkConfig { port: 0, queues, mbufs: 8191, rx_desc: 512, tx_desc: 512, ..DpdkConfig::default() };
+    let cfg = DpdkConfig {
+        port: 0,
+        queues,
+        mbufs: 8191,
+        rx_desc: 512,
+        tx_desc: 512,
+        ..DpdkConfig::default()
+    };
     let nic = DpdkNic::start(&eal_args(iface), cfg).expect("DPDK port starts");
     ip(&["addr", "add", "192.0.2.1/24", "dev", iface]);
     ip(&["link", "set", iface, "up"]);
@@ -89,7 +101,11 @@ fn one_queue() {
 
     // EAL found the PMDs in its plugin directory by itself (no -d argument given).
     let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
-    for pmd in ["librte_net_tap", "librte_net_af_packet", "librte_net_virtio"] {
+    for pmd in [
+        "librte_net_tap",
+        "librte_net_af_packet",
+        "librte_net_virtio",
+    ] {
         assert!(maps.contains(pmd), "{pmd} was not loaded by EAL");
     }
     let link = nic.link();
@@ -104,53 +120,27 @@ fn one_queue() {
     assert!(nic.queue(0).is_err(), "queue 0 is already handed out");
     assert!(nic.queue(1).is_err(), "there is no queue 1");
     // Bad input is refused, counted, and does not wedge the queue.
-    assert!(nic.tx_gather(&[&[0u8; 4000]]), "an oversize frame is dropped, not retried");
+    assert!(
+        nic.tx_gather(&[&[0u8; 4000]]),
+        "an oversize frame is dropped, not retried"
+    );
     assert!(nic.tx_gather(&[]), "an empty frame is dropped, not retried");
     assert_eq!(nic.tx_flush(), 0);
 
     let pool_idle = nic.pool_available();
     let before = nic.counters();
 
-    // ARP request for the kernel's address, gathered from two parts.
-    let mut eth = [0u8; 14];
-    eth[..6].copy_from_slice(&[0xff; 6]);
-    eth[6..12].copy_from_slice(&mac);
-    eth[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    assert!(nic.tx_gather(&[&eth, &arp(1, mac, OUR_IP, [0; 6], KERNEL_IP)]));
-    assert_eq!(nic.tx_flush(), 1);
-    let kernel_mac = wait_for(&mut nic, mac, |f| {
-        let b = f.bytes();
-        (b.len() >= 42 && b[12..14] == [0x08, 0x06] && b[20..22] == [0, 2] && b[28..32] == KERNEL_IP && b[38..42] == OUR_IP)
-            .then(|| <[u8; 6]>::try_from(&b[22..28]).unwrap())
-    });
-
-    // ICMP echo request; the kernel answers with the same identifier, sequence and payload.
-    let payload: Vec<u8> = (0..56u8).collect();
-    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
-    icmp.extend_from_slice(&payload);
-    let sum = checksum(&icmp, 0);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    let ipv4 = ipv4_header(1, icmp.len(), true);
+    let kernel_mac = arp_for_kernel(&mut nic, mac);
+    ping_kernel(&mut nic, mac, kernel_mac);
     let eth = ether(kernel_mac, mac, 0x0800);
-    assert!(nic.tx_gather(&[&eth, &ipv4, &icmp[..8], &icmp[8..]]));
-    assert_eq!(nic.tx_flush(), 1);
-    wait_for(&mut nic, mac, |f| {
-        let b = f.bytes();
-        (b.len() >= 34 + 8 + 56
-            && b[12..14] == [0x08, 0x00]
-            && b[23] == 1
-            && b[26..30] == KERNEL_IP
-            && b[34] == 0
-            && b[38..42] == [0x12, 0x34, 0, 1]
-            && b[42..98] == payload[..]
-            && checksum(&b[14..34], 0) == 0)
-            .then_some(())
-    });
 
     // TCP SYN to a closed port with IPv4 and TCP checksums left to the device: the kernel
     // answers RST only if both came out right.
     let offloads = nic.offloads();
-    assert!(offloads.tx_ipv4_cksum && offloads.tx_tcp_cksum, "net_tap offers checksum offloads: {offloads:?}");
+    assert!(
+        offloads.tx_ipv4_cksum && offloads.tx_tcp_cksum,
+        "net_tap offers checksum offloads: {offloads:?}"
+    );
     let mut tcp = [0u8; 20];
     tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
     tcp[2..4].copy_from_slice(&9u16.to_be_bytes());
@@ -162,7 +152,14 @@ fn one_queue() {
     let pseudo = !checksum(&pseudo_header(6, tcp.len()), 0);
     tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
     let ipv4 = ipv4_header(6, tcp.len(), false);
-    let offload = TxOffload { l2_len: 14, l3_len: 20, l4_len: 20, ipv4_cksum: true, tcp_cksum: true, tso_segsz: 0 };
+    let offload = TxOffload {
+        l2_len: 14,
+        l3_len: 20,
+        l4_len: 20,
+        ipv4_cksum: true,
+        tcp_cksum: true,
+        tso_segsz: 0,
+    };
     assert!(nic.tx_gather_offload(&[&eth, &ipv4, &tcp], &offload));
     assert_eq!(nic.tx_flush(), 1);
     wait_for(&mut nic, mac, |f| {
@@ -180,22 +177,82 @@ fn one_queue() {
     // Every received frame went back to the pool; the port counted what crossed it.
     assert_eq!(nic.pool_available(), pool_idle, "mbufs leaked");
     let after = nic.counters();
-    assert!(after.tx_packets >= before.tx_packets + 3, "{before:?} -> {after:?}");
-    assert!(after.rx_packets >= before.rx_packets + 3, "{before:?} -> {after:?}");
+    assert!(
+        after.tx_packets >= before.tx_packets + 3,
+        "{before:?} -> {after:?}"
+    );
+    assert!(
+        after.rx_packets >= before.rx_packets + 3,
+        "{before:?} -> {after:?}"
+    );
     assert!(after.tx_bytes > before.tx_bytes && after.rx_bytes > before.rx_bytes);
     assert_eq!(after.tx_errors, 2, "the oversize and the empty frame");
     let xstats = nic.xstats();
-    assert!(xstats.iter().any(|(name, v)| name == "rx_good_packets" && *v >= 3), "{xstats:?}");
-    assert!(xstats.iter().any(|(name, v)| name == "sw_tx_bad_length" && *v == 2), "{xstats:?}");
+    assert!(
+        xstats
+            .iter()
+            .any(|(name, v)| name == "rx_good_packets" && *v >= 3),
+        "{xstats:?}"
+    );
+    assert!(
+        xstats
+            .iter()
+            .any(|(name, v)| name == "sw_tx_bad_length" && *v == 2),
+        "{xstats:?}"
+    );
 
     // A short burst benchmark to the kernel (broadcast frames of an experimental EtherType).
     let pps = drivers::nic::dpdk::bench_tx(&mut nic, 2000, 1514);
     eprintln!("dpdk net_tap tx: {pps:.0} frames/s of 1514 bytes");
     assert!(pps > 0.0);
     let bench = nic.counters();
-    assert_eq!(bench.tx_packets - after.tx_packets, 2000, "{after:?} -> {bench:?}");
+    assert_eq!(
+        bench.tx_packets - after.tx_packets,
+        2000,
+        "{after:?} -> {bench:?}"
+    );
     assert_eq!(bench.tx_bytes - after.tx_bytes, 2000 * 1514);
-    assert_eq!(nic.pool_available(), pool_idle, "mbufs leaked by the benchmark");
+    assert_eq!(
+        nic.pool_available(),
+        pool_idle,
+        "mbufs leaked by the benchmark"
+    );
+}
+
+/// net_af_packet over one end of a veth pair whose other end is the kernel's.
+fn af_packet() {
+    ip(&["link", "set", "lo", "up"]);
+    ip(&[
+        "link", "add", "dpdkva", "type", "veth", "peer", "name", "dpdkvb",
+    ]);
+    ip(&["link", "set", "dpdkva", "up"]);
+    ip(&["addr", "add", "192.0.2.1/24", "dev", "dpdkvb"]);
+    ip(&["link", "set", "dpdkvb", "up"]);
+    let args = "--no-huge --no-pci -m 256 --no-shconf --file-prefix=dpdkva \
+                --log-level=lib.eal:warning --vdev=net_af_packet0,iface=dpdkva";
+    let cfg = DpdkConfig {
+        mbufs: 8191,
+        rx_desc: 512,
+        tx_desc: 512,
+        ..DpdkConfig::default()
+    };
+    let mut nic = DpdkNic::start(args, cfg).expect("DPDK af_packet port starts");
+    let link = nic.link();
+    assert_eq!(link.driver, "dpdk:net_af_packet");
+    let deadline = Instant::now() + REPLY_LIMIT;
+    while !nic.link().up {
+        assert!(Instant::now() < deadline, "af_packet link never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pool_idle = nic.pool_available();
+    let kernel_mac = arp_for_kernel(&mut nic, link.mac);
+    ping_kernel(&mut nic, link.mac, kernel_mac);
+    let counters = nic.counters();
+    assert!(
+        counters.tx_packets >= 2 && counters.rx_packets >= 2,
+        "{counters:?}"
+    );
+    assert_eq!(nic.pool_available(), pool_idle, "mbufs leaked");
 }
 
 fn two_queues() {
@@ -204,7 +261,11 @@ fn two_queues() {
     let mut q1 = q0.queue(1).expect("queue 1 handle");
     assert!(q0.queue(1).is_err(), "queue 1 is already handed out");
     assert_eq!((q0.queues(), q0.queue_id(), q1.queue_id()), (2, 0, 1));
-    assert!(q0.offloads().rss, "two queues are spread by RSS: {:?}", q0.offloads());
+    assert!(
+        q0.offloads().rss,
+        "two queues are spread by RSS: {:?}",
+        q0.offloads()
+    );
     let mac = q0.link().mac;
     // Queue 1 runs on another thread, as a second core would drive it.
     let q1_thread = std::thread::spawn(move || {
@@ -228,7 +289,10 @@ fn two_queues() {
         q1.rx_burst(&mut frames, 32);
         found = frames.iter().any(|f| {
             let b = f.bytes();
-            b.len() >= 42 && b[12..14] == [0x08, 0x06] && b[20..22] == [0, 2] && b[28..32] == KERNEL_IP
+            b.len() >= 42
+                && b[12..14] == [0x08, 0x06]
+                && b[20..22] == [0, 2]
+                && b[28..32] == KERNEL_IP
         });
         frames.clear();
         std::thread::sleep(Duration::from_millis(1));
@@ -237,22 +301,82 @@ fn two_queues() {
     assert!(q0.queue(1).is_ok(), "a dropped handle frees its queue");
 }
 
+/// Sends an ARP request for the kernel's address (gathered from two parts) and returns the MAC
+/// of the kernel's reply.
+fn arp_for_kernel(nic: &mut DpdkNic, mac: [u8; 6]) -> [u8; 6] {
+    let mut eth = [0u8; 14];
+    eth[..6].copy_from_slice(&[0xff; 6]);
+    eth[6..12].copy_from_slice(&mac);
+    eth[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert!(nic.tx_gather(&[&eth, &arp(1, mac, OUR_IP, [0; 6], KERNEL_IP)]));
+    assert_eq!(nic.tx_flush(), 1);
+    let kernel_mac = wait_for(nic, mac, |f| {
+        let b = f.bytes();
+        (b.len() >= 42
+            && b[12..14] == [0x08, 0x06]
+            && b[20..22] == [0, 2]
+            && b[28..32] == KERNEL_IP
+            && b[38..42] == OUR_IP)
+            .then(|| <[u8; 6]>::try_from(&b[22..28]).unwrap())
+    });
+    kernel_mac
+}
+
+/// ICMP echo request; the kernel answers with the same identifier, sequence and payload.
+fn ping_kernel(nic: &mut DpdkNic, mac: [u8; 6], kernel_mac: [u8; 6]) {
+    let payload: Vec<u8> = (0..56u8).collect();
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    icmp.extend_from_slice(&payload);
+    let sum = checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let ipv4 = ipv4_header(1, icmp.len(), true);
+    let eth = ether(kernel_mac, mac, 0x0800);
+    assert!(nic.tx_gather(&[&eth, &ipv4, &icmp[..8], &icmp[8..]]));
+    assert_eq!(nic.tx_flush(), 1);
+    wait_for(nic, mac, |f| {
+        let b = f.bytes();
+        (b.len() >= 34 + 8 + 56
+            && b[12..14] == [0x08, 0x00]
+            && b[23] == 1
+            && b[26..30] == KERNEL_IP
+            && b[34] == 0
+            && b[38..42] == [0x12, 0x34, 0, 1]
+            && b[42..98] == payload[..]
+            && checksum(&b[14..34], 0) == 0)
+            .then_some(())
+    });
+}
+
 /// Polls for a frame `pick` accepts, answering the kernel's ARP requests for our address.
-fn wait_for<T>(nic: &mut DpdkNic, mac: [u8; 6], mut pick: impl FnMut(&dyn FrameBuf) -> Option<T>) -> T {
+fn wait_for<T>(
+    nic: &mut DpdkNic,
+    mac: [u8; 6],
+    mut pick: impl FnMut(&dyn FrameBuf) -> Option<T>,
+) -> T {
     let deadline = Instant::now() + REPLY_LIMIT;
     let mut frames = Vec::with_capacity(64);
     loop {
-        assert!(Instant::now() < deadline, "no expected frame within {REPLY_LIMIT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no expected frame within {REPLY_LIMIT:?}"
+        );
         nic.rx_burst(&mut frames, 32);
         for f in frames.drain(..) {
             if let Some(found) = pick(&f) {
                 return found;
             }
             let b = f.bytes();
-            if b.len() >= 42 && b[12..14] == [0x08, 0x06] && b[20..22] == [0, 1] && b[38..42] == OUR_IP {
+            if b.len() >= 42
+                && b[12..14] == [0x08, 0x06]
+                && b[20..22] == [0, 1]
+                && b[38..42] == OUR_IP
+            {
                 let asker: [u8; 6] = b[22..28].try_into().unwrap();
                 let asker_ip: [u8; 4] = b[28..32].try_into().unwrap();
-                assert!(nic.tx_gather(&[&ether(asker, mac, 0x0806), &arp(2, mac, OUR_IP, asker, asker_ip)]));
+                assert!(nic.tx_gather(&[
+                    &ether(asker, mac, 0x0806),
+                    &arp(2, mac, OUR_IP, asker, asker_ip)
+                ]));
                 nic.tx_flush();
             }
         }
