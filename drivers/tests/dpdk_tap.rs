@@ -108,6 +108,19 @@ fn one_queue() {
     ] {
         assert!(maps.contains(pmd), "{pmd} was not loaded by EAL");
     }
+    // EAL pinned this thread to its main lcore; start() gave it its own mask back.
+    let status = std::fs::read_to_string("/proc/thread-self/status").expect("thread status");
+    let allowed = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("Cpus_allowed_list:"))
+            .map(str::to_owned)
+    };
+    let process = std::fs::read_to_string("/proc/self/status").expect("process status");
+    assert_eq!(
+        allowed(&status),
+        allowed(&process),
+        "EAL's pinning was not undone"
+    );
     let link = nic.link();
     assert_eq!(link.driver, "dpdk:net_tap");
     assert_eq!(link.mtu, 1500);

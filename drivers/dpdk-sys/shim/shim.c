@@ -1,3 +1,4 @@
+#include <stdio.h>
 #include <string.h>
 
 #include "shim.h"
@@ -89,6 +90,11 @@ void dpdk_sys_pktmbuf_set_tx_offload(struct rte_mbuf *m, uint64_t ol_flags, uint
     m->l3_len = l3_len;
     m->l4_len = l4_len;
     m->tso_segsz = tso_segsz;
+}
+
+int dpdk_sys_log_to_stderr(void)
+{
+    return rte_openlog_stream(stderr);
 }
 
 unsigned dpdk_sys_lcore_id(void)

@@ -9,6 +9,7 @@
 #include <rte_eal.h>
 #include <rte_errno.h>
 #include <rte_lcore.h>
+#include <rte_log.h>
 #include <rte_ethdev.h>
 #include <rte_ether.h>
 #include <rte_mbuf.h>
@@ -59,6 +60,9 @@ int dpdk_sys_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail);
 /* Offload request of one packet: ol_flags plus header lengths and the TSO segment size. */
 void dpdk_sys_pktmbuf_set_tx_offload(struct rte_mbuf *m, uint64_t ol_flags, uint16_t l2_len,
                                      uint16_t l3_len, uint16_t l4_len, uint16_t tso_segsz);
+
+/* Sends DPDK's log (EAL, PMDs) to stderr instead of stdout/syslog; callable before EAL init. */
+int dpdk_sys_log_to_stderr(void);
 
 unsigned dpdk_sys_lcore_id(void);
 int dpdk_sys_errno(void);

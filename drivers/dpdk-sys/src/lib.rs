@@ -3,7 +3,12 @@
 //! what DPDK only has as static inline functions or macros (burst receive and transmit, mbuf
 //! helpers, flag words). Everything here is `unsafe` to call; the safe layer is
 //! `drivers::nic::dpdk`.
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code
+)]
 #![allow(clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));

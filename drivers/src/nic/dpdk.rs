@@ -217,14 +217,19 @@ fn dpdk_error(what: &str, ret: c_int) -> NicError {
     };
     // SAFETY: rte_strerror returns a pointer to a static or thread-local NUL-terminated string
     // that stays valid until the next call on this thread; it is copied at once.
-    let msg = unsafe { CStr::from_ptr(sys::rte_strerror(errnum)) }.to_string_lossy().into_owned();
+    let msg = unsafe { CStr::from_ptr(sys::rte_strerror(errnum)) }
+        .to_string_lossy()
+        .into_owned();
     NicError::Config(format!("{what}: {msg} ({errnum})"))
 }
 
 /// Splits the EAL argument string like a POSIX shell would (quotes, backslashes).
 pub fn split_eal_args(eal_args: &str) -> Result<Vec<String>, NicError> {
-    shlex::split(eal_args)
-        .ok_or_else(|| config_error(format!("cannot split DPDK EAL arguments {eal_args:?}: unbalanced quote")))
+    shlex::split(eal_args).ok_or_else(|| {
+        config_error(format!(
+            "cannot split DPDK EAL arguments {eal_args:?}: unbalanced quote"
+        ))
+    })
 }
 
 fn eal_init(eal_args: &str) -> Result<(), NicError> {
@@ -235,26 +240,63 @@ fn eal_init(eal_args: &str) -> Result<(), NicError> {
         .map(|a| CString::new(a).map_err(|_| config_error("DPDK EAL argument holds a NUL byte")))
         .collect::<Result<_, _>>()?;
     if EAL_STARTED.swap(true, Ordering::SeqCst) {
-        return Err(config_error("DPDK EAL is already initialised in this process (once only)"));
+        return Err(config_error(
+            "DPDK EAL is already initialised in this process (once only)",
+        ));
     }
     // EAL keeps pointers into argv (and permutes it): both live for the rest of the process.
     let args: &'static [CString] = Box::leak(args.into_boxed_slice());
-    let argv: &'static mut [*mut c_char] =
-        Box::leak(args.iter().map(|a| a.as_ptr() as *mut c_char).collect::<Vec<_>>().into_boxed_slice());
+    let argv: &'static mut [*mut c_char] = Box::leak(
+        args.iter()
+            .map(|a| a.as_ptr() as *mut c_char)
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    );
     log::info!("dpdk: EAL init with {:?}", args);
+    // SAFETY: sets DPDK's global log stream to the process's stderr (valid for its whole
+    // life); allowed before EAL init. Keeps EAL and PMD messages off a stdio console.
+    if unsafe { sys::dpdk_sys_log_to_stderr() } != 0 {
+        log::warn!("dpdk: cannot send DPDK's log to stderr");
+    }
+    let affinity = thread_affinity();
     // SAFETY: argv holds argc valid NUL-terminated strings that are never freed; EAL init
     // runs at most once per process (guarded by EAL_STARTED).
     let ret = unsafe { sys::rte_eal_init(argv.len() as c_int, argv.as_mut_ptr()) };
     if ret < 0 {
         return Err(dpdk_error("DPDK EAL initialisation failed", 0));
     }
+    // EAL pins the calling thread to its main lcore; the appliance places its own threads
+    // (and those they spawn inherit this mask), so give the caller its mask back.
+    if let Some(set) = affinity {
+        // SAFETY: `set` is a cpu_set_t filled by sched_getaffinity for this same thread.
+        if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0
+        {
+            log::warn!(
+                "dpdk: cannot restore the CPU affinity EAL changed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
     Ok(())
+}
+
+/// The calling thread's CPU affinity mask, if the kernel tells it.
+fn thread_affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is a plain bit array for which all-zero is valid; sched_getaffinity
+    // writes at most its size into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+            .then_some(set)
+    }
 }
 
 /// A Toeplitz key whose 16-bit period makes the hash symmetric: swapping source and
 /// destination address and port gives the same queue, so both directions of a connection meet.
 fn symmetric_rss_key(len: usize) -> Vec<u8> {
-    (0..len).map(|i| if i % 2 == 0 { 0x6d } else { 0x5a }).collect()
+    (0..len)
+        .map(|i| if i % 2 == 0 { 0x6d } else { 0x5a })
+        .collect()
 }
 
 impl DpdkNic {
@@ -290,7 +332,9 @@ impl DpdkNic {
             "unknown".to_string()
         } else {
             // SAFETY: driver_name points to the PMD's static NUL-terminated name.
-            unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
+            unsafe { CStr::from_ptr(info.driver_name) }
+                .to_string_lossy()
+                .into_owned()
         };
         if cfg.queues > info.max_rx_queues || cfg.queues > info.max_tx_queues {
             return Err(config_error(format!(
@@ -348,18 +392,23 @@ impl DpdkNic {
         let ret = unsafe { sys::rte_eth_dev_configure(port, cfg.queues, cfg.queues, &conf) };
         drop(rss_key);
         if ret != 0 {
-            return Err(dpdk_error(&format!("configuring DPDK port {port} ({pmd})"), ret));
+            return Err(dpdk_error(
+                &format!("configuring DPDK port {port} ({pmd})"),
+                ret,
+            ));
         }
         let (mut rx_desc, mut tx_desc) = (cfg.rx_desc, cfg.tx_desc);
         // SAFETY: valid, configured port; both pointers are to live u16s.
-        let ret = unsafe { sys::rte_eth_dev_adjust_nb_rx_tx_desc(port, &mut rx_desc, &mut tx_desc) };
+        let ret =
+            unsafe { sys::rte_eth_dev_adjust_nb_rx_tx_desc(port, &mut rx_desc, &mut tx_desc) };
         if ret != 0 {
             return Err(dpdk_error("rte_eth_dev_adjust_nb_rx_tx_desc", ret));
         }
 
         let queues = u32::from(cfg.queues);
         let queues = u64::from(queues);
-        let needed = queues * (u64::from(rx_desc) + u64::from(tx_desc) + cfg.tx_batch as u64 + BURST as u64)
+        let needed = queues
+            * (u64::from(rx_desc) + u64::from(tx_desc) + cfg.tx_batch as u64 + BURST as u64)
             + u64::from(cfg.mbuf_cache) * (queues + 1);
         if u64::from(cfg.mbufs) < needed {
             return Err(config_error(format!(
@@ -369,7 +418,11 @@ impl DpdkNic {
         }
         // SAFETY: valid port; no side effect.
         let socket = unsafe { sys::rte_eth_dev_socket_id(port) };
-        let socket = if socket < 0 { consts.socket_id_any } else { socket };
+        let socket = if socket < 0 {
+            consts.socket_id_any
+        } else {
+            socket
+        };
         let data_room = consts.mbuf_default_buf_size;
         let pool_name = CString::new(format!("appl_mbufs_p{port}")).expect("no NUL in pool name");
         // SAFETY: EAL is initialised; the name is a valid C string copied by DPDK.
@@ -383,27 +436,46 @@ impl DpdkNic {
                 socket,
             )
         };
-        let pool = NonNull::new(pool).ok_or_else(|| dpdk_error(&format!("creating a pool of {} mbufs", cfg.mbufs), 0))?;
+        let pool = NonNull::new(pool)
+            .ok_or_else(|| dpdk_error(&format!("creating a pool of {} mbufs", cfg.mbufs), 0))?;
 
         for q in 0..cfg.queues {
             // SAFETY: configured port, queue index below the configured count; NULL rx_conf
             // means the PMD's defaults; the pool lives for the rest of the process.
             let ret = unsafe {
-                sys::rte_eth_rx_queue_setup(port, q, rx_desc, socket as u32, std::ptr::null(), pool.as_ptr())
+                sys::rte_eth_rx_queue_setup(
+                    port,
+                    q,
+                    rx_desc,
+                    socket as u32,
+                    std::ptr::null(),
+                    pool.as_ptr(),
+                )
             };
             if ret != 0 {
-                return Err(dpdk_error(&format!("setting up RX queue {q} of port {port}"), ret));
+                return Err(dpdk_error(
+                    &format!("setting up RX queue {q} of port {port}"),
+                    ret,
+                ));
             }
             // SAFETY: as above, for the TX queue (port-level offloads apply to it).
-            let ret = unsafe { sys::rte_eth_tx_queue_setup(port, q, tx_desc, socket as u32, std::ptr::null()) };
+            let ret = unsafe {
+                sys::rte_eth_tx_queue_setup(port, q, tx_desc, socket as u32, std::ptr::null())
+            };
             if ret != 0 {
-                return Err(dpdk_error(&format!("setting up TX queue {q} of port {port}"), ret));
+                return Err(dpdk_error(
+                    &format!("setting up TX queue {q} of port {port}"),
+                    ret,
+                ));
             }
         }
         // SAFETY: every queue is set up.
         let ret = unsafe { sys::rte_eth_dev_start(port) };
         if ret != 0 {
-            return Err(dpdk_error(&format!("starting DPDK port {port} ({pmd})"), ret));
+            return Err(dpdk_error(
+                &format!("starting DPDK port {port} ({pmd})"),
+                ret,
+            ));
         }
         // SAFETY: started port. Failure (PMD without the control) is only logged: the stack
         // filters on its own MAC anyway.
@@ -463,8 +535,13 @@ impl DpdkNic {
     pub fn queue(&self, queue: u16) -> Result<DpdkNic, NicError> {
         let mut claimed = self.port.claimed.lock().unwrap_or_else(|e| e.into_inner());
         match claimed.get_mut(usize::from(queue)) {
-            None => Err(config_error(format!("DPDK port {} has {} queue(s), no queue {queue}", self.port.id, self.port.queues))),
-            Some(true) => Err(config_error(format!("DPDK queue {queue} is already in use"))),
+            None => Err(config_error(format!(
+                "DPDK port {} has {} queue(s), no queue {queue}",
+                self.port.id, self.port.queues
+            ))),
+            Some(true) => Err(config_error(format!(
+                "DPDK queue {queue} is already in use"
+            ))),
             Some(slot) => {
                 *slot = true;
                 Ok(DpdkNic::handle(self.port.clone(), queue, self.tx_batch))
@@ -521,13 +598,17 @@ impl DpdkNic {
                 let mut names = vec![sys::rte_eth_xstat_name::default(); n];
                 let mut values = vec![sys::rte_eth_xstat::default(); n];
                 // SAFETY: both buffers hold `n` writable entries, as the size passed says.
-                let got_names = unsafe { sys::rte_eth_xstats_get_names(port, names.as_mut_ptr(), n as u32) };
+                let got_names =
+                    unsafe { sys::rte_eth_xstats_get_names(port, names.as_mut_ptr(), n as u32) };
                 // SAFETY: as above.
-                let got_values = unsafe { sys::rte_eth_xstats_get(port, values.as_mut_ptr(), n as u32) };
+                let got_values =
+                    unsafe { sys::rte_eth_xstats_get(port, values.as_mut_ptr(), n as u32) };
                 if got_names > 0 && got_values > 0 {
                     let got_names = (got_names as usize).min(n);
                     for v in &values[..(got_values as usize).min(n)] {
-                        let Some(name) = names[..got_names].get(v.id as usize) else { continue };
+                        let Some(name) = names[..got_names].get(v.id as usize) else {
+                            continue;
+                        };
                         // SAFETY: DPDK writes NUL-terminated names into the 64-byte arrays;
                         // the array is zero-initialised so a NUL exists in any case.
                         let name = unsafe { CStr::from_ptr(name.name.as_ptr()) };
@@ -537,10 +618,22 @@ impl DpdkNic {
             }
         }
         let sw = &self.port.sw;
-        out.push(("sw_tx_dropped".into(), sw.tx_dropped.load(Ordering::Relaxed)));
-        out.push(("sw_tx_bad_length".into(), sw.tx_bad_length.load(Ordering::Relaxed)));
-        out.push(("sw_tx_no_mbuf".into(), sw.tx_no_mbuf.load(Ordering::Relaxed)));
-        out.push(("sw_rx_multi_seg".into(), sw.rx_multi_seg.load(Ordering::Relaxed)));
+        out.push((
+            "sw_tx_dropped".into(),
+            sw.tx_dropped.load(Ordering::Relaxed),
+        ));
+        out.push((
+            "sw_tx_bad_length".into(),
+            sw.tx_bad_length.load(Ordering::Relaxed),
+        ));
+        out.push((
+            "sw_tx_no_mbuf".into(),
+            sw.tx_no_mbuf.load(Ordering::Relaxed),
+        ));
+        out.push((
+            "sw_rx_multi_seg".into(),
+            sw.rx_multi_seg.load(Ordering::Relaxed),
+        ));
         out
     }
 
@@ -592,7 +685,10 @@ impl DpdkNic {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if total > self.port.max_frame || total == 0 {
             self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
-            log::debug!("dpdk: dropping a {total}-byte frame (at most {} fit)", self.port.max_frame);
+            log::debug!(
+                "dpdk: dropping a {total}-byte frame (at most {} fit)",
+                self.port.max_frame
+            );
             return Err(TxRefused::BadLength);
         }
         // SAFETY: the pool lives for the rest of the process and is MT-safe.
@@ -620,7 +716,12 @@ impl DpdkNic {
         }
         // SAFETY: every queued mbuf is owned by this handle and not given to the PMD;
         // NonNull<rte_mbuf> has the layout of *mut rte_mbuf.
-        unsafe { sys::rte_pktmbuf_free_bulk(self.tx.as_mut_ptr() as *mut *mut sys::rte_mbuf, self.tx.len() as u32) };
+        unsafe {
+            sys::rte_pktmbuf_free_bulk(
+                self.tx.as_mut_ptr() as *mut *mut sys::rte_mbuf,
+                self.tx.len() as u32,
+            )
+        };
         self.tx.clear();
     }
 }
@@ -637,7 +738,12 @@ impl Nic for DpdkNic {
             // SAFETY: the port is started, this handle alone drives this queue, and
             // rx_scratch has room for `want` <= BURST pointers.
             let n = unsafe {
-                sys::dpdk_sys_rx_burst(self.port.id, self.queue, self.rx_scratch.as_mut_ptr(), want as u16)
+                sys::dpdk_sys_rx_burst(
+                    self.port.id,
+                    self.queue,
+                    self.rx_scratch.as_mut_ptr(),
+                    want as u16,
+                )
             } as usize;
             for &m in &self.rx_scratch[..n] {
                 // SAFETY: the PMD returned `m` as a valid received mbuf now owned by us.
@@ -650,7 +756,11 @@ impl Nic for DpdkNic {
                 };
                 match (NonNull::new(m), NonNull::new(data)) {
                     (Some(mbuf), Some(data)) if segs == 1 => {
-                        out.push(DpdkFrame { mbuf, data, len: usize::from(len) });
+                        out.push(DpdkFrame {
+                            mbuf,
+                            data,
+                            len: usize::from(len),
+                        });
                         appended += 1;
                     }
                     _ => {
@@ -702,7 +812,10 @@ impl Nic for DpdkNic {
         }
         let unsent = self.tx.len() - sent;
         if unsent > 0 {
-            self.port.sw.tx_dropped.fetch_add(unsent as u64, Ordering::Relaxed);
+            self.port
+                .sw
+                .tx_dropped
+                .fetch_add(unsent as u64, Ordering::Relaxed);
             // SAFETY: the mbufs from `sent` on were not taken by the PMD: still ours to free.
             unsafe {
                 sys::rte_pktmbuf_free_bulk(
@@ -801,7 +914,17 @@ mod tests {
     #[test]
     fn eal_args_split_like_a_shell() {
         let args = split_eal_args("--no-huge -m 256 --vdev='net_tap0,iface=a b' \"-l\" 0").unwrap();
-        assert_eq!(args, ["--no-huge", "-m", "256", "--vdev=net_tap0,iface=a b", "-l", "0"]);
+        assert_eq!(
+            args,
+            [
+                "--no-huge",
+                "-m",
+                "256",
+                "--vdev=net_tap0,iface=a b",
+                "-l",
+                "0"
+            ]
+        );
         assert!(split_eal_args("--vdev='unterminated").is_err());
         assert!(split_eal_args("").unwrap().is_empty());
     }
@@ -812,14 +935,20 @@ mod tests {
         assert_eq!(key.len(), 40);
         // 16-bit period: any window starting at an even offset is the same.
         assert!(key.chunks(2).all(|c| c == [0x6d, 0x5a]));
-        assert_eq!(toeplitz(&key, &tuple([10, 0, 0, 1], [10, 0, 0, 2], 1234, 80)),
-                   toeplitz(&key, &tuple([10, 0, 0, 2], [10, 0, 0, 1], 80, 1234)));
-        let plain = [0x6du8, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f,
-                     0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30,
-                     0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa];
+        assert_eq!(
+            toeplitz(&key, &tuple([10, 0, 0, 1], [10, 0, 0, 2], 1234, 80)),
+            toeplitz(&key, &tuple([10, 0, 0, 2], [10, 0, 0, 1], 80, 1234))
+        );
+        let plain = [
+            0x6du8, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3,
+            0x8f, 0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3,
+            0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+        ];
         // The default (Microsoft) key is not symmetric: the test above can tell the difference.
-        assert_ne!(toeplitz(&plain, &tuple([10, 0, 0, 1], [10, 0, 0, 2], 1234, 80)),
-                   toeplitz(&plain, &tuple([10, 0, 0, 2], [10, 0, 0, 1], 80, 1234)));
+        assert_ne!(
+            toeplitz(&plain, &tuple([10, 0, 0, 1], [10, 0, 0, 2], 1234, 80)),
+            toeplitz(&plain, &tuple([10, 0, 0, 2], [10, 0, 0, 1], 80, 1234))
+        );
     }
 
     fn tuple(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
