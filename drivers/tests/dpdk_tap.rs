@@ -187,6 +187,53 @@ fn one_queue() {
             .then_some(())
     });
 
+    // TSO: one 3054-byte frame of three 1000-byte segments (an ACK to the same closed port),
+    // copied into chained mbufs. The kernel resets each segment it gets: three RSTs, not one.
+    assert!(
+        nic.max_tso_frame() >= 65535,
+        "net_tap offers TSO: {:?}",
+        nic.offloads()
+    );
+    let payload = vec![0x5au8; 3000];
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40001u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&9u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
+    tcp[8..12].copy_from_slice(&0x2000_0000u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&8192u16.to_be_bytes());
+    // For TSO DPDK wants the pseudo-header checksum without the length.
+    let pseudo = !checksum(&pseudo_header(6, 0), 0);
+    tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
+    let ipv4 = ipv4_header(6, tcp.len() + payload.len(), false);
+    let tso = TxOffload {
+        tso_segsz: 1000,
+        ..offload
+    };
+    assert!(nic.tx_gather_offload(&[&eth, &ipv4, &tcp, &payload], &tso));
+    assert_eq!(nic.tx_flush(), 1);
+    let mut resets = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut frames = Vec::with_capacity(64);
+    while resets < 3 && Instant::now() < deadline {
+        nic.rx_burst(&mut frames, 32);
+        resets += frames
+            .drain(..)
+            .filter(|f| {
+                let b = f.bytes();
+                b.len() >= 54
+                    && b[12..14] == [0x08, 0x00]
+                    && b[23] == 6
+                    && b[26..30] == KERNEL_IP
+                    && b[36..38] == 40001u16.to_be_bytes()
+                    && b[47] & 0x04 != 0
+            })
+            .count();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(resets, 3, "the kernel got the TSO frame as three segments");
+
     // Every received frame went back to the pool; the port counted what crossed it.
     assert_eq!(nic.pool_available(), pool_idle, "mbufs leaked");
     let after = nic.counters();

@@ -19,6 +19,9 @@ use super::{FrameBuf, LinkInfo, Nic, NicCounters, NicError};
 
 /// Most frames taken from or given to the PMD in one call.
 const BURST: usize = 64;
+const ETHERNET_HEADER: usize = 14;
+/// Largest frame handed to TSO: an IPv4 packet of the largest length plus its Ethernet header.
+const MAX_TSO_FRAME: usize = 65535 + ETHERNET_HEADER;
 
 /// Set once `rte_eal_init` has been called: DPDK allows one initialisation per process.
 static EAL_STARTED: AtomicBool = AtomicBool::new(false);
@@ -104,8 +107,12 @@ struct Port {
     mtu: usize,
     queues: u16,
     offloads: DpdkOffloads,
-    /// Largest frame one mbuf holds (what `tx_gather` accepts).
+    /// Bytes one mbuf holds.
+    seg_bytes: usize,
+    /// Largest frame `tx_gather` accepts: MTU plus the Ethernet header.
     max_frame: usize,
+    /// Largest TSO frame `tx_gather_offload` accepts (chained mbufs; 0 without TSO).
+    max_tso_frame: usize,
     /// Which queues have a live handle.
     claimed: Mutex<Vec<bool>>,
     /// Serialises control-path calls (stats, xstats, link), which DPDK does not make
@@ -494,8 +501,17 @@ impl DpdkNic {
         if unsafe { sys::rte_eth_dev_get_mtu(port, &mut mtu) } != 0 {
             mtu = 1500;
         }
-        let max_frame = (data_room - consts.pktmbuf_headroom) as usize;
-        let mtu = usize::from(mtu).min(max_frame - 14);
+        let seg_bytes = (data_room - consts.pktmbuf_headroom) as usize;
+        let mtu = usize::from(mtu).min(seg_bytes - ETHERNET_HEADER);
+        let max_tso_frame = if offloads.tx_tcp_tso && offloads.tx_multi_segs {
+            let segs = match info.tx_desc_lim.nb_seg_max {
+                0 => usize::MAX,
+                n => usize::from(n),
+            };
+            MAX_TSO_FRAME.min(segs.saturating_mul(seg_bytes))
+        } else {
+            0
+        };
         log::info!(
             "dpdk: port {port} driver {pmd} mac {:02x?} mtu {mtu} queues {} rx_desc {rx_desc} tx_desc {tx_desc} mbufs {} offloads {offloads:?}",
             mac.addr_bytes,
@@ -512,7 +528,9 @@ impl DpdkNic {
             mtu,
             queues: cfg.queues,
             offloads,
-            max_frame,
+            seg_bytes,
+            max_frame: mtu + ETHERNET_HEADER,
+            max_tso_frame,
             claimed: Mutex::new(claimed),
             control: Mutex::new(()),
             sw: SoftCounters::default(),
@@ -578,6 +596,12 @@ impl DpdkNic {
         Ok(())
     }
 
+    /// Largest frame `tx_gather_offload` takes for TSO (0 when the PMD has no TSO or no
+    /// multi-segment transmit).
+    pub fn max_tso_frame(&self) -> usize {
+        self.port.max_tso_frame
+    }
+
     /// Mbufs free in the pool (for the console and leak checks).
     pub fn pool_available(&self) -> u32 {
         // SAFETY: the pool lives for the rest of the process; the count is a racy read.
@@ -638,9 +662,16 @@ impl DpdkNic {
     }
 
     /// Like [`Nic::tx_gather`], with a per-packet offload request (checksums, TSO) that the
-    /// device carries out where [`DpdkNic::offloads`] says it can.
+    /// device carries out where [`DpdkNic::offloads`] says it can. With `tso_segsz` set and
+    /// TSO available, the frame may be up to [`DpdkNic::max_tso_frame`] bytes (copied into
+    /// chained mbufs).
     pub fn tx_gather_offload(&mut self, parts: &[&[u8]], offload: &TxOffload) -> bool {
-        let m = match self.copy_into_mbuf(parts) {
+        let limit = if offload.tso_segsz > 0 && self.port.max_tso_frame > 0 {
+            self.port.max_tso_frame
+        } else {
+            self.port.max_frame
+        };
+        let m = match self.copy_into_mbuf(parts, limit) {
             Ok(m) => m,
             Err(TxRefused::Full) => return false,
             Err(TxRefused::BadLength) => return true,
@@ -677,37 +708,78 @@ impl DpdkNic {
         true
     }
 
-    /// Copies `parts` into a fresh mbuf owned by the caller.
-    fn copy_into_mbuf(&mut self, parts: &[&[u8]]) -> Result<NonNull<sys::rte_mbuf>, TxRefused> {
+    /// Copies `parts` into a fresh mbuf owned by the caller, chaining more mbufs when the
+    /// frame is larger than one (only allowed up to `limit`).
+    fn copy_into_mbuf(
+        &mut self,
+        parts: &[&[u8]],
+        limit: usize,
+    ) -> Result<NonNull<sys::rte_mbuf>, TxRefused> {
         if self.tx.len() >= self.tx_batch {
             return Err(TxRefused::Full);
         }
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        if total > self.port.max_frame || total == 0 {
+        if total > limit || total == 0 {
             self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
-            log::debug!(
-                "dpdk: dropping a {total}-byte frame (at most {} fit)",
-                self.port.max_frame
-            );
+            log::debug!("dpdk: dropping a {total}-byte frame (at most {limit} allowed)");
             return Err(TxRefused::BadLength);
         }
+        let head = self.alloc_mbuf()?;
+        let mut room = self.port.seg_bytes;
+        for part in parts {
+            let mut part: &[u8] = part;
+            while !part.is_empty() {
+                if room == 0 {
+                    let seg = match self.alloc_mbuf() {
+                        Ok(seg) => seg,
+                        Err(refused) => {
+                            // SAFETY: `head` (and what is chained to it) is ours, not queued.
+                            unsafe { sys::dpdk_sys_pktmbuf_free(head.as_ptr()) };
+                            return Err(refused);
+                        }
+                    };
+                    // SAFETY: both are ours; `seg` is a fresh empty mbuf. On failure (chain
+                    // too long) neither is linked, so both are freed separately.
+                    if unsafe { sys::dpdk_sys_pktmbuf_chain(head.as_ptr(), seg.as_ptr()) } != 0 {
+                        // SAFETY: as above: both still ours, not linked.
+                        unsafe {
+                            sys::dpdk_sys_pktmbuf_free(seg.as_ptr());
+                            sys::dpdk_sys_pktmbuf_free(head.as_ptr());
+                        }
+                        self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
+                        return Err(TxRefused::BadLength);
+                    }
+                    room = self.port.seg_bytes;
+                }
+                let n = room.min(part.len());
+                // SAFETY: `head` is ours; append grows its last segment, which has `room` >= n
+                // bytes of tailroom, and returns where they start.
+                let dst =
+                    unsafe { sys::dpdk_sys_pktmbuf_append(head.as_ptr(), n as u16) } as *mut u8;
+                if dst.is_null() {
+                    // Cannot happen while `room` tracks the tailroom; refuse rather than write.
+                    // SAFETY: `head` and its chain are ours, not queued.
+                    unsafe { sys::dpdk_sys_pktmbuf_free(head.as_ptr()) };
+                    self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
+                    return Err(TxRefused::BadLength);
+                }
+                // SAFETY: `dst` has `n` writable bytes inside the mbuf, which cannot overlap the
+                // caller's slices (it was just taken from the pool).
+                unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), dst, n) };
+                room -= n;
+                part = &part[n..];
+            }
+        }
+        Ok(head)
+    }
+
+    fn alloc_mbuf(&self) -> Result<NonNull<sys::rte_mbuf>, TxRefused> {
         // SAFETY: the pool lives for the rest of the process and is MT-safe.
         let m = unsafe { sys::dpdk_sys_pktmbuf_alloc(self.port.pool.as_ptr()) };
-        let Some(m) = NonNull::new(m) else {
+        NonNull::new(m).ok_or_else(|| {
             self.port.sw.tx_no_mbuf.fetch_add(1, Ordering::Relaxed);
-            return Err(TxRefused::Full);
-        };
-        // SAFETY: `m` is a fresh, empty single-segment mbuf owned here; total <= max_frame,
-        // which is its tailroom, so append cannot fail.
-        let dst = unsafe { sys::dpdk_sys_pktmbuf_append(m.as_ptr(), total as u16) } as *mut u8;
-        let mut at = 0;
-        for part in parts {
-            // SAFETY: `dst` has `total` writable bytes inside the mbuf, parts sum to `total`,
-            // and the mbuf cannot overlap the caller's slices (it was just taken from the pool).
-            unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), dst.add(at), part.len()) };
-            at += part.len();
-        }
-        Ok(m)
+            TxRefused::Full
+        })
     }
 
     fn free_queued_tx(&mut self) {
@@ -778,7 +850,7 @@ impl Nic for DpdkNic {
     }
 
     fn tx_gather(&mut self, parts: &[&[u8]]) -> bool {
-        match self.copy_into_mbuf(parts) {
+        match self.copy_into_mbuf(parts, self.port.max_frame) {
             Ok(m) => {
                 self.tx.push(m);
                 true
