@@ -979,6 +979,41 @@ pub fn bench_tx<N: Nic>(nic: &mut N, frames: u64, frame_len: usize) -> f64 {
     }
 }
 
+/// Receive benchmark of any backend: drains what another party floods at it, dropping each
+/// frame at once, until `frames` arrived, `limit` passed, or the flood paused for
+/// [`BENCH_RX_IDLE`] after its first frame. Returns the frames received and frames per second
+/// from the first frame to the last.
+pub fn bench_rx<N: Nic>(nic: &mut N, frames: u64, limit: Duration) -> (u64, f64) {
+    let deadline = Instant::now() + limit;
+    let mut burst = Vec::with_capacity(BURST);
+    let mut received = 0u64;
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    while received < frames {
+        let now = Instant::now();
+        if now >= deadline || (first.is_some() && now.duration_since(last) > BENCH_RX_IDLE) {
+            break;
+        }
+        let n = nic.rx_burst(&mut burst, BURST);
+        if n > 0 {
+            last = Instant::now();
+            first.get_or_insert(last);
+            received += n as u64;
+            burst.clear();
+        }
+    }
+    let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    let pps = if secs > 0.0 {
+        received as f64 / secs
+    } else {
+        0.0
+    };
+    (received, pps)
+}
+
+/// A pause in the flood this long ends [`bench_rx`].
+pub const BENCH_RX_IDLE: Duration = Duration::from_millis(50);
+
 #[cfg(test)]
 mod tests {
     use super::*;
