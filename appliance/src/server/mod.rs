@@ -163,10 +163,42 @@ pub fn serve(args: ServeArgs) -> Result<Outcome, ServeError> {
         let nic = drivers::nic::tap::TapNic::open(name)?;
         run(args.clone(), nic, storage, vol, ip, prefix, mac, cores, console)
     } else if args.nic == "dpdk" {
-        Err(ServeError::Option("--nic dpdk: this build has no DPDK backend yet".into()))
+        start_dpdk(&args, storage, vol, ip, prefix, mac, cores, console)
     } else {
         Err(ServeError::Option(format!("--nic {}: expected tap:<ifname> or dpdk", args.nic)))
     }
+}
+
+#[cfg(feature = "dpdk")]
+#[allow(clippy::too_many_arguments)]
+fn start_dpdk(
+    args: &ServeArgs,
+    storage: drivers::storage::FileStorage,
+    vol: volume::Volume,
+    ip: Ipv4Addr,
+    prefix: u8,
+    mac: Option<[u8; 6]>,
+    cores: Vec<usize>,
+    console: ConsoleService,
+) -> Result<Outcome, ServeError> {
+    use drivers::nic::dpdk::{DpdkConfig, DpdkNic};
+    let nic = DpdkNic::start(&args.dpdk_args, DpdkConfig::default())?;
+    run(args.clone(), nic, storage, vol, ip, prefix, mac, cores, console)
+}
+
+#[cfg(not(feature = "dpdk"))]
+#[allow(clippy::too_many_arguments)]
+fn start_dpdk(
+    _args: &ServeArgs,
+    _storage: drivers::storage::FileStorage,
+    _vol: volume::Volume,
+    _ip: Ipv4Addr,
+    _prefix: u8,
+    _mac: Option<[u8; 6]>,
+    _cores: Vec<usize>,
+    _console: ConsoleService,
+) -> Result<Outcome, ServeError> {
+    Err(ServeError::Option("--nic dpdk: this binary was built without the `dpdk` feature (cargo build --features dpdk)".into()))
 }
 
 #[allow(clippy::too_many_arguments)]
