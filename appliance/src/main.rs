@@ -9,10 +9,45 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Write a media volume holding every regular file under DIR
+    Pack {
+        /// Directory to pack: a file's path relative to it is its URL path
+        dir: std::path::PathBuf,
+        /// Output: a regular file (created or truncated) or a block device (written in place)
+        volume: std::path::PathBuf,
+    },
+    /// List a volume's objects (path, size, content type) and verify their checksums
+    Inspect {
+        /// Volume file or block device; exit status 1 if it is corrupt or a checksum fails
+        volume: std::path::PathBuf,
+    },
+    /// Run the appliance: serve the volume over HTTP on the given NIC, with the console
+    Serve(appliance::server::ServeArgs),
+    /// Measure the fast path in-process (server loop over the simulated link, beside memcpy)
+    Bench(appliance::bench::BenchArgs),
+}
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Pack { dir, volume } => std::process::exit(appliance::volume::cli::pack(&dir, &volume)),
+        Command::Inspect { volume } => std::process::exit(appliance::volume::cli::inspect(&volume)),
+        Command::Bench(args) => {
+            if let Err(e) = appliance::bench::run(args) {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+        Command::Serve(args) => match appliance::server::serve(args) {
+            Ok(appliance::server::Outcome::Poweroff) => std::process::exit(0),
+            // An init that supervises us reboots the machine on this status.
+            Ok(appliance::server::Outcome::Reboot) => std::process::exit(appliance::server::EXIT_REBOOT),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        },
+    }
 }

@@ -80,8 +80,9 @@ pub trait App {
     fn on_data(&mut self, now: Instant, id: ConnId, c: &mut Self::Conn, tcp: &mut TcpConn, data: &[u8]);
     /// The peer sent its FIN.
     fn on_peer_fin(&mut self, now: Instant, c: &mut Self::Conn, tcp: &mut TcpConn);
-    /// Stream bytes below `acked_to` are acknowledged: their buffers may go.
-    fn on_acked(&mut self, c: &mut Self::Conn, acked_to: u64);
+    /// Stream bytes below `acked_to` are acknowledged: their buffers may go, and a
+    /// connection that stopped parsing for want of room may go on.
+    fn on_acked(&mut self, now: Instant, id: ConnId, c: &mut Self::Conn, tcp: &mut TcpConn, acked_to: u64);
     /// A retransmission timeout fired: everything unacknowledged will be asked for again.
     fn on_rto(&mut self, c: &mut Self::Conn);
     /// Nothing was received for the idle timeout.
@@ -173,6 +174,16 @@ impl<C> Stack<C> {
 
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Entry<C>> {
         self.conns.get_mut(id).map(|(_, e)| e)
+    }
+
+    /// The live entry in `slot` whose generation ends in `gen_low` (16 bits), for tags that
+    /// carry a shortened handle (storage reads).
+    pub fn get_by_short_id(&mut self, slot: u32, gen_low: u16) -> Option<(ConnId, &mut Entry<C>)> {
+        let id = self.conns.id_of_slot(slot)?;
+        if id.gen as u16 != gen_low {
+            return None;
+        }
+        self.conns.get_mut(id).map(|(_, e)| (id, e))
     }
 
     /// The application has something new for `id` (a storage read completed, ...).
@@ -484,7 +495,8 @@ impl<C> Stack<C> {
             self.half_open -= 1;
         }
         if out.acked > 0 {
-            app.on_acked(&mut e.app, e.tcp.acked_offset());
+            let acked_to = e.tcp.acked_offset();
+            app.on_acked(now, id, &mut e.app, &mut e.tcp, acked_to);
         }
         if let Some((start, len)) = out.deliver {
             app.on_data(now, id, &mut e.app, &mut e.tcp, &rx.seg.payload[start..start + len]);

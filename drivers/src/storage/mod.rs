@@ -5,8 +5,10 @@
 //! the device may still write is never visible to the caller. Offsets and lengths are multiples
 //! of [`Storage::block_size`].
 pub mod dma;
+pub mod file;
 
 pub use dma::{DmaBuf, DmaPool};
+pub use file::FileStorage;
 
 /// Why a read did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -91,6 +91,12 @@ impl<T> ConnTable<T> {
         Some(ConnId { slot, gen: self.gens[slot as usize] })
     }
 
+    /// The handle of the live entry in `slot`, if any.
+    pub fn id_of_slot(&self, slot: u32) -> Option<ConnId> {
+        self.slots.get(slot as usize)?.as_ref()?;
+        Some(ConnId { slot, gen: self.gens[slot as usize] })
+    }
+
     pub fn get_mut(&mut self, id: ConnId) -> Option<(&ConnKey, &mut T)> {
         if self.gens.get(id.slot as usize) != Some(&id.gen) {
             return None;

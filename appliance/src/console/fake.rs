@@ -1,0 +1,151 @@
+//! A host with fixed, distinctive answers for the console's tests; it records what the
+//! console asked it to do.
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use super::*;
+
+pub(crate) struct FakeHost {
+    pub log_level: Option<log::LevelFilter>,
+    pub draining: bool,
+    pub power: Option<PowerAction>,
+    pub config: Vec<(String, String)>,
+    pub conns_total: usize,
+}
+
+impl FakeHost {
+    pub fn new() -> Self {
+        FakeHost {
+            log_level: None,
+            draining: false,
+            power: None,
+            config: vec![("idle_timeout_s".to_string(), "30".to_string())],
+            conns_total: 1500,
+        }
+    }
+}
+
+impl ConsoleHost for FakeHost {
+    fn status(&self) -> StatusInfo {
+        StatusInfo {
+            version: "9.8.7".to_string(),
+            uptime: Duration::from_secs(86400 + 3600 + 61),
+            ip: Ipv4Addr::new(10, 0, 0, 2),
+            prefix_len: 24,
+            gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            mac: [2, 0, 0, 0, 0, 2],
+            link: LinkInfo {
+                mac: [2, 0, 0, 0, 0, 0x99],
+                mtu: 1500,
+                up: true,
+                driver: "tap".to_string(),
+            },
+            cores: vec![0, 1],
+            media: MediaSummary {
+                backend: "file".to_string(),
+                source: "/tmp/vol".to_string(),
+                objects: 3,
+                bytes: 6000,
+            },
+            draining: self.draining,
+            http_port: 8080,
+            https_port: Some(8443),
+        }
+    }
+
+    fn counters(&self) -> Counters {
+        let mut stats = Stats {
+            tcp_connections_active: 2,
+            tcp_retransmits: 7,
+            http_requests: 11,
+            tls_handshakes: 4,
+            ..Stats::default()
+        };
+        for _ in 0..3 {
+            stats.count_status(404);
+        }
+        for _ in 0..5 {
+            stats.count_status(206);
+        }
+        Counters {
+            stats,
+            nic: NicCounters {
+                rx_packets: 101,
+                tx_packets: 202,
+                ..NicCounters::default()
+            },
+            nic_driver: "tap".to_string(),
+            storage: StorageCounters {
+                reads: 12,
+                read_bytes: 12 * 4096,
+                errors: 0,
+                timeouts: 0,
+            },
+            storage_backend: "file".to_string(),
+        }
+    }
+
+    fn connections(&self, max: usize) -> Listing<ConnSummary> {
+        let entries = (0..self.conns_total.min(max))
+            .map(|i| ConnSummary {
+                remote: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 40000 + i as u16)),
+                local_port: 8080,
+                state: "established",
+                bytes_sent: 1000 * i as u64,
+                age: Duration::from_millis(1500),
+                idle: Duration::from_millis(100),
+                tls: i % 2 == 1,
+                core: i % 2,
+            })
+            .collect();
+        Listing {
+            total: self.conns_total,
+            entries,
+        }
+    }
+
+    fn media(&self, max: usize) -> Listing<MediaEntry> {
+        let all = [
+            ("/index.m3u8", 1000, "application/vnd.apple.mpegurl"),
+            ("/seg1.ts", 2000, "video/mp2t"),
+            ("/evil\nok", 3000, "text/plain"),
+        ];
+        let entries = all
+            .iter()
+            .take(max)
+            .map(|(p, s, t)| MediaEntry {
+                path: p.to_string(),
+                size: *s,
+                content_type: t.to_string(),
+            })
+            .collect();
+        Listing {
+            total: all.len(),
+            entries,
+        }
+    }
+
+    fn set_log_level(&mut self, level: log::LevelFilter) {
+        self.log_level = Some(level);
+    }
+
+    fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    fn power(&mut self, action: PowerAction) {
+        self.power = Some(action);
+    }
+
+    fn config_show(&self) -> Vec<(String, String)> {
+        self.config.clone()
+    }
+
+    fn config_set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        if key == "readonly" {
+            return Err(format!("{key} cannot be changed"));
+        }
+        self.config.push((key.to_string(), value.to_string()));
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! The counters as one table of named groups, rendered either as aligned text (`stats`) or as
+//! one line of JSON (`stats json`), so both always show the same members under the same names.
+use std::fmt::Write;
+
+use super::Counters;
+
+/// A member of a group: a number, a string, or a nested group.
+pub(crate) enum Val {
+    Num(u64),
+    Text(String),
+    Group(Vec<(&'static str, Val)>),
+}
+
+use Val::{Group, Num, Text};
+
+/// Every counter, grouped by layer. `console` holds the interpreter's own counts, added to
+/// whatever the host put in `Stats::console_*`.
+pub(crate) fn table(
+    c: &Counters,
+    console_commands: u64,
+    console_errors: u64,
+) -> Vec<(&'static str, Val)> {
+    let s = &c.stats;
+    vec![
+        (
+            "nic",
+            Group(vec![
+                ("driver", Text(c.nic_driver.clone())),
+                ("rx_packets", Num(c.nic.rx_packets)),
+                ("rx_bytes", Num(c.nic.rx_bytes)),
+                ("tx_packets", Num(c.nic.tx_packets)),
+                ("tx_bytes", Num(c.nic.tx_bytes)),
+                ("rx_dropped", Num(c.nic.rx_dropped)),
+                ("tx_dropped", Num(c.nic.tx_dropped)),
+                ("rx_errors", Num(c.nic.rx_errors)),
+                ("tx_errors", Num(c.nic.tx_errors)),
+            ]),
+        ),
+        (
+            "eth",
+            Group(vec![
+                ("rx_frames", Num(s.eth_rx_frames)),
+                ("rx_bad", Num(s.eth_rx_bad)),
+            ]),
+        ),
+        (
+            "arp",
+            Group(vec![
+                ("requests_answered", Num(s.arp_requests_answered)),
+                ("replies", Num(s.arp_replies)),
+            ]),
+        ),
+        (
+            "ip",
+            Group(vec![
+                ("rx_bad", Num(s.ip_rx_bad)),
+                ("rx_not_ours", Num(s.ip_rx_not_ours)),
+            ]),
+        ),
+        (
+            "icmp",
+            Group(vec![("echo_answered", Num(s.icmp_echo_answered))]),
+        ),
+        (
+            "tcp",
+            Group(vec![
+                ("connections_active", Num(s.tcp_connections_active)),
+                ("connections_opened", Num(s.tcp_connections_opened)),
+                ("connections_closed", Num(s.tcp_connections_closed)),
+                ("connections_reset", Num(s.tcp_connections_reset)),
+                ("connections_refused", Num(s.tcp_connections_refused)),
+                ("rx_segments", Num(s.tcp_rx_segments)),
+                ("tx_segments", Num(s.tcp_tx_segments)),
+                ("rx_bad", Num(s.tcp_rx_bad)),
+                ("retransmits", Num(s.tcp_retransmits)),
+                ("fast_retransmits", Num(s.tcp_fast_retransmits)),
+                ("rto_timeouts", Num(s.tcp_rto_timeouts)),
+                ("syn_cookies_sent", Num(s.tcp_syn_cookies_sent)),
+                ("syn_cookies_accepted", Num(s.tcp_syn_cookies_accepted)),
+                ("syn_dropped", Num(s.tcp_syn_dropped)),
+                ("rst_sent", Num(s.tcp_rst_sent)),
+                ("challenge_acks", Num(s.tcp_challenge_acks)),
+                ("out_of_window", Num(s.tcp_out_of_window)),
+                ("idle_timeouts", Num(s.tcp_idle_timeouts)),
+                ("table_full", Num(s.tcp_table_full)),
+            ]),
+        ),
+        (
+            "http",
+            Group(vec![
+                ("requests", Num(s.http_requests)),
+                ("body_bytes", Num(s.http_body_bytes)),
+                ("header_timeouts", Num(s.http_header_timeouts)),
+                (
+                    "status",
+                    // "2xx" counts every 2xx answer except 206, which has its own member.
+                    Group(vec![
+                        ("2xx", Num(s.http_status_2xx)),
+                        ("206", Num(s.http_status_206)),
+                        ("304", Num(s.http_status_304)),
+                        ("400", Num(s.http_status_400)),
+                        ("404", Num(s.http_status_404)),
+                        ("405", Num(s.http_status_405)),
+                        ("414", Num(s.http_status_414)),
+                        ("416", Num(s.http_status_416)),
+                        ("431", Num(s.http_status_431)),
+                        ("other", Num(s.http_status_other)),
+                    ]),
+                ),
+            ]),
+        ),
+        (
+            "tls",
+            Group(vec![
+                ("handshakes", Num(s.tls_handshakes)),
+                ("handshake_failures", Num(s.tls_handshake_failures)),
+                ("records_sealed", Num(s.tls_records_sealed)),
+                ("records_opened", Num(s.tls_records_opened)),
+                ("bad_records", Num(s.tls_bad_records)),
+            ]),
+        ),
+        (
+            "storage",
+            // reads/read_bytes/errors/timeouts are the backend's own counts (the device view);
+            // pipeline_* are what the per-core pipelines counted.
+            Group(vec![
+                ("backend", Text(c.storage_backend.clone())),
+                ("reads", Num(c.storage.reads)),
+                ("read_bytes", Num(c.storage.read_bytes)),
+                ("errors", Num(c.storage.errors)),
+                ("timeouts", Num(c.storage.timeouts)),
+                ("in_flight", Num(s.storage_in_flight)),
+                ("pipeline_reads", Num(s.storage_reads)),
+                ("pipeline_read_bytes", Num(s.storage_read_bytes)),
+                ("pipeline_errors", Num(s.storage_errors)),
+            ]),
+        ),
+        (
+            "console",
+            Group(vec![
+                ("commands", Num(s.console_commands + console_commands)),
+                ("errors", Num(s.console_errors + console_errors)),
+            ]),
+        ),
+    ]
+}
+
+/// Aligned text: a group name on its own line, its members indented; nested groups' members
+/// are named "<group> <member>".
+pub(crate) fn write_text(out: &mut String, table: &[(&'static str, Val)]) {
+    for (name, val) in table {
+        match val {
+            Group(members) => {
+                out.push_str(name);
+                out.push('\n');
+                write_members(out, "", members);
+            }
+            Num(n) => {
+                let _ = writeln!(out, "{name:<26}{n}");
+            }
+            Text(t) => {
+                let _ = writeln!(out, "{name:<26}{t}");
+            }
+        }
+    }
+}
+
+fn write_members(out: &mut String, prefix: &str, members: &[(&'static str, Val)]) {
+    for (name, val) in members {
+        let key = if prefix.is_empty() {
+            (*name).to_string()
+        } else {
+            format!("{prefix} {name}")
+        };
+        match val {
+            Num(n) => {
+                let _ = writeln!(out, "  {key:<24}{n}");
+            }
+            Text(t) => {
+                let _ = writeln!(out, "  {key:<24}{t}");
+            }
+            Group(inner) => write_members(out, &key, inner),
+        }
+    }
+}
+
+/// One JSON object, no newline.
+pub(crate) fn write_json(out: &mut String, members: &[(&'static str, Val)]) {
+    out.push('{');
+    for (i, (name, val)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_string(out, name);
+        out.push(':');
+        match val {
+            Num(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Text(t) => write_json_string(out, t),
+            Group(inner) => write_json(out, inner),
+        }
+    }
+    out.push('}');
+}
+
+/// A JSON string literal with the escapes RFC 8259 requires.
+pub(crate) fn write_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_controls() {
+        let mut out = String::new();
+        write_json_string(&mut out, "a\"b\\c\n\u{1}\u{7f}é");
+        let back: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(back, "a\"b\\c\n\u{1}\u{7f}é");
+    }
+
+    #[test]
+    fn console_counts_add_to_host_counts() {
+        let mut c = Counters::default();
+        c.stats.console_commands = 5;
+        let t = table(&c, 3, 1);
+        let mut out = String::new();
+        write_json(&mut out, &t);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["console"]["commands"], 8);
+        assert_eq!(v["console"]["errors"], 1);
+    }
+}

@@ -1,0 +1,240 @@
+//! An in-process HTTP client on the same network stack, and a harness that runs one server
+//! pipeline and its clients over the simulated link: deterministic loss tests and the
+//! benchmark use it, so no mock stands in for either end.
+use std::time::Duration;
+
+use drivers::nic::sim::{pair, SimClock, SimConfig, SimNic};
+use drivers::nic::{FrameBuf, Nic};
+use drivers::storage::Storage;
+use sha2::{Digest, Sha256};
+
+use crate::net::iface::{App, CloseReason, IfaceConfig, Stack};
+use crate::net::tcp::table::ConnId;
+use crate::net::tcp::TcpConn;
+use crate::net::{Instant, MS};
+use crate::server::http_app::HttpApp;
+use crate::server::pipeline::{Pipeline, RX_BURST, TX_BUDGET};
+use crate::volume::Volume;
+
+/// The result of one client request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetch {
+    pub status: u16,
+    pub body_len: u64,
+    pub sha256: [u8; 32],
+    /// The response arrived whole (Content-Length bytes).
+    pub complete: bool,
+}
+
+/// One client connection: a GET, then the response head and a digest of the body.
+pub struct ClientConn {
+    request: Vec<u8>,
+    head: Vec<u8>,
+    status: u16,
+    content_length: Option<u64>,
+    received: u64,
+    hasher: Sha256,
+    done: bool,
+}
+
+impl ClientConn {
+    pub fn get(path: &str, range: Option<(u64, u64)>) -> ClientConn {
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: appliance\r\nConnection: close\r\n");
+        if let Some((a, b)) = range {
+            request.push_str(&format!("Range: bytes={a}-{b}\r\n"));
+        }
+        request.push_str("\r\n");
+        ClientConn { request: request.into_bytes(), head: Vec::new(), status: 0, content_length: None, received: 0, hasher: Sha256::new(), done: false }
+    }
+
+    fn finish(&mut self) -> Fetch {
+        self.done = true;
+        let digest = std::mem::take(&mut self.hasher).finalize();
+        Fetch {
+            status: self.status,
+            body_len: self.received,
+            sha256: digest.into(),
+            complete: self.content_length == Some(self.received),
+        }
+    }
+}
+
+/// The client side's application: collects finished fetches.
+#[derive(Default)]
+pub struct ClientApp {
+    pub fetches: Vec<Fetch>,
+    /// Body bytes received by all connections.
+    pub body_bytes: u64,
+}
+
+fn parse_head(head: &[u8]) -> Option<(u16, Option<u64>)> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let len = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok());
+    Some((status, len))
+}
+
+impl App for ClientApp {
+    type Conn = ClientConn;
+
+    fn accept(&mut self, _now: Instant, _port: u16) -> Option<ClientConn> {
+        None
+    }
+
+    fn rx_room(&self, _c: &ClientConn) -> usize {
+        65535
+    }
+
+    fn on_data(&mut self, _now: Instant, _id: ConnId, c: &mut ClientConn, tcp: &mut TcpConn, mut data: &[u8]) {
+        if c.done {
+            return;
+        }
+        if c.content_length.is_none() && c.status == 0 {
+            let before = c.head.len();
+            c.head.extend_from_slice(data);
+            let Some(end) = c.head.windows(4).position(|w| w == b"\r\n\r\n") else { return };
+            let (status, len) = parse_head(&c.head[..end + 4]).unwrap_or((0, Some(0)));
+            c.status = status;
+            c.content_length = len;
+            data = &data[(end + 4 - before)..];
+        }
+        c.received += data.len() as u64;
+        self.body_bytes += data.len() as u64;
+        c.hasher.update(data);
+        if Some(c.received) >= c.content_length {
+            let f = c.finish();
+            self.fetches.push(f);
+            tcp.close();
+        }
+    }
+
+    fn on_peer_fin(&mut self, _now: Instant, c: &mut ClientConn, tcp: &mut TcpConn) {
+        if !c.done {
+            let f = c.finish();
+            self.fetches.push(f);
+        }
+        tcp.close();
+    }
+
+    fn on_acked(&mut self, _now: Instant, _id: ConnId, _c: &mut ClientConn, _tcp: &mut TcpConn, _to: u64) {}
+
+    fn on_rto(&mut self, _c: &mut ClientConn) {}
+
+    fn on_closed(&mut self, mut c: ClientConn, _reason: CloseReason) {
+        if !c.done {
+            let f = c.finish();
+            self.fetches.push(f);
+        }
+    }
+
+    fn available(&mut self, _now: Instant, _id: ConnId, c: &mut ClientConn, off: u64, max: usize) -> usize {
+        (c.request.len() as u64).saturating_sub(off).min(max as u64) as usize
+    }
+
+    fn payload<'a>(&'a self, c: &'a ClientConn, off: u64, len: usize) -> &'a [u8] {
+        &c.request[off as usize..off as usize + len]
+    }
+}
+
+pub const SERVER_IP: [u8; 4] = [10, 99, 0, 1];
+pub const CLIENT_IP: [u8; 4] = [10, 99, 0, 2];
+
+/// A server pipeline and a client stack joined by a simulated link.
+pub struct SimHarness<S: Storage> {
+    pub clock: SimClock,
+    pub server: Pipeline<SimNic, S>,
+    pub client_nic: SimNic,
+    pub client: Stack<ClientConn>,
+    pub client_app: ClientApp,
+    rx: Vec<<SimNic as Nic>::Rx>,
+    next_port: u16,
+    /// Wall-clock nanoseconds spent in the server's loop (for the benchmark).
+    pub server_ns: u64,
+}
+
+impl<S: Storage> SimHarness<S> {
+    /// `to_client` and `to_server` are the link's two directions.
+    pub fn new(storage: S, volume: Volume, to_client: SimConfig, to_server: SimConfig, buffers: usize) -> Self {
+        let clock = SimClock::new();
+        let (server_nic, client_nic) = pair(to_client, to_server, clock.clone());
+        let mut scfg = IfaceConfig::new(server_nic.link().mac, SERVER_IP, 24);
+        scfg.listen_ports = vec![80];
+        scfg.max_conns = 65536;
+        scfg.syn_backlog = 65536;
+        let server_stack = Stack::new(scfg, 0);
+        let app = HttpApp::new(storage, volume, buffers).expect("storage pool");
+        let server = Pipeline::new(server_nic, server_stack, app);
+        let mut ccfg = IfaceConfig::new(client_nic.link().mac, CLIENT_IP, 24);
+        ccfg.max_conns = 65536;
+        let client = Stack::new(ccfg, 0);
+        SimHarness { clock, server, client_nic, client, client_app: ClientApp::default(), rx: Vec::with_capacity(RX_BURST), next_port: 10000, server_ns: 0 }
+    }
+
+    fn now(&self) -> Instant {
+        self.clock.now().as_nanos() as u64
+    }
+
+    /// Open a connection fetching `path` (optionally a byte range). Resolves the server's MAC
+    /// through ARP first if needed.
+    pub fn start_fetch(&mut self, path: &str, range: Option<(u64, u64)>) -> bool {
+        let mac = loop {
+            let now = self.now();
+            if let Some(mac) = self.client.resolve(now, SERVER_IP, &mut self.client_nic) {
+                break mac;
+            }
+            if now > 10_000 * MS {
+                return false;
+            }
+            self.step(true);
+        };
+        self.next_port = self.next_port.wrapping_add(1).max(10000);
+        let c = ClientConn::get(path, range);
+        let len = c.request.len() as u64;
+        let now = self.now();
+        let Some(id) = self.client.connect(now, SERVER_IP, 80, self.next_port, mac, c, &mut self.client_app) else { return false };
+        if let Some(e) = self.client.get_mut(id) {
+            e.tcp.set_stream_len(len);
+        }
+        self.client.wake(id);
+        true
+    }
+
+    /// One round of both loops. With `advance`, an idle round moves the virtual clock to
+    /// the next frame (or 1 ms). Returns whether anything happened.
+    pub fn step(&mut self, advance: bool) -> bool {
+        let now = self.now();
+        let t0 = std::time::Instant::now();
+        let server_busy = self.server.poll(now);
+        self.server_ns += t0.elapsed().as_nanos() as u64;
+        let got = self.client_nic.rx_burst(&mut self.rx, RX_BURST);
+        for f in self.rx.drain(..) {
+            self.client.on_frame(now, f.bytes(), &mut self.client_app, &mut self.client_nic);
+        }
+        self.client.poll_timers(now, &mut self.client_app);
+        let sent = self.client.poll_tx(now, &mut self.client_app, &mut self.client_nic, TX_BUDGET);
+        self.client_nic.tx_flush();
+        let busy = server_busy || got > 0 || sent > 0;
+        if advance && !busy {
+            let due = [self.client_nic.next_due(), self.server.nic.next_due()].into_iter().flatten().min();
+            let next = due.map_or(now + MS, |d| (d.as_nanos() as u64).clamp(now + 1, now + MS));
+            self.clock.set(Duration::from_nanos(next));
+        }
+        busy
+    }
+
+    /// Run until `n` fetches finished or `limit` of virtual time passed.
+    pub fn run_until_fetches(&mut self, n: usize, limit: Duration) -> bool {
+        let end = self.now() + limit.as_nanos() as u64;
+        while self.client_app.fetches.len() < n {
+            if self.now() > end {
+                return false;
+            }
+            self.step(true);
+        }
+        true
+    }
+}

@@ -1,0 +1,237 @@
+//! `appliance serve`: builds a pipeline from the command-line settings (NIC backend, media,
+//! addresses, ports) and runs it, with the management console polled on the first core.
+pub mod host;
+pub mod http_app;
+pub mod pipeline;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use drivers::nic::Nic;
+use drivers::storage::Storage;
+
+use crate::console::{ConsoleService, PowerAction};
+use crate::net::iface::{IfaceConfig, Stack};
+use crate::net::SEC;
+use crate::volume;
+use http_app::HttpApp;
+use pipeline::Pipeline;
+
+/// Settings of `appliance serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// NIC backend: `tap:<ifname>` (attach or create a Linux TAP device) or `dpdk`.
+    #[arg(long)]
+    pub nic: String,
+    /// EAL arguments for `--nic dpdk`, e.g. "--no-huge --no-pci --vdev=net_tap0,iface=dtap0".
+    #[arg(long, default_value = "")]
+    pub dpdk_args: String,
+    /// The appliance's address and prefix length, e.g. 10.77.0.2/24.
+    #[arg(long)]
+    pub ip: String,
+    /// Default gateway for peers off the local subnet.
+    #[arg(long)]
+    pub gateway: Option<Ipv4Addr>,
+    /// MAC address to use (default: the backend's own).
+    #[arg(long)]
+    pub mac: Option<String>,
+    /// Media volume: a file or block device made by `appliance pack`.
+    #[arg(long)]
+    pub media: PathBuf,
+    #[arg(long, default_value_t = 80)]
+    pub http_port: u16,
+    /// Certificate chain (PEM) for HTTPS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for HTTPS.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    #[arg(long, default_value_t = 443)]
+    pub https_port: u16,
+    /// Cores to run pipelines on, e.g. "0-3" or "1,3" (default: every allowed core).
+    #[arg(long)]
+    pub cores: Option<String>,
+    /// Management console: `stdio`, a tty such as /dev/ttyS0, or `unix:<path>`; `,echo` echoes input.
+    #[arg(long, default_value = "stdio")]
+    pub console: String,
+    /// Most connections per core.
+    #[arg(long, default_value_t = 16384)]
+    pub max_connections: usize,
+    /// 64 KiB storage buffers per core: bounds the data in flight.
+    #[arg(long, default_value_t = 512)]
+    pub buffers: usize,
+    /// Seconds a connection may stay silent before it is closed.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("bad option: {0}")]
+    Option(String),
+    #[error("NIC: {0}")]
+    Nic(#[from] drivers::nic::NicError),
+    #[error("media: {0}")]
+    Storage(#[from] drivers::storage::StorageError),
+    #[error("media volume: {0}")]
+    Volume(#[from] volume::VolumeError),
+    #[error("console: {0}")]
+    Console(#[from] crate::console::ConsoleError),
+}
+
+/// Exit status of `appliance serve` after the console's `reboot` (0 is `poweroff`).
+pub const EXIT_REBOOT: i32 = 10;
+
+/// How `serve` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Poweroff,
+    Reboot,
+}
+
+pub fn parse_ip_prefix(s: &str) -> Result<(Ipv4Addr, u8), ServeError> {
+    let (ip, prefix) = s.split_once('/').unwrap_or((s, "24"));
+    let ip: Ipv4Addr = ip.parse().map_err(|_| ServeError::Option(format!("--ip {s}: not an IPv4 address")))?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| ServeError::Option(format!("--ip {s}: bad prefix length")))?;
+    Ok((ip, prefix))
+}
+
+pub fn parse_mac(s: &str) -> Result<[u8; 6], ServeError> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return Err(ServeError::Option(format!("--mac {s}: expected six hex bytes")));
+    }
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| ServeError::Option(format!("--mac {s}: bad byte {p:?}")))?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(ServeError::Option(format!("--mac {s}: a multicast address")));
+    }
+    Ok(mac)
+}
+
+/// Parse a core list such as "0-3,6".
+pub fn parse_cores(s: &str) -> Result<Vec<usize>, ServeError> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || ServeError::Option(format!("--cores {s}: bad item {part:?}"));
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b || b > 4095 {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if out.is_empty() {
+        return Err(ServeError::Option(format!("--cores {s}: empty")));
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Monotonic nanoseconds since the process started.
+pub fn monotonic_ns(start: std::time::Instant) -> u64 {
+    start.elapsed().as_nanos() as u64
+}
+
+fn wall_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+pub fn serve(args: ServeArgs) -> Result<Outcome, ServeError> {
+    let (ip, prefix) = parse_ip_prefix(&args.ip)?;
+    let mac = args.mac.as_deref().map(parse_mac).transpose()?;
+    let cores = match &args.cores {
+        Some(c) => parse_cores(c)?,
+        None => host::allowed_cores(),
+    };
+    if args.tls_cert.is_some() {
+        return Err(ServeError::Option("HTTPS (--tls-cert/--tls-key) is not available in this build yet".into()));
+    }
+    let console = ConsoleService::open(&args.console)?;
+    let mut storage = drivers::storage::FileStorage::open(&args.media)?;
+    let vol = volume::load(&mut storage)?;
+    log::info!("media {}: {} objects, {} bytes", args.media.display(), vol.objects().len(), vol.data_bytes());
+    if let Some(name) = args.nic.strip_prefix("tap:") {
+        let nic = drivers::nic::tap::TapNic::open(name)?;
+        run(args.clone(), nic, storage, vol, ip, prefix, mac, cores, console)
+    } else if args.nic == "dpdk" {
+        Err(ServeError::Option("--nic dpdk: this build has no DPDK backend yet".into()))
+    } else {
+        Err(ServeError::Option(format!("--nic {}: expected tap:<ifname> or dpdk", args.nic)))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<N: Nic, S: Storage>(
+    args: ServeArgs,
+    nic: N,
+    storage: S,
+    vol: volume::Volume,
+    ip: Ipv4Addr,
+    prefix: u8,
+    mac: Option<[u8; 6]>,
+    cores: Vec<usize>,
+    mut console: ConsoleService,
+) -> Result<Outcome, ServeError> {
+    let link = nic.link();
+    let start = std::time::Instant::now();
+    let now = monotonic_ns(start);
+    let mut cfg = IfaceConfig::new(mac.unwrap_or(link.mac), ip.octets(), prefix);
+    cfg.gateway = args.gateway.map(|g| g.octets());
+    cfg.mtu = link.mtu;
+    cfg.tcp.mss = (link.mtu.saturating_sub(40)).clamp(536, 9000) as u16;
+    cfg.listen_ports = vec![args.http_port];
+    cfg.max_conns = args.max_connections.max(16);
+    cfg.idle_timeout = args.idle_timeout.max(1) * SEC;
+    // One pipeline for now: the first core of the list (RSS across cores comes with DPDK).
+    if let Some(&core) = cores.first() {
+        if let Err(e) = host::pin_to_core(core) {
+            log::warn!("cannot pin to core {core}: {e}");
+        }
+    }
+    let stack = Stack::new(cfg, now);
+    let app = HttpApp::new(storage, vol, args.buffers.max(4))?;
+    let mut pipe = Pipeline::new(nic, stack, app);
+    let mut host = host::Host::new(&args, ip, prefix, cores, start);
+    log::info!(
+        "serving http://{ip}:{} on {} ({}), mac {}",
+        args.http_port,
+        args.nic,
+        link.driver,
+        host::format_mac(&pipe.stack.cfg.mac)
+    );
+    let mut iter: u64 = 0;
+    let mut last_console = 0u64;
+    loop {
+        let now = monotonic_ns(start);
+        if iter % 1024 == 0 {
+            pipe.app.wall_unix = wall_unix();
+        }
+        iter += 1;
+        let busy = pipe.poll(now);
+        // The console is cheap when idle but not free: poll it every millisecond.
+        if !busy || now - last_console > crate::net::MS {
+            last_console = now;
+            let mut view = host.view(&mut pipe);
+            console.poll(&mut view, 8);
+            if let Some(action) = host.power.take() {
+                console.flush_for(Duration::from_secs(2));
+                return Ok(match action {
+                    PowerAction::Poweroff => Outcome::Poweroff,
+                    PowerAction::Reboot => Outcome::Reboot,
+                });
+            }
+        }
+        if !busy {
+            pipe.nic.wait_rx(Duration::from_millis(1));
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! One core's run-to-completion loop: receive a burst, run TCP and HTTP, poll storage
+//! completions, run timers, transmit. Nothing here blocks except an idle wait on the NIC.
+use drivers::nic::Nic;
+use drivers::storage::Storage;
+
+use super::http_app::{HttpApp, HttpConn};
+use crate::net::iface::Stack;
+use crate::net::Instant;
+use crate::stats::Stats;
+
+/// Frames taken from the NIC per iteration.
+pub const RX_BURST: usize = 64;
+/// Segments sent per iteration at most (the rest wait for the next round).
+pub const TX_BUDGET: usize = 256;
+
+pub struct Pipeline<N: Nic, S: Storage> {
+    pub nic: N,
+    pub stack: Stack<HttpConn>,
+    pub app: HttpApp<S>,
+    rx: Vec<N::Rx>,
+}
+
+impl<N: Nic, S: Storage> Pipeline<N, S> {
+    pub fn new(nic: N, stack: Stack<HttpConn>, app: HttpApp<S>) -> Self {
+        Pipeline { nic, stack, app, rx: Vec::with_capacity(RX_BURST) }
+    }
+
+    /// One iteration of the loop at monotonic time `now`. Returns whether anything happened.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        let got = self.nic.rx_burst(&mut self.rx, RX_BURST);
+        for frame in self.rx.drain(..) {
+            self.stack.on_frame(now, drivers::nic::FrameBuf::bytes(&frame), &mut self.app, &mut self.nic);
+        }
+        let done = self.app.poll_storage(&mut self.stack);
+        self.stack.poll_timers(now, &mut self.app);
+        let sent = self.stack.poll_tx(now, &mut self.app, &mut self.nic, TX_BUDGET);
+        self.nic.tx_flush();
+        got > 0 || done > 0 || sent > 0
+    }
+
+    /// Every counter of this core, TCP counters of live connections included.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stack.stats;
+        s += self.app.stats;
+        let (rexmit, fast, rto) = self.stack.live_tcp_counters();
+        s.tcp_retransmits += rexmit;
+        s.tcp_fast_retransmits += fast;
+        s.tcp_rto_timeouts += rto;
+        s.tcp_connections_active = self.stack.connection_count() as u64;
+        s
+    }
+}

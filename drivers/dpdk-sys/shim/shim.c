@@ -1,0 +1,122 @@
+#include <stdio.h>
+#include <string.h>
+
+#include "shim.h"
+
+const struct dpdk_sys_consts dpdk_sys_consts = {
+    .rss_ip = RTE_ETH_RSS_IP,
+    .rss_tcp = RTE_ETH_RSS_TCP,
+    .rss_udp = RTE_ETH_RSS_UDP,
+    .rx_offload_ipv4_cksum = RTE_ETH_RX_OFFLOAD_IPV4_CKSUM,
+    .rx_offload_tcp_cksum = RTE_ETH_RX_OFFLOAD_TCP_CKSUM,
+    .rx_offload_udp_cksum = RTE_ETH_RX_OFFLOAD_UDP_CKSUM,
+    .tx_offload_ipv4_cksum = RTE_ETH_TX_OFFLOAD_IPV4_CKSUM,
+    .tx_offload_tcp_cksum = RTE_ETH_TX_OFFLOAD_TCP_CKSUM,
+    .tx_offload_udp_cksum = RTE_ETH_TX_OFFLOAD_UDP_CKSUM,
+    .tx_offload_tcp_tso = RTE_ETH_TX_OFFLOAD_TCP_TSO,
+    .tx_offload_multi_segs = RTE_ETH_TX_OFFLOAD_MULTI_SEGS,
+    .tx_offload_mbuf_fast_free = RTE_ETH_TX_OFFLOAD_MBUF_FAST_FREE,
+    .mbuf_tx_ipv4 = RTE_MBUF_F_TX_IPV4,
+    .mbuf_tx_ip_cksum = RTE_MBUF_F_TX_IP_CKSUM,
+    .mbuf_tx_tcp_cksum = RTE_MBUF_F_TX_TCP_CKSUM,
+    .mbuf_tx_tcp_seg = RTE_MBUF_F_TX_TCP_SEG,
+    .mbuf_default_buf_size = RTE_MBUF_DEFAULT_BUF_SIZE,
+    .pktmbuf_headroom = RTE_PKTMBUF_HEADROOM,
+    .max_ethports = RTE_MAX_ETHPORTS,
+    .lcore_id_any = LCORE_ID_ANY,
+    .socket_id_any = SOCKET_ID_ANY,
+};
+
+uint16_t dpdk_sys_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n)
+{
+    return rte_eth_rx_burst(port, queue, pkts, n);
+}
+
+uint16_t dpdk_sys_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n)
+{
+    return rte_eth_tx_burst(port, queue, pkts, n);
+}
+
+struct rte_mbuf *dpdk_sys_pktmbuf_alloc(struct rte_mempool *pool)
+{
+    return rte_pktmbuf_alloc(pool);
+}
+
+void dpdk_sys_pktmbuf_free(struct rte_mbuf *m)
+{
+    rte_pktmbuf_free(m);
+}
+
+void *dpdk_sys_pktmbuf_mtod(struct rte_mbuf *m)
+{
+    return rte_pktmbuf_mtod(m, void *);
+}
+
+uint16_t dpdk_sys_pktmbuf_data_len(const struct rte_mbuf *m)
+{
+    return rte_pktmbuf_data_len(m);
+}
+
+uint32_t dpdk_sys_pktmbuf_pkt_len(const struct rte_mbuf *m)
+{
+    return rte_pktmbuf_pkt_len(m);
+}
+
+uint16_t dpdk_sys_pktmbuf_nb_segs(const struct rte_mbuf *m)
+{
+    return m->nb_segs;
+}
+
+uint16_t dpdk_sys_pktmbuf_tailroom(const struct rte_mbuf *m)
+{
+    return rte_pktmbuf_tailroom(m);
+}
+
+char *dpdk_sys_pktmbuf_append(struct rte_mbuf *m, uint16_t len)
+{
+    return rte_pktmbuf_append(m, len);
+}
+
+int dpdk_sys_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail)
+{
+    return rte_pktmbuf_chain(head, tail);
+}
+
+void dpdk_sys_pktmbuf_set_tx_offload(struct rte_mbuf *m, uint64_t ol_flags, uint16_t l2_len,
+                                     uint16_t l3_len, uint16_t l4_len, uint16_t tso_segsz)
+{
+    m->ol_flags |= ol_flags;
+    m->l2_len = l2_len;
+    m->l3_len = l3_len;
+    m->l4_len = l4_len;
+    m->tso_segsz = tso_segsz;
+}
+
+int dpdk_sys_log_to_stderr(void)
+{
+    return rte_openlog_stream(stderr);
+}
+
+unsigned dpdk_sys_lcore_id(void)
+{
+    return rte_lcore_id();
+}
+
+int dpdk_sys_errno(void)
+{
+    return rte_errno;
+}
+
+int dpdk_sys_link_get(uint16_t port, int *up, uint32_t *speed_mbps)
+{
+    struct rte_eth_link link;
+    int ret;
+
+    memset(&link, 0, sizeof(link));
+    ret = rte_eth_link_get_nowait(port, &link);
+    if (ret == 0) {
+        *up = link.link_status == RTE_ETH_LINK_UP;
+        *speed_mbps = link.link_speed;
+    }
+    return ret;
+}

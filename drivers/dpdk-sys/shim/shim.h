@@ -1,0 +1,73 @@
+/* The part of DPDK's API that is static inline or macro-only in its headers, exported as
+ * plain functions and constants so that Rust can call them. Compiled against whatever DPDK
+ * pkg-config finds: nothing here depends on a struct layout known in advance. */
+#ifndef DPDK_SYS_SHIM_H
+#define DPDK_SYS_SHIM_H
+
+#include <stdint.h>
+#include <rte_config.h>
+#include <rte_eal.h>
+#include <rte_errno.h>
+#include <rte_lcore.h>
+#include <rte_log.h>
+#include <rte_ethdev.h>
+#include <rte_ether.h>
+#include <rte_mbuf.h>
+#include <rte_mempool.h>
+#include <rte_version.h>
+
+/* Flag words that DPDK defines with RTE_BIT64() (which bindgen cannot evaluate). */
+struct dpdk_sys_consts {
+    uint64_t rss_ip;
+    uint64_t rss_tcp;
+    uint64_t rss_udp;
+    uint64_t rx_offload_ipv4_cksum;
+    uint64_t rx_offload_tcp_cksum;
+    uint64_t rx_offload_udp_cksum;
+    uint64_t tx_offload_ipv4_cksum;
+    uint64_t tx_offload_tcp_cksum;
+    uint64_t tx_offload_udp_cksum;
+    uint64_t tx_offload_tcp_tso;
+    uint64_t tx_offload_multi_segs;
+    uint64_t tx_offload_mbuf_fast_free;
+    uint64_t mbuf_tx_ipv4;
+    uint64_t mbuf_tx_ip_cksum;
+    uint64_t mbuf_tx_tcp_cksum;
+    uint64_t mbuf_tx_tcp_seg;
+    uint32_t mbuf_default_buf_size;
+    uint32_t pktmbuf_headroom;
+    uint32_t max_ethports;
+    uint32_t lcore_id_any;
+    int socket_id_any;
+};
+extern const struct dpdk_sys_consts dpdk_sys_consts;
+
+uint16_t dpdk_sys_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
+uint16_t dpdk_sys_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
+
+struct rte_mbuf *dpdk_sys_pktmbuf_alloc(struct rte_mempool *pool);
+void dpdk_sys_pktmbuf_free(struct rte_mbuf *m);
+/* Start of the data of the first segment. */
+void *dpdk_sys_pktmbuf_mtod(struct rte_mbuf *m);
+uint16_t dpdk_sys_pktmbuf_data_len(const struct rte_mbuf *m);
+uint32_t dpdk_sys_pktmbuf_pkt_len(const struct rte_mbuf *m);
+uint16_t dpdk_sys_pktmbuf_nb_segs(const struct rte_mbuf *m);
+uint16_t dpdk_sys_pktmbuf_tailroom(const struct rte_mbuf *m);
+/* Grows the last segment by len bytes; NULL when it has not the room. */
+char *dpdk_sys_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
+/* Appends tail's segments to head's chain; non-zero when the chain would be too long. */
+int dpdk_sys_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail);
+/* Offload request of one packet: ol_flags plus header lengths and the TSO segment size. */
+void dpdk_sys_pktmbuf_set_tx_offload(struct rte_mbuf *m, uint64_t ol_flags, uint16_t l2_len,
+                                     uint16_t l3_len, uint16_t l4_len, uint16_t tso_segsz);
+
+/* Sends DPDK's log (EAL, PMDs) to stderr instead of stdout/syslog; callable before EAL init. */
+int dpdk_sys_log_to_stderr(void);
+
+unsigned dpdk_sys_lcore_id(void);
+int dpdk_sys_errno(void);
+
+/* Link state without waiting; returns rte_eth_link_get_nowait's result. */
+int dpdk_sys_link_get(uint16_t port, int *up, uint32_t *speed_mbps);
+
+#endif

@@ -1,0 +1,1089 @@
+//! DPDK poll-mode backend: owns the EAL (once per process), one mbuf pool sized at start-up and
+//! one Ethernet port with an RX/TX queue pair per core. [`DpdkNic::start`] brings the port up
+//! and hands out queue 0; [`DpdkNic::queue`] hands out the others, one handle per queue, each
+//! driven by a single thread.
+//!
+//! Received frames are the PMD's mbufs ([`DpdkFrame`]), freed back to the pool on drop.
+//! Transmit copies the gathered parts into one fresh mbuf; zero-copy payload (mbufs attached to
+//! storage DMA memory as external buffers, headers in their own small mbuf) is a later step.
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_int};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dpdk_sys as sys;
+
+use super::{FrameBuf, LinkInfo, Nic, NicCounters, NicError};
+
+/// Most frames taken from or given to the PMD in one call.
+const BURST: usize = 64;
+const ETHERNET_HEADER: usize = 14;
+/// Largest frame handed to TSO: an IPv4 packet of the largest length plus its Ethernet header.
+const MAX_TSO_FRAME: usize = 65535 + ETHERNET_HEADER;
+
+/// Set once `rte_eal_init` has been called: DPDK allows one initialisation per process.
+static EAL_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// How the port is set up. Sizes are fixed at start-up; nothing grows afterwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DpdkConfig {
+    /// DPDK port id (0 is the first device EAL probed: a vdev or a bound PCI NIC).
+    pub port: u16,
+    /// RX/TX queue pairs, one per core. More than one needs RSS from the PMD.
+    pub queues: u16,
+    /// Mbufs in the pool shared by all queues (must cover every descriptor ring plus what the
+    /// stack holds).
+    pub mbufs: u32,
+    /// Per-lcore mbuf cache of the pool (0 for none).
+    pub mbuf_cache: u32,
+    /// Descriptors per RX and per TX ring (the PMD may round them).
+    pub rx_desc: u16,
+    pub tx_desc: u16,
+    /// Frames `tx_gather` may queue before `tx_flush` hands them to the device.
+    pub tx_batch: usize,
+}
+
+impl Default for DpdkConfig {
+    fn default() -> Self {
+        DpdkConfig {
+            port: 0,
+            queues: 1,
+            mbufs: 8191,
+            mbuf_cache: 256,
+            rx_desc: 1024,
+            tx_desc: 1024,
+            tx_batch: 256,
+        }
+    }
+}
+
+/// The offloads this backend enabled on the port: those it wants that the PMD reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DpdkOffloads {
+    /// RSS over IP and TCP spreads connections over the queues (only with more than one).
+    pub rss: bool,
+    pub rx_ipv4_cksum: bool,
+    pub rx_tcp_cksum: bool,
+    pub rx_udp_cksum: bool,
+    pub tx_ipv4_cksum: bool,
+    pub tx_tcp_cksum: bool,
+    pub tx_udp_cksum: bool,
+    pub tx_tcp_tso: bool,
+    /// Chained (multi-segment) transmit, needed for header + payload mbufs.
+    pub tx_multi_segs: bool,
+}
+
+/// Per-packet transmit offload request for [`DpdkNic::tx_gather_offload`]: header lengths of the
+/// frame and what the device should compute. Honoured only where [`DpdkNic::offloads`] says so.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxOffload {
+    pub l2_len: u16,
+    pub l3_len: u16,
+    pub l4_len: u16,
+    /// IPv4 header checksum (the frame's field may hold anything).
+    pub ipv4_cksum: bool,
+    /// TCP checksum: the frame's field must hold the pseudo-header checksum, as DPDK requires.
+    pub tcp_cksum: bool,
+    /// Segment the TCP payload into this many bytes per packet (0: no TSO).
+    pub tso_segsz: u16,
+}
+
+/// Why a frame was not queued.
+enum TxRefused {
+    /// Batch full or pool empty: flush and retry.
+    Full,
+    /// Empty or larger than one mbuf: dropped and counted, never worth a retry.
+    BadLength,
+}
+
+/// The port, shared by its queue handles; stopped and closed when the last one goes.
+struct Port {
+    id: u16,
+    pool: NonNull<sys::rte_mempool>,
+    driver: String,
+    mac: [u8; 6],
+    mtu: usize,
+    queues: u16,
+    offloads: DpdkOffloads,
+    /// Bytes one mbuf holds.
+    seg_bytes: usize,
+    /// Largest frame `tx_gather` accepts: MTU plus the Ethernet header.
+    max_frame: usize,
+    /// Largest TSO frame `tx_gather_offload` accepts (chained mbufs; 0 without TSO).
+    max_tso_frame: usize,
+    /// Which queues have a live handle.
+    claimed: Mutex<Vec<bool>>,
+    /// Serialises control-path calls (stats, xstats, link), which DPDK does not make
+    /// thread-safe.
+    control: Mutex<()>,
+    sw: SoftCounters,
+}
+
+/// What the backend itself dropped or refused, beside the device's counters.
+#[derive(Default)]
+struct SoftCounters {
+    /// Queued frames the device did not take at flush time (freed).
+    tx_dropped: AtomicU64,
+    /// Empty frames or frames larger than one mbuf given to `tx_gather` (dropped).
+    tx_bad_length: AtomicU64,
+    /// `tx_gather` found the pool empty (refused, caller retries).
+    tx_no_mbuf: AtomicU64,
+    /// Received frames spread over several mbufs (dropped: scatter is not enabled).
+    rx_multi_seg: AtomicU64,
+}
+
+// SAFETY: the pool pointer refers to a DPDK mempool whose default ops ("ring_mp_mc") are safe
+// for concurrent get/put from any thread; everything else in `Port` is plain data or
+// synchronised (Mutex, atomics). Control-path ethdev calls go through `control`.
+unsafe impl Send for Port {}
+// SAFETY: see `Send` above: shared access only reads plain data, uses atomics, takes the
+// `control` lock, or gets/puts mbufs through the MT-safe pool.
+unsafe impl Sync for Port {}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the port was started by `DpdkNic::start` and no queue handle is left (this is
+        // the last Arc), so no thread is in rx/tx burst on it. The mempool is not freed: frames
+        // the stack still holds return to it when dropped.
+        unsafe {
+            sys::rte_eth_dev_stop(self.id);
+            sys::rte_eth_dev_close(self.id);
+        }
+    }
+}
+
+/// A received frame: the PMD's mbuf, returned to the pool when dropped.
+pub struct DpdkFrame {
+    mbuf: NonNull<sys::rte_mbuf>,
+    data: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the frame exclusively owns its mbuf; freeing it from another thread is safe with the
+// MT-safe pool ops the backend uses.
+unsafe impl Send for DpdkFrame {}
+
+impl FrameBuf for DpdkFrame {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `data`/`len` are the single segment's data pointer and length read when the
+        // frame was received; the mbuf stays owned by this frame (not freed, not written by
+        // the PMD) until drop, so the bytes stay valid for the borrow of `self`.
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for DpdkFrame {
+    fn drop(&mut self) {
+        // SAFETY: the frame owns this mbuf (taken from rte_eth_rx_burst, freed only here).
+        unsafe { sys::dpdk_sys_pktmbuf_free(self.mbuf.as_ptr()) }
+    }
+}
+
+impl std::fmt::Debug for DpdkFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DpdkFrame").field("len", &self.len).finish()
+    }
+}
+
+/// One RX/TX queue pair of a DPDK port, driven by one thread.
+pub struct DpdkNic {
+    port: Arc<Port>,
+    queue: u16,
+    /// Frames queued by `tx_gather`, owned here until `tx_flush` hands them to the PMD.
+    tx: Vec<NonNull<sys::rte_mbuf>>,
+    tx_batch: usize,
+    rx_scratch: [*mut sys::rte_mbuf; BURST],
+}
+
+// SAFETY: a queue handle is used by one thread at a time (`&mut self` for bursts), which is
+// all DPDK asks of a queue; the mbufs it holds are exclusively its own.
+unsafe impl Send for DpdkNic {}
+
+impl Drop for DpdkNic {
+    fn drop(&mut self) {
+        self.free_queued_tx();
+        let mut claimed = self.port.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        claimed[usize::from(self.queue)] = false;
+    }
+}
+
+fn config_error(msg: impl Into<String>) -> NicError {
+    NicError::Config(msg.into())
+}
+
+/// DPDK's message for the calling thread's `rte_errno`, or for `-ret` when given.
+fn dpdk_error(what: &str, ret: c_int) -> NicError {
+    let errnum = if ret < 0 {
+        -ret
+    } else {
+        // SAFETY: reads the calling thread's rte_errno; no other effect.
+        unsafe { sys::dpdk_sys_errno() }
+    };
+    // SAFETY: rte_strerror returns a pointer to a static or thread-local NUL-terminated string
+    // that stays valid until the next call on this thread; it is copied at once.
+    let msg = unsafe { CStr::from_ptr(sys::rte_strerror(errnum)) }
+        .to_string_lossy()
+        .into_owned();
+    NicError::Config(format!("{what}: {msg} ({errnum})"))
+}
+
+/// Splits the EAL argument string like a POSIX shell would (quotes, backslashes).
+pub fn split_eal_args(eal_args: &str) -> Result<Vec<String>, NicError> {
+    shlex::split(eal_args).ok_or_else(|| {
+        config_error(format!(
+            "cannot split DPDK EAL arguments {eal_args:?}: unbalanced quote"
+        ))
+    })
+}
+
+fn eal_init(eal_args: &str) -> Result<(), NicError> {
+    let mut args = vec!["appliance".to_string()];
+    args.extend(split_eal_args(eal_args)?);
+    let args: Vec<CString> = args
+        .into_iter()
+        .map(|a| CString::new(a).map_err(|_| config_error("DPDK EAL argument holds a NUL byte")))
+        .collect::<Result<_, _>>()?;
+    if EAL_STARTED.swap(true, Ordering::SeqCst) {
+        return Err(config_error(
+            "DPDK EAL is already initialised in this process (once only)",
+        ));
+    }
+    // EAL keeps pointers into argv (and permutes it): both live for the rest of the process.
+    let args: &'static [CString] = Box::leak(args.into_boxed_slice());
+    let argv: &'static mut [*mut c_char] = Box::leak(
+        args.iter()
+            .map(|a| a.as_ptr() as *mut c_char)
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    );
+    log::info!("dpdk: EAL init with {:?}", args);
+    // SAFETY: sets DPDK's global log stream to the process's stderr (valid for its whole
+    // life); allowed before EAL init. Keeps EAL and PMD messages off a stdio console.
+    if unsafe { sys::dpdk_sys_log_to_stderr() } != 0 {
+        log::warn!("dpdk: cannot send DPDK's log to stderr");
+    }
+    let affinity = thread_affinity();
+    // SAFETY: argv holds argc valid NUL-terminated strings that are never freed; EAL init
+    // runs at most once per process (guarded by EAL_STARTED).
+    let ret = unsafe { sys::rte_eal_init(argv.len() as c_int, argv.as_mut_ptr()) };
+    if ret < 0 {
+        return Err(dpdk_error("DPDK EAL initialisation failed", 0));
+    }
+    // EAL pins the calling thread to its main lcore; the appliance places its own threads
+    // (and those they spawn inherit this mask), so give the caller its mask back.
+    if let Some(set) = affinity {
+        // SAFETY: `set` is a cpu_set_t filled by sched_getaffinity for this same thread.
+        if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0
+        {
+            log::warn!(
+                "dpdk: cannot restore the CPU affinity EAL changed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The calling thread's CPU affinity mask, if the kernel tells it.
+fn thread_affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is a plain bit array for which all-zero is valid; sched_getaffinity
+    // writes at most its size into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+            .then_some(set)
+    }
+}
+
+/// A Toeplitz key whose 16-bit period makes the hash symmetric: swapping source and
+/// destination address and port gives the same queue, so both directions of a connection meet.
+fn symmetric_rss_key(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| if i % 2 == 0 { 0x6d } else { 0x5a })
+        .collect()
+}
+
+impl DpdkNic {
+    /// Initialises the EAL from `eal_args` (split like a shell would), creates the mbuf pool,
+    /// configures port `cfg.port` with `cfg.queues` RX/TX queue pairs and starts it. Returns
+    /// the handle of queue 0; [`DpdkNic::queue`] gives the others.
+    pub fn start(eal_args: &str, cfg: DpdkConfig) -> Result<DpdkNic, NicError> {
+        if cfg.queues == 0 {
+            return Err(config_error("DPDK needs at least one queue"));
+        }
+        if cfg.tx_batch == 0 {
+            return Err(config_error("DPDK tx_batch must be at least 1"));
+        }
+        eal_init(eal_args)?;
+        let consts = sys::consts();
+        let port = cfg.port;
+
+        // SAFETY: EAL is initialised; the call only reads the ethdev table.
+        if unsafe { sys::rte_eth_dev_is_valid_port(port) } == 0 {
+            // SAFETY: as above.
+            let avail = unsafe { sys::rte_eth_dev_count_avail() };
+            return Err(config_error(format!(
+                "DPDK port {port} does not exist ({avail} port(s) probed: check --vdev/-a and the PMD)"
+            )));
+        }
+        let mut info = sys::rte_eth_dev_info::default();
+        // SAFETY: valid port; `info` is a properly sized, writable rte_eth_dev_info.
+        let ret = unsafe { sys::rte_eth_dev_info_get(port, &mut info) };
+        if ret != 0 {
+            return Err(dpdk_error("rte_eth_dev_info_get", ret));
+        }
+        let pmd = if info.driver_name.is_null() {
+            "unknown".to_string()
+        } else {
+            // SAFETY: driver_name points to the PMD's static NUL-terminated name.
+            unsafe { CStr::from_ptr(info.driver_name) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        if cfg.queues > info.max_rx_queues || cfg.queues > info.max_tx_queues {
+            return Err(config_error(format!(
+                "DPDK port {port} ({pmd}) has at most {} RX / {} TX queues, {} asked",
+                info.max_rx_queues, info.max_tx_queues, cfg.queues
+            )));
+        }
+
+        let mut conf = sys::rte_eth_conf::default();
+        let mut offloads = DpdkOffloads::default();
+        let mut rss_key = Vec::new();
+        if cfg.queues > 1 {
+            let rss_hf = (consts.rss_ip | consts.rss_tcp) & info.flow_type_rss_offloads;
+            if rss_hf == 0 {
+                return Err(config_error(format!(
+                    "DPDK port {port} ({pmd}) has no RSS over IP/TCP: cannot keep connections on one of {} queues",
+                    cfg.queues
+                )));
+            }
+            conf.rxmode.mq_mode = sys::rte_eth_rx_mq_mode::RTE_ETH_MQ_RX_RSS;
+            conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
+            if info.hash_key_size > 0 {
+                rss_key = symmetric_rss_key(usize::from(info.hash_key_size));
+                conf.rx_adv_conf.rss_conf.rss_key = rss_key.as_mut_ptr();
+                conf.rx_adv_conf.rss_conf.rss_key_len = info.hash_key_size;
+            }
+            offloads.rss = true;
+        }
+        let rx_want = [
+            (consts.rx_offload_ipv4_cksum, &mut offloads.rx_ipv4_cksum),
+            (consts.rx_offload_tcp_cksum, &mut offloads.rx_tcp_cksum),
+            (consts.rx_offload_udp_cksum, &mut offloads.rx_udp_cksum),
+        ];
+        for (flag, enabled) in rx_want {
+            if info.rx_offload_capa & flag != 0 {
+                conf.rxmode.offloads |= flag;
+                *enabled = true;
+            }
+        }
+        let tx_want = [
+            (consts.tx_offload_ipv4_cksum, &mut offloads.tx_ipv4_cksum),
+            (consts.tx_offload_tcp_cksum, &mut offloads.tx_tcp_cksum),
+            (consts.tx_offload_udp_cksum, &mut offloads.tx_udp_cksum),
+            (consts.tx_offload_tcp_tso, &mut offloads.tx_tcp_tso),
+            (consts.tx_offload_multi_segs, &mut offloads.tx_multi_segs),
+        ];
+        for (flag, enabled) in tx_want {
+            if info.tx_offload_capa & flag != 0 {
+                conf.txmode.offloads |= flag;
+                *enabled = true;
+            }
+        }
+        // SAFETY: valid port, stopped; `conf` (and the RSS key it points to, alive until the
+        // end of this function) is read during the call only.
+        let ret = unsafe { sys::rte_eth_dev_configure(port, cfg.queues, cfg.queues, &conf) };
+        drop(rss_key);
+        if ret != 0 {
+            return Err(dpdk_error(
+                &format!("configuring DPDK port {port} ({pmd})"),
+                ret,
+            ));
+        }
+        let (mut rx_desc, mut tx_desc) = (cfg.rx_desc, cfg.tx_desc);
+        // SAFETY: valid, configured port; both pointers are to live u16s.
+        let ret =
+            unsafe { sys::rte_eth_dev_adjust_nb_rx_tx_desc(port, &mut rx_desc, &mut tx_desc) };
+        if ret != 0 {
+            return Err(dpdk_error("rte_eth_dev_adjust_nb_rx_tx_desc", ret));
+        }
+
+        let queues = u32::from(cfg.queues);
+        let queues = u64::from(queues);
+        let needed = queues
+            * (u64::from(rx_desc) + u64::from(tx_desc) + cfg.tx_batch as u64 + BURST as u64)
+            + u64::from(cfg.mbuf_cache) * (queues + 1);
+        if u64::from(cfg.mbufs) < needed {
+            return Err(config_error(format!(
+                "DPDK pool of {} mbufs is too small for {} queue(s) of {rx_desc} RX + {tx_desc} TX descriptors: need at least {needed}",
+                cfg.mbufs, cfg.queues
+            )));
+        }
+        // SAFETY: valid port; no side effect.
+        let socket = unsafe { sys::rte_eth_dev_socket_id(port) };
+        let socket = if socket < 0 {
+            consts.socket_id_any
+        } else {
+            socket
+        };
+        let data_room = consts.mbuf_default_buf_size;
+        let pool_name = CString::new(format!("appl_mbufs_p{port}")).expect("no NUL in pool name");
+        // SAFETY: EAL is initialised; the name is a valid C string copied by DPDK.
+        let pool = unsafe {
+            sys::rte_pktmbuf_pool_create(
+                pool_name.as_ptr(),
+                cfg.mbufs,
+                cfg.mbuf_cache,
+                0,
+                data_room as u16,
+                socket,
+            )
+        };
+        let pool = NonNull::new(pool)
+            .ok_or_else(|| dpdk_error(&format!("creating a pool of {} mbufs", cfg.mbufs), 0))?;
+
+        for q in 0..cfg.queues {
+            // SAFETY: configured port, queue index below the configured count; NULL rx_conf
+            // means the PMD's defaults; the pool lives for the rest of the process.
+            let ret = unsafe {
+                sys::rte_eth_rx_queue_setup(
+                    port,
+                    q,
+                    rx_desc,
+                    socket as u32,
+                    std::ptr::null(),
+                    pool.as_ptr(),
+                )
+            };
+            if ret != 0 {
+                return Err(dpdk_error(
+                    &format!("setting up RX queue {q} of port {port}"),
+                    ret,
+                ));
+            }
+            // SAFETY: as above, for the TX queue (port-level offloads apply to it).
+            let ret = unsafe {
+                sys::rte_eth_tx_queue_setup(port, q, tx_desc, socket as u32, std::ptr::null())
+            };
+            if ret != 0 {
+                return Err(dpdk_error(
+                    &format!("setting up TX queue {q} of port {port}"),
+                    ret,
+                ));
+            }
+        }
+        // SAFETY: every queue is set up.
+        let ret = unsafe { sys::rte_eth_dev_start(port) };
+        if ret != 0 {
+            return Err(dpdk_error(
+                &format!("starting DPDK port {port} ({pmd})"),
+                ret,
+            ));
+        }
+        // SAFETY: started port. Failure (PMD without the control) is only logged: the stack
+        // filters on its own MAC anyway.
+        let ret = unsafe { sys::rte_eth_promiscuous_disable(port) };
+        if ret != 0 {
+            log::warn!("dpdk: port {port} ({pmd}): cannot turn promiscuous mode off ({ret})");
+        }
+        let mut mac = sys::rte_ether_addr::default();
+        // SAFETY: valid port; `mac` is a writable rte_ether_addr.
+        let ret = unsafe { sys::rte_eth_macaddr_get(port, &mut mac) };
+        if ret != 0 {
+            return Err(dpdk_error("rte_eth_macaddr_get", ret));
+        }
+        let mut mtu: u16 = 1500;
+        // SAFETY: valid port; `mtu` is a writable u16.
+        if unsafe { sys::rte_eth_dev_get_mtu(port, &mut mtu) } != 0 {
+            mtu = 1500;
+        }
+        let seg_bytes = (data_room - consts.pktmbuf_headroom) as usize;
+        let mtu = usize::from(mtu).min(seg_bytes - ETHERNET_HEADER);
+        let max_tso_frame = if offloads.tx_tcp_tso && offloads.tx_multi_segs {
+            let segs = match info.tx_desc_lim.nb_seg_max {
+                0 => usize::MAX,
+                n => usize::from(n),
+            };
+            MAX_TSO_FRAME.min(segs.saturating_mul(seg_bytes))
+        } else {
+            0
+        };
+        log::info!(
+            "dpdk: port {port} driver {pmd} mac {:02x?} mtu {mtu} queues {} rx_desc {rx_desc} tx_desc {tx_desc} mbufs {} offloads {offloads:?}",
+            mac.addr_bytes,
+            cfg.queues,
+            cfg.mbufs
+        );
+        let mut claimed = vec![false; usize::from(cfg.queues)];
+        claimed[0] = true;
+        let port = Arc::new(Port {
+            id: port,
+            pool,
+            driver: format!("dpdk:{pmd}"),
+            mac: mac.addr_bytes,
+            mtu,
+            queues: cfg.queues,
+            offloads,
+            seg_bytes,
+            max_frame: mtu + ETHERNET_HEADER,
+            max_tso_frame,
+            claimed: Mutex::new(claimed),
+            control: Mutex::new(()),
+            sw: SoftCounters::default(),
+        });
+        Ok(DpdkNic::handle(port, 0, cfg.tx_batch))
+    }
+
+    fn handle(port: Arc<Port>, queue: u16, tx_batch: usize) -> DpdkNic {
+        DpdkNic {
+            port,
+            queue,
+            tx: Vec::with_capacity(tx_batch),
+            tx_batch,
+            rx_scratch: [std::ptr::null_mut(); BURST],
+        }
+    }
+
+    /// The handle of queue `queue` of the same port, for another core. Each queue has at most
+    /// one live handle; dropping it makes the queue available again.
+    pub fn queue(&self, queue: u16) -> Result<DpdkNic, NicError> {
+        let mut claimed = self.port.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        match claimed.get_mut(usize::from(queue)) {
+            None => Err(config_error(format!(
+                "DPDK port {} has {} queue(s), no queue {queue}",
+                self.port.id, self.port.queues
+            ))),
+            Some(true) => Err(config_error(format!(
+                "DPDK queue {queue} is already in use"
+            ))),
+            Some(slot) => {
+                *slot = true;
+                Ok(DpdkNic::handle(self.port.clone(), queue, self.tx_batch))
+            }
+        }
+    }
+
+    /// This handle's queue index.
+    pub fn queue_id(&self) -> u16 {
+        self.queue
+    }
+
+    /// Queue pairs the port was configured with.
+    pub fn queues(&self) -> u16 {
+        self.port.queues
+    }
+
+    /// The offloads enabled on the port (what the PMD reported among those we use).
+    pub fn offloads(&self) -> DpdkOffloads {
+        self.port.offloads
+    }
+
+    /// Gives the calling (non-EAL) thread an lcore id so that it uses the pool's per-lcore
+    /// cache; call once on each core's thread before its loop. Harmless to skip (slower pool).
+    pub fn register_thread() -> Result<(), NicError> {
+        // SAFETY: only reads thread-local EAL state.
+        if unsafe { sys::dpdk_sys_lcore_id() } != sys::consts().lcore_id_any {
+            return Ok(());
+        }
+        // SAFETY: EAL may be initialised or not: rte_thread_register reports failure itself.
+        if unsafe { sys::rte_thread_register() } != 0 {
+            return Err(dpdk_error("rte_thread_register", 0));
+        }
+        Ok(())
+    }
+
+    /// Largest frame `tx_gather_offload` takes for TSO (0 when the PMD has no TSO or no
+    /// multi-segment transmit).
+    pub fn max_tso_frame(&self) -> usize {
+        self.port.max_tso_frame
+    }
+
+    /// Mbufs free in the pool (for the console and leak checks).
+    pub fn pool_available(&self) -> u32 {
+        // SAFETY: the pool lives for the rest of the process; the count is a racy read.
+        unsafe { sys::rte_mempool_avail_count(self.port.pool.as_ptr()) }
+    }
+
+    /// The port's extended statistics by name (the PMD's own set), then the backend's own
+    /// drop counters prefixed with `sw_`.
+    pub fn xstats(&self) -> Vec<(String, u64)> {
+        let port = self.port.id;
+        let mut out = Vec::new();
+        {
+            let _guard = self.port.control.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: NULL/0 asks only for the count.
+            let n = unsafe { sys::rte_eth_xstats_get_names(port, std::ptr::null_mut(), 0) };
+            if n > 0 {
+                let n = n as usize;
+                let mut names = vec![sys::rte_eth_xstat_name::default(); n];
+                let mut values = vec![sys::rte_eth_xstat::default(); n];
+                // SAFETY: both buffers hold `n` writable entries, as the size passed says.
+                let got_names =
+                    unsafe { sys::rte_eth_xstats_get_names(port, names.as_mut_ptr(), n as u32) };
+                // SAFETY: as above.
+                let got_values =
+                    unsafe { sys::rte_eth_xstats_get(port, values.as_mut_ptr(), n as u32) };
+                if got_names > 0 && got_values > 0 {
+                    let got_names = (got_names as usize).min(n);
+                    for v in &values[..(got_values as usize).min(n)] {
+                        let Some(name) = names[..got_names].get(v.id as usize) else {
+                            continue;
+                        };
+                        // SAFETY: DPDK writes NUL-terminated names into the 64-byte arrays;
+                        // the array is zero-initialised so a NUL exists in any case.
+                        let name = unsafe { CStr::from_ptr(name.name.as_ptr()) };
+                        out.push((name.to_string_lossy().into_owned(), v.value));
+                    }
+                }
+            }
+        }
+        let sw = &self.port.sw;
+        out.push((
+            "sw_tx_dropped".into(),
+            sw.tx_dropped.load(Ordering::Relaxed),
+        ));
+        out.push((
+            "sw_tx_bad_length".into(),
+            sw.tx_bad_length.load(Ordering::Relaxed),
+        ));
+        out.push((
+            "sw_tx_no_mbuf".into(),
+            sw.tx_no_mbuf.load(Ordering::Relaxed),
+        ));
+        out.push((
+            "sw_rx_multi_seg".into(),
+            sw.rx_multi_seg.load(Ordering::Relaxed),
+        ));
+        out
+    }
+
+    /// Like [`Nic::tx_gather`], with a per-packet offload request (checksums, TSO) that the
+    /// device carries out where [`DpdkNic::offloads`] says it can. With `tso_segsz` set and
+    /// TSO available, the frame may be up to [`DpdkNic::max_tso_frame`] bytes (copied into
+    /// chained mbufs).
+    pub fn tx_gather_offload(&mut self, parts: &[&[u8]], offload: &TxOffload) -> bool {
+        let limit = if offload.tso_segsz > 0 && self.port.max_tso_frame > 0 {
+            self.port.max_tso_frame
+        } else {
+            self.port.max_frame
+        };
+        let m = match self.copy_into_mbuf(parts, limit) {
+            Ok(m) => m,
+            Err(TxRefused::Full) => return false,
+            Err(TxRefused::BadLength) => return true,
+        };
+        let c = sys::consts();
+        let have = self.port.offloads;
+        let mut flags = 0;
+        if offload.ipv4_cksum || offload.tcp_cksum || offload.tso_segsz > 0 {
+            flags |= c.mbuf_tx_ipv4;
+        }
+        if offload.ipv4_cksum && have.tx_ipv4_cksum {
+            flags |= c.mbuf_tx_ip_cksum;
+        }
+        if offload.tcp_cksum && have.tx_tcp_cksum {
+            flags |= c.mbuf_tx_tcp_cksum;
+        }
+        let mut tso = 0;
+        if offload.tso_segsz > 0 && have.tx_tcp_tso {
+            flags |= c.mbuf_tx_tcp_seg;
+            tso = offload.tso_segsz;
+        }
+        // SAFETY: `m` is a fresh mbuf owned by this handle (not yet queued).
+        unsafe {
+            sys::dpdk_sys_pktmbuf_set_tx_offload(
+                m.as_ptr(),
+                flags,
+                offload.l2_len,
+                offload.l3_len,
+                offload.l4_len,
+                tso,
+            )
+        };
+        self.tx.push(m);
+        true
+    }
+
+    /// Copies `parts` into a fresh mbuf owned by the caller, chaining more mbufs when the
+    /// frame is larger than one (only allowed up to `limit`).
+    fn copy_into_mbuf(
+        &mut self,
+        parts: &[&[u8]],
+        limit: usize,
+    ) -> Result<NonNull<sys::rte_mbuf>, TxRefused> {
+        if self.tx.len() >= self.tx_batch {
+            return Err(TxRefused::Full);
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total > limit || total == 0 {
+            self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
+            log::debug!("dpdk: dropping a {total}-byte frame (at most {limit} allowed)");
+            return Err(TxRefused::BadLength);
+        }
+        let head = self.alloc_mbuf()?;
+        let mut room = self.port.seg_bytes;
+        for part in parts {
+            let mut part: &[u8] = part;
+            while !part.is_empty() {
+                if room == 0 {
+                    let seg = match self.alloc_mbuf() {
+                        Ok(seg) => seg,
+                        Err(refused) => {
+                            // SAFETY: `head` (and what is chained to it) is ours, not queued.
+                            unsafe { sys::dpdk_sys_pktmbuf_free(head.as_ptr()) };
+                            return Err(refused);
+                        }
+                    };
+                    // SAFETY: both are ours; `seg` is a fresh empty mbuf. On failure (chain
+                    // too long) neither is linked, so both are freed separately.
+                    if unsafe { sys::dpdk_sys_pktmbuf_chain(head.as_ptr(), seg.as_ptr()) } != 0 {
+                        // SAFETY: as above: both still ours, not linked.
+                        unsafe {
+                            sys::dpdk_sys_pktmbuf_free(seg.as_ptr());
+                            sys::dpdk_sys_pktmbuf_free(head.as_ptr());
+                        }
+                        self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
+                        return Err(TxRefused::BadLength);
+                    }
+                    room = self.port.seg_bytes;
+                }
+                let n = room.min(part.len());
+                // SAFETY: `head` is ours; append grows its last segment, which has `room` >= n
+                // bytes of tailroom, and returns where they start.
+                let dst =
+                    unsafe { sys::dpdk_sys_pktmbuf_append(head.as_ptr(), n as u16) } as *mut u8;
+                if dst.is_null() {
+                    // Cannot happen while `room` tracks the tailroom; refuse rather than write.
+                    // SAFETY: `head` and its chain are ours, not queued.
+                    unsafe { sys::dpdk_sys_pktmbuf_free(head.as_ptr()) };
+                    self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
+                    return Err(TxRefused::BadLength);
+                }
+                // SAFETY: `dst` has `n` writable bytes inside the mbuf, which cannot overlap the
+                // caller's slices (it was just taken from the pool).
+                unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), dst, n) };
+                room -= n;
+                part = &part[n..];
+            }
+        }
+        Ok(head)
+    }
+
+    fn alloc_mbuf(&self) -> Result<NonNull<sys::rte_mbuf>, TxRefused> {
+        // SAFETY: the pool lives for the rest of the process and is MT-safe.
+        let m = unsafe { sys::dpdk_sys_pktmbuf_alloc(self.port.pool.as_ptr()) };
+        NonNull::new(m).ok_or_else(|| {
+            self.port.sw.tx_no_mbuf.fetch_add(1, Ordering::Relaxed);
+            TxRefused::Full
+        })
+    }
+
+    fn free_queued_tx(&mut self) {
+        if self.tx.is_empty() {
+            return;
+        }
+        // SAFETY: every queued mbuf is owned by this handle and not given to the PMD;
+        // NonNull<rte_mbuf> has the layout of *mut rte_mbuf.
+        unsafe {
+            sys::rte_pktmbuf_free_bulk(
+                self.tx.as_mut_ptr() as *mut *mut sys::rte_mbuf,
+                self.tx.len() as u32,
+            )
+        };
+        self.tx.clear();
+    }
+}
+
+impl Nic for DpdkNic {
+    type Rx = DpdkFrame;
+
+    fn rx_burst(&mut self, out: &mut Vec<DpdkFrame>, max: usize) -> usize {
+        let mut appended = 0;
+        let mut asked = 0;
+        while asked < max {
+            let want = (max - asked).min(BURST);
+            asked += want;
+            // SAFETY: the port is started, this handle alone drives this queue, and
+            // rx_scratch has room for `want` <= BURST pointers.
+            let n = unsafe {
+                sys::dpdk_sys_rx_burst(
+                    self.port.id,
+                    self.queue,
+                    self.rx_scratch.as_mut_ptr(),
+                    want as u16,
+                )
+            } as usize;
+            for &m in &self.rx_scratch[..n] {
+                // SAFETY: the PMD returned `m` as a valid received mbuf now owned by us.
+                let (segs, data, len) = unsafe {
+                    (
+                        sys::dpdk_sys_pktmbuf_nb_segs(m),
+                        sys::dpdk_sys_pktmbuf_mtod(m) as *mut u8,
+                        sys::dpdk_sys_pktmbuf_data_len(m),
+                    )
+                };
+                match (NonNull::new(m), NonNull::new(data)) {
+                    (Some(mbuf), Some(data)) if segs == 1 => {
+                        out.push(DpdkFrame {
+                            mbuf,
+                            data,
+                            len: usize::from(len),
+                        });
+                        appended += 1;
+                    }
+                    _ => {
+                        self.port.sw.rx_multi_seg.fetch_add(1, Ordering::Relaxed);
+                        // SAFETY: we own `m` and drop it here.
+                        unsafe { sys::dpdk_sys_pktmbuf_free(m) };
+                    }
+                }
+            }
+            if n < want {
+                break;
+            }
+        }
+        appended
+    }
+
+    fn tx_gather(&mut self, parts: &[&[u8]]) -> bool {
+        match self.copy_into_mbuf(parts, self.port.max_frame) {
+            Ok(m) => {
+                self.tx.push(m);
+                true
+            }
+            Err(TxRefused::Full) => false,
+            // Dropped and counted: a retry could never succeed.
+            Err(TxRefused::BadLength) => true,
+        }
+    }
+
+    fn tx_flush(&mut self) -> usize {
+        let mut sent = 0;
+        while sent < self.tx.len() {
+            let left = self.tx.len() - sent;
+            let n = left.min(usize::from(u16::MAX));
+            // SAFETY: started port, queue driven by this handle only; the pointers from
+            // `sent` on are mbufs we own and have not given to the PMD. The PMD takes
+            // ownership of the first `taken` of them.
+            let taken = unsafe {
+                sys::dpdk_sys_tx_burst(
+                    self.port.id,
+                    self.queue,
+                    self.tx.as_mut_ptr().add(sent) as *mut *mut sys::rte_mbuf,
+                    n as u16,
+                )
+            } as usize;
+            if taken == 0 {
+                break;
+            }
+            sent += taken;
+        }
+        let unsent = self.tx.len() - sent;
+        if unsent > 0 {
+            self.port
+                .sw
+                .tx_dropped
+                .fetch_add(unsent as u64, Ordering::Relaxed);
+            // SAFETY: the mbufs from `sent` on were not taken by the PMD: still ours to free.
+            unsafe {
+                sys::rte_pktmbuf_free_bulk(
+                    self.tx.as_mut_ptr().add(sent) as *mut *mut sys::rte_mbuf,
+                    unsent as u32,
+                )
+            };
+        }
+        self.tx.clear();
+        sent
+    }
+
+    fn wait_rx(&mut self, _timeout: Duration) {
+        // Poll mode: the caller's loop polls again at once.
+    }
+
+    fn link(&self) -> LinkInfo {
+        let (mut up, mut speed) = (0, 0u32);
+        let ret = {
+            let _guard = self.port.control.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: valid port; both pointers are to live locals.
+            unsafe { sys::dpdk_sys_link_get(self.port.id, &mut up, &mut speed) }
+        };
+        LinkInfo {
+            mac: self.port.mac,
+            mtu: self.port.mtu,
+            up: ret == 0 && up != 0,
+            driver: self.port.driver.clone(),
+        }
+    }
+
+    fn counters(&self) -> NicCounters {
+        let mut stats = sys::rte_eth_stats::default();
+        let ret = {
+            let _guard = self.port.control.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: valid port; `stats` is a writable rte_eth_stats.
+            unsafe { sys::rte_eth_stats_get(self.port.id, &mut stats) }
+        };
+        if ret != 0 {
+            log::debug!("dpdk: rte_eth_stats_get failed ({ret})");
+            stats = sys::rte_eth_stats::default();
+        }
+        let sw = &self.port.sw;
+        NicCounters {
+            rx_packets: stats.ipackets,
+            rx_bytes: stats.ibytes,
+            tx_packets: stats.opackets,
+            tx_bytes: stats.obytes,
+            rx_dropped: stats.imissed + stats.rx_nombuf + sw.rx_multi_seg.load(Ordering::Relaxed),
+            tx_dropped: sw.tx_dropped.load(Ordering::Relaxed),
+            rx_errors: stats.ierrors,
+            tx_errors: stats.oerrors + sw.tx_bad_length.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Transmit benchmark of any backend: sends `frames` frames of `frame_len` bytes (broadcast,
+/// a local experimental EtherType) in bursts and returns frames per second handed to the
+/// device. Frames the device refused are not counted.
+pub fn bench_tx<N: Nic>(nic: &mut N, frames: u64, frame_len: usize) -> f64 {
+    let mut frame = vec![0u8; frame_len.max(60)];
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    frame[6..12].copy_from_slice(&nic.link().mac);
+    frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut stalls = 0u32;
+    // Gives up when the device takes nothing for many flushes in a row.
+    while sent < frames && stalls < 1_000_000 {
+        let want = (frames - sent).min(BURST as u64);
+        for _ in 0..want {
+            if !nic.tx_gather(&[&frame]) {
+                break;
+            }
+        }
+        match nic.tx_flush() {
+            0 => stalls += 1,
+            n => {
+                sent += n as u64;
+                stalls = 0;
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if secs > 0.0 {
+        sent as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// Receive benchmark of any backend: drains what another party floods at it, dropping each
+/// frame at once, until `frames` arrived, `limit` passed, or the flood paused for
+/// [`BENCH_RX_IDLE`] after its first frame. Returns the frames received and frames per second
+/// from the first frame to the last.
+pub fn bench_rx<N: Nic>(nic: &mut N, frames: u64, limit: Duration) -> (u64, f64) {
+    let deadline = Instant::now() + limit;
+    let mut burst = Vec::with_capacity(BURST);
+    let mut received = 0u64;
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    while received < frames {
+        let now = Instant::now();
+        if now >= deadline || (first.is_some() && now.duration_since(last) > BENCH_RX_IDLE) {
+            break;
+        }
+        let n = nic.rx_burst(&mut burst, BURST);
+        if n > 0 {
+            last = Instant::now();
+            first.get_or_insert(last);
+            received += n as u64;
+            burst.clear();
+        }
+    }
+    let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    let pps = if secs > 0.0 {
+        received as f64 / secs
+    } else {
+        0.0
+    };
+    (received, pps)
+}
+
+/// A pause in the flood this long ends [`bench_rx`].
+pub const BENCH_RX_IDLE: Duration = Duration::from_millis(50);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eal_args_split_like_a_shell() {
+        let args = split_eal_args("--no-huge -m 256 --vdev='net_tap0,iface=a b' \"-l\" 0").unwrap();
+        assert_eq!(
+            args,
+            [
+                "--no-huge",
+                "-m",
+                "256",
+                "--vdev=net_tap0,iface=a b",
+                "-l",
+                "0"
+            ]
+        );
+        assert!(split_eal_args("--vdev='unterminated").is_err());
+        assert!(split_eal_args("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn rss_key_is_symmetric() {
+        let key = symmetric_rss_key(40);
+        assert_eq!(key.len(), 40);
+        // 16-bit period: any window starting at an even offset is the same.
+        assert!(key.chunks(2).all(|c| c == [0x6d, 0x5a]));
+        assert_eq!(
+            toeplitz(&key, &tuple([10, 0, 0, 1], [10, 0, 0, 2], 1234, 80)),
+            toeplitz(&key, &tuple([10, 0, 0, 2], [10, 0, 0, 1], 80, 1234))
+        );
+        let plain = [
+            0x6du8, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3,
+            0x8f, 0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3,
+            0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+        ];
+        // The default (Microsoft) key is not symmetric: the test above can tell the difference.
+        assert_ne!(
+            toeplitz(&plain, &tuple([10, 0, 0, 1], [10, 0, 0, 2], 1234, 80)),
+            toeplitz(&plain, &tuple([10, 0, 0, 2], [10, 0, 0, 1], 80, 1234))
+        );
+    }
+
+    fn tuple(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(&src);
+        t.extend_from_slice(&dst);
+        t.extend_from_slice(&sport.to_be_bytes());
+        t.extend_from_slice(&dport.to_be_bytes());
+        t
+    }
+
+    fn toeplitz(key: &[u8], input: &[u8]) -> u32 {
+        let mut hash = 0u32;
+        for (i, byte) in input.iter().enumerate() {
+            for bit in 0..8 {
+                if byte & (0x80 >> bit) != 0 {
+                    let off = i * 8 + bit;
+                    // The 32-bit window of the key starting at bit `off`.
+                    let mut window = 0u32;
+                    for k in 0..32 {
+                        let b = off + k;
+                        let kb = (key[b / 8] >> (7 - b % 8)) & 1;
+                        window = (window << 1) | u32::from(kb);
+                    }
+                    hash ^= window;
+                }
+            }
+        }
+        hash
+    }
+}

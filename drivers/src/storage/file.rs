@@ -1,0 +1,337 @@
+//! The file backend: a volume in a regular file or on a block device, read with `pread`.
+//!
+//! Reads are done synchronously at submission and their completions queued, so the caller
+//! drives it exactly like an asynchronous device (submit, then poll). The file is opened
+//! read-only with `O_DIRECT` so reads bypass the page cache like the NVMe driver does; file
+//! systems that refuse `O_DIRECT` (tmpfs) fall back to buffered reads with a warning.
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+use super::{Completion, DmaBuf, DmaPool, Storage, StorageCounters, StorageError};
+
+/// Read granularity and alignment of the file backend.
+pub const FILE_BLOCK_SIZE: usize = 4096;
+/// Completions queued and not yet polled, at most.
+pub const FILE_QUEUE_DEPTH: usize = 64;
+
+/// A volume file or block device opened for block reads.
+///
+/// Counters: `reads`/`read_bytes` count completed reads; `errors` counts refused submissions
+/// (unaligned, out of range) and failed reads. A full queue is back-pressure, not an error.
+#[derive(Debug)]
+pub struct FileStorage {
+    file: File,
+    /// Bytes in the file (or on the device) when it was opened.
+    capacity: u64,
+    direct: bool,
+    done: VecDeque<Completion>,
+    counters: StorageCounters,
+}
+
+impl FileStorage {
+    /// Opens `path` (a regular file or a block device) read-only.
+    pub fn open(path: &Path) -> Result<FileStorage, StorageError> {
+        // Check the type first: O_DIRECT on a directory also fails with EINVAL.
+        let file_type = std::fs::metadata(path).map_err(|e| open_error(path, e))?.file_type();
+        if !file_type.is_file() && !file_type.is_block_device() {
+            return Err(not_a_medium(path));
+        }
+        let (mut file, direct) = match open_read_only(path, true) {
+            Ok(file) => (file, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                log::warn!("{}: file system refuses O_DIRECT, falling back to buffered reads", path.display());
+                (open_read_only(path, false).map_err(|e| open_error(path, e))?, false)
+            }
+            Err(e) => return Err(open_error(path, e)),
+        };
+        let meta = file.metadata().map_err(|e| open_error(path, e))?;
+        let file_type = meta.file_type();
+        let capacity = if file_type.is_file() {
+            meta.len()
+        } else if file_type.is_block_device() {
+            // lseek(SEEK_END) on a block device yields its size in bytes (as BLKGETSIZE64).
+            file.seek(SeekFrom::End(0)).map_err(|e| open_error(path, e))?
+        } else {
+            return Err(not_a_medium(path));
+        };
+        Ok(FileStorage {
+            file,
+            capacity,
+            direct,
+            done: VecDeque::with_capacity(FILE_QUEUE_DEPTH),
+            counters: StorageCounters::default(),
+        })
+    }
+
+    /// Whether reads bypass the page cache (`O_DIRECT`).
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Reads `dst.len()` bytes at `offset`. Bytes past the end of the medium (the tail of a
+    /// last block that the file does not fill) read as zeros.
+    fn read_into(&self, offset: u64, dst: &mut [u8]) -> Result<(), StorageError> {
+        let want = dst.len();
+        let mut got = 0;
+        while got < want {
+            let pos = offset + got as u64;
+            if pos >= self.capacity {
+                // Past the end recorded at open: only the partial last block gets here
+                // (submit_read checked the range), and it reads as zeros.
+                dst[got..].fill(0);
+                return Ok(());
+            }
+            match self.file.read_at(&mut dst[got..], pos) {
+                Ok(0) => return Err(StorageError::Short { got, want }),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StorageError::Device(format!("read of {want} bytes at {offset}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_read_only(path: &Path, direct: bool) -> io::Result<File> {
+    let flags = if direct { libc::O_DIRECT } else { 0 };
+    OpenOptions::new().read(true).custom_flags(flags | libc::O_CLOEXEC).open(path)
+}
+
+fn not_a_medium(path: &Path) -> StorageError {
+    StorageError::Device(format!("{}: not a regular file or block device", path.display()))
+}
+
+fn open_error(path: &Path, e: io::Error) -> StorageError {
+    StorageError::Device(format!("{}: {e}", path.display()))
+}
+
+impl Storage for FileStorage {
+    fn backend(&self) -> &'static str {
+        "file"
+    }
+
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn block_size(&self) -> usize {
+        FILE_BLOCK_SIZE
+    }
+
+    fn dma_pool(&mut self, buf_size: usize, count: usize) -> Result<DmaPool, StorageError> {
+        let total = buf_size.checked_next_multiple_of(FILE_BLOCK_SIZE).and_then(|b| b.checked_mul(count));
+        if buf_size == 0 || count == 0 || count > u32::MAX as usize || total.is_none_or(|t| t > isize::MAX as usize / 2)
+        {
+            return Err(StorageError::Device(format!("invalid pool of {count} buffers of {buf_size} bytes")));
+        }
+        Ok(DmaPool::heap(buf_size, count, FILE_BLOCK_SIZE))
+    }
+
+    fn submit_read(
+        &mut self,
+        tag: u64,
+        offset: u64,
+        len: usize,
+        mut buf: DmaBuf,
+    ) -> Result<(), (StorageError, DmaBuf)> {
+        let block = FILE_BLOCK_SIZE;
+        if !offset.is_multiple_of(block as u64) || !len.is_multiple_of(block) || len > buf.len() {
+            self.counters.errors += 1;
+            return Err((StorageError::Unaligned { offset, len, block }, buf));
+        }
+        // The last block may extend past the end of a file whose size is not block-aligned.
+        let readable = self.capacity.div_ceil(block as u64) * block as u64;
+        if offset.checked_add(len as u64).is_none_or(|end| end > readable) {
+            self.counters.errors += 1;
+            return Err((StorageError::OutOfRange { offset, len, capacity: self.capacity }, buf));
+        }
+        if self.done.len() >= FILE_QUEUE_DEPTH {
+            return Err((StorageError::QueueFull, buf));
+        }
+        let result = self.read_into(offset, &mut buf.as_mut_slice()[..len]);
+        match &result {
+            Ok(()) => {
+                self.counters.reads += 1;
+                self.counters.read_bytes += len as u64;
+            }
+            Err(e) => {
+                log::warn!("file storage: {e}");
+                self.counters.errors += 1;
+            }
+        }
+        self.done.push_back(Completion { tag, buf, result });
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        let n = self.done.len();
+        out.extend(self.done.drain(..));
+        n
+    }
+
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
+
+    fn counters(&self) -> StorageCounters {
+        self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_with(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        f.flush().unwrap();
+        f
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+    }
+
+    fn read_one(s: &mut FileStorage, pool: &DmaPool, offset: u64, len: usize) -> Completion {
+        let buf = pool.alloc().unwrap();
+        s.submit_read(9, offset, len, buf).map_err(|(e, _)| e).unwrap();
+        assert_eq!(s.in_flight(), 1);
+        let mut out = Vec::with_capacity(4);
+        assert_eq!(s.poll(&mut out), 1);
+        assert_eq!(s.in_flight(), 0);
+        out.pop().unwrap()
+    }
+
+    #[test]
+    fn aligned_reads_return_the_bytes() {
+        let data = pattern(5 * 4096);
+        let f = file_with(&data);
+        let mut s = FileStorage::open(f.path()).unwrap();
+        assert_eq!(s.backend(), "file");
+        assert_eq!(s.block_size(), 4096);
+        assert_eq!(s.capacity(), data.len() as u64);
+        let pool = s.dma_pool(3 * 4096, 2).unwrap();
+        let c = read_one(&mut s, &pool, 4096, 2 * 4096);
+        assert_eq!(c.tag, 9);
+        c.result.unwrap();
+        assert_eq!(&c.buf.as_slice()[..8192], &data[4096..3 * 4096]);
+        let counters = s.counters();
+        assert_eq!((counters.reads, counters.read_bytes, counters.errors), (1, 8192, 0));
+    }
+
+    #[test]
+    fn unaligned_reads_are_refused() {
+        let f = file_with(&pattern(4 * 4096));
+        let mut s = FileStorage::open(f.path()).unwrap();
+        let pool = s.dma_pool(8192, 1).unwrap();
+        for (offset, len) in [(1u64, 4096usize), (4096, 100), (0, 3 * 4096)] {
+            let buf = pool.alloc().unwrap();
+            let (e, buf) = s.submit_read(1, offset, len, buf).unwrap_err();
+            assert!(matches!(e, StorageError::Unaligned { .. }), "{offset} {len}: {e:?}");
+            drop(buf);
+        }
+        assert_eq!(s.in_flight(), 0);
+        assert_eq!(s.counters().errors, 3);
+        assert_eq!(pool.available(), 1, "refused buffers come back");
+    }
+
+    #[test]
+    fn reads_past_the_end_are_refused() {
+        let f = file_with(&pattern(2 * 4096));
+        let mut s = FileStorage::open(f.path()).unwrap();
+        let pool = s.dma_pool(8192, 1).unwrap();
+        for (offset, len) in [(2 * 4096u64, 4096usize), (4096, 8192), (u64::MAX - 4095, 4096)] {
+            let (e, buf) = s.submit_read(1, offset, len, pool.alloc().unwrap()).unwrap_err();
+            assert!(matches!(e, StorageError::OutOfRange { .. }), "{offset} {len}: {e:?}");
+            drop(buf);
+        }
+        assert_eq!(s.in_flight(), 0);
+    }
+
+    #[test]
+    fn tail_of_a_partial_last_block_reads_as_zeros() {
+        let data = pattern(4096 + 100);
+        let f = file_with(&data);
+        let mut s = FileStorage::open(f.path()).unwrap();
+        let pool = s.dma_pool(8192, 1).unwrap();
+        {
+            // Dirty the buffer first so the zeros must come from the read.
+            let mut b = pool.alloc().unwrap();
+            b.as_mut_slice().fill(0xAA);
+        }
+        let c = read_one(&mut s, &pool, 0, 8192);
+        c.result.as_ref().unwrap();
+        let got = c.buf.as_slice();
+        assert_eq!(&got[..data.len()], &data[..]);
+        assert!(got[data.len()..8192].iter().all(|&b| b == 0));
+        // A block wholly past the end is still refused.
+        drop(c);
+        let (e, _) = s.submit_read(1, 8192, 4096, pool.alloc().unwrap()).unwrap_err();
+        assert!(matches!(e, StorageError::OutOfRange { .. }));
+    }
+
+    #[test]
+    fn queue_is_bounded() {
+        let f = file_with(&pattern(4096));
+        let mut s = FileStorage::open(f.path()).unwrap();
+        let pool = s.dma_pool(4096, FILE_QUEUE_DEPTH + 1).unwrap();
+        for tag in 0..FILE_QUEUE_DEPTH as u64 {
+            s.submit_read(tag, 0, 4096, pool.alloc().unwrap()).map_err(|(e, _)| e).unwrap();
+        }
+        assert_eq!(s.in_flight(), FILE_QUEUE_DEPTH);
+        let (e, buf) = s.submit_read(99, 0, 4096, pool.alloc().unwrap()).unwrap_err();
+        assert_eq!(e, StorageError::QueueFull);
+        drop(buf);
+        assert_eq!(pool.available(), 1);
+        let mut out = Vec::with_capacity(FILE_QUEUE_DEPTH);
+        assert_eq!(s.poll(&mut out), FILE_QUEUE_DEPTH);
+        let tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
+        assert_eq!(tags, (0..FILE_QUEUE_DEPTH as u64).collect::<Vec<_>>());
+        assert!(out.iter().all(|c| c.result.is_ok()));
+        out.clear();
+        s.submit_read(100, 0, 4096, pool.alloc().unwrap()).map_err(|(e, _)| e).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_shrinks_after_open_gives_an_error_completion() {
+        let f = file_with(&pattern(3 * 4096));
+        let mut s = FileStorage::open(f.path()).unwrap();
+        f.as_file().set_len(4096).unwrap();
+        let pool = s.dma_pool(8192, 1).unwrap();
+        let c = read_one(&mut s, &pool, 4096, 8192);
+        assert!(matches!(c.result, Err(StorageError::Short { got: 0, want: 8192 })), "{:?}", c.result);
+        assert_eq!(s.counters().errors, 1);
+        assert_eq!(s.counters().reads, 0);
+        drop(c);
+        assert!(s.dma_pool(usize::MAX / 2, 4).is_err());
+        assert!(s.dma_pool(4096, 0).is_err());
+    }
+
+    #[test]
+    fn missing_files_and_directories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(FileStorage::open(&dir.path().join("nope")), Err(StorageError::Device(_))));
+        assert!(matches!(FileStorage::open(dir.path()), Err(StorageError::Device(_))));
+    }
+
+    #[test]
+    fn tmpfs_files_are_readable() {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            return;
+        }
+        let data = pattern(4096);
+        let mut f = tempfile::NamedTempFile::new_in(shm).unwrap();
+        f.write_all(&data).unwrap();
+        let mut s = FileStorage::open(f.path()).unwrap();
+        let pool = s.dma_pool(4096, 1).unwrap();
+        let c = read_one(&mut s, &pool, 0, 4096);
+        c.result.unwrap();
+        assert_eq!(c.buf.as_slice(), &data[..]);
+    }
+}

@@ -1,0 +1,527 @@
+//! The DPDK backend against the Linux kernel: EAL with `--no-huge --no-pci` and a `net_tap`
+//! vdev, inside a network namespace made for the test. Exchanges ARP, ICMP echo and a TCP SYN
+//! (checksums offloaded) with the kernel on the other side of the tap.
+//!
+//! EAL can be initialised once per process, so each case runs in its own child process: the
+//! test re-executes its own binary under `unshare --net` and waits for it, bounded in time.
+#![cfg(feature = "dpdk")]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use drivers::nic::dpdk::{DpdkConfig, DpdkNic, TxOffload};
+use drivers::nic::{FrameBuf, Nic};
+
+const CASE_ENV: &str = "DPDK_TAP_TEST_CASE";
+const KERNEL_IP: [u8; 4] = [192, 0, 2, 1];
+const OUR_IP: [u8; 4] = [192, 0, 2, 2];
+const CHILD_LIMIT: Duration = Duration::from_secs(120);
+const REPLY_LIMIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn dpdk_tap_talks_to_the_kernel() {
+    match std::env::var(CASE_ENV).as_deref() {
+        Ok("one_queue") => one_queue(),
+        Ok("two_queues") => two_queues(),
+        Ok("af_packet") => af_packet(),
+        Ok(other) => panic!("unknown case {other}"),
+        Err(_) => {
+            run_case("one_queue", "dpdk_tap_talks_to_the_kernel");
+            run_case("two_queues", "dpdk_tap_talks_to_the_kernel");
+            run_case("af_packet", "dpdk_tap_talks_to_the_kernel");
+        }
+    }
+}
+
+/// Runs this test binary again in a fresh network namespace with `case` selected.
+fn run_case(case: &str, test_name: &str) {
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut child = Command::new("unshare")
+        .arg("--net")
+        .arg("--")
+        .arg(&exe)
+        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+        .env(CASE_ENV, case)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run `unshare --net` (util-linux; needs root)");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the case") {
+            assert!(status.success(), "case {case} failed: {status}");
+            return;
+        }
+        if start.elapsed() > CHILD_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("case {case} did not finish within {CHILD_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip (iproute2)");
+    assert!(status.success(), "ip {args:?} failed: {status}");
+}
+
+fn eal_args(iface: &str) -> String {
+    // --no-shconf and a file prefix of its own: parallel runs do not collide. (--in-memory
+    // would, but 22.11 refuses it with --no-huge.)
+    format!("--no-huge --no-pci -m 256 --no-shconf --file-prefix={iface} --log-level=lib.eal:warning --vdev=net_tap0,iface={iface}")
+}
+
+fn start(iface: &str, queues: u16) -> DpdkNic {
+    ip(&["link", "set", "lo", "up"]);
+    let cfg = DpdkConfig {
+        port: 0,
+        queues,
+        mbufs: 8191,
+        rx_desc: 512,
+        tx_desc: 512,
+        ..DpdkConfig::default()
+    };
+    let nic = DpdkNic::start(&eal_args(iface), cfg).expect("DPDK port starts");
+    ip(&["addr", "add", "192.0.2.1/24", "dev", iface]);
+    ip(&["link", "set", iface, "up"]);
+    let deadline = Instant::now() + REPLY_LIMIT;
+    while !nic.link().up {
+        assert!(Instant::now() < deadline, "link of {iface} never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nic
+}
+
+fn one_queue() {
+    let iface = format!("dpdkt{}", std::process::id() % 100_000);
+    let mut nic = start(&iface, 1);
+
+    // EAL found the PMDs in its plugin directory by itself (no -d argument given).
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    for pmd in [
+        "librte_net_tap",
+        "librte_net_af_packet",
+        "librte_net_virtio",
+    ] {
+        assert!(maps.contains(pmd), "{pmd} was not loaded by EAL");
+    }
+    // EAL pinned this thread to its main lcore; start() gave it its own mask back.
+    let status = std::fs::read_to_string("/proc/thread-self/status").expect("thread status");
+    let allowed = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("Cpus_allowed_list:"))
+            .map(str::to_owned)
+    };
+    let process = std::fs::read_to_string("/proc/self/status").expect("process status");
+    assert_eq!(
+        allowed(&status),
+        allowed(&process),
+        "EAL's pinning was not undone"
+    );
+    let link = nic.link();
+    assert_eq!(link.driver, "dpdk:net_tap");
+    assert_eq!(link.mtu, 1500);
+    assert!(link.up);
+    let mac = link.mac;
+    assert_ne!(mac, [0; 6]);
+
+    // EAL and queues are one-off: a second start or a second handle of a queue is refused.
+    assert!(DpdkNic::start(&eal_args(&iface), DpdkConfig::default()).is_err());
+    assert!(nic.queue(0).is_err(), "queue 0 is already handed out");
+    assert!(nic.queue(1).is_err(), "there is no queue 1");
+    // Bad input is refused, counted, and does not wedge the queue.
+    assert!(
+        nic.tx_gather(&[&[0u8; 4000]]),
+        "an oversize frame is dropped, not retried"
+    );
+    assert!(nic.tx_gather(&[]), "an empty frame is dropped, not retried");
+    assert_eq!(nic.tx_flush(), 0);
+
+    let pool_idle = nic.pool_available();
+    let before = nic.counters();
+
+    let kernel_mac = arp_for_kernel(&mut nic, mac);
+    ping_kernel(&mut nic, mac, kernel_mac);
+    let eth = ether(kernel_mac, mac, 0x0800);
+
+    // TCP SYN to a closed port with IPv4 and TCP checksums left to the device: the kernel
+    // answers RST only if both came out right.
+    let offloads = nic.offloads();
+    assert!(
+        offloads.tx_ipv4_cksum && offloads.tx_tcp_cksum,
+        "net_tap offers checksum offloads: {offloads:?}"
+    );
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&9u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&8192u16.to_be_bytes());
+    // The pseudo-header checksum (not inverted), as DPDK's TCP checksum offload expects.
+    let pseudo = !checksum(&pseudo_header(6, tcp.len()), 0);
+    tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
+    let ipv4 = ipv4_header(6, tcp.len(), false);
+    let offload = TxOffload {
+        l2_len: 14,
+        l3_len: 20,
+        l4_len: 20,
+        ipv4_cksum: true,
+        tcp_cksum: true,
+        tso_segsz: 0,
+    };
+    assert!(nic.tx_gather_offload(&[&eth, &ipv4, &tcp], &offload));
+    assert_eq!(nic.tx_flush(), 1);
+    wait_for(&mut nic, mac, |f| {
+        let b = f.bytes();
+        (b.len() >= 54
+            && b[12..14] == [0x08, 0x00]
+            && b[23] == 6
+            && b[26..30] == KERNEL_IP
+            && b[34..36] == 9u16.to_be_bytes()
+            && b[36..38] == 40000u16.to_be_bytes()
+            && b[47] & 0x04 != 0)
+            .then_some(())
+    });
+
+    // TSO: one 3054-byte frame of three 1000-byte segments (an ACK to the same closed port),
+    // copied into chained mbufs. The kernel resets each segment it gets: three RSTs, not one.
+    assert!(
+        nic.max_tso_frame() >= 65535,
+        "net_tap offers TSO: {:?}",
+        nic.offloads()
+    );
+    let payload = vec![0x5au8; 3000];
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&40001u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&9u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
+    tcp[8..12].copy_from_slice(&0x2000_0000u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&8192u16.to_be_bytes());
+    // For TSO DPDK wants the pseudo-header checksum without the length.
+    let pseudo = !checksum(&pseudo_header(6, 0), 0);
+    tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
+    let ipv4 = ipv4_header(6, tcp.len() + payload.len(), false);
+    let tso = TxOffload {
+        tso_segsz: 1000,
+        ..offload
+    };
+    assert!(nic.tx_gather_offload(&[&eth, &ipv4, &tcp, &payload], &tso));
+    assert_eq!(nic.tx_flush(), 1);
+    let mut resets = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut frames = Vec::with_capacity(64);
+    while resets < 3 && Instant::now() < deadline {
+        nic.rx_burst(&mut frames, 32);
+        resets += frames
+            .drain(..)
+            .filter(|f| {
+                let b = f.bytes();
+                b.len() >= 54
+                    && b[12..14] == [0x08, 0x00]
+                    && b[23] == 6
+                    && b[26..30] == KERNEL_IP
+                    && b[36..38] == 40001u16.to_be_bytes()
+                    && b[47] & 0x04 != 0
+            })
+            .count();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(resets, 3, "the kernel got the TSO frame as three segments");
+
+    // Receive benchmark: the kernel floods UDP datagrams at our address from another thread.
+    let flood = std::thread::spawn(|| {
+        let socket = std::net::UdpSocket::bind("192.0.2.1:0").expect("bind in the namespace");
+        let datagram = [0x33u8; 1472];
+        let mut sent = 0u32;
+        let start = Instant::now();
+        for _ in 0..5000 {
+            // ENOBUFS and the like just mean the kernel dropped it: the count says so.
+            if socket.send_to(&datagram, "192.0.2.2:9").is_ok() {
+                sent += 1;
+            }
+        }
+        eprintln!("flood of 5000 datagrams took {:?}", start.elapsed());
+        sent
+    });
+    let (received, pps) = drivers::nic::dpdk::bench_rx(&mut nic, 5000, Duration::from_secs(5));
+    let sent = flood.join().expect("flood thread");
+    eprintln!("dpdk net_tap rx: {received} of {sent} frames of 1514 bytes, {pps:.0} frames/s");
+    assert!(received > 0 && received <= u64::from(sent));
+
+    // Every received frame went back to the pool; the port counted what crossed it.
+    assert_eq!(nic.pool_available(), pool_idle, "mbufs leaked");
+    let after = nic.counters();
+    assert!(
+        after.tx_packets >= before.tx_packets + 3,
+        "{before:?} -> {after:?}"
+    );
+    assert!(
+        after.rx_packets >= before.rx_packets + 3,
+        "{before:?} -> {after:?}"
+    );
+    assert!(after.tx_bytes > before.tx_bytes && after.rx_bytes > before.rx_bytes);
+    assert_eq!(after.tx_errors, 2, "the oversize and the empty frame");
+    let xstats = nic.xstats();
+    assert!(
+        xstats
+            .iter()
+            .any(|(name, v)| name == "rx_good_packets" && *v >= 3),
+        "{xstats:?}"
+    );
+    assert!(
+        xstats
+            .iter()
+            .any(|(name, v)| name == "sw_tx_bad_length" && *v == 2),
+        "{xstats:?}"
+    );
+
+    // A short burst benchmark to the kernel (broadcast frames of an experimental EtherType).
+    let pps = drivers::nic::dpdk::bench_tx(&mut nic, 2000, 1514);
+    eprintln!("dpdk net_tap tx: {pps:.0} frames/s of 1514 bytes");
+    assert!(pps > 0.0);
+    let bench = nic.counters();
+    assert_eq!(
+        bench.tx_packets - after.tx_packets,
+        2000,
+        "{after:?} -> {bench:?}"
+    );
+    assert_eq!(bench.tx_bytes - after.tx_bytes, 2000 * 1514);
+    assert_eq!(
+        nic.pool_available(),
+        pool_idle,
+        "mbufs leaked by the benchmark"
+    );
+}
+
+/// net_af_packet over one end of a veth pair whose other end is the kernel's.
+fn af_packet() {
+    ip(&["link", "set", "lo", "up"]);
+    ip(&[
+        "link", "add", "dpdkva", "type", "veth", "peer", "name", "dpdkvb",
+    ]);
+    ip(&["link", "set", "dpdkva", "up"]);
+    ip(&["addr", "add", "192.0.2.1/24", "dev", "dpdkvb"]);
+    ip(&["link", "set", "dpdkvb", "up"]);
+    let args = "--no-huge --no-pci -m 256 --no-shconf --file-prefix=dpdkva \
+                --log-level=lib.eal:warning --vdev=net_af_packet0,iface=dpdkva";
+    let cfg = DpdkConfig {
+        mbufs: 8191,
+        rx_desc: 512,
+        tx_desc: 512,
+        ..DpdkConfig::default()
+    };
+    let mut nic = DpdkNic::start(args, cfg).expect("DPDK af_packet port starts");
+    let link = nic.link();
+    assert_eq!(link.driver, "dpdk:net_af_packet");
+    let deadline = Instant::now() + REPLY_LIMIT;
+    while !nic.link().up {
+        assert!(Instant::now() < deadline, "af_packet link never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pool_idle = nic.pool_available();
+    let kernel_mac = arp_for_kernel(&mut nic, link.mac);
+    ping_kernel(&mut nic, link.mac, kernel_mac);
+    let counters = nic.counters();
+    assert!(
+        counters.tx_packets >= 2 && counters.rx_packets >= 2,
+        "{counters:?}"
+    );
+    assert_eq!(nic.pool_available(), pool_idle, "mbufs leaked");
+}
+
+fn two_queues() {
+    let iface = format!("dpdku{}", std::process::id() % 100_000);
+    let mut q0 = start(&iface, 2);
+    let mut q1 = q0.queue(1).expect("queue 1 handle");
+    assert!(q0.queue(1).is_err(), "queue 1 is already handed out");
+    assert_eq!((q0.queues(), q0.queue_id(), q1.queue_id()), (2, 0, 1));
+    assert!(
+        q0.offloads().rss,
+        "two queues are spread by RSS: {:?}",
+        q0.offloads()
+    );
+    let mac = q0.link().mac;
+    // Queue 1 runs on another thread, as a second core would drive it.
+    let q1_thread = std::thread::spawn(move || {
+        DpdkNic::register_thread().expect("lcore for this thread");
+        let mut eth = [0u8; 14];
+        eth[..6].copy_from_slice(&[0xff; 6]);
+        eth[6..12].copy_from_slice(&mac);
+        eth[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert!(q1.tx_gather(&[&eth, &arp(1, mac, OUR_IP, [0; 6], KERNEL_IP)]));
+        assert_eq!(q1.tx_flush(), 1);
+        q1
+    });
+    let mut q1 = q1_thread.join().expect("queue 1 thread");
+    // The reply may land on either queue (the kernel's tap picks it): poll both.
+    let deadline = Instant::now() + REPLY_LIMIT;
+    let mut frames = Vec::with_capacity(64);
+    let mut found = false;
+    while !found {
+        assert!(Instant::now() < deadline, "no ARP reply on either queue");
+        q0.rx_burst(&mut frames, 32);
+        q1.rx_burst(&mut frames, 32);
+        found = frames.iter().any(|f| {
+            let b = f.bytes();
+            b.len() >= 42
+                && b[12..14] == [0x08, 0x06]
+                && b[20..22] == [0, 2]
+                && b[28..32] == KERNEL_IP
+        });
+        frames.clear();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(q1);
+    assert!(q0.queue(1).is_ok(), "a dropped handle frees its queue");
+}
+
+/// Sends an ARP request for the kernel's address (gathered from two parts) and returns the MAC
+/// of the kernel's reply.
+fn arp_for_kernel(nic: &mut DpdkNic, mac: [u8; 6]) -> [u8; 6] {
+    let mut eth = [0u8; 14];
+    eth[..6].copy_from_slice(&[0xff; 6]);
+    eth[6..12].copy_from_slice(&mac);
+    eth[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert!(nic.tx_gather(&[&eth, &arp(1, mac, OUR_IP, [0; 6], KERNEL_IP)]));
+    assert_eq!(nic.tx_flush(), 1);
+    let kernel_mac = wait_for(nic, mac, |f| {
+        let b = f.bytes();
+        (b.len() >= 42
+            && b[12..14] == [0x08, 0x06]
+            && b[20..22] == [0, 2]
+            && b[28..32] == KERNEL_IP
+            && b[38..42] == OUR_IP)
+            .then(|| <[u8; 6]>::try_from(&b[22..28]).unwrap())
+    });
+    kernel_mac
+}
+
+/// ICMP echo request; the kernel answers with the same identifier, sequence and payload.
+fn ping_kernel(nic: &mut DpdkNic, mac: [u8; 6], kernel_mac: [u8; 6]) {
+    let payload: Vec<u8> = (0..56u8).collect();
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    icmp.extend_from_slice(&payload);
+    let sum = checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let ipv4 = ipv4_header(1, icmp.len(), true);
+    let eth = ether(kernel_mac, mac, 0x0800);
+    assert!(nic.tx_gather(&[&eth, &ipv4, &icmp[..8], &icmp[8..]]));
+    assert_eq!(nic.tx_flush(), 1);
+    wait_for(nic, mac, |f| {
+        let b = f.bytes();
+        (b.len() >= 34 + 8 + 56
+            && b[12..14] == [0x08, 0x00]
+            && b[23] == 1
+            && b[26..30] == KERNEL_IP
+            && b[34] == 0
+            && b[38..42] == [0x12, 0x34, 0, 1]
+            && b[42..98] == payload[..]
+            && checksum(&b[14..34], 0) == 0)
+            .then_some(())
+    });
+}
+
+/// Polls for a frame `pick` accepts, answering the kernel's ARP requests for our address.
+fn wait_for<T>(
+    nic: &mut DpdkNic,
+    mac: [u8; 6],
+    mut pick: impl FnMut(&dyn FrameBuf) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + REPLY_LIMIT;
+    let mut frames = Vec::with_capacity(64);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no expected frame within {REPLY_LIMIT:?}"
+        );
+        nic.rx_burst(&mut frames, 32);
+        for f in frames.drain(..) {
+            if let Some(found) = pick(&f) {
+                return found;
+            }
+            let b = f.bytes();
+            if b.len() >= 42
+                && b[12..14] == [0x08, 0x06]
+                && b[20..22] == [0, 1]
+                && b[38..42] == OUR_IP
+            {
+                let asker: [u8; 6] = b[22..28].try_into().unwrap();
+                let asker_ip: [u8; 4] = b[28..32].try_into().unwrap();
+                assert!(nic.tx_gather(&[
+                    &ether(asker, mac, 0x0806),
+                    &arp(2, mac, OUR_IP, asker, asker_ip)
+                ]));
+                nic.tx_flush();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn ether(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> [u8; 14] {
+    let mut h = [0u8; 14];
+    h[..6].copy_from_slice(&dst);
+    h[6..12].copy_from_slice(&src);
+    h[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    h
+}
+
+/// An ARP body (padded so the frame reaches the Ethernet minimum).
+fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> [u8; 46] {
+    let mut a = [0u8; 46];
+    a[0..2].copy_from_slice(&1u16.to_be_bytes());
+    a[2..4].copy_from_slice(&0x0800u16.to_be_bytes());
+    a[4] = 6;
+    a[5] = 4;
+    a[6..8].copy_from_slice(&op.to_be_bytes());
+    a[8..14].copy_from_slice(&sha);
+    a[14..18].copy_from_slice(&spa);
+    a[18..24].copy_from_slice(&tha);
+    a[24..28].copy_from_slice(&tpa);
+    a
+}
+
+fn ipv4_header(protocol: u8, payload_len: usize, with_checksum: bool) -> [u8; 20] {
+    let mut h = [0u8; 20];
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+    h[4..6].copy_from_slice(&0x4242u16.to_be_bytes());
+    h[6] = 0x40; // DF
+    h[8] = 64;
+    h[9] = protocol;
+    h[12..16].copy_from_slice(&OUR_IP);
+    h[16..20].copy_from_slice(&KERNEL_IP);
+    if with_checksum {
+        let sum = checksum(&h, 0);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
+    }
+    h
+}
+
+fn pseudo_header(protocol: u8, len: usize) -> [u8; 12] {
+    let mut p = [0u8; 12];
+    p[0..4].copy_from_slice(&OUR_IP);
+    p[4..8].copy_from_slice(&KERNEL_IP);
+    p[9] = protocol;
+    p[10..12].copy_from_slice(&(len as u16).to_be_bytes());
+    p
+}
+
+/// The Internet checksum (ones' complement of the ones' complement sum).
+fn checksum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = initial;
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
