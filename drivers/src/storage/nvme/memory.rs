@@ -73,7 +73,7 @@ impl DmaRegion {
 
     fn check<T>(&self, offset: usize) {
         assert!(
-            offset % std::mem::align_of::<T>() == 0 && offset + std::mem::size_of::<T>() <= self.len,
+            offset.is_multiple_of(std::mem::align_of::<T>()) && offset + std::mem::size_of::<T>() <= self.len,
             "DMA region access out of bounds: offset {offset} in {} bytes",
             self.len
         );

@@ -647,7 +647,7 @@ impl Storage for NvmeStorage {
             self.counters.errors += 1;
             return Err((StorageError::Device(reason.clone()), buf));
         }
-        if offset % BLOCK_SIZE as u64 != 0 || len % BLOCK_SIZE != 0 || len == 0 {
+        if !offset.is_multiple_of(BLOCK_SIZE as u64) || !len.is_multiple_of(BLOCK_SIZE) || len == 0 {
             self.counters.errors += 1;
             return Err((StorageError::Unaligned { offset, len, block: BLOCK_SIZE }, buf));
         }

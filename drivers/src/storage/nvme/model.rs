@@ -287,7 +287,7 @@ impl Model {
             }
             let sq_entries = (s.aqa & 0xfff) + 1;
             let cq_entries = ((s.aqa >> 16) & 0xfff) + 1;
-            if s.asq % 4096 != 0 || s.acq % 4096 != 0 || sq_entries < 2 || cq_entries < 2 {
+            if !s.asq.is_multiple_of(4096) || !s.acq.is_multiple_of(4096) || sq_entries < 2 || cq_entries < 2 {
                 self.error(s, format!("bad admin queue set-up: ASQ {:#x} ACQ {:#x} AQA {:#x}", s.asq, s.acq, s.aqa));
             }
             s.sqs.insert(0, Sq { base: s.asq, entries: sq_entries, cqid: 0, head: 0, tail: 0 });
@@ -306,7 +306,7 @@ impl Model {
 
     fn doorbell(&self, s: &mut State, offset: usize, value: u32) {
         let index = (offset - regs::DOORBELL_BASE) / self.stride();
-        if (offset - regs::DOORBELL_BASE) % self.stride() != 0 {
+        if !(offset - regs::DOORBELL_BASE).is_multiple_of(self.stride()) {
             return self.error(s, format!("doorbell write at {offset:#x} between strides"));
         }
         let qid = (index / 2) as u16;
@@ -399,7 +399,7 @@ impl Model {
         const INVALID_PRP_OFFSET: u16 = 0x13;
         const DATA_TRANSFER_ERROR: u16 = 0x04;
         let page = self.page_size() as u64;
-        if prp1 % 4 != 0 {
+        if !prp1.is_multiple_of(4) {
             return Err(INVALID_PRP_OFFSET);
         }
         let first = ((page - prp1 % page) as usize).min(len);
@@ -409,7 +409,7 @@ impl Model {
             return Ok(segs);
         }
         if left <= page as usize {
-            if prp2 % page != 0 {
+            if !prp2.is_multiple_of(page) {
                 return Err(INVALID_PRP_OFFSET);
             }
             segs.push((prp2, left));
@@ -417,7 +417,7 @@ impl Model {
         }
         s.stats.prp_list_reads += 1;
         let mut list = prp2;
-        if list % 8 != 0 {
+        if !list.is_multiple_of(8) {
             return Err(INVALID_PRP_OFFSET);
         }
         while left > 0 {
@@ -427,7 +427,7 @@ impl Model {
             }
             let entry = u64::from_le_bytes(b);
             // The last entry of a list page points at the next list when more pages follow.
-            let last_in_page = (list + 8) % page == 0;
+            let last_in_page = (list + 8).is_multiple_of(page);
             if last_in_page && left > page as usize {
                 list = entry;
                 continue;
@@ -512,7 +512,7 @@ impl Model {
                 if entries > self.config.mqes as u32 + 1 || entries < 2 {
                     return (0, sc(1, 0x02));
                 }
-                if cdw11 & 1 == 0 || cdw11 & 2 != 0 || prp1 % 4096 != 0 {
+                if cdw11 & 1 == 0 || cdw11 & 2 != 0 || !prp1.is_multiple_of(4096) {
                     return (0, sc(0, 0x02));
                 }
                 s.cqs.insert(qid, Cq { base: prp1, entries, tail: 0, head: 0, phase: true, backlog: VecDeque::new(), posted: 0 });
@@ -531,7 +531,7 @@ impl Model {
                 if entries > self.config.mqes as u32 + 1 || entries < 2 {
                     return (0, sc(1, 0x02));
                 }
-                if cdw11 & 1 == 0 || prp1 % 4096 != 0 {
+                if cdw11 & 1 == 0 || !prp1.is_multiple_of(4096) {
                     return (0, sc(0, 0x02));
                 }
                 s.sqs.insert(qid, Sq { base: prp1, entries, cqid, head: 0, tail: 0 });

@@ -35,7 +35,7 @@ impl PrpLists {
     /// `region` must hold `slots` pages of `page_size` bytes, page aligned in IOVA space.
     pub fn new(region: DmaRegion, page_size: usize, slots: usize) -> PrpLists {
         assert!(page_size.is_power_of_two() && page_size >= 4096);
-        assert!(region.len() >= page_size * slots && region.iova() % page_size as u64 == 0);
+        assert!(region.len() >= page_size * slots && region.iova().is_multiple_of(page_size as u64));
         PrpLists { region, page_size, slots }
     }
 
@@ -54,7 +54,7 @@ impl PrpLists {
         if len == 0 {
             return Err(PrpError::Empty);
         }
-        if iova % 4 != 0 {
+        if !iova.is_multiple_of(4) {
             return Err(PrpError::Misaligned(iova));
         }
         let max = Self::max_transfer(self.page_size);

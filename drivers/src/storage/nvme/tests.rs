@@ -186,7 +186,8 @@ fn nvme_bad_requests_are_refused_before_the_device() {
     let mut q = r.queue(&config(4));
     assert_eq!(q.max_transfer(), 32 * 1024);
     let pool = q.dma_pool(64 * 1024, 1).unwrap();
-    let cases: [(u64, usize, fn(&StorageError) -> bool); 5] = [
+    type Case = (u64, usize, fn(&StorageError) -> bool);
+    let cases: [Case; 5] = [
         (100, 4096, |e| matches!(e, StorageError::Unaligned { .. })),
         (0, 100, |e| matches!(e, StorageError::Unaligned { .. })),
         (0, 0, |e| matches!(e, StorageError::Unaligned { .. })),

@@ -223,7 +223,7 @@ unsafe impl Sync for Bar0 {}
 
 impl RegisterAccess for Bar0 {
     fn read32(&self, offset: usize) -> u32 {
-        if offset % 4 != 0 || offset + 4 > self.len {
+        if !offset.is_multiple_of(4) || offset + 4 > self.len {
             warn!("nvme: register read at {offset:#x} outside BAR0 ({} bytes)", self.len);
             return u32::MAX;
         }
@@ -232,7 +232,7 @@ impl RegisterAccess for Bar0 {
     }
 
     fn write32(&self, offset: usize, value: u32) {
-        if offset % 4 != 0 || offset + 4 > self.len {
+        if !offset.is_multiple_of(4) || offset + 4 > self.len {
             warn!("nvme: register write at {offset:#x} outside BAR0 ({} bytes)", self.len);
             return;
         }
@@ -247,6 +247,9 @@ impl Drop for Bar0 {
         unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
     }
 }
+
+/// What the driver needs of an opened device: its registers and DMA memory.
+pub type DriverParts = (Arc<dyn RegisterAccess>, Arc<dyn DmaMemory>);
 
 /// A device opened through its vfio group, with DMA set up.
 pub struct VfioDevice {
@@ -349,7 +352,7 @@ impl VfioDevice {
     }
 
     /// Map BAR0 and hand out register access and DMA memory for the driver.
-    pub fn into_parts(self) -> Result<(Arc<dyn RegisterAccess>, Arc<dyn DmaMemory>), StorageError> {
+    pub fn into_parts(self) -> Result<DriverParts, StorageError> {
         let bar = self.region_info(BAR0_REGION_INDEX)?;
         if bar.flags & VFIO_REGION_INFO_FLAG_MMAP == 0 || bar.size < 0x2000 {
             return Err(StorageError::Device(format!(
@@ -503,7 +506,7 @@ mod tests {
     fn dma_memory_falls_back_from_hugepages() {
         // Whatever this machine has, 8 KiB of DMA memory comes back writable and aligned.
         let (p, len) = mmap_dma_memory(8192).unwrap();
-        assert!(len >= 8192 && p.as_ptr() as usize % 4096 == 0);
+        assert!(len >= 8192 && (p.as_ptr() as usize).is_multiple_of(4096));
         // SAFETY: the mapping is ours and len bytes long.
         unsafe {
             p.as_ptr().write_bytes(0xa5, len);
