@@ -3,7 +3,10 @@
 //! the IOMMU, read the drive and check every byte, then benchmark reads at queue depths 1..64.
 //!
 //! On the host, `nvme_guest_smoke make-image <path> <bytes>` writes the drive image whose
-//! contents the guest run checks. In the guest, `nvme_guest_smoke guest [seconds per depth]`.
+//! contents the guest run checks. In the guest, `nvme_guest_smoke guest [seconds per depth]`,
+//! then (with the drive handed to the kernel's nvme driver) `nvme_guest_smoke kernel-bench
+//! <block device> [seconds per depth]`: the same reads through the kernel with O_DIRECT, one
+//! thread per outstanding read, for the side-by-side figure.
 use std::io::Write;
 use std::time::Duration;
 
@@ -124,15 +127,86 @@ fn guest(secs: f64) -> Result<(), String> {
     }
     let q = &mut queues[0];
     let time = Duration::from_secs_f64(secs);
-    for (depth, size) in [(1, 4096), (2, 4096), (4, 4096), (8, 4096), (16, 4096), (32, 4096), (64, 4096), (8, 131072)] {
+    for (depth, size) in BENCH_RUNS {
         let r = bench::run(q, depth, size, time).map_err(|e| e.to_string())?;
-        println!(
-            "bench: nvme-vfio qd={depth:<2} size={size:<6} reads/s={:>9.0} MB/s={:>8.1} errors={}",
-            r.reads_per_s(),
-            r.bytes_per_s() / 1e6,
-            r.errors
-        );
+        print_bench("nvme-vfio", depth, size, r.reads_per_s(), r.bytes_per_s(), r.errors);
         check(r.errors == 0 && r.reads > 0, || format!("bench {r:?}"))?;
+    }
+    Ok(())
+}
+
+const BENCH_RUNS: [(usize, usize); 8] =
+    [(1, 4096), (2, 4096), (4, 4096), (8, 4096), (16, 4096), (32, 4096), (64, 4096), (8, 131072)];
+
+fn print_bench(backend: &str, depth: usize, size: usize, reads_per_s: f64, bytes_per_s: f64, errors: u64) {
+    println!(
+        "bench: {backend} qd={depth} size={size} reads/s={reads_per_s:.0} MB/s={:.1} errors={errors}",
+        bytes_per_s / 1e6
+    );
+}
+
+/// The kernel's nvme driver on the same drive: `depth` threads, each with one synchronous
+/// O_DIRECT read outstanding at a time, at random block-aligned offsets.
+fn kernel_bench(device: &str, secs: f64) -> Result<(), String> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(device)
+            .map_err(|e| format!("open {device}: {e}"))
+    };
+    let capacity = open()?.metadata().map_err(|e| e.to_string())?.len();
+    let capacity = if capacity == 0 {
+        // Block devices report 0 in metadata; seek to the end instead.
+        use std::io::Seek;
+        open()?.seek(std::io::SeekFrom::End(0)).map_err(|e| e.to_string())?
+    } else {
+        capacity
+    };
+    for (depth, size) in BENCH_RUNS {
+        let reads = AtomicU64::new(0);
+        let bad = AtomicU64::new(0);
+        let start = std::time::Instant::now();
+        let time = Duration::from_secs_f64(secs);
+        std::thread::scope(|s| {
+            for t in 0..depth {
+                let (reads, bad) = (&reads, &bad);
+                let file = open();
+                s.spawn(move || {
+                    let Ok(file) = file else { bad.fetch_add(1, Ordering::Relaxed); return };
+                    let layout = std::alloc::Layout::from_size_align(size, 4096).expect("layout");
+                    let mut buf = drivers::storage::DmaPool::heap(layout.size(), 1, 4096).alloc().expect("buffer");
+                    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (t as u64 + 1) * 0x1234_5678_9abc_def1;
+                    let slots = capacity / size as u64;
+                    let mut first = true;
+                    while start.elapsed() < time {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        let offset = (state % slots) * size as u64;
+                        match file.read_exact_at(&mut buf.as_mut_slice()[..size], offset) {
+                            Ok(()) => {
+                                if first && buf.as_slice()[..size].iter().enumerate().any(|(i, b)| *b != expected(offset + i as u64)) {
+                                    bad.fetch_add(1, Ordering::Relaxed);
+                                }
+                                first = false;
+                                reads.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => {
+                                bad.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let elapsed = start.elapsed().as_secs_f64();
+        let n = reads.load(Ordering::Relaxed);
+        let errors = bad.load(Ordering::Relaxed);
+        print_bench("kernel-odirect", depth, size, n as f64 / elapsed, (n * size as u64) as f64 / elapsed, errors);
+        check(errors == 0 && n > 0, || format!("kernel bench qd={depth}: {n} reads, {errors} errors"))?;
     }
     Ok(())
 }
@@ -155,8 +229,21 @@ fn main() {
                 }
             }
         }
+        Some("kernel-bench") if args.len() >= 2 => {
+            let secs = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+            match kernel_bench(&args[1], secs) {
+                Ok(()) => println!("NVME-KERNEL-BENCH: PASS"),
+                Err(e) => {
+                    println!("NVME-KERNEL-BENCH: FAIL: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         _ => {
-            eprintln!("usage: nvme_guest_smoke make-image <path> <bytes> | guest [seconds per depth]");
+            eprintln!(
+                "usage: nvme_guest_smoke make-image <path> <bytes> | guest [seconds per depth] \
+                 | kernel-bench <block device> [seconds per depth]"
+            );
             std::process::exit(2);
         }
     }
