@@ -57,6 +57,7 @@ fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
 /// Reads of many sizes at many offsets, several in flight, every byte checked.
 fn verify_reads(q: &mut dyn Storage, max_transfer: usize) -> Result<u64, String> {
     let pool = q.dma_pool(256 * 1024, 32).map_err(|e| format!("dma_pool: {e}"))?;
+    println!("smoke: 8 MiB buffer pool mapped, {}", hugepages());
     let sizes: Vec<usize> =
         [4096, 8192, 12288, 65536, 131072, 262144].into_iter().filter(|&s| s <= max_transfer).collect();
     let blocks = q.capacity() / 4096;
@@ -116,7 +117,8 @@ fn guest(secs: f64) -> Result<(), String> {
     let info = ctrl.info().clone();
     println!("smoke: {info:?}");
     println!("smoke: {:?}, {} I/O queues", ctrl.namespace(), ctrl.io_queues());
-    let mut queues = ctrl.into_queues().map_err(|e| e.to_string())?;
+    let mut queues: Vec<_> =
+        ctrl.into_queues().map_err(|e| e.to_string())?.into_iter().map(|q| q.into_storage()).collect();
     check(queues.len() == 2, || format!("{} queues", queues.len()))?;
     for q in queues.iter_mut() {
         let max = q.max_transfer();
@@ -125,6 +127,33 @@ fn guest(secs: f64) -> Result<(), String> {
         println!("smoke: queue {}: {bytes} bytes checked, counters {c:?}", q.queue_id());
         check(c.reads == 400 && c.errors == 1 && c.timeouts == 0, || format!("counters {c:?}"))?;
     }
+
+    // A controller reset while reads are in flight: they end (or had completed), and both
+    // queues serve again afterwards.
+    let (first, rest) = queues.split_at_mut(1);
+    let (q1, q2) = (&mut first[0], &mut rest[0]);
+    let p1 = q1.dma_pool(65536, 8).map_err(|e| e.to_string())?;
+    for tag in 0..8u64 {
+        let buf = p1.alloc().ok_or("pool exhausted")?;
+        q1.submit_read(tag, tag * 65536, 65536, buf).map_err(|(e, _)| e.to_string())?;
+    }
+    q1.reset_controller().map_err(|e| format!("reset: {e}"))?;
+    let mut done = Vec::with_capacity(8);
+    let start = std::time::Instant::now();
+    while done.len() < 8 && start.elapsed() < Duration::from_secs(5) {
+        q1.poll(&mut done);
+    }
+    let aborted = done.iter().filter(|c| c.result.is_err()).count();
+    check(done.len() == 8 && q1.in_flight() == 0, || format!("{} of 8 reads ended after reset", done.len()))?;
+    println!("smoke: controller reset with 8 reads in flight: {aborted} aborted, {} had completed", 8 - aborted);
+    drop(done);
+    for q in [&mut *q1, &mut *q2] {
+        let max = q.max_transfer();
+        let bytes = verify_reads(q, max)?;
+        println!("smoke: queue {} after reset: {bytes} bytes checked", q.queue_id());
+    }
+    check(q1.controller_resets() == 1, || format!("{} resets", q1.controller_resets()))?;
+
     let q = &mut queues[0];
     let time = Duration::from_secs_f64(secs);
     for (depth, size) in BENCH_RUNS {
@@ -133,6 +162,14 @@ fn guest(secs: f64) -> Result<(), String> {
         check(r.errors == 0 && r.reads > 0, || format!("bench {r:?}"))?;
     }
     Ok(())
+}
+
+fn hugepages() -> String {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        meminfo.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).unwrap_or("?").to_string()
+    };
+    format!("hugepages: {} total, {} free", field("HugePages_Total:"), field("HugePages_Free:"))
 }
 
 const BENCH_RUNS: [(usize, usize); 8] =

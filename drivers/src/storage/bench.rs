@@ -103,7 +103,7 @@ mod tests {
         let dma = FakeDma::new();
         let model = Model::new(dma.clone(), ModelConfig::default());
         let ctrl = NvmeController::new(model, Arc::new(dma), &NvmeConfig::default(), "model").unwrap();
-        let mut q = ctrl.into_queues().unwrap().remove(0);
+        let mut q = ctrl.into_queues().unwrap().remove(0).into_storage();
         for depth in [1, 8] {
             let r = run(&mut q, depth, 4096, Duration::from_millis(30)).unwrap();
             assert!(r.reads > 0 && r.errors == 0, "{r:?}");

@@ -250,12 +250,12 @@ impl Shared {
     }
 
     /// Reset the controller unless another queue already did since `seen_generation`.
-    fn recover(&self, seen_generation: u64) {
+    fn recover(&self, seen_generation: u64, why: &str) {
         let mut admin = self.lock_admin();
         if self.generation.load(Ordering::Acquire) != seen_generation {
             return;
         }
-        warn!("nvme: controller stopped answering, resetting it");
+        warn!("nvme: {why}: resetting the controller");
         if self.reset_locked(&mut admin).is_ok() {
             info!("nvme: controller reset done");
         }
@@ -428,9 +428,9 @@ impl NvmeController {
     }
 
     /// Create the I/O queue pairs (queue IDs 1..=n), one per core. Each is `Send`: build
-    /// them here and move one to each core's thread.
-    pub fn into_queues(self) -> Result<Vec<NvmeStorage>, StorageError> {
-        (1..=self.shared.io_queues as u16).map(|qid| NvmeStorage::new(&self, qid)).collect()
+    /// them here, move one to each core's thread and call [`NvmeQueue::into_storage`] there.
+    pub fn into_queues(self) -> Result<Vec<NvmeQueue>, StorageError> {
+        (1..=self.shared.io_queues as u16).map(|qid| NvmeQueue::new(&self, qid)).collect()
     }
 }
 
@@ -473,39 +473,34 @@ struct InFlight {
     submitted: Instant,
 }
 
-/// One I/O queue pair of namespace 1, driven by one core: the [`Storage`] of the NVMe backend.
-pub struct NvmeStorage {
+/// One I/O queue pair of namespace 1, created and not yet started: `Send`, so the
+/// controller can be set up on one thread and each queue moved to its core's thread, where
+/// [`NvmeQueue::into_storage`] turns it into the [`Storage`] that core drives.
+pub struct NvmeQueue {
     qid: u16,
     sq: SubmissionQueue,
     cq: CompletionQueue,
     prps: PrpLists,
-    /// In-flight reads by command ID.
-    slots: Vec<Option<InFlight>>,
-    free_cids: Vec<u16>,
-    /// Reads ended by a reset, waiting for the next poll.
-    ended: Vec<Completion>,
+    depth: usize,
     lba_shift: u32,
     capacity: u64,
     max_transfer: usize,
     command_timeout: Duration,
-    /// Scanning the slots for expired reads happens at most this often.
-    next_timeout_check: Instant,
     /// Controller generation our I/O queues were created in.
     generation: u64,
     /// Why this queue cannot be used (queue creation failed after a reset).
     broken: Option<String>,
-    counters: StorageCounters,
     shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for NvmeStorage {
+impl std::fmt::Debug for NvmeQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NvmeStorage").field("qid", &self.qid).field("in_flight", &self.in_flight()).finish()
+        f.debug_struct("NvmeQueue").field("qid", &self.qid).field("depth", &self.depth).finish()
     }
 }
 
-impl NvmeStorage {
-    fn new(ctrl: &NvmeController, qid: u16) -> Result<NvmeStorage, StorageError> {
+impl NvmeQueue {
+    fn new(ctrl: &NvmeController, qid: u16) -> Result<NvmeQueue, StorageError> {
         let shared = ctrl.shared.clone();
         let depth = ctrl.queue_depth;
         let entries = (depth + 1) as u16;
@@ -518,22 +513,18 @@ impl NvmeStorage {
         let cq = CompletionQueue::new(cq_ring, entries, regs::cq_head_doorbell(qid, stride));
         let generation = shared.generation.load(Ordering::Acquire);
         shared.create_io_queues(qid, &sq, &cq)?;
-        Ok(NvmeStorage {
+        Ok(NvmeQueue {
             qid,
             sq,
             cq,
             prps,
-            slots: (0..depth).map(|_| None).collect(),
-            free_cids: (0..depth as u16).rev().collect(),
-            ended: Vec::with_capacity(depth),
+            depth,
             lba_shift: ctrl.namespace.lba_size.trailing_zeros(),
             capacity: ctrl.namespace.blocks * ctrl.namespace.lba_size as u64,
             max_transfer: ctrl.info.max_transfer,
             command_timeout: ctrl.command_timeout,
-            next_timeout_check: Instant::now(),
             generation,
             broken: None,
-            counters: StorageCounters::default(),
             shared,
         })
     }
@@ -543,21 +534,73 @@ impl NvmeStorage {
         self.qid
     }
 
+    /// Start using the queue on this thread.
+    pub fn into_storage(self) -> NvmeStorage {
+        let depth = self.depth;
+        NvmeStorage {
+            slots: (0..depth).map(|_| None).collect(),
+            free_cids: (0..depth as u16).rev().collect(),
+            ended: Vec::with_capacity(depth),
+            next_timeout_check: Instant::now(),
+            counters: StorageCounters::default(),
+            q: self,
+        }
+    }
+}
+
+/// One I/O queue pair of namespace 1, driven by one core: the [`Storage`] of the NVMe backend.
+/// Not `Send` (it holds the caller's buffers while the device fills them); see [`NvmeQueue`].
+pub struct NvmeStorage {
+    /// In-flight reads by command ID.
+    slots: Vec<Option<InFlight>>,
+    free_cids: Vec<u16>,
+    /// Reads ended by a reset, waiting for the next poll.
+    ended: Vec<Completion>,
+    /// Scanning the slots for expired reads happens at most this often.
+    next_timeout_check: Instant,
+    counters: StorageCounters,
+    q: NvmeQueue,
+}
+
+impl std::fmt::Debug for NvmeStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NvmeStorage").field("qid", &self.q.qid).field("in_flight", &self.in_flight()).finish()
+    }
+}
+
+impl NvmeStorage {
+    /// Queue ID of this pair on the controller (1-based).
+    pub fn queue_id(&self) -> u16 {
+        self.q.qid
+    }
+
     /// Largest single read this queue accepts.
     pub fn max_transfer(&self) -> usize {
-        self.max_transfer
+        self.q.max_transfer
     }
 
     /// Controller resets so far (by any queue).
     pub fn controller_resets(&self) -> u64 {
-        self.shared.resets.load(Ordering::Relaxed)
+        self.q.shared.resets.load(Ordering::Relaxed)
+    }
+
+    /// Reset the controller now (an operator's command, or a caller that gave up on it).
+    /// Reads in flight on every queue end with an error; this queue is usable again when
+    /// this returns Ok, the others re-create their queues on their next call.
+    pub fn reset_controller(&mut self) -> Result<(), StorageError> {
+        self.q.shared.recover(self.q.generation, "reset requested");
+        self.follow_resets(Instant::now());
+        match &self.q.broken {
+            Some(reason) => Err(StorageError::Device(reason.clone())),
+            None => Ok(()),
+        }
     }
 
     /// End every read in flight; those older than the timeout end with Timeout.
     fn end_in_flight(&mut self, now: Instant) {
         for (cid, slot) in self.slots.iter_mut().enumerate() {
             if let Some(read) = slot.take() {
-                let result = if now.duration_since(read.submitted) >= self.command_timeout {
+                let result = if now.duration_since(read.submitted) >= self.q.command_timeout {
                     self.counters.timeouts += 1;
                     Err(StorageError::Timeout)
                 } else {
@@ -573,23 +616,23 @@ impl NvmeStorage {
     /// After a reset (ours or another queue's): end what was in flight and create our
     /// queues again. Cheap when nothing changed: one atomic load.
     fn follow_resets(&mut self, now: Instant) {
-        let generation = self.shared.generation.load(Ordering::Acquire);
-        if generation == self.generation {
+        let generation = self.q.shared.generation.load(Ordering::Acquire);
+        if generation == self.q.generation {
             return;
         }
         self.end_in_flight(now);
-        self.sq.reset();
-        self.cq.reset();
-        self.generation = generation;
-        if self.shared.failed.load(Ordering::Acquire) {
-            self.broken = Some("controller failed and did not come back after a reset".into());
+        self.q.sq.reset();
+        self.q.cq.reset();
+        self.q.generation = generation;
+        if self.q.shared.failed.load(Ordering::Acquire) {
+            self.q.broken = Some("controller failed and did not come back after a reset".into());
             return;
         }
-        match self.shared.create_io_queues(self.qid, &self.sq, &self.cq) {
-            Ok(()) => self.broken = None,
+        match self.q.shared.create_io_queues(self.q.qid, &self.q.sq, &self.q.cq) {
+            Ok(()) => self.q.broken = None,
             Err(e) => {
-                error!("nvme: re-creating I/O queue {} after reset: {e}", self.qid);
-                self.broken = Some(format!("I/O queue {} not re-created after reset: {e}", self.qid));
+                error!("nvme: re-creating I/O queue {} after reset: {e}", self.q.qid);
+                self.q.broken = Some(format!("I/O queue {} not re-created after reset: {e}", self.q.qid));
             }
         }
     }
@@ -598,15 +641,15 @@ impl NvmeStorage {
         if now < self.next_timeout_check {
             return;
         }
-        self.next_timeout_check = now + (self.command_timeout / 8).max(Duration::from_micros(500));
+        self.next_timeout_check = now + (self.q.command_timeout / 8).max(Duration::from_micros(500));
         let expired = self
             .slots
             .iter()
             .flatten()
-            .any(|read| now.duration_since(read.submitted) >= self.command_timeout);
+            .any(|read| now.duration_since(read.submitted) >= self.q.command_timeout);
         if expired {
-            error!("nvme: read on queue {} timed out after {} ms", self.qid, self.command_timeout.as_millis());
-            self.shared.recover(self.generation);
+            error!("nvme: read on queue {} timed out after {} ms", self.q.qid, self.q.command_timeout.as_millis());
+            self.q.shared.recover(self.q.generation, "a read timed out");
             self.follow_resets(now);
         }
     }
@@ -618,7 +661,7 @@ impl Storage for NvmeStorage {
     }
 
     fn capacity(&self) -> u64 {
-        self.capacity
+        self.q.capacity
     }
 
     fn block_size(&self) -> usize {
@@ -633,7 +676,7 @@ impl Storage for NvmeStorage {
         let total = buf_size
             .checked_mul(count)
             .ok_or_else(|| StorageError::Device("DMA pool size overflows".into()))?;
-        let region = self.shared.dma.alloc(total)?;
+        let region = self.q.shared.dma.alloc(total)?;
         let (base, iova, len, release) = region.into_raw();
         let region = Region::Mapped(Box::new(move |base, _| release(base, len)));
         // SAFETY: the DmaRegion gave us `len >= total` bytes that nothing else uses, valid
@@ -643,7 +686,7 @@ impl Storage for NvmeStorage {
 
     fn submit_read(&mut self, tag: u64, offset: u64, len: usize, buf: DmaBuf) -> Result<(), (StorageError, DmaBuf)> {
         self.follow_resets(Instant::now());
-        if let Some(reason) = &self.broken {
+        if let Some(reason) = &self.q.broken {
             self.counters.errors += 1;
             return Err((StorageError::Device(reason.clone()), buf));
         }
@@ -651,23 +694,23 @@ impl Storage for NvmeStorage {
             self.counters.errors += 1;
             return Err((StorageError::Unaligned { offset, len, block: BLOCK_SIZE }, buf));
         }
-        if offset.checked_add(len as u64).is_none_or(|end| end > self.capacity) {
+        if offset.checked_add(len as u64).is_none_or(|end| end > self.q.capacity) {
             self.counters.errors += 1;
-            return Err((StorageError::OutOfRange { offset, len, capacity: self.capacity }, buf));
+            return Err((StorageError::OutOfRange { offset, len, capacity: self.q.capacity }, buf));
         }
-        if len > buf.len() || len > self.max_transfer {
+        if len > buf.len() || len > self.q.max_transfer {
             self.counters.errors += 1;
             let reason = format!(
                 "read of {len} bytes does not fit (buffer {} bytes, controller maximum {} bytes)",
                 buf.len(),
-                self.max_transfer
+                self.q.max_transfer
             );
             return Err((StorageError::Device(reason), buf));
         }
         let Some(cid) = self.free_cids.pop() else {
             return Err((StorageError::QueueFull, buf));
         };
-        let prps = match self.prps.build(cid as usize, buf.iova(), len) {
+        let prps = match self.q.prps.build(cid as usize, buf.iova(), len) {
             Ok(p) => p,
             Err(e) => {
                 self.free_cids.push(cid);
@@ -675,13 +718,13 @@ impl Storage for NvmeStorage {
                 return Err((StorageError::Device(e.to_string()), buf));
             }
         };
-        let blocks = (len >> self.lba_shift) as u32;
-        let cmd = Command { cid, ..Command::read(NSID, offset >> self.lba_shift, blocks, prps.prp1, prps.prp2) };
-        if !self.sq.push(&cmd) {
+        let blocks = (len >> self.q.lba_shift) as u32;
+        let cmd = Command { cid, ..Command::read(NSID, offset >> self.q.lba_shift, blocks, prps.prp1, prps.prp2) };
+        if !self.q.sq.push(&cmd) {
             self.free_cids.push(cid);
             return Err((StorageError::QueueFull, buf));
         }
-        self.sq.ring_doorbell(&*self.shared.regs);
+        self.q.sq.ring_doorbell(&*self.q.shared.regs);
         self.slots[cid as usize] = Some(InFlight { tag, buf, len, submitted: Instant::now() });
         Ok(())
     }
@@ -691,11 +734,11 @@ impl Storage for NvmeStorage {
         let now = Instant::now();
         self.follow_resets(now);
         out.append(&mut self.ended);
-        while let Some(entry) = self.cq.peek() {
-            self.cq.advance();
-            self.sq.set_head(entry.sq_head);
+        while let Some(entry) = self.q.cq.peek() {
+            self.q.cq.advance();
+            self.q.sq.set_head(entry.sq_head);
             let Some(read) = self.slots.get_mut(entry.cid as usize).and_then(Option::take) else {
-                warn!("nvme: completion for unknown command {} on queue {}", entry.cid, self.qid);
+                warn!("nvme: completion for unknown command {} on queue {}", entry.cid, self.q.qid);
                 self.counters.errors += 1;
                 continue;
             };
@@ -712,7 +755,7 @@ impl Storage for NvmeStorage {
             };
             out.push(Completion { tag: read.tag, buf: read.buf, result });
         }
-        self.cq.ring_doorbell(&*self.shared.regs);
+        self.q.cq.ring_doorbell(&*self.q.shared.regs);
         if self.in_flight() > 0 {
             self.check_timeouts(now);
             out.append(&mut self.ended);

@@ -22,7 +22,7 @@ impl Rig {
     }
 
     fn queue(&self, config: &NvmeConfig) -> NvmeStorage {
-        self.controller(config).unwrap().into_queues().unwrap().remove(0)
+        self.controller(config).unwrap().into_queues().unwrap().remove(0).into_storage()
     }
 
     fn assert_no_protocol_errors(&self) {
@@ -69,7 +69,7 @@ fn nvme_controller_comes_up_and_identifies() {
     let stats = r.model.stats();
     assert_eq!(stats.enables, 1);
     assert_eq!(r.model.cc() & 1, 1);
-    let queues = ctrl.into_queues().unwrap();
+    let queues: Vec<NvmeStorage> = ctrl.into_queues().unwrap().into_iter().map(NvmeQueue::into_storage).collect();
     assert_eq!(queues.len(), 1);
     assert_eq!(queues[0].backend(), "nvme-vfio");
     assert_eq!(queues[0].block_size(), 4096);
@@ -224,7 +224,7 @@ fn nvme_namespace_formats_are_checked() {
     let r = rig(ModelConfig { lbads: 12, ..ModelConfig::default() });
     let ctrl = r.controller(&config(4)).unwrap();
     assert_eq!(ctrl.namespace().lba_size, 4096);
-    let mut q = ctrl.into_queues().unwrap().remove(0);
+    let mut q = ctrl.into_queues().unwrap().remove(0).into_storage();
     let pool = q.dma_pool(8192, 1).unwrap();
     q.submit_read(0, 4096 * 9, 8192, pool.alloc().unwrap()).unwrap();
     let done = poll_for(&mut q, 1, Duration::from_secs(1));
@@ -272,8 +272,8 @@ fn nvme_reset_by_one_queue_ends_reads_of_the_others() {
     let ctrl = r.controller(&NvmeConfig { io_queues: 2, ..config(4) }).unwrap();
     assert_eq!(ctrl.io_queues(), 2);
     let mut queues = ctrl.into_queues().unwrap();
-    let mut q2 = queues.pop().unwrap();
-    let mut q1 = queues.pop().unwrap();
+    let mut q2 = queues.pop().unwrap().into_storage();
+    let mut q1 = queues.pop().unwrap().into_storage();
     assert_eq!((q1.queue_id(), q2.queue_id()), (1, 2));
     let p1 = q1.dma_pool(4096, 2).unwrap();
     let p2 = q2.dma_pool(4096, 2).unwrap();
@@ -306,8 +306,8 @@ fn nvme_reset_by_one_queue_ends_reads_of_the_others() {
 fn nvme_reset_aborts_young_reads_on_other_queues() {
     let r = rig(ModelConfig::default());
     let mut queues = r.controller(&NvmeConfig { io_queues: 2, ..config(4) }).unwrap().into_queues().unwrap();
-    let mut q2 = queues.pop().unwrap();
-    let mut q1 = queues.pop().unwrap();
+    let mut q2 = queues.pop().unwrap().into_storage();
+    let mut q1 = queues.pop().unwrap().into_storage();
     let p1 = q1.dma_pool(4096, 1).unwrap();
     let p2 = q2.dma_pool(4096, 1).unwrap();
     r.model.hang();
@@ -358,5 +358,58 @@ fn nvme_slow_ready_and_granted_queue_count() {
     let ctrl = r.controller(&NvmeConfig { io_queues: 4, ..config(4) }).unwrap();
     assert_eq!(ctrl.io_queues(), 2, "the controller granted two");
     assert_eq!(ctrl.into_queues().unwrap().len(), 2);
+    r.assert_no_protocol_errors();
+}
+
+#[test]
+fn nvme_queues_move_to_their_core_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<NvmeQueue>();
+    let r = rig(ModelConfig::default());
+    let queues = r.controller(&NvmeConfig { io_queues: 2, ..config(4) }).unwrap().into_queues().unwrap();
+    let handles: Vec<_> = queues
+        .into_iter()
+        .map(|queue| {
+            std::thread::spawn(move || {
+                let mut q = queue.into_storage();
+                let pool = q.dma_pool(8192, 2).unwrap();
+                let offset = q.queue_id() as u64 * 8192;
+                q.submit_read(0, offset, 8192, pool.alloc().unwrap()).unwrap();
+                let done = poll_for(&mut q, 1, Duration::from_secs(1));
+                assert_eq!(done[0].result, Ok(()));
+                check_bytes(&done[0].buf, offset, 8192);
+                q.counters().reads
+            })
+        })
+        .collect();
+    let reads: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(reads, 2);
+    r.assert_no_protocol_errors();
+}
+
+#[test]
+fn nvme_operator_reset_ends_reads_and_queues_come_back() {
+    let r = rig(ModelConfig::default());
+    let mut queues = r.controller(&NvmeConfig { io_queues: 2, ..config(4) }).unwrap().into_queues().unwrap();
+    let mut q2 = queues.pop().unwrap().into_storage();
+    let mut q1 = queues.pop().unwrap().into_storage();
+    let p1 = q1.dma_pool(4096, 2).unwrap();
+    let p2 = q2.dma_pool(4096, 2).unwrap();
+    r.model.hold(true);
+    q1.submit_read(1, 0, 4096, p1.alloc().unwrap()).unwrap();
+    q2.submit_read(2, 0, 4096, p2.alloc().unwrap()).unwrap();
+    r.model.hold(false);
+    q1.reset_controller().unwrap();
+    for q in [&mut q1, &mut q2] {
+        let d = poll_for(q, 1, Duration::from_secs(1));
+        assert!(matches!(d[0].result, Err(StorageError::Device(ref t)) if t.contains("reset")), "{:?}", d[0].result);
+    }
+    assert_eq!(q1.controller_resets(), 1);
+    for (q, p) in [(&mut q1, &p1), (&mut q2, &p2)] {
+        q.submit_read(3, 4096, 4096, p.alloc().unwrap()).unwrap();
+        let d = poll_for(q, 1, Duration::from_secs(1));
+        assert_eq!(d[0].result, Ok(()));
+        check_bytes(&d[0].buf, 4096, 4096);
+    }
     r.assert_no_protocol_errors();
 }

@@ -157,19 +157,23 @@ pub struct VfioDma {
     container: Arc<Container>,
 }
 
-/// Anonymous memory, hugepages first. Returns the mapping and its length.
+/// Anonymous memory: 2 MiB hugepages for buffer pools (fewer IOMMU and TLB entries), small
+/// pages for rings and PRP lists (a hugepage each would waste the reserved pool). Returns the
+/// mapping and its length.
 fn mmap_dma_memory(len: usize) -> Result<(NonNull<u8>, usize), StorageError> {
-    let huge_len = len.div_ceil(HUGEPAGE) * HUGEPAGE;
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
-    // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-    let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), huge_len, prot, flags | libc::MAP_HUGETLB | (21 << libc::MAP_HUGE_SHIFT), -1, 0)
-    };
-    if p != libc::MAP_FAILED {
-        return Ok((NonNull::new(p as *mut u8).expect("mmap returned non-null"), huge_len));
+    if len >= HUGEPAGE / 2 {
+        let huge_len = len.div_ceil(HUGEPAGE) * HUGEPAGE;
+        let huge = libc::MAP_HUGETLB | (21 << libc::MAP_HUGE_SHIFT);
+        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), huge_len, prot, flags | huge, -1, 0) };
+        if p != libc::MAP_FAILED {
+            debug!("vfio: {huge_len} bytes of DMA memory in 2 MiB hugepages");
+            return Ok((NonNull::new(p as *mut u8).expect("mmap returned non-null"), huge_len));
+        }
+        info!("vfio: no 2 MiB hugepages for {huge_len} bytes ({}), using locked 4 KiB pages", io::Error::last_os_error());
     }
-    debug!("vfio: no 2 MiB hugepages for {huge_len} bytes ({}), using locked 4 KiB pages", io::Error::last_os_error());
     let small_len = len.div_ceil(4096) * 4096;
     // SAFETY: as above.
     let p = unsafe { libc::mmap(std::ptr::null_mut(), small_len, prot, flags, -1, 0) };
