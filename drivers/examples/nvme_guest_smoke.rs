@@ -215,7 +215,7 @@ fn kernel_bench(device: &str, secs: f64) -> Result<(), String> {
                     let Ok(file) = file else { bad.fetch_add(1, Ordering::Relaxed); return };
                     let layout = std::alloc::Layout::from_size_align(size, 4096).expect("layout");
                     let mut buf = drivers::storage::DmaPool::heap(layout.size(), 1, 4096).alloc().expect("buffer");
-                    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (t as u64 + 1) * 0x1234_5678_9abc_def1;
+                    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ ((t as u64 + 1) * 0x1234_5678_9abc_def1);
                     let slots = capacity / size as u64;
                     let mut first = true;
                     while start.elapsed() < time {
