@@ -61,20 +61,31 @@ pub fn run(
     };
     let mut done: Vec<Completion> = Vec::with_capacity(queue_depth);
     let mut result = BenchResult::default();
+    let mut failure = None;
     let start = Instant::now();
+    // Reads still in flight this long after the end mean the backend stopped answering.
+    let drain_limit = duration + Duration::from_secs(30);
     let mut tag = 0u64;
     loop {
-        let running = start.elapsed() < duration;
+        let elapsed = start.elapsed();
+        let running = elapsed < duration && failure.is_none();
         while running && storage.in_flight() < queue_depth {
             let Some(buf) = pool.alloc() else { break };
             match storage.submit_read(tag, next_offset(), read_size, buf) {
                 Ok(()) => tag += 1,
                 Err((StorageError::QueueFull, _)) => break,
-                Err((e, _)) => return Err(e),
+                Err((e, _)) => {
+                    // Stop submitting, but collect what is in flight before reporting.
+                    failure = Some(e);
+                    break;
+                }
             }
         }
         if !running && storage.in_flight() == 0 {
             break;
+        }
+        if elapsed > drain_limit {
+            return Err(StorageError::Timeout);
         }
         storage.poll(&mut done);
         for c in done.drain(..) {
@@ -88,7 +99,10 @@ pub fn run(
         }
     }
     result.elapsed = start.elapsed();
-    Ok(result)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(result),
+    }
 }
 
 #[cfg(test)]
