@@ -14,7 +14,9 @@
 //! is rebuilt); that read completes with [`StorageError::Timeout`], the other reads in flight
 //! on every queue complete with [`StorageError::Device`], and each queue re-creates its I/O
 //! queue pair the next time it is used. Only after the reset does a buffer the device may
-//! have been writing go back to the caller.
+//! have been writing go back to the caller. A controller that does not even stop (CSTS.RDY
+//! stays 1 past CAP.TO) loses bus mastering, its reads fail, and its queues stay failed.
+//! The reset runs on the core that noticed, which waits for it (up to CAP.TO).
 pub mod memory;
 pub mod prp;
 pub mod queue;
@@ -242,7 +244,10 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                error!("nvme: controller reset failed: {e}");
+                // It may still be fetching and writing: cut it off the bus before the
+                // buffers of its reads go back to their owners.
+                let stopped = self.regs.stop_dma();
+                error!("nvme: controller reset failed: {e}; bus mastering {}", if stopped { "disabled" } else { "unchanged" });
                 self.failed.store(true, Ordering::Release);
                 Err(e)
             }

@@ -184,6 +184,7 @@ struct State {
     hold: bool,
     hung: bool,
     dead: bool,
+    dma_stopped: bool,
     bad_lbas: HashSet<u64>,
     stats: ModelStats,
 }
@@ -252,6 +253,11 @@ impl Model {
 
     pub fn cc(&self) -> u32 {
         self.state.lock().unwrap().cc
+    }
+
+    /// Whether the driver cut the controller off the bus.
+    pub fn dma_stopped(&self) -> bool {
+        self.state.lock().unwrap().dma_stopped
     }
 
     fn page_size(&self) -> usize {
@@ -573,6 +579,11 @@ impl Model {
 }
 
 impl RegisterAccess for Model {
+    fn stop_dma(&self) -> bool {
+        self.state.lock().unwrap().dma_stopped = true;
+        true
+    }
+
     fn read32(&self, offset: usize) -> u32 {
         let mut s = self.state.lock().unwrap();
         match offset {

@@ -39,6 +39,11 @@ pub trait RegisterAccess: Send + Sync {
         self.write32(offset, value as u32);
         self.write32(offset + 4, (value >> 32) as u32);
     }
+    /// Last resort when the controller ignores CC.EN=0: turn off PCI bus mastering so it can
+    /// no longer write into buffers that go back to their owners. Returns whether it did.
+    fn stop_dma(&self) -> bool {
+        false
+    }
 }
 
 /// Decoded CAP register.

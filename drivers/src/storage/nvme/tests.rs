@@ -252,6 +252,7 @@ fn nvme_silent_controller_times_out_resets_and_serves_again() {
     assert!(matches!(by_tag(2).result, Err(StorageError::Device(ref t)) if t.contains("reset")));
     drop(done);
     assert_eq!(pool.available(), 4, "buffers came back after the reset");
+    assert!(!r.model.dma_stopped(), "a reset that worked leaves bus mastering on");
     assert_eq!(q.controller_resets(), 1);
     let stats = r.model.stats();
     assert_eq!((stats.enables, stats.disables), (2, 1), "enabled at start, reset once");
@@ -331,6 +332,7 @@ fn nvme_dead_controller_fails_reads_without_hanging() {
     let done = poll_for(&mut q, 1, Duration::from_secs(5));
     assert!(start.elapsed() < Duration::from_secs(3));
     assert_eq!(done[0].result, Err(StorageError::Timeout));
+    assert!(r.model.dma_stopped(), "a controller that ignores reset is cut off the bus");
     drop(done);
     let (e, _) = q.submit_read(2, 0, 4096, pool.alloc().unwrap()).unwrap_err();
     assert!(matches!(e, StorageError::Device(ref t) if t.contains("controller failed")), "{e}");

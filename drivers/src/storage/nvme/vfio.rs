@@ -215,8 +215,9 @@ impl DmaMemory for VfioDma {
 pub struct Bar0 {
     ptr: NonNull<u8>,
     len: usize,
-    /// The device fd keeps the mapping's device open.
-    _device: File,
+    /// The device fd (keeps the mapping's device open; config space for stop_dma).
+    device: File,
+    config_offset: u64,
 }
 
 // SAFETY: the mapping is device memory valid until Drop; every access is a single volatile
@@ -243,6 +244,27 @@ impl RegisterAccess for Bar0 {
         // SAFETY: in bounds and aligned (checked above) inside the live BAR mapping.
         unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(offset) as *mut u32, value) }
     }
+
+    fn stop_dma(&self) -> bool {
+        set_bus_master(&self.device, self.config_offset, false).is_ok()
+    }
+}
+
+/// Switch memory decoding on and bus mastering on or off in the PCI command register.
+fn set_bus_master(device: &File, config_offset: u64, on: bool) -> Result<(), StorageError> {
+    let mut cmd = [0u8; 2];
+    device
+        .read_exact_at(&mut cmd, config_offset + PCI_COMMAND)
+        .map_err(|e| err("read PCI command register", e))?;
+    let mut value = u16::from_le_bytes(cmd) | PCI_COMMAND_MEMORY;
+    if on {
+        value |= PCI_COMMAND_MASTER;
+    } else {
+        value &= !PCI_COMMAND_MASTER;
+    }
+    device
+        .write_all_at(&value.to_le_bytes(), config_offset + PCI_COMMAND)
+        .map_err(|e| err("write PCI command register", e))
 }
 
 impl Drop for Bar0 {
@@ -344,15 +366,7 @@ impl VfioDevice {
     /// Memory decoding and bus mastering on, so BAR0 answers and the device may DMA.
     fn enable_bus_master(&self) -> Result<(), StorageError> {
         let config = self.region_info(CONFIG_REGION_INDEX)?;
-        let mut cmd = [0u8; 2];
-        self.device
-            .read_exact_at(&mut cmd, config.offset + PCI_COMMAND)
-            .map_err(|e| err("read PCI command register", e))?;
-        let value = u16::from_le_bytes(cmd) | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
-        self.device
-            .write_all_at(&value.to_le_bytes(), config.offset + PCI_COMMAND)
-            .map_err(|e| err("write PCI command register", e))?;
-        Ok(())
+        set_bus_master(&self.device, config.offset, true)
     }
 
     /// Map BAR0 and hand out register access and DMA memory for the driver.
@@ -380,7 +394,13 @@ impl VfioDevice {
         if p == libc::MAP_FAILED {
             return Err(err("mmap BAR0", io::Error::last_os_error()));
         }
-        let bar0 = Bar0 { ptr: NonNull::new(p as *mut u8).expect("mmap returned non-null"), len, _device: self.device };
+        let config_offset = self.region_info(CONFIG_REGION_INDEX)?.offset;
+        let bar0 = Bar0 {
+            ptr: NonNull::new(p as *mut u8).expect("mmap returned non-null"),
+            len,
+            device: self.device,
+            config_offset,
+        };
         Ok((Arc::new(bar0), Arc::new(VfioDma { container: self.container })))
     }
 }
