@@ -469,6 +469,8 @@ pub fn bind_to_vfio_pci(pci: &str) -> Result<(), StorageError> {
     if current_driver(pci).as_deref() == Some("vfio-pci") {
         return Ok(());
     }
+    // vfio-pci refuses devices without a group; say why before it does.
+    iommu_group(pci)?;
     if !Path::new("/sys/bus/pci/drivers/vfio-pci").exists() {
         return Err(StorageError::Device("vfio-pci is not loaded (modprobe vfio-pci)".into()));
     }
