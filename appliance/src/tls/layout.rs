@@ -321,16 +321,16 @@ mod tests {
 
     #[test]
     fn first_record_is_short_then_aligned() {
-        let l = ResponseLayout::new(RecordFormat::TLS13, 200, 10_000, 40_000, 7).unwrap();
+        let l = ResponseLayout::new(RecordFormat::TLS13, 200, 10_000, 38_000, 7).unwrap();
         assert_eq!(l.record_count(), 4);
         assert_eq!(l.record_source(0), RecordSource::Head { start: 0, end: 200 });
         assert_eq!(l.record_source(1), RecordSource::Body { object_start: 10_000, object_end: 16384 });
         assert_eq!(l.record_source(2), RecordSource::Body { object_start: 16384, object_end: 32768 });
-        assert_eq!(l.record_source(3), RecordSource::Body { object_start: 32768, object_end: 50_000 });
+        assert_eq!(l.record_source(3), RecordSource::Body { object_start: 32768, object_end: 48_000 });
         assert_eq!(l.record_wire_range(1), 222..222 + 6384 + 22);
         assert_eq!(l.seq(3), 10);
         assert_eq!(l.next_seq_base(), 11);
-        assert_eq!(l.wire_len(), 200 + 40_000 + 4 * 22);
+        assert_eq!(l.wire_len(), 200 + 38_000 + 4 * 22);
         assert_eq!(l.locate(222 + 5), Some((1, RecordPart::Payload(0))));
         assert_eq!(l.locate(222 + 5 + 6384), Some((1, RecordPart::InnerType)));
         assert_eq!(l.locate(222 + 5 + 6384 + 1), Some((1, RecordPart::Tag(0))));

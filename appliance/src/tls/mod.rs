@@ -52,3 +52,6 @@ pub enum TlsError {
     #[error("no transmit keys for epoch {0} (released or not yet made)")]
     NoSuchEpoch(u32),
 }
+
+#[cfg(test)]
+mod tests;

@@ -272,3 +272,180 @@ fn check_content_type(content_type: u8) -> Result<(), RecordError> {
         other => Err(RecordError::BadContentType(other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Records sealed here are opened by an independent implementation (RustCrypto `aes-gcm`,
+    //! `chacha20poly1305`), and records sealed by it are opened here.
+    use super::*;
+    use crate::tls::keys::AeadSuite;
+    use aes_gcm::aead::{AeadInPlace, KeyInit};
+    use proptest::prelude::*;
+
+    fn rc_open(suite: AeadSuite, key: &[u8], nonce: &[u8; 12], aad: &[u8], buf: &mut Vec<u8>, tag: &[u8]) -> bool {
+        let nonce = aes_gcm::Nonce::from_slice(nonce);
+        let tag = aes_gcm::Tag::from_slice(tag);
+        match suite {
+            AeadSuite::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(key).unwrap().decrypt_in_place_detached(nonce, aad, buf, tag).is_ok(),
+            AeadSuite::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(key).unwrap().decrypt_in_place_detached(nonce, aad, buf, tag).is_ok(),
+            AeadSuite::ChaCha20Poly1305 => chacha20poly1305::ChaCha20Poly1305::new_from_slice(key)
+                .unwrap()
+                .decrypt_in_place_detached(nonce, aad, buf, tag)
+                .is_ok(),
+        }
+    }
+
+    fn rc_seal(suite: AeadSuite, key: &[u8], nonce: &[u8; 12], aad: &[u8], buf: &mut Vec<u8>) -> [u8; 16] {
+        let nonce = aes_gcm::Nonce::from_slice(nonce);
+        let tag = match suite {
+            AeadSuite::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(key).unwrap().encrypt_in_place_detached(nonce, aad, buf),
+            AeadSuite::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(key).unwrap().encrypt_in_place_detached(nonce, aad, buf),
+            AeadSuite::ChaCha20Poly1305 => {
+                chacha20poly1305::ChaCha20Poly1305::new_from_slice(key).unwrap().encrypt_in_place_detached(nonce, aad, buf)
+            }
+        }
+        .unwrap();
+        tag.into()
+    }
+
+    fn suite() -> impl Strategy<Value = AeadSuite> {
+        prop_oneof![Just(AeadSuite::Aes128Gcm), Just(AeadSuite::Aes256Gcm), Just(AeadSuite::ChaCha20Poly1305)]
+    }
+
+    fn nonce_of(iv: &[u8; 12], seq: u64) -> [u8; 12] {
+        let mut n = *iv;
+        for (a, b) in n[4..].iter_mut().zip(seq.to_be_bytes()) {
+            *a ^= b;
+        }
+        n
+    }
+
+    proptest! {
+        #[test]
+        fn tls13_seal_is_opened_by_rustcrypto_and_back(suite in suite(), key in proptest::collection::vec(any::<u8>(), 32),
+                                                        iv in any::<[u8; 12]>(), seq in any::<u64>(),
+                                                        plain in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let key = &key[..suite.key_len()];
+            let keys = Keys::new(TlsVersion::Tls13, suite, key, &iv).unwrap();
+            let mut payload = plain.clone();
+            payload.push(CONTENT_APPLICATION_DATA);
+            let (mut header, mut tag) = ([0u8; 5], [0u8; 16]);
+            seal_in_place(&keys, seq, &mut header, &mut payload, &mut tag).unwrap();
+            prop_assert_eq!(header, [23, 3, 3, ((plain.len() + 17) >> 8) as u8, (plain.len() + 17) as u8]);
+            let mut check = payload.clone();
+            prop_assert!(rc_open(suite, key, &nonce_of(&iv, seq), &header, &mut check, &tag));
+            prop_assert_eq!(&check[..plain.len()], &plain[..]);
+
+            // RustCrypto-sealed record, opened here.
+            let mut body = plain.clone();
+            body.push(CONTENT_APPLICATION_DATA);
+            body.extend_from_slice(&[0, 0, 0]); // padding
+            let hdr = [23, 3, 3, ((body.len() + 16) >> 8) as u8, (body.len() + 16) as u8];
+            let tag = rc_seal(suite, key, &nonce_of(&iv, seq), &hdr, &mut body);
+            let mut record = hdr.to_vec();
+            record.extend_from_slice(&body);
+            record.extend_from_slice(&tag);
+            let opened = open_in_place(&keys, seq, &mut record).unwrap();
+            prop_assert_eq!(opened.content_type, CONTENT_APPLICATION_DATA);
+            prop_assert_eq!(&record[opened.plaintext], &plain[..]);
+        }
+
+        #[test]
+        fn tls12_seal_is_opened_by_rustcrypto_and_back(aes256 in any::<bool>(), key in proptest::collection::vec(any::<u8>(), 32),
+                                                        iv in any::<[u8; 12]>(), seq in any::<u64>(),
+                                                        plain in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let suite = if aes256 { AeadSuite::Aes256Gcm } else { AeadSuite::Aes128Gcm };
+            let key = &key[..suite.key_len()];
+            let keys = Keys::new(TlsVersion::Tls12, suite, key, &iv).unwrap();
+            let mut payload = plain.clone();
+            let (mut header, mut tag) = ([0u8; 13], [0u8; 16]);
+            seal_in_place_tls12(&keys, seq, CONTENT_APPLICATION_DATA, &mut header, &mut payload, &mut tag).unwrap();
+            let nonce = nonce_of(&iv, seq);
+            prop_assert_eq!(&header[5..], &nonce[4..]);
+            let aad = tls12_aad(seq, CONTENT_APPLICATION_DATA, plain.len());
+            let mut check = payload.clone();
+            prop_assert!(rc_open(suite, key, &nonce, &aad, &mut check, &tag));
+            prop_assert_eq!(&check, &plain);
+
+            // Record sealed by RustCrypto with an arbitrary explicit nonce, opened here.
+            let explicit = seq.wrapping_mul(31).to_be_bytes();
+            let mut n = [0u8; 12];
+            n[..4].copy_from_slice(&iv[..4]);
+            n[4..].copy_from_slice(&explicit);
+            let mut body = plain.clone();
+            let tag = rc_seal(suite, key, &n, &aad, &mut body);
+            let len = 8 + body.len() + 16;
+            let mut record = vec![23, 3, 3, (len >> 8) as u8, len as u8];
+            record.extend_from_slice(&explicit);
+            record.extend_from_slice(&body);
+            record.extend_from_slice(&tag);
+            let opened = open_in_place(&keys, seq, &mut record).unwrap();
+            prop_assert_eq!(&record[opened.plaintext], &plain[..]);
+        }
+    }
+
+    fn tls13_keys() -> Keys {
+        Keys::new(TlsVersion::Tls13, AeadSuite::Aes128Gcm, &[1; 16], &[2; 12]).unwrap()
+    }
+
+    fn sealed_record(keys: &Keys, seq: u64, inner: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; inner.len() + 64];
+        let n = seal_record_into(keys, seq, inner[inner.len() - 1], &inner[..inner.len() - 1], &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn corrupted_wrong_seq_and_malformed_records_get_typed_errors() {
+        let keys = tls13_keys();
+        let good = sealed_record(&keys, 5, b"hello\x17");
+        assert!(open_in_place(&keys, 5, &mut good.clone()).is_ok());
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x01;
+            let err = open_in_place(&keys, 5, &mut bad).unwrap_err();
+            let expected = match i {
+                0 => RecordError::BadContentType(22),
+                1 | 2 => RecordError::BadVersion(if i == 1 { 0x0203 } else { 0x0302 }),
+                3 | 4 => RecordError::BadLength(bad.len()),
+                _ => RecordError::BadMac,
+            };
+            assert_eq!(err, expected, "byte {i}");
+        }
+        assert_eq!(open_in_place(&keys, 6, &mut good.clone()), Err(RecordError::BadMac));
+        assert_eq!(open_in_place(&keys, 5, &mut good[..4].to_vec()), Err(RecordError::BadLength(4)));
+        // Too short to hold a type byte and tag.
+        let mut short = vec![23, 3, 3, 0, 16];
+        short.extend_from_slice(&[0; 16]);
+        assert_eq!(open_in_place(&keys, 0, &mut short), Err(RecordError::BadLength(16)));
+        // All-zero inner plaintext has no content type.
+        let zeros = sealed_record(&keys, 1, &[0, 0, 0]);
+        assert_eq!(open_in_place(&keys, 1, &mut zeros.clone()), Err(RecordError::BadContentType(0)));
+        // An unknown inner type.
+        let odd = sealed_record(&keys, 1, b"x\x63");
+        assert_eq!(open_in_place(&keys, 1, &mut odd.clone()), Err(RecordError::BadContentType(0x63)));
+        assert_eq!(RecordError::BadMac.alert(), 20);
+    }
+
+    #[test]
+    fn sealing_is_deterministic_and_checks_version_and_length() {
+        let keys = tls13_keys();
+        let a = sealed_record(&keys, 9, b"same bytes\x17");
+        let b = sealed_record(&keys, 9, b"same bytes\x17");
+        let c = sealed_record(&keys, 10, b"same bytes\x17");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let (mut h, mut t) = ([0u8; 5], [0u8; 16]);
+        assert_eq!(seal_in_place(&keys, 0, &mut h, &mut [], &mut t), Err(RecordError::BadLength(0)));
+        assert_eq!(
+            seal_in_place(&keys, 0, &mut h, &mut vec![0u8; MAX_PLAINTEXT + 2], &mut t),
+            Err(RecordError::BadLength(MAX_PLAINTEXT + 2))
+        );
+        let mut h12 = [0u8; 13];
+        assert!(matches!(
+            seal_in_place_tls12(&keys, 0, 23, &mut h12, &mut [1], &mut t),
+            Err(RecordError::WrongVersion { .. })
+        ));
+        assert_eq!(seal_record_into(&keys, 0, 23, b"abc", &mut [0u8; 10]), Err(RecordError::BufferTooSmall(25)));
+    }
+}
