@@ -42,20 +42,20 @@ fn nonce(seq: u64) -> [u8; 12] {
 pub struct Sealer(SealerImpl);
 
 enum SealerImpl {
-    AwsLc(aws_lc_rs::aead::LessSafeKey),
-    Ring(ring::aead::LessSafeKey),
+    AwsLc(Box<aws_lc_rs::aead::LessSafeKey>),
+    Ring(Box<ring::aead::LessSafeKey>),
     RustCrypto(Box<aes_gcm::Aes128Gcm>),
 }
 
 impl Sealer {
     pub fn new(provider: AeadProvider) -> Sealer {
         Sealer(match provider {
-            AeadProvider::AwsLcRs => SealerImpl::AwsLc(aws_lc_rs::aead::LessSafeKey::new(
+            AeadProvider::AwsLcRs => SealerImpl::AwsLc(Box::new(aws_lc_rs::aead::LessSafeKey::new(
                 aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_128_GCM, &KEY).expect("16-byte key"),
-            )),
-            AeadProvider::Ring => SealerImpl::Ring(ring::aead::LessSafeKey::new(
+            ))),
+            AeadProvider::Ring => SealerImpl::Ring(Box::new(ring::aead::LessSafeKey::new(
                 ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &KEY).expect("16-byte key"),
-            )),
+            ))),
             AeadProvider::RustCrypto => {
                 use aes_gcm::KeyInit;
                 SealerImpl::RustCrypto(Box::new(aes_gcm::Aes128Gcm::new(&KEY.into())))

@@ -541,7 +541,7 @@ impl RecordSession {
             TlsError::Record(e) => e.alert(),
             TlsError::Malformed(_) => 50,
             TlsError::UnexpectedContent(_) => 10,
-            TlsError::HandshakeBufferFull(_) => 22,
+            TlsError::HandshakeBufferFull(_) | TlsError::ReceiveBufferFull(_) => 22,
             _ => 80,
         };
         self.seal_alert(epoch, seq, ALERT_LEVEL_FATAL, description, out)
@@ -556,7 +556,7 @@ impl RecordSession {
         self.compact();
         let end = self.rx_len + tcp_payload.len();
         if end > self.rx_buf.len() {
-            return Err(TlsError::HandshakeBufferFull(self.rx_buf.len()));
+            return Err(TlsError::ReceiveBufferFull(self.rx_buf.len()));
         }
         self.rx_buf[self.rx_len..end].copy_from_slice(tcp_payload);
         self.rx_len = end;
@@ -588,7 +588,7 @@ impl RecordSession {
         }
         let header = RecordHeader::parse(self.rx_buf[..HEADER_LEN].try_into().expect("length checked"));
         if header.record_len() > MAX_RECORD_LEN {
-            return Err(record::RecordError::BadLength(header.len).into());
+            return Err(record::RecordError::Overflow.into());
         }
         if self.rx_len < header.record_len() {
             return Ok(None);

@@ -247,7 +247,7 @@ mod tests {
             let range = l.record_wire_range(r);
             assert_eq!(range.start, wire, "records are contiguous");
             let src = l.record_source(r);
-            assert!(src.len() > 0 && src.len() <= RECORD_PLAINTEXT);
+            assert!(!src.is_empty() && src.len() <= RECORD_PLAINTEXT);
             assert_eq!(range.end - range.start, src.len() + f.overhead());
             match src {
                 RecordSource::Head { start, end } => {

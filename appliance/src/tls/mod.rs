@@ -31,6 +31,8 @@ pub enum TlsError {
     Record(#[from] RecordError),
     #[error("handshake buffer full: peer sent more than {0} bytes before the handshake completed")]
     HandshakeBufferFull(usize),
+    #[error("receive buffer full: {0} bytes without a complete record")]
+    ReceiveBufferFull(usize),
     #[error("handshake is not complete")]
     HandshakeNotComplete,
     #[error("negotiated an unsupported protocol version or cipher suite")]

@@ -282,7 +282,7 @@ mod tests {
     use aes_gcm::aead::{AeadInPlace, KeyInit};
     use proptest::prelude::*;
 
-    fn rc_open(suite: AeadSuite, key: &[u8], nonce: &[u8; 12], aad: &[u8], buf: &mut Vec<u8>, tag: &[u8]) -> bool {
+    fn rc_open(suite: AeadSuite, key: &[u8], nonce: &[u8; 12], aad: &[u8], buf: &mut [u8], tag: &[u8]) -> bool {
         let nonce = aes_gcm::Nonce::from_slice(nonce);
         let tag = aes_gcm::Tag::from_slice(tag);
         match suite {
@@ -295,7 +295,7 @@ mod tests {
         }
     }
 
-    fn rc_seal(suite: AeadSuite, key: &[u8], nonce: &[u8; 12], aad: &[u8], buf: &mut Vec<u8>) -> [u8; 16] {
+    fn rc_seal(suite: AeadSuite, key: &[u8], nonce: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> [u8; 16] {
         let nonce = aes_gcm::Nonce::from_slice(nonce);
         let tag = match suite {
             AeadSuite::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(key).unwrap().encrypt_in_place_detached(nonce, aad, buf),

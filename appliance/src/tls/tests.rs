@@ -405,3 +405,90 @@ fn pem_errors_are_typed() {
         Err(TlsError::NoPrivateKey(_))
     ));
 }
+
+/// A session and a peer that seals with its receive keys (same raw material).
+fn session_pair(version: TlsVersion) -> (handshake::RecordSession, handshake::RecordSession) {
+    let suite = AeadSuite::Aes128Gcm;
+    let a = ([1u8; 16], [2u8; 12]);
+    let b = ([3u8; 16], [4u8; 12]);
+    let secret = |s: u8| (version == TlsVersion::Tls13).then(|| TrafficSecret::new(suite, &[s; 32]).unwrap());
+    let keys = |k: &([u8; 16], [u8; 12]), s: u8| match version {
+        TlsVersion::Tls13 => Keys::from_traffic_secret(&secret(s).unwrap()).unwrap(),
+        TlsVersion::Tls12 => Keys::new(version, suite, &k.0, &k.1).unwrap(),
+    };
+    let server = handshake::RecordSession::new(keys(&a, 1), secret(1), 0, keys(&b, 2), secret(2), 0);
+    let peer = handshake::RecordSession::new(keys(&b, 2), secret(2), 0, keys(&a, 1), secret(1), 0);
+    (server, peer)
+}
+
+fn peer_record(peer: &handshake::RecordSession, seq: u64, content_type: u8, plaintext: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; plaintext.len() + 64];
+    let n = peer.seal_record(0, seq, content_type, plaintext, &mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn session_refuses_renegotiation_and_reports_alerts() {
+    let (mut server, peer) = session_pair(TlsVersion::Tls12);
+    server.receive(&peer_record(&peer, 0, 22, &[1, 0, 0, 2, 3, 3])).unwrap();
+    assert_eq!(server.next_incoming().unwrap(), Some(Incoming::RenegotiationRefused));
+    server.receive(&peer_record(&peer, 1, 21, &[1, 90])).unwrap();
+    assert_eq!(server.next_incoming().unwrap(), Some(Incoming::WarningAlert(90)));
+    // Records may arrive a byte at a time.
+    for b in peer_record(&peer, 2, 23, b"split") {
+        assert_eq!(server.next_incoming().unwrap(), None);
+        server.receive(&[b]).unwrap();
+    }
+    assert_eq!(server.next_incoming().unwrap(), Some(Incoming::AppData(&b"split"[..])));
+    server.receive(&peer_record(&peer, 3, 21, &[2, 40])).unwrap();
+    assert!(matches!(server.next_incoming(), Err(TlsError::PeerAlert(40))));
+    assert!(matches!(server.seal_key_update(0, false, &mut [0u8; 64]), Err(TlsError::KeyUpdateNotTls13)));
+}
+
+#[test]
+fn session_rejects_malformed_post_handshake_messages() {
+    for (content_type, body, what) in [
+        (22u8, &[24u8, 0, 0, 1, 2][..], "bad KeyUpdate value"),
+        (22, &[24, 0, 0, 2, 0, 0][..], "KeyUpdate too long"),
+        (22, &[24, 0, 0][..], "truncated header"),
+        (22, &[4, 0, 0, 0][..], "NewSessionTicket from a client"),
+        (21, &[1][..], "short alert"),
+    ] {
+        let (mut server, peer) = session_pair(TlsVersion::Tls13);
+        server.receive(&peer_record(&peer, 0, content_type, body)).unwrap();
+        assert!(server.next_incoming().is_err(), "{what}");
+    }
+    // An oversized record header is refused before its body arrives.
+    let (mut server, _) = session_pair(TlsVersion::Tls13);
+    server.receive(&[23, 3, 3, 0xff, 0xff]).unwrap();
+    assert!(matches!(server.next_incoming(), Err(TlsError::Record(record::RecordError::Overflow))));
+    // A peer flooding the receive buffer without completing a record gets a typed error.
+    let (mut server, _) = session_pair(TlsVersion::Tls13);
+    let junk = vec![0u8; 4096];
+    let mut result = Ok(());
+    for _ in 0..100 {
+        result = server.receive(&junk);
+        if result.is_err() {
+            break;
+        }
+    }
+    assert!(matches!(result, Err(TlsError::ReceiveBufferFull(_))));
+}
+
+#[test]
+fn session_key_update_round_trip_between_two_sessions() {
+    let (mut server, mut peer) = session_pair(TlsVersion::Tls13);
+    let mut ku = [0u8; KEY_UPDATE_RECORD_LEN];
+    peer.seal_key_update(0, true, &mut ku).unwrap();
+    server.receive(&ku).unwrap();
+    assert_eq!(server.next_incoming().unwrap(), Some(Incoming::KeyUpdated { update_requested: true }));
+    let mut out = [0u8; 64];
+    let n = peer.seal_record(1, 0, 23, b"new keys", &mut out).unwrap();
+    server.receive(&out[..n]).unwrap();
+    assert_eq!(server.next_incoming().unwrap(), Some(Incoming::AppData(&b"new keys"[..])));
+    // The same record under the old epoch is refused now.
+    let n = peer.seal_record(0, 1, 23, b"old keys", &mut out).unwrap();
+    server.receive(&out[..n]).unwrap();
+    assert!(matches!(server.next_incoming(), Err(TlsError::Record(record::RecordError::BadMac))));
+}
