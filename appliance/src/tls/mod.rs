@@ -12,7 +12,7 @@ pub mod record;
 pub use handshake::{load_server_config, HandshakeDriver, HandshakeProgress, RecordSession};
 pub use keys::{AeadSuite, Keys, TlsVersion, TrafficSecret};
 pub use layout::{RecordFormat, RecordPart, RecordSource, ResponseLayout};
-pub use record::{open_in_place, seal_in_place, seal_in_place_tls12, OpenedRecord, RecordError};
+pub use record::{open_in_place, seal_in_place, seal_in_place_split, seal_in_place_tls12, OpenedRecord, RecordError};
 
 /// Errors of the TLS layer outside a single record's framing.
 #[derive(Debug, thiserror::Error)]

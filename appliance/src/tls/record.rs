@@ -111,6 +111,34 @@ pub fn seal_in_place(
     Ok(())
 }
 
+/// Bytes after a TLS 1.3 record's content: the encrypted inner content type and the tag.
+pub const TLS13_TRAILER_LEN: usize = 1 + TAG_LEN;
+
+/// Seal one TLS 1.3 record whose content fills `payload` exactly (a storage DMA buffer of up
+/// to 16 KiB): the inner content type is encrypted into `trailer[0]` and the tag follows it in
+/// `trailer[1..]`, so nothing is written past the payload buffer. The wire bytes are
+/// `header || payload || trailer`, identical to [`seal_in_place`] over `payload || type`.
+pub fn seal_in_place_split(
+    keys: &Keys,
+    seq: u64,
+    header: &mut [u8; HEADER_LEN],
+    payload: &mut [u8],
+    inner_type: u8,
+    trailer: &mut [u8; TLS13_TRAILER_LEN],
+) -> Result<(), RecordError> {
+    if keys.version() != TlsVersion::Tls13 {
+        return Err(RecordError::WrongVersion { keys: keys.version(), wanted: TlsVersion::Tls13 });
+    }
+    if payload.len() > MAX_PLAINTEXT {
+        return Err(RecordError::BadLength(payload.len()));
+    }
+    write_header(header, CONTENT_APPLICATION_DATA, payload.len() + TLS13_TRAILER_LEN);
+    let nonce = Nonce::assume_unique_for_key(keys.nonce(seq));
+    keys.aead()
+        .seal_in_place_scatter(nonce, Aad::from(&header[..]), payload, &[inner_type], trailer)
+        .map_err(|_| RecordError::BadLength(payload.len()))
+}
+
 /// Seal one TLS 1.2 AES-GCM record in place: `header` receives the 5-byte record header and the
 /// 8-byte explicit nonce (the last 8 bytes of iv XOR seq, so deterministic and unique per key,
 /// as rustls does it), `payload` is the plaintext of `content_type`.
@@ -381,6 +409,26 @@ mod tests {
             record.extend_from_slice(&tag);
             let opened = open_in_place(&keys, seq, &mut record).unwrap();
             prop_assert_eq!(&record[opened.plaintext], &plain[..]);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn split_seal_matches_contiguous_seal(suite in suite(), seq in any::<u64>(),
+                                             plain in proptest::collection::vec(any::<u8>(), 0..20000)) {
+            let plain = &plain[..plain.len().min(MAX_PLAINTEXT)];
+            let keys = Keys::new(TlsVersion::Tls13, suite, &[9u8; 32][..suite.key_len()], &[5; 12]).unwrap();
+            let mut contiguous = plain.to_vec();
+            contiguous.push(CONTENT_APPLICATION_DATA);
+            let (mut h1, mut t1) = ([0u8; 5], [0u8; 16]);
+            seal_in_place(&keys, seq, &mut h1, &mut contiguous, &mut t1).unwrap();
+            let mut split = plain.to_vec();
+            let (mut h2, mut trailer) = ([0u8; 5], [0u8; TLS13_TRAILER_LEN]);
+            seal_in_place_split(&keys, seq, &mut h2, &mut split, CONTENT_APPLICATION_DATA, &mut trailer).unwrap();
+            prop_assert_eq!(h1, h2);
+            prop_assert_eq!(&split[..], &contiguous[..plain.len()]);
+            prop_assert_eq!(trailer[0], contiguous[plain.len()]);
+            prop_assert_eq!(&trailer[1..], &t1[..]);
         }
     }
 

@@ -119,7 +119,8 @@ fn seal_response(keys: &Keys, layout: &ResponseLayout, head: &[u8], object: &[u8
 
 /// Record `r` sealed as the pipeline will: header, payload and tag in separate buffers.
 fn seal_one(keys: &Keys, layout: &ResponseLayout, r: u64, head: &[u8], object: &[u8]) -> Vec<u8> {
-    let plain = match layout.record_source(r) {
+    let source = layout.record_source(r);
+    let plain = match source {
         RecordSource::Head { start, end } => &head[start as usize..end as usize],
         RecordSource::Body { object_start, object_end } => &object[object_start as usize..object_end as usize],
     };
@@ -127,6 +128,16 @@ fn seal_one(keys: &Keys, layout: &ResponseLayout, r: u64, head: &[u8], object: &
     let mut tag = [0u8; 16];
     let mut out = Vec::new();
     match keys.version() {
+        TlsVersion::Tls13 if matches!(source, RecordSource::Body { .. }) => {
+            // Body records as storage fills them: the payload buffer holds content only.
+            let (mut header, mut trailer) = ([0u8; 5], [0u8; record::TLS13_TRAILER_LEN]);
+            record::seal_in_place_split(keys, layout.seq(r), &mut header, &mut payload, 23, &mut trailer).unwrap();
+            out.extend_from_slice(&header);
+            out.extend_from_slice(&payload);
+            out.extend_from_slice(&trailer);
+            assert_eq!(out.len() as u64, layout.record_wire_range(r).end - layout.record_wire_range(r).start);
+            return out;
+        }
         TlsVersion::Tls13 => {
             payload.push(23);
             let mut header = [0u8; 5];
