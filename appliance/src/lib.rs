@@ -8,4 +8,5 @@ pub mod net;
 pub mod server;
 pub mod stats;
 pub mod sys;
+pub mod tls;
 pub mod volume;
