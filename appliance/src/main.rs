@@ -9,10 +9,20 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Run as PID 1 of the image (also when started as /init); with --store, edit a configuration offline.
+    Init(appliance::boot::InitArgs),
+}
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
-    match cli.command {}
+    let cli = Cli::parse_from(appliance::boot::command_line_args());
+    match cli.command {
+        Command::Init(args) => {
+            if let Err(e) = appliance::boot::main(args) {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
 }
