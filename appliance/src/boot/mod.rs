@@ -118,18 +118,13 @@ fn run_as_pid1() -> ! {
         if first {
             say!("starting appliance {}", args.join(" "));
             // From here on the serial line belongs to the management console.
-            if !matches!(cfg.get("log"), Some("debug" | "trace")) {
-                if let Err(e) = sys::set_console_loglevel(1) {
-                    say!("cannot quiet kernel console messages: {e}");
-                }
+            // log=debug|trace keeps every kernel and appliance log line on the console.
+            let level = if matches!(cfg.get("log"), Some("debug" | "trace")) { 8 } else { 1 };
+            if let Err(e) = sys::set_console_loglevel(level) {
+                say!("cannot set the kernel console log level: {e}");
             }
-            match std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-                Ok(kmsg) => {
-                    if let Err(e) = sys::redirect_stdio(&kmsg) {
-                        say!("cannot send logs to /dev/kmsg: {e}");
-                    }
-                }
-                Err(e) => say!("cannot open /dev/kmsg: {e}"),
+            if let Err(e) = log_to_kmsg() {
+                say!("cannot send logs to /dev/kmsg: {e}");
             }
             first = false;
         }
@@ -147,6 +142,35 @@ fn run_as_pid1() -> ! {
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// From now on our stdout and stderr (inherited by serve) go through a pipe to the kernel
+/// log, one record a line, so the serial console carries only the management console.
+fn log_to_kmsg() -> std::io::Result<()> {
+    use std::io::{BufRead, Write};
+    let kmsg = std::fs::OpenOptions::new().write(true).open("/dev/kmsg")?;
+    let (reader, writer) = std::io::pipe()?;
+    sys::redirect(&writer, &[1, 2])?;
+    let null = std::fs::File::open("/dev/null")?;
+    sys::redirect(&null, &[0])?;
+    std::thread::Builder::new().name("kmsg".into()).spawn(move || {
+        let mut reader = std::io::BufReader::new(reader);
+        let mut line = Vec::with_capacity(1024);
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if line.last() != Some(&b'\n') {
+                        line.push(b'\n');
+                    }
+                    // One write is one kernel log record.
+                    let _ = (&kmsg).write_all(&line);
+                }
+            }
+        }
+    })?;
+    Ok(())
 }
 
 fn power(action: sys::PowerAction) {
@@ -170,7 +194,7 @@ fn mount_pseudo_filesystems() {
         if dir == "/dev" {
             // The initramfs has no /dev/console: take the console now that devtmpfs is there.
             if let Ok(console) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/console") {
-                let _ = sys::redirect_stdio(&console);
+                let _ = sys::redirect(&console, &[0, 1, 2]);
             }
         }
         if let Err(e) = result {
@@ -181,8 +205,14 @@ fn mount_pseudo_filesystems() {
     }
 }
 
-/// Loads every module listed in modules.dep (the initramfs holds only the ones it needs),
-/// dependencies first. Failures are reported and do not stop the boot.
+/// Modules loaded whatever the hardware: userspace drivers (vfio), the SCSI disk driver that
+/// AHCI and USB storage need (the kernel cannot load it itself: there is no modprobe), kTLS.
+const ALWAYS_LOAD: &[&str] = &["vfio_pci", "vfio_iommu_type1", "sd_mod", "tls"];
+
+/// Loads the shipped modules that the machine's devices ask for (their `modalias` matched
+/// against modules.alias, as udev would) plus [`ALWAYS_LOAD`], dependencies first, repeating
+/// while loading a module makes new devices appear (virtio_pci -> virtio devices).
+/// Failures are reported and do not stop the boot.
 fn load_modules() {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let dir = PathBuf::from("/lib/modules").join(release.trim());
@@ -193,19 +223,169 @@ fn load_modules() {
             return;
         }
     };
+    let aliases = parse_modules_alias(&std::fs::read_to_string(dir.join("modules.alias")).unwrap_or_default());
     let started = Instant::now();
     let (mut loaded, mut failed) = (0, 0);
-    for path in load_order(&deps) {
-        match sys::load_module(&dir.join(&path), "") {
-            Ok(()) => loaded += 1,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => {
-                failed += 1;
-                say!("module {path}: {e}");
+    let mut done: HashSet<String> = HashSet::new();
+    for round in 0..4 {
+        let mut wanted: Vec<String> = device_modaliases()
+            .iter()
+            .flat_map(|alias| modules_for_alias(&aliases, alias))
+            .collect();
+        if round == 0 {
+            wanted.extend(ALWAYS_LOAD.iter().map(|m| m.to_string()));
+        }
+        let paths = modules_to_load(&deps, &wanted, &mut done);
+        if paths.is_empty() {
+            break;
+        }
+        for path in paths {
+            let t = Instant::now();
+            match sys::load_module(&dir.join(&path), "") {
+                Ok(()) => {
+                    loaded += 1;
+                    if t.elapsed() > Duration::from_millis(300) {
+                        say!("module {path} took {} ms", t.elapsed().as_millis());
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    failed += 1;
+                    say!("module {path}: {e}");
+                }
             }
         }
     }
     say!("{loaded} modules loaded, {failed} failed, in {} ms", started.elapsed().as_millis());
+}
+
+/// Every `modalias` of a device the kernel knows, from /sys/bus/*/devices/*/modalias.
+fn device_modaliases() -> Vec<String> {
+    let mut out = Vec::new();
+    for bus in std::fs::read_dir("/sys/bus").into_iter().flatten().flatten() {
+        for dev in std::fs::read_dir(bus.path().join("devices")).into_iter().flatten().flatten() {
+            if let Ok(a) = std::fs::read_to_string(dev.path().join("modalias")) {
+                out.push(a.trim().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// modules.alias: `alias <glob> <module name>`.
+pub fn parse_modules_alias(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next(), w.next()) {
+                (Some("alias"), Some(pat), Some(module)) => Some((pat.to_string(), module.to_string())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn modules_for_alias<'a>(aliases: &'a [(String, String)], alias: &'a str) -> impl Iterator<Item = String> + 'a {
+    aliases.iter().filter(move |(pat, _)| glob_match(pat.as_bytes(), alias.as_bytes())).map(|(_, m)| m.clone())
+}
+
+/// fnmatch(3) without flags: `*`, `?` and `[...]` classes (with ranges and `!`/`^`).
+pub fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pat.len() {
+            match pat[p] {
+                b'*' => {
+                    star = Some((p, i));
+                    p += 1;
+                    continue;
+                }
+                b'?' => {
+                    p += 1;
+                    i += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = class_match(&pat[p..], s[i]) {
+                        if matched {
+                            p += next;
+                            i += 1;
+                            continue;
+                        }
+                    } else if s[i] == b'[' {
+                        p += 1;
+                        i += 1;
+                        continue;
+                    }
+                }
+                c if c == s[i] => {
+                    p += 1;
+                    i += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, si)) => {
+                p = sp + 1;
+                i = si + 1;
+                star = Some((sp, si + 1));
+            }
+            None => return false,
+        }
+    }
+    pat[p..].iter().all(|&c| c == b'*')
+}
+
+/// Matches `c` against the class at the start of `pat` ("[...]"): (matched, class length), or
+/// None when the class is not closed.
+fn class_match(pat: &[u8], c: u8) -> Option<(bool, usize)> {
+    let mut j = 1;
+    let negate = matches!(pat.get(1), Some(b'!' | b'^'));
+    if negate {
+        j += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while j < pat.len() {
+        if pat[j] == b']' && !first {
+            return Some((matched != negate, j + 1));
+        }
+        first = false;
+        if j + 2 < pat.len() && pat[j + 1] == b'-' && pat[j + 2] != b']' {
+            matched |= pat[j] <= c && c <= pat[j + 2];
+            j += 3;
+        } else {
+            matched |= pat[j] == c;
+            j += 1;
+        }
+    }
+    None
+}
+
+/// The module name of a modules.dep path: basename without `.ko`, '-' read as '_'.
+fn module_name(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.trim_end_matches(".ko").replace('-', "_")
+}
+
+/// The paths to load (dependencies first) for the `wanted` module names not yet in `done`.
+pub fn modules_to_load(deps: &BTreeMap<String, Vec<String>>, wanted: &[String], done: &mut HashSet<String>) -> Vec<String> {
+    let by_name: BTreeMap<String, &String> = deps.keys().map(|p| (module_name(p), p)).collect();
+    let mut subset = BTreeMap::new();
+    for name in wanted {
+        let Some(path) = by_name.get(&name.replace('-', "_")) else { continue };
+        for p in std::iter::once(*path).chain(deps[*path].iter()) {
+            if !done.contains(p) {
+                subset.insert(p.clone(), deps.get(p).cloned().unwrap_or_default());
+            }
+        }
+    }
+    let order = load_order(&subset);
+    done.extend(order.iter().cloned());
+    order
 }
 
 /// modules.dep: `path.ko: dep1.ko dep2.ko` (dependencies in the order modprobe unloads them).
@@ -338,6 +518,48 @@ mod tests {
         assert!(pos("vfio-pci-core.ko") < pos("vfio-pci.ko"));
         assert!(pos("failover.ko") < pos("net_failover.ko"));
         assert!(pos("net_failover.ko") < pos("virtio_net.ko"));
+    }
+
+    #[test]
+    fn globs_match_like_fnmatch() {
+        assert!(glob_match(b"pci:v00001AF4d00001041sv*sd*bc*sc*i*", b"pci:v00001AF4d00001041sv00001AF4sd00001100bc02sc00i00"));
+        assert!(!glob_match(b"pci:v00001AF4d00001041sv*sd*bc*sc*i*", b"pci:v00001AF4d00001042sv00001AF4sd00001100bc02sc00i00"));
+        assert!(glob_match(b"virtio:d00000001v*", b"virtio:d00000001v00001AF4"));
+        assert!(glob_match(b"a?c", b"abc"));
+        assert!(glob_match(b"usb:v*p*d*dc*dsc*dp*ic08isc0[1-6]ip50in*", b"usb:v0781p5567d0100dc00dsc00dp00ic08isc06ip50in00"));
+        assert!(!glob_match(b"x[!0-9]", b"x5"));
+        assert!(glob_match(b"x[!0-9]", b"xa"));
+        assert!(glob_match(b"*", b""));
+        assert!(!glob_match(b"abc", b"abcd"));
+        assert!(glob_match(b"a*b*c", b"a-b-b-c"));
+    }
+
+    #[test]
+    fn only_wanted_modules_and_their_dependencies_load_once() {
+        let deps = parse_modules_dep(
+            "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko\n\
+             kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n\
+             kernel/net/core/failover.ko:\n\
+             kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/vfio.ko\n\
+             kernel/drivers/vfio/vfio.ko:\n\
+             kernel/drivers/ata/ahci.ko:\n",
+        );
+        let aliases = parse_modules_alias("# comment\nalias virtio:d00000001v* virtio_net\nalias pci:v00008086d00002922sv*sd*bc*sc*i* ahci\n");
+        let wanted: Vec<String> = modules_for_alias(&aliases, "virtio:d00000001v00001AF4").chain(["vfio_pci".to_string()]).collect();
+        let mut done = HashSet::new();
+        let order = modules_to_load(&deps, &wanted, &mut done);
+        assert_eq!(
+            order,
+            [
+                "kernel/net/core/failover.ko",
+                "kernel/drivers/net/net_failover.ko",
+                "kernel/drivers/net/virtio_net.ko",
+                "kernel/drivers/vfio/vfio.ko",
+                "kernel/drivers/vfio/pci/vfio-pci.ko"
+            ]
+        );
+        assert!(modules_to_load(&deps, &wanted, &mut done).is_empty(), "nothing loads twice");
+        assert!(modules_to_load(&deps, &["nosuch".into()], &mut done).is_empty());
     }
 
     #[test]

@@ -44,15 +44,14 @@ pub fn set_console_loglevel(level: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::klogctl(SYSLOG_ACTION_CONSOLE_LEVEL, std::ptr::null_mut(), level) })
 }
 
-/// Makes fds 0, 1 and 2 refer to `file` (the init starts with none when /dev/console was
-/// missing from the initramfs).
-pub fn redirect_stdio(file: &std::fs::File) -> io::Result<()> {
-    for fd in 0..3 {
-        if file.as_raw_fd() == fd {
+/// Makes each descriptor in `targets` (0, 1, 2 for stdio) refer to what `fd` refers to.
+pub fn redirect(fd: &impl AsRawFd, targets: &[libc::c_int]) -> io::Result<()> {
+    for &target in targets {
+        if fd.as_raw_fd() == target {
             continue;
         }
-        // SAFETY: dup2 onto the standard descriptors; file's fd is valid while borrowed.
-        check(unsafe { libc::dup2(file.as_raw_fd(), fd) })?;
+        // SAFETY: dup2 onto a standard descriptor; fd's descriptor is valid while borrowed.
+        check(unsafe { libc::dup2(fd.as_raw_fd(), target) })?;
     }
     Ok(())
 }

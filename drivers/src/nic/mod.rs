@@ -4,6 +4,8 @@
 //! one returns it. A transmit is a gather list (headers, then payload slices that may live in
 //! storage DMA buffers) queued on the driver's ring and handed to the device by
 //! [`Nic::tx_flush`]. Nothing here allocates per packet once the backend is built.
+pub mod packet;
+
 use std::time::Duration;
 
 /// A received frame, owned by the driver's pool until dropped.
