@@ -103,7 +103,15 @@ fn edit_store(spec: &str, settings: &[String]) -> Result<(), InitError> {
 /// Messages of the init: to stderr, which is the console until serve starts and the kernel
 /// log (/dev/kmsg) afterwards.
 macro_rules! say {
-    ($($arg:tt)*) => { eprintln!("appliance-init: {}", format!($($arg)*)) };
+    ($($arg:tt)*) => { eprintln!("appliance-init: [{}] {}", uptime(), format!($($arg)*)) };
+}
+
+/// Seconds since the kernel started, as /proc/uptime says ("?" before /proc is mounted).
+fn uptime() -> String {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn run_as_pid1() -> ! {
@@ -420,10 +428,13 @@ pub fn load_order(deps: &BTreeMap<String, Vec<String>>) -> Vec<String> {
 fn read_config(first: bool) -> (BootConfig, Option<PathBuf>) {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let mut cfg = BootConfig::from_cmdline(&cmdline);
-    let deadline = Instant::now() + if first { DEVICE_WAIT } else { Duration::ZERO };
+    let start = Instant::now();
+    let deadline = start + if first { DEVICE_WAIT } else { Duration::ZERO };
     let store = loop {
         match ConfigStore::locate() {
             Ok(Some(s)) => break Some(s),
+            // Disks probe asynchronously; give up early on a machine that has none (PXE).
+            Ok(None) if start.elapsed() > Duration::from_secs(1) && !any_disk() => break None,
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
             Ok(None) => break None,
             Err(e) => {
@@ -438,7 +449,8 @@ fn read_config(first: bool) -> (BootConfig, Option<PathBuf>) {
         Some(Err(e)) => say!("configuration partition: {e}"),
         None => {}
     }
-    if cfg.get("media").is_none() && wait_for(Path::new("/dev/nvme0n1"), deadline) {
+    let nvme_present = std::fs::read_dir("/sys/class/nvme").is_ok_and(|mut d| d.next().is_some());
+    if cfg.get("media").is_none() && nvme_present && wait_for(Path::new("/dev/nvme0n1"), deadline) {
         let _ = cfg.apply("media", "/dev/nvme0n1", "default");
     }
     if let Some(media) = cfg.get("media").filter(|m| m.starts_with("/dev/")) {
@@ -457,6 +469,14 @@ fn read_config(first: bool) -> (BootConfig, Option<PathBuf>) {
         }
     }
     (cfg, store_path)
+}
+
+/// Whether the kernel knows a disk (not a loop, RAM or optical device).
+fn any_disk() -> bool {
+    std::fs::read_dir("/sys/class/block").into_iter().flatten().flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        !["loop", "ram", "sr", "zram"].iter().any(|p| name.starts_with(p))
+    })
 }
 
 fn wait_for(path: &Path, deadline: Instant) -> bool {

@@ -248,11 +248,11 @@ impl Nic for PacketNic {
                 break;
             }
             let n = n as usize;
-            if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
                 self.pool.borrow_mut().push(buf);
                 continue;
             }
-            if n > FRAME_SIZE || n < ETH_HEADER {
+            if !(ETH_HEADER..=FRAME_SIZE).contains(&n) {
                 self.counters.rx_dropped += 1;
                 self.pool.borrow_mut().push(buf);
                 continue;
@@ -267,7 +267,7 @@ impl Nic for PacketNic {
 
     fn tx_gather(&mut self, parts: &[&[u8]]) -> bool {
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        if total > MTU + ETH_HEADER || total < ETH_HEADER {
+        if !(ETH_HEADER..=MTU + ETH_HEADER).contains(&total) {
             self.counters.tx_dropped += 1;
             return true; // never sendable: dropped, not retried
         }
@@ -327,8 +327,12 @@ impl Nic for PacketNic {
                 let ctl = ioctl_socket().ok()?;
                 // SAFETY: valid ifreq; SIOCGIFFLAGS fills ifru_flags.
                 let rc = unsafe { libc::ioctl(ctl.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
+                if rc != 0 {
+                    return None;
+                }
                 // SAFETY: on success the kernel wrote the flags member.
-                (rc == 0).then(|| unsafe { req.ifr_ifru.ifru_flags } & libc::IFF_RUNNING as libc::c_short != 0)
+                let flags = unsafe { req.ifr_ifru.ifru_flags };
+                Some(flags & libc::IFF_RUNNING as libc::c_short != 0)
             })
             .unwrap_or(false);
         LinkInfo { mac: self.mac, mtu: MTU, up, driver: "af_packet".to_string() }
