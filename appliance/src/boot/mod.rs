@@ -8,7 +8,7 @@
 //! The same sub-command, given `--store`, edits a configuration store offline (used by
 //! `image/build --set` to bake settings into an image).
 pub mod config;
-mod sys;
+pub mod sys;
 
 use config::{BootConfig, ConfigStore};
 use std::collections::{BTreeMap, HashSet};
@@ -137,18 +137,24 @@ fn run_as_pid1() -> ! {
             first = false;
         }
         let started = Instant::now();
-        match run_serve(&args, &cfg, store_path.as_deref()) {
-            Ok(sys::ExitStatus::Code(EXIT_REBOOT)) => power(sys::PowerAction::Reboot),
-            Ok(sys::ExitStatus::Code(EXIT_POWEROFF)) => power(sys::PowerAction::PowerOff),
-            Ok(status) => say!("appliance serve ended ({status:?}) after {:.1} s", started.elapsed().as_secs_f64()),
+        let status = run_serve(&args, &cfg, store_path.as_deref());
+        let ran = started.elapsed();
+        match &status {
+            Ok(st) => say!("appliance serve ended ({st:?}) after {:.1} s", ran.as_secs_f64()),
             Err(e) => say!("cannot start appliance serve: {e}"),
         }
-        if started.elapsed() >= HEALTHY_RUN {
-            backoff = Duration::from_secs(1);
+        match after_serve(status.ok(), ran, backoff) {
+            Next::Power(action) => {
+                say!("{action:?} requested");
+                let err = sys::power(action);
+                say!("{action:?} failed: {err}; restarting appliance serve");
+            }
+            Next::Restart(delay) => {
+                say!("restarting appliance serve in {} s", delay.as_secs());
+                std::thread::sleep(delay);
+                backoff = (delay * 2).min(MAX_BACKOFF);
+            }
         }
-        say!("restarting appliance serve in {} s", backoff.as_secs());
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -181,11 +187,26 @@ fn log_to_kmsg() -> std::io::Result<()> {
     Ok(())
 }
 
-fn power(action: sys::PowerAction) {
-    say!("{action:?} requested");
-    let err = sys::power(action);
-    say!("{action:?} failed: {err}");
+/// What the init does once serve has ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    Power(sys::PowerAction),
+    /// Start serve again after this delay.
+    Restart(Duration),
 }
+
+/// Maps serve's end (None: it could not be started) to the next step: the power exit codes
+/// reboot or power off; anything else restarts after `backoff`, or after 1 s when serve
+/// had run long enough to count as healthy.
+pub fn after_serve(status: Option<sys::ExitStatus>, ran: Duration, backoff: Duration) -> Next {
+    match status {
+        Some(sys::ExitStatus::Code(EXIT_REBOOT)) => Next::Power(sys::PowerAction::Reboot),
+        Some(sys::ExitStatus::Code(EXIT_POWEROFF)) => Next::Power(sys::PowerAction::PowerOff),
+        _ if ran >= HEALTHY_RUN => Next::Restart(Duration::from_secs(1)),
+        _ => Next::Restart(backoff.clamp(Duration::from_secs(1), MAX_BACKOFF)),
+    }
+}
+
 
 fn mount_pseudo_filesystems() {
     let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
@@ -216,6 +237,10 @@ fn mount_pseudo_filesystems() {
 /// Modules loaded whatever the hardware: userspace drivers (vfio), the SCSI disk driver that
 /// AHCI and USB storage need (the kernel cannot load it itself: there is no modprobe), kTLS.
 const ALWAYS_LOAD: &[&str] = &["vfio_pci", "vfio_iommu_type1", "sd_mod", "tls"];
+/// Drivers whose probe can take long (link training, PHY resets, port scans): loaded with the
+/// kernel's generic `async_probe` parameter so that the boot does not wait for them; the
+/// disks they bring are waited for where they are needed.
+const ASYNC_PROBE: &[&str] = &["ahci", "xhci_pci", "ehci_pci", "e1000e", "igb", "ixgbe", "i40e", "ice"];
 
 /// Loads the shipped modules that the machine's devices ask for (their `modalias` matched
 /// against modules.alias, as udev would) plus [`ALWAYS_LOAD`], dependencies first, repeating
@@ -249,7 +274,8 @@ fn load_modules() {
         }
         for path in paths {
             let t = Instant::now();
-            match sys::load_module(&dir.join(&path), "") {
+            let params = if ASYNC_PROBE.contains(&module_name(&path).as_str()) { "async_probe=1" } else { "" };
+            match sys::load_module(&dir.join(&path), params) {
                 Ok(()) => {
                     loaded += 1;
                     if t.elapsed() > Duration::from_millis(300) {
@@ -580,6 +606,18 @@ mod tests {
         );
         assert!(modules_to_load(&deps, &wanted, &mut done).is_empty(), "nothing loads twice");
         assert!(modules_to_load(&deps, &["nosuch".into()], &mut done).is_empty());
+    }
+
+    #[test]
+    fn serve_exit_codes_map_to_power_actions_and_back_off() {
+        use sys::{ExitStatus::*, PowerAction::*};
+        let s = Duration::from_secs;
+        assert_eq!(after_serve(Some(Code(EXIT_REBOOT)), s(0), s(1)), Next::Power(Reboot));
+        assert_eq!(after_serve(Some(Code(EXIT_POWEROFF)), s(500), s(8)), Next::Power(PowerOff));
+        assert_eq!(after_serve(Some(Code(2)), s(0), s(4)), Next::Restart(s(4)));
+        assert_eq!(after_serve(Some(Signal(9)), s(0), s(120)), Next::Restart(MAX_BACKOFF));
+        assert_eq!(after_serve(None, s(0), s(0)), Next::Restart(s(1)));
+        assert_eq!(after_serve(Some(Code(0)), HEALTHY_RUN, s(16)), Next::Restart(s(1)), "a healthy run resets the back-off");
     }
 
     #[test]
