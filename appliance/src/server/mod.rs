@@ -21,7 +21,8 @@ use pipeline::Pipeline;
 /// Settings of `appliance serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// NIC backend: `tap:<ifname>` (attach or create a Linux TAP device) or `dpdk`.
+    /// NIC backend: `tap:<ifname>` (attach or create a Linux TAP device), `packet:<ifname>` (an
+    /// AF_PACKET socket on a kernel interface, as in the image before DPDK) or `dpdk`.
     #[arg(long)]
     pub nic: String,
     /// EAL arguments for `--nic dpdk`, e.g. "--no-huge --no-pci --vdev=net_tap0,iface=dtap0".
@@ -79,9 +80,6 @@ pub enum ServeError {
     #[error("console: {0}")]
     Console(#[from] crate::console::ConsoleError),
 }
-
-/// Exit status of `appliance serve` after the console's `reboot` (0 is `poweroff`).
-pub const EXIT_REBOOT: i32 = 10;
 
 /// How `serve` ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,10 +160,13 @@ pub fn serve(args: ServeArgs) -> Result<Outcome, ServeError> {
     if let Some(name) = args.nic.strip_prefix("tap:") {
         let nic = drivers::nic::tap::TapNic::open(name)?;
         run(args.clone(), nic, storage, vol, ip, prefix, mac, cores, console)
+    } else if let Some(name) = args.nic.strip_prefix("packet:") {
+        let nic = drivers::nic::packet::PacketNic::open(name)?;
+        run(args.clone(), nic, storage, vol, ip, prefix, mac, cores, console)
     } else if args.nic == "dpdk" {
         start_dpdk(&args, storage, vol, ip, prefix, mac, cores, console)
     } else {
-        Err(ServeError::Option(format!("--nic {}: expected tap:<ifname> or dpdk", args.nic)))
+        Err(ServeError::Option(format!("--nic {}: expected tap:<ifname>, packet:<ifname> or dpdk", args.nic)))
     }
 }
 
