@@ -56,10 +56,11 @@ fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
 
 /// Reads of many sizes at many offsets, several in flight, every byte checked.
 fn verify_reads(q: &mut dyn Storage, max_transfer: usize) -> Result<u64, String> {
-    let pool = q.dma_pool(256 * 1024, 32).map_err(|e| format!("dma_pool: {e}"))?;
-    println!("smoke: 8 MiB buffer pool mapped, {}", hugepages());
-    let sizes: Vec<usize> =
-        [4096, 8192, 12288, 65536, 131072, 262144].into_iter().filter(|&s| s <= max_transfer).collect();
+    let max_transfer = max_transfer.min(512 * 1024);
+    let pool = q.dma_pool(1 << 20, 16).map_err(|e| format!("dma_pool: {e}"))?;
+    println!("smoke: 16 MiB buffer pool mapped, {}", hugepages());
+    // Up to 1 MiB: reads above the controller's transfer limit are split into commands.
+    let sizes = [4096, 8192, 12288, 65536, 131072, 262144, max_transfer + 4096, 1 << 20];
     let blocks = q.capacity() / 4096;
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut rand = move || {

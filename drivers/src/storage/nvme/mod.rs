@@ -468,14 +468,17 @@ fn parse_namespace(id: &[u8], pci: &str) -> Result<NamespaceInfo, StorageError> 
     Ok(NamespaceInfo { nsid: NSID, lba_size: 1 << lbads, blocks })
 }
 
-/// A read the controller owns: the buffer stays here until the command completes or the
-/// controller has been reset.
+/// A read the controller owns: the buffer stays here until all of its commands completed or
+/// the controller has been reset. A read longer than one command may carry is split.
 #[derive(Debug)]
 struct InFlight {
     tag: u64,
     buf: DmaBuf,
     len: usize,
     submitted: Instant,
+    commands_left: u16,
+    /// The first failure among its commands.
+    error: Option<StorageError>,
 }
 
 /// One I/O queue pair of namespace 1, created and not yet started: `Send`, so the
@@ -544,6 +547,8 @@ impl NvmeQueue {
         let depth = self.depth;
         NvmeStorage {
             slots: (0..depth).map(|_| None).collect(),
+            free_slots: (0..depth as u16).rev().collect(),
+            command_slot: vec![None; depth],
             free_cids: (0..depth as u16).rev().collect(),
             ended: Vec::with_capacity(depth),
             next_timeout_check: Instant::now(),
@@ -556,8 +561,11 @@ impl NvmeQueue {
 /// One I/O queue pair of namespace 1, driven by one core: the [`Storage`] of the NVMe backend.
 /// Not `Send` (it holds the caller's buffers while the device fills them); see [`NvmeQueue`].
 pub struct NvmeStorage {
-    /// In-flight reads by command ID.
+    /// In-flight reads.
     slots: Vec<Option<InFlight>>,
+    free_slots: Vec<u16>,
+    /// The read each command ID in use belongs to.
+    command_slot: Vec<Option<u16>>,
     free_cids: Vec<u16>,
     /// Reads ended by a reset, waiting for the next poll.
     ended: Vec<Completion>,
@@ -579,9 +587,14 @@ impl NvmeStorage {
         self.q.qid
     }
 
-    /// Largest single read this queue accepts.
+    /// Largest transfer of one command; longer reads are split into several commands.
     pub fn max_transfer(&self) -> usize {
         self.q.max_transfer
+    }
+
+    /// Largest read this queue accepts (every command slot used for one read).
+    pub fn max_read(&self) -> usize {
+        self.q.max_transfer * self.q.depth
     }
 
     /// Controller resets so far (by any queue).
@@ -603,7 +616,12 @@ impl NvmeStorage {
 
     /// End every read in flight; those older than the timeout end with Timeout.
     fn end_in_flight(&mut self, now: Instant) {
-        for (cid, slot) in self.slots.iter_mut().enumerate() {
+        for (cid, read) in self.command_slot.iter_mut().enumerate() {
+            if read.take().is_some() {
+                self.free_cids.push(cid as u16);
+            }
+        }
+        for (index, slot) in self.slots.iter_mut().enumerate() {
             if let Some(read) = slot.take() {
                 let result = if now.duration_since(read.submitted) >= self.q.command_timeout {
                     self.counters.timeouts += 1;
@@ -613,7 +631,7 @@ impl NvmeStorage {
                 };
                 self.counters.errors += 1;
                 self.ended.push(Completion { tag: read.tag, buf: read.buf, result });
-                self.free_cids.push(cid as u16);
+                self.free_slots.push(index as u16);
             }
         }
     }
@@ -703,34 +721,50 @@ impl Storage for NvmeStorage {
             self.counters.errors += 1;
             return Err((StorageError::OutOfRange { offset, len, capacity: self.q.capacity }, buf));
         }
-        if len > buf.len() || len > self.q.max_transfer {
+        let commands = len.div_ceil(self.q.max_transfer);
+        if len > buf.len() || commands > self.q.depth || !buf.iova().is_multiple_of(4) {
             self.counters.errors += 1;
             let reason = format!(
-                "read of {len} bytes does not fit (buffer {} bytes, controller maximum {} bytes)",
+                "read of {len} bytes does not fit (buffer {} bytes, at most {} bytes per read)",
                 buf.len(),
-                self.q.max_transfer
+                self.max_read()
             );
             return Err((StorageError::Device(reason), buf));
         }
-        let Some(cid) = self.free_cids.pop() else {
-            return Err((StorageError::QueueFull, buf));
-        };
-        let prps = match self.q.prps.build(cid as usize, buf.iova(), len) {
-            Ok(p) => p,
-            Err(e) => {
-                self.free_cids.push(cid);
-                self.counters.errors += 1;
-                return Err((StorageError::Device(e.to_string()), buf));
-            }
-        };
-        let blocks = (len >> self.q.lba_shift) as u32;
-        let cmd = Command { cid, ..Command::read(NSID, offset >> self.q.lba_shift, blocks, prps.prp1, prps.prp2) };
-        if !self.q.sq.push(&cmd) {
-            self.free_cids.push(cid);
+        if commands > self.free_cids.len() {
             return Err((StorageError::QueueFull, buf));
         }
+        let Some(slot) = self.free_slots.pop() else {
+            return Err((StorageError::QueueFull, buf));
+        };
+        // One command per max_transfer bytes; the doorbell once for all of them. The SQ has
+        // one entry more than there are command IDs, so it cannot be full here.
+        let chunk = self.q.max_transfer;
+        for i in 0..commands {
+            let cid = self.free_cids.pop().expect("counted above");
+            let start = i * chunk;
+            let part = chunk.min(len - start);
+            let prps = self
+                .q
+                .prps
+                .build(cid as usize, buf.iova() + start as u64, part)
+                .expect("alignment and length checked above");
+            let lba = (offset + start as u64) >> self.q.lba_shift;
+            let blocks = (part >> self.q.lba_shift) as u32;
+            let cmd = Command { cid, ..Command::read(NSID, lba, blocks, prps.prp1, prps.prp2) };
+            let pushed = self.q.sq.push(&cmd);
+            debug_assert!(pushed, "SQ sized above the number of command IDs");
+            self.command_slot[cid as usize] = Some(slot);
+        }
         self.q.sq.ring_doorbell(&*self.q.shared.regs);
-        self.slots[cid as usize] = Some(InFlight { tag, buf, len, submitted: Instant::now() });
+        self.slots[slot as usize] = Some(InFlight {
+            tag,
+            buf,
+            len,
+            submitted: Instant::now(),
+            commands_left: commands as u16,
+            error: None,
+        });
         Ok(())
     }
 
@@ -742,21 +776,33 @@ impl Storage for NvmeStorage {
         while let Some(entry) = self.q.cq.peek() {
             self.q.cq.advance();
             self.q.sq.set_head(entry.sq_head);
-            let Some(read) = self.slots.get_mut(entry.cid as usize).and_then(Option::take) else {
+            let Some(slot) = self.command_slot.get_mut(entry.cid as usize).and_then(Option::take) else {
                 warn!("nvme: completion for unknown command {} on queue {}", entry.cid, self.q.qid);
                 self.counters.errors += 1;
                 continue;
             };
             self.free_cids.push(entry.cid);
-            let result = if entry.status.is_success() {
-                self.counters.reads += 1;
-                self.counters.read_bytes += read.len as u64;
-                Ok(())
-            } else {
-                self.counters.errors += 1;
-                let text = entry.status.describe();
-                debug!("nvme: read tag {} failed: {text}", read.tag);
-                Err(StorageError::Device(text))
+            let read = self.slots[slot as usize].as_mut().expect("a command in use belongs to a read in flight");
+            if !entry.status.is_success() && read.error.is_none() {
+                read.error = Some(StorageError::Device(entry.status.describe()));
+            }
+            read.commands_left -= 1;
+            if read.commands_left > 0 {
+                continue;
+            }
+            let read = self.slots[slot as usize].take().expect("checked above");
+            self.free_slots.push(slot);
+            let result = match read.error {
+                None => {
+                    self.counters.reads += 1;
+                    self.counters.read_bytes += read.len as u64;
+                    Ok(())
+                }
+                Some(e) => {
+                    self.counters.errors += 1;
+                    debug!("nvme: read tag {} failed: {e}", read.tag);
+                    Err(e)
+                }
             };
             out.push(Completion { tag: read.tag, buf: read.buf, result });
         }
@@ -769,7 +815,7 @@ impl Storage for NvmeStorage {
     }
 
     fn in_flight(&self) -> usize {
-        self.slots.len() - self.free_cids.len()
+        self.slots.len() - self.free_slots.len()
     }
 
     fn counters(&self) -> StorageCounters {

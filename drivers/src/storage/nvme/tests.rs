@@ -211,12 +211,44 @@ fn nvme_bad_requests_are_refused_before_the_device() {
 }
 
 #[test]
-fn nvme_reads_above_mdts_are_refused() {
+fn nvme_reads_above_mdts_are_split_into_several_commands() {
+    // MDTS 1: 8 KiB per command; the model fails any command longer than that.
     let r = rig(ModelConfig { mdts: 1, ..ModelConfig::default() });
     let mut q = r.queue(&config(4));
-    let pool = q.dma_pool(16384, 1).unwrap();
-    let (e, _) = q.submit_read(0, 0, 16384, pool.alloc().unwrap()).unwrap_err();
-    assert!(matches!(e, StorageError::Device(ref t) if t.contains("8192")), "{e}");
+    assert_eq!((q.max_transfer(), q.max_read()), (8192, 32768));
+    let pool = q.dma_pool(40960, 3).unwrap();
+    for (tag, offset, len) in [(1u64, 0u64, 16384usize), (2, 4096 * 33, 32768), (3, 4096 * 5, 12288)] {
+        q.submit_read(tag, offset, len, pool.alloc().unwrap()).unwrap();
+        let done = poll_for(&mut q, 1, Duration::from_secs(1));
+        assert_eq!(done[0].result, Ok(()), "read of {len}");
+        check_bytes(&done[0].buf, offset, len);
+    }
+    assert_eq!(r.model.stats().reads, 2 + 4 + 2);
+    // Longer than every command slot together: refused.
+    let (e, buf) = q.submit_read(4, 0, 36864, pool.alloc().unwrap()).unwrap_err();
+    assert!(matches!(e, StorageError::Device(ref t) if t.contains("32768")), "{e}");
+    drop(buf);
+    // Not enough free command IDs for the next read: QueueFull, and it fits once they return.
+    r.model.hold(true);
+    q.submit_read(5, 0, 16384, pool.alloc().unwrap()).unwrap();
+    let (e, buf) = q.submit_read(6, 0, 24576, pool.alloc().unwrap()).unwrap_err();
+    assert_eq!(e, StorageError::QueueFull);
+    assert_eq!(q.in_flight(), 1);
+    r.model.flush();
+    r.model.hold(false);
+    assert_eq!(poll_for(&mut q, 1, Duration::from_secs(1))[0].result, Ok(()));
+    q.submit_read(6, 0, 24576, buf).unwrap();
+    assert_eq!(poll_for(&mut q, 1, Duration::from_secs(1))[0].result, Ok(()));
+    // A media error in the second command fails the whole read, once.
+    r.model.fail_lba(16 + 3);
+    q.submit_read(7, 0, 16384, pool.alloc().unwrap()).unwrap();
+    let done = poll_for(&mut q, 1, Duration::from_secs(1));
+    assert!(matches!(done[0].result, Err(StorageError::Device(ref t)) if t.contains("unrecovered")));
+    drop(done);
+    let c = q.counters();
+    assert_eq!((c.reads, c.errors), (5, 2));
+    assert_eq!(q.in_flight(), 0);
+    r.assert_no_protocol_errors();
 }
 
 #[test]
