@@ -9,7 +9,7 @@ pub mod keys;
 pub mod layout;
 pub mod record;
 
-pub use handshake::{load_server_config, HandshakeDriver, HandshakeProgress, RecordSession};
+pub use handshake::{load_server_config, Handover, HandshakeDriver, HandshakeProgress, Incoming, RecordSession};
 pub use keys::{AeadSuite, Keys, TlsVersion, TrafficSecret};
 pub use layout::{RecordFormat, RecordPart, RecordSource, ResponseLayout};
 pub use record::{open_in_place, seal_in_place, seal_in_place_split, seal_in_place_tls12, OpenedRecord, RecordError};
@@ -53,6 +53,31 @@ pub enum TlsError {
     Closed,
     #[error("no transmit keys for epoch {0} (released or not yet made)")]
     NoSuchEpoch(u32),
+}
+
+impl TlsError {
+    /// Short stable name of the failure, for per-reason counters (console `stats`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TlsError::Io { .. } | TlsError::NoCertificate(_) | TlsError::NoPrivateKey(_) | TlsError::BadPem { .. } => "config",
+            TlsError::Rustls(rustls::Error::InvalidMessage(_)) => "malformed_handshake",
+            TlsError::Rustls(rustls::Error::NoApplicationProtocol) => "no_alpn_match",
+            TlsError::Rustls(rustls::Error::PeerIncompatible(_)) => "incompatible_peer",
+            TlsError::Rustls(rustls::Error::AlertReceived(_)) => "peer_alert",
+            TlsError::Rustls(rustls::Error::DecryptError) => "bad_mac",
+            TlsError::Rustls(_) => "handshake",
+            TlsError::Record(RecordError::BadMac) => "bad_mac",
+            TlsError::Record(_) => "bad_record",
+            TlsError::HandshakeBufferFull(_) | TlsError::ReceiveBufferFull(_) => "buffer_full",
+            TlsError::HandshakeNotComplete => "not_complete",
+            TlsError::UnsupportedSuite | TlsError::BadKeyLength { .. } => "unsupported_suite",
+            TlsError::SecretNotCaptured => "secret_not_captured",
+            TlsError::KeyUpdateNotTls13 | TlsError::NoSuchEpoch(_) => "key_update",
+            TlsError::Malformed(_) | TlsError::UnexpectedContent(_) => "unexpected_message",
+            TlsError::PeerAlert(_) => "peer_alert",
+            TlsError::Closed => "closed",
+        }
+    }
 }
 
 #[cfg(test)]

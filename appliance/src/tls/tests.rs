@@ -394,6 +394,7 @@ fn plain_http_to_tls_port_fails_the_handshake_with_an_alert() {
     let mut driver = HandshakeDriver::new(config).unwrap();
     let err = driver.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap_err();
     assert!(matches!(err, TlsError::Rustls(_)), "{err:?}");
+    assert_eq!(err.reason(), "malformed_handshake", "{err:?}");
     assert!(driver.tx_end() > 0, "an alert is queued for the peer");
     let mut alert = [0u8; 16];
     let n = driver.tx_read(0, &mut alert);
