@@ -16,7 +16,11 @@ pub enum AeadProvider {
 }
 
 impl AeadProvider {
-    pub const ALL: [AeadProvider; 3] = [AeadProvider::AwsLcRs, AeadProvider::Ring, AeadProvider::RustCrypto];
+    pub const ALL: [AeadProvider; 3] = [
+        AeadProvider::AwsLcRs,
+        AeadProvider::Ring,
+        AeadProvider::RustCrypto,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -50,9 +54,12 @@ enum SealerImpl {
 impl Sealer {
     pub fn new(provider: AeadProvider) -> Sealer {
         Sealer(match provider {
-            AeadProvider::AwsLcRs => SealerImpl::AwsLc(Box::new(aws_lc_rs::aead::LessSafeKey::new(
-                aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_128_GCM, &KEY).expect("16-byte key"),
-            ))),
+            AeadProvider::AwsLcRs => {
+                SealerImpl::AwsLc(Box::new(aws_lc_rs::aead::LessSafeKey::new(
+                    aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_128_GCM, &KEY)
+                        .expect("16-byte key"),
+                )))
+            }
             AeadProvider::Ring => SealerImpl::Ring(Box::new(ring::aead::LessSafeKey::new(
                 ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &KEY).expect("16-byte key"),
             ))),
@@ -65,22 +72,34 @@ impl Sealer {
 
     /// Seal `buf` in place as record `seq` with a 5-byte header as AAD; returns the tag.
     pub fn seal(&self, seq: u64, buf: &mut [u8]) -> [u8; 16] {
-        let header = [23, 3, 3, ((buf.len() + 16) >> 8) as u8, (buf.len() + 16) as u8];
+        let header = [
+            23,
+            3,
+            3,
+            ((buf.len() + 16) >> 8) as u8,
+            (buf.len() + 16) as u8,
+        ];
         let mut tag = [0u8; 16];
         match &self.0 {
             SealerImpl::AwsLc(k) => {
                 let n = aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce(seq));
-                let t = k.seal_in_place_separate_tag(n, aws_lc_rs::aead::Aad::from(header), buf).expect("record fits");
+                let t = k
+                    .seal_in_place_separate_tag(n, aws_lc_rs::aead::Aad::from(header), buf)
+                    .expect("record fits");
                 tag.copy_from_slice(t.as_ref());
             }
             SealerImpl::Ring(k) => {
                 let n = ring::aead::Nonce::assume_unique_for_key(nonce(seq));
-                let t = k.seal_in_place_separate_tag(n, ring::aead::Aad::from(header), buf).expect("record fits");
+                let t = k
+                    .seal_in_place_separate_tag(n, ring::aead::Aad::from(header), buf)
+                    .expect("record fits");
                 tag.copy_from_slice(t.as_ref());
             }
             SealerImpl::RustCrypto(k) => {
                 use aes_gcm::aead::AeadInPlace;
-                let t = k.encrypt_in_place_detached(&nonce(seq).into(), &header, buf).expect("record fits");
+                let t = k
+                    .encrypt_in_place_detached(&nonce(seq).into(), &header, buf)
+                    .expect("record fits");
                 tag.copy_from_slice(&t);
             }
         }
@@ -131,7 +150,10 @@ mod tests {
                 })
                 .collect();
             assert_ne!(outs[0].0, plain);
-            assert!(outs.windows(2).all(|w| w[0] == w[1]), "providers disagree at seq {seq} len {len}");
+            assert!(
+                outs.windows(2).all(|w| w[0] == w[1]),
+                "providers disagree at seq {seq} len {len}"
+            );
         }
     }
 

@@ -9,22 +9,33 @@ pub mod keys;
 pub mod layout;
 pub mod record;
 
-pub use handshake::{load_server_config, Handover, HandshakeDriver, HandshakeProgress, Incoming, RecordSession};
+pub use handshake::{
+    load_server_config, Handover, HandshakeDriver, HandshakeProgress, Incoming, RecordSession,
+};
 pub use keys::{AeadSuite, Keys, TlsVersion, TrafficSecret};
 pub use layout::{RecordFormat, RecordPart, RecordSource, ResponseLayout};
-pub use record::{open_in_place, seal_in_place, seal_in_place_split, seal_in_place_tls12, OpenedRecord, RecordError};
+pub use record::{
+    open_in_place, seal_in_place, seal_in_place_split, seal_in_place_tls12, OpenedRecord,
+    RecordError,
+};
 
 /// Errors of the TLS layer outside a single record's framing.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading {path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("no certificate found in {0}")]
     NoCertificate(std::path::PathBuf),
     #[error("no private key found in {0}")]
     NoPrivateKey(std::path::PathBuf),
     #[error("bad PEM in {path}: {reason}")]
-    BadPem { path: std::path::PathBuf, reason: String },
+    BadPem {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("rustls: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("record: {0}")]
@@ -59,7 +70,10 @@ impl TlsError {
     /// Short stable name of the failure, for per-reason counters (console `stats`).
     pub fn reason(&self) -> &'static str {
         match self {
-            TlsError::Io { .. } | TlsError::NoCertificate(_) | TlsError::NoPrivateKey(_) | TlsError::BadPem { .. } => "config",
+            TlsError::Io { .. }
+            | TlsError::NoCertificate(_)
+            | TlsError::NoPrivateKey(_)
+            | TlsError::BadPem { .. } => "config",
             TlsError::Rustls(rustls::Error::InvalidMessage(_)) => "malformed_handshake",
             TlsError::Rustls(rustls::Error::NoApplicationProtocol) => "no_alpn_match",
             TlsError::Rustls(rustls::Error::PeerIncompatible(_)) => "incompatible_peer",
