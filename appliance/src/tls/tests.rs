@@ -683,3 +683,283 @@ fn session_key_update_round_trip_between_two_sessions() {
         Err(TlsError::Record(record::RecordError::BadMac))
     ));
 }
+
+/// The handshake driver and record session behind a loopback TCP socket, against the real
+/// `openssl s_client` (needs `apt-get install openssl`): negotiates the given suite, gets a
+/// response sealed by the fast path, and (TLS 1.3) a client KeyUpdate ("K" command) is
+/// honoured with our own KeyUpdate before the second response.
+fn openssl_s_client_exchange(
+    rsa: bool,
+    version_args: &[&str],
+    key_update: bool,
+    expect_cipher: &str,
+) {
+    use std::net::TcpListener;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let pki = make_pki(&format!("openssl-{expect_cipher}"), rsa);
+    std::fs::write(pki.dir.join("ca.pem"), pem_of(&pki.ca_der)).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "appliance.test",
+        ])
+        .args([
+            "-CAfile",
+            pki.dir.join("ca.pem").to_str().unwrap(),
+            "-verify_return_error",
+            "-alpn",
+            "http/1.1",
+        ])
+        .args(version_args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client runs (apt-get install openssl)");
+    let mut stdin = child.stdin.take().unwrap();
+    // Drain s_client's output while it runs (a full pipe would stall it).
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let stdout_reader = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr_reader = drain(Box::new(child.stderr.take().unwrap()));
+    let (mut sock, _) = listener.accept().unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = vec![0u8; 65536];
+    let mut read = |sock: &mut std::net::TcpStream| -> Vec<u8> {
+        assert!(Instant::now() < deadline, "openssl exchange timed out");
+        match sock.read(&mut buf) {
+            Ok(0) => panic!("s_client closed early"),
+            Ok(n) => buf[..n].to_vec(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Vec::new()
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    };
+
+    // Handshake.
+    let config = load_server_config(&pki.dir.join("cert.pem"), &pki.dir.join("key.pem")).unwrap();
+    let mut driver = HandshakeDriver::new(config).unwrap();
+    let mut sent = 0u64;
+    loop {
+        let bytes = read(&mut sock);
+        let progress = driver.receive(&bytes).unwrap();
+        let mut out = vec![0u8; (driver.tx_end() - sent) as usize];
+        let n = driver.tx_read(sent, &mut out);
+        sock.write_all(&out[..n]).unwrap();
+        sent += n as u64;
+        driver.ack(sent);
+        if progress == HandshakeProgress::Complete {
+            break;
+        }
+    }
+    let handover = driver.into_session().unwrap();
+    let mut session = handover.session;
+    let format = RecordFormat::for_version(session.version());
+    let body: Vec<u8> = (0..6000)
+        .flat_map(|i| format!("line {i:05}\n").into_bytes())
+        .collect();
+    let (mut epoch, mut seq) = (0u32, session.tx_seq_start());
+    let respond = |session: &handshake::RecordSession,
+                   sock: &mut std::net::TcpStream,
+                   epoch: u32,
+                   seq: &mut u64,
+                   marker: &str| {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            body.len() + marker.len()
+        );
+        let mut object = body.clone();
+        object.extend_from_slice(marker.as_bytes());
+        let layout = ResponseLayout::new(format, head.len(), 0, object.len() as u64, *seq).unwrap();
+        sock.write_all(&seal_response(
+            session.tx_keys(epoch).unwrap(),
+            &layout,
+            head.as_bytes(),
+            &object,
+        ))
+        .unwrap();
+        *seq = layout.next_seq_base();
+    };
+
+    let mut requests = 0;
+    let mut pending = handover.early_plaintext;
+    stdin.write_all(b"GET /one HTTP/1.1\r\n").unwrap();
+    stdin.flush().unwrap();
+    while requests < 2 {
+        let bytes = read(&mut sock);
+        session.receive(&bytes).unwrap();
+        while let Some(incoming) = session.next_incoming().unwrap() {
+            match incoming {
+                Incoming::AppData(d) => pending.extend_from_slice(d),
+                Incoming::KeyUpdated { update_requested } => {
+                    assert!(update_requested);
+                    let mut ku = [0u8; KEY_UPDATE_RECORD_LEN];
+                    let n = session.seal_key_update(seq, false, &mut ku).unwrap();
+                    sock.write_all(&ku[..n]).unwrap();
+                    (epoch, seq) = (session.tx_epoch(), 0);
+                    stdin.write_all(b"GET /two HTTP/1.1\r\n").unwrap();
+                    stdin.flush().unwrap();
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        while let Some(end) = pending.windows(2).position(|w| w == b"\r\n") {
+            pending.drain(..end + 2);
+            requests += 1;
+            respond(
+                &session,
+                &mut sock,
+                epoch,
+                &mut seq,
+                if requests == 1 {
+                    "BODY-ONE-END\n"
+                } else {
+                    "BODY-TWO-END\n"
+                },
+            );
+            if requests == 1 {
+                // s_client reads commands from stdin: "K" sends a KeyUpdate asking for ours.
+                let next: &[u8] = if key_update {
+                    b"K\n"
+                } else {
+                    b"GET /two HTTP/1.1\r\n"
+                };
+                stdin.write_all(next).unwrap();
+                stdin.flush().unwrap();
+            }
+        }
+    }
+    let mut alert = [0u8; 64];
+    let n = session.seal_close_notify(epoch, seq, &mut alert).unwrap();
+    sock.write_all(&alert[..n]).unwrap();
+    // close_notify, then FIN, as the pipeline will. s_client then exits (closing its stdin
+    // first would make it quit before reading everything). Bounded wait.
+    sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let wait_until = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > wait_until {
+            let _ = child.kill();
+            panic!("s_client did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(stdin);
+    let stdout = stdout_reader.join().unwrap();
+    let stderr = stderr_reader.join().unwrap();
+    let stdout = String::from_utf8_lossy(&stdout);
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(
+        stdout.contains(expect_cipher),
+        "cipher {expect_cipher} not in s_client output:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("Verify return code: 0 (ok)"), "{stdout}");
+    assert!(stdout.contains("ALPN protocol: http/1.1"), "{stdout}");
+    for marker in ["line 05999\nBODY-ONE-END\n", "line 05999\nBODY-TWO-END\n"] {
+        assert!(
+            stdout.contains(marker),
+            "missing {marker:?} in s_client output ({} lines, tail {:?}):\n{stderr}",
+            stdout.matches("line ").count(),
+            &stdout[stdout.len().saturating_sub(300)..]
+        );
+    }
+    assert_eq!(
+        stdout.matches("line 03000\n").count(),
+        2,
+        "both bodies arrive whole"
+    );
+    if key_update {
+        // s_client reports the "K" command on stderr.
+        assert!(stderr.contains("KEYUPDATE"), "{stderr}");
+    }
+}
+
+fn pem_of(der: &CertificateDer<'_>) -> String {
+    use std::fmt::Write as _;
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk.iter().fold(0u32, |a, &b| a << 8 | u32::from(b)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            b64.push(if i <= chunk.len() {
+                B64[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        writeln!(pem, "{}", std::str::from_utf8(line).unwrap()).unwrap();
+    }
+    pem + "-----END CERTIFICATE-----\n"
+}
+
+#[test]
+fn openssl_tls13_aes128_with_key_update() {
+    openssl_s_client_exchange(
+        false,
+        &["-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"],
+        true,
+        "TLS_AES_128_GCM_SHA256",
+    );
+}
+
+#[test]
+fn openssl_tls13_aes256_rsa_with_key_update() {
+    openssl_s_client_exchange(
+        true,
+        &["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"],
+        true,
+        "TLS_AES_256_GCM_SHA384",
+    );
+}
+
+#[test]
+fn openssl_tls13_chacha20() {
+    openssl_s_client_exchange(
+        false,
+        &["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"],
+        false,
+        "TLS_CHACHA20_POLY1305_SHA256",
+    );
+}
+
+#[test]
+fn openssl_tls12_ecdhe_rsa_aes256() {
+    openssl_s_client_exchange(
+        true,
+        &["-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384"],
+        false,
+        "ECDHE-RSA-AES256-GCM-SHA384",
+    );
+}
+
+#[test]
+fn openssl_tls12_ecdhe_ecdsa_aes128() {
+    openssl_s_client_exchange(
+        false,
+        &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+        false,
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+    );
+}
