@@ -296,19 +296,17 @@ impl HandshakeDriver {
         }
     }
 
-    /// After a failure rustls has usually queued an alert: move it to the output.
+    /// After a failure rustls has queued one fatal alert (earlier output was already drained:
+    /// rustls hands out queued records before it reads the next message). One call moves it
+    /// to the output. rustls keeps offsets into the input across calls, so the same
+    /// undiscarded bytes are passed; a further call would deframe the bad input again.
     fn flush_alert(&mut self) {
-        for _ in 0..4 {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut s)) => {
-                    if encode_into(&mut self.outgoing, |buf| s.encode(buf)).is_err() {
-                        return;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                _ => return,
-            }
+        let status = self
+            .conn
+            .process_tls_records(&mut self.incoming[..self.incoming_len]);
+        if let Ok(ConnectionState::EncodeTlsData(mut s)) = status.state {
+            // The connection is being closed: failing to encode only loses the alert.
+            let _ = encode_into(&mut self.outgoing, |buf| s.encode(buf));
         }
     }
 

@@ -963,3 +963,56 @@ fn openssl_tls12_ecdhe_ecdsa_aes128() {
         "ECDHE-ECDSA-AES128-GCM-SHA256",
     );
 }
+
+mod garbage {
+    //! Bad input gets an error, never a panic.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> Arc<rustls::ServerConfig> {
+        static CONFIG: std::sync::OnceLock<Arc<rustls::ServerConfig>> = std::sync::OnceLock::new();
+        CONFIG
+            .get_or_init(|| {
+                let pki = make_pki("garbage", false);
+                load_server_config(&pki.dir.join("cert.pem"), &pki.dir.join("key.pem")).unwrap()
+            })
+            .clone()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        #[test]
+        fn handshake_driver_survives_garbage(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 1..8),
+                                             tls_like in any::<bool>()) {
+            let mut driver = HandshakeDriver::new(config()).unwrap();
+            for (i, mut chunk) in chunks.into_iter().enumerate() {
+                if tls_like && i == 0 && chunk.len() >= 5 {
+                    // A plausible handshake record header over random contents.
+                    let len = chunk.len() - 5;
+                    chunk[..5].copy_from_slice(&[22, 3, 1, (len >> 8) as u8, len as u8]);
+                }
+                if driver.receive(&chunk).is_err() {
+                    break;
+                }
+            }
+            prop_assert!(!driver.is_complete());
+        }
+
+        #[test]
+        fn record_session_survives_garbage(v13 in any::<bool>(), chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 1..8)) {
+            let (mut server, _) = session_pair(if v13 { TlsVersion::Tls13 } else { TlsVersion::Tls12 });
+            'outer: for chunk in chunks {
+                if server.receive(&chunk).is_err() {
+                    break;
+                }
+                loop {
+                    match server.next_incoming() {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => break 'outer,
+                    }
+                }
+            }
+        }
+    }
+}
