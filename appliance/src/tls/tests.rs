@@ -1016,3 +1016,31 @@ mod garbage {
         }
     }
 }
+
+#[test]
+fn handshake_fed_one_byte_at_a_time() {
+    let pki = make_pki("bytewise", false);
+    let config = load_server_config(&pki.dir.join("cert.pem"), &pki.dir.join("key.pem")).unwrap();
+    let mut driver = HandshakeDriver::new(config).unwrap();
+    let mut client = client(&pki, provider::cipher_suite::TLS13_AES_128_GCM_SHA256);
+    client.writer().write_all(b"GET /bytewise HTTP/1.1\r\n\r\n").unwrap();
+    let mut sent = 0;
+    let mut complete = false;
+    for _ in 0..10 {
+        for b in client_output(&mut client) {
+            complete = driver.receive(&[b]).unwrap() == HandshakeProgress::Complete;
+        }
+        server_to_client(&mut driver, &mut sent, &mut client);
+        if complete {
+            break;
+        }
+    }
+    assert!(complete);
+    let handover = driver.into_session().unwrap();
+    let mut session = handover.session;
+    let mut got = handover.early_plaintext.clone();
+    while let Some(Incoming::AppData(d)) = session.next_incoming().unwrap() {
+        got.extend_from_slice(d);
+    }
+    assert_eq!(got, b"GET /bytewise HTTP/1.1\r\n\r\n".to_vec());
+}
