@@ -1023,7 +1023,10 @@ fn handshake_fed_one_byte_at_a_time() {
     let config = load_server_config(&pki.dir.join("cert.pem"), &pki.dir.join("key.pem")).unwrap();
     let mut driver = HandshakeDriver::new(config).unwrap();
     let mut client = client(&pki, provider::cipher_suite::TLS13_AES_128_GCM_SHA256);
-    client.writer().write_all(b"GET /bytewise HTTP/1.1\r\n\r\n").unwrap();
+    client
+        .writer()
+        .write_all(b"GET /bytewise HTTP/1.1\r\n\r\n")
+        .unwrap();
     let mut sent = 0;
     let mut complete = false;
     for _ in 0..10 {
