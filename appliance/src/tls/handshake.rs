@@ -19,7 +19,9 @@ use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{ProtocolVersion, ServerConfig};
 
 use super::keys::{AeadSuite, Keys, TlsVersion, TrafficSecret};
-use super::record::{self, RecordHeader, CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, HEADER_LEN};
+use super::record::{
+    self, RecordHeader, CONTENT_ALERT, CONTENT_APPLICATION_DATA, CONTENT_HANDSHAKE, HEADER_LEN,
+};
 use super::TlsError;
 
 /// Most handshake bytes buffered from the peer before the handshake completes (a ClientHello
@@ -30,7 +32,8 @@ pub const MAX_RECORD_LEN: usize = HEADER_LEN + record::MAX_TLS12_CIPHERTEXT;
 /// Wire length of a sealed KeyUpdate record (TLS 1.3: 4-byte message, type, tag).
 pub const KEY_UPDATE_RECORD_LEN: usize = HEADER_LEN + 5 + 1 + record::TAG_LEN;
 /// Enough for any alert record (TLS 1.2 has the larger overhead).
-pub const ALERT_RECORD_LEN: usize = HEADER_LEN + record::TLS12_EXPLICIT_NONCE_LEN + 2 + record::TAG_LEN;
+pub const ALERT_RECORD_LEN: usize =
+    HEADER_LEN + record::TLS12_EXPLICIT_NONCE_LEN + 2 + record::TAG_LEN;
 
 const ALERT_LEVEL_WARNING: u8 = 1;
 const ALERT_LEVEL_FATAL: u8 = 2;
@@ -48,8 +51,14 @@ pub fn load_server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<ServerC
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |e: rustls::pki_types::pem::Error| match e {
-            rustls::pki_types::pem::Error::Io(source) => TlsError::Io { path: path.clone(), source },
-            other => TlsError::BadPem { path: path.clone(), reason: format!("{other:?}") },
+            rustls::pki_types::pem::Error::Io(source) => TlsError::Io {
+                path: path.clone(),
+                source,
+            },
+            other => TlsError::BadPem {
+                path: path.clone(),
+                reason: format!("{other:?}"),
+            },
         }
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_pem)
@@ -60,7 +69,9 @@ pub fn load_server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<ServerC
         return Err(TlsError::NoCertificate(cert_pem.to_path_buf()));
     }
     let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey(key_pem.to_path_buf()),
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            TlsError::NoPrivateKey(key_pem.to_path_buf())
+        }
         other => io_err(key_pem)(other),
     })?;
     server_config(certs, key)
@@ -188,11 +199,15 @@ impl HandshakeDriver {
     /// rustls produced (if any) is left in the output: send it, then close.
     pub fn receive(&mut self, tcp_payload: &[u8]) -> Result<HandshakeProgress, TlsError> {
         if self.failed {
-            return Err(TlsError::Rustls(rustls::Error::General("handshake already failed".into())));
+            return Err(TlsError::Rustls(rustls::Error::General(
+                "handshake already failed".into(),
+            )));
         }
         if self.complete {
             // Bytes after completion belong to the record session: keep them for it.
-            return self.buffer(tcp_payload).map(|_| HandshakeProgress::Complete);
+            return self
+                .buffer(tcp_payload)
+                .map(|_| HandshakeProgress::Complete);
         }
         self.buffer(tcp_payload)?;
         let result = self.advance();
@@ -229,8 +244,9 @@ impl HandshakeDriver {
     /// Run rustls until it needs more input or is done.
     fn advance(&mut self) -> Result<HandshakeProgress, TlsError> {
         loop {
-            let UnbufferedStatus { mut discard, state } =
-                self.conn.process_tls_records(&mut self.incoming[..self.incoming_len]);
+            let UnbufferedStatus { mut discard, state } = self
+                .conn
+                .process_tls_records(&mut self.incoming[..self.incoming_len]);
             let mut write_traffic = false;
             let mut blocked = false;
             let mut peer_closed = false;
@@ -239,7 +255,9 @@ impl HandshakeDriver {
                     drop_front(&mut self.incoming, &mut self.incoming_len, discard);
                     return Err(e.into());
                 }
-                Ok(ConnectionState::EncodeTlsData(mut s)) => encode_into(&mut self.outgoing, |buf| s.encode(buf))?,
+                Ok(ConnectionState::EncodeTlsData(mut s)) => {
+                    encode_into(&mut self.outgoing, |buf| s.encode(buf))?
+                }
                 Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
                 Ok(ConnectionState::ReadTraffic(mut r)) => {
                     while let Some(rec) = r.next_record() {
@@ -252,9 +270,15 @@ impl HandshakeDriver {
                 Ok(ConnectionState::WriteTraffic(_)) => write_traffic = true,
                 Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => peer_closed = true,
                 Ok(ConnectionState::ReadEarlyData(_)) => {
-                    return Err(TlsError::Rustls(rustls::Error::General("0-RTT data is not accepted".into())))
+                    return Err(TlsError::Rustls(rustls::Error::General(
+                        "0-RTT data is not accepted".into(),
+                    )))
                 }
-                Ok(_) => return Err(TlsError::Rustls(rustls::Error::General("unknown rustls state".into()))),
+                Ok(_) => {
+                    return Err(TlsError::Rustls(rustls::Error::General(
+                        "unknown rustls state".into(),
+                    )))
+                }
             }
             drop_front(&mut self.incoming, &mut self.incoming_len, discard);
             if peer_closed {
@@ -272,19 +296,17 @@ impl HandshakeDriver {
         }
     }
 
-    /// After a failure rustls has usually queued an alert: move it to the output.
+    /// After a failure rustls has queued one fatal alert (earlier output was already drained:
+    /// rustls hands out queued records before it reads the next message). One call moves it
+    /// to the output. rustls keeps offsets into the input across calls, so the same
+    /// undiscarded bytes are passed; a further call would deframe the bad input again.
     fn flush_alert(&mut self) {
-        for _ in 0..4 {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut s)) => {
-                    if encode_into(&mut self.outgoing, |buf| s.encode(buf)).is_err() {
-                        return;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-                _ => return,
-            }
+        let status = self
+            .conn
+            .process_tls_records(&mut self.incoming[..self.incoming_len]);
+        if let Ok(ConnectionState::EncodeTlsData(mut s)) = status.state {
+            // The connection is being closed: failing to encode only loses the alert.
+            let _ = encode_into(&mut self.outgoing, |buf| s.encode(buf));
         }
     }
 
@@ -336,13 +358,29 @@ impl HandshakeDriver {
         let (tx_secret, rx_secret) = match version {
             TlsVersion::Tls13 => {
                 let suite = tx_keys.suite();
-                let server = self.server_secret.as_deref().ok_or(TlsError::SecretNotCaptured)?;
-                let client = self.client_secret.as_deref().ok_or(TlsError::SecretNotCaptured)?;
-                (Some(TrafficSecret::new(suite, server)?), Some(TrafficSecret::new(suite, client)?))
+                let server = self
+                    .server_secret
+                    .as_deref()
+                    .ok_or(TlsError::SecretNotCaptured)?;
+                let client = self
+                    .client_secret
+                    .as_deref()
+                    .ok_or(TlsError::SecretNotCaptured)?;
+                (
+                    Some(TrafficSecret::new(suite, server)?),
+                    Some(TrafficSecret::new(suite, client)?),
+                )
             }
             TlsVersion::Tls12 => (None, None),
         };
-        let mut session = RecordSession::new(tx_keys, tx_secret, secrets.tx.0, rx_keys, rx_secret, secrets.rx.0);
+        let mut session = RecordSession::new(
+            tx_keys,
+            tx_secret,
+            secrets.tx.0,
+            rx_keys,
+            rx_secret,
+            secrets.rx.0,
+        );
         // Bytes that came after the last record rustls consumed (a partial record).
         session.receive(&self.incoming[..self.incoming_len])?;
         Ok(Handover {
@@ -360,7 +398,10 @@ fn drop_front(buf: &mut [u8], len: &mut usize, n: usize) {
     *len -= n;
 }
 
-fn encode_into(out: &mut Vec<u8>, mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>) -> Result<(), TlsError> {
+fn encode_into(
+    out: &mut Vec<u8>,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<(), TlsError> {
     let start = out.len();
     out.resize(start + 2048, 0);
     let n = match encode(&mut out[start..]) {
@@ -371,13 +412,17 @@ fn encode_into(out: &mut Vec<u8>, mut encode: impl FnMut(&mut [u8]) -> Result<us
                 Ok(n) => n,
                 Err(e) => {
                     out.truncate(start);
-                    return Err(TlsError::Rustls(rustls::Error::General(format!("encode: {e}"))));
+                    return Err(TlsError::Rustls(rustls::Error::General(format!(
+                        "encode: {e}"
+                    ))));
                 }
             }
         }
         Err(e) => {
             out.truncate(start);
-            return Err(TlsError::Rustls(rustls::Error::General(format!("encode: {e}"))));
+            return Err(TlsError::Rustls(rustls::Error::General(format!(
+                "encode: {e}"
+            ))));
         }
     };
     out.truncate(start + n);
@@ -440,7 +485,14 @@ impl RecordSession {
     ) -> RecordSession {
         RecordSession {
             version: tx_keys.version(),
-            tx: [Some(TxEpoch { epoch: 0, keys: tx_keys, secret: tx_secret }), None],
+            tx: [
+                Some(TxEpoch {
+                    epoch: 0,
+                    keys: tx_keys,
+                    secret: tx_secret,
+                }),
+                None,
+            ],
             tx_seq_start: tx_seq,
             rx_keys,
             rx_secret,
@@ -496,14 +548,23 @@ impl RecordSession {
     /// epoch (its records start at seq 0). The old epoch stays available for retransmissions
     /// (re-seal the same KeyUpdate with [`RecordSession::seal_record`] at the old epoch).
     /// Returns the wire length.
-    pub fn seal_key_update(&mut self, seq: u64, request_peer_update: bool, out: &mut [u8]) -> Result<usize, TlsError> {
+    pub fn seal_key_update(
+        &mut self,
+        seq: u64,
+        request_peer_update: bool,
+        out: &mut [u8],
+    ) -> Result<usize, TlsError> {
         let current = self.tx[0].take().ok_or(TlsError::NoSuchEpoch(0))?;
         let result = (|| {
             let secret = current.secret.as_ref().ok_or(TlsError::KeyUpdateNotTls13)?;
             let msg = [HANDSHAKE_KEY_UPDATE, 0, 0, 1, u8::from(request_peer_update)];
             let n = record::seal_record_into(&current.keys, seq, CONTENT_HANDSHAKE, &msg, out)?;
             let next_secret = secret.next();
-            let next = TxEpoch { epoch: current.epoch + 1, keys: Keys::from_traffic_secret(&next_secret)?, secret: Some(next_secret) };
+            let next = TxEpoch {
+                epoch: current.epoch + 1,
+                keys: Keys::from_traffic_secret(&next_secret)?,
+                secret: Some(next_secret),
+            };
             Ok((n, next))
         })();
         match result {
@@ -521,22 +582,53 @@ impl RecordSession {
     }
 
     /// Seal a record of `content_type` from `plaintext` under `epoch` at `seq` into `out`.
-    pub fn seal_record(&self, epoch: u32, seq: u64, content_type: u8, plaintext: &[u8], out: &mut [u8]) -> Result<usize, TlsError> {
-        Ok(record::seal_record_into(self.tx_keys(epoch)?, seq, content_type, plaintext, out)?)
+    pub fn seal_record(
+        &self,
+        epoch: u32,
+        seq: u64,
+        content_type: u8,
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, TlsError> {
+        Ok(record::seal_record_into(
+            self.tx_keys(epoch)?,
+            seq,
+            content_type,
+            plaintext,
+            out,
+        )?)
     }
 
     /// Seal an alert record (`level` 1 warning, 2 fatal).
-    pub fn seal_alert(&self, epoch: u32, seq: u64, level: u8, description: u8, out: &mut [u8]) -> Result<usize, TlsError> {
+    pub fn seal_alert(
+        &self,
+        epoch: u32,
+        seq: u64,
+        level: u8,
+        description: u8,
+        out: &mut [u8],
+    ) -> Result<usize, TlsError> {
         self.seal_record(epoch, seq, CONTENT_ALERT, &[level, description], out)
     }
 
     /// Seal our close_notify.
-    pub fn seal_close_notify(&self, epoch: u32, seq: u64, out: &mut [u8]) -> Result<usize, TlsError> {
+    pub fn seal_close_notify(
+        &self,
+        epoch: u32,
+        seq: u64,
+        out: &mut [u8],
+    ) -> Result<usize, TlsError> {
         self.seal_alert(epoch, seq, ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY, out)
     }
 
     /// Seal the fatal alert matching a receive error (bad_record_mac, decode_error...).
-    pub fn seal_fatal_alert_for(&self, error: &TlsError, epoch: u32, seq: u64, out: &mut [u8]) -> Result<usize, TlsError> {
+    pub fn seal_fatal_alert_for(
+        &self,
+        error: &TlsError,
+        epoch: u32,
+        seq: u64,
+        out: &mut [u8],
+    ) -> Result<usize, TlsError> {
         let description = match error {
             TlsError::Record(e) => e.alert(),
             TlsError::Malformed(_) => 50,
@@ -586,7 +678,11 @@ impl RecordSession {
         if self.rx_len < HEADER_LEN {
             return Ok(None);
         }
-        let header = RecordHeader::parse(self.rx_buf[..HEADER_LEN].try_into().expect("length checked"));
+        let header = RecordHeader::parse(
+            self.rx_buf[..HEADER_LEN]
+                .try_into()
+                .expect("length checked"),
+        );
         if header.record_len() > MAX_RECORD_LEN {
             return Err(record::RecordError::Overflow.into());
         }
@@ -630,14 +726,20 @@ impl RecordSession {
 
     /// Post-handshake handshake messages: KeyUpdate (TLS 1.3); a ClientHello (TLS 1.2
     /// renegotiation) is refused. Messages must not span records.
-    fn handshake_message(&mut self, start: usize, end: usize) -> Result<Option<Incoming<'_>>, TlsError> {
+    fn handshake_message(
+        &mut self,
+        start: usize,
+        end: usize,
+    ) -> Result<Option<Incoming<'_>>, TlsError> {
         let msg = &self.rx_buf[start..end];
         if msg.len() < 4 {
             return Err(TlsError::Malformed("handshake message"));
         }
         let body_len = u32::from_be_bytes([0, msg[1], msg[2], msg[3]]) as usize;
         if msg.len() != 4 + body_len {
-            return Err(TlsError::Malformed("handshake message (fragmented or coalesced)"));
+            return Err(TlsError::Malformed(
+                "handshake message (fragmented or coalesced)",
+            ));
         }
         match (self.version, msg[0]) {
             (TlsVersion::Tls13, HANDSHAKE_KEY_UPDATE) => {
@@ -646,7 +748,11 @@ impl RecordSession {
                     (1, Some(1)) => true,
                     _ => return Err(TlsError::Malformed("KeyUpdate")),
                 };
-                let secret = self.rx_secret.as_ref().ok_or(TlsError::KeyUpdateNotTls13)?.next();
+                let secret = self
+                    .rx_secret
+                    .as_ref()
+                    .ok_or(TlsError::KeyUpdateNotTls13)?
+                    .next();
                 self.rx_keys = Keys::from_traffic_secret(&secret)?;
                 self.rx_secret = Some(secret);
                 self.rx_seq = 0;

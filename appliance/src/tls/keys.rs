@@ -66,30 +66,54 @@ pub struct Keys {
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("Keys").field("version", &self.version).field("suite", &self.suite).finish()
+        f.debug_struct("Keys")
+            .field("version", &self.version)
+            .field("suite", &self.suite)
+            .finish()
     }
 }
 
 impl Keys {
     /// Keys from raw material. TLS 1.2 is supported with the AES-GCM suites only.
-    pub fn new(version: TlsVersion, suite: AeadSuite, key: &[u8], iv: &[u8; 12]) -> Result<Keys, TlsError> {
+    pub fn new(
+        version: TlsVersion,
+        suite: AeadSuite,
+        key: &[u8],
+        iv: &[u8; 12],
+    ) -> Result<Keys, TlsError> {
         if version == TlsVersion::Tls12 && suite == AeadSuite::ChaCha20Poly1305 {
             return Err(TlsError::UnsupportedSuite);
         }
-        let unbound = aead::UnboundKey::new(suite.algorithm(), key)
-            .map_err(|_| TlsError::BadKeyLength { suite, got: key.len() })?;
-        Ok(Keys { version, suite, key: aead::LessSafeKey::new(unbound), iv: *iv })
+        let unbound =
+            aead::UnboundKey::new(suite.algorithm(), key).map_err(|_| TlsError::BadKeyLength {
+                suite,
+                got: key.len(),
+            })?;
+        Ok(Keys {
+            version,
+            suite,
+            key: aead::LessSafeKey::new(unbound),
+            iv: *iv,
+        })
     }
 
     /// Keys as rustls hands them over (`ExtractedSecrets`).
-    pub fn from_rustls(version: TlsVersion, secrets: &ConnectionTrafficSecrets) -> Result<Keys, TlsError> {
+    pub fn from_rustls(
+        version: TlsVersion,
+        secrets: &ConnectionTrafficSecrets,
+    ) -> Result<Keys, TlsError> {
         let (suite, key, iv) = match secrets {
             ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (AeadSuite::Aes128Gcm, key, iv),
             ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (AeadSuite::Aes256Gcm, key, iv),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (AeadSuite::ChaCha20Poly1305, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (AeadSuite::ChaCha20Poly1305, key, iv)
+            }
             _ => return Err(TlsError::UnsupportedSuite),
         };
-        let iv: &[u8; 12] = iv.as_ref().try_into().map_err(|_| TlsError::UnsupportedSuite)?;
+        let iv: &[u8; 12] = iv
+            .as_ref()
+            .try_into()
+            .map_err(|_| TlsError::UnsupportedSuite)?;
         Keys::new(version, suite, key.as_ref(), iv)
     }
 
@@ -141,14 +165,19 @@ pub struct TrafficSecret {
 
 impl std::fmt::Debug for TrafficSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrafficSecret").field("suite", &self.suite).finish()
+        f.debug_struct("TrafficSecret")
+            .field("suite", &self.suite)
+            .finish()
     }
 }
 
 impl TrafficSecret {
     pub fn new(suite: AeadSuite, secret: &[u8]) -> Result<TrafficSecret, TlsError> {
         if secret.len() != suite.tls13_hash_len() {
-            return Err(TlsError::BadKeyLength { suite, got: secret.len() });
+            return Err(TlsError::BadKeyLength {
+                suite,
+                got: secret.len(),
+            });
         }
         let mut bytes = [0u8; 48];
         bytes[..secret.len()].copy_from_slice(secret);
@@ -167,8 +196,17 @@ impl TrafficSecret {
     pub fn next(&self) -> TrafficSecret {
         let len = self.suite.tls13_hash_len();
         let mut bytes = [0u8; 48];
-        hkdf_expand_label(self.suite.tls13_hkdf(), self.as_bytes(), b"traffic upd", b"", &mut bytes[..len]);
-        TrafficSecret { suite: self.suite, bytes }
+        hkdf_expand_label(
+            self.suite.tls13_hkdf(),
+            self.as_bytes(),
+            b"traffic upd",
+            b"",
+            &mut bytes[..len],
+        );
+        TrafficSecret {
+            suite: self.suite,
+            bytes,
+        }
     }
 }
 
@@ -181,7 +219,13 @@ impl hkdf::KeyType for OutLen {
 }
 
 /// HKDF-Expand-Label (RFC 8446 7.1) filling `out` (at most 255 bytes, labels short).
-pub fn hkdf_expand_label(alg: hkdf::Algorithm, secret: &[u8], label: &[u8], context: &[u8], out: &mut [u8]) {
+pub fn hkdf_expand_label(
+    alg: hkdf::Algorithm,
+    secret: &[u8],
+    label: &[u8],
+    context: &[u8],
+    out: &mut [u8],
+) {
     const PREFIX: &[u8] = b"tls13 ";
     let length = (out.len() as u16).to_be_bytes();
     let label_len = [(PREFIX.len() + label.len()) as u8];
@@ -190,7 +234,9 @@ pub fn hkdf_expand_label(alg: hkdf::Algorithm, secret: &[u8], label: &[u8], cont
     let prk = hkdf::Prk::new_less_safe(alg, secret);
     // Lengths here are at most 48 bytes, far below HKDF's 255 * HashLen bound, so expand
     // and fill cannot fail.
-    let okm = prk.expand(&info, OutLen(out.len())).expect("HKDF output length within bounds");
+    let okm = prk
+        .expand(&info, OutLen(out.len()))
+        .expect("HKDF output length within bounds");
     okm.fill(out).expect("HKDF output length within bounds");
 }
 
@@ -200,7 +246,10 @@ mod tests {
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     /// RFC 8448 section 3 (simple 1-RTT handshake): server application traffic secret and
@@ -210,7 +259,10 @@ mod tests {
         let secret = hex("a1 1a f9 f0 55 31 f8 56 ad 47 11 6b 45 a9 50 32 82 04 b4 f4 4b fb 6b 3a 4b 4f 1f 3f cb 63 16 43");
         let mut key = [0u8; 16];
         hkdf_expand_label(hkdf::HKDF_SHA256, &secret, b"key", b"", &mut key);
-        assert_eq!(key.to_vec(), hex("9f 02 28 3b 6c 9c 07 ef c2 6b b9 f2 ac 92 e3 56"));
+        assert_eq!(
+            key.to_vec(),
+            hex("9f 02 28 3b 6c 9c 07 ef c2 6b b9 f2 ac 92 e3 56")
+        );
         let mut iv = [0u8; 12];
         hkdf_expand_label(hkdf::HKDF_SHA256, &secret, b"iv", b"", &mut iv);
         assert_eq!(iv.to_vec(), hex("cf 78 2b 88 dd 83 54 9a ad f1 e9 84"));
@@ -224,10 +276,19 @@ mod tests {
         let keys = Keys::from_traffic_secret(&ts).unwrap();
         let mut key = [0u8; 16];
         hkdf_expand_label(hkdf::HKDF_SHA256, &secret, b"key", b"", &mut key);
-        assert_eq!(key.to_vec(), hex("17 42 2d da 59 6e d5 d9 ac d8 90 e3 c6 3f 50 51"));
-        assert_eq!(keys.nonce(0).to_vec(), hex("5b 78 92 3d ee 08 57 90 33 e5 23 d9"));
+        assert_eq!(
+            key.to_vec(),
+            hex("17 42 2d da 59 6e d5 d9 ac d8 90 e3 c6 3f 50 51")
+        );
+        assert_eq!(
+            keys.nonce(0).to_vec(),
+            hex("5b 78 92 3d ee 08 57 90 33 e5 23 d9")
+        );
         // seq 1 flips the last bit of the IV.
-        assert_eq!(keys.nonce(1).to_vec(), hex("5b 78 92 3d ee 08 57 90 33 e5 23 d8"));
+        assert_eq!(
+            keys.nonce(1).to_vec(),
+            hex("5b 78 92 3d ee 08 57 90 33 e5 23 d8")
+        );
     }
 
     #[test]
@@ -244,7 +305,12 @@ mod tests {
     #[test]
     fn tls12_chacha_is_refused_and_bad_key_length_is_typed() {
         assert!(matches!(
-            Keys::new(TlsVersion::Tls12, AeadSuite::ChaCha20Poly1305, &[0; 32], &[0; 12]),
+            Keys::new(
+                TlsVersion::Tls12,
+                AeadSuite::ChaCha20Poly1305,
+                &[0; 32],
+                &[0; 12]
+            ),
             Err(TlsError::UnsupportedSuite)
         ));
         assert!(matches!(

@@ -20,8 +20,16 @@ pub struct RecordFormat {
 }
 
 impl RecordFormat {
-    pub const TLS13: RecordFormat = RecordFormat { header_len: 5, inner_type_len: 1, tag_len: 16 };
-    pub const TLS12_GCM: RecordFormat = RecordFormat { header_len: 13, inner_type_len: 0, tag_len: 16 };
+    pub const TLS13: RecordFormat = RecordFormat {
+        header_len: 5,
+        inner_type_len: 1,
+        tag_len: 16,
+    };
+    pub const TLS12_GCM: RecordFormat = RecordFormat {
+        header_len: 13,
+        inner_type_len: 0,
+        tag_len: 16,
+    };
 
     pub fn for_version(version: super::TlsVersion) -> RecordFormat {
         match version {
@@ -49,7 +57,10 @@ impl RecordSource {
     pub fn len(&self) -> u64 {
         match *self {
             RecordSource::Head { start, end } => u64::from(end - start),
-            RecordSource::Body { object_start, object_end } => object_end - object_start,
+            RecordSource::Body {
+                object_start,
+                object_end,
+            } => object_end - object_start,
         }
     }
 
@@ -102,8 +113,16 @@ impl ResponseLayout {
         if head_len as u64 > RECORD_PLAINTEXT {
             return Err(LayoutError::HeadTooLong(head_len));
         }
-        object_offset.checked_add(body_len).ok_or(LayoutError::Overflow)?;
-        Ok(ResponseLayout { format, head_len: head_len as u32, object_offset, body_len, seq_base })
+        object_offset
+            .checked_add(body_len)
+            .ok_or(LayoutError::Overflow)?;
+        Ok(ResponseLayout {
+            format,
+            head_len: head_len as u32,
+            object_offset,
+            body_len,
+            seq_base,
+        })
     }
 
     pub fn format(&self) -> RecordFormat {
@@ -160,13 +179,19 @@ impl ResponseLayout {
     pub fn record_source(&self, record: u64) -> RecordSource {
         debug_assert!(record < self.record_count());
         if record < self.head_records() {
-            return RecordSource::Head { start: 0, end: self.head_len };
+            return RecordSource::Head {
+                start: 0,
+                end: self.head_len,
+            };
         }
         let j = record - self.head_records();
         let block = self.object_offset / RECORD_PLAINTEXT + j;
         let object_start = (block * RECORD_PLAINTEXT).max(self.object_offset);
         let object_end = ((block + 1) * RECORD_PLAINTEXT).min(self.object_offset + self.body_len);
-        RecordSource::Body { object_start, object_end }
+        RecordSource::Body {
+            object_start,
+            object_end,
+        }
     }
 
     /// Ciphertext range of record `record` within the response.
@@ -177,7 +202,12 @@ impl ResponseLayout {
         } else {
             let j = record - self.head_records();
             let first_wire = self.first_body_len() + ovh;
-            self.head_wire() + if j == 0 { 0 } else { first_wire + (j - 1) * (RECORD_PLAINTEXT + ovh) }
+            self.head_wire()
+                + if j == 0 {
+                    0
+                } else {
+                    first_wire + (j - 1) * (RECORD_PLAINTEXT + ovh)
+                }
         };
         start..start + self.record_source(record).len() + ovh
     }
@@ -193,7 +223,11 @@ impl ResponseLayout {
         } else {
             let b = wire_offset - self.head_wire();
             let first_wire = self.first_body_len() + self.format.overhead();
-            let j = if b < first_wire { 0 } else { 1 + (b - first_wire) / (RECORD_PLAINTEXT + self.format.overhead()) };
+            let j = if b < first_wire {
+                0
+            } else {
+                1 + (b - first_wire) / (RECORD_PLAINTEXT + self.format.overhead())
+            };
             self.head_records() + j
         };
         let pos = wire_offset - self.record_wire_range(record).start;
@@ -234,7 +268,9 @@ mod tests {
             RecordPart::Header(k) => u64::from(k),
             RecordPart::Payload(k) => u64::from(f.header_len) + u64::from(k),
             RecordPart::InnerType => u64::from(f.header_len) + plain,
-            RecordPart::Tag(k) => u64::from(f.header_len) + plain + u64::from(f.inner_type_len) + u64::from(k),
+            RecordPart::Tag(k) => {
+                u64::from(f.header_len) + plain + u64::from(f.inner_type_len) + u64::from(k)
+            }
         }
     }
 
@@ -254,8 +290,14 @@ mod tests {
                     assert_eq!(r, 0);
                     assert_eq!((start as u64, end as u64), (0, head_len));
                 }
-                RecordSource::Body { object_start, object_end } => {
-                    assert_eq!(object_start, next_object, "body is contiguous in the object");
+                RecordSource::Body {
+                    object_start,
+                    object_end,
+                } => {
+                    assert_eq!(
+                        object_start, next_object,
+                        "body is contiguous in the object"
+                    );
                     if object_start != offset {
                         assert_eq!(object_start % RECORD_PLAINTEXT, 0, "aligned to 16 KiB");
                     }
@@ -269,14 +311,20 @@ mod tests {
         assert_eq!(next_object, offset + body);
         assert_eq!(plain_total, head_len + body);
         assert_eq!(wire, l.wire_len());
-        assert_eq!(l.wire_len(), head_len + body + l.record_count() * f.overhead());
+        assert_eq!(
+            l.wire_len(),
+            head_len + body + l.record_count() * f.overhead()
+        );
         assert_eq!(l.locate(l.wire_len()), None);
     }
 
     fn check_locate(l: &ResponseLayout, off: u64) {
         let (r, part) = l.locate(off).expect("inside");
         let plain = l.record_source(r).len();
-        assert_eq!(l.record_wire_range(r).start + part_offset(l.format(), plain, part), off);
+        assert_eq!(
+            l.record_wire_range(r).start + part_offset(l.format(), plain, part),
+            off
+        );
     }
 
     fn format() -> impl Strategy<Value = RecordFormat> {
@@ -323,10 +371,31 @@ mod tests {
     fn first_record_is_short_then_aligned() {
         let l = ResponseLayout::new(RecordFormat::TLS13, 200, 10_000, 38_000, 7).unwrap();
         assert_eq!(l.record_count(), 4);
-        assert_eq!(l.record_source(0), RecordSource::Head { start: 0, end: 200 });
-        assert_eq!(l.record_source(1), RecordSource::Body { object_start: 10_000, object_end: 16384 });
-        assert_eq!(l.record_source(2), RecordSource::Body { object_start: 16384, object_end: 32768 });
-        assert_eq!(l.record_source(3), RecordSource::Body { object_start: 32768, object_end: 48_000 });
+        assert_eq!(
+            l.record_source(0),
+            RecordSource::Head { start: 0, end: 200 }
+        );
+        assert_eq!(
+            l.record_source(1),
+            RecordSource::Body {
+                object_start: 10_000,
+                object_end: 16384
+            }
+        );
+        assert_eq!(
+            l.record_source(2),
+            RecordSource::Body {
+                object_start: 16384,
+                object_end: 32768
+            }
+        );
+        assert_eq!(
+            l.record_source(3),
+            RecordSource::Body {
+                object_start: 32768,
+                object_end: 48_000
+            }
+        );
         assert_eq!(l.record_wire_range(1), 222..222 + 6384 + 22);
         assert_eq!(l.seq(3), 10);
         assert_eq!(l.next_seq_base(), 11);
@@ -339,10 +408,19 @@ mod tests {
     #[test]
     fn empty_response_and_bad_head() {
         let l = ResponseLayout::new(RecordFormat::TLS13, 0, 5, 0, 3).unwrap();
-        assert_eq!((l.record_count(), l.wire_len(), l.next_seq_base()), (0, 0, 3));
+        assert_eq!(
+            (l.record_count(), l.wire_len(), l.next_seq_base()),
+            (0, 0, 3)
+        );
         assert_eq!(l.locate(0), None);
         assert_eq!(l.records_overlapping(0..100), 0..0);
-        assert_eq!(ResponseLayout::new(RecordFormat::TLS13, 16385, 0, 1, 0), Err(LayoutError::HeadTooLong(16385)));
-        assert_eq!(ResponseLayout::new(RecordFormat::TLS13, 0, u64::MAX, 2, 0), Err(LayoutError::Overflow));
+        assert_eq!(
+            ResponseLayout::new(RecordFormat::TLS13, 16385, 0, 1, 0),
+            Err(LayoutError::HeadTooLong(16385))
+        );
+        assert_eq!(
+            ResponseLayout::new(RecordFormat::TLS13, 0, u64::MAX, 2, 0),
+            Err(LayoutError::Overflow)
+        );
     }
 }

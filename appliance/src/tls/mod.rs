@@ -9,22 +9,33 @@ pub mod keys;
 pub mod layout;
 pub mod record;
 
-pub use handshake::{load_server_config, HandshakeDriver, HandshakeProgress, RecordSession};
+pub use handshake::{
+    load_server_config, Handover, HandshakeDriver, HandshakeProgress, Incoming, RecordSession,
+};
 pub use keys::{AeadSuite, Keys, TlsVersion, TrafficSecret};
 pub use layout::{RecordFormat, RecordPart, RecordSource, ResponseLayout};
-pub use record::{open_in_place, seal_in_place, seal_in_place_split, seal_in_place_tls12, OpenedRecord, RecordError};
+pub use record::{
+    open_in_place, seal_in_place, seal_in_place_split, seal_in_place_tls12, OpenedRecord,
+    RecordError,
+};
 
 /// Errors of the TLS layer outside a single record's framing.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading {path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("no certificate found in {0}")]
     NoCertificate(std::path::PathBuf),
     #[error("no private key found in {0}")]
     NoPrivateKey(std::path::PathBuf),
     #[error("bad PEM in {path}: {reason}")]
-    BadPem { path: std::path::PathBuf, reason: String },
+    BadPem {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("rustls: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("record: {0}")]
@@ -53,6 +64,34 @@ pub enum TlsError {
     Closed,
     #[error("no transmit keys for epoch {0} (released or not yet made)")]
     NoSuchEpoch(u32),
+}
+
+impl TlsError {
+    /// Short stable name of the failure, for per-reason counters (console `stats`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TlsError::Io { .. }
+            | TlsError::NoCertificate(_)
+            | TlsError::NoPrivateKey(_)
+            | TlsError::BadPem { .. } => "config",
+            TlsError::Rustls(rustls::Error::InvalidMessage(_)) => "malformed_handshake",
+            TlsError::Rustls(rustls::Error::NoApplicationProtocol) => "no_alpn_match",
+            TlsError::Rustls(rustls::Error::PeerIncompatible(_)) => "incompatible_peer",
+            TlsError::Rustls(rustls::Error::AlertReceived(_)) => "peer_alert",
+            TlsError::Rustls(rustls::Error::DecryptError) => "bad_mac",
+            TlsError::Rustls(_) => "handshake",
+            TlsError::Record(RecordError::BadMac) => "bad_mac",
+            TlsError::Record(_) => "bad_record",
+            TlsError::HandshakeBufferFull(_) | TlsError::ReceiveBufferFull(_) => "buffer_full",
+            TlsError::HandshakeNotComplete => "not_complete",
+            TlsError::UnsupportedSuite | TlsError::BadKeyLength { .. } => "unsupported_suite",
+            TlsError::SecretNotCaptured => "secret_not_captured",
+            TlsError::KeyUpdateNotTls13 | TlsError::NoSuchEpoch(_) => "key_update",
+            TlsError::Malformed(_) | TlsError::UnexpectedContent(_) => "unexpected_message",
+            TlsError::PeerAlert(_) => "peer_alert",
+            TlsError::Closed => "closed",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -36,7 +36,10 @@ pub enum RecordError {
     #[error("record plaintext longer than 2^14")]
     Overflow,
     #[error("keys are for {keys:?}, record function is for {wanted:?}")]
-    WrongVersion { keys: TlsVersion, wanted: TlsVersion },
+    WrongVersion {
+        keys: TlsVersion,
+        wanted: TlsVersion,
+    },
     #[error("output buffer too small: need {0} bytes")]
     BufferTooSmall(usize),
 }
@@ -45,8 +48,8 @@ impl RecordError {
     /// TLS alert description for this error (RFC 8446 6.2).
     pub fn alert(&self) -> u8 {
         match self {
-            RecordError::BadMac => 20,        // bad_record_mac
-            RecordError::Overflow => 22,      // record_overflow
+            RecordError::BadMac => 20,            // bad_record_mac
+            RecordError::Overflow => 22,          // record_overflow
             RecordError::BadContentType(_) => 10, // unexpected_message
             RecordError::BadLength(_) | RecordError::BadVersion(_) => 50, // decode_error
             RecordError::WrongVersion { .. } | RecordError::BufferTooSmall(_) => 80, // internal_error
@@ -96,7 +99,10 @@ pub fn seal_in_place(
     tag: &mut [u8; TAG_LEN],
 ) -> Result<(), RecordError> {
     if keys.version() != TlsVersion::Tls13 {
-        return Err(RecordError::WrongVersion { keys: keys.version(), wanted: TlsVersion::Tls13 });
+        return Err(RecordError::WrongVersion {
+            keys: keys.version(),
+            wanted: TlsVersion::Tls13,
+        });
     }
     if payload.is_empty() || payload.len() > MAX_PLAINTEXT + 1 {
         return Err(RecordError::BadLength(payload.len()));
@@ -127,15 +133,28 @@ pub fn seal_in_place_split(
     trailer: &mut [u8; TLS13_TRAILER_LEN],
 ) -> Result<(), RecordError> {
     if keys.version() != TlsVersion::Tls13 {
-        return Err(RecordError::WrongVersion { keys: keys.version(), wanted: TlsVersion::Tls13 });
+        return Err(RecordError::WrongVersion {
+            keys: keys.version(),
+            wanted: TlsVersion::Tls13,
+        });
     }
     if payload.len() > MAX_PLAINTEXT {
         return Err(RecordError::BadLength(payload.len()));
     }
-    write_header(header, CONTENT_APPLICATION_DATA, payload.len() + TLS13_TRAILER_LEN);
+    write_header(
+        header,
+        CONTENT_APPLICATION_DATA,
+        payload.len() + TLS13_TRAILER_LEN,
+    );
     let nonce = Nonce::assume_unique_for_key(keys.nonce(seq));
     keys.aead()
-        .seal_in_place_scatter(nonce, Aad::from(&header[..]), payload, &[inner_type], trailer)
+        .seal_in_place_scatter(
+            nonce,
+            Aad::from(&header[..]),
+            payload,
+            &[inner_type],
+            trailer,
+        )
         .map_err(|_| RecordError::BadLength(payload.len()))
 }
 
@@ -151,18 +170,29 @@ pub fn seal_in_place_tls12(
     tag: &mut [u8; TAG_LEN],
 ) -> Result<(), RecordError> {
     if keys.version() != TlsVersion::Tls12 {
-        return Err(RecordError::WrongVersion { keys: keys.version(), wanted: TlsVersion::Tls12 });
+        return Err(RecordError::WrongVersion {
+            keys: keys.version(),
+            wanted: TlsVersion::Tls12,
+        });
     }
     if payload.len() > MAX_PLAINTEXT {
         return Err(RecordError::BadLength(payload.len()));
     }
-    write_header(&mut header[..HEADER_LEN], content_type, TLS12_EXPLICIT_NONCE_LEN + payload.len() + TAG_LEN);
+    write_header(
+        &mut header[..HEADER_LEN],
+        content_type,
+        TLS12_EXPLICIT_NONCE_LEN + payload.len() + TAG_LEN,
+    );
     let nonce = keys.nonce(seq);
     header[HEADER_LEN..].copy_from_slice(&nonce[4..]);
     let aad = tls12_aad(seq, content_type, payload.len());
     let sealed = keys
         .aead()
-        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..]), payload)
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(&aad[..]),
+            payload,
+        )
         .map_err(|_| RecordError::BadLength(payload.len()))?;
     tag.copy_from_slice(sealed.as_ref());
     Ok(())
@@ -229,7 +259,11 @@ pub struct OpenedRecord {
 /// Open one whole incoming record (`record` = header + body, exactly one record) in place.
 /// TLS 1.3: outer type must be application_data; padding zeros are stripped and the inner
 /// content type returned. TLS 1.2: the explicit nonce is read from the record.
-pub fn open_in_place(keys: &Keys, seq: u64, record: &mut [u8]) -> Result<OpenedRecord, RecordError> {
+pub fn open_in_place(
+    keys: &Keys,
+    seq: u64,
+    record: &mut [u8],
+) -> Result<OpenedRecord, RecordError> {
     if record.len() < HEADER_LEN {
         return Err(RecordError::BadLength(record.len()));
     }
@@ -246,7 +280,12 @@ pub fn open_in_place(keys: &Keys, seq: u64, record: &mut [u8]) -> Result<OpenedR
     }
 }
 
-fn open_tls13(keys: &Keys, seq: u64, header: RecordHeader, record: &mut [u8]) -> Result<OpenedRecord, RecordError> {
+fn open_tls13(
+    keys: &Keys,
+    seq: u64,
+    header: RecordHeader,
+    record: &mut [u8],
+) -> Result<OpenedRecord, RecordError> {
     if header.content_type != CONTENT_APPLICATION_DATA {
         return Err(RecordError::BadContentType(header.content_type));
     }
@@ -270,10 +309,18 @@ fn open_tls13(keys: &Keys, seq: u64, header: RecordHeader, record: &mut [u8]) ->
     }
     let content_type = inner[type_at];
     check_content_type(content_type)?;
-    Ok(OpenedRecord { content_type, plaintext: HEADER_LEN..HEADER_LEN + type_at })
+    Ok(OpenedRecord {
+        content_type,
+        plaintext: HEADER_LEN..HEADER_LEN + type_at,
+    })
 }
 
-fn open_tls12(keys: &Keys, seq: u64, header: RecordHeader, record: &mut [u8]) -> Result<OpenedRecord, RecordError> {
+fn open_tls12(
+    keys: &Keys,
+    seq: u64,
+    header: RecordHeader,
+    record: &mut [u8],
+) -> Result<OpenedRecord, RecordError> {
     check_content_type(header.content_type)?;
     if header.len < TLS12_EXPLICIT_NONCE_LEN + TAG_LEN || header.len > MAX_TLS12_CIPHERTEXT {
         return Err(RecordError::BadLength(header.len));
@@ -289,9 +336,17 @@ fn open_tls12(keys: &Keys, seq: u64, header: RecordHeader, record: &mut [u8]) ->
     let start = HEADER_LEN + TLS12_EXPLICIT_NONCE_LEN;
     let (body, tag) = record[start..].split_at_mut(plain_len);
     keys.aead()
-        .open_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..]), tag, body)
+        .open_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(&aad[..]),
+            tag,
+            body,
+        )
         .map_err(|_| RecordError::BadMac)?;
-    Ok(OpenedRecord { content_type: header.content_type, plaintext: start..start + plain_len })
+    Ok(OpenedRecord {
+        content_type: header.content_type,
+        plaintext: start..start + plain_len,
+    })
 }
 
 fn check_content_type(content_type: u8) -> Result<(), RecordError> {
@@ -310,12 +365,25 @@ mod tests {
     use aes_gcm::aead::{AeadInPlace, KeyInit};
     use proptest::prelude::*;
 
-    fn rc_open(suite: AeadSuite, key: &[u8], nonce: &[u8; 12], aad: &[u8], buf: &mut [u8], tag: &[u8]) -> bool {
+    fn rc_open(
+        suite: AeadSuite,
+        key: &[u8],
+        nonce: &[u8; 12],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8],
+    ) -> bool {
         let nonce = aes_gcm::Nonce::from_slice(nonce);
         let tag = aes_gcm::Tag::from_slice(tag);
         match suite {
-            AeadSuite::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(key).unwrap().decrypt_in_place_detached(nonce, aad, buf, tag).is_ok(),
-            AeadSuite::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(key).unwrap().decrypt_in_place_detached(nonce, aad, buf, tag).is_ok(),
+            AeadSuite::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(key)
+                .unwrap()
+                .decrypt_in_place_detached(nonce, aad, buf, tag)
+                .is_ok(),
+            AeadSuite::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(key)
+                .unwrap()
+                .decrypt_in_place_detached(nonce, aad, buf, tag)
+                .is_ok(),
             AeadSuite::ChaCha20Poly1305 => chacha20poly1305::ChaCha20Poly1305::new_from_slice(key)
                 .unwrap()
                 .decrypt_in_place_detached(nonce, aad, buf, tag)
@@ -323,21 +391,35 @@ mod tests {
         }
     }
 
-    fn rc_seal(suite: AeadSuite, key: &[u8], nonce: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> [u8; 16] {
+    fn rc_seal(
+        suite: AeadSuite,
+        key: &[u8],
+        nonce: &[u8; 12],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> [u8; 16] {
         let nonce = aes_gcm::Nonce::from_slice(nonce);
         let tag = match suite {
-            AeadSuite::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(key).unwrap().encrypt_in_place_detached(nonce, aad, buf),
-            AeadSuite::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(key).unwrap().encrypt_in_place_detached(nonce, aad, buf),
-            AeadSuite::ChaCha20Poly1305 => {
-                chacha20poly1305::ChaCha20Poly1305::new_from_slice(key).unwrap().encrypt_in_place_detached(nonce, aad, buf)
-            }
+            AeadSuite::Aes128Gcm => aes_gcm::Aes128Gcm::new_from_slice(key)
+                .unwrap()
+                .encrypt_in_place_detached(nonce, aad, buf),
+            AeadSuite::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(key)
+                .unwrap()
+                .encrypt_in_place_detached(nonce, aad, buf),
+            AeadSuite::ChaCha20Poly1305 => chacha20poly1305::ChaCha20Poly1305::new_from_slice(key)
+                .unwrap()
+                .encrypt_in_place_detached(nonce, aad, buf),
         }
         .unwrap();
         tag.into()
     }
 
     fn suite() -> impl Strategy<Value = AeadSuite> {
-        prop_oneof![Just(AeadSuite::Aes128Gcm), Just(AeadSuite::Aes256Gcm), Just(AeadSuite::ChaCha20Poly1305)]
+        prop_oneof![
+            Just(AeadSuite::Aes128Gcm),
+            Just(AeadSuite::Aes256Gcm),
+            Just(AeadSuite::ChaCha20Poly1305)
+        ]
     }
 
     fn nonce_of(iv: &[u8; 12], seq: u64) -> [u8; 12] {
@@ -438,7 +520,14 @@ mod tests {
 
     fn sealed_record(keys: &Keys, seq: u64, inner: &[u8]) -> Vec<u8> {
         let mut out = vec![0u8; inner.len() + 64];
-        let n = seal_record_into(keys, seq, inner[inner.len() - 1], &inner[..inner.len() - 1], &mut out).unwrap();
+        let n = seal_record_into(
+            keys,
+            seq,
+            inner[inner.len() - 1],
+            &inner[..inner.len() - 1],
+            &mut out,
+        )
+        .unwrap();
         out.truncate(n);
         out
     }
@@ -460,18 +549,33 @@ mod tests {
             };
             assert_eq!(err, expected, "byte {i}");
         }
-        assert_eq!(open_in_place(&keys, 6, &mut good.clone()), Err(RecordError::BadMac));
-        assert_eq!(open_in_place(&keys, 5, &mut good[..4].to_vec()), Err(RecordError::BadLength(4)));
+        assert_eq!(
+            open_in_place(&keys, 6, &mut good.clone()),
+            Err(RecordError::BadMac)
+        );
+        assert_eq!(
+            open_in_place(&keys, 5, &mut good[..4].to_vec()),
+            Err(RecordError::BadLength(4))
+        );
         // Too short to hold a type byte and tag.
         let mut short = vec![23, 3, 3, 0, 16];
         short.extend_from_slice(&[0; 16]);
-        assert_eq!(open_in_place(&keys, 0, &mut short), Err(RecordError::BadLength(16)));
+        assert_eq!(
+            open_in_place(&keys, 0, &mut short),
+            Err(RecordError::BadLength(16))
+        );
         // All-zero inner plaintext has no content type.
         let zeros = sealed_record(&keys, 1, &[0, 0, 0]);
-        assert_eq!(open_in_place(&keys, 1, &mut zeros.clone()), Err(RecordError::BadContentType(0)));
+        assert_eq!(
+            open_in_place(&keys, 1, &mut zeros.clone()),
+            Err(RecordError::BadContentType(0))
+        );
         // An unknown inner type.
         let odd = sealed_record(&keys, 1, b"x\x63");
-        assert_eq!(open_in_place(&keys, 1, &mut odd.clone()), Err(RecordError::BadContentType(0x63)));
+        assert_eq!(
+            open_in_place(&keys, 1, &mut odd.clone()),
+            Err(RecordError::BadContentType(0x63))
+        );
         assert_eq!(RecordError::BadMac.alert(), 20);
     }
 
@@ -484,7 +588,10 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         let (mut h, mut t) = ([0u8; 5], [0u8; 16]);
-        assert_eq!(seal_in_place(&keys, 0, &mut h, &mut [], &mut t), Err(RecordError::BadLength(0)));
+        assert_eq!(
+            seal_in_place(&keys, 0, &mut h, &mut [], &mut t),
+            Err(RecordError::BadLength(0))
+        );
         assert_eq!(
             seal_in_place(&keys, 0, &mut h, &mut vec![0u8; MAX_PLAINTEXT + 2], &mut t),
             Err(RecordError::BadLength(MAX_PLAINTEXT + 2))
@@ -494,6 +601,9 @@ mod tests {
             seal_in_place_tls12(&keys, 0, 23, &mut h12, &mut [1], &mut t),
             Err(RecordError::WrongVersion { .. })
         ));
-        assert_eq!(seal_record_into(&keys, 0, 23, b"abc", &mut [0u8; 10]), Err(RecordError::BufferTooSmall(25)));
+        assert_eq!(
+            seal_record_into(&keys, 0, 23, b"abc", &mut [0u8; 10]),
+            Err(RecordError::BufferTooSmall(25))
+        );
     }
 }
