@@ -295,7 +295,7 @@ fn load_modules() {
                 match result {
                     Ok(()) => {
                         loaded += 1;
-                        if took > Duration::from_millis(300) {
+                        if took > Duration::from_millis(1500) {
                             say!("module {path} took {} ms", took.as_millis());
                         }
                     }
