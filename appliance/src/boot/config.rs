@@ -208,6 +208,26 @@ impl BootConfig {
     }
 }
 
+/// The configuration in force on this machine, as `config show` presents it: the kernel
+/// command line (`/proc/cmdline`) overlaid with the configuration store, if there is one
+/// ([`ConfigStore::locate`]). Returns the store too, for `config set`.
+pub fn effective() -> (BootConfig, Option<ConfigStore>, Vec<ConfigError>) {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let mut cfg = BootConfig::from_cmdline(&cmdline);
+    let mut errors = Vec::new();
+    let store = ConfigStore::locate().unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    });
+    if let Some(s) = &store {
+        match s.load() {
+            Ok(pairs) => cfg.overlay(&pairs, "partition"),
+            Err(e) => errors.push(e),
+        }
+    }
+    (cfg, store, errors)
+}
+
 /// Splits a kernel command line into words the way the kernel does (double quotes group).
 fn split_cmdline(cmdline: &str) -> Vec<String> {
     let mut words = Vec::new();

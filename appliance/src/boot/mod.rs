@@ -274,20 +274,38 @@ fn load_modules() {
         if paths.is_empty() {
             break;
         }
-        for path in paths {
-            let t = Instant::now();
-            let params = if ASYNC_PROBE.contains(&module_name(&path).as_str()) { "async_probe=1" } else { "" };
-            match sys::load_module(&dir.join(&path), params) {
-                Ok(()) => {
-                    loaded += 1;
-                    if t.elapsed() > Duration::from_millis(300) {
-                        say!("module {path} took {} ms", t.elapsed().as_millis());
+        // Modules of one level depend only on earlier levels: load each level in parallel.
+        for level in load_levels(&deps, &paths) {
+            let results: Vec<(String, std::io::Result<()>, Duration)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = level
+                    .iter()
+                    .map(|path| {
+                        let dir = &dir;
+                        scope.spawn(move || {
+                            let t = Instant::now();
+                            let params = if ASYNC_PROBE.contains(&module_name(path).as_str()) { "async_probe=1" } else { "" };
+                            (path.clone(), sys::load_module(&dir.join(path), params), t.elapsed())
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .filter_map(|h| h.join().ok())
+                    .collect()
+            });
+            for (path, result, took) in results {
+                match result {
+                    Ok(()) => {
+                        loaded += 1;
+                        if took > Duration::from_millis(1500) {
+                            say!("module {path} took {} ms", took.as_millis());
+                        }
                     }
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => {
-                    failed += 1;
-                    say!("module {path}: {e}");
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => {
+                        failed += 1;
+                        say!("module {path}: {e}");
+                    }
                 }
             }
         }
@@ -399,6 +417,28 @@ fn class_match(pat: &[u8], c: u8) -> Option<(bool, usize)> {
         }
     }
     None
+}
+
+/// Splits `paths` (in load order) into levels: a module's level is one more than the highest
+/// level of its dependencies among `paths`.
+pub fn load_levels(deps: &BTreeMap<String, Vec<String>>, paths: &[String]) -> Vec<Vec<String>> {
+    let mut level_of: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut levels: Vec<Vec<String>> = Vec::new();
+    for p in paths {
+        let level = deps
+            .get(p)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| level_of.get(d.as_str()).map(|l| l + 1))
+            .max()
+            .unwrap_or(0);
+        level_of.insert(p, level);
+        if levels.len() <= level {
+            levels.resize(level + 1, Vec::new());
+        }
+        levels[level].push(p.clone());
+    }
+    levels
 }
 
 /// The module name of a modules.dep path: basename without `.ko`, '-' read as '_'.
@@ -523,7 +563,9 @@ fn wait_for(path: &Path, deadline: Instant) -> bool {
 fn run_serve(args: &[String], cfg: &BootConfig, store: Option<&Path>) -> std::io::Result<sys::ExitStatus> {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
     let mut cmd = Command::new(exe);
-    cmd.arg0("appliance").args(args).stdin(Stdio::null());
+    // Its own process group: a ^C or break on the serial line signals the init's group
+    // (PID 1 ignores signals it has no handler for), never serve.
+    cmd.arg0("appliance").args(args).stdin(Stdio::null()).process_group(0);
     // serve answers poweroff with EXIT_POWEROFF (not 0) when it knows an init is watching.
     cmd.env(SUPERVISED_ENV, "1");
     if let Some(level) = cfg.get("log") {
@@ -606,6 +648,14 @@ mod tests {
                 "kernel/drivers/net/virtio_net.ko",
                 "kernel/drivers/vfio/vfio.ko",
                 "kernel/drivers/vfio/pci/vfio-pci.ko"
+            ]
+        );
+        assert_eq!(
+            load_levels(&deps, &order),
+            vec![
+                vec!["kernel/net/core/failover.ko".to_string(), "kernel/drivers/vfio/vfio.ko".to_string()],
+                vec!["kernel/drivers/net/net_failover.ko".to_string(), "kernel/drivers/vfio/pci/vfio-pci.ko".to_string()],
+                vec!["kernel/drivers/net/virtio_net.ko".to_string()],
             ]
         );
         assert!(modules_to_load(&deps, &wanted, &mut done).is_empty(), "nothing loads twice");
