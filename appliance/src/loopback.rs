@@ -1,6 +1,8 @@
 //! An in-process HTTP client on the same network stack, and a harness that runs one server
 //! pipeline and its clients over the simulated link: deterministic loss tests and the
 //! benchmark use it, so no mock stands in for either end.
+use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drivers::nic::sim::{pair, SimClock, SimConfig, SimNic};
@@ -8,7 +10,7 @@ use drivers::nic::{FrameBuf, Nic};
 use drivers::storage::Storage;
 use sha2::{Digest, Sha256};
 
-use crate::net::iface::{App, CloseReason, IfaceConfig, Stack};
+use crate::net::iface::{App, CloseReason, IfaceConfig, Parts, Stack};
 use crate::net::tcp::table::ConnId;
 use crate::net::tcp::TcpConn;
 use crate::net::{Instant, MS};
@@ -26,9 +28,12 @@ pub struct Fetch {
     pub complete: bool,
 }
 
-/// One client connection: a GET, then the response head and a digest of the body.
+/// One client connection: a GET (over TLS with rustls, or plain), then the response head and
+/// a digest of the body.
 pub struct ClientConn {
-    request: Vec<u8>,
+    /// Every byte this connection sends, from stream offset 0 (the request, or TLS records).
+    out: Vec<u8>,
+    tls: Option<Box<rustls::ClientConnection>>,
     head: Vec<u8>,
     status: u16,
     content_length: Option<u64>,
@@ -44,7 +49,21 @@ impl ClientConn {
             request.push_str(&format!("Range: bytes={a}-{b}\r\n"));
         }
         request.push_str("\r\n");
-        ClientConn { request: request.into_bytes(), head: Vec::new(), status: 0, content_length: None, received: 0, hasher: Sha256::new(), done: false }
+        ClientConn { out: request.into_bytes(), tls: None, head: Vec::new(), status: 0, content_length: None, received: 0, hasher: Sha256::new(), done: false }
+    }
+
+    /// The same GET over TLS: the request waits in rustls until the handshake is done.
+    pub fn get_tls(path: &str, range: Option<(u64, u64)>, config: Arc<rustls::ClientConfig>, name: &str) -> Option<ClientConn> {
+        let mut c = ClientConn::get(path, range);
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).ok()?;
+        let mut tls = rustls::ClientConnection::new(config, server_name).ok()?;
+        tls.writer().write_all(&c.out).ok()?;
+        c.out.clear();
+        while tls.wants_write() {
+            tls.write_tls(&mut c.out).ok()?;
+        }
+        c.tls = Some(Box::new(tls));
+        Some(c)
     }
 
     fn finish(&mut self) -> Fetch {
@@ -65,6 +84,8 @@ pub struct ClientApp {
     pub fetches: Vec<Fetch>,
     /// Body bytes received by all connections.
     pub body_bytes: u64,
+    /// TLS errors seen by the client (bad records, alerts).
+    pub tls_failures: u64,
 }
 
 fn parse_head(head: &[u8]) -> Option<(u16, Option<u64>)> {
@@ -78,18 +99,9 @@ fn parse_head(head: &[u8]) -> Option<(u16, Option<u64>)> {
     Some((status, len))
 }
 
-impl App for ClientApp {
-    type Conn = ClientConn;
-
-    fn accept(&mut self, _now: Instant, _port: u16) -> Option<ClientConn> {
-        None
-    }
-
-    fn rx_room(&self, _c: &ClientConn) -> usize {
-        65535
-    }
-
-    fn on_data(&mut self, _now: Instant, _id: ConnId, c: &mut ClientConn, tcp: &mut TcpConn, mut data: &[u8]) {
+impl ClientApp {
+    /// Response bytes (plaintext) in order.
+    fn consume(&mut self, c: &mut ClientConn, tcp: &mut TcpConn, mut data: &[u8]) {
         if c.done {
             return;
         }
@@ -108,7 +120,72 @@ impl App for ClientApp {
         if Some(c.received) >= c.content_length {
             let f = c.finish();
             self.fetches.push(f);
+            if let Some(tls) = &mut c.tls {
+                tls.send_close_notify();
+                while tls.wants_write() {
+                    if tls.write_tls(&mut c.out).is_err() {
+                        break;
+                    }
+                }
+                tcp.set_stream_len(c.out.len() as u64);
+            }
             tcp.close();
+        }
+    }
+}
+
+impl App for ClientApp {
+    type Conn = ClientConn;
+
+    fn accept(&mut self, _now: Instant, _port: u16) -> Option<ClientConn> {
+        None
+    }
+
+    fn rx_room(&self, _c: &ClientConn) -> usize {
+        65535
+    }
+
+    fn on_data(&mut self, _now: Instant, _id: ConnId, c: &mut ClientConn, tcp: &mut TcpConn, data: &[u8]) {
+        let Some(mut tls) = c.tls.take() else {
+            self.consume(c, tcp, data);
+            return;
+        };
+        let mut rd = data;
+        let mut plain = [0u8; 16 * 1024];
+        let mut failed = false;
+        while !rd.is_empty() && !failed {
+            match tls.read_tls(&mut rd) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => failed = true,
+            }
+            if tls.process_new_packets().is_err() {
+                failed = true;
+            }
+            loop {
+                match tls.reader().read(&mut plain) {
+                    Ok(0) => break,
+                    Ok(n) => self.consume(c, tcp, &plain[..n]),
+                    Err(_) => break, // WouldBlock: no more plaintext for now
+                }
+            }
+        }
+        if failed {
+            self.tls_failures += 1;
+        }
+        if !c.done && !failed {
+            while tls.wants_write() {
+                if tls.write_tls(&mut c.out).is_err() {
+                    break;
+                }
+            }
+            tcp.set_stream_len(c.out.len() as u64);
+        }
+        c.tls = Some(tls);
+        if failed && !c.done {
+            let f = c.finish();
+            self.fetches.push(f);
+            tcp.abort();
         }
     }
 
@@ -132,11 +209,11 @@ impl App for ClientApp {
     }
 
     fn available(&mut self, _now: Instant, _id: ConnId, c: &mut ClientConn, off: u64, max: usize) -> usize {
-        (c.request.len() as u64).saturating_sub(off).min(max as u64) as usize
+        (c.out.len() as u64).saturating_sub(off).min(max as u64) as usize
     }
 
-    fn payload<'a>(&'a self, c: &'a ClientConn, off: u64, len: usize) -> &'a [u8] {
-        &c.request[off as usize..off as usize + len]
+    fn payload<'a>(&'a self, c: &'a ClientConn, off: u64, len: usize, parts: &mut Parts<'a>) {
+        parts.push(&c.out[off as usize..off as usize + len]);
     }
 }
 
@@ -154,6 +231,40 @@ pub struct SimHarness<S: Storage> {
     next_port: u16,
     /// Wall-clock nanoseconds spent in the server's loop (for the benchmark).
     pub server_ns: u64,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Port the harness serves HTTPS on once [`SimHarness::enable_tls`] was called.
+pub const HTTPS_PORT: u16 = 443;
+const TEST_NAME: &str = "appliance.test";
+
+/// A throw-away CA and server certificate: the server's configuration and a client
+/// configuration that trusts it (for tests and the benchmark).
+pub fn test_tls_configs() -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|x| e(&x))?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|x| e(&x))?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).map_err(|x| e(&x))?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|x| e(&x))?;
+    let leaf = rcgen::CertificateParams::new(vec![TEST_NAME.to_string()])
+        .map_err(|x| e(&x))?
+        .signed_by(&key, &ca, &ca_key)
+        .map_err(|x| e(&x))?;
+    let server = crate::tls::handshake::server_config(
+        vec![leaf.der().clone(), ca.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .map_err(|x| e(&x))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).map_err(|x| e(&x))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|x| e(&x))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((server, Arc::new(client)))
 }
 
 impl<S: Storage> SimHarness<S> {
@@ -171,7 +282,21 @@ impl<S: Storage> SimHarness<S> {
         let mut ccfg = IfaceConfig::new(client_nic.link().mac, CLIENT_IP, 24);
         ccfg.max_conns = 65536;
         let client = Stack::new(ccfg, 0);
-        SimHarness { clock, server, client_nic, client, client_app: ClientApp::default(), rx: Vec::with_capacity(RX_BURST), next_port: 10000, server_ns: 0 }
+        SimHarness { clock, server, client_nic, client, client_app: ClientApp::default(), rx: Vec::with_capacity(RX_BURST), next_port: 10000, server_ns: 0, client_tls: None }
+    }
+
+    /// Serve HTTPS on [`HTTPS_PORT`]; [`SimHarness::start_fetch_tls`] then trusts it.
+    pub fn enable_tls(&mut self, server: Arc<rustls::ServerConfig>, client: Arc<rustls::ClientConfig>) {
+        self.server.app.enable_tls(server, HTTPS_PORT);
+        self.server.stack.cfg.listen_ports.push(HTTPS_PORT);
+        self.client_tls = Some(client);
+    }
+
+    /// As [`SimHarness::start_fetch`], over TLS.
+    pub fn start_fetch_tls(&mut self, path: &str, range: Option<(u64, u64)>) -> bool {
+        let Some(cfg) = self.client_tls.clone() else { return false };
+        let Some(c) = ClientConn::get_tls(path, range, cfg, TEST_NAME) else { return false };
+        self.open(c, HTTPS_PORT)
     }
 
     fn now(&self) -> Instant {
@@ -181,6 +306,10 @@ impl<S: Storage> SimHarness<S> {
     /// Open a connection fetching `path` (optionally a byte range). Resolves the server's MAC
     /// through ARP first if needed.
     pub fn start_fetch(&mut self, path: &str, range: Option<(u64, u64)>) -> bool {
+        self.open(ClientConn::get(path, range), 80)
+    }
+
+    fn open(&mut self, c: ClientConn, port: u16) -> bool {
         let mac = loop {
             let now = self.now();
             if let Some(mac) = self.client.resolve(now, SERVER_IP, &mut self.client_nic) {
@@ -192,10 +321,9 @@ impl<S: Storage> SimHarness<S> {
             self.step(true);
         };
         self.next_port = self.next_port.wrapping_add(1).max(10000);
-        let c = ClientConn::get(path, range);
-        let len = c.request.len() as u64;
+        let len = c.out.len() as u64;
         let now = self.now();
-        let Some(id) = self.client.connect(now, SERVER_IP, 80, self.next_port, mac, c, &mut self.client_app) else { return false };
+        let Some(id) = self.client.connect(now, SERVER_IP, port, self.next_port, mac, c, &mut self.client_app) else { return false };
         if let Some(e) = self.client.get_mut(id) {
             e.tcp.set_stream_len(len);
         }

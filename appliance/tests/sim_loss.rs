@@ -38,14 +38,20 @@ fn lossy(seed: u64, loss: f64) -> SimConfig {
     SimConfig { seed, loss, reorder: 0.01, duplicate: 0.01, delay: Duration::from_millis(1), jitter: Duration::from_micros(200), ..SimConfig::default() }
 }
 
-fn transfer(loss: f64, seed: u64) {
+fn transfer(loss: f64, seed: u64, tls: bool) {
     let dir = tempfile::tempdir().unwrap();
     let vol_path = sample_volume(dir.path());
     let mut storage = FileStorage::open(&vol_path).unwrap();
     let volume = appliance::volume::load(&mut storage).unwrap();
     let expected = volume.lookup("/video/big.ts").unwrap().sha256;
     let mut h = SimHarness::new(storage, volume, lossy(seed, loss), lossy(seed ^ 0xabcdef, loss), 64);
-    assert!(h.start_fetch("/video/big.ts", None), "ARP resolution over the lossy link");
+    if tls {
+        let (server, client) = appliance::loopback::test_tls_configs().unwrap();
+        h.enable_tls(server, client);
+        assert!(h.start_fetch_tls("/video/big.ts", None), "ARP resolution over the lossy link");
+    } else {
+        assert!(h.start_fetch("/video/big.ts", None), "ARP resolution over the lossy link");
+    }
     assert!(h.run_until_fetches(1, Duration::from_secs(3600)), "transfer did not finish in an hour of virtual time");
     let f = &h.client_app.fetches[0];
     assert_eq!(f.status, 200);
@@ -54,6 +60,13 @@ fn transfer(loss: f64, seed: u64) {
     assert_eq!(f.sha256, expected, "body differs from the packed file");
     let stats = h.server.stats();
     assert!(stats.tcp_retransmits > 0, "loss {loss}: the retransmission counter must move");
+    if tls {
+        // Re-read and re-sealed records after timeouts must still open in the client.
+        assert_eq!(h.client_app.tls_failures, 0, "the client rejected a record");
+        assert_eq!(stats.tls_handshakes, 1);
+        assert!(stats.tls_records_sealed > (BIG / 16384) as u64, "every record sealed at least once");
+        assert!(stats.tcp_rto_timeouts > 0, "timeouts released chunks: records were read and sealed again");
+    }
     // Let the connection close and check nothing is left behind.
     for _ in 0..100_000 {
         h.step(true);
@@ -71,10 +84,15 @@ fn transfer(loss: f64, seed: u64) {
 
 #[test]
 fn fifty_megabytes_at_one_percent_loss() {
-    transfer(0.01, 1);
+    transfer(0.01, 1, false);
 }
 
 #[test]
 fn fifty_megabytes_at_five_percent_loss() {
-    transfer(0.05, 2);
+    transfer(0.05, 2, false);
+}
+
+#[test]
+fn fifty_megabytes_over_tls_at_two_percent_loss() {
+    transfer(0.02, 3, true);
 }

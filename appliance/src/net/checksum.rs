@@ -30,6 +30,32 @@ pub fn finish(mut acc: u64) -> u16 {
     !(acc as u16)
 }
 
+/// Add the concatenation of `parts` to a running sum; parts may have any length (a part
+/// that starts at an odd offset has its bytes' roles swapped, which byte-swapping its
+/// folded sum undoes: RFC 1071's byte-order independence).
+#[inline]
+pub fn accumulate_parts(mut acc: u64, parts: &[&[u8]]) -> u64 {
+    let mut odd = false;
+    for p in parts {
+        if p.is_empty() {
+            continue;
+        }
+        let folded = fold(accumulate(0, p));
+        acc += if odd { folded.swap_bytes() } else { folded } as u64;
+        odd ^= p.len() % 2 == 1;
+    }
+    acc
+}
+
+/// Fold a running sum to 16 bits with end-around carry (not complemented).
+#[inline]
+fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
 /// The running sum of the IPv4 pseudo-header for TCP/UDP.
 #[inline]
 pub fn pseudo_header(src: [u8; 4], dst: [u8; 4], protocol: u8, len: u16) -> u64 {
@@ -61,6 +87,20 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn parts_of_any_length_sum_like_their_concatenation(data: Vec<u8>, cuts: Vec<usize>) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (data.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut parts = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                parts.push(&data[at..c]);
+                at = c;
+            }
+            parts.push(&data[at..]);
+            proptest::prop_assert_eq!(finish(accumulate_parts(0, &parts)), reference(&data));
+        }
+
         #[test]
         fn matches_reference_split_anywhere_even(data: Vec<u8>, split in 0usize..64) {
             let split = (split * 2).min(data.len() & !1);

@@ -123,13 +123,15 @@ pub fn emit_ipv4(out: &mut [u8], src: [u8; 4], dst: [u8; 4], protocol: u8, paylo
     out[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
-/// Write Ethernet + IPv4 + TCP headers for a segment carrying `payload` into `out` and return
-/// their length. The TCP checksum covers `payload` where it lies.
-pub fn emit_tcp_segment(out: &mut [u8; MAX_HEADERS_LEN], ep: &Endpoints, f: &TcpFields, ip_id: u16, payload: &[u8]) -> usize {
+/// Write Ethernet + IPv4 + TCP headers for a segment carrying `payload` (gathered from
+/// `parts`, in order) into `out` and return their length. The TCP checksum covers the
+/// payload where it lies.
+pub fn emit_tcp_segment(out: &mut [u8; MAX_HEADERS_LEN], ep: &Endpoints, f: &TcpFields, ip_id: u16, payload: &[&[u8]]) -> usize {
+    let payload_len: usize = payload.iter().map(|p| p.len()).sum();
     let tcp_at = ETH_HEADER_LEN + IPV4_HEADER_LEN;
     let opt_len = f.options.emit(&mut out[tcp_at + TCP_HEADER_LEN..]);
     let tcp_len = TCP_HEADER_LEN + opt_len;
-    let seg_len = tcp_len + payload.len();
+    let seg_len = tcp_len + payload_len;
     emit_ethernet(&mut out[..], ep.dst_mac, ep.src_mac, ETHERTYPE_IPV4);
     emit_ipv4(&mut out[ETH_HEADER_LEN..], ep.src_ip, ep.dst_ip, IP_PROTO_TCP, seg_len, ip_id);
     let t = &mut out[tcp_at..tcp_at + tcp_len];
@@ -143,7 +145,7 @@ pub fn emit_tcp_segment(out: &mut [u8; MAX_HEADERS_LEN], ep: &Endpoints, f: &Tcp
     t[16..20].copy_from_slice(&[0, 0, 0, 0]);
     let mut acc = checksum::pseudo_header(ep.src_ip, ep.dst_ip, IP_PROTO_TCP, seg_len as u16);
     acc = checksum::accumulate(acc, t);
-    acc = checksum::accumulate(acc, payload);
+    acc = checksum::accumulate_parts(acc, payload);
     t[16..18].copy_from_slice(&checksum::finish(acc).to_be_bytes());
     tcp_at + tcp_len
 }
@@ -169,7 +171,7 @@ mod tests {
         let f = TcpFields { seq: 1000, ack: 2000, flags: flags::ACK | flags::PSH, window: 512, options: opts };
         let payload = b"hello, world!";
         let mut hdr = [0u8; MAX_HEADERS_LEN];
-        let n = emit_tcp_segment(&mut hdr, &ep, &f, 7, payload);
+        let n = emit_tcp_segment(&mut hdr, &ep, &f, 7, &[&payload[..5], &payload[5..]]);
         let mut frame = hdr[..n].to_vec();
         frame.extend_from_slice(payload);
         let eth = EthernetFrame::new_checked(&frame[..]).unwrap();

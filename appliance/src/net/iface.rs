@@ -92,10 +92,54 @@ pub trait App {
     }
     /// The connection is gone; release everything it held.
     fn on_closed(&mut self, c: Self::Conn, reason: CloseReason);
-    /// See [`DataSource::available`].
+    /// See [`DataSource::available`]. The bytes may lie in up to [`MAX_PARTS`] places.
     fn available(&mut self, now: Instant, id: ConnId, c: &mut Self::Conn, off: u64, max: usize) -> usize;
-    /// The bytes promised by `available`.
-    fn payload<'a>(&'a self, c: &'a Self::Conn, off: u64, len: usize) -> &'a [u8];
+    /// The `len` bytes from `off` promised by `available`, as slices in order.
+    fn payload<'a>(&'a self, c: &'a Self::Conn, off: u64, len: usize, parts: &mut Parts<'a>);
+}
+
+/// Most slices one segment's payload is gathered from (e.g. a TLS record's header, its
+/// sealed payload in a storage buffer, its tag, and the next record's header).
+pub const MAX_PARTS: usize = 8;
+
+/// The slices of one segment's payload.
+pub struct Parts<'a> {
+    slices: [&'a [u8]; MAX_PARTS],
+    n: usize,
+}
+
+impl<'a> Default for Parts<'a> {
+    fn default() -> Self {
+        Parts { slices: [&[]; MAX_PARTS], n: 0 }
+    }
+}
+
+impl<'a> Parts<'a> {
+    /// Append a slice; false when full (the caller stops there).
+    pub fn push(&mut self, s: &'a [u8]) -> bool {
+        if self.n == MAX_PARTS {
+            return false;
+        }
+        self.slices[self.n] = s;
+        self.n += 1;
+        true
+    }
+
+    pub fn as_slice(&self) -> &[&'a [u8]] {
+        &self.slices[..self.n]
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    pub fn total(&self) -> usize {
+        self.as_slice().iter().map(|s| s.len()).sum()
+    }
 }
 
 pub struct Entry<C> {
@@ -657,11 +701,15 @@ impl<C> Stack<C> {
                 }
                 let mut src = Source { app, conn, id, now };
                 let Some(seg) = tcp.poll_tx(now, &mut src) else { break };
-                let payload = app.payload(conn, seg.payload_off, seg.payload_len);
-                debug_assert_eq!(payload.len(), seg.payload_len);
+                let mut parts = Parts::default();
+                app.payload(conn, seg.payload_off, seg.payload_len, &mut parts);
+                debug_assert_eq!(parts.total(), seg.payload_len);
                 self.ip_id = self.ip_id.wrapping_add(1);
-                let n = headers::emit_tcp_segment(&mut hdr, &ep, &seg.fields, self.ip_id, payload);
-                if !nic.tx_gather(&[&hdr[..n], payload]) {
+                let n = headers::emit_tcp_segment(&mut hdr, &ep, &seg.fields, self.ip_id, parts.as_slice());
+                let mut frame: [&[u8]; MAX_PARTS + 1] = [&[]; MAX_PARTS + 1];
+                frame[0] = &hdr[..n];
+                frame[1..=parts.len()].copy_from_slice(parts.as_slice());
+                if !nic.tx_gather(&frame[..=parts.len()]) {
                     // Ring full: the segment counts as lost; TCP recovers it.
                     nic.tx_flush();
                     more = true;

@@ -28,6 +28,7 @@ pub struct Host {
     gateway: Option<Ipv4Addr>,
     cores: Vec<usize>,
     http_port: u16,
+    https_port: Option<u16>,
     media_source: String,
     nic_spec: String,
     start: std::time::Instant,
@@ -42,6 +43,7 @@ impl Host {
             gateway: args.gateway,
             cores,
             http_port: args.http_port,
+            https_port: args.tls_cert.is_some().then_some(args.https_port),
             media_source: args.media.display().to_string(),
             nic_spec: args.nic.clone(),
             start,
@@ -79,7 +81,7 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
             },
             draining: self.pipe.app.draining,
             http_port: self.host.http_port,
-            https_port: None,
+            https_port: self.host.https_port,
         }
     }
 
@@ -108,7 +110,7 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
                 bytes_sent: e.tcp.counters.bytes_sent,
                 age: Duration::from_nanos(now.saturating_sub(e.opened_at)),
                 idle: Duration::from_nanos(now.saturating_sub(e.tcp.last_rx())),
-                tls: false,
+                tls: e.app.is_tls(),
                 core,
             })
             .collect();

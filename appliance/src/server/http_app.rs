@@ -1,26 +1,43 @@
-//! HTTP/1.1 over the TCP stack: parses requests out of each connection's receive buffer,
-//! plans responses against the volume, and serves the response stream by pulling it: a
-//! response is a head (kept, a few hundred bytes) followed by an object range that is read
-//! from storage into DMA chunks only when TCP asks for those bytes, and released once the
-//! peer acknowledges them (or at a retransmission timeout, after which they are read again).
+//! HTTP/1.1 and HTTPS over the TCP stack: parses requests out of each connection's receive
+//! buffer (after opening TLS records, on the HTTPS port), plans responses against the volume,
+//! and serves the response stream by pulling it.
+//!
+//! A response is a head (kept: a few hundred bytes, sealed as one record under TLS) followed
+//! by an object range that is read from storage into 64 KiB DMA chunks only when TCP asks for
+//! those bytes. Under TLS the records of a chunk are sealed in place as soon as its read
+//! completes; their 5-byte headers and 17-byte trailers live beside the chunk, so storage DMA
+//! lands exactly where the NIC reads. Record boundaries and sequence numbers are a function of
+//! the stream offset ([`ResponseLayout`]), so a chunk released at a retransmission timeout is
+//! read and sealed again to the same bytes. Chunks go back to the pool once acknowledged.
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use drivers::storage::{Completion, DmaBuf, DmaPool, Storage};
 
 use crate::http::{self, Limits, ObjectMeta, Parse, Plan, MAX_HEAD_LEN};
-use crate::net::iface::{App, CloseReason, Stack};
+use crate::net::iface::{App, CloseReason, Parts, Stack};
 use crate::net::tcp::table::ConnId;
 use crate::net::tcp::TcpConn;
 use crate::net::Instant;
 use crate::stats::Stats;
+use crate::tls::handshake::{HandshakeDriver, HandshakeProgress, Incoming, RecordSession};
+use crate::tls::layout::{RecordFormat, RecordPart, RecordSource, ResponseLayout, RECORD_PLAINTEXT};
+use crate::tls::record::{self, CONTENT_APPLICATION_DATA};
+use crate::tls::{TlsError, TlsVersion};
 use crate::volume::Volume;
 
-/// Bytes of object data per storage read and DMA buffer.
+/// Bytes of object data per storage read and DMA buffer (a multiple of the record size).
 pub const CHUNK: usize = 64 * 1024;
 const CHUNKS_PER_CONN: usize = 4;
+const RECORDS_PER_CHUNK: usize = CHUNK / RECORD_PLAINTEXT as usize;
 const RX_BUF: usize = 16 * 1024;
 const MAX_PIPELINED: usize = 16;
 const BLOCK: u64 = 4096;
+/// Room for a response head plus an error body, sealed as one record (or a control record).
+const HEAD_CAP: usize = MAX_HEAD_LEN + 128 + 32;
+/// TLS 1.3 record trailer: inner content type + tag. (TLS 1.2 uses the first 16 bytes.)
+const TRAILER: usize = record::TLS13_TRAILER_LEN;
+const HEADER_MAX: usize = 13;
 
 #[derive(Clone, Copy, Debug)]
 struct Body {
@@ -33,18 +50,36 @@ struct Body {
     size: u64,
 }
 
+/// The records of a response on a TLS connection.
+#[derive(Clone, Copy, Debug)]
+struct RespTls {
+    layout: ResponseLayout,
+    epoch: u32,
+    /// Record index of the first body record (1 when there is a head record).
+    first_body_rec: u64,
+}
+
 struct Response {
     start: u64,
-    head: [u8; MAX_HEAD_LEN],
+    /// Plain: head and error body. TLS: the sealed head record. Control records (TLS alerts,
+    /// KeyUpdate) are responses with only this.
+    head: [u8; HEAD_CAP],
     head_len: usize,
-    extra: &'static [u8],
     body: Option<Body>,
+    tls: Option<RespTls>,
     end: u64,
 }
 
 impl Response {
-    fn body_start(&self) -> u64 {
-        self.start + (self.head_len + self.extra.len()) as u64
+    fn control(start: u64, bytes: &[u8]) -> Response {
+        let mut r = Response { start, head: [0; HEAD_CAP], head_len: bytes.len(), body: None, tls: None, end: start + bytes.len() as u64 };
+        r.head[..bytes.len()].copy_from_slice(bytes);
+        r
+    }
+
+    /// The record carrying object byte `p` (TLS responses).
+    fn record_of(&self, t: &RespTls, b: &Body, p: u64) -> u64 {
+        t.first_body_rec + p / RECORD_PLAINTEXT - b.obj_off / RECORD_PLAINTEXT
     }
 }
 
@@ -54,19 +89,50 @@ enum ChunkState {
     Ready(DmaBuf),
 }
 
-/// A DMA buffer holding object bytes `[index * CHUNK, index * CHUNK + CHUNK)` of one response.
+/// A DMA buffer holding object bytes `[index * CHUNK, (index + 1) * CHUNK)` of one response,
+/// and under TLS the headers and trailers of the records sealed in it.
 struct Chunk {
     state: ChunkState,
     resp_start: u64,
     index: u64,
-    /// The stream range this chunk serves, and the buffer offset of `stream_start`.
-    stream_start: u64,
+    /// Stream offset just past this chunk's last byte on the wire (released once ACKed).
     stream_end: u64,
-    buf_off: usize,
+    first_rec: u64,
+    hdr: [[u8; HEADER_MAX]; RECORDS_PER_CHUNK],
+    trl: [[u8; TRAILER]; RECORDS_PER_CHUNK],
 }
 
 impl Chunk {
-    const FREE: Chunk = Chunk { state: ChunkState::Free, resp_start: 0, index: 0, stream_start: 0, stream_end: 0, buf_off: 0 };
+    const FREE: Chunk = Chunk {
+        state: ChunkState::Free,
+        resp_start: 0,
+        index: 0,
+        stream_end: 0,
+        first_rec: 0,
+        hdr: [[0; HEADER_MAX]; RECORDS_PER_CHUNK],
+        trl: [[0; TRAILER]; RECORDS_PER_CHUNK],
+    };
+}
+
+enum TlsPhase {
+    Handshake(Box<HandshakeDriver>),
+    Session(Box<RecordSession>),
+    /// The handover failed: nothing more is sent or received.
+    Dead,
+}
+
+/// TLS state of a connection on the HTTPS port.
+struct ConnTls {
+    phase: TlsPhase,
+    /// After the handshake: its output not yet acknowledged, from stream offset `hs_base`.
+    hs_out: Vec<u8>,
+    hs_base: u64,
+    /// Next record sequence number and the epoch it belongs to.
+    next_seq: u64,
+    epoch: u32,
+    /// The connection failed (alert queued or sent): nothing more is parsed.
+    failed: bool,
+    records_opened_seen: u64,
 }
 
 /// Per-connection HTTP state.
@@ -78,11 +144,12 @@ pub struct HttpConn {
     /// No more requests are parsed (close after the queued responses).
     closing: bool,
     read_seq: u16,
+    tls: Option<ConnTls>,
     pub requests: u64,
 }
 
 impl HttpConn {
-    fn new() -> Self {
+    fn new(tls: Option<ConnTls>) -> Self {
         HttpConn {
             rx: Vec::new(),
             responses: VecDeque::new(),
@@ -90,37 +157,147 @@ impl HttpConn {
             stream_len: 0,
             closing: false,
             read_seq: 0,
+            tls,
             requests: 0,
         }
     }
 
     /// Nothing queued or in flight: the connection is between requests.
     pub fn idle(&self) -> bool {
-        self.responses.is_empty()
+        self.responses.is_empty() && self.tls.as_ref().is_none_or(|t| matches!(t.phase, TlsPhase::Session(_)))
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    fn find_chunk(&self, resp_start: u64, index: u64) -> Option<usize> {
+        self.chunks.iter().position(|k| !matches!(k.state, ChunkState::Free) && k.resp_start == resp_start && k.index == index)
+    }
+
+    /// Queue a sealed control record (alert, KeyUpdate) at the end of the stream.
+    fn push_control(&mut self, tcp: &mut TcpConn, bytes: &[u8]) {
+        let r = Response::control(self.stream_len, bytes);
+        self.stream_len = r.end;
+        self.responses.push_back(r);
+        tcp.set_stream_len(self.stream_len);
     }
 }
 
-/// Where the bytes at a stream offset are.
-enum Located {
-    Head { resp: usize, at: usize, len: usize },
-    Extra { resp: usize, at: usize, len: usize },
-    Body { resp: usize, index: u64 },
+/// What lies at a stream offset.
+enum Loc<'a> {
+    /// Bytes ready to send from here (a prefix may be taken).
+    Bytes(&'a [u8]),
+    /// Chunk `index` of response `resp` is not in memory: read it.
+    Missing { resp: usize, index: u64 },
+    /// A read is under way.
+    Pending,
+    /// Nothing is held there (beyond the stream, or acknowledged already).
+    Nothing,
 }
 
-fn locate(c: &HttpConn, off: u64) -> Option<Located> {
-    let resp = c.responses.iter().position(|r| off >= r.start && off < r.end)?;
+fn locate(c: &HttpConn, off: u64) -> Loc<'_> {
+    if let Some(t) = &c.tls {
+        match &t.phase {
+            TlsPhase::Handshake(d) => return bytes_or_nothing(d.tx_bytes(off)),
+            TlsPhase::Session(_) if off < t.hs_base + t.hs_out.len() as u64 => {
+                return match off.checked_sub(t.hs_base) {
+                    Some(at) => Loc::Bytes(&t.hs_out[at as usize..]),
+                    None => Loc::Nothing,
+                };
+            }
+            TlsPhase::Session(_) => {}
+            TlsPhase::Dead => return Loc::Nothing,
+        }
+    }
+    let Some(resp) = c.responses.iter().position(|r| off >= r.start && off < r.end) else { return Loc::Nothing };
     let r = &c.responses[resp];
-    let at = (off - r.start) as usize;
-    if at < r.head_len {
-        return Some(Located::Head { resp, at, len: r.head_len - at });
+    let rel = off - r.start;
+    if rel < r.head_len as u64 {
+        return Loc::Bytes(&r.head[rel as usize..r.head_len]);
     }
-    let at = at - r.head_len;
-    if at < r.extra.len() {
-        return Some(Located::Extra { resp, at, len: r.extra.len() - at });
+    let Some(b) = r.body else { return Loc::Nothing };
+    match &r.tls {
+        None => {
+            let obj_pos = b.obj_off + (rel - r.head_len as u64);
+            let index = obj_pos / CHUNK as u64;
+            match c.find_chunk(r.start, index).map(|i| &c.chunks[i]) {
+                None => Loc::Missing { resp, index },
+                Some(Chunk { state: ChunkState::Ready(buf), .. }) => {
+                    let base = index * CHUNK as u64;
+                    let end = (base + CHUNK as u64).min(b.obj_off + b.len);
+                    Loc::Bytes(&buf.as_slice()[(obj_pos - base) as usize..(end - base) as usize])
+                }
+                Some(_) => Loc::Pending,
+            }
+        }
+        Some(t) => {
+            let Some((rec, part)) = t.layout.locate(rel) else { return Loc::Nothing };
+            let RecordSource::Body { object_start, object_end } = t.layout.record_source(rec) else {
+                return Loc::Nothing; // the head record lies in `head`, handled above
+            };
+            let index = object_start / CHUNK as u64;
+            let k = match c.find_chunk(r.start, index).map(|i| &c.chunks[i]) {
+                None => return Loc::Missing { resp, index },
+                Some(k) => k,
+            };
+            let ChunkState::Ready(buf) = &k.state else { return Loc::Pending };
+            let j = (rec - k.first_rec) as usize;
+            let format = t.layout.format();
+            let base = index * CHUNK as u64;
+            Loc::Bytes(match part {
+                RecordPart::Header(i) => &k.hdr[j][i as usize..format.header_len as usize],
+                RecordPart::Payload(i) => &buf.as_slice()[(object_start - base) as usize + i as usize..(object_end - base) as usize],
+                RecordPart::InnerType => &k.trl[j][..TRAILER],
+                RecordPart::Tag(i) => {
+                    let tag_at = format.inner_type_len as usize;
+                    &k.trl[j][tag_at + i as usize..tag_at + format.tag_len as usize]
+                }
+            })
+        }
     }
-    let b = r.body?;
-    let obj_pos = b.obj_off + (off - r.body_start());
-    Some(Located::Body { resp, index: obj_pos / CHUNK as u64 })
+}
+
+fn bytes_or_nothing(b: &[u8]) -> Loc<'_> {
+    if b.is_empty() {
+        Loc::Nothing
+    } else {
+        Loc::Bytes(b)
+    }
+}
+
+/// Seal, in place, the records of `resp` whose plaintext lies in chunk `k` (buffer `buf`).
+/// Returns how many records were sealed.
+fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, buf: &mut DmaBuf) -> Result<u64, TlsError> {
+    let (Some(t), Some(b)) = (r.tls, r.body) else { return Ok(0) };
+    let base = k.index * CHUNK as u64;
+    let lo = base.max(b.obj_off);
+    let hi = (base + CHUNK as u64).min(b.obj_off + b.len);
+    let keys = session.tx_keys(t.epoch)?;
+    let first = r.record_of(&t, &b, lo);
+    let last = r.record_of(&t, &b, hi - 1);
+    k.first_rec = first;
+    for rec in first..=last {
+        let RecordSource::Body { object_start, object_end } = t.layout.record_source(rec) else {
+            return Err(TlsError::Malformed("record layout"));
+        };
+        debug_assert!(object_start >= lo && object_end <= hi);
+        let j = (rec - first) as usize;
+        let payload = &mut buf.as_mut_slice()[(object_start - base) as usize..(object_end - base) as usize];
+        let seq = t.layout.seq(rec);
+        match keys.version() {
+            TlsVersion::Tls13 => {
+                let hdr: &mut [u8; 5] = (&mut k.hdr[j][..5]).try_into().expect("5-byte header");
+                record::seal_in_place_split(keys, seq, hdr, payload, CONTENT_APPLICATION_DATA, &mut k.trl[j])?
+            }
+            TlsVersion::Tls12 => {
+                let tag: &mut [u8; 16] = (&mut k.trl[j][..16]).try_into().expect("16-byte tag");
+                record::seal_in_place_tls12(keys, seq, CONTENT_APPLICATION_DATA, &mut k.hdr[j], payload, tag)?
+            }
+        }
+    }
+    k.stream_end = r.start + t.layout.record_wire_range(last).end;
+    Ok(last - first + 1)
 }
 
 pub struct HttpApp<S: Storage> {
@@ -136,6 +313,8 @@ pub struct HttpApp<S: Storage> {
     completions: Vec<Completion>,
     buffer_waiters: Vec<ConnId>,
     pub draining: bool,
+    tls_config: Option<Arc<rustls::ServerConfig>>,
+    https_port: u16,
 }
 
 impl<S: Storage> HttpApp<S> {
@@ -154,7 +333,15 @@ impl<S: Storage> HttpApp<S> {
             completions: Vec::with_capacity(buffers),
             buffer_waiters: Vec::with_capacity(1024),
             draining: false,
+            tls_config: None,
+            https_port: 0,
         })
+    }
+
+    /// Serve HTTPS on `port` with this configuration.
+    pub fn enable_tls(&mut self, config: Arc<rustls::ServerConfig>, port: u16) {
+        self.tls_config = Some(config);
+        self.https_port = port;
     }
 
     pub fn buffers_free(&self) -> usize {
@@ -165,13 +352,59 @@ impl<S: Storage> HttpApp<S> {
         self.reads_in_flight
     }
 
+    /// Stop parsing and close after what is queued; under TLS, say close_notify first.
+    fn close_after_queued(&mut self, c: &mut HttpConn, tcp: &mut TcpConn) {
+        if c.closing {
+            return;
+        }
+        c.closing = true;
+        c.rx.clear();
+        if let Some(t) = &mut c.tls {
+            if let (TlsPhase::Session(s), false) = (&t.phase, t.failed) {
+                let mut rec = [0u8; 64];
+                if let Ok(n) = s.seal_close_notify(t.epoch, t.next_seq, &mut rec) {
+                    t.next_seq += 1;
+                    self.stats.tls_records_sealed += 1;
+                    c.push_control(tcp, &rec[..n]);
+                }
+            }
+        }
+        tcp.close();
+    }
+
+    /// A TLS error after the handshake: send the matching fatal alert and close.
+    fn tls_fail(&mut self, c: &mut HttpConn, tcp: &mut TcpConn, err: &TlsError) {
+        log::debug!("TLS connection failed: {err}");
+        self.stats.tls_bad_records += 1;
+        let Some(t) = &mut c.tls else { return };
+        if let TlsPhase::Session(s) = &t.phase {
+            let mut rec = [0u8; 64];
+            if let Ok(n) = s.seal_fatal_alert_for(err, t.epoch, t.next_seq, &mut rec) {
+                t.next_seq += 1;
+                c.push_control(tcp, &rec[..n]);
+            }
+        }
+        if let Some(t) = &mut c.tls {
+            t.failed = true;
+        }
+        c.closing = true;
+        c.rx.clear();
+        tcp.close();
+    }
+
     /// Parse and plan every complete request in the receive buffer that fits the queue.
     fn parse_requests(&mut self, c: &mut HttpConn, tcp: &mut TcpConn) {
         while !c.closing && c.responses.len() < MAX_PIPELINED && !c.rx.is_empty() {
             let mut path_buf = [0u8; 4096];
             let mut extent = 0u64;
             let (plan, consumed) = match http::parse_request(&c.rx, &self.limits) {
-                Parse::Incomplete => break,
+                Parse::Incomplete => {
+                    if c.rx.len() >= RX_BUF {
+                        (Plan::error(431), c.rx.len())
+                    } else {
+                        break;
+                    }
+                }
                 Parse::Error(e) => {
                     log::debug!("bad request: {} {}", e.status, e.reason);
                     (Plan::from_error(&e), c.rx.len())
@@ -184,7 +417,7 @@ impl<S: Storage> HttpApp<S> {
                             ObjectMeta { size: o.size, content_type: &o.content_type, etag: &o.etag, mtime: o.mtime }
                         })
                     });
-                    log::debug!("{} {} -> {}", request.target, consumed, plan.status);
+                    log::debug!("{} -> {}", request.target, plan.status);
                     (plan, consumed)
                 }
             };
@@ -192,32 +425,189 @@ impl<S: Storage> HttpApp<S> {
             if self.draining {
                 plan.keep_alive = false;
             }
-            let mut resp = Response { start: c.stream_len, head: [0; MAX_HEAD_LEN], head_len: 0, extra: plan.error_body(), body: None, end: 0 };
-            resp.head_len = match http::write_head(&plan, self.wall_unix, &mut resp.head) {
+            // The head and error body, in plaintext.
+            let mut text = [0u8; MAX_HEAD_LEN + 128];
+            let mut text_len = match http::write_head(&plan, self.wall_unix, &mut text) {
                 Ok(n) => n,
                 Err(_) => {
                     // Cannot happen with the volume's bounded metadata; answer 500 rather than panic.
-                    let p = Plan::error(500);
-                    resp.extra = p.error_body();
-                    http::write_head(&p, self.wall_unix, &mut resp.head).unwrap_or(0)
+                    plan = Plan::error(500);
+                    http::write_head(&plan, self.wall_unix, &mut text).unwrap_or(0)
                 }
             };
-            resp.body = plan.body.zip(plan.object).map(|((obj_off, len), meta)| Body { extent, obj_off, len, size: meta.size });
-            resp.end = resp.body_start() + resp.body.map_or(0, |b| b.len);
+            let extra = plan.error_body();
+            let extra = &extra[..extra.len().min(text.len() - text_len)];
+            text[text_len..text_len + extra.len()].copy_from_slice(extra);
+            text_len += extra.len();
+            let body = plan.body.zip(plan.object).map(|((obj_off, len), meta)| Body { extent, obj_off, len, size: meta.size });
+            let mut resp = Response { start: c.stream_len, head: [0; HEAD_CAP], head_len: 0, body, tls: None, end: 0 };
+            match &mut c.tls {
+                None => {
+                    resp.head[..text_len].copy_from_slice(&text[..text_len]);
+                    resp.head_len = text_len;
+                    resp.end = resp.start + text_len as u64 + body.map_or(0, |b| b.len);
+                }
+                Some(t) => {
+                    let TlsPhase::Session(s) = &t.phase else { break };
+                    let (obj_off, len) = body.map_or((0, 0), |b| (b.obj_off, b.len));
+                    let layout = match ResponseLayout::new(RecordFormat::for_version(s.version()), text_len, obj_off, len, t.next_seq) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            log::warn!("response layout: {e}");
+                            break;
+                        }
+                    };
+                    match s.seal_record(t.epoch, layout.seq(0), CONTENT_APPLICATION_DATA, &text[..text_len], &mut resp.head) {
+                        Ok(n) => resp.head_len = n,
+                        Err(e) => {
+                            let e = e.to_string();
+                            log::warn!("sealing a response head: {e}");
+                            self.stats.tls_bad_records += 1;
+                            break;
+                        }
+                    }
+                    self.stats.tls_records_sealed += 1;
+                    t.next_seq = layout.next_seq_base();
+                    resp.end = resp.start + layout.wire_len();
+                    resp.tls = Some(RespTls { layout, epoch: t.epoch, first_body_rec: 1 });
+                }
+            }
             self.stats.http_requests += 1;
             self.stats.count_status(plan.status);
-            self.stats.http_body_bytes += resp.body.map_or(0, |b| b.len);
+            self.stats.http_body_bytes += body.map_or(0, |b| b.len);
             c.requests += 1;
             c.stream_len = resp.end;
             c.responses.push_back(resp);
             tcp.set_stream_len(c.stream_len);
             c.rx.drain(..consumed.min(c.rx.len()));
             if !plan.keep_alive {
-                c.closing = true;
-                c.rx.clear();
-                tcp.close();
+                self.close_after_queued(c, tcp);
             }
         }
+    }
+
+    /// Feed received bytes to the TLS layer; returns false when the connection failed.
+    fn on_tls_data(&mut self, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
+        let Some(t) = &mut c.tls else { return };
+        if t.failed {
+            return;
+        }
+        if let TlsPhase::Handshake(d) = &mut t.phase {
+            let progress = d.receive(data);
+            c.stream_len = d.tx_end();
+            tcp.set_stream_len(c.stream_len);
+            match progress {
+                Ok(HandshakeProgress::NeedMoreInput) => return,
+                Ok(HandshakeProgress::PeerClosed) => {
+                    t.failed = true;
+                    c.closing = true;
+                    tcp.close();
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("TLS handshake failed: {e}");
+                    self.stats.tls_handshake_failures += 1;
+                    t.failed = true;
+                    c.closing = true;
+                    tcp.close(); // after the alert rustls left in the output
+                    return;
+                }
+                Ok(HandshakeProgress::Complete) => {}
+            }
+            let TlsPhase::Handshake(d) = std::mem::replace(&mut t.phase, TlsPhase::Dead) else { return };
+            match d.into_session() {
+                Ok(h) => {
+                    self.stats.tls_handshakes += 1;
+                    t.next_seq = h.session.tx_seq_start();
+                    t.epoch = h.session.tx_epoch();
+                    t.hs_base = h.handshake_tx_base;
+                    t.hs_out = h.handshake_tx;
+                    t.phase = TlsPhase::Session(Box::new(h.session));
+                    c.stream_len = t.hs_base + t.hs_out.len() as u64;
+                    tcp.set_stream_len(c.stream_len);
+                    c.rx.extend_from_slice(&h.early_plaintext[..h.early_plaintext.len().min(RX_BUF)]);
+                    self.parse_requests(c, tcp);
+                }
+                Err(e) => {
+                    log::debug!("TLS handover failed: {e}");
+                    self.stats.tls_handshake_failures += 1;
+                    t.failed = true;
+                    c.closing = true;
+                    tcp.abort();
+                }
+            }
+            return;
+        }
+        let TlsPhase::Session(s) = &mut t.phase else { return };
+        if let Err(e) = s.receive(data) {
+            self.tls_fail(c, tcp, &e);
+            return;
+        }
+        loop {
+            let Some(t) = &mut c.tls else { return };
+            let TlsPhase::Session(s) = &mut t.phase else { return };
+            let mut control = [0u8; 64];
+            let mut control_len = 0;
+            match s.next_incoming() {
+                Ok(None) => break,
+                Ok(Some(Incoming::AppData(data))) => {
+                    if c.closing {
+                        continue;
+                    }
+                    if c.rx.capacity() == 0 {
+                        c.rx.reserve_exact(RX_BUF);
+                    }
+                    if c.rx.len() + data.len() > RX_BUF {
+                        // A request head larger than the buffer: the parser answers 431.
+                        let take = RX_BUF - c.rx.len();
+                        c.rx.extend_from_slice(&data[..take]);
+                    } else {
+                        c.rx.extend_from_slice(data);
+                    }
+                }
+                Ok(Some(Incoming::CloseNotify)) => {
+                    // Answer what was asked, then our close_notify, then FIN.
+                    self.parse_requests(c, tcp);
+                    self.close_after_queued(c, tcp);
+                    return;
+                }
+                Ok(Some(Incoming::KeyUpdated { update_requested })) => {
+                    if update_requested {
+                        match s.seal_key_update(t.next_seq, false, &mut control) {
+                            Ok(n) => {
+                                control_len = n;
+                                t.epoch = s.tx_epoch();
+                                t.next_seq = 0;
+                            }
+                            Err(e) => {
+                                self.tls_fail(c, tcp, &e);
+                                return;
+                            }
+                        }
+                    }
+                }
+                Ok(Some(Incoming::RenegotiationRefused)) => {
+                    let (level, desc) = crate::tls::handshake::NO_RENEGOTIATION_ALERT;
+                    if let Ok(n) = s.seal_alert(t.epoch, t.next_seq, level, desc, &mut control) {
+                        t.next_seq += 1;
+                        control_len = n;
+                    }
+                }
+                Ok(Some(Incoming::WarningAlert(_))) => {}
+                Err(e) => {
+                    self.tls_fail(c, tcp, &e);
+                    return;
+                }
+            }
+            let opened = s.records_opened;
+            self.stats.tls_records_opened += opened - t.records_opened_seen;
+            t.records_opened_seen = opened;
+            if control_len > 0 {
+                self.stats.tls_records_sealed += 1;
+                c.push_control(tcp, &control[..control_len]);
+            }
+        }
+        self.parse_requests(c, tcp);
     }
 
     /// Start reading chunk `index` of response `resp` into a free slot. Returns false when
@@ -225,6 +615,7 @@ impl<S: Storage> HttpApp<S> {
     fn start_read(&mut self, id: ConnId, c: &mut HttpConn, resp: usize, index: u64) -> bool {
         let Some(slot) = c.chunks.iter().position(|k| matches!(k.state, ChunkState::Free)) else { return false };
         if self.reads_in_flight >= self.max_reads_in_flight {
+            self.buffer_waiters.push(id);
             return false;
         }
         let Some(buf) = self.pool.alloc() else {
@@ -236,16 +627,14 @@ impl<S: Storage> HttpApp<S> {
         let chunk_obj = index * CHUNK as u64;
         let valid = (b.size - chunk_obj).min(CHUNK as u64);
         let read_len = valid.div_ceil(BLOCK) * BLOCK;
-        let lo = chunk_obj.max(b.obj_off);
         let hi = (chunk_obj + valid).min(b.obj_off + b.len);
         c.read_seq = c.read_seq.wrapping_add(1);
         let tag = (id.slot as u64) << 32 | (id.gen as u16 as u64) << 16 | c.read_seq as u64;
         let k = &mut c.chunks[slot];
         k.resp_start = r.start;
         k.index = index;
-        k.stream_start = r.body_start() + (lo - b.obj_off);
-        k.stream_end = r.body_start() + (hi - b.obj_off);
-        k.buf_off = (lo - chunk_obj) as usize;
+        // Plain: the last body byte of the chunk; TLS: set when the chunk is sealed.
+        k.stream_end = r.start + r.head_len as u64 + (hi - b.obj_off);
         match self.storage.submit_read(tag, b.extent + chunk_obj, read_len as usize, buf) {
             Ok(()) => {
                 k.state = ChunkState::Pending(tag);
@@ -262,11 +651,8 @@ impl<S: Storage> HttpApp<S> {
         }
     }
 
-    fn find_chunk(c: &HttpConn, resp_start: u64, index: u64) -> Option<usize> {
-        c.chunks.iter().position(|k| !matches!(k.state, ChunkState::Free) && k.resp_start == resp_start && k.index == index)
-    }
-
-    /// Poll storage completions and wake the connections they belong to. Returns how many.
+    /// Poll storage completions (sealing TLS records in place) and wake the connections
+    /// they belong to. Returns how many.
     pub fn poll_storage(&mut self, stack: &mut Stack<HttpConn>) -> usize {
         self.storage.poll(&mut self.completions);
         let n = self.completions.len();
@@ -275,17 +661,42 @@ impl<S: Storage> HttpApp<S> {
             let slot = (comp.tag >> 32) as u32;
             let gen_low = (comp.tag >> 16) as u16;
             let Some((id, e)) = stack.get_by_short_id(slot, gen_low) else { continue };
-            let Some(k) = e.app.chunks.iter_mut().find(|k| matches!(k.state, ChunkState::Pending(t) if t == comp.tag)) else {
+            let conn = &mut e.app;
+            let Some(ki) = conn.chunks.iter().position(|k| matches!(k.state, ChunkState::Pending(t) if t == comp.tag)) else {
                 continue;
             };
+            let mut buf = comp.buf;
             match comp.result {
-                Ok(()) if k.stream_end > e.tcp.acked_offset() => k.state = ChunkState::Ready(comp.buf),
-                Ok(()) => k.state = ChunkState::Free,
+                Ok(()) => {
+                    let HttpConn { tls, responses, chunks, .. } = &mut *conn;
+                    let session = tls.as_ref().and_then(|t| match &t.phase {
+                        TlsPhase::Session(s) => Some(&**s),
+                        _ => None,
+                    });
+                    let resp_start = chunks[ki].resp_start;
+                    let sealed = match (session, responses.iter().find(|r| r.start == resp_start)) {
+                        (Some(s), Some(r)) if r.tls.is_some() => seal_chunk(s, r, &mut chunks[ki], &mut buf),
+                        _ => Ok(0),
+                    };
+                    match sealed {
+                        Ok(records) => {
+                            self.stats.tls_records_sealed += records;
+                            let k = &mut conn.chunks[ki];
+                            k.state = if k.stream_end > e.tcp.acked_offset() { ChunkState::Ready(buf) } else { ChunkState::Free };
+                        }
+                        Err(err) => {
+                            log::warn!("sealing records failed, closing the connection: {err}");
+                            self.stats.tls_bad_records += 1;
+                            conn.chunks[ki].state = ChunkState::Free;
+                            e.tcp.abort();
+                        }
+                    }
+                }
                 Err(err) => {
                     // Never send wrong bytes: end this transfer only.
                     log::warn!("storage read failed, closing the connection: {err}");
                     self.stats.storage_errors += 1;
-                    k.state = ChunkState::Free;
+                    conn.chunks[ki].state = ChunkState::Free;
                     e.tcp.abort();
                 }
             }
@@ -304,21 +715,52 @@ impl<S: Storage> HttpApp<S> {
 impl<S: Storage> App for HttpApp<S> {
     type Conn = HttpConn;
 
-    fn accept(&mut self, _now: Instant, _local_port: u16) -> Option<HttpConn> {
-        (!self.draining).then(HttpConn::new)
+    fn accept(&mut self, _now: Instant, local_port: u16) -> Option<HttpConn> {
+        if self.draining {
+            return None;
+        }
+        let tls = match &self.tls_config {
+            Some(cfg) if local_port == self.https_port => match HandshakeDriver::new(cfg.clone()) {
+                Ok(d) => Some(ConnTls {
+                    phase: TlsPhase::Handshake(Box::new(d)),
+                    hs_out: Vec::new(),
+                    hs_base: 0,
+                    next_seq: 0,
+                    epoch: 0,
+                    failed: false,
+                    records_opened_seen: 0,
+                }),
+                Err(e) => {
+                    log::warn!("cannot start a TLS handshake: {e}");
+                    self.stats.tls_handshake_failures += 1;
+                    return None;
+                }
+            },
+            _ => None,
+        };
+        Some(HttpConn::new(tls))
     }
 
     fn rx_room(&self, c: &HttpConn) -> usize {
         if c.closing {
-            RX_BUF // discarded
-        } else if c.responses.len() >= MAX_PIPELINED {
-            0
-        } else {
-            RX_BUF - c.rx.len()
+            return RX_BUF; // discarded
+        }
+        if c.responses.len() >= MAX_PIPELINED {
+            return 0;
+        }
+        match &c.tls {
+            None => RX_BUF - c.rx.len(),
+            Some(ConnTls { phase: TlsPhase::Handshake(_), .. }) => RX_BUF,
+            Some(ConnTls { phase: TlsPhase::Session(s), .. }) => s.rx_space().min(RX_BUF - c.rx.len()),
+            Some(ConnTls { phase: TlsPhase::Dead, .. }) => 0,
         }
     }
 
     fn on_data(&mut self, _now: Instant, _id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
+        if c.tls.is_some() {
+            self.on_tls_data(c, tcp, data);
+            return;
+        }
         if c.closing {
             return;
         }
@@ -332,9 +774,7 @@ impl<S: Storage> App for HttpApp<S> {
 
     fn on_peer_fin(&mut self, _now: Instant, c: &mut HttpConn, tcp: &mut TcpConn) {
         // Half-close: answer what was asked, then close.
-        c.closing = true;
-        c.rx.clear();
-        tcp.close();
+        self.close_after_queued(c, tcp);
     }
 
     fn on_acked(&mut self, _now: Instant, _id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, acked_to: u64) {
@@ -346,13 +786,24 @@ impl<S: Storage> App for HttpApp<S> {
         while c.responses.front().is_some_and(|r| r.end <= acked_to) {
             c.responses.pop_front();
         }
+        if let Some(t) = &mut c.tls {
+            match &mut t.phase {
+                TlsPhase::Handshake(d) => d.ack(acked_to),
+                TlsPhase::Session(_) => {
+                    let upto = acked_to.clamp(t.hs_base, t.hs_base + t.hs_out.len() as u64);
+                    t.hs_out.drain(..(upto - t.hs_base) as usize);
+                    t.hs_base = upto;
+                }
+                TlsPhase::Dead => {}
+            }
+        }
         if !c.rx.is_empty() {
             self.parse_requests(c, tcp);
         }
     }
 
     fn on_rto(&mut self, c: &mut HttpConn) {
-        // No buffer cache: what is not acknowledged is read again when it is resent.
+        // No buffer cache: what is not acknowledged is read (and sealed) again when resent.
         for k in c.chunks.iter_mut() {
             if matches!(k.state, ChunkState::Ready(_)) {
                 k.state = ChunkState::Free;
@@ -361,8 +812,7 @@ impl<S: Storage> App for HttpApp<S> {
     }
 
     fn on_idle(&mut self, _now: Instant, c: &mut HttpConn, tcp: &mut TcpConn) {
-        c.closing = true;
-        tcp.close();
+        self.close_after_queued(c, tcp);
     }
 
     fn on_closed(&mut self, c: HttpConn, _reason: CloseReason) {
@@ -370,62 +820,71 @@ impl<S: Storage> App for HttpApp<S> {
     }
 
     fn available(&mut self, _now: Instant, id: ConnId, c: &mut HttpConn, off: u64, max: usize) -> usize {
-        let Some(loc) = locate(c, off) else { return 0 };
-        match loc {
-            Located::Head { len, .. } | Located::Extra { len, .. } => len.min(max),
-            Located::Body { resp, index } => {
-                let start = c.responses[resp].start;
-                let n = match Self::find_chunk(c, start, index) {
-                    Some(i) => match c.chunks[i].state {
-                        ChunkState::Ready(_) => (c.chunks[i].stream_end - off).min(max as u64) as usize,
-                        _ => 0,
-                    },
-                    None => {
-                        self.start_read(id, c, resp, index);
-                        0
-                    }
-                };
-                // Read ahead: the next chunk of this response, so the wire never waits on it.
-                if n > 0 {
-                    let r = &c.responses[resp];
-                    if let Some(b) = r.body {
-                        let next = index + 1;
-                        if next * (CHUNK as u64) < b.obj_off + b.len && Self::find_chunk(c, start, next).is_none() {
-                            self.start_read(id, c, resp, next);
-                        }
-                    }
+        let mut n = 0usize;
+        let mut parts = 0;
+        let mut missing = None;
+        let body_chunk = body_chunk_at(c, off);
+        while n < max && parts < crate::net::iface::MAX_PARTS {
+            match locate(c, off + n as u64) {
+                Loc::Bytes(b) => {
+                    n += b.len().min(max - n);
+                    parts += 1;
                 }
-                n
+                Loc::Missing { resp, index } => {
+                    missing = Some((resp, index));
+                    break;
+                }
+                Loc::Pending | Loc::Nothing => break,
             }
         }
+        if let Some((resp, index)) = missing {
+            self.start_read(id, c, resp, index);
+        }
+        // Read ahead: the next chunk of this response, so the wire never waits on it.
+        if let Some((resp, index)) = body_chunk {
+            let start = c.responses[resp].start;
+            if let Some(b) = c.responses[resp].body {
+                let next = index + 1;
+                if next * (CHUNK as u64) < b.obj_off + b.len && c.find_chunk(start, next).is_none() {
+                    self.start_read(id, c, resp, next);
+                }
+            }
+        }
+        n
     }
 
-    fn payload<'a>(&'a self, c: &'a HttpConn, off: u64, len: usize) -> &'a [u8] {
-        if len == 0 {
-            return &[];
-        }
-        match locate(c, off) {
-            Some(Located::Head { resp, at, .. }) => &c.responses[resp].head[at..at + len],
-            Some(Located::Extra { resp, at, .. }) => &c.responses[resp].extra[at..at + len],
-            Some(Located::Body { resp, index }) => {
-                let start = c.responses[resp].start;
-                let k = Self::find_chunk(c, start, index).map(|i| &c.chunks[i]);
-                match k {
-                    Some(Chunk { state: ChunkState::Ready(buf), stream_start, buf_off, .. }) => {
-                        let at = buf_off + (off - stream_start) as usize;
-                        &buf.as_slice()[at..at + len]
-                    }
-                    // `available` said these bytes were ready a moment ago.
-                    _ => unreachable_payload(),
-                }
+    fn payload<'a>(&'a self, c: &'a HttpConn, off: u64, len: usize, parts: &mut Parts<'a>) {
+        let mut n = 0;
+        while n < len {
+            let Loc::Bytes(b) = locate(c, off + n as u64) else {
+                debug_assert!(false, "payload asked for bytes that available() did not promise");
+                return;
+            };
+            let take = b.len().min(len - n);
+            if !parts.push(&b[..take]) {
+                debug_assert!(false, "more parts than available() counted");
+                return;
             }
-            None => unreachable_payload(),
+            n += take;
         }
     }
 }
 
-#[cold]
-fn unreachable_payload() -> &'static [u8] {
-    debug_assert!(false, "payload asked for bytes that available() did not promise");
-    &[]
+/// The (response, chunk) whose body holds stream offset `off`, if any.
+fn body_chunk_at(c: &HttpConn, off: u64) -> Option<(usize, u64)> {
+    let resp = c.responses.iter().position(|r| off >= r.start && off < r.end)?;
+    let r = &c.responses[resp];
+    let b = r.body?;
+    let rel = off - r.start;
+    if rel < r.head_len as u64 {
+        return None;
+    }
+    let obj_pos = match &r.tls {
+        None => b.obj_off + (rel - r.head_len as u64),
+        Some(t) => match t.layout.locate(rel).map(|(rec, _)| t.layout.record_source(rec)) {
+            Some(RecordSource::Body { object_start, .. }) => object_start,
+            _ => return None,
+        },
+    };
+    Some((resp, obj_pos / CHUNK as u64))
 }

@@ -79,6 +79,8 @@ pub enum ServeError {
     Volume(#[from] volume::VolumeError),
     #[error("console: {0}")]
     Console(#[from] crate::console::ConsoleError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// How `serve` ended.
@@ -150,8 +152,9 @@ pub fn serve(args: ServeArgs) -> Result<Outcome, ServeError> {
         Some(c) => parse_cores(c)?,
         None => host::allowed_cores(),
     };
-    if args.tls_cert.is_some() {
-        return Err(ServeError::Option("HTTPS (--tls-cert/--tls-key) is not available in this build yet".into()));
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        // Checked here so that a bad certificate is refused before anything starts.
+        crate::tls::handshake::load_server_config(cert, key)?;
     }
     let console = ConsoleService::open(&args.console)?;
     let mut storage = drivers::storage::FileStorage::open(&args.media)?;
@@ -222,6 +225,16 @@ fn run<N: Nic, S: Storage>(
     cfg.mtu = link.mtu;
     cfg.tcp.mss = (link.mtu.saturating_sub(40)).clamp(536, 9000) as u16;
     cfg.listen_ports = vec![args.http_port];
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            if args.https_port == args.http_port {
+                return Err(ServeError::Option(format!("--https-port {} is also the HTTP port", args.https_port)));
+            }
+            cfg.listen_ports.push(args.https_port);
+            Some(crate::tls::handshake::load_server_config(cert, key)?)
+        }
+        _ => None,
+    };
     cfg.max_conns = args.max_connections.max(16);
     cfg.idle_timeout = args.idle_timeout.max(1) * SEC;
     // One pipeline for now: the first core of the list (RSS across cores comes with DPDK).
@@ -231,12 +244,16 @@ fn run<N: Nic, S: Storage>(
         }
     }
     let stack = Stack::new(cfg, now);
-    let app = HttpApp::new(storage, vol, args.buffers.max(4))?;
+    let mut app = HttpApp::new(storage, vol, args.buffers.max(4))?;
+    if let Some(config) = tls {
+        app.enable_tls(config, args.https_port);
+    }
     let mut pipe = Pipeline::new(nic, stack, app);
     let mut host = host::Host::new(&args, ip, prefix, cores, start);
     log::info!(
-        "serving http://{ip}:{} on {} ({}), mac {}",
+        "serving http://{ip}:{}{} on {} ({}), mac {}",
         args.http_port,
+        if args.tls_cert.is_some() { format!(" and https://{ip}:{}", args.https_port) } else { String::new() },
         args.nic,
         link.driver,
         host::format_mac(&pipe.stack.cfg.mac)

@@ -330,6 +330,14 @@ impl HandshakeDriver {
         n
     }
 
+    /// The produced bytes from `stream_offset` on, in place (empty outside what is held).
+    pub fn tx_bytes(&self, stream_offset: u64) -> &[u8] {
+        if stream_offset < self.out_base || stream_offset >= self.tx_end() {
+            return &[];
+        }
+        &self.outgoing[(stream_offset - self.out_base) as usize..]
+    }
+
     /// The peer acknowledged everything below `stream_offset`.
     pub fn ack(&mut self, stream_offset: u64) {
         let upto = stream_offset.clamp(self.out_base, self.tx_end());
