@@ -750,6 +750,7 @@ impl<C> Stack<C> {
                 self.stats.tcp_idle_timeouts += 1;
                 if matches!(e.tcp.state, State::Established | State::CloseWait) && !e.tcp.fin_queued() {
                     app.on_idle(now, &mut e.app, &mut e.tcp);
+                    e.tcp.note_activity(now);
                 } else {
                     // Idle while closing (or half-open): the peer is gone.
                     e.tcp.abort();

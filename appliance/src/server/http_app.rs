@@ -643,6 +643,11 @@ impl<S: Storage> HttpApp<S> {
                 self.stats.storage_read_bytes += read_len;
                 true
             }
+            Err((drivers::storage::StorageError::QueueFull, _buf)) => {
+                // Back-pressure, not a fault: try again when a read completes.
+                self.buffer_waiters.push(id);
+                false
+            }
             Err((e, _buf)) => {
                 log::warn!("storage read refused: {e}");
                 self.stats.storage_errors += 1;
@@ -745,9 +750,8 @@ impl<S: Storage> App for HttpApp<S> {
         if c.closing {
             return RX_BUF; // discarded
         }
-        if c.responses.len() >= MAX_PIPELINED {
-            return 0;
-        }
+        // Buffer room only: past MAX_PIPELINED queued responses requests wait in the buffer,
+        // and the window closes as it fills (never by moving its right edge left).
         match &c.tls {
             None => RX_BUF - c.rx.len(),
             Some(ConnTls { phase: TlsPhase::Handshake(_), .. }) => RX_BUF,

@@ -387,7 +387,14 @@ impl TcpConn {
         self.last_rx
     }
 
-    /// The window we announce: what the application can take now.
+    /// Restart the idle clock (e.g. after closing an idle connection, to give the close
+    /// itself time before the connection is aborted).
+    pub fn note_activity(&mut self, now: Instant) {
+        self.last_rx = now;
+    }
+
+    /// The window we announce: the free room of the application's receive buffer (which
+    /// shrinks only as bytes arrive, so the window's right edge never moves left).
     pub fn set_receive_window(&mut self, bytes: usize) {
         let w = bytes.min(u16::MAX as usize) as u16;
         if w > self.rcv_wnd && self.rcv_wnd < self.mss as u16 {
@@ -662,19 +669,13 @@ impl TcpConn {
             State::SynSent => return self.on_segment_syn_sent(cfg, now, seg),
             _ => {}
         }
-        // RFC 793 acceptability test, with the window we announced.
+        // Acceptability (RFC 793 as Linux applies it): the segment must overlap or touch
+        // [RCV.NXT, RCV.NXT + RCV.WND]. A segment starting at the right edge of a zero window
+        // is acceptable so that its ACK is processed; its data is not taken.
         let seg_len = seg.seq_len();
         let wnd = self.rcv_wnd as u32;
         let start_ok = seq::le(self.rcv_nxt, seg.seq) && seq::lt(seg.seq, self.rcv_nxt.wrapping_add(wnd.max(1)));
-        let acceptable = if seg_len == 0 {
-            if wnd == 0 { seg.seq == self.rcv_nxt } else { start_ok || seg.seq == self.rcv_nxt }
-        } else {
-            let last = seg.seq.wrapping_add(seg_len - 1);
-            wnd > 0
-                && (start_ok
-                    || (seq::le(self.rcv_nxt, last) && seq::lt(last, self.rcv_nxt.wrapping_add(wnd))))
-                || (seq::lt(seg.seq, self.rcv_nxt) && seq::le(seg.seq.wrapping_add(seg_len), self.rcv_nxt.wrapping_add(wnd)))
-        };
+        let acceptable = seq::le(seg.seq, self.rcv_nxt.wrapping_add(wnd)) && seq::ge(seg.seq.wrapping_add(seg_len), self.rcv_nxt);
         if seg.has(flags::RST) {
             // RFC 5961 3.2: only an exact match resets; in-window otherwise gets a challenge.
             if seg.seq == self.rcv_nxt || (self.state == State::SynReceived && acceptable) {
@@ -1217,6 +1218,26 @@ mod tests {
             let c = transfer(1_000_000, loss, seed);
             assert!(c.retransmits > 0, "loss {loss} seed {seed}: retransmissions expected");
         }
+    }
+
+    #[test]
+    fn a_zero_window_still_takes_acks() {
+        let cfg = Config::default();
+        let syn = SegmentIn { seq: 5, flags: flags::SYN, window: 1000, mss: Some(1000), ..Default::default() };
+        let mut s = TcpConn::accept(&cfg, 0, &syn, 9);
+        s.poll_tx(0, &mut Pattern);
+        let ack = SegmentIn { seq: 6, ack: Some(10), flags: flags::ACK, window: 1000, ..Default::default() };
+        assert!(s.on_segment(&cfg, 1, &ack, 1000).established);
+        s.set_stream_len(500);
+        let data = s.poll_tx(2, &mut Pattern).unwrap();
+        assert_eq!(data.payload_len, 500);
+        s.set_receive_window(0);
+        // The peer sends more request bytes (beyond our zero window) and ACKs our data.
+        let seg = SegmentIn { seq: 6, ack: Some(510), flags: flags::ACK, window: 1000, payload: b"GET / HTTP/1.1", ..Default::default() };
+        let out = s.on_segment(&cfg, 3, &seg, 0);
+        assert_eq!(out.acked, 500, "the ACK of a segment at a zero window's edge is processed");
+        assert_eq!(out.deliver, None, "its data is not taken");
+        assert!(!out.rejected);
     }
 
     #[test]
