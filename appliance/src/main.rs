@@ -26,14 +26,22 @@ enum Command {
     Serve(appliance::server::ServeArgs),
     /// Measure the fast path in-process (server loop over the simulated link, beside memcpy)
     Bench(appliance::bench::BenchArgs),
+    /// Run as PID 1 of the image (also when started as /init); with --store, edit a configuration offline.
+    Init(appliance::boot::InitArgs),
 }
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(appliance::boot::command_line_args());
     match cli.command {
         Command::Pack { dir, volume } => std::process::exit(appliance::volume::cli::pack(&dir, &volume)),
         Command::Inspect { volume } => std::process::exit(appliance::volume::cli::inspect(&volume)),
+        Command::Init(args) => {
+            if let Err(e) = appliance::boot::main(args) {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
         Command::Bench(args) => {
             if let Err(e) = appliance::bench::run(args) {
                 eprintln!("error: {e}");
@@ -41,9 +49,12 @@ fn main() {
             }
         }
         Command::Serve(args) => match appliance::server::serve(args) {
+            // Under the image's init the exit status asks it to power off or reboot.
+            Ok(appliance::server::Outcome::Poweroff) if std::env::var_os(appliance::boot::SUPERVISED_ENV).is_some() => {
+                std::process::exit(appliance::boot::EXIT_POWEROFF)
+            }
             Ok(appliance::server::Outcome::Poweroff) => std::process::exit(0),
-            // An init that supervises us reboots the machine on this status.
-            Ok(appliance::server::Outcome::Reboot) => std::process::exit(appliance::server::EXIT_REBOOT),
+            Ok(appliance::server::Outcome::Reboot) => std::process::exit(appliance::boot::EXIT_REBOOT),
             Err(e) => {
                 eprintln!("error: {e}");
                 std::process::exit(1);

@@ -21,13 +21,13 @@
 //! or when `rx` is full).
 
 mod date;
-mod mime;
 mod range;
 mod request;
 mod response;
 
 pub use date::{http_date, parse_http_date, HTTP_DATE_LEN};
-pub use mime::{content_type_for, DEFAULT_CONTENT_TYPE};
+// Content types come from the volume, where `pack` records them.
+pub use crate::volume::content_type_for;
 pub use range::{if_range_matches, parse_range, RangeOutcome};
 pub use request::{decode_path, parse_request, Method, Parse, Request, Version};
 pub use response::{

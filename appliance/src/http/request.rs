@@ -493,13 +493,14 @@ pub fn decode_path<'b>(raw: &str, out: &'b mut [u8]) -> Result<&'b str, RequestE
     if std::str::from_utf8(&out[..n]).is_err() {
         return Err(RequestError::bad("path is not UTF-8"));
     }
-    let len = remove_dot_segments(&mut out[..n]);
+    let len = remove_dot_segments(&mut out[..n]).ok_or(RequestError::bad("path climbs above the root"))?;
     // Only whole ASCII-delimited segments were removed, so this is still UTF-8.
     std::str::from_utf8(&out[..len]).map_err(|_| RequestError::bad("path is not UTF-8"))
 }
 
-/// Normalises a path starting with `/` in place; returns its new length (at least 1).
-fn remove_dot_segments(buf: &mut [u8]) -> usize {
+/// Normalises a path starting with `/` in place; returns its new length (at least 1), or
+/// None when a `..` segment would climb above the root (refused, as web servers do).
+fn remove_dot_segments(buf: &mut [u8]) -> Option<usize> {
     let n = buf.len();
     let mut written = 0; // output is buf[..written]; always <= read position
     let mut read = 0; // index of the '/' that starts the next segment
@@ -511,6 +512,9 @@ fn remove_dot_segments(buf: &mut [u8]) -> usize {
         match &buf[seg_start..seg_end] {
             b"" | b"." => trailing_slash = is_last,
             b".." => {
+                if written == 0 {
+                    return None;
+                }
                 written = buf[..written].iter().rposition(|&b| b == b'/').unwrap_or(0);
                 trailing_slash = is_last;
             }
@@ -527,7 +531,7 @@ fn remove_dot_segments(buf: &mut [u8]) -> usize {
         buf[written] = b'/';
         written += 1;
     }
-    written
+    Some(written)
 }
 
 #[cfg(test)]
@@ -952,20 +956,20 @@ mod tests {
             ("/a//b", "/a/b"),
             ("/a/./b", "/a/b"),
             ("/a/../b", "/b"),
-            ("/../../etc/passwd", "/etc/passwd"),
             ("/a/b/..", "/a/"),
             ("/a/b/../", "/a/"),
             ("/a/.", "/a/"),
             ("/a/", "/a/"),
-            ("/..", "/"),
             ("/.", "/"),
-            ("/a/..%2F..%2Fb", "/b"),
-            ("/%2e%2e/x", "/x"),
             ("/a/...", "/a/..."),
             ("/a/.b/..c", "/a/.b/..c"),
             ("/a/b/c/../../d", "/a/d"),
         ] {
             assert_eq!(decode(raw), Ok(want.into()), "{raw}");
+        }
+        // Climbing above the root is refused, however it is spelled.
+        for raw in ["/../../etc/passwd", "/..", "/a/..%2F..%2Fb", "/%2e%2e/x", "/a/../../b"] {
+            assert_eq!(decode(raw), Err(400), "{raw}");
         }
     }
 

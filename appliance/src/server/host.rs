@@ -11,6 +11,12 @@ use super::{monotonic_ns, ServeArgs};
 use crate::console::{ConnSummary, ConsoleHost, Counters, Listing, MediaEntry, MediaSummary, PowerAction, StatusInfo};
 pub use crate::sys::{allowed_cores, pin_to_core};
 
+/// The configuration partition the image's init found (passed in the environment).
+fn config_store() -> Option<crate::boot::config::ConfigStore> {
+    let path = std::env::var_os(crate::boot::config::STORE_ENV)?;
+    crate::boot::config::ConfigStore::open(path).map_err(|e| log::warn!("configuration store: {e}")).ok()
+}
+
 pub fn format_mac(m: &[u8; 6]) -> String {
     format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
@@ -141,6 +147,12 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
     }
 
     fn config_show(&self) -> Vec<(String, String)> {
+        if let Some(store) = config_store() {
+            match store.load() {
+                Ok(pairs) => return pairs,
+                Err(e) => log::warn!("configuration store: {e}"),
+            }
+        }
         let mut v = vec![
             ("nic".to_string(), self.host.nic_spec.clone()),
             ("ip".to_string(), format!("{}/{}", self.host.ip, self.host.prefix)),
@@ -153,7 +165,10 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
         v
     }
 
-    fn config_set(&mut self, key: &str, _value: &str) -> Result<(), String> {
-        Err(format!("cannot set {key}: this appliance was configured on its command line and has no configuration partition"))
+    fn config_set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let Some(mut store) = config_store() else {
+            return Err(format!("cannot set {key}: no configuration partition (settings come from the command line)"));
+        };
+        store.set(key, value).map_err(|e| e.to_string())
     }
 }

@@ -21,7 +21,8 @@ use pipeline::Pipeline;
 /// Settings of `appliance serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// NIC backend: `tap:<ifname>` (attach or create a Linux TAP device) or `dpdk`.
+    /// NIC backend: `tap:<ifname>` (attach or create a Linux TAP device), `packet:<ifname>` (an
+    /// AF_PACKET socket on a kernel interface, as in the image before DPDK) or `dpdk`.
     #[arg(long)]
     pub nic: String,
     /// EAL arguments for `--nic dpdk`, e.g. "--no-huge --no-pci --vdev=net_tap0,iface=dtap0".
@@ -79,9 +80,6 @@ pub enum ServeError {
     #[error("console: {0}")]
     Console(#[from] crate::console::ConsoleError),
 }
-
-/// Exit status of `appliance serve` after the console's `reboot` (0 is `poweroff`).
-pub const EXIT_REBOOT: i32 = 10;
 
 /// How `serve` ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,11 +160,46 @@ pub fn serve(args: ServeArgs) -> Result<Outcome, ServeError> {
     if let Some(name) = args.nic.strip_prefix("tap:") {
         let nic = drivers::nic::tap::TapNic::open(name)?;
         run(args.clone(), nic, storage, vol, ip, prefix, mac, cores, console)
+    } else if let Some(name) = args.nic.strip_prefix("packet:") {
+        let nic = drivers::nic::packet::PacketNic::open(name)?;
+        run(args.clone(), nic, storage, vol, ip, prefix, mac, cores, console)
     } else if args.nic == "dpdk" {
-        Err(ServeError::Option("--nic dpdk: this build has no DPDK backend yet".into()))
+        start_dpdk(&args, storage, vol, ip, prefix, mac, cores, console)
     } else {
-        Err(ServeError::Option(format!("--nic {}: expected tap:<ifname> or dpdk", args.nic)))
+        Err(ServeError::Option(format!("--nic {}: expected tap:<ifname>, packet:<ifname> or dpdk", args.nic)))
     }
+}
+
+#[cfg(feature = "dpdk")]
+#[allow(clippy::too_many_arguments)]
+fn start_dpdk(
+    args: &ServeArgs,
+    storage: drivers::storage::FileStorage,
+    vol: volume::Volume,
+    ip: Ipv4Addr,
+    prefix: u8,
+    mac: Option<[u8; 6]>,
+    cores: Vec<usize>,
+    console: ConsoleService,
+) -> Result<Outcome, ServeError> {
+    use drivers::nic::dpdk::{DpdkConfig, DpdkNic};
+    let nic = DpdkNic::start(&args.dpdk_args, DpdkConfig::default())?;
+    run(args.clone(), nic, storage, vol, ip, prefix, mac, cores, console)
+}
+
+#[cfg(not(feature = "dpdk"))]
+#[allow(clippy::too_many_arguments)]
+fn start_dpdk(
+    _args: &ServeArgs,
+    _storage: drivers::storage::FileStorage,
+    _vol: volume::Volume,
+    _ip: Ipv4Addr,
+    _prefix: u8,
+    _mac: Option<[u8; 6]>,
+    _cores: Vec<usize>,
+    _console: ConsoleService,
+) -> Result<Outcome, ServeError> {
+    Err(ServeError::Option("--nic dpdk: this binary was built without the `dpdk` feature (cargo build --features dpdk)".into()))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -6,6 +6,7 @@
 //! [`Nic::tx_flush`]. Nothing here allocates per packet once the backend is built.
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod packet;
 
 use std::time::Duration;
 

@@ -4,8 +4,10 @@
 //! A read moves a [`DmaBuf`] into the backend and the completion moves it back, so a buffer
 //! the device may still write is never visible to the caller. Offsets and lengths are multiples
 //! of [`Storage::block_size`].
+pub mod bench;
 pub mod dma;
 pub mod file;
+pub mod nvme;
 
 pub use dma::{DmaBuf, DmaPool};
 pub use file::FileStorage;

@@ -1,0 +1,72 @@
+//! AES-128-GCM sealing of 16 KiB records on one core: aws-lc-rs, ring, RustCrypto aes-gcm.
+//! `cargo bench -p appliance --bench aead -- --table` prints a side-by-side table from
+//! `measure_seal_gbps` (what ci/bench-aead runs); without `--table`, criterion runs.
+use std::time::Duration;
+
+use appliance::tls::bench::{measure_record_seal_gbps, measure_seal_gbps, AeadProvider, Sealer};
+use appliance::tls::AeadSuite;
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+
+const RECORD: usize = 16384;
+
+fn seal_16k(c: &mut Criterion) {
+    let mut group = c.benchmark_group("seal_aes128gcm");
+    group.throughput(Throughput::Bytes(RECORD as u64));
+    for provider in AeadProvider::ALL {
+        let sealer = Sealer::new(provider);
+        let mut buf = vec![0x5au8; RECORD];
+        let mut seq = 0u64;
+        group.bench_with_input(
+            BenchmarkId::new(provider.name(), RECORD),
+            &RECORD,
+            |b, _| {
+                b.iter(|| {
+                    seq += 1;
+                    sealer.seal(seq, &mut buf)
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, seal_16k);
+
+fn main() {
+    if std::env::args().any(|a| a == "--table") {
+        let secs: f64 = std::env::var("AEAD_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3.0);
+        println!("AES-128-GCM seal, {RECORD}-byte records, one core, {secs} s each");
+        println!("{:<22} {:>8} {:>10}", "implementation", "GB/s", "vs best");
+        let results: Vec<(AeadProvider, f64)> = AeadProvider::ALL
+            .iter()
+            .map(|&p| {
+                (
+                    p,
+                    measure_seal_gbps(p, RECORD, Duration::from_secs_f64(secs)),
+                )
+            })
+            .collect();
+        let best = results.iter().map(|r| r.1).fold(0.0, f64::max);
+        for (p, g) in &results {
+            println!("{:<22} {:>8.2} {:>9.0}%", p.name(), g, 100.0 * g / best);
+        }
+        println!();
+        println!(
+            "fast-path TLS 1.3 record seal (seal_in_place_split, aws-lc-rs), {RECORD}-byte records"
+        );
+        for (name, suite) in [
+            ("AES-128-GCM", AeadSuite::Aes128Gcm),
+            ("AES-256-GCM", AeadSuite::Aes256Gcm),
+            ("ChaCha20-Poly1305", AeadSuite::ChaCha20Poly1305),
+        ] {
+            let g = measure_record_seal_gbps(suite, RECORD, Duration::from_secs_f64(secs));
+            println!("{:<22} {:>8.2} {:>9.0}%", name, g, 100.0 * g / best);
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,0 +1,684 @@
+//! The appliance's boot configuration: the `appliance.*` keys of the kernel command line, the
+//! configuration partition that overrides them ([`ConfigStore`]), and the mapping of the
+//! result to `appliance serve` arguments ([`serve_args`]).
+//!
+//! # The configuration partition
+//!
+//! A raw GPT partition named `appliance-config` (1 MiB in the image). It holds two slots of
+//! [`SLOT_SIZE`] bytes at offsets 0 and [`SLOT_SIZE`]. A slot is:
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic "APPLCFG1"
+//!      8     8  sequence number, u64 little-endian (starts at 1, +1 per write)
+//!     16     4  payload length in bytes, u32 little-endian (at most SLOT_SIZE - 64)
+//!     20    12  zero
+//!     32    32  SHA-256 of bytes 0..32 followed by the payload
+//!     64     n  payload: UTF-8 text, one `key=value` line per setting, '\n' terminated
+//! ```
+//!
+//! The valid slot (magic and digest check) with the highest sequence number is the current
+//! configuration; a partition with no valid slot is an empty configuration. A write goes to
+//! the other slot with the next sequence number and is flushed (fsync) before it returns, so
+//! a power cut during a write leaves the previous configuration in force.
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Bytes of one slot of the configuration partition.
+pub const SLOT_SIZE: u64 = 64 * 1024;
+/// Bytes of the configuration region: two slots.
+pub const REGION_SIZE: u64 = 2 * SLOT_SIZE;
+/// The GPT partition name the init looks for.
+pub const PARTITION_NAME: &str = "appliance-config";
+/// Environment variable through which the init tells `appliance serve` where the store is.
+pub const STORE_ENV: &str = "APPLIANCE_CONFIG_DEVICE";
+
+const MAGIC: &[u8; 8] = b"APPLCFG1";
+const HEADER: usize = 64;
+const MAX_PAYLOAD: usize = SLOT_SIZE as usize - HEADER;
+
+/// The keys an operator may set, with what each means (shown by `config show`-style help).
+pub const KEYS: &[(&str, &str)] = &[
+    ("ip", "address/prefix of the appliance, e.g. 192.0.2.10/24"),
+    ("gateway", "default gateway, e.g. 192.0.2.1"),
+    ("mac", "MAC address to use instead of the port's own"),
+    ("nic", "data NIC: packet:<ifname>, tap:<ifname> or dpdk"),
+    ("dpdk_args", "EAL arguments when nic=dpdk"),
+    ("media", "media volume: a block device or file path, or nvme:<pci address>"),
+    ("console", "management console: /dev/ttyXXX, stdio or unix:<path>"),
+    ("http_port", "HTTP port (default 80)"),
+    ("https_port", "HTTPS port (default 443)"),
+    ("tls_cert", "PEM certificate file (enables HTTPS with tls_key)"),
+    ("tls_key", "PEM private key file"),
+    ("cores", "cores to run pipelines on, e.g. 0-3,6"),
+    ("log", "log level: error, warn, info, debug or trace"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown configuration key {0:?} (known: {known})", known = key_names())]
+    UnknownKey(String),
+    #[error("bad value for {key}: {reason}")]
+    BadValue { key: String, reason: String },
+    #[error("configuration too large ({0} bytes, at most {MAX_PAYLOAD})")]
+    TooLarge(usize),
+    #[error("configuration store {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("configuration store {path} is too small ({len} bytes, needs {REGION_SIZE})")]
+    TooSmall { path: String, len: u64 },
+}
+
+fn key_names() -> String {
+    KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+}
+
+/// Accepts `ip` or `appliance.ip`; returns the short name of a known key.
+pub fn canonical_key(key: &str) -> Result<&'static str, ConfigError> {
+    let short = key.strip_prefix("appliance.").unwrap_or(key);
+    KEYS.iter()
+        .map(|(k, _)| *k)
+        .find(|k| *k == short)
+        .ok_or_else(|| ConfigError::UnknownKey(key.to_string()))
+}
+
+/// Checks `value` for `key` (short name). The empty value means "unset".
+pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
+    let bad = |reason: &str| ConfigError::BadValue { key: key.to_string(), reason: reason.to_string() };
+    if value.chars().any(|c| c.is_control()) {
+        return Err(bad("control characters are not allowed"));
+    }
+    if value.is_empty() {
+        return Ok(());
+    }
+    match key {
+        "ip" => {
+            let (addr, prefix) = value.split_once('/').ok_or_else(|| bad("expected <address>/<prefix>"))?;
+            addr.parse::<Ipv4Addr>().map_err(|_| bad("not an IPv4 address"))?;
+            match prefix.parse::<u8>() {
+                Ok(p) if p <= 32 => {}
+                _ => return Err(bad("prefix must be 0..=32")),
+            }
+        }
+        "gateway" => {
+            value.parse::<Ipv4Addr>().map_err(|_| bad("not an IPv4 address"))?;
+        }
+        "mac" => {
+            let parts: Vec<&str> = value.split(':').collect();
+            if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || u8::from_str_radix(p, 16).is_err()) {
+                return Err(bad("expected six hex bytes separated by ':'"));
+            }
+        }
+        "nic" => {
+            let ok = value == "dpdk"
+                || ["packet:", "tap:"].iter().any(|p| value.strip_prefix(p).is_some_and(|n| !n.is_empty() && n.len() < 16));
+            if !ok {
+                return Err(bad("expected packet:<ifname>, tap:<ifname> or dpdk"));
+            }
+        }
+        "http_port" | "https_port" => match value.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return Err(bad("expected a port number 1..=65535")),
+        },
+        "cores" => {
+            for item in value.split(',') {
+                let (lo, hi) = item.split_once('-').unwrap_or((item, item));
+                match (lo.parse::<u16>(), hi.parse::<u16>()) {
+                    (Ok(l), Ok(h)) if l <= h => {}
+                    _ => return Err(bad("expected a list like 0-3,6")),
+                }
+            }
+        }
+        "log" => {
+            if !["error", "warn", "info", "debug", "trace", "off"].contains(&value) {
+                return Err(bad("expected error, warn, info, debug, trace or off"));
+            }
+        }
+        "console" => {
+            let ok = value == "stdio" || value.starts_with("/dev/") || value.strip_prefix("unix:").is_some_and(|p| !p.is_empty());
+            if !ok {
+                return Err(bad("expected /dev/ttyXXX, stdio or unix:<path>"));
+            }
+        }
+        "media" | "tls_cert" | "tls_key" | "dpdk_args" => {}
+        other => return Err(ConfigError::UnknownKey(other.to_string())),
+    }
+    Ok(())
+}
+
+/// The settings the init hands to `appliance serve`, merged from the kernel command line and
+/// the configuration partition. Keys are short names; a later layer overrides an earlier one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BootConfig {
+    values: BTreeMap<&'static str, String>,
+    /// Where each value came from ("cmdline" or "partition"), for `config show` and the log.
+    sources: BTreeMap<&'static str, &'static str>,
+    /// Command-line `appliance.*` entries that were ignored, with why.
+    pub rejected: Vec<String>,
+}
+
+impl BootConfig {
+    /// Reads `appliance.<key>=<value>` words of a kernel command line (`/proc/cmdline`).
+    /// Other words are ignored; bad `appliance.*` entries are recorded in `rejected`.
+    pub fn from_cmdline(cmdline: &str) -> BootConfig {
+        let mut cfg = BootConfig::default();
+        for word in split_cmdline(cmdline) {
+            let Some(rest) = word.strip_prefix("appliance.") else { continue };
+            let (key, value) = rest.split_once('=').unwrap_or((rest, ""));
+            if let Err(e) = cfg.apply(key, value, "cmdline") {
+                cfg.rejected.push(e.to_string());
+            }
+        }
+        cfg
+    }
+
+    /// Overrides with stored pairs (the configuration partition); bad pairs go to `rejected`.
+    pub fn overlay(&mut self, pairs: &[(String, String)], source: &'static str) {
+        for (k, v) in pairs {
+            if let Err(e) = self.apply(k, v, source) {
+                self.rejected.push(e.to_string());
+            }
+        }
+    }
+
+    /// Sets one key (empty value unsets it) after checking it.
+    pub fn apply(&mut self, key: &str, value: &str, source: &'static str) -> Result<(), ConfigError> {
+        let key = canonical_key(key)?;
+        validate(key, value)?;
+        if value.is_empty() {
+            self.values.remove(key);
+            self.sources.remove(key);
+        } else {
+            self.values.insert(key, value.to_string());
+            self.sources.insert(key, source);
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// Every set key with its value and source, sorted by key.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, &str, &'static str)> + '_ {
+        self.values.iter().map(|(k, v)| (*k, v.as_str(), self.sources.get(k).copied().unwrap_or("?")))
+    }
+}
+
+/// The configuration in force on this machine, as `config show` presents it: the kernel
+/// command line (`/proc/cmdline`) overlaid with the configuration store, if there is one
+/// ([`ConfigStore::locate`]). Returns the store too, for `config set`.
+pub fn effective() -> (BootConfig, Option<ConfigStore>, Vec<ConfigError>) {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let mut cfg = BootConfig::from_cmdline(&cmdline);
+    let mut errors = Vec::new();
+    let store = ConfigStore::locate().unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    });
+    if let Some(s) = &store {
+        match s.load() {
+            Ok(pairs) => cfg.overlay(&pairs, "partition"),
+            Err(e) => errors.push(e),
+        }
+    }
+    (cfg, store, errors)
+}
+
+/// Splits a kernel command line into words the way the kernel does (double quotes group).
+fn split_cmdline(cmdline: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in cmdline.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    words.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(cur);
+    }
+    words
+}
+
+/// Defaults the image uses where neither layer says otherwise.
+pub const DEFAULT_NIC: &str = "packet:eth0";
+pub const DEFAULT_CONSOLE: &str = "/dev/ttyS0";
+
+/// The arguments after the program name that start `appliance serve` for `cfg`, beginning
+/// with `"serve"`. Keys that are not set are left to `serve`'s own defaults, except the NIC
+/// and the console, which default to [`DEFAULT_NIC`] and [`DEFAULT_CONSOLE`] in the image.
+pub fn serve_args(cfg: &BootConfig) -> Vec<String> {
+    let mut args = vec!["serve".to_string()];
+    let mut push = |flag: &str, value: &str| {
+        args.push(flag.to_string());
+        args.push(value.to_string());
+    };
+    push("--nic", cfg.get("nic").unwrap_or(DEFAULT_NIC));
+    if cfg.get("nic") == Some("dpdk") {
+        if let Some(v) = cfg.get("dpdk_args") {
+            push("--dpdk-args", v);
+        }
+    }
+    for (key, flag) in [
+        ("ip", "--ip"),
+        ("gateway", "--gateway"),
+        ("mac", "--mac"),
+        ("media", "--media"),
+        ("http_port", "--http-port"),
+        ("https_port", "--https-port"),
+        ("cores", "--cores"),
+    ] {
+        if let Some(v) = cfg.get(key) {
+            push(flag, v);
+        }
+    }
+    if let (Some(cert), Some(key)) = (cfg.get("tls_cert"), cfg.get("tls_key")) {
+        push("--tls-cert", cert);
+        push("--tls-key", key);
+    }
+    push("--console", cfg.get("console").unwrap_or(DEFAULT_CONSOLE));
+    args
+}
+
+/// The configuration partition (or any file or region standing for it): load and atomic set.
+#[derive(Debug)]
+pub struct ConfigStore {
+    file: File,
+    path: PathBuf,
+    /// Byte offset of the two slots inside `file` (0 for a partition device).
+    base: u64,
+}
+
+/// One decoded slot.
+#[derive(Debug, PartialEq, Eq)]
+struct Slot {
+    seq: u64,
+    pairs: Vec<(String, String)>,
+}
+
+impl ConfigStore {
+    /// Opens a partition device (or a file of at least [`REGION_SIZE`] bytes) read-write.
+    pub fn open(device_path: impl AsRef<Path>) -> Result<ConfigStore, ConfigError> {
+        Self::open_at(device_path, 0)
+    }
+
+    /// Opens the region at byte `offset` of `path` (the partition inside a disk image file).
+    pub fn open_at(path: impl AsRef<Path>, offset: u64) -> Result<ConfigStore, ConfigError> {
+        let path = path.as_ref().to_path_buf();
+        let io = |source| ConfigError::Io { path: path.display().to_string(), source };
+        let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io)?;
+        // A block device reports size 0 in metadata; seek to its end instead.
+        let len = {
+            use std::io::{Seek, SeekFrom};
+            (&file).seek(SeekFrom::End(0)).map_err(io)?
+        };
+        if len < offset + REGION_SIZE {
+            return Err(ConfigError::TooSmall { path: path.display().to_string(), len: len.saturating_sub(offset) });
+        }
+        Ok(ConfigStore { file, path, base: offset })
+    }
+
+    /// Finds the store: the device named by `$APPLIANCE_CONFIG_DEVICE` if set, else the block
+    /// partition whose GPT name is [`PARTITION_NAME`]. `Ok(None)` when there is none.
+    pub fn locate() -> Result<Option<ConfigStore>, ConfigError> {
+        if let Some(dev) = std::env::var_os(STORE_ENV) {
+            return Self::open(dev).map(Some);
+        }
+        match find_partition(Path::new("/sys/class/block"), PARTITION_NAME) {
+            Some(dev) => Self::open(Path::new("/dev").join(dev)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored pairs in the order they were written (empty when no slot is valid).
+    pub fn load(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        Ok(self.current()?.map(|s| s.pairs).unwrap_or_default())
+    }
+
+    /// Sets `key` (short or `appliance.` name) to `value` (empty: remove it), atomically.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let key = canonical_key(key)?;
+        validate(key, value)?;
+        let current = self.current()?;
+        let (seq, mut pairs) = current.map(|s| (s.seq, s.pairs)).unwrap_or((0, Vec::new()));
+        pairs.retain(|(k, _)| k != key);
+        if !value.is_empty() {
+            pairs.push((key.to_string(), value.to_string()));
+        }
+        self.write(seq + 1, &pairs)
+    }
+
+    /// Replaces the whole configuration with `pairs` (each validated), atomically.
+    pub fn replace(&mut self, pairs: &[(String, String)]) -> Result<(), ConfigError> {
+        let mut clean = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            let k = canonical_key(k)?;
+            validate(k, v)?;
+            if !v.is_empty() {
+                clean.retain(|(ck, _): &(String, String)| ck != k);
+                clean.push((k.to_string(), v.clone()));
+            }
+        }
+        let seq = self.current()?.map(|s| s.seq).unwrap_or(0);
+        self.write(seq + 1, &clean)
+    }
+
+    fn io(&self, source: std::io::Error) -> ConfigError {
+        ConfigError::Io { path: self.path.display().to_string(), source }
+    }
+
+    fn read_slot(&self, index: u64) -> Result<Option<Slot>, ConfigError> {
+        let mut buf = vec![0u8; SLOT_SIZE as usize];
+        self.file.read_exact_at(&mut buf, self.base + index * SLOT_SIZE).map_err(|e| self.io(e))?;
+        Ok(decode_slot(&buf))
+    }
+
+    fn current(&self) -> Result<Option<Slot>, ConfigError> {
+        let a = self.read_slot(0)?;
+        let b = self.read_slot(1)?;
+        Ok(match (a, b) {
+            (Some(a), Some(b)) => Some(if b.seq > a.seq { b } else { a }),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Writes slot `seq % 2` (the one not holding `seq - 1`) and flushes it.
+    fn write(&mut self, seq: u64, pairs: &[(String, String)]) -> Result<(), ConfigError> {
+        let slot = encode_slot(seq, pairs)?;
+        let index = seq % 2;
+        self.file.write_all_at(&slot, self.base + index * SLOT_SIZE).map_err(|e| self.io(e))?;
+        self.file.sync_all().map_err(|e| self.io(e))
+    }
+}
+
+fn encode_slot(seq: u64, pairs: &[(String, String)]) -> Result<Vec<u8>, ConfigError> {
+    let mut payload = String::new();
+    for (k, v) in pairs {
+        payload.push_str(k);
+        payload.push('=');
+        payload.push_str(v);
+        payload.push('\n');
+    }
+    if payload.len() > MAX_PAYLOAD {
+        return Err(ConfigError::TooLarge(payload.len()));
+    }
+    let mut slot = vec![0u8; SLOT_SIZE as usize];
+    slot[0..8].copy_from_slice(MAGIC);
+    slot[8..16].copy_from_slice(&seq.to_le_bytes());
+    slot[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    slot[HEADER..HEADER + payload.len()].copy_from_slice(payload.as_bytes());
+    let digest = slot_digest(&slot[0..32], payload.as_bytes());
+    slot[32..64].copy_from_slice(&digest);
+    Ok(slot)
+}
+
+fn slot_digest(head: &[u8], payload: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(head);
+    h.update(payload);
+    h.finalize().into()
+}
+
+fn decode_slot(slot: &[u8]) -> Option<Slot> {
+    if slot.len() < HEADER || &slot[0..8] != MAGIC {
+        return None;
+    }
+    let seq = u64::from_le_bytes(slot[8..16].try_into().ok()?);
+    let len = u32::from_le_bytes(slot[16..20].try_into().ok()?) as usize;
+    if len > MAX_PAYLOAD || HEADER + len > slot.len() {
+        return None;
+    }
+    let payload = &slot[HEADER..HEADER + len];
+    if slot_digest(&slot[0..32], payload) != slot[32..64] {
+        return None;
+    }
+    let text = std::str::from_utf8(payload).ok()?;
+    let pairs = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Some(Slot { seq, pairs })
+}
+
+/// The name (e.g. "vda2") of the block device under `sys_block` whose uevent says
+/// `PARTNAME=<name>`.
+pub fn find_partition(sys_block: &Path, name: &str) -> Option<String> {
+    let want = format!("PARTNAME={name}");
+    let mut found: Vec<String> = std::fs::read_dir(sys_block)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("uevent")).is_ok_and(|u| u.lines().any(|l| l == want))
+        })
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_file() -> (tempfile::NamedTempFile, ConfigStore) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(REGION_SIZE).unwrap();
+        let s = ConfigStore::open(f.path()).unwrap();
+        (f, s)
+    }
+
+    #[test]
+    fn cmdline_keys_are_read_and_others_ignored() {
+        let cfg = BootConfig::from_cmdline(
+            "BOOT_IMAGE=/vmlinuz console=ttyS0,115200 appliance.ip=10.0.2.15/24 appliance.gateway=10.0.2.2 \
+             quiet appliance.nic=packet:eth0 \"appliance.dpdk_args=-l 0 --vdev x\" appliance.http_port=8080\n",
+        );
+        assert_eq!(cfg.get("ip"), Some("10.0.2.15/24"));
+        assert_eq!(cfg.get("gateway"), Some("10.0.2.2"));
+        assert_eq!(cfg.get("nic"), Some("packet:eth0"));
+        assert_eq!(cfg.get("dpdk_args"), Some("-l 0 --vdev x"));
+        assert_eq!(cfg.get("http_port"), Some("8080"));
+        assert_eq!(cfg.get("console"), None);
+        assert!(cfg.rejected.is_empty(), "{:?}", cfg.rejected);
+    }
+
+    #[test]
+    fn bad_cmdline_entries_are_rejected_not_applied() {
+        let cfg = BootConfig::from_cmdline("appliance.ip=10.0.2.300/24 appliance.colour=blue appliance.http_port=0 appliance.log=info");
+        assert_eq!(cfg.get("ip"), None);
+        assert_eq!(cfg.get("http_port"), None);
+        assert_eq!(cfg.get("log"), Some("info"));
+        assert_eq!(cfg.rejected.len(), 3, "{:?}", cfg.rejected);
+    }
+
+    #[test]
+    fn partition_overrides_cmdline_and_empty_unsets() {
+        let mut cfg = BootConfig::from_cmdline("appliance.ip=10.0.2.15/24 appliance.cores=0-1 appliance.log=info");
+        cfg.overlay(
+            &[("ip".into(), "192.0.2.9/24".into()), ("cores".into(), "".into()), ("bogus".into(), "x".into())],
+            "partition",
+        );
+        assert_eq!(cfg.get("ip"), Some("192.0.2.9/24"));
+        assert_eq!(cfg.get("cores"), None);
+        assert_eq!(cfg.get("log"), Some("info"));
+        assert_eq!(cfg.rejected.len(), 1);
+        let entries: Vec<_> = cfg.entries().collect();
+        assert_eq!(entries, vec![("ip", "192.0.2.9/24", "partition"), ("log", "info", "cmdline")]);
+    }
+
+    #[test]
+    fn validation_covers_each_kind_of_value() {
+        for (k, v) in [
+            ("ip", "1.2.3.4/0"),
+            ("gateway", "10.0.2.2"),
+            ("mac", "52:54:00:12:34:56"),
+            ("nic", "tap:tap0"),
+            ("nic", "dpdk"),
+            ("cores", "0-3,6"),
+            ("console", "unix:/run/c.sock"),
+            ("https_port", "65535"),
+            ("media", "nvme:0000:00:04.0"),
+        ] {
+            validate(k, v).unwrap_or_else(|e| panic!("{k}={v}: {e}"));
+        }
+        for (k, v) in [
+            ("ip", "1.2.3.4"),
+            ("ip", "1.2.3.4/33"),
+            ("gateway", "gw"),
+            ("mac", "52:54:00:12:34"),
+            ("mac", "52:54:00:12:34:zz"),
+            ("nic", "eth0"),
+            ("nic", "packet:"),
+            ("cores", "3-1"),
+            ("cores", "a"),
+            ("log", "loud"),
+            ("console", "ttyS0"),
+            ("http_port", "70000"),
+            ("media", "a\nb"),
+        ] {
+            assert!(validate(k, v).is_err(), "{k}={v} accepted");
+        }
+    }
+
+    #[test]
+    fn serve_args_map_every_key() {
+        let mut cfg = BootConfig::from_cmdline(
+            "appliance.ip=10.0.2.15/24 appliance.gateway=10.0.2.2 appliance.mac=02:00:00:00:00:01 \
+             appliance.media=/dev/nvme0n1 appliance.http_port=8080 appliance.https_port=8443 appliance.cores=0-1",
+        );
+        cfg.apply("tls_cert", "/c.pem", "partition").unwrap();
+        assert_eq!(
+            serve_args(&cfg),
+            [
+                "serve", "--nic", "packet:eth0", "--ip", "10.0.2.15/24", "--gateway", "10.0.2.2", "--mac",
+                "02:00:00:00:00:01", "--media", "/dev/nvme0n1", "--http-port", "8080", "--https-port", "8443",
+                "--cores", "0-1", "--console", "/dev/ttyS0"
+            ]
+        );
+        cfg.apply("tls_key", "/k.pem", "partition").unwrap();
+        cfg.apply("nic", "dpdk", "partition").unwrap();
+        cfg.apply("dpdk_args", "-l 0 --vdev net_tap0", "partition").unwrap();
+        cfg.apply("console", "unix:/run/console", "partition").unwrap();
+        let args = serve_args(&cfg);
+        let joined = args.join(" ");
+        assert!(joined.starts_with("serve --nic dpdk --dpdk-args -l 0 --vdev net_tap0 --ip"), "{joined}");
+        assert!(joined.ends_with("--tls-cert /c.pem --tls-key /k.pem --console unix:/run/console"), "{joined}");
+        assert!(args.contains(&"-l 0 --vdev net_tap0".to_string()), "EAL args stay one argument");
+    }
+
+    #[test]
+    fn empty_store_loads_empty() {
+        let (_f, s) = store_file();
+        assert!(s.load().unwrap().is_empty());
+    }
+
+    #[test]
+    fn set_persists_across_reopen_and_alternates_slots() {
+        let (f, mut s) = store_file();
+        s.set("appliance.ip", "192.0.2.10/24").unwrap();
+        s.set("log", "debug").unwrap();
+        s.set("ip", "192.0.2.11/24").unwrap();
+        let s2 = ConfigStore::open(f.path()).unwrap();
+        assert_eq!(
+            s2.load().unwrap(),
+            vec![("log".to_string(), "debug".to_string()), ("ip".to_string(), "192.0.2.11/24".to_string())]
+        );
+        // Three writes: seq 1 -> slot 1, seq 2 -> slot 0, seq 3 -> slot 1.
+        assert_eq!(s2.read_slot(1).unwrap().unwrap().seq, 3);
+        assert_eq!(s2.read_slot(0).unwrap().unwrap().seq, 2);
+        s.set("log", "").unwrap();
+        assert_eq!(s.load().unwrap(), vec![("ip".to_string(), "192.0.2.11/24".to_string())]);
+    }
+
+    #[test]
+    fn bad_key_or_value_is_refused_and_nothing_written() {
+        let (_f, mut s) = store_file();
+        s.set("ip", "10.0.0.1/8").unwrap();
+        assert!(matches!(s.set("colour", "blue"), Err(ConfigError::UnknownKey(_))));
+        assert!(matches!(s.set("ip", "nope"), Err(ConfigError::BadValue { .. })));
+        assert_eq!(s.load().unwrap(), vec![("ip".to_string(), "10.0.0.1/8".to_string())]);
+        assert_eq!(s.current().unwrap().unwrap().seq, 1);
+    }
+
+    #[test]
+    fn torn_write_keeps_previous_configuration() {
+        let (f, mut s) = store_file();
+        s.set("ip", "10.0.0.1/8").unwrap(); // seq 1, slot 1
+        s.set("ip", "10.0.0.2/8").unwrap(); // seq 2, slot 0
+        // Corrupt the newest slot's payload, as a power cut mid-write would.
+        s.file.write_all_at(b"X", HEADER as u64 + 3).unwrap();
+        let s2 = ConfigStore::open(f.path()).unwrap();
+        assert_eq!(s2.load().unwrap(), vec![("ip".to_string(), "10.0.0.1/8".to_string())]);
+        // The next write goes after the surviving sequence number and wins.
+        let mut s2 = s2;
+        s2.set("log", "warn").unwrap();
+        assert_eq!(s2.current().unwrap().unwrap().seq, 2);
+        assert_eq!(s2.load().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn region_inside_an_image_file() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(3 * 1024 * 1024).unwrap();
+        let mut s = ConfigStore::open_at(f.path(), 2 * 1024 * 1024).unwrap();
+        s.replace(&[("ip".into(), "10.1.1.1/24".into()), ("log".into(), "trace".into())]).unwrap();
+        let again = ConfigStore::open_at(f.path(), 2 * 1024 * 1024).unwrap();
+        assert_eq!(again.load().unwrap().len(), 2);
+        assert!(ConfigStore::open(f.path()).unwrap().load().unwrap().is_empty());
+        assert!(matches!(ConfigStore::open_at(f.path(), 3 * 1024 * 1024 - 10), Err(ConfigError::TooSmall { .. })));
+    }
+
+    #[test]
+    fn oversized_configuration_is_refused() {
+        let (_f, mut s) = store_file();
+        let big = "x".repeat(MAX_PAYLOAD);
+        assert!(matches!(s.set("media", &big), Err(ConfigError::TooLarge(_))));
+    }
+
+    #[test]
+    fn garbage_slots_are_not_valid() {
+        assert!(decode_slot(&[0u8; 100]).is_none());
+        let mut slot = encode_slot(7, &[("ip".into(), "1.2.3.4/5".into())]).unwrap();
+        assert_eq!(decode_slot(&slot).unwrap().seq, 7);
+        slot[16] = 0xff; // length beyond the payload
+        assert!(decode_slot(&slot).is_none());
+    }
+
+    #[test]
+    fn partition_is_found_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for (dev, uevent) in [
+            ("vda", "MAJOR=254\nDEVNAME=vda\nDEVTYPE=disk\n"),
+            ("vda1", "DEVNAME=vda1\nDEVTYPE=partition\nPARTN=1\nPARTNAME=ESP\n"),
+            ("vda2", "DEVNAME=vda2\nDEVTYPE=partition\nPARTN=2\nPARTNAME=appliance-config\n"),
+        ] {
+            std::fs::create_dir(dir.path().join(dev)).unwrap();
+            std::fs::write(dir.path().join(dev).join("uevent"), uevent).unwrap();
+        }
+        assert_eq!(find_partition(dir.path(), PARTITION_NAME).as_deref(), Some("vda2"));
+        assert_eq!(find_partition(dir.path(), "nope"), None);
+    }
+}
