@@ -54,6 +54,12 @@ pub struct Stats {
     pub tls_records_sealed: u64,
     pub tls_records_opened: u64,
     pub tls_bad_records: u64,
+    /// TLS failures by reason (handshakes and records together).
+    pub tls_fail_malformed: u64,
+    pub tls_fail_incompatible: u64,
+    pub tls_fail_peer_alert: u64,
+    pub tls_fail_bad_mac: u64,
+    pub tls_fail_other: u64,
     // Storage
     pub storage_reads: u64,
     pub storage_read_bytes: u64,
@@ -66,6 +72,18 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Count a TLS failure by its reason ([`crate::tls::TlsError::reason`]).
+    pub fn count_tls_failure(&mut self, reason: &str) {
+        let c = match reason {
+            "malformed_handshake" | "unexpected_message" | "buffer_full" => &mut self.tls_fail_malformed,
+            "incompatible_peer" | "no_alpn_match" | "unsupported_suite" => &mut self.tls_fail_incompatible,
+            "peer_alert" => &mut self.tls_fail_peer_alert,
+            "bad_mac" | "bad_record" => &mut self.tls_fail_bad_mac,
+            _ => &mut self.tls_fail_other,
+        };
+        *c += 1;
+    }
+
     /// Count an HTTP response by status.
     pub fn count_status(&mut self, status: u16) {
         let c = match status {
@@ -100,7 +118,8 @@ impl AddAssign for Stats {
             http_status_2xx, http_status_206, http_status_304, http_status_400, http_status_404,
             http_status_405, http_status_414, http_status_416, http_status_431, http_status_other,
             http_body_bytes, http_header_timeouts, tls_handshakes, tls_handshake_failures,
-            tls_records_sealed, tls_records_opened, tls_bad_records, storage_reads,
+            tls_records_sealed, tls_records_opened, tls_bad_records, tls_fail_malformed,
+            tls_fail_incompatible, tls_fail_peer_alert, tls_fail_bad_mac, tls_fail_other, storage_reads,
             storage_read_bytes, storage_errors, storage_in_flight, console_commands, console_errors,
         );
     }

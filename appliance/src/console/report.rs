@@ -117,6 +117,16 @@ pub(crate) fn table(
                 ("records_sealed", Num(s.tls_records_sealed)),
                 ("records_opened", Num(s.tls_records_opened)),
                 ("bad_records", Num(s.tls_bad_records)),
+                (
+                    "failures",
+                    Group(vec![
+                        ("malformed", Num(s.tls_fail_malformed)),
+                        ("incompatible", Num(s.tls_fail_incompatible)),
+                        ("peer_alert", Num(s.tls_fail_peer_alert)),
+                        ("bad_mac", Num(s.tls_fail_bad_mac)),
+                        ("other", Num(s.tls_fail_other)),
+                    ]),
+                ),
             ]),
         ),
         (

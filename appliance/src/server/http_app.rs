@@ -376,6 +376,7 @@ impl<S: Storage> HttpApp<S> {
     fn tls_fail(&mut self, c: &mut HttpConn, tcp: &mut TcpConn, err: &TlsError) {
         log::debug!("TLS connection failed: {err}");
         self.stats.tls_bad_records += 1;
+        self.stats.count_tls_failure(err.reason());
         let Some(t) = &mut c.tls else { return };
         if let TlsPhase::Session(s) = &t.phase {
             let mut rec = [0u8; 64];
@@ -507,6 +508,7 @@ impl<S: Storage> HttpApp<S> {
                 Err(e) => {
                     log::debug!("TLS handshake failed: {e}");
                     self.stats.tls_handshake_failures += 1;
+                    self.stats.count_tls_failure(e.reason());
                     t.failed = true;
                     c.closing = true;
                     tcp.close(); // after the alert rustls left in the output
@@ -531,6 +533,7 @@ impl<S: Storage> HttpApp<S> {
                 Err(e) => {
                     log::debug!("TLS handover failed: {e}");
                     self.stats.tls_handshake_failures += 1;
+                    self.stats.count_tls_failure(e.reason());
                     t.failed = true;
                     c.closing = true;
                     tcp.abort();
