@@ -1,22 +1,60 @@
-//! `appliance bench`: the fast path measured in-process. One core's server pipeline serves an
-//! in-process client over the simulated link (no faults); the server loop's own time is
-//! measured apart from the client's, and memcpy is measured in the same run as a reference.
+//! `appliance bench`: the fast path measured in-process. On each core a server pipeline
+//! serves in-process clients over the simulated link (no faults); the server loop's own time
+//! is measured apart from the clients', and memcpy and AES-128-GCM sealing of 16 KiB records
+//! are measured in the same run as references.
+//!
+//! A case is (plaintext or TLS, connections, cores). Each core runs its own pipeline, link and
+//! clients on its own thread, with `connections / cores` connections, each fetching its own
+//! range of one object. Figures per case:
+//! - `gbps_per_core`: body bits served per second of server loop time, averaged over cores;
+//!   `gbps_total`: the sum over cores (each pipeline is independent).
+//! - `mem_per_conn_bytes`: after the transfers, as many idle connections (TLS: handshake done)
+//!   are opened again; the server's heap growth over them per connection, plus the
+//!   connection table's start-up reservation per slot.
+//! - `bytes_touched_per_byte`: payload bytes the server's CPU read or wrote per body byte:
+//!   the checksum pass, in-place sealing, and storage reads that went through the page cache
+//!   (2 per byte: the kernel reads the cache and writes the buffer; O_DIRECT reads are DMA).
+//! - `allocs_on_packet_path`: heap allocations inside the server loop during the transfers.
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use drivers::nic::sim::SimConfig;
 use drivers::storage::FileStorage;
 
+use crate::accounting;
 use crate::loopback::SimHarness;
+use crate::net::iface::Entry;
+use crate::net::tcp::table::ConnTable;
+use crate::server::http_app::HttpConn;
+use crate::tls::bench::{measure_seal_gbps, AeadProvider};
+
+const OBJECT: &str = "/big.ts";
+/// Each connection fetches at least this much.
+const MIN_PER_CONN: u64 = 4096;
+/// A case that has not finished after this long is reported as failed.
+const CASE_LIMIT: Duration = Duration::from_secs(600);
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Modes {
+    Plain,
+    Tls,
+    Both,
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Size of the object served, in MB.
-    #[arg(long, default_value_t = 256)]
+    /// Body bytes served per case, in MB, split over its connections (each gets at least 4 KiB).
+    #[arg(long, default_value_t = 64)]
     pub size_mb: u64,
-    /// Concurrent connections (each fetches the whole object once).
-    #[arg(long, default_value_t = 1)]
-    pub connections: usize,
+    /// Connection counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 10_000, 50_000])]
+    pub connections: Vec<usize>,
+    /// Core counts to measure, comma-separated (one pipeline thread per core).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
+    pub cores: Vec<usize>,
+    /// Plaintext HTTP, HTTPS, or both.
+    #[arg(long, value_enum, default_value = "both")]
+    pub mode: Modes,
     /// Print one JSON line per case instead of text.
     #[arg(long)]
     pub json: bool,
@@ -25,7 +63,7 @@ pub struct BenchArgs {
     pub dir: Option<std::path::PathBuf>,
 }
 
-/// Bytes per second of memcpy of 16 KiB blocks over a 64 MiB working set.
+/// Bytes per second (10^9) of memcpy of 16 KiB blocks over a 64 MiB working set.
 pub fn memcpy_gbps(duration: Duration) -> f64 {
     let src = vec![7u8; 64 << 20];
     let mut dst = vec![0u8; 64 << 20];
@@ -41,64 +79,293 @@ pub fn memcpy_gbps(duration: Duration) -> f64 {
     bytes as f64 / start.elapsed().as_secs_f64() / 1e9
 }
 
+/// What one core's pipeline did in one case.
+#[derive(Debug, Default, Clone)]
+struct CoreResult {
+    ok: bool,
+    error: Option<String>,
+    body_bytes: u64,
+    server_ns: u64,
+    allocs: u64,
+    touched: u64,
+    storage_touched: u64,
+    idle_conns: usize,
+    idle_heap_bytes: i64,
+    handshakes: u64,
+    wall: f64,
+}
+
+/// One case's figures (what a JSON line prints).
+#[derive(Debug)]
+pub struct CaseResult {
+    pub tls: bool,
+    pub connections: usize,
+    pub cores: usize,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub body_bytes: u64,
+    pub gbps_per_core: f64,
+    pub gbps_total: f64,
+    pub mem_per_conn_bytes: f64,
+    pub bytes_touched_per_byte: f64,
+    pub allocs_on_packet_path: Option<u64>,
+    pub server_seconds: f64,
+    pub wall_seconds: f64,
+    pub handshakes: u64,
+}
+
 pub fn run(args: BenchArgs) -> Result<(), String> {
+    if args.connections.iter().any(|&c| c == 0) || args.cores.iter().any(|&c| c == 0) {
+        return Err("--connections and --cores take positive numbers".into());
+    }
     let dir = tempfile_dir(args.dir.as_deref())?;
+    let result = run_in(&args, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
+    let max_conns = args.connections.iter().copied().max().unwrap_or(1) as u64;
+    let total = (args.size_mb * 1_000_000).max(MIN_PER_CONN);
+    // One object big enough that every connection of the largest case has its own range.
+    let object_len = total.max(max_conns * MIN_PER_CONN).max(16 << 20);
+    let vol = make_volume(dir, object_len)?;
+    // References, measured in this run on this core.
+    let seal = measure_seal_gbps(AeadProvider::AwsLcRs, 16 * 1024, Duration::from_secs(1)) * 8.0;
+    let memcpy = memcpy_gbps(Duration::from_secs(1)) * 8.0;
+    if !args.json {
+        println!("references on one core: AES-128-GCM sealing of 16 KiB records (aws-lc-rs) {seal:.2} Gb/s, memcpy {memcpy:.2} Gb/s");
+        println!("allocation counting: {}", if accounting::allocator_installed() { "on" } else { "off (not the appliance binary)" });
+    }
+    let modes: &[bool] = match args.mode {
+        Modes::Plain => &[false],
+        Modes::Tls => &[true],
+        Modes::Both => &[false, true],
+    };
+    let mut failed = 0;
+    for &tls in modes {
+        for &cores in &args.cores {
+            for &connections in &args.connections {
+                let r = run_case(&vol, object_len, total, tls, connections, cores);
+                failed += usize::from(!r.ok);
+                print_case(&r, seal, memcpy, args.json);
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} case(s) did not complete"));
+    }
+    Ok(())
+}
+
+fn make_volume(dir: &std::path::Path, len: u64) -> Result<std::path::PathBuf, String> {
     let tree = dir.join("tree");
     std::fs::create_dir_all(&tree).map_err(|e| e.to_string())?;
-    let size = args.size_mb * 1_000_000;
-    {
-        let mut f = std::fs::File::create(tree.join("big.ts")).map_err(|e| e.to_string())?;
-        let block: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(block.len() as u64) as usize;
-            f.write_all(&block[..n]).map_err(|e| e.to_string())?;
-            left -= n as u64;
-        }
+    let mut f = std::fs::File::create(tree.join(&OBJECT[1..])).map_err(|e| e.to_string())?;
+    let block: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).map_err(|e| e.to_string())?;
+        left -= n as u64;
     }
+    drop(f);
     let vol = dir.join("bench.vol");
     crate::volume::pack(&tree, &vol).map_err(|e| e.to_string())?;
-    let mut storage = FileStorage::open(&vol).map_err(|e| e.to_string())?;
-    let volume = crate::volume::load(&mut storage).map_err(|e| e.to_string())?;
-    let link = SimConfig { queue_frames: 4096, ..SimConfig::default() };
-    let mut h = SimHarness::new(storage, volume, link.clone(), link, 512);
-    for _ in 0..args.connections {
-        if !h.start_fetch("/big.ts", None) {
-            return Err("the client could not reach the server over the simulated link".into());
+    std::fs::remove_dir_all(&tree).map_err(|e| e.to_string())?;
+    Ok(vol)
+}
+
+pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, tls: bool, connections: usize, cores: usize) -> CaseResult {
+    let per_conn = (total / connections as u64).max(MIN_PER_CONN);
+    let threads: Vec<_> = (0..cores)
+        .map(|core| {
+            // Connections split over the cores; the first ones take the remainder.
+            let n = connections / cores + usize::from(core < connections % cores);
+            let first = connections / cores * core + core.min(connections % cores);
+            let vol = vol.to_path_buf();
+            std::thread::spawn(move || {
+                if let Err(e) = crate::sys::pin_to_core(core) {
+                    log::debug!("bench: cannot pin to core {core}: {e}");
+                }
+                run_core(&vol, object_len, per_conn, first, n, tls)
+            })
+        })
+        .collect();
+    let results: Vec<CoreResult> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or_else(|_| CoreResult { error: Some("pipeline thread panicked".into()), ..CoreResult::default() }))
+        .collect();
+    combine(tls, connections, cores, &results)
+}
+
+fn combine(tls: bool, connections: usize, cores: usize, results: &[CoreResult]) -> CaseResult {
+    let rate = |r: &CoreResult| if r.server_ns == 0 { 0.0 } else { r.body_bytes as f64 * 8.0 / r.server_ns as f64 };
+    let body_bytes: u64 = results.iter().map(|r| r.body_bytes).sum();
+    let gbps_total: f64 = results.iter().map(rate).sum();
+    let idle_conns: usize = results.iter().map(|r| r.idle_conns).sum();
+    let idle_heap: i64 = results.iter().map(|r| r.idle_heap_bytes).sum();
+    let slot = ConnTable::<Entry<HttpConn>>::slot_bytes() as f64;
+    let touched: u64 = results.iter().map(|r| r.touched + r.storage_touched).sum();
+    CaseResult {
+        tls,
+        connections,
+        cores,
+        ok: results.iter().all(|r| r.ok),
+        error: results.iter().find_map(|r| r.error.clone()),
+        body_bytes,
+        gbps_per_core: gbps_total / cores as f64,
+        gbps_total,
+        mem_per_conn_bytes: if idle_conns == 0 { f64::NAN } else { slot + idle_heap as f64 / idle_conns as f64 },
+        bytes_touched_per_byte: if body_bytes == 0 { f64::NAN } else { touched as f64 / body_bytes as f64 },
+        allocs_on_packet_path: accounting::allocator_installed().then(|| results.iter().map(|r| r.allocs).sum()),
+        server_seconds: results.iter().map(|r| r.server_ns).max().unwrap_or(0) as f64 / 1e9,
+        wall_seconds: results.iter().map(|r| r.wall).fold(0.0, f64::max),
+        handshakes: results.iter().map(|r| r.handshakes).sum(),
+    }
+}
+
+/// One core: a pipeline and its clients over the simulated link. Connection `first + i`
+/// fetches `per_conn` bytes at its own offset of the object.
+fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize, n: usize, tls: bool) -> CoreResult {
+    let mut out = CoreResult::default();
+    if n == 0 {
+        out.ok = true;
+        return out;
+    }
+    let setup = || -> Result<SimHarness<FileStorage>, String> {
+        let mut storage = FileStorage::open(vol).map_err(|e| e.to_string())?;
+        let volume = crate::volume::load(&mut storage).map_err(|e| e.to_string())?;
+        let link = SimConfig { queue_frames: 8192, ..SimConfig::default() };
+        let mut h = SimHarness::new(storage, volume, link.clone(), link, 512);
+        if tls {
+            let (server, client) = crate::loopback::test_tls_configs()?;
+            h.enable_tls(server, client);
+        }
+        Ok(h)
+    };
+    let mut h = match setup() {
+        Ok(h) => h,
+        Err(e) => {
+            out.error = Some(e);
+            return out;
+        }
+    };
+    let direct = h.server.app.storage.is_direct();
+    let start = Instant::now();
+    let span = object_len - per_conn;
+    for i in 0..n {
+        let off = ((first + i) as u64 * per_conn) % (span + 1) / 4096 * 4096;
+        let range = Some((off, off + per_conn - 1));
+        let opened = if tls { h.start_fetch_tls(OBJECT, range) } else { h.start_fetch(OBJECT, range) };
+        if !opened {
+            out.error = Some("a client could not reach the server over the simulated link".into());
+            return out;
         }
     }
-    let start = Instant::now();
-    while h.client_app.fetches.len() < args.connections {
+    // Only the transfer phase counts: set the counters aside after the opens.
+    let (ns0, allocs0, touched0) = (h.server_ns, h.server_allocs, h.server_touched);
+    let reads0 = drivers::storage::Storage::counters(&h.server.app.storage).read_bytes;
+    while h.client_app.fetches.len() < n {
         // The clock follows wall time so that timers behave as in production.
         h.clock.set(start.elapsed());
         h.step(false);
-        if start.elapsed() > Duration::from_secs(600) {
-            return Err("benchmark did not finish in 10 minutes".into());
+        if start.elapsed() > CASE_LIMIT {
+            out.error = Some(format!("transfers did not finish in {} s", CASE_LIMIT.as_secs()));
+            return out;
         }
     }
-    let wall = start.elapsed().as_secs_f64();
-    let ok = h.client_app.fetches.iter().all(|f| f.complete && f.status == 200);
-    let bytes = h.client_app.body_bytes as f64;
-    let server_s = h.server_ns as f64 / 1e9;
-    let server_gbps = bytes / server_s / 1e9;
-    let memcpy = memcpy_gbps(Duration::from_secs(1));
-    let _ = std::fs::remove_dir_all(&dir);
-    if !ok {
-        return Err("a transfer did not complete".into());
+    out.wall = start.elapsed().as_secs_f64();
+    out.body_bytes = h.client_app.body_bytes;
+    out.server_ns = h.server_ns - ns0;
+    out.allocs = h.server_allocs - allocs0;
+    out.touched = h.server_touched - touched0;
+    let read = drivers::storage::Storage::counters(&h.server.app.storage).read_bytes - reads0;
+    out.storage_touched = if direct { 0 } else { 2 * read };
+    out.handshakes = h.server.app.stats.tls_handshakes;
+    let bad = h.client_app.fetches.iter().filter(|f| !(f.complete && f.status == 206 && f.body_len == per_conn)).count();
+    if bad > 0 {
+        out.error = Some(format!("{bad} of {n} transfers incomplete or not 206"));
+        return out;
     }
-    if args.json {
+    // Idle connections: the server's heap growth per connection once they are all set up.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while h.server.stack.connection_count() > 0 && Instant::now() < deadline {
+        h.clock.set(start.elapsed());
+        h.step(false);
+    }
+    let heap0 = h.server_heap_bytes;
+    let handshakes0 = h.server.app.stats.tls_handshakes;
+    for _ in 0..n {
+        if !h.start_idle(tls) {
+            out.error = Some("an idle client could not connect".into());
+            return out;
+        }
+    }
+    let ready = |h: &SimHarness<FileStorage>| {
+        h.server.stack.connection_count() >= n && (!tls || h.server.app.stats.tls_handshakes - handshakes0 >= n as u64)
+    };
+    while !ready(&h) && Instant::now() < deadline {
+        h.clock.set(start.elapsed());
+        h.step(false);
+    }
+    // A few more rounds so that nothing is left half-done in the loop.
+    for _ in 0..16 {
+        h.clock.set(start.elapsed());
+        h.step(false);
+    }
+    if !ready(&h) {
+        out.error = Some(format!("only {} of {n} idle connections were set up", h.server.stack.connection_count()));
+        return out;
+    }
+    out.idle_conns = n;
+    out.idle_heap_bytes = h.server_heap_bytes - heap0;
+    out.ok = true;
+    out
+}
+
+fn print_case(r: &CaseResult, seal: f64, memcpy: f64, json: bool) {
+    let num = |x: f64| if x.is_finite() { format!("{x:.3}") } else { "null".to_string() };
+    if json {
         println!(
-            "{{\"case\":\"http-sim\",\"tls\":false,\"connections\":{},\"cores\":1,\"bytes\":{},\"gbps_per_core\":{:.3},\"gbps_total\":{:.3},\"server_seconds\":{:.3},\"wall_seconds\":{:.3},\"ref_memcpy_gbps\":{:.3},\"ratio_to_memcpy\":{:.3}}}",
-            args.connections, bytes as u64, server_gbps * 8.0, bytes * 8.0 / wall / 1e9, server_s, wall, memcpy * 8.0, server_gbps / memcpy
+            "{{\"case\":\"{}-sim\",\"tls\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{}{}}}",
+            if r.tls { "https" } else { "http" },
+            r.tls,
+            r.connections,
+            r.cores,
+            r.ok,
+            r.body_bytes,
+            num(r.gbps_per_core),
+            num(r.gbps_total),
+            num(seal),
+            num(r.gbps_per_core / seal),
+            num(memcpy),
+            num(r.gbps_per_core / memcpy),
+            num(r.mem_per_conn_bytes),
+            num(r.bytes_touched_per_byte),
+            r.allocs_on_packet_path.map_or("null".to_string(), |a| a.to_string()),
+            num(r.server_seconds),
+            num(r.wall_seconds),
+            r.handshakes,
+            r.error.as_ref().map_or(String::new(), |e| format!(",\"error\":{e:?}")),
         );
     } else {
-        println!("served {:.0} MB to {} connection(s) over the simulated link", bytes / 1e6, args.connections);
-        println!("server loop: {:.3} s -> {:.2} GB/s ({:.1} Gb/s) on one core", server_s, server_gbps, server_gbps * 8.0);
-        println!("whole run (server + in-process client): {:.3} s -> {:.2} GB/s", wall, bytes / wall / 1e9);
-        println!("memcpy on this core: {:.2} GB/s", memcpy);
-        println!("ratio server/memcpy: {:.3}", server_gbps / memcpy);
+        println!(
+            "{:<5} {:>6} conns {} core(s): {:>7.2} Gb/s per core ({:.0}% of sealing), {:>7.2} total; {:.0} B per idle conn; {:.2} bytes touched per byte; {} allocations; {:.1} MB in {:.2} s{}",
+            if r.tls { "https" } else { "http" },
+            r.connections,
+            r.cores,
+            r.gbps_per_core,
+            100.0 * r.gbps_per_core / seal,
+            r.gbps_total,
+            r.mem_per_conn_bytes,
+            r.bytes_touched_per_byte,
+            r.allocs_on_packet_path.map_or("?".to_string(), |a| a.to_string()),
+            r.body_bytes as f64 / 1e6,
+            r.wall_seconds,
+            r.error.as_ref().map_or(String::new(), |e| format!("  FAILED: {e}")),
+        );
     }
-    Ok(())
 }
 
 fn tempfile_dir(base: Option<&std::path::Path>) -> Result<std::path::PathBuf, String> {

@@ -52,17 +52,34 @@ impl ClientConn {
         ClientConn { out: request.into_bytes(), tls: None, head: Vec::new(), status: 0, content_length: None, received: 0, hasher: Sha256::new(), done: false }
     }
 
-    /// The same GET over TLS: the request waits in rustls until the handshake is done.
-    pub fn get_tls(path: &str, range: Option<(u64, u64)>, config: Arc<rustls::ClientConfig>, name: &str) -> Option<ClientConn> {
-        let mut c = ClientConn::get(path, range);
+    /// A connection that sends nothing.
+    pub fn idle() -> ClientConn {
+        let mut c = ClientConn::get("/", None);
+        c.out.clear();
+        c
+    }
+
+    /// A TLS connection that completes its handshake and then sends nothing.
+    pub fn idle_tls(config: Arc<rustls::ClientConfig>, name: &str) -> Option<ClientConn> {
+        let mut c = ClientConn::idle();
         let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).ok()?;
         let mut tls = rustls::ClientConnection::new(config, server_name).ok()?;
-        tls.writer().write_all(&c.out).ok()?;
-        c.out.clear();
         while tls.wants_write() {
             tls.write_tls(&mut c.out).ok()?;
         }
         c.tls = Some(Box::new(tls));
+        Some(c)
+    }
+
+    /// The same GET over TLS: the request waits in rustls until the handshake is done.
+    pub fn get_tls(path: &str, range: Option<(u64, u64)>, config: Arc<rustls::ClientConfig>, name: &str) -> Option<ClientConn> {
+        let request = ClientConn::get(path, range).out;
+        let mut c = ClientConn::idle_tls(config, name)?;
+        let tls = c.tls.as_mut()?;
+        tls.writer().write_all(&request).ok()?;
+        while tls.wants_write() {
+            tls.write_tls(&mut c.out).ok()?;
+        }
         Some(c)
     }
 
@@ -231,6 +248,12 @@ pub struct SimHarness<S: Storage> {
     next_port: u16,
     /// Wall-clock nanoseconds spent in server loop iterations that did work (benchmark).
     pub server_ns: u64,
+    /// Heap allocations made inside the server loop, and the bytes they still hold (counted
+    /// only when the process's global allocator is [`crate::accounting::CountingAlloc`]).
+    pub server_allocs: u64,
+    pub server_heap_bytes: i64,
+    /// Payload bytes the server loop's CPU read or wrote ([`crate::accounting`]).
+    pub server_touched: u64,
     client_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
@@ -282,7 +305,14 @@ impl<S: Storage> SimHarness<S> {
         let mut ccfg = IfaceConfig::new(client_nic.link().mac, CLIENT_IP, 24);
         ccfg.max_conns = 65536;
         let client = Stack::new(ccfg, 0);
-        SimHarness { clock, server, client_nic, client, client_app: ClientApp::default(), rx: Vec::with_capacity(RX_BURST), next_port: 10000, server_ns: 0, client_tls: None }
+        SimHarness { clock, server, client_nic, client, client_app: ClientApp::default(), rx: Vec::with_capacity(RX_BURST),
+            next_port: 10000,
+            server_ns: 0,
+            server_allocs: 0,
+            server_heap_bytes: 0,
+            server_touched: 0,
+            client_tls: None,
+        }
     }
 
     /// Serve HTTPS on [`HTTPS_PORT`]; [`SimHarness::start_fetch_tls`] then trusts it.
@@ -290,6 +320,19 @@ impl<S: Storage> SimHarness<S> {
         self.server.app.enable_tls(server, HTTPS_PORT);
         self.server.stack.cfg.listen_ports.push(HTTPS_PORT);
         self.client_tls = Some(client);
+    }
+
+    /// Open a connection that sends nothing (over TLS: completes the handshake, then sends
+    /// nothing): an idle client, for measuring what an idle connection costs the server.
+    pub fn start_idle(&mut self, tls: bool) -> bool {
+        let c = if tls {
+            let Some(cfg) = self.client_tls.clone() else { return false };
+            let Some(c) = ClientConn::idle_tls(cfg, TEST_NAME) else { return false };
+            c
+        } else {
+            ClientConn::idle()
+        };
+        self.open(c, if tls { HTTPS_PORT } else { 80 })
     }
 
     /// As [`SimHarness::start_fetch`], over TLS.
@@ -336,7 +379,14 @@ impl<S: Storage> SimHarness<S> {
     pub fn step(&mut self, advance: bool) -> bool {
         let now = self.now();
         let t0 = std::time::Instant::now();
-        let server_busy = self.server.poll(now);
+        let (allocs0, heap0) = crate::accounting::allocations();
+        let touched0 = crate::accounting::touched();
+        let server = &mut self.server;
+        let server_busy = crate::accounting::counting(|| server.poll(now));
+        let (allocs1, heap1) = crate::accounting::allocations();
+        self.server_allocs += allocs1 - allocs0;
+        self.server_heap_bytes += heap1 - heap0;
+        self.server_touched += crate::accounting::touched() - touched0;
         // Server work only: an iteration that found nothing to do is waiting on the client.
         if server_busy {
             self.server_ns += t0.elapsed().as_nanos() as u64;

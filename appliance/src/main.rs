@@ -30,6 +30,11 @@ enum Command {
     Init(appliance::boot::InitArgs),
 }
 
+/// Counts heap allocations for `appliance bench` (allocs_on_packet_path); forwards to the
+/// system allocator.
+#[global_allocator]
+static ALLOCATOR: appliance::accounting::CountingAlloc = appliance::accounting::CountingAlloc;
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse_from(appliance::boot::command_line_args());

@@ -146,6 +146,8 @@ pub fn emit_tcp_segment(out: &mut [u8; MAX_HEADERS_LEN], ep: &Endpoints, f: &Tcp
     let mut acc = checksum::pseudo_header(ep.src_ip, ep.dst_ip, IP_PROTO_TCP, seg_len as u16);
     acc = checksum::accumulate(acc, t);
     acc = checksum::accumulate_parts(acc, payload);
+    // The checksum pass is the CPU's one read of the payload (no offload yet).
+    crate::accounting::add_touched(payload_len);
     t[16..18].copy_from_slice(&checksum::finish(acc).to_be_bytes());
     tcp_at + tcp_len
 }

@@ -70,6 +70,12 @@ impl<T> ConnTable<T> {
         self.slots.len()
     }
 
+    /// Bytes reserved at start-up for each connection the table can hold: the slot, its
+    /// generation, its place on the free list and its index entry (key and slot number).
+    pub const fn slot_bytes() -> usize {
+        std::mem::size_of::<Option<(ConnKey, T)>>() + 2 * std::mem::size_of::<u32>() + std::mem::size_of::<(u64, u32)>()
+    }
+
     pub fn len(&self) -> usize {
         self.index.len()
     }
