@@ -13,6 +13,9 @@ use drivers::nic::dpdk::{DpdkConfig, DpdkNic, TxOffload};
 use drivers::nic::{FrameBuf, Nic};
 
 const CASE_ENV: &str = "DPDK_TAP_TEST_CASE";
+/// The EAL file prefix of a case, chosen by the parent, which removes EAL's runtime directory
+/// (`/var/run/dpdk/<prefix>`, left behind even with --no-shconf) once the case has ended.
+const PREFIX_ENV: &str = "DPDK_TAP_TEST_PREFIX";
 const KERNEL_IP: [u8; 4] = [192, 0, 2, 1];
 const OUR_IP: [u8; 4] = [192, 0, 2, 2];
 const CHILD_LIMIT: Duration = Duration::from_secs(120);
@@ -36,28 +39,41 @@ fn dpdk_tap_talks_to_the_kernel() {
 /// Runs this test binary again in a fresh network namespace with `case` selected.
 fn run_case(case: &str, test_name: &str) {
     let exe = std::env::current_exe().expect("test binary path");
+    let prefix = format!("apl-drv-{case}-{}", std::process::id());
+    let rundir = std::path::Path::new("/var/run/dpdk").join(&prefix);
     let mut child = Command::new("unshare")
         .arg("--net")
         .arg("--")
         .arg(&exe)
         .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
         .env(CASE_ENV, case)
+        .env(PREFIX_ENV, &prefix)
         .stdin(Stdio::null())
         .spawn()
         .expect("run `unshare --net` (util-linux; needs root)");
     let start = Instant::now();
-    loop {
+    let status = loop {
         if let Some(status) = child.try_wait().expect("wait for the case") {
-            assert!(status.success(), "case {case} failed: {status}");
-            return;
+            break Some(status);
         }
         if start.elapsed() > CHILD_LIMIT {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("case {case} did not finish within {CHILD_LIMIT:?}");
+            break None;
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = std::fs::remove_dir_all(&rundir);
+    match status {
+        Some(status) => assert!(status.success(), "case {case} failed: {status}"),
+        None => panic!("case {case} did not finish within {CHILD_LIMIT:?}"),
     }
+    assert!(!rundir.exists(), "{} is left behind", rundir.display());
+}
+
+/// The EAL file prefix the parent chose for this case.
+fn eal_prefix() -> String {
+    std::env::var(PREFIX_ENV).expect("the case runs under run_case")
 }
 
 fn ip(args: &[&str]) {
@@ -71,7 +87,8 @@ fn ip(args: &[&str]) {
 fn eal_args(iface: &str) -> String {
     // --no-shconf and a file prefix of its own: parallel runs do not collide. (--in-memory
     // would, but 22.11 refuses it with --no-huge.)
-    format!("--no-huge --no-pci -m 256 --no-shconf --file-prefix={iface} --log-level=lib.eal:warning --vdev=net_tap0,iface={iface}")
+    let prefix = eal_prefix();
+    format!("--no-huge --no-pci -m 256 --no-shconf --file-prefix={prefix} --log-level=lib.eal:warning --vdev=net_tap0,iface={iface}")
 }
 
 fn start(iface: &str, queues: u16) -> DpdkNic {
@@ -308,15 +325,18 @@ fn af_packet() {
     ip(&["link", "set", "dpdkva", "up"]);
     ip(&["addr", "add", "192.0.2.1/24", "dev", "dpdkvb"]);
     ip(&["link", "set", "dpdkvb", "up"]);
-    let args = "--no-huge --no-pci -m 256 --no-shconf --file-prefix=dpdkva \
-                --log-level=lib.eal:warning --vdev=net_af_packet0,iface=dpdkva";
+    let args = format!(
+        "--no-huge --no-pci -m 256 --no-shconf --file-prefix={} \
+         --log-level=lib.eal:warning --vdev=net_af_packet0,iface=dpdkva",
+        eal_prefix()
+    );
     let cfg = DpdkConfig {
         mbufs: 8191,
         rx_desc: 512,
         tx_desc: 512,
         ..DpdkConfig::default()
     };
-    let mut nic = DpdkNic::start(args, cfg).expect("DPDK af_packet port starts");
+    let mut nic = DpdkNic::start(&args, cfg).expect("DPDK af_packet port starts");
     let link = nic.link();
     assert_eq!(link.driver, "dpdk:net_af_packet");
     let deadline = Instant::now() + REPLY_LIMIT;
