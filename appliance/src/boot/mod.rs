@@ -590,9 +590,7 @@ fn prepare_userspace_nvme(spec: &str, controllers: &[String], store: Option<&Pat
         pci.clone()
     } else {
         let pci = vfio::check_pci_address(spec).map_err(|e| e.to_string())?;
-        if !controllers.contains(&pci) {
-            return Err(format!("{pci} is not an NVMe controller"));
-        }
+        vfio::check_nvme_class(&pci).map_err(|e| e.to_string())?;
         if holds_store(&pci) {
             return Err(format!("{pci} holds the configuration partition"));
         }
