@@ -48,7 +48,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("mac", "MAC address to use instead of the port's own"),
     ("nic", "data NIC: packet:<ifname>, tap:<ifname> or dpdk"),
     ("dpdk_args", "EAL arguments when nic=dpdk"),
-    ("media", "media volume: a block device or file path, or nvme:<pci address>"),
+    ("media", "media volume: nvme:auto or nvme:<pci address> (userspace NVMe driver), or a block device or file path"),
     ("console", "management console: /dev/ttyXXX, stdio or unix:<path>"),
     ("http_port", "HTTP port (default 80)"),
     ("https_port", "HTTPS port (default 443)"),
@@ -143,7 +143,12 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
                 return Err(bad("expected /dev/ttyXXX, stdio or unix:<path>"));
             }
         }
-        "media" | "tls_cert" | "tls_key" | "dpdk_args" => {}
+        "media" => {
+            if value.starts_with("nvme:") {
+                crate::server::MediaSpec::parse(value).map_err(|_| bad("expected nvme:auto or nvme:<pci address> such as nvme:0000:00:04.0"))?;
+            }
+        }
+        "tls_cert" | "tls_key" | "dpdk_args" => {}
         other => return Err(ConfigError::UnknownKey(other.to_string())),
     }
     Ok(())
@@ -541,6 +546,8 @@ mod tests {
             ("console", "unix:/run/c.sock"),
             ("https_port", "65535"),
             ("media", "nvme:0000:00:04.0"),
+            ("media", "nvme:auto"),
+            ("media", "/dev/nvme0n1"),
         ] {
             validate(k, v).unwrap_or_else(|e| panic!("{k}={v}: {e}"));
         }
@@ -558,6 +565,8 @@ mod tests {
             ("console", "ttyS0"),
             ("http_port", "70000"),
             ("media", "a\nb"),
+            ("media", "nvme:0000:00:04"),
+            ("media", "nvme:"),
         ] {
             assert!(validate(k, v).is_err(), "{k}={v} accepted");
         }

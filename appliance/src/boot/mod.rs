@@ -517,9 +517,28 @@ fn read_config(first: bool) -> (BootConfig, Option<PathBuf>) {
         Some(Err(e)) => say!("configuration partition: {e}"),
         None => {}
     }
-    let nvme_present = std::fs::read_dir("/sys/class/nvme").is_ok_and(|mut d| d.next().is_some());
-    if cfg.get("media").is_none() && nvme_present && wait_for(Path::new("/dev/nvme0n1"), deadline) {
-        let _ = cfg.apply("media", "/dev/nvme0n1", "default");
+    // The data drive: by default the first NVMe controller (not the one holding the
+    // configuration partition) goes to the userspace driver; the kernel's block device
+    // stays the way when vfio cannot have it, and when configured explicitly.
+    let nvme = nvme_controllers();
+    let nvme_spec = cfg.get("media").and_then(|m| m.strip_prefix("nvme:")).map(str::to_string);
+    if cfg.get("media").is_none() && !nvme.is_empty() {
+        match prepare_userspace_nvme("auto", &nvme, store_path.as_deref(), deadline) {
+            Ok(_) => {
+                let _ = cfg.apply("media", "nvme:auto", "default");
+            }
+            Err(e) => {
+                say!("NVMe: not for the userspace driver ({e}); using the kernel's block device");
+                if wait_for(Path::new("/dev/nvme0n1"), deadline) {
+                    let _ = cfg.apply("media", "/dev/nvme0n1", "default");
+                }
+            }
+        }
+    } else if let Some(spec) = nvme_spec {
+        // serve reports the reason too, and the init restarts it.
+        if let Err(e) = prepare_userspace_nvme(&spec, &nvme, store_path.as_deref(), deadline) {
+            say!("media nvme:{spec}: {e}");
+        }
     }
     if let Some(media) = cfg.get("media").filter(|m| m.starts_with("/dev/")) {
         wait_for(Path::new(media), Instant::now() + if first { DEVICE_WAIT } else { Duration::ZERO });
@@ -537,6 +556,61 @@ fn read_config(first: bool) -> (BootConfig, Option<PathBuf>) {
         }
     }
     (cfg, store_path)
+}
+
+/// PCI addresses of the NVMe controllers (class 01:08:02), sorted.
+fn nvme_controllers() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/sys/bus/pci/devices")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path().join("class")).is_ok_and(|c| c.trim() == "0x010802"))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Whether the block device at `dev` (e.g. /dev/nvme0n1p2) sits on the PCI device `pci`.
+fn block_device_on(dev: &Path, pci: &str) -> bool {
+    let Some(name) = dev.file_name() else { return false };
+    std::fs::canonicalize(Path::new("/sys/class/block").join(name))
+        .is_ok_and(|p| p.components().any(|c| c.as_os_str() == std::ffi::OsStr::new(pci)))
+}
+
+/// Chooses the controller that `nvme:<spec>` means ("auto": the first of `controllers` that
+/// does not hold the configuration partition `store`) and binds it to vfio-pci for serve,
+/// taking it from the kernel's nvme driver: as PID 1 of the appliance, nothing else uses it.
+/// Returns its PCI address.
+fn prepare_userspace_nvme(spec: &str, controllers: &[String], store: Option<&Path>, deadline: Instant) -> Result<String, String> {
+    use drivers::storage::nvme::vfio;
+    let holds_store = |pci: &str| store.is_some_and(|s| block_device_on(s, pci));
+    let pci = if spec == "auto" {
+        let pci = controllers.iter().find(|p| !holds_store(p)).ok_or("the only NVMe controller holds the configuration partition")?;
+        pci.clone()
+    } else {
+        let pci = vfio::check_pci_address(spec).map_err(|e| e.to_string())?;
+        vfio::check_nvme_class(&pci).map_err(|e| e.to_string())?;
+        if holds_store(&pci) {
+            return Err(format!("{pci} holds the configuration partition"));
+        }
+        pci
+    };
+    if vfio::current_driver(&pci).as_deref() == Some("vfio-pci") {
+        return Ok(pci);
+    }
+    // The kernel's nvme driver probes asynchronously: let it finish before taking the device.
+    wait_for(&Path::new("/sys/bus/pci/devices").join(&pci).join("driver"), deadline);
+    let driver = vfio::current_driver(&pci);
+    let mut result = vfio::bind_to_vfio_pci(&pci);
+    if result.is_err() && vfio::current_driver(&pci).as_deref() != Some("vfio-pci") {
+        // A probe that raced with the unbind: once more.
+        std::thread::sleep(Duration::from_millis(200));
+        result = vfio::bind_to_vfio_pci(&pci);
+    }
+    result.map_err(|e| e.to_string())?;
+    say!("NVMe {pci}: taken from {} and bound to vfio-pci for the userspace driver", driver.as_deref().unwrap_or("no driver"));
+    Ok(pci)
 }
 
 /// Whether the kernel knows a disk (not a loop, RAM or optical device).

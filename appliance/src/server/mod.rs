@@ -37,9 +37,13 @@ pub struct ServeArgs {
     /// MAC address to use (default: the backend's own).
     #[arg(long)]
     pub mac: Option<String>,
-    /// Media volume: a file or block device made by `appliance pack`.
-    #[arg(long)]
-    pub media: PathBuf,
+    /// Media volume made by `appliance pack`: a file or block device path, or
+    /// `nvme:<pci address>` / `nvme:auto` for namespace 1 of an NVMe controller driven by the
+    /// userspace driver over vfio (the device must be bound to vfio-pci or to no driver; it
+    /// needs an IOMMU group: intel_iommu=on or amd_iommu=on). `nvme:auto` takes the first NVMe
+    /// controller that no kernel driver holds.
+    #[arg(long, value_name = "PATH | nvme:<pci address> | nvme:auto")]
+    pub media: String,
     #[arg(long, default_value_t = 80)]
     pub http_port: u16,
     /// Certificate chain (PEM) for HTTPS.
@@ -65,6 +69,50 @@ pub struct ServeArgs {
     /// Seconds a connection may stay silent before it is closed.
     #[arg(long, default_value_t = 60)]
     pub idle_timeout: u64,
+    /// What the media turned out to be (the NVMe controller `nvme:auto` found), for `status`.
+    #[arg(skip)]
+    pub media_detail: Option<String>,
+}
+
+/// Where `--media` points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaSpec {
+    /// A volume file or block device, read through [`drivers::storage::FileStorage`].
+    File(PathBuf),
+    /// An NVMe controller for the userspace driver: "auto" or a PCI address such as
+    /// "0000:00:04.0" (the short "00:04.0" means domain 0).
+    Nvme(String),
+}
+
+impl MediaSpec {
+    /// `nvme:auto`, `nvme:<pci address>`, or anything else as a path. The address is checked
+    /// for its form here and for its existence when the device is opened.
+    pub fn parse(s: &str) -> Result<MediaSpec, ServeError> {
+        let Some(rest) = s.strip_prefix("nvme:") else {
+            if s.is_empty() {
+                return Err(ServeError::Option("--media: empty (expected a volume path, nvme:<pci address> or nvme:auto)".into()));
+            }
+            return Ok(MediaSpec::File(PathBuf::from(s)));
+        };
+        let rest = rest.trim();
+        if rest.eq_ignore_ascii_case("auto") {
+            return Ok(MediaSpec::Nvme("auto".into()));
+        }
+        let full = if rest.matches(':').count() == 1 { format!("0000:{rest}") } else { rest.to_string() };
+        let well_formed = full.len() == 12
+            && full.char_indices().all(|(i, c)| match i {
+                4 | 7 => c == ':',
+                10 => c == '.',
+                11 => ('0'..='7').contains(&c),
+                _ => c.is_ascii_hexdigit(),
+            });
+        if !well_formed {
+            return Err(ServeError::Option(format!(
+                "--media {s}: expected nvme:auto or nvme:<pci address> such as nvme:0000:00:04.0"
+            )));
+        }
+        Ok(MediaSpec::Nvme(full.to_ascii_lowercase()))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +123,8 @@ pub enum ServeError {
     Nic(#[from] drivers::nic::NicError),
     #[error("media: {0}")]
     Storage(#[from] drivers::storage::StorageError),
+    #[error("media {spec}: {source}")]
+    Media { spec: String, source: drivers::storage::StorageError },
     #[error("media volume: {0}")]
     Volume(#[from] volume::VolumeError),
     #[error("console: {0}")]
@@ -157,9 +207,64 @@ pub fn serve(args: ServeArgs) -> Result<Outcome, ServeError> {
         crate::tls::handshake::load_server_config(cert, key)?;
     }
     let console = ConsoleService::open(&args.console)?;
-    let mut storage = drivers::storage::FileStorage::open(&args.media)?;
+    let media_err = |source| ServeError::Media { spec: args.media.clone(), source };
+    match MediaSpec::parse(&args.media)? {
+        MediaSpec::File(path) => {
+            let storage = drivers::storage::FileStorage::open(&path).map_err(media_err)?;
+            start(args, storage, ip, prefix, mac, cores, console)
+        }
+        MediaSpec::Nvme(spec) => {
+            let (storage, detail) = open_nvme(&spec).map_err(media_err)?;
+            let args = ServeArgs { media_detail: Some(detail), ..args };
+            start(args, storage, ip, prefix, mac, cores, console)
+        }
+    }
+}
+
+/// Namespace 1 of the NVMe controller `spec` ("auto" or a PCI address) as one I/O queue
+/// pair for the pipeline, and a description of what was found.
+fn open_nvme(spec: &str) -> Result<(drivers::storage::nvme::NvmeStorage, String), drivers::storage::StorageError> {
+    use drivers::storage::nvme::{self, NvmeConfig};
+    let ctrl = nvme::open(spec, &NvmeConfig::default())?;
+    let (info, ns) = (ctrl.info().clone(), ctrl.namespace());
+    let detail = format!(
+        "nvme:{} ({}, serial {}, NVMe {}, namespace {}: {} blocks of {} bytes)",
+        info.pci,
+        info.model,
+        info.serial,
+        info.version,
+        ns.nsid,
+        ns.blocks,
+        ns.lba_size
+    );
+    log::info!("media: {detail}");
+    let queue = ctrl
+        .into_queues()?
+        .into_iter()
+        .next()
+        .ok_or_else(|| drivers::storage::StorageError::Device("the controller created no I/O queue".into()))?;
+    Ok((queue.into_storage(), detail))
+}
+
+/// Load the volume from `storage` and run the pipeline on the NIC `--nic` names.
+#[allow(clippy::too_many_arguments)]
+fn start<S: Storage>(
+    args: ServeArgs,
+    mut storage: S,
+    ip: Ipv4Addr,
+    prefix: u8,
+    mac: Option<[u8; 6]>,
+    cores: Vec<usize>,
+    console: ConsoleService,
+) -> Result<Outcome, ServeError> {
     let vol = volume::load(&mut storage)?;
-    log::info!("media {}: {} objects, {} bytes", args.media.display(), vol.objects().len(), vol.data_bytes());
+    log::info!(
+        "media {} ({}): {} objects, {} bytes",
+        args.media,
+        storage.backend(),
+        vol.objects().len(),
+        vol.data_bytes()
+    );
     if let Some(name) = args.nic.strip_prefix("tap:") {
         let nic = drivers::nic::tap::TapNic::open(name)?;
         run(args.clone(), nic, storage, vol, ip, prefix, mac, cores, console)
@@ -175,9 +280,9 @@ pub fn serve(args: ServeArgs) -> Result<Outcome, ServeError> {
 
 #[cfg(feature = "dpdk")]
 #[allow(clippy::too_many_arguments)]
-fn start_dpdk(
+fn start_dpdk<S: Storage>(
     args: &ServeArgs,
-    storage: drivers::storage::FileStorage,
+    storage: S,
     vol: volume::Volume,
     ip: Ipv4Addr,
     prefix: u8,
@@ -192,9 +297,9 @@ fn start_dpdk(
 
 #[cfg(not(feature = "dpdk"))]
 #[allow(clippy::too_many_arguments)]
-fn start_dpdk(
+fn start_dpdk<S: Storage>(
     _args: &ServeArgs,
-    _storage: drivers::storage::FileStorage,
+    _storage: S,
     _vol: volume::Volume,
     _ip: Ipv4Addr,
     _prefix: u8,
@@ -283,5 +388,35 @@ fn run<N: Nic, S: Storage>(
         if !busy {
             pipe.nic.wait_rx(Duration::from_millis(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_specs_parse() {
+        assert_eq!(MediaSpec::parse("/dev/nvme0n1").unwrap(), MediaSpec::File("/dev/nvme0n1".into()));
+        assert_eq!(MediaSpec::parse("media.vol").unwrap(), MediaSpec::File("media.vol".into()));
+        assert_eq!(MediaSpec::parse("nvme:auto").unwrap(), MediaSpec::Nvme("auto".into()));
+        assert_eq!(MediaSpec::parse("nvme:AUTO").unwrap(), MediaSpec::Nvme("auto".into()));
+        assert_eq!(MediaSpec::parse("nvme:0000:00:04.0").unwrap(), MediaSpec::Nvme("0000:00:04.0".into()));
+        assert_eq!(MediaSpec::parse("nvme:00:1F.7").unwrap(), MediaSpec::Nvme("0000:00:1f.7".into()));
+        assert_eq!(MediaSpec::parse("nvme:10000:3a:00.0").ok(), None, "5-digit domains are not PCI addresses here");
+        for bad in ["nvme:", "nvme:04.0", "nvme:0000:00:04.8", "nvme:0000:00:04", "nvme:zz:00.0", ""] {
+            let e = MediaSpec::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--media"), "{bad:?}: {e}");
+        }
+        assert!(MediaSpec::parse("nvme:0000:00:04.8").unwrap_err().to_string().contains("nvme:auto"));
+    }
+
+    #[test]
+    fn media_errors_name_the_spec() {
+        let e = ServeError::Media {
+            spec: "nvme:auto".into(),
+            source: drivers::storage::StorageError::Device("nvme:auto: no NVMe controller found".into()),
+        };
+        assert_eq!(e.to_string(), "media nvme:auto: device error: nvme:auto: no NVMe controller found");
     }
 }

@@ -108,6 +108,7 @@ pub struct NamespaceInfo {
 /// reset, identified, and returned ready to hand out queue pairs.
 pub fn open(spec: &str, config: &NvmeConfig) -> Result<NvmeController, StorageError> {
     let pci = if spec == "auto" { vfio::find_auto()? } else { vfio::check_pci_address(spec)? };
+    vfio::check_nvme_class(&pci)?;
     vfio::ensure_bound_to_vfio(&pci, config.take_from_kernel)?;
     let device = vfio::VfioDevice::open(&pci)?;
     let (regs, dma) = device.into_parts()?;

@@ -425,6 +425,20 @@ pub fn check_pci_address(spec: &str) -> Result<String, StorageError> {
     Ok(full)
 }
 
+/// Refuses a PCI device that is not an NVMe controller (class 01:08:02), before anything
+/// binds or touches it.
+pub fn check_nvme_class(pci: &str) -> Result<(), StorageError> {
+    let path = Path::new(SYSFS_PCI).join(pci).join("class");
+    let class = std::fs::read_to_string(&path).map_err(|e| err(path.display(), e))?;
+    if class.trim() != NVME_CLASS {
+        return Err(StorageError::Device(format!(
+            "{pci} is not an NVMe controller (PCI class {}, an NVMe controller is {NVME_CLASS})",
+            class.trim()
+        )));
+    }
+    Ok(())
+}
+
 /// The kernel driver bound to `pci`, if any.
 pub fn current_driver(pci: &str) -> Option<String> {
     let link = std::fs::read_link(Path::new(SYSFS_PCI).join(pci).join("driver")).ok()?;
@@ -520,6 +534,20 @@ mod tests {
         assert!(check_pci_address("nonsense").unwrap_err().to_string().contains("bad PCI address"));
         assert!(check_pci_address("0000:00:04.9").is_err());
         assert!(check_pci_address("0000:ff:1f.7").unwrap_err().to_string().contains("no PCI device"));
+    }
+
+    #[test]
+    fn only_nvme_controllers_pass_the_class_check() {
+        assert!(check_nvme_class("0000:ff:1f.7").is_err());
+        // Any PCI device of this machine that is not an NVMe controller is refused by name.
+        let other = std::fs::read_dir(SYSFS_PCI).into_iter().flatten().flatten().find(|e| {
+            std::fs::read_to_string(e.path().join("class")).is_ok_and(|c| c.trim() != NVME_CLASS)
+        });
+        if let Some(dev) = other {
+            let pci = dev.file_name().to_string_lossy().into_owned();
+            let e = check_nvme_class(&pci).unwrap_err().to_string();
+            assert!(e.contains("is not an NVMe controller"), "{e}");
+        }
     }
 
     #[test]
