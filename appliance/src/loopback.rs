@@ -49,14 +49,18 @@ impl ClientConn {
             request.push_str(&format!("Range: bytes={a}-{b}\r\n"));
         }
         request.push_str("\r\n");
-        ClientConn { out: request.into_bytes(), tls: None, head: Vec::new(), status: 0, content_length: None, received: 0, hasher: Sha256::new(), done: false }
+        ClientConn::raw(request.as_bytes())
+    }
+
+    /// A connection that sends exactly `bytes` (a partial or malformed head, or nothing) and
+    /// then waits.
+    pub fn raw(bytes: &[u8]) -> ClientConn {
+        ClientConn { out: bytes.to_vec(), tls: None, head: Vec::new(), status: 0, content_length: None, received: 0, hasher: Sha256::new(), done: false }
     }
 
     /// A connection that sends nothing.
     pub fn idle() -> ClientConn {
-        let mut c = ClientConn::get("/", None);
-        c.out.clear();
-        c
+        ClientConn::raw(&[])
     }
 
     /// A TLS connection that completes its handshake and then sends nothing.
@@ -293,12 +297,18 @@ pub fn test_tls_configs() -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::Clie
 impl<S: Storage> SimHarness<S> {
     /// `to_client` and `to_server` are the link's two directions.
     pub fn new(storage: S, volume: Volume, to_client: SimConfig, to_server: SimConfig, buffers: usize) -> Self {
+        Self::with_limits(storage, volume, to_client, to_server, buffers, 65536)
+    }
+
+    /// As [`SimHarness::new`], with a server connection table of `max_conns` entries (and a
+    /// SYN backlog as large).
+    pub fn with_limits(storage: S, volume: Volume, to_client: SimConfig, to_server: SimConfig, buffers: usize, max_conns: usize) -> Self {
         let clock = SimClock::new();
         let (server_nic, client_nic) = pair(to_client, to_server, clock.clone());
         let mut scfg = IfaceConfig::new(server_nic.link().mac, SERVER_IP, 24);
         scfg.listen_ports = vec![80];
-        scfg.max_conns = 65536;
-        scfg.syn_backlog = 65536;
+        scfg.max_conns = max_conns;
+        scfg.syn_backlog = max_conns;
         let server_stack = Stack::new(scfg, 0);
         let app = HttpApp::new(storage, volume, buffers).expect("storage pool");
         let server = Pipeline::new(server_nic, server_stack, app);
@@ -350,6 +360,31 @@ impl<S: Storage> SimHarness<S> {
     /// through ARP first if needed.
     pub fn start_fetch(&mut self, path: &str, range: Option<(u64, u64)>) -> bool {
         self.open(ClientConn::get(path, range), 80)
+    }
+
+    /// Open a connection that sends `bytes` to port 80 and waits (see [`ClientConn::raw`]).
+    /// Returns its client-side port.
+    pub fn start_raw(&mut self, bytes: &[u8]) -> Option<u16> {
+        self.open(ClientConn::raw(bytes), 80).then_some(self.next_port)
+    }
+
+    /// Send `bytes` more on the client connection from local port `port`.
+    pub fn send_more(&mut self, port: u16, bytes: &[u8]) -> bool {
+        let Some(id) = self.client.connections().find(|(_, k, _)| k.local_port == port).map(|(id, _, _)| id) else { return false };
+        let Some(e) = self.client.get_mut(id) else { return false };
+        e.app.out.extend_from_slice(bytes);
+        let len = e.app.out.len() as u64;
+        e.tcp.set_stream_len(len);
+        self.client.wake(id);
+        true
+    }
+
+    /// Run both loops for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now() + d.as_nanos() as u64;
+        while self.now() < end {
+            self.step(true);
+        }
     }
 
     fn open(&mut self, c: ClientConn, port: u16) -> bool {
@@ -418,4 +453,19 @@ impl<S: Storage> SimHarness<S> {
         }
         true
     }
+}
+
+/// A volume of two small files (`/index.html`, `/a.txt`) in a temporary directory, for tests.
+#[cfg(test)]
+pub(crate) fn tiny_volume() -> (tempfile::TempDir, drivers::storage::FileStorage, Volume) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).expect("mkdir");
+    std::fs::write(tree.join("index.html"), b"<html>hello</html>\n").expect("write");
+    std::fs::write(tree.join("a.txt"), vec![b'a'; 100_000]).expect("write");
+    let vol = dir.path().join("media.vol");
+    crate::volume::pack(&tree, &vol).expect("pack");
+    let mut storage = drivers::storage::FileStorage::open(&vol).expect("open");
+    let volume = crate::volume::load(&mut storage).expect("load");
+    (dir, storage, volume)
 }

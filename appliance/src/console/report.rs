@@ -83,6 +83,7 @@ pub(crate) fn table(
                 ("out_of_window", Num(s.tcp_out_of_window)),
                 ("idle_timeouts", Num(s.tcp_idle_timeouts)),
                 ("table_full", Num(s.tcp_table_full)),
+                ("evicted", Num(s.tcp_evicted)),
             ]),
         ),
         (
@@ -101,6 +102,7 @@ pub(crate) fn table(
                         ("400", Num(s.http_status_400)),
                         ("404", Num(s.http_status_404)),
                         ("405", Num(s.http_status_405)),
+                        ("408", Num(s.http_status_408)),
                         ("414", Num(s.http_status_414)),
                         ("416", Num(s.http_status_416)),
                         ("431", Num(s.http_status_431)),

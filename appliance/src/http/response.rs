@@ -70,6 +70,7 @@ fn status_info(status: u16) -> Option<(&'static str, &'static [u8])> {
         400 => ("Bad Request", b"400 Bad Request\n"),
         404 => ("Not Found", b"404 Not Found\n"),
         405 => ("Method Not Allowed", b"405 Method Not Allowed\n"),
+        408 => ("Request Timeout", b"408 Request Timeout\n"),
         414 => ("URI Too Long", b"414 URI Too Long\n"),
         416 => ("Range Not Satisfiable", b"416 Range Not Satisfiable\n"),
         431 => (

@@ -14,7 +14,7 @@ use super::arp::ArpCache;
 use super::checksum;
 use super::headers::{self, flags, Endpoints, TcpFields, TcpOptions, MAX_HEADERS_LEN};
 use super::tcp::cookie::SynCookies;
-use super::tcp::table::{ConnId, ConnKey, ConnTable};
+use super::tcp::table::{ConnId, ConnKey, ConnTable, SlotList};
 use super::tcp::timer::TimerWheel;
 use super::tcp::{self, DataSource, SegmentIn, State, TcpConn};
 use super::{Instant, SEC};
@@ -92,6 +92,22 @@ pub trait App {
     }
     /// The connection is gone; release everything it held.
     fn on_closed(&mut self, c: Self::Conn, reason: CloseReason);
+    /// Whether the connection may be evicted when the table is full and a new peer (one that
+    /// proved its address with a SYN cookie) needs its slot: nothing queued or in flight.
+    fn evictable(&self, c: &Self::Conn) -> bool {
+        let _ = c;
+        false
+    }
+    /// The application's own next deadline for the connection (e.g. a request-head
+    /// timeout), if any; [`App::on_deadline`] runs once `now` reaches it.
+    fn deadline(&self, c: &Self::Conn) -> Option<Instant> {
+        let _ = c;
+        None
+    }
+    /// The application's deadline passed.
+    fn on_deadline(&mut self, now: Instant, c: &mut Self::Conn, tcp: &mut TcpConn) {
+        let _ = (now, c, tcp);
+    }
     /// See [`DataSource::available`]. The bytes may lie in up to [`MAX_PARTS`] places.
     fn available(&mut self, now: Instant, id: ConnId, c: &mut Self::Conn, off: u64, max: usize) -> usize;
     /// The `len` bytes from `off` promised by `available`, as slices in order.
@@ -170,6 +186,9 @@ pub struct Stack<C> {
     pub cfg: IfaceConfig,
     pub arp: ArpCache,
     conns: ConnTable<Entry<C>>,
+    /// Connections the application lets go when the table is full, least recently active
+    /// first (TIME-WAIT ones too).
+    evictable: SlotList,
     wheel: TimerWheel,
     cookies: SynCookies,
     ready: Vec<ConnId>,
@@ -188,6 +207,7 @@ impl<C> Stack<C> {
         let n = cfg.max_conns;
         Stack {
             conns: ConnTable::with_capacity(n),
+            evictable: SlotList::with_capacity(n),
             wheel: TimerWheel::new(1024, super::MS, now, 16.max(n / 64)),
             cookies: SynCookies::default(),
             ready: Vec::with_capacity(n),
@@ -457,6 +477,8 @@ impl<C> Stack<C> {
                 && self.conns.get(id).is_some_and(|(_, e)| e.tcp.state == State::TimeWait);
             if !recycle {
                 self.on_conn_segment(now, id, rx, app);
+                // Something arrived: the connection is the most recently active.
+                self.evictable.unlink(id.slot);
                 self.after_event(now, id, app);
                 return;
             }
@@ -472,6 +494,11 @@ impl<C> Stack<C> {
         if is(flags::ACK) && !is(flags::SYN) && self.cfg.listen_ports.contains(&rx.dst_port) && self.accepting {
             // Maybe the last step of a SYN-cookie handshake.
             if let Some(mss) = self.cookies.check(now, key.packed(), seg.seq.wrapping_sub(1), seg.ack.unwrap_or(0).wrapping_sub(1)) {
+                if self.conns.len() >= self.conns.capacity() {
+                    // A peer that proved its address gets the slot of the least recently
+                    // active idle connection.
+                    self.evict_oldest(app, nic);
+                }
                 if self.conns.len() < self.conns.capacity() {
                     if let Some(c) = app.accept(now, rx.dst_port) {
                         let tcp = TcpConn::accept_cookie(&self.cfg.tcp, now, seg, seg.ack.unwrap_or(0).wrapping_sub(1), mss);
@@ -569,12 +596,21 @@ impl<C> Stack<C> {
             e.ready = true;
             self.ready.push(id);
         }
+        let may_evict = match e.tcp.state {
+            State::TimeWait => true,
+            State::SynReceived | State::Established | State::CloseWait => !e.ready && app.evictable(&e.app),
+            _ => false,
+        };
+        if !may_evict {
+            self.evictable.unlink(id.slot);
+        } else if !self.evictable.contains(id.slot) {
+            self.evictable.push_back(id.slot);
+        }
         let tcp_deadline = e.tcp.next_deadline();
         let idle_deadline = if e.tcp.state == State::TimeWait { None } else { Some(e.tcp.last_rx() + idle) };
-        let deadline = match (tcp_deadline, idle_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // The application's clock runs once the handshake is done (half-open entries have TCP's).
+        let app_deadline = if matches!(e.tcp.state, State::Established | State::CloseWait) { app.deadline(&e.app) } else { None };
+        let deadline = [tcp_deadline, idle_deadline, app_deadline].into_iter().flatten().min();
         if let Some(d) = deadline {
             if e.timer_at.is_none_or(|t| d < t) {
                 e.timer_at = Some(d);
@@ -585,6 +621,7 @@ impl<C> Stack<C> {
 
     fn remove<A: App<Conn = C>>(&mut self, id: ConnId, reason: CloseReason, app: &mut A) {
         if let Some((_, e)) = self.conns.remove(id) {
+            self.evictable.unlink(id.slot);
             if e.half_open {
                 self.half_open -= 1;
             }
@@ -594,6 +631,34 @@ impl<C> Stack<C> {
             self.stats.tcp_connections_closed += 1;
             app.on_closed(e.app, reason);
         }
+    }
+
+    /// Drop the least recently active evictable connection (RST to its peer unless it was in
+    /// TIME-WAIT). O(1): the front of the list. Returns whether one was dropped.
+    fn evict_oldest<A: App<Conn = C>, N: Nic>(&mut self, app: &mut A, nic: &mut N) -> bool {
+        let Some(id) = self.evictable.front().and_then(|slot| self.conns.id_of_slot(slot)) else { return false };
+        let Some((key, e)) = self.conns.get(id) else { return false };
+        if e.tcp.state != State::TimeWait {
+            let ep = Endpoints {
+                src_mac: self.cfg.mac,
+                dst_mac: e.peer_mac,
+                src_ip: self.cfg.ip,
+                dst_ip: key.remote_ip,
+                src_port: key.local_port,
+                dst_port: key.remote_port,
+            };
+            let f = e.tcp.reset_fields();
+            let mut hdr = [0u8; MAX_HEADERS_LEN];
+            let ip_id = self.next_ip_id();
+            let n = headers::emit_tcp_segment(&mut hdr, &ep, &f, ip_id, &[]);
+            if nic.tx_gather(&[&hdr[..n]]) {
+                self.stats.tcp_tx_segments += 1;
+                self.stats.tcp_rst_sent += 1;
+            }
+        }
+        self.stats.tcp_evicted += 1;
+        self.remove(id, CloseReason::Aborted, app);
+        true
     }
 
     /// Counters of live connections not yet folded into `stats` (they are at close).
@@ -746,6 +811,9 @@ impl<C> Stack<C> {
             if out.rto {
                 app.on_rto(&mut e.app);
             }
+            if !out.closed && matches!(e.tcp.state, State::Established | State::CloseWait) && app.deadline(&e.app).is_some_and(|d| now >= d) {
+                app.on_deadline(now, &mut e.app, &mut e.tcp);
+            }
             if !out.closed && !matches!(e.tcp.state, State::TimeWait | State::Closed) && now >= e.tcp.last_rx() + idle {
                 self.stats.tcp_idle_timeouts += 1;
                 if matches!(e.tcp.state, State::Established | State::CloseWait) && !e.tcp.fin_queued() {
@@ -764,5 +832,68 @@ impl<C> Stack<C> {
         }
         expired.clear();
         self.expired = expired;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use drivers::nic::sim::SimConfig;
+
+    use crate::loopback::{tiny_volume, SimHarness};
+
+    #[test]
+    fn a_full_table_evicts_the_least_recently_active_idle_connection() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::with_limits(storage, volume, SimConfig::default(), SimConfig::default(), 16, 4);
+        let mut ports = Vec::new();
+        for _ in 0..4 {
+            ports.push(h.start_raw(b"GET /index.html HTTP/1.1\r\n").expect("connect"));
+            h.run_for(Duration::from_millis(50));
+        }
+        assert_eq!(h.server.stack.connection_count(), 4);
+        // Activity on the oldest (one more header byte, as a slowloris client sends) makes
+        // the second the least recently active.
+        let second = ports[1];
+        assert!(h.send_more(ports[0], b"H"));
+        h.run_for(Duration::from_millis(50));
+        // A new client: its SYN finds the table full (a cookie answers), its ACK proves the
+        // address and takes the slot of the least recently active idle connection.
+        assert!(h.start_fetch("/a.txt", None));
+        assert!(h.run_until_fetches(2, Duration::from_secs(5)), "fetches: {:?}", h.client_app.fetches);
+        let s = h.server.stats();
+        assert!(s.tcp_table_full >= 1, "the SYN found the table full");
+        assert_eq!(s.tcp_syn_cookies_accepted, 1);
+        assert_eq!(s.tcp_evicted, 1);
+        let mut statuses: Vec<_> = h.client_app.fetches.iter().map(|f| (f.status, f.body_len)).collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, vec![(0, 0), (200, 100_000)], "the evicted one was reset, the new one served");
+        let left: Vec<u16> = h.server.stack.connections().map(|(_, k, _)| k.remote_port).collect();
+        assert!(!left.contains(&second), "the second (least recently active) was evicted: {left:?} of {ports:?}");
+        assert!(left.contains(&ports[0]) && left.contains(&ports[2]) && left.contains(&ports[3]));
+    }
+
+    #[test]
+    fn a_busy_connection_is_never_evicted() {
+        let (_dir, storage, volume) = tiny_volume();
+        let slow = SimConfig { rate_bps: Some(10_000_000), delay: Duration::from_millis(1), ..SimConfig::default() };
+        let mut h = SimHarness::with_limits(storage, volume, slow, SimConfig::default(), 16, 2);
+        // Two connections that each have a response under way: nothing may be evicted.
+        assert!(h.start_fetch("/a.txt", None));
+        assert!(h.start_fetch("/a.txt", None));
+        for _ in 0..100_000 {
+            h.step(true);
+            if h.server.stack.connections().filter(|(_, _, e)| !e.app.idle()).count() == 2 {
+                break;
+            }
+        }
+        assert_eq!(h.server.stack.connections().filter(|(_, _, e)| !e.app.idle()).count(), 2);
+        assert!(h.start_fetch("/index.html", None));
+        assert!(h.run_until_fetches(3, Duration::from_secs(10)), "fetches: {:?}", h.client_app.fetches);
+        let s = h.server.stats();
+        assert_eq!(s.tcp_evicted, 0);
+        let ok = h.client_app.fetches.iter().filter(|f| f.status == 200 && f.complete).count();
+        assert!(ok >= 2, "both transfers completed: {:?}", h.client_app.fetches);
     }
 }

@@ -38,6 +38,8 @@ const HEAD_CAP: usize = MAX_HEAD_LEN + 128 + 32;
 /// TLS 1.3 record trailer: inner content type + tag. (TLS 1.2 uses the first 16 bytes.)
 const TRAILER: usize = record::TLS13_TRAILER_LEN;
 const HEADER_MAX: usize = 13;
+/// Default of [`HttpApp::header_timeout`].
+pub const DEFAULT_HEADER_TIMEOUT: u64 = 10 * crate::net::SEC;
 
 #[derive(Clone, Copy, Debug)]
 struct Body {
@@ -146,6 +148,9 @@ pub struct HttpConn {
     read_seq: u16,
     tls: Option<ConnTls>,
     pub requests: u64,
+    /// A request head (or, on a new connection, the TLS handshake and the first head) must
+    /// be complete by then; `None` between requests (the idle timeout applies there).
+    head_deadline: Option<Instant>,
 }
 
 impl HttpConn {
@@ -159,6 +164,7 @@ impl HttpConn {
             read_seq: 0,
             tls,
             requests: 0,
+            head_deadline: None,
         }
     }
 
@@ -317,6 +323,8 @@ pub struct HttpApp<S: Storage> {
     pub draining: bool,
     tls_config: Option<Arc<rustls::ServerConfig>>,
     https_port: u16,
+    /// Nanoseconds a request head may take to arrive whole (slowloris defence); 0: no limit.
+    pub header_timeout: u64,
 }
 
 impl<S: Storage> HttpApp<S> {
@@ -337,6 +345,7 @@ impl<S: Storage> HttpApp<S> {
             draining: false,
             tls_config: None,
             https_port: 0,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
         })
     }
 
@@ -396,11 +405,25 @@ impl<S: Storage> HttpApp<S> {
     }
 
     /// Parse and plan every complete request in the receive buffer that fits the queue.
-    fn parse_requests(&mut self, c: &mut HttpConn, tcp: &mut TcpConn) {
-        while !c.closing && c.responses.len() < MAX_PIPELINED && !c.rx.is_empty() {
+    fn parse_requests(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn) {
+        self.answer(now, c, tcp, None);
+    }
+
+    /// Answer `status` (an error that closes the connection) in place of the partial head
+    /// in the receive buffer.
+    fn respond_error(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn, status: u16) {
+        self.answer(now, c, tcp, Some(status));
+    }
+
+    fn answer(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn, mut forced: Option<u16>) {
+        while !c.closing && c.responses.len() < MAX_PIPELINED && (!c.rx.is_empty() || forced.is_some()) {
             let mut path_buf = [0u8; 4096];
             let mut extent = 0u64;
-            let (plan, consumed) = match http::parse_request(&c.rx, &self.limits) {
+            let parsed = match forced.take() {
+                Some(status) => Parse::Error(http::RequestError { status, reason: "request head timeout" }),
+                None => http::parse_request(&c.rx, &self.limits),
+            };
+            let (plan, consumed) = match parsed {
                 Parse::Incomplete => {
                     if c.rx.len() >= RX_BUF {
                         (Plan::error(431), c.rx.len())
@@ -483,14 +506,27 @@ impl<S: Storage> HttpApp<S> {
             c.responses.push_back(resp);
             tcp.set_stream_len(c.stream_len);
             c.rx.drain(..consumed.min(c.rx.len()));
+            // What is left is the start of the next head: its clock starts now.
+            c.head_deadline = if c.rx.is_empty() { None } else { self.head_deadline_from(now) };
             if !plan.keep_alive {
                 self.close_after_queued(c, tcp);
             }
         }
     }
 
+    fn head_deadline_from(&self, now: Instant) -> Option<Instant> {
+        (self.header_timeout > 0).then(|| now + self.header_timeout)
+    }
+
+    /// The first bytes of a request head arrived on a connection between requests.
+    fn note_head_bytes(&self, now: Instant, c: &mut HttpConn) {
+        if c.head_deadline.is_none() && !c.rx.is_empty() {
+            c.head_deadline = self.head_deadline_from(now);
+        }
+    }
+
     /// Feed received bytes to the TLS layer; returns false when the connection failed.
-    fn on_tls_data(&mut self, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
+    fn on_tls_data(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
         let Some(t) = &mut c.tls else { return };
         if t.failed {
             return;
@@ -530,7 +566,7 @@ impl<S: Storage> HttpApp<S> {
                     c.stream_len = t.hs_base + t.hs_out.len() as u64;
                     tcp.set_stream_len(c.stream_len);
                     c.rx.extend_from_slice(&h.early_plaintext[..h.early_plaintext.len().min(RX_BUF)]);
-                    self.parse_requests(c, tcp);
+                    self.parse_requests(now, c, tcp);
                 }
                 Err(e) => {
                     log::debug!("TLS handover failed: {e}");
@@ -569,10 +605,13 @@ impl<S: Storage> HttpApp<S> {
                     } else {
                         c.rx.extend_from_slice(data);
                     }
+                    if c.head_deadline.is_none() && !c.rx.is_empty() && self.header_timeout > 0 {
+                        c.head_deadline = Some(now + self.header_timeout);
+                    }
                 }
                 Ok(Some(Incoming::CloseNotify)) => {
                     // Answer what was asked, then our close_notify, then FIN.
-                    self.parse_requests(c, tcp);
+                    self.parse_requests(now, c, tcp);
                     self.close_after_queued(c, tcp);
                     return;
                 }
@@ -612,7 +651,7 @@ impl<S: Storage> HttpApp<S> {
                 c.push_control(tcp, &control[..control_len]);
             }
         }
-        self.parse_requests(c, tcp);
+        self.parse_requests(now, c, tcp);
     }
 
     /// Start reading chunk `index` of response `resp` into a free slot. Returns false when
@@ -725,7 +764,7 @@ impl<S: Storage> HttpApp<S> {
 impl<S: Storage> App for HttpApp<S> {
     type Conn = HttpConn;
 
-    fn accept(&mut self, _now: Instant, local_port: u16) -> Option<HttpConn> {
+    fn accept(&mut self, now: Instant, local_port: u16) -> Option<HttpConn> {
         if self.draining {
             return None;
         }
@@ -748,7 +787,10 @@ impl<S: Storage> App for HttpApp<S> {
             },
             _ => None,
         };
-        Some(HttpConn::new(tls))
+        let mut c = HttpConn::new(tls);
+        // The handshake and the first request head must arrive within the header timeout.
+        c.head_deadline = self.head_deadline_from(now);
+        Some(c)
     }
 
     fn rx_room(&self, c: &HttpConn) -> usize {
@@ -765,9 +807,9 @@ impl<S: Storage> App for HttpApp<S> {
         }
     }
 
-    fn on_data(&mut self, _now: Instant, _id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
+    fn on_data(&mut self, now: Instant, _id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
         if c.tls.is_some() {
-            self.on_tls_data(c, tcp, data);
+            self.on_tls_data(now, c, tcp, data);
             return;
         }
         if c.closing {
@@ -778,7 +820,8 @@ impl<S: Storage> App for HttpApp<S> {
         }
         let take = data.len().min(RX_BUF - c.rx.len());
         c.rx.extend_from_slice(&data[..take]);
-        self.parse_requests(c, tcp);
+        self.note_head_bytes(now, c);
+        self.parse_requests(now, c, tcp);
     }
 
     fn on_peer_fin(&mut self, _now: Instant, c: &mut HttpConn, tcp: &mut TcpConn) {
@@ -786,7 +829,7 @@ impl<S: Storage> App for HttpApp<S> {
         self.close_after_queued(c, tcp);
     }
 
-    fn on_acked(&mut self, _now: Instant, _id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, acked_to: u64) {
+    fn on_acked(&mut self, now: Instant, _id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, acked_to: u64) {
         for k in c.chunks.iter_mut() {
             if matches!(k.state, ChunkState::Ready(_)) && k.stream_end <= acked_to {
                 k.state = ChunkState::Free;
@@ -807,7 +850,7 @@ impl<S: Storage> App for HttpApp<S> {
             }
         }
         if !c.rx.is_empty() {
-            self.parse_requests(c, tcp);
+            self.parse_requests(now, c, tcp);
         }
     }
 
@@ -822,6 +865,40 @@ impl<S: Storage> App for HttpApp<S> {
 
     fn on_idle(&mut self, _now: Instant, c: &mut HttpConn, tcp: &mut TcpConn) {
         self.close_after_queued(c, tcp);
+    }
+
+    fn evictable(&self, c: &HttpConn) -> bool {
+        // Nothing queued or unacknowledged: a keep-alive connection between requests, one
+        // still sending its head, or one that never sent anything.
+        c.responses.is_empty()
+    }
+
+    fn deadline(&self, c: &HttpConn) -> Option<Instant> {
+        if c.closing {
+            None
+        } else {
+            c.head_deadline
+        }
+    }
+
+    fn on_deadline(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn) {
+        if c.closing {
+            return;
+        }
+        if c.responses.len() >= MAX_PIPELINED {
+            // The parser waits for us, not for the peer: give the head more time.
+            c.head_deadline = self.head_deadline_from(now);
+            return;
+        }
+        c.head_deadline = None;
+        self.stats.http_header_timeouts += 1;
+        let in_session = c.tls.as_ref().is_none_or(|t| matches!(t.phase, TlsPhase::Session(_)) && !t.failed);
+        if !c.rx.is_empty() && in_session {
+            // Part of a head arrived: answer 408 (RFC 9110 15.5.9), then close.
+            self.respond_error(now, c, tcp, 408);
+        } else {
+            self.close_after_queued(c, tcp);
+        }
     }
 
     fn on_closed(&mut self, c: HttpConn, _reason: CloseReason) {
@@ -896,4 +973,55 @@ fn body_chunk_at(c: &HttpConn, off: u64) -> Option<(usize, u64)> {
         },
     };
     Some((resp, obj_pos / CHUNK as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use drivers::nic::sim::SimConfig;
+
+    use crate::loopback::{tiny_volume, SimHarness};
+    use crate::net::SEC;
+
+    #[test]
+    fn a_partial_head_gets_408_after_the_header_timeout() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        assert_eq!(h.server.app.header_timeout, super::DEFAULT_HEADER_TIMEOUT);
+        h.server.app.header_timeout = 3 * SEC;
+        h.start_raw(b"GET /index.html HTTP/1.1\r\nHost: x\r\nX-Slow: 1").expect("connect");
+        h.start_raw(b"").expect("connect"); // a connection that never sends anything
+        assert!(h.start_fetch("/index.html", None));
+        h.run_for(Duration::from_millis(2900));
+        // The whole request was served at once; the other two are still waiting.
+        assert_eq!(h.client_app.fetches.iter().map(|f| f.status).collect::<Vec<_>>(), vec![200]);
+        assert_eq!(h.server.stats().http_header_timeouts, 0);
+        h.run_for(Duration::from_millis(400));
+        let s = h.server.stats();
+        assert_eq!(s.http_header_timeouts, 2, "both slow connections timed out");
+        assert_eq!(s.http_status_408, 1, "the partial head was answered 408");
+        h.run_for(Duration::from_secs(3)); // TIME-WAIT is 2 s
+        let mut statuses: Vec<_> = h.client_app.fetches.iter().map(|f| f.status).collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, vec![0, 200, 408], "the silent one was closed without an answer");
+        assert_eq!(h.server.stack.connection_count(), 0, "{} left", h.server.stack.connection_count());
+    }
+
+    #[test]
+    fn the_header_clock_restarts_per_request_and_zero_disables_it() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        h.server.app.header_timeout = 0;
+        h.start_raw(b"GET /index.html HTTP/1.1\r\nHost: x\r\n").expect("connect");
+        h.run_for(Duration::from_secs(30));
+        assert_eq!(h.server.stats().http_header_timeouts, 0);
+        assert_eq!(h.server.stack.connection_count(), 1, "no header timeout, idle timeout not reached");
+        // A keep-alive connection with a complete request has no head clock running.
+        h.server.app.header_timeout = 2 * SEC;
+        h.start_raw(b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n").expect("connect");
+        h.run_for(Duration::from_secs(5));
+        assert_eq!(h.server.stats().http_header_timeouts, 0, "between requests only the idle timeout applies");
+        assert_eq!(h.server.stats().http_status_2xx, 1);
+    }
 }

@@ -69,6 +69,11 @@ pub struct ServeArgs {
     /// Seconds a connection may stay silent before it is closed.
     #[arg(long, default_value_t = 60)]
     pub idle_timeout: u64,
+    /// Seconds a request head may take to arrive whole (from the connection's start for the
+    /// first one, TLS handshake included; from its first byte for later ones). Past it, a
+    /// partial head gets 408 and the connection closes (slowloris defence). 0: no limit.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout: u64,
     /// What the media turned out to be (the NVMe controller `nvme:auto` found), for `status`.
     #[arg(skip)]
     pub media_detail: Option<String>,
@@ -350,6 +355,7 @@ fn run<N: Nic, S: Storage>(
     }
     let stack = Stack::new(cfg, now);
     let mut app = HttpApp::new(storage, vol, args.buffers.max(4))?;
+    app.header_timeout = args.header_timeout * SEC;
     if let Some(config) = tls {
         app.enable_tls(config, args.https_port);
     }

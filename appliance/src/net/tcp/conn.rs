@@ -379,6 +379,12 @@ impl TcpConn {
         self.state = State::Closed;
     }
 
+    /// The fields of a RST that ends this connection at once (for eviction: the caller
+    /// sends it and forgets the connection).
+    pub fn reset_fields(&self) -> TcpFields {
+        TcpFields { seq: self.seq_of(self.snd_nxt), ack: self.rcv_nxt, flags: flags::RST | flags::ACK, window: 0, options: TcpOptions::default() }
+    }
+
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed && !self.rst_pending
     }

@@ -136,6 +136,81 @@ impl<T> ConnTable<T> {
     }
 }
 
+/// A doubly linked list over table slots, threaded through two fixed arrays: the connections
+/// that may be evicted when the table is full, least recently active first. Linking,
+/// unlinking, moving to the back and popping the front are O(1) and never allocate.
+pub struct SlotList {
+    prev: Vec<u32>,
+    next: Vec<u32>,
+    member: Vec<bool>,
+    head: u32,
+    tail: u32,
+    len: usize,
+}
+
+const NIL: u32 = u32::MAX;
+
+impl SlotList {
+    pub fn with_capacity(cap: usize) -> Self {
+        SlotList { prev: vec![NIL; cap], next: vec![NIL; cap], member: vec![false; cap], head: NIL, tail: NIL, len: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn contains(&self, slot: u32) -> bool {
+        self.member.get(slot as usize).copied().unwrap_or(false)
+    }
+
+    /// Take `slot` out of the list (nothing when it is not in it).
+    pub fn unlink(&mut self, slot: u32) {
+        if !self.contains(slot) {
+            return;
+        }
+        let (p, n) = (self.prev[slot as usize], self.next[slot as usize]);
+        if p == NIL {
+            self.head = n;
+        } else {
+            self.next[p as usize] = n;
+        }
+        if n == NIL {
+            self.tail = p;
+        } else {
+            self.prev[n as usize] = p;
+        }
+        self.prev[slot as usize] = NIL;
+        self.next[slot as usize] = NIL;
+        self.member[slot as usize] = false;
+        self.len -= 1;
+    }
+
+    /// Put `slot` at the back (the most recently active end), moving it if it is in the list.
+    pub fn push_back(&mut self, slot: u32) {
+        self.unlink(slot);
+        let s = slot as usize;
+        self.prev[s] = self.tail;
+        self.next[s] = NIL;
+        if self.tail == NIL {
+            self.head = slot;
+        } else {
+            self.next[self.tail as usize] = slot;
+        }
+        self.tail = slot;
+        self.member[s] = true;
+        self.len += 1;
+    }
+
+    /// The slot at the front (the least recently active), without removing it.
+    pub fn front(&self) -> Option<u32> {
+        (self.head != NIL).then_some(self.head)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +233,28 @@ mod tests {
         assert!(t.get(a).is_none(), "stale handle must not reach the new entry");
         assert_eq!(t.find(&key(1)), None);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn slot_list_keeps_least_recent_first() {
+        let mut l = SlotList::with_capacity(4);
+        assert_eq!(l.front(), None);
+        l.push_back(2);
+        l.push_back(0);
+        l.push_back(3);
+        assert_eq!((l.front(), l.len()), (Some(2), 3));
+        // Activity on 2 moves it to the back: 0 is now the oldest.
+        l.push_back(2);
+        assert_eq!((l.front(), l.len()), (Some(0), 3));
+        l.unlink(3); // from the middle
+        l.unlink(3); // twice is harmless
+        assert_eq!(l.len(), 2);
+        l.unlink(0);
+        assert_eq!(l.front(), Some(2));
+        l.unlink(2);
+        assert!(l.is_empty() && l.front().is_none());
+        l.push_back(1);
+        assert_eq!(l.front(), Some(1));
+        assert!(l.contains(1) && !l.contains(2));
     }
 }
