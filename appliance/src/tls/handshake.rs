@@ -461,6 +461,9 @@ pub enum Incoming<'a> {
     WarningAlert(u8),
 }
 
+/// Reassembly room for received records: two of the largest.
+const RX_BUF_LEN: usize = 2 * MAX_RECORD_LEN;
+
 /// The record layer of one connection after the handshake: receive side (reassembly,
 /// opening, alerts, KeyUpdate) and the transmit keys by epoch. Transmit sequence numbers
 /// belong to the caller (see [`super::layout::ResponseLayout`]).
@@ -505,7 +508,8 @@ impl RecordSession {
             rx_keys,
             rx_secret,
             rx_seq,
-            rx_buf: vec![0; 2 * MAX_RECORD_LEN],
+            // Allocated when the first record arrives: an idle connection holds no buffer.
+            rx_buf: Vec::new(),
             rx_len: 0,
             rx_consumed: 0,
             key_update_requested: false,
@@ -655,8 +659,11 @@ impl RecordSession {
     pub fn receive(&mut self, tcp_payload: &[u8]) -> Result<(), TlsError> {
         self.compact();
         let end = self.rx_len + tcp_payload.len();
-        if end > self.rx_buf.len() {
-            return Err(TlsError::ReceiveBufferFull(self.rx_buf.len()));
+        if end > RX_BUF_LEN {
+            return Err(TlsError::ReceiveBufferFull(RX_BUF_LEN));
+        }
+        if self.rx_buf.is_empty() {
+            self.rx_buf = vec![0; RX_BUF_LEN];
         }
         self.rx_buf[self.rx_len..end].copy_from_slice(tcp_payload);
         self.rx_len = end;
@@ -665,7 +672,7 @@ impl RecordSession {
 
     /// Free space in the reassembly buffer (what the TCP receive window may offer).
     pub fn rx_space(&self) -> usize {
-        self.rx_buf.len() - self.rx_len + self.rx_consumed
+        RX_BUF_LEN - self.rx_len + self.rx_consumed
     }
 
     fn compact(&mut self) {
