@@ -270,17 +270,24 @@ pub fn test_tls_configs() -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::Clie
 impl<S: Storage> SimHarness<S> {
     /// `to_client` and `to_server` are the link's two directions.
     pub fn new(storage: S, volume: Volume, to_client: SimConfig, to_server: SimConfig, buffers: usize) -> Self {
+        Self::with_limits(storage, volume, to_client, to_server, buffers, 65536, 65536)
+    }
+
+    /// As [`SimHarness::new`] with the server's connection table sized for `max_conns` (the
+    /// client's too) and `syn_backlog` half-open connections before SYN cookies: small tables
+    /// make a harness cheap to build (the fuzz targets build one per input).
+    pub fn with_limits(storage: S, volume: Volume, to_client: SimConfig, to_server: SimConfig, buffers: usize, max_conns: usize, syn_backlog: usize) -> Self {
         let clock = SimClock::new();
         let (server_nic, client_nic) = pair(to_client, to_server, clock.clone());
         let mut scfg = IfaceConfig::new(server_nic.link().mac, SERVER_IP, 24);
         scfg.listen_ports = vec![80];
-        scfg.max_conns = 65536;
-        scfg.syn_backlog = 65536;
+        scfg.max_conns = max_conns;
+        scfg.syn_backlog = syn_backlog;
         let server_stack = Stack::new(scfg, 0);
         let app = HttpApp::new(storage, volume, buffers).expect("storage pool");
         let server = Pipeline::new(server_nic, server_stack, app);
         let mut ccfg = IfaceConfig::new(client_nic.link().mac, CLIENT_IP, 24);
-        ccfg.max_conns = 65536;
+        ccfg.max_conns = max_conns;
         let client = Stack::new(ccfg, 0);
         SimHarness { clock, server, client_nic, client, client_app: ClientApp::default(), rx: Vec::with_capacity(RX_BURST), next_port: 10000, server_ns: 0, client_tls: None }
     }
