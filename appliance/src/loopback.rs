@@ -222,6 +222,17 @@ impl App for ClientApp {
 
     fn on_rto(&mut self, _c: &mut ClientConn) {}
 
+    /// Gives up on the fetch (incomplete) and closes. Done before the close, so that data
+    /// still arriving (TLS records from a server that kept sending) writes nothing more:
+    /// the stream cannot grow once our FIN is queued.
+    fn on_idle(&mut self, _now: Instant, c: &mut ClientConn, tcp: &mut TcpConn) {
+        if !c.done {
+            let f = c.finish();
+            self.fetches.push(f);
+        }
+        tcp.close();
+    }
+
     fn on_closed(&mut self, mut c: ClientConn, _reason: CloseReason) {
         if !c.done {
             let f = c.finish();
@@ -297,23 +308,24 @@ pub fn test_tls_configs() -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::Clie
 impl<S: Storage> SimHarness<S> {
     /// `to_client` and `to_server` are the link's two directions.
     pub fn new(storage: S, volume: Volume, to_client: SimConfig, to_server: SimConfig, buffers: usize) -> Self {
-        Self::with_limits(storage, volume, to_client, to_server, buffers, 65536)
+        Self::with_limits(storage, volume, to_client, to_server, buffers, 65536, 65536)
     }
 
-    /// As [`SimHarness::new`], with a server connection table of `max_conns` entries (and a
-    /// SYN backlog as large).
-    pub fn with_limits(storage: S, volume: Volume, to_client: SimConfig, to_server: SimConfig, buffers: usize, max_conns: usize) -> Self {
+    /// As [`SimHarness::new`] with the server's connection table sized for `max_conns` (the
+    /// client's too) and `syn_backlog` half-open connections before SYN cookies: small tables
+    /// make a harness cheap to build (the fuzz targets build one per input).
+    pub fn with_limits(storage: S, volume: Volume, to_client: SimConfig, to_server: SimConfig, buffers: usize, max_conns: usize, syn_backlog: usize) -> Self {
         let clock = SimClock::new();
         let (server_nic, client_nic) = pair(to_client, to_server, clock.clone());
         let mut scfg = IfaceConfig::new(server_nic.link().mac, SERVER_IP, 24);
         scfg.listen_ports = vec![80];
         scfg.max_conns = max_conns;
-        scfg.syn_backlog = max_conns;
+        scfg.syn_backlog = syn_backlog;
         let server_stack = Stack::new(scfg, 0);
         let app = HttpApp::new(storage, volume, buffers).expect("storage pool");
         let server = Pipeline::new(server_nic, server_stack, app);
         let mut ccfg = IfaceConfig::new(client_nic.link().mac, CLIENT_IP, 24);
-        ccfg.max_conns = 65536;
+        ccfg.max_conns = max_conns;
         let client = Stack::new(ccfg, 0);
         SimHarness { clock, server, client_nic, client, client_app: ClientApp::default(), rx: Vec::with_capacity(RX_BURST),
             next_port: 10000,
@@ -468,4 +480,44 @@ pub(crate) fn tiny_volume() -> (tempfile::TempDir, drivers::storage::FileStorage
     let mut storage = drivers::storage::FileStorage::open(&vol).expect("open");
     let volume = crate::volume::load(&mut storage).expect("load");
     (dir, storage, volume)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drivers::storage::FileStorage;
+
+    /// Found by the `net_frames` fuzz target (fuzz/regressions/net_frames/client-idle-tls):
+    /// the client's idle timeout closed a TLS fetch, then records still arriving from the
+    /// server made it grow its stream after its FIN was queued (a debug assertion in TCP).
+    #[test]
+    fn a_tls_client_that_timed_out_writes_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("big.ts"), vec![7u8; 400_000]).unwrap();
+        let vol = dir.path().join("media.vol");
+        crate::volume::pack(&tree, &vol).unwrap();
+        let mut storage = FileStorage::open(&vol).unwrap();
+        let volume = crate::volume::load(&mut storage).unwrap();
+        let mut h = SimHarness::with_limits(storage, volume, SimConfig::default(), SimConfig::default(), 4, 16, 16);
+        let (server, client) = test_tls_configs().unwrap();
+        h.enable_tls(server, client);
+        // The server stays patient; only the client gives up.
+        h.server.stack.cfg.idle_timeout = 3600 * crate::net::SEC;
+        assert!(h.start_fetch_tls("/big.ts", None));
+        // Handshake done and the response under way, then a long silence on the client's
+        // side: its idle timeout fires while the server still has records to send.
+        while h.client_app.body_bytes == 0 {
+            assert!(h.now() < 10 * crate::net::SEC, "no response");
+            h.step(true);
+        }
+        h.clock.advance(Duration::from_secs(61));
+        h.client.poll_timers(h.now(), &mut h.client_app);
+        assert!(h.run_until_fetches(1, Duration::from_secs(600)));
+        for _ in 0..10_000 {
+            h.step(true);
+        }
+        assert!(!h.client_app.fetches[0].complete, "the fetch was given up");
+    }
 }

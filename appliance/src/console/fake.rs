@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 
-pub(crate) struct FakeHost {
+pub struct FakeHost {
     pub log_level: Option<log::LevelFilter>,
     pub draining: bool,
     pub power: Option<PowerAction>,

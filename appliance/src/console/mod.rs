@@ -18,8 +18,10 @@ mod report;
 mod service;
 pub mod transport;
 
-#[cfg(test)]
-pub(crate) mod fake;
+/// A host with fixed answers, for the console's tests and the fuzz targets (cargo feature
+/// `fuzzing`); never part of a normal build.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fake;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;

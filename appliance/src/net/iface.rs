@@ -846,7 +846,7 @@ mod tests {
     #[test]
     fn a_full_table_evicts_the_least_recently_active_idle_connection() {
         let (_dir, storage, volume) = tiny_volume();
-        let mut h = SimHarness::with_limits(storage, volume, SimConfig::default(), SimConfig::default(), 16, 4);
+        let mut h = SimHarness::with_limits(storage, volume, SimConfig::default(), SimConfig::default(), 16, 4, 4);
         let mut ports = Vec::new();
         for _ in 0..4 {
             ports.push(h.start_raw(b"GET /index.html HTTP/1.1\r\n").expect("connect"));
@@ -878,7 +878,7 @@ mod tests {
     fn a_busy_connection_is_never_evicted() {
         let (_dir, storage, volume) = tiny_volume();
         let slow = SimConfig { rate_bps: Some(10_000_000), delay: Duration::from_millis(1), ..SimConfig::default() };
-        let mut h = SimHarness::with_limits(storage, volume, slow, SimConfig::default(), 16, 2);
+        let mut h = SimHarness::with_limits(storage, volume, slow, SimConfig::default(), 16, 2, 2);
         // Two connections that each have a response under way: nothing may be evicted.
         assert!(h.start_fetch("/a.txt", None));
         assert!(h.start_fetch("/a.txt", None));
