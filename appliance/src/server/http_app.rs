@@ -845,6 +845,10 @@ impl<S: Storage> App for HttpApp<S> {
                     let upto = acked_to.clamp(t.hs_base, t.hs_base + t.hs_out.len() as u64);
                     t.hs_out.drain(..(upto - t.hs_base) as usize);
                     t.hs_base = upto;
+                    if t.hs_out.is_empty() {
+                        // All acknowledged: give the handshake's buffer back.
+                        t.hs_out = Vec::new();
+                    }
                 }
                 TlsPhase::Dead => {}
             }

@@ -657,6 +657,9 @@ impl RecordSession {
 
     /// Append received TCP payload (after the handshake) to the reassembly buffer.
     pub fn receive(&mut self, tcp_payload: &[u8]) -> Result<(), TlsError> {
+        if tcp_payload.is_empty() {
+            return Ok(());
+        }
         self.compact();
         let end = self.rx_len + tcp_payload.len();
         if end > RX_BUF_LEN {
