@@ -26,6 +26,32 @@ pub struct Fetch {
     pub sha256: [u8; 32],
     /// The response arrived whole (Content-Length bytes).
     pub complete: bool,
+    /// The caller's tag for the request ([`FetchRequest::tag`]).
+    pub tag: u64,
+    /// The client gave up on purpose ([`FetchRequest::abort`]) before the end.
+    pub aborted: bool,
+}
+
+/// How a client walks away from a response mid-transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Abort {
+    /// Reset the connection.
+    Rst,
+    /// Close our side (TLS: close_notify first) and ignore the rest of the response.
+    Fin,
+}
+
+/// One GET to open with [`SimHarness::open_fetch`].
+#[derive(Clone, Debug)]
+pub struct FetchRequest {
+    pub path: String,
+    /// Inclusive byte range.
+    pub range: Option<(u64, u64)>,
+    pub tls: bool,
+    /// Copied to the [`Fetch`].
+    pub tag: u64,
+    /// Give up this way once this many body bytes arrived.
+    pub abort: Option<(u64, Abort)>,
 }
 
 /// One client connection: a GET (over TLS with rustls, or plain), then the response head and
@@ -40,6 +66,9 @@ pub struct ClientConn {
     received: u64,
     hasher: Sha256,
     done: bool,
+    tag: u64,
+    abort: Option<(u64, Abort)>,
+    aborted: bool,
 }
 
 impl ClientConn {
@@ -55,7 +84,7 @@ impl ClientConn {
     /// A connection that sends exactly `bytes` (a partial or malformed head, or nothing) and
     /// then waits.
     pub fn raw(bytes: &[u8]) -> ClientConn {
-        ClientConn { out: bytes.to_vec(), tls: None, head: Vec::new(), status: 0, content_length: None, received: 0, hasher: Sha256::new(), done: false }
+        ClientConn { out: bytes.to_vec(), tls: None, head: Vec::new(), status: 0, content_length: None, received: 0, hasher: Sha256::new(), done: false, tag: 0, abort: None, aborted: false }
     }
 
     /// A connection that sends nothing.
@@ -95,6 +124,8 @@ impl ClientConn {
             body_len: self.received,
             sha256: digest.into(),
             complete: self.content_length == Some(self.received),
+            tag: self.tag,
+            aborted: self.aborted,
         }
     }
 }
@@ -135,6 +166,33 @@ impl ClientApp {
             c.content_length = len;
             data = &data[(end + 4 - before)..];
         }
+        if let Some((after, how)) = c.abort {
+            if c.received + data.len() as u64 >= after && Some(c.received + data.len() as u64) < c.content_length {
+                let keep = (after.saturating_sub(c.received) as usize).min(data.len());
+                c.received += keep as u64;
+                self.body_bytes += keep as u64;
+                c.hasher.update(&data[..keep]);
+                c.aborted = true;
+                let f = c.finish();
+                self.fetches.push(f);
+                match how {
+                    Abort::Rst => tcp.abort(),
+                    Abort::Fin => {
+                        if let Some(tls) = &mut c.tls {
+                            tls.send_close_notify();
+                            while tls.wants_write() {
+                                if tls.write_tls(&mut c.out).is_err() {
+                                    break;
+                                }
+                            }
+                            tcp.set_stream_len(c.out.len() as u64);
+                        }
+                        tcp.close();
+                    }
+                }
+                return;
+            }
+        }
         c.received += data.len() as u64;
         self.body_bytes += data.len() as u64;
         c.hasher.update(data);
@@ -167,6 +225,10 @@ impl App for ClientApp {
     }
 
     fn on_data(&mut self, _now: Instant, _id: ConnId, c: &mut ClientConn, tcp: &mut TcpConn, data: &[u8]) {
+        if c.done {
+            // Finished or walked away: the rest is not read (a FIN-aborted client still ACKs).
+            return;
+        }
         let Some(mut tls) = c.tls.take() else {
             self.consume(c, tcp, data);
             return;
@@ -364,6 +426,20 @@ impl<S: Storage> SimHarness<S> {
         self.open(c, HTTPS_PORT)
     }
 
+    /// Open a connection for `req` (HTTP, or HTTPS once [`SimHarness::enable_tls`] was called).
+    pub fn open_fetch(&mut self, req: &FetchRequest) -> bool {
+        let (mut c, port) = if req.tls {
+            let Some(cfg) = self.client_tls.clone() else { return false };
+            let Some(c) = ClientConn::get_tls(&req.path, req.range, cfg, TEST_NAME) else { return false };
+            (c, HTTPS_PORT)
+        } else {
+            (ClientConn::get(&req.path, req.range), 80)
+        };
+        c.tag = req.tag;
+        c.abort = req.abort;
+        self.open(c, port)
+    }
+
     fn now(&self) -> Instant {
         self.clock.now().as_nanos() as u64
     }
@@ -400,12 +476,13 @@ impl<S: Storage> SimHarness<S> {
     }
 
     fn open(&mut self, c: ClientConn, port: u16) -> bool {
+        let give_up = self.now() + 10_000 * MS;
         let mac = loop {
             let now = self.now();
             if let Some(mac) = self.client.resolve(now, SERVER_IP, &mut self.client_nic) {
                 break mac;
             }
-            if now > 10_000 * MS {
+            if now > give_up {
                 return false;
             }
             self.step(true);

@@ -292,6 +292,55 @@ mod tests {
             prop_assert_eq!(suffix, want);
         }
 
+        /// Several ranges against a byte-set model: the union of the selected bytes, served
+        /// as one 206 only if every spec selects something and the union has no gap.
+        #[test]
+        fn multiple_ranges_match_a_byte_set_model(
+            specs in prop::collection::vec(prop_oneof![
+                (0u64..320, 0u64..320).prop_map(|(a, b)| (Some(a), Some(b))),
+                (0u64..320).prop_map(|a| (Some(a), None)),
+                (0u64..320).prop_map(|n| (None, Some(n))),
+            ], 1..20),
+            size in 0u64..300,
+        ) {
+            let text: Vec<String> = specs.iter().map(|s| match *s {
+                (Some(a), Some(b)) => format!("{a}-{b}"),
+                (Some(a), None) => format!("{a}-"),
+                (None, Some(n)) => format!("-{n}"),
+                (None, None) => unreachable!(),
+            }).collect();
+            let got = parse_range(&format!("bytes={}", text.join(" , ")), size);
+            let mut union = vec![false; size as usize];
+            let mut empty_specs = 0;
+            let mut invalid = false;
+            for s in &specs {
+                let bytes: Vec<u64> = match *s {
+                    (Some(a), Some(b)) if a > b => { invalid = true; vec![] }
+                    (Some(a), Some(b)) => (a..=b).filter(|&i| i < size).collect(),
+                    (Some(a), None) => (a..size).collect(),
+                    (None, Some(n)) => (size.saturating_sub(n)..size).collect(),
+                    (None, None) => unreachable!(),
+                };
+                empty_specs += usize::from(bytes.is_empty());
+                for i in bytes {
+                    union[i as usize] = true;
+                }
+            }
+            let set: Vec<u64> = (0..size).filter(|&i| union[i as usize]).collect();
+            let want = if invalid {
+                Full
+            } else if set.is_empty() {
+                Unsatisfiable
+            } else if empty_specs > 0 || specs.len() > MAX_RANGES {
+                Full
+            } else if set.last().unwrap() - set[0] + 1 == set.len() as u64 {
+                part(set[0], *set.last().unwrap())
+            } else {
+                Full
+            };
+            prop_assert_eq!(got, want, "{:?} of {}", text, size);
+        }
+
         #[test]
         fn never_panics(header in "\\PC{0,40}", size in any::<u64>()) {
             if let Partial { start, end_inclusive } = parse_range(&header, size) {

@@ -197,6 +197,9 @@ pub struct Stack<C> {
     half_open: usize,
     ip_id: u16,
     iss_key: RandomState,
+    /// Set by [`Stack::seed_iss`]: initial sequence numbers from this seed, for reproducible
+    /// simulations.
+    iss_seed: Option<(u64, u32, u32)>,
     scratch: Vec<u8>,
     pub accepting: bool,
     pub stats: Stats,
@@ -216,6 +219,7 @@ impl<C> Stack<C> {
             half_open: 0,
             ip_id: 1,
             iss_key: RandomState::new(),
+            iss_seed: None,
             scratch: vec![0; 2048.max(cfg.mtu + 14)],
             arp: ArpCache::default(),
             accepting: true,
@@ -265,11 +269,32 @@ impl<C> Stack<C> {
         self.ip_id
     }
 
+    /// Initial sequence numbers become a fixed function of `seed`, the 4-tuple and the clock:
+    /// `base` plus a hash below `spread` (0: anywhere) plus the 4 µs clock. For tests and
+    /// simulations only (a known key makes them predictable to an attacker); a `base` just
+    /// below 2^32 makes every connection's sequence numbers wrap early.
+    pub fn seed_iss(&mut self, seed: u64, base: u32, spread: u32) {
+        self.iss_seed = Some((seed, base, spread));
+    }
+
     fn iss_for(&self, key: &ConnKey, now: Instant) -> u32 {
         // RFC 6528: a keyed hash of the 4-tuple plus a 4 µs clock.
-        let mut h = self.iss_key.build_hasher();
-        h.write_u64(key.packed());
-        (h.finish() as u32).wrapping_add((now / 4_000) as u32)
+        let hash = match self.iss_seed {
+            Some((seed, base, spread)) => {
+                let mut z = seed ^ key.packed().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                let h = if spread == 0 { z as u32 } else { (z % u64::from(spread)) as u32 };
+                u64::from(base.wrapping_add(h))
+            }
+            None => {
+                let mut h = self.iss_key.build_hasher();
+                h.write_u64(key.packed());
+                h.finish()
+            }
+        };
+        (hash as u32).wrapping_add((now / 4_000) as u32)
     }
 
     fn next_hop(&self, ip: [u8; 4]) -> [u8; 4] {

@@ -11,6 +11,12 @@
 //! right behind), reordering (held back until the next frame of the direction has been queued,
 //! then delivered right after it, or at most [`REORDER_MAX_HOLD`] past its own due time).
 //!
+//! A partition ([`SimNic::partition_until`]) cuts both directions for a while: frames sent
+//! during it are lost, and so are frames that fall due during it. [`SimNic::reconfigure`]
+//! changes a direction's fault rates mid-run (a test resolves ARP on a clean link first: ARP
+//! has no checksum, so a corrupted reply would poison the cache, which an Ethernet FCS would
+//! have prevented).
+//!
 //! Everything is single-threaded (`Rc<RefCell<..>>`): a test, both stacks and the link share
 //! one [`SimClock`] and run in one loop. Buffers come from a slab per direction allocated at
 //! [`pair`]; receiving hands out the very buffer the frame travelled in, and dropping it puts
@@ -151,6 +157,8 @@ pub struct SimFaults {
     pub reordered: u64,
     pub corrupted: u64,
     pub queue_drops: u64,
+    /// Frames lost to a partition (sent during it, or due during it).
+    pub partitioned: u64,
 }
 
 /// xoshiro256** seeded through splitmix64: small, fast, and the same sequence everywhere.
@@ -250,6 +258,8 @@ struct Direction {
     faults: SimFaults,
     /// Frames the slab had no buffer for: the receiver holds too many (its rx_dropped).
     no_buffer: u64,
+    /// Virtual time (ns) until which the direction is cut.
+    partitioned_until: u64,
 }
 
 impl Direction {
@@ -266,6 +276,7 @@ impl Direction {
             busy_until: 0,
             faults: SimFaults::default(),
             no_buffer: 0,
+            partitioned_until: 0,
             cfg,
         }
     }
@@ -302,6 +313,10 @@ impl Direction {
             ((len as u128 * 8 * 1_000_000_000).div_ceil(u128::from(rate))) as u64
         });
         self.busy_until = start.saturating_add(serialise);
+        if now < self.partitioned_until {
+            self.faults.partitioned += 1;
+            return;
+        }
         if self.rng.chance(self.cfg.loss) {
             self.faults.lost += 1;
             return;
@@ -487,6 +502,40 @@ impl SimNic {
     pub fn clock(&self) -> &SimClock {
         &self.clock
     }
+
+    /// Cuts the link both ways until virtual time `until`: frames sent before then are lost,
+    /// and frames in flight that fall due before then too. The link heals by itself.
+    pub fn partition_until(&self, until: Duration) {
+        let mut link = self.link.borrow_mut();
+        for dir in &mut link.dirs {
+            dir.partitioned_until = dir.partitioned_until.max(duration_ns(until));
+        }
+    }
+
+    /// Whether the link is cut at the current virtual time.
+    pub fn is_partitioned(&self) -> bool {
+        let now = self.clock.ns();
+        self.link.borrow().dirs.iter().any(|d| now < d.partitioned_until)
+    }
+
+    /// Replaces this endpoint's outbound fault rates, delays and limits. The fault generator
+    /// keeps its state (`cfg.seed` is ignored), so a run stays a function of the first seed;
+    /// the MTU cannot change (the slab is sized for it).
+    pub fn reconfigure(&self, cfg: SimConfig) -> Result<(), NicError> {
+        cfg.validate()?;
+        let mut link = self.link.borrow_mut();
+        let dir = &mut link.dirs[self.side];
+        if cfg.mtu != dir.cfg.mtu {
+            return Err(NicError::Config("sim link: the MTU cannot change".into()));
+        }
+        dir.cfg = SimConfig { seed: dir.cfg.seed, ..cfg };
+        Ok(())
+    }
+
+    /// This endpoint's outbound configuration.
+    pub fn outbound_config(&self) -> SimConfig {
+        self.link.borrow().dirs[self.side].cfg.clone()
+    }
 }
 
 impl Nic for SimNic {
@@ -500,6 +549,10 @@ impl Nic for SimNic {
         let mut got = 0;
         while got < max && dir.wire.peek().is_some_and(|f| f.due <= now) {
             let Some(f) = dir.wire.pop() else { break };
+            if f.due < dir.partitioned_until {
+                dir.faults.partitioned += 1;
+                continue;
+            }
             self.counters.rx_packets += 1;
             self.counters.rx_bytes += f.frame.len() as u64;
             out.push(f.frame);
@@ -905,6 +958,63 @@ mod tests {
                 Err(NicError::Config(_))
             ));
         }
+    }
+
+    #[test]
+    fn partition_drops_both_ways_then_heals() {
+        let clock = SimClock::new();
+        let cfg = SimConfig {
+            delay: Duration::from_millis(2),
+            ..SimConfig::default()
+        };
+        let (mut a, mut b) = pair(cfg.clone(), cfg, clock.clone());
+        let mut out = Vec::with_capacity(8);
+        // In flight when the cut comes, due during it: lost.
+        assert!(a.tx_gather(&[&frame_for(0)]));
+        clock.set(Duration::from_millis(1));
+        b.partition_until(Duration::from_millis(10));
+        assert!(a.is_partitioned() && b.is_partitioned());
+        assert!(a.tx_gather(&[&frame_for(1)]));
+        assert!(b.tx_gather(&[&frame_for(2)]));
+        clock.set(Duration::from_millis(10));
+        assert!(!a.is_partitioned());
+        assert_eq!(b.rx_burst(&mut out, 8) + a.rx_burst(&mut out, 8), 0);
+        assert_eq!(a.fault_counters().partitioned, 2);
+        assert_eq!(b.fault_counters().partitioned, 1);
+        // Healed: frames pass again.
+        assert!(a.tx_gather(&[&frame_for(3)]));
+        clock.advance(Duration::from_millis(2));
+        assert_eq!(b.rx_burst(&mut out, 8), 1);
+        assert_eq!(id_of(out[0].bytes()), Some(3));
+    }
+
+    #[test]
+    fn reconfigure_changes_rates_not_the_mtu() {
+        let clock = SimClock::new();
+        let (mut a, mut b) = pair(SimConfig::default(), SimConfig::default(), clock.clone());
+        let mut out = Vec::with_capacity(8);
+        assert!(a.tx_gather(&[&frame_for(0)]));
+        assert_eq!(b.rx_burst(&mut out, 8), 1);
+        a.reconfigure(SimConfig {
+            loss: 1.0,
+            ..SimConfig::default()
+        })
+        .unwrap();
+        assert!(a.tx_gather(&[&frame_for(1)]));
+        assert_eq!(b.rx_burst(&mut out, 8), 0);
+        assert_eq!(a.fault_counters().lost, 1);
+        assert!(a
+            .reconfigure(SimConfig {
+                mtu: 9000,
+                ..SimConfig::default()
+            })
+            .is_err());
+        assert!(a
+            .reconfigure(SimConfig {
+                loss: 2.0,
+                ..SimConfig::default()
+            })
+            .is_err());
     }
 
     #[test]

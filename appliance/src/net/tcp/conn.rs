@@ -1270,3 +1270,169 @@ mod tests {
         assert_eq!(s.state, State::Closed);
     }
 }
+
+/// The SACK scoreboard against a byte-set model.
+#[cfg(test)]
+mod sack_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Offsets the properties work in (small, so the model is a bitmap).
+    const SPACE: u64 = 3000;
+
+    fn conn(iss: u32, una: u64, nxt: u64) -> TcpConn {
+        let mut c = TcpConn::connect(&Config::default(), 0, iss);
+        c.state = State::Established;
+        c.sack_ok = true;
+        c.ts_ok = false;
+        c.mss = 100;
+        c.snd_una = una;
+        c.snd_nxt = nxt;
+        c.stream_len = nxt;
+        c
+    }
+
+    fn blocks(c: &TcpConn) -> Vec<(u64, u64)> {
+        c.sacked[..c.sacked_n].to_vec()
+    }
+
+    fn covered(c: &TcpConn, off: u64) -> bool {
+        blocks(c).iter().any(|&(l, r)| l <= off && off < r)
+    }
+
+    /// Maximal runs of set bits at or above `from`.
+    fn runs(model: &[bool], from: u64) -> usize {
+        (from as usize..model.len()).filter(|&i| model[i] && (i == from as usize || !model[i - 1])).count()
+    }
+
+    fn check_shape(c: &TcpConn) -> Result<(), TestCaseError> {
+        let b = blocks(c);
+        prop_assert!(b.len() <= 4);
+        for w in b.windows(2) {
+            prop_assert!(w[0].1 < w[1].0, "blocks sorted, apart, merged when touching: {:?}", b);
+        }
+        for &(l, r) in &b {
+            prop_assert!(l < r && l >= c.snd_una && r <= c.snd_nxt, "block {:?} inside [una, nxt) = [{}, {})", (l, r), c.snd_una, c.snd_nxt);
+        }
+        Ok(())
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// A SACK block as the peer would send it: offsets relative to `snd_una`, may reach
+        /// before it and past `snd_nxt`, or be reversed.
+        Sack(i64, i64),
+        /// A cumulative ACK advancing `snd_una`.
+        Ack(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (-200i64..3200, -200i64..3200).prop_map(|(a, b)| Op::Sack(a, b)),
+            4 => (-200i64..3200, 1i64..400).prop_map(|(a, n)| Op::Sack(a, a + n)),
+            1 => (0u64..300).prop_map(Op::Ack),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn scoreboard_is_sound_exact_while_it_fits_and_keeps_the_highest_block(
+            iss in any::<u32>(), una in 0u64..200, ops in proptest::collection::vec(op(), 1..24),
+        ) {
+            let nxt = SPACE;
+            let mut c = conn(iss, una, nxt);
+            // Bytes the peer SACKed (in offsets), never forgotten by the model.
+            let mut model = vec![false; SPACE as usize];
+            let mut lossless = true;
+            for op in ops {
+                match op {
+                    Op::Sack(a, b) => {
+                        // In sequence space (offsets below 0 wrap below the ISS).
+                        let at = |off: i64| c.iss.wrapping_add(1).wrapping_add(off as u32);
+                        let (l, r) = (at(c.snd_una as i64 + a), at(c.snd_una as i64 + b));
+                        let mut seg = SegmentIn::default();
+                        seg.sack[0] = Some((l, r));
+                        c.update_sack(&seg);
+                        for o in c.snd_una..nxt {
+                            let s = c.seq_of(o);
+                            if seq::le(l, s) && seq::lt(s, r) {
+                                model[o as usize] = true;
+                            }
+                        }
+                    }
+                    Op::Ack(n) => {
+                        c.snd_una = (c.snd_una + n).min(nxt);
+                        c.prune_sack();
+                    }
+                }
+                check_shape(&c)?;
+                if runs(&model, c.snd_una) > 4 {
+                    lossless = false;
+                }
+                let live = |o: u64| o >= c.snd_una && model[o as usize];
+                for o in 0..nxt {
+                    if covered(&c, o) {
+                        prop_assert!(live(o), "byte {} SACKed on the scoreboard but never by the peer", o);
+                    } else if lossless {
+                        prop_assert!(!live(o), "byte {} SACKed by the peer, missing while at most 4 runs", o);
+                    }
+                    prop_assert_eq!(c.is_sacked(o).is_some(), covered(&c, o));
+                }
+                if let Some(top) = (c.snd_una..nxt).rev().find(|&o| live(o)) {
+                    prop_assert_eq!(blocks(&c).last().map(|b| b.1), Some(top + 1), "the highest SACKed byte is always kept");
+                }
+            }
+        }
+
+        #[test]
+        fn unsacked_in_counts_holes(
+            raw in proptest::collection::vec((0u64..SPACE, 1u64..300), 0..8), from in 0u64..SPACE, len in 0u64..SPACE,
+        ) {
+            let mut c = conn(0, 0, SPACE);
+            for (l, n) in raw {
+                c.add_sack(l, (l + n).min(SPACE));
+            }
+            check_shape(&c)?;
+            let to = (from + len).min(SPACE);
+            let holes = (from..to).filter(|&o| !covered(&c, o)).count() as u64;
+            prop_assert_eq!(c.unsacked_in(from, to), holes);
+            prop_assert_eq!(c.unsacked_in(to, from.min(to)), 0, "an empty or reversed range has no holes");
+            let total: u64 = blocks(&c).iter().map(|&(l, r)| r - l).sum();
+            prop_assert_eq!(c.sacked_bytes(), total);
+            prop_assert_eq!(c.unsacked_in(0, SPACE), SPACE - total);
+        }
+
+        #[test]
+        fn retransmission_walk_covers_exactly_the_holes(
+            raw in proptest::collection::vec((0u64..SPACE, 1u64..300), 0..8), start in 0u64..SPACE, end in 0u64..SPACE + 100, una in 0u64..500,
+        ) {
+            let mut c = conn(7, 0, SPACE);
+            for (l, n) in raw {
+                c.add_sack(l, (l + n).min(SPACE));
+            }
+            c.snd_una = una;
+            c.prune_sack();
+            c.rexmit_next = start;
+            c.rexmit_end = end.min(SPACE);
+            let mut sent = vec![false; SPACE as usize];
+            let mut rounds = 0;
+            while let Some((off, max)) = c.next_rexmit() {
+                rounds += 1;
+                prop_assert!(rounds < 10_000);
+                prop_assert!(max > 0 && max <= c.max_payload(), "hole of {} bytes", max);
+                for o in off..off + max {
+                    prop_assert!(!covered(&c, o), "retransmits SACKed byte {}", o);
+                    prop_assert!(o >= una && o >= start && o < c.rexmit_end, "byte {} outside the range", o);
+                    prop_assert!(!sent[o as usize], "byte {} twice", o);
+                    sent[o as usize] = true;
+                }
+                c.rexmit_next = off + max; // as poll_tx does when the source has the bytes
+            }
+            for o in start.max(una)..c.rexmit_end {
+                prop_assert_eq!(sent[o as usize], !covered(&c, o), "byte {}", o);
+            }
+        }
+    }
+}
