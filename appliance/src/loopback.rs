@@ -374,8 +374,9 @@ impl<S: Storage> SimHarness<S> {
     }
 
     /// As [`SimHarness::new`] with the server's connection table sized for `max_conns` (the
-    /// client's too) and `syn_backlog` half-open connections before SYN cookies: small tables
-    /// make a harness cheap to build (the fuzz targets build one per input).
+    /// client's twice that, at least 64) and `syn_backlog` half-open connections before SYN
+    /// cookies: small tables make a harness cheap to build (the fuzz targets build one per
+    /// input, the simulation one per seed).
     pub fn with_limits(storage: S, volume: Volume, to_client: SimConfig, to_server: SimConfig, buffers: usize, max_conns: usize, syn_backlog: usize) -> Self {
         let clock = SimClock::new();
         let (server_nic, client_nic) = pair(to_client, to_server, clock.clone());
@@ -387,9 +388,17 @@ impl<S: Storage> SimHarness<S> {
         let app = HttpApp::new(storage, volume, buffers).expect("storage pool");
         let server = Pipeline::new(server_nic, server_stack, app);
         let mut ccfg = IfaceConfig::new(client_nic.link().mac, CLIENT_IP, 24);
-        ccfg.max_conns = max_conns;
+        // Room for more clients than the server holds: tests fill the server's table and
+        // then connect once more.
+        ccfg.max_conns = (2 * max_conns).clamp(64, 65536);
         let client = Stack::new(ccfg, 0);
-        SimHarness { clock, server, client_nic, client, client_app: ClientApp::default(), rx: Vec::with_capacity(RX_BURST),
+        SimHarness {
+            clock,
+            server,
+            client_nic,
+            client,
+            client_app: ClientApp::default(),
+            rx: Vec::with_capacity(RX_BURST),
             next_port: 10000,
             server_ns: 0,
             server_allocs: 0,

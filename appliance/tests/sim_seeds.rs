@@ -254,6 +254,11 @@ fn run_seed(seed: u64, verbose: bool) -> Result<SeedReport, String> {
     // ARP on a clean link; the faults start with the first connection.
     let mut h = SimHarness::with_limits(storage, volume, SimConfig::default(), SimConfig::default(), buffers, 256, 256);
     h.enable_tls(sh.tls.0.clone(), sh.tls.1.clone());
+    // These clients are honest ones on a hostile link: a request can need more than the
+    // 10 s request-head timeout of retransmission back-off across partitions. The head
+    // timeout (a slowloris defence, tested in http_app and ci/e2e-attacks) gets the idle
+    // timeout's length here, so that every fetch can still be required to complete.
+    h.server.app.header_timeout = h.server.stack.cfg.idle_timeout;
     let (base, spread) = if wrap { (u32::MAX - 300_000, 200_000) } else { (0, 0) };
     h.server.stack.seed_iss(iss_seed_s, base, spread);
     h.client.seed_iss(iss_seed_c, base, spread);
