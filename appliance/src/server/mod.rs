@@ -103,20 +103,12 @@ impl MediaSpec {
         if rest.eq_ignore_ascii_case("auto") {
             return Ok(MediaSpec::Nvme("auto".into()));
         }
-        let full = if rest.matches(':').count() == 1 { format!("0000:{rest}") } else { rest.to_string() };
-        let well_formed = full.len() == 12
-            && full.char_indices().all(|(i, c)| match i {
-                4 | 7 => c == ':',
-                10 => c == '.',
-                11 => ('0'..='7').contains(&c),
-                _ => c.is_ascii_hexdigit(),
-            });
-        if !well_formed {
+        let Some(full) = drivers::storage::nvme::vfio::normalize_pci_address(rest) else {
             return Err(ServeError::Option(format!(
                 "--media {s}: expected nvme:auto or nvme:<pci address> such as nvme:0000:00:04.0"
             )));
-        }
-        Ok(MediaSpec::Nvme(full.to_ascii_lowercase()))
+        };
+        Ok(MediaSpec::Nvme(full))
     }
 }
 

@@ -405,8 +405,9 @@ impl VfioDevice {
     }
 }
 
-/// "0000:00:04.0" (or the short "00:04.0", domain 0 assumed), checked to exist.
-pub fn check_pci_address(spec: &str) -> Result<String, StorageError> {
+/// The full lower-case form of a PCI address "0000:00:04.0" (or the short "00:04.0", domain 0
+/// assumed), or None if it is not one. Only its form is checked.
+pub fn normalize_pci_address(spec: &str) -> Option<String> {
     let full = if spec.matches(':').count() == 1 { format!("0000:{spec}") } else { spec.to_string() };
     let well_formed = full.len() == 12
         && full.char_indices().all(|(i, c)| match i {
@@ -415,10 +416,14 @@ pub fn check_pci_address(spec: &str) -> Result<String, StorageError> {
             11 => ('0'..='7').contains(&c),
             _ => c.is_ascii_hexdigit(),
         });
-    if !well_formed {
+    well_formed.then(|| full.to_ascii_lowercase())
+}
+
+/// "0000:00:04.0" (or the short "00:04.0", domain 0 assumed), checked to exist.
+pub fn check_pci_address(spec: &str) -> Result<String, StorageError> {
+    let Some(full) = normalize_pci_address(spec) else {
         return Err(StorageError::Device(format!("bad PCI address {spec:?}: expected e.g. 0000:00:04.0")));
-    }
-    let full = full.to_ascii_lowercase();
+    };
     if !Path::new(SYSFS_PCI).join(&full).exists() {
         return Err(StorageError::Device(format!("no PCI device {full}")));
     }
