@@ -449,7 +449,7 @@ impl<S: Storage> SimHarness<S> {
         self.open(c, port)
     }
 
-    fn now(&self) -> Instant {
+    pub fn now(&self) -> Instant {
         self.clock.now().as_nanos() as u64
     }
 

@@ -181,12 +181,18 @@ impl HttpConn {
         self.chunks.iter().position(|k| !matches!(k.state, ChunkState::Free) && k.resp_start == resp_start && k.index == index)
     }
 
-    /// Queue a sealed control record (alert, KeyUpdate) at the end of the stream.
-    fn push_control(&mut self, tcp: &mut TcpConn, bytes: &[u8]) {
+    /// Queue a sealed control record (alert, KeyUpdate) at the end of the stream. Nothing
+    /// goes after our FIN: once it is queued the record is dropped (the peer learns of the
+    /// end from the FIN, and the alert or close_notify already sent).
+    fn push_control(&mut self, tcp: &mut TcpConn, bytes: &[u8]) -> bool {
+        if tcp.fin_queued() {
+            return false;
+        }
         let r = Response::control(self.stream_len, bytes);
         self.stream_len = r.end;
         self.responses.push_back(r);
         tcp.set_stream_len(self.stream_len);
+        true
     }
 }
 
@@ -375,8 +381,9 @@ impl<S: Storage> HttpApp<S> {
                 let mut rec = [0u8; 64];
                 if let Ok(n) = s.seal_close_notify(t.epoch, t.next_seq, &mut rec) {
                     t.next_seq += 1;
-                    self.stats.tls_records_sealed += 1;
-                    c.push_control(tcp, &rec[..n]);
+                    if c.push_control(tcp, &rec[..n]) {
+                        self.stats.tls_records_sealed += 1;
+                    }
                 }
             }
         }
@@ -393,7 +400,7 @@ impl<S: Storage> HttpApp<S> {
             let mut rec = [0u8; 64];
             if let Ok(n) = s.seal_fatal_alert_for(err, t.epoch, t.next_seq, &mut rec) {
                 t.next_seq += 1;
-                c.push_control(tcp, &rec[..n]);
+                let _ = c.push_control(tcp, &rec[..n]);
             }
         }
         if let Some(t) = &mut c.tls {
@@ -616,7 +623,8 @@ impl<S: Storage> HttpApp<S> {
                     return;
                 }
                 Ok(Some(Incoming::KeyUpdated { update_requested })) => {
-                    if update_requested {
+                    // After our FIN no KeyUpdate can follow, so our keys stay as they are.
+                    if update_requested && !tcp.fin_queued() {
                         match s.seal_key_update(t.next_seq, false, &mut control) {
                             Ok(n) => {
                                 control_len = n;
@@ -646,9 +654,8 @@ impl<S: Storage> HttpApp<S> {
             let opened = s.records_opened;
             self.stats.tls_records_opened += opened - t.records_opened_seen;
             t.records_opened_seen = opened;
-            if control_len > 0 {
+            if control_len > 0 && c.push_control(tcp, &control[..control_len]) {
                 self.stats.tls_records_sealed += 1;
-                c.push_control(tcp, &control[..control_len]);
             }
         }
         self.parse_requests(now, c, tcp);
@@ -1027,5 +1034,35 @@ mod tests {
         h.run_for(Duration::from_secs(5));
         assert_eq!(h.server.stats().http_header_timeouts, 0, "between requests only the idle timeout applies");
         assert_eq!(h.server.stats().http_status_2xx, 1);
+    }
+
+    /// Found by the `net_frames` fuzz target (fuzz/regressions/net_frames/tls-bad-record-after-fin):
+    /// a bad record arriving after the server had queued its FIN (here after a `Connection:
+    /// close` response) made it queue a fatal alert behind the FIN (a debug assertion in TCP).
+    /// Now the record is counted, nothing is sent after the FIN, and the response completes.
+    #[test]
+    fn a_bad_record_after_our_fin_is_counted_and_sends_nothing_more() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        let (server, client) = crate::loopback::test_tls_configs().unwrap();
+        h.enable_tls(server, client);
+        assert!(h.start_fetch_tls("/a.txt", None));
+        while h.client_app.body_bytes == 0 {
+            assert!(h.now() < 10 * SEC, "no response");
+            h.step(true);
+        }
+        let port = h.client.connections().next().map(|(_, k, _)| k.local_port).expect("the fetch's connection");
+        let before = h.server.stats();
+        // An application-data record whose tag cannot verify.
+        let mut bad = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+        bad.extend_from_slice(&[0x5a; 0x20]);
+        assert!(h.send_more(port, &bad));
+        assert!(h.run_until_fetches(1, Duration::from_secs(30)));
+        let after = h.server.stats();
+        assert_eq!(after.tls_bad_records, before.tls_bad_records + 1, "the bad record is counted");
+        let f = &h.client_app.fetches[0];
+        assert!(f.complete && f.status == 200 && f.body_len == 100_000, "{f:?}");
+        h.run_for(Duration::from_secs(5));
+        assert_eq!(h.server.stack.connection_count(), 0);
     }
 }
