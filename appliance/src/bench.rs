@@ -35,6 +35,13 @@ const MIN_PER_CONN: u64 = 4096;
 const CASE_LIMIT: Duration = Duration::from_secs(600);
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offload {
+    On,
+    Off,
+    Both,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Modes {
     Plain,
     Tls,
@@ -55,6 +62,10 @@ pub struct BenchArgs {
     /// Plaintext HTTP, HTTPS, or both.
     #[arg(long, value_enum, default_value = "both")]
     pub mode: Modes,
+    /// The simulated port's TCP checksum and segmentation offload: on, off, or both (each
+    /// case measured both ways, side by side).
+    #[arg(long, value_enum, default_value = "both")]
+    pub offload: Offload,
     /// Print one JSON line per case instead of text.
     #[arg(long)]
     pub json: bool,
@@ -93,12 +104,14 @@ struct CoreResult {
     idle_heap_bytes: i64,
     handshakes: u64,
     wall: f64,
+    device_ns: u64,
 }
 
 /// One case's figures (what a JSON line prints).
 #[derive(Debug)]
 pub struct CaseResult {
     pub tls: bool,
+    pub offload: bool,
     pub connections: usize,
     pub cores: usize,
     pub ok: bool,
@@ -106,6 +119,9 @@ pub struct CaseResult {
     pub body_bytes: u64,
     pub gbps_per_core: f64,
     pub gbps_total: f64,
+    /// Per core, counting the emulated devices' time as the server's too.
+    pub gbps_per_core_with_devices: f64,
+    pub device_seconds: f64,
     pub mem_per_conn_bytes: f64,
     pub bytes_touched_per_byte: f64,
     pub allocs_on_packet_path: Option<u64>,
@@ -142,13 +158,20 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
         Modes::Tls => &[true],
         Modes::Both => &[false, true],
     };
+    let offloads: &[bool] = match args.offload {
+        Offload::On => &[true],
+        Offload::Off => &[false],
+        Offload::Both => &[false, true],
+    };
     let mut failed = 0;
     for &tls in modes {
         for &cores in &args.cores {
             for &connections in &args.connections {
-                let r = run_case(&vol, object_len, total, tls, connections, cores);
-                failed += usize::from(!r.ok);
-                print_case(&r, seal, memcpy, args.json);
+                for &offload in offloads {
+                    let r = run_case(&vol, object_len, total, tls, offload, connections, cores);
+                    failed += usize::from(!r.ok);
+                    print_case(&r, seal, memcpy, args.json);
+                }
             }
         }
     }
@@ -176,7 +199,7 @@ fn make_volume(dir: &std::path::Path, len: u64) -> Result<std::path::PathBuf, St
     Ok(vol)
 }
 
-pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, tls: bool, connections: usize, cores: usize) -> CaseResult {
+pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, tls: bool, offload: bool, connections: usize, cores: usize) -> CaseResult {
     let per_conn = (total / connections as u64).max(MIN_PER_CONN);
     let threads: Vec<_> = (0..cores)
         .map(|core| {
@@ -188,7 +211,7 @@ pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, tls: bool, c
                 if let Err(e) = crate::sys::pin_to_core(core) {
                     log::debug!("bench: cannot pin to core {core}: {e}");
                 }
-                run_core(&vol, object_len, per_conn, first, n, tls)
+                run_core(&vol, object_len, per_conn, first, n, tls, offload)
             })
         })
         .collect();
@@ -196,11 +219,15 @@ pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, tls: bool, c
         .into_iter()
         .map(|t| t.join().unwrap_or_else(|_| CoreResult { error: Some("pipeline thread panicked".into()), ..CoreResult::default() }))
         .collect();
-    combine(tls, connections, cores, &results)
+    combine(tls, offload, connections, cores, &results)
 }
 
-fn combine(tls: bool, connections: usize, cores: usize, results: &[CoreResult]) -> CaseResult {
+fn combine(tls: bool, offload: bool, connections: usize, cores: usize, results: &[CoreResult]) -> CaseResult {
     let rate = |r: &CoreResult| if r.server_ns == 0 { 0.0 } else { r.body_bytes as f64 * 8.0 / r.server_ns as f64 };
+    let rate_with_devices = |r: &CoreResult| {
+        let ns = r.server_ns + r.device_ns;
+        if ns == 0 { 0.0 } else { r.body_bytes as f64 * 8.0 / ns as f64 }
+    };
     let body_bytes: u64 = results.iter().map(|r| r.body_bytes).sum();
     let gbps_total: f64 = results.iter().map(rate).sum();
     let idle_conns: usize = results.iter().map(|r| r.idle_conns).sum();
@@ -209,6 +236,7 @@ fn combine(tls: bool, connections: usize, cores: usize, results: &[CoreResult]) 
     let touched: u64 = results.iter().map(|r| r.touched + r.storage_touched).sum();
     CaseResult {
         tls,
+        offload,
         connections,
         cores,
         ok: results.iter().all(|r| r.ok),
@@ -216,6 +244,8 @@ fn combine(tls: bool, connections: usize, cores: usize, results: &[CoreResult]) 
         body_bytes,
         gbps_per_core: gbps_total / cores as f64,
         gbps_total,
+        gbps_per_core_with_devices: results.iter().map(rate_with_devices).sum::<f64>() / cores as f64,
+        device_seconds: results.iter().map(|r| r.device_ns).max().unwrap_or(0) as f64 / 1e9,
         mem_per_conn_bytes: if idle_conns == 0 { f64::NAN } else { slot + idle_heap as f64 / idle_conns as f64 },
         bytes_touched_per_byte: if body_bytes == 0 { f64::NAN } else { touched as f64 / body_bytes as f64 },
         allocs_on_packet_path: accounting::allocator_installed().then(|| results.iter().map(|r| r.allocs).sum()),
@@ -227,7 +257,7 @@ fn combine(tls: bool, connections: usize, cores: usize, results: &[CoreResult]) 
 
 /// One core: a pipeline and its clients over the simulated link. Connection `first + i`
 /// fetches `per_conn` bytes at its own offset of the object.
-fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize, n: usize, tls: bool) -> CoreResult {
+fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize, n: usize, tls: bool, offload: bool) -> CoreResult {
     let mut out = CoreResult::default();
     if n == 0 {
         out.ok = true;
@@ -237,7 +267,11 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
         let mut storage = FileStorage::open(vol).map_err(|e| e.to_string())?;
         let volume = crate::volume::load(&mut storage).map_err(|e| e.to_string())?;
         let link = SimConfig { queue_frames: 8192, ..SimConfig::default() };
-        let mut h = SimHarness::new(storage, volume, link.clone(), link, 512);
+        // With offload the server's port takes 64 KiB TCP frames: fewer of them in flight.
+        let to_client = SimConfig { tso: offload, queue_frames: if offload { 1024 } else { 8192 }, ..SimConfig::default() };
+        let mut h = SimHarness::new(storage, volume, to_client, link, 512);
+        h.server.nic.time_device();
+        h.server.app.storage.time_device();
         if tls {
             let (server, client) = crate::loopback::test_tls_configs()?;
             h.enable_tls(server, client);
@@ -264,7 +298,7 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
         }
     }
     // Only the transfer phase counts: set the counters aside after the opens.
-    let (ns0, allocs0, touched0) = (h.server_ns, h.server_allocs, h.server_touched);
+    let (ns0, allocs0, touched0, device0) = (h.server_ns, h.server_allocs, h.server_touched, h.server_device_ns);
     let reads0 = drivers::storage::Storage::counters(&h.server.app.storage).read_bytes;
     while h.client_app.fetches.len() < n {
         // The clock follows wall time so that timers behave as in production.
@@ -278,6 +312,7 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
     out.wall = start.elapsed().as_secs_f64();
     out.body_bytes = h.client_app.body_bytes;
     out.server_ns = h.server_ns - ns0;
+    out.device_ns = h.server_device_ns - device0;
     out.allocs = h.server_allocs - allocs0;
     out.touched = h.server_touched - touched0;
     let read = drivers::storage::Storage::counters(&h.server.app.storage).read_bytes - reads0;
@@ -328,15 +363,19 @@ fn print_case(r: &CaseResult, seal: f64, memcpy: f64, json: bool) {
     let num = |x: f64| if x.is_finite() { format!("{x:.3}") } else { "null".to_string() };
     if json {
         println!(
-            "{{\"case\":\"{}-sim\",\"tls\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{}{}}}",
+            "{{\"case\":\"{}-sim{}\",\"tls\":{},\"offload\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{}{}}}",
             if r.tls { "https" } else { "http" },
+            if r.offload { "-offload" } else { "" },
             r.tls,
+            r.offload,
             r.connections,
             r.cores,
             r.ok,
             r.body_bytes,
             num(r.gbps_per_core),
             num(r.gbps_total),
+            num(r.gbps_per_core_with_devices),
+            num(r.device_seconds),
             num(seal),
             num(r.gbps_per_core / seal),
             num(memcpy),
@@ -351,12 +390,14 @@ fn print_case(r: &CaseResult, seal: f64, memcpy: f64, json: bool) {
         );
     } else {
         println!(
-            "{:<5} {:>6} conns {} core(s): {:>7.2} Gb/s per core ({:.0}% of sealing), {:>7.2} total; {:.0} B per idle conn; {:.2} bytes touched per byte; {} allocations; {:.1} MB in {:.2} s{}",
+            "{:<5} {:<7} {:>6} conns {} core(s): {:>7.2} Gb/s per core ({:.0}% of sealing; {:.2} with devices), {:>7.2} total; {:.0} B per idle conn; {:.2} bytes touched per byte; {} allocations; {:.1} MB in {:.2} s{}",
             if r.tls { "https" } else { "http" },
+            if r.offload { "offload" } else { "-" },
             r.connections,
             r.cores,
             r.gbps_per_core,
             100.0 * r.gbps_per_core / seal,
+            r.gbps_per_core_with_devices,
             r.gbps_total,
             r.mem_per_conn_bytes,
             r.bytes_touched_per_byte,

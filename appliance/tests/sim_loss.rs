@@ -1,6 +1,8 @@
 //! The whole loop over the simulated link: the server pipeline (TCP, HTTP, volume, file
 //! storage) and an in-process client on the same stack, with seeded loss, reordering and
-//! duplication. A 50 MB transfer must arrive byte-exact and the retransmission counters move.
+//! duplication. A 50 MB transfer must arrive byte-exact and the retransmission counters move;
+//! also with the server's port offering checksum and segmentation offload (64 KiB TCP frames,
+//! lost and reordered whole, re-sent as single segments).
 use std::io::Write;
 use std::time::Duration;
 
@@ -39,12 +41,18 @@ fn lossy(seed: u64, loss: f64) -> SimConfig {
 }
 
 fn transfer(loss: f64, seed: u64, tls: bool) {
+    transfer_with(loss, seed, tls, false)
+}
+
+fn transfer_with(loss: f64, seed: u64, tls: bool, offload: bool) {
     let dir = tempfile::tempdir().unwrap();
     let vol_path = sample_volume(dir.path());
     let mut storage = FileStorage::open(&vol_path).unwrap();
     let volume = appliance::volume::load(&mut storage).unwrap();
     let expected = volume.lookup("/video/big.ts").unwrap().sha256;
-    let mut h = SimHarness::new(storage, volume, lossy(seed, loss), lossy(seed ^ 0xabcdef, loss), 64);
+    let to_client = SimConfig { tso: offload, ..lossy(seed, loss) };
+    let mut h = SimHarness::new(storage, volume, to_client, lossy(seed ^ 0xabcdef, loss), 64);
+    assert_eq!(drivers::nic::Nic::link(&h.server.nic).offloads.tso_max_payload > 0, offload);
     if tls {
         let (server, client) = appliance::loopback::test_tls_configs().unwrap();
         h.enable_tls(server, client);
@@ -60,6 +68,11 @@ fn transfer(loss: f64, seed: u64, tls: bool) {
     assert_eq!(f.sha256, expected, "body differs from the packed file");
     let stats = h.server.stats();
     assert!(stats.tcp_retransmits > 0, "loss {loss}: the retransmission counter must move");
+    if offload {
+        // Most data went out in frames of many segments.
+        let frames = drivers::nic::Nic::counters(&h.server.nic).tx_packets;
+        assert!(frames < (BIG / 1448 / 4) as u64, "{frames} frames for {BIG} bytes: segmentation offload unused");
+    }
     if tls {
         // Re-read and re-sealed records after timeouts must still open in the client.
         assert_eq!(h.client_app.tls_failures, 0, "the client rejected a record");
@@ -95,4 +108,14 @@ fn fifty_megabytes_at_five_percent_loss() {
 #[test]
 fn fifty_megabytes_over_tls_at_two_percent_loss() {
     transfer(0.02, 3, true);
+}
+
+#[test]
+fn fifty_megabytes_with_segmentation_offload_at_two_percent_loss() {
+    transfer_with(0.02, 4, false, true);
+}
+
+#[test]
+fn fifty_megabytes_over_tls_with_segmentation_offload_at_two_percent_loss() {
+    transfer_with(0.02, 5, true, true);
 }

@@ -39,6 +39,7 @@ impl ConsoleHost for FakeHost {
                 mtu: 1500,
                 up: true,
                 driver: "tap".to_string(),
+                offloads: drivers::nic::TxOffloads::default(),
             },
             cores: vec![0, 1],
             media: MediaSummary {

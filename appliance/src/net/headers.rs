@@ -123,10 +123,14 @@ pub fn emit_ipv4(out: &mut [u8], src: [u8; 4], dst: [u8; 4], protocol: u8, paylo
     out[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
+/// Where the TCP header starts in a frame this module emits.
+pub const TCP_OFFSET: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN;
+
 /// Write Ethernet + IPv4 + TCP headers for a segment carrying `payload` (gathered from
-/// `parts`, in order) into `out` and return their length. The TCP checksum covers the
-/// payload where it lies.
-pub fn emit_tcp_segment(out: &mut [u8; MAX_HEADERS_LEN], ep: &Endpoints, f: &TcpFields, ip_id: u16, payload: &[&[u8]]) -> usize {
+/// `parts`, in order) into `out` and return their length. With `tcp_checksum` the TCP
+/// checksum covers the payload where it lies; without, it is left zero for the port to fill
+/// in (checksum offload), and the payload is not read at all.
+pub fn emit_tcp_segment(out: &mut [u8; MAX_HEADERS_LEN], ep: &Endpoints, f: &TcpFields, ip_id: u16, payload: &[&[u8]], tcp_checksum: bool) -> usize {
     let payload_len: usize = payload.iter().map(|p| p.len()).sum();
     let tcp_at = ETH_HEADER_LEN + IPV4_HEADER_LEN;
     let opt_len = f.options.emit(&mut out[tcp_at + TCP_HEADER_LEN..]);
@@ -143,10 +147,13 @@ pub fn emit_tcp_segment(out: &mut [u8; MAX_HEADERS_LEN], ep: &Endpoints, f: &Tcp
     t[13] = f.flags;
     t[14..16].copy_from_slice(&f.window.to_be_bytes());
     t[16..20].copy_from_slice(&[0, 0, 0, 0]);
+    if !tcp_checksum {
+        return tcp_at + tcp_len;
+    }
     let mut acc = checksum::pseudo_header(ep.src_ip, ep.dst_ip, IP_PROTO_TCP, seg_len as u16);
     acc = checksum::accumulate(acc, t);
     acc = checksum::accumulate_parts(acc, payload);
-    // The checksum pass is the CPU's one read of the payload (no offload yet).
+    // The checksum pass is the CPU's one read of the payload (without checksum offload).
     crate::accounting::add_touched(payload_len);
     t[16..18].copy_from_slice(&checksum::finish(acc).to_be_bytes());
     tcp_at + tcp_len
@@ -173,7 +180,7 @@ mod tests {
         let f = TcpFields { seq: 1000, ack: 2000, flags: flags::ACK | flags::PSH, window: 512, options: opts };
         let payload = b"hello, world!";
         let mut hdr = [0u8; MAX_HEADERS_LEN];
-        let n = emit_tcp_segment(&mut hdr, &ep, &f, 7, &[&payload[..5], &payload[5..]]);
+        let n = emit_tcp_segment(&mut hdr, &ep, &f, 7, &[&payload[..5], &payload[5..]], true);
         let mut frame = hdr[..n].to_vec();
         frame.extend_from_slice(payload);
         let eth = EthernetFrame::new_checked(&frame[..]).unwrap();

@@ -4,7 +4,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 
-use drivers::nic::Nic;
+use drivers::nic::{LinkInfo, Nic, TcpTx, TxOffloads};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpAddress,
     IpProtocol, Ipv4Address, Ipv4Packet, TcpControl, TcpPacket, TcpRepr,
@@ -36,6 +36,8 @@ pub struct IfaceConfig {
     /// A connection that received nothing for this long is closed.
     pub idle_timeout: u64,
     pub tcp: tcp::Config,
+    /// What the port does for TCP frames (checksum, segmentation): see [`IfaceConfig::use_link`].
+    pub offloads: TxOffloads,
 }
 
 impl IfaceConfig {
@@ -51,7 +53,16 @@ impl IfaceConfig {
             syn_backlog: 256,
             idle_timeout: 60 * SEC,
             tcp: tcp::Config::default(),
+            offloads: TxOffloads::default(),
         }
+    }
+
+    /// Take the port's MTU (and the MSS from it) and its transmit offloads.
+    pub fn use_link(&mut self, link: &LinkInfo) {
+        self.mtu = link.mtu;
+        self.tcp.mss = (link.mtu.saturating_sub(40)).clamp(536, 9000) as u16;
+        self.offloads = link.offloads;
+        self.tcp.tso_max_payload = link.offloads.tso_max_payload.min(u32::MAX as usize) as u32;
     }
 
     fn on_link(&self, ip: [u8; 4]) -> bool {
@@ -116,7 +127,7 @@ pub trait App {
 
 /// Most slices one segment's payload is gathered from (e.g. a TLS record's header, its
 /// sealed payload in a storage buffer, its tag, and the next record's header).
-pub const MAX_PARTS: usize = 8;
+pub const MAX_PARTS: usize = 16;
 
 /// The slices of one segment's payload.
 pub struct Parts<'a> {
@@ -675,7 +686,7 @@ impl<C> Stack<C> {
             let f = e.tcp.reset_fields();
             let mut hdr = [0u8; MAX_HEADERS_LEN];
             let ip_id = self.next_ip_id();
-            let n = headers::emit_tcp_segment(&mut hdr, &ep, &f, ip_id, &[]);
+            let n = headers::emit_tcp_segment(&mut hdr, &ep, &f, ip_id, &[], true);
             if nic.tx_gather(&[&hdr[..n]]) {
                 self.stats.tcp_tx_segments += 1;
                 self.stats.tcp_rst_sent += 1;
@@ -734,7 +745,7 @@ impl<C> Stack<C> {
         };
         let mut hdr = [0u8; MAX_HEADERS_LEN];
         let id = self.next_ip_id();
-        let n = headers::emit_tcp_segment(&mut hdr, &ep, &f, id, &[]);
+        let n = headers::emit_tcp_segment(&mut hdr, &ep, &f, id, &[], true);
         if nic.tx_gather(&[&hdr[..n]]) {
             self.stats.tcp_tx_segments += 1;
         }
@@ -794,12 +805,22 @@ impl<C> Stack<C> {
                 let mut parts = Parts::default();
                 app.payload(conn, seg.payload_off, seg.payload_len, &mut parts);
                 debug_assert_eq!(parts.total(), seg.payload_len);
+                let offload = self.cfg.offloads.tcp_checksum;
+                let mss = tcp.wire_payload();
+                // A segment longer than one MSS goes out as several: their IP ids with it.
                 self.ip_id = self.ip_id.wrapping_add(1);
-                let n = headers::emit_tcp_segment(&mut hdr, &ep, &seg.fields, self.ip_id, parts.as_slice());
+                let n = headers::emit_tcp_segment(&mut hdr, &ep, &seg.fields, self.ip_id, parts.as_slice(), !offload);
+                self.ip_id = self.ip_id.wrapping_add((seg.payload_len.max(1).div_ceil(mss) - 1) as u16);
                 let mut frame: [&[u8]; MAX_PARTS + 1] = [&[]; MAX_PARTS + 1];
                 frame[0] = &hdr[..n];
                 frame[1..=parts.len()].copy_from_slice(parts.as_slice());
-                if !nic.tx_gather(&frame[..=parts.len()]) {
+                let frame = &frame[..=parts.len()];
+                let queued = if offload {
+                    nic.tx_tcp(frame, TcpTx { l4_offset: headers::TCP_OFFSET, l4_len: n - headers::TCP_OFFSET, mss })
+                } else {
+                    nic.tx_gather(frame)
+                };
+                if !queued {
                     // Ring full: the segment counts as lost; TCP recovers it.
                     nic.tx_flush();
                     more = true;

@@ -6,7 +6,7 @@
 //! a device or reads the clock: [`iface::Stack`] takes frames and `now`, and hands frames to
 //! a [`drivers::nic::Nic`] it is given.
 pub mod arp;
-pub mod checksum;
+pub use drivers::nic::checksum;
 pub mod headers;
 pub mod iface;
 pub mod tcp;

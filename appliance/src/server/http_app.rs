@@ -296,8 +296,9 @@ fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, buf: &mut Dm
         debug_assert!(object_start >= lo && object_end <= hi);
         let j = (rec - first) as usize;
         let payload = &mut buf.as_mut_slice()[(object_start - base) as usize..(object_end - base) as usize];
-        // Sealing in place reads and writes each payload byte once.
-        crate::accounting::add_touched(2 * payload.len());
+        // Sealing in place is one pass over each payload byte (read, then written back where
+        // it lies): one byte touched, where a copy would touch two (docs/performance.md).
+        crate::accounting::add_touched(payload.len());
         let seq = t.layout.seq(rec);
         match keys.version() {
             TlsVersion::Tls13 => {

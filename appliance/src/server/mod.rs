@@ -324,8 +324,7 @@ fn run<N: Nic, S: Storage>(
     let now = monotonic_ns(start);
     let mut cfg = IfaceConfig::new(mac.unwrap_or(link.mac), ip.octets(), prefix);
     cfg.gateway = args.gateway.map(|g| g.octets());
-    cfg.mtu = link.mtu;
-    cfg.tcp.mss = (link.mtu.saturating_sub(40)).clamp(536, 9000) as u16;
+    cfg.use_link(&link);
     cfg.listen_ports = vec![args.http_port];
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use dpdk_sys as sys;
 
-use super::{FrameBuf, LinkInfo, Nic, NicCounters, NicError};
+use super::{FrameBuf, LinkInfo, Nic, NicCounters, NicError, TxOffloads};
 
 /// Most frames taken from or given to the PMD in one call.
 const BURST: usize = 64;
@@ -916,6 +916,7 @@ impl Nic for DpdkNic {
             mtu: self.port.mtu,
             up: ret == 0 && up != 0,
             driver: self.port.driver.clone(),
+            offloads: TxOffloads::default(),
         }
     }
 

@@ -4,8 +4,10 @@
 //! one returns it. A transmit is a gather list (headers, then payload slices that may live in
 //! storage DMA buffers) queued on the driver's ring and handed to the device by
 //! [`Nic::tx_flush`]. Nothing here allocates per packet once the backend is built.
+pub mod checksum;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod offload;
 pub mod packet;
 
 use std::time::Duration;
@@ -15,6 +17,7 @@ pub mod sim;
 pub mod tap;
 
 pub use frame_pool::{FramePool, PoolFrame};
+pub use offload::{TcpTx, TxOffloads};
 
 /// A received frame, owned by the driver's pool until dropped.
 pub trait FrameBuf {
@@ -32,6 +35,8 @@ pub struct LinkInfo {
     pub up: bool,
     /// "tap", "sim", or "dpdk:<pmd name>": reported as `nic.driver`.
     pub driver: String,
+    /// What the port does for TCP frames given to [`Nic::tx_tcp`].
+    pub offloads: TxOffloads,
 }
 
 /// Monotonic counters of one port (summed over its queues).
@@ -70,6 +75,17 @@ pub trait Nic {
     /// when the transmit ring is full; the frame is then not queued and the caller retries
     /// after a flush (TCP treats it as a lost segment).
     fn tx_gather(&mut self, parts: &[&[u8]]) -> bool;
+
+    /// Queue one TCP/IPv4 frame whose headers are complete but for the TCP checksum (left
+    /// zero) and whose payload may be longer than one segment (`tcp.mss`), as far as
+    /// [`LinkInfo::offloads`] allows: the port cuts it into segments and checksums each.
+    /// `parts[0]` is the Ethernet, IPv4 and TCP headers, the rest the payload. Ports without
+    /// the offloads do it in software ([`offload::segment`]) and queue each segment with
+    /// [`Nic::tx_gather`]. Returns false when the ring is full (segments queued before that
+    /// stay queued: TCP sees the rest as lost).
+    fn tx_tcp(&mut self, parts: &[&[u8]], tcp: TcpTx) -> bool {
+        offload::segment(parts, tcp, |frame| self.tx_gather(&[frame]))
+    }
 
     /// Hand the queued frames to the device. Returns how many were sent.
     fn tx_flush(&mut self) -> usize;

@@ -5,7 +5,7 @@
 //! [`PacketFrame`] owns one until dropped, when it returns to the pool. Transmit copies the
 //! gather list into one of a fixed set of slots and [`Nic::tx_flush`] sends the queued slots.
 //! Nothing allocates per packet. The socket is non-blocking; [`Nic::wait_rx`] uses poll(2).
-use super::{FrameBuf, LinkInfo, Nic, NicCounters, NicError};
+use super::{FrameBuf, LinkInfo, Nic, NicCounters, NicError, TxOffloads};
 use std::cell::RefCell;
 use std::ffi::CString;
 use std::io;
@@ -335,7 +335,7 @@ impl Nic for PacketNic {
                 Some(flags & libc::IFF_RUNNING as libc::c_short != 0)
             })
             .unwrap_or(false);
-        LinkInfo { mac: self.mac, mtu: MTU, up, driver: "af_packet".to_string() }
+        LinkInfo { mac: self.mac, mtu: MTU, up, driver: "af_packet".to_string(), offloads: TxOffloads::default() }
     }
 
     fn counters(&self) -> NicCounters {

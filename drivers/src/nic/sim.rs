@@ -28,11 +28,14 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::frame_pool::{FramePool, PoolFrame};
+use super::offload::{self, TcpTx, TxOffloads, MAX_TSO_PAYLOAD};
 use super::{LinkInfo, Nic, NicCounters, NicError};
 
 const ETH_HLEN: usize = 14;
 /// Longest a reordered frame waits for a later frame to overtake it, past its own due time.
 pub const REORDER_MAX_HOLD: Duration = Duration::from_millis(1);
+/// Largest frame of a direction with segmentation offload: headers and the largest payload.
+const TSO_FRAME: usize = ETH_HLEN + 65535;
 /// Slab buffers per direction beyond twice the queue: frames the receiver holds for a while.
 pub const SLAB_SPARE_FRAMES: usize = 256;
 /// MACs of the two endpoints (locally administered, unicast).
@@ -94,6 +97,11 @@ pub struct SimConfig {
     pub queue_frames: usize,
     /// Largest IP packet; frames up to mtu + 14 bytes pass.
     pub mtu: usize,
+    /// The sending port offers TCP checksum and segmentation offload (frames of up to
+    /// [`MAX_TSO_PAYLOAD`] payload bytes through [`Nic::tx_tcp`]), and the receiving one hands
+    /// such a frame over whole, as a NIC with receive coalescing (LRO/GRO) would. Faults then
+    /// apply to the whole frame. Slab buffers are 64 KiB each instead of one MTU.
+    pub tso: bool,
 }
 
 impl Default for SimConfig {
@@ -109,6 +117,7 @@ impl Default for SimConfig {
             rate_bps: None,
             queue_frames: 1024,
             mtu: 1500,
+            tso: false,
         }
     }
 }
@@ -265,7 +274,7 @@ struct Direction {
 impl Direction {
     fn new(cfg: SimConfig) -> Direction {
         let slab_frames = cfg.queue_frames * 2 + SLAB_SPARE_FRAMES;
-        let buf_size = (cfg.mtu + ETH_HLEN).div_ceil(64) * 64;
+        let buf_size = if cfg.tso { TSO_FRAME } else { cfg.mtu + ETH_HLEN }.div_ceil(64) * 64;
         Direction {
             rng: Rng::new(cfg.seed),
             slab: FramePool::new(slab_frames, buf_size),
@@ -301,8 +310,9 @@ impl Direction {
         }
     }
 
-    /// Puts one frame on the wire, applying this direction's faults.
-    fn send(&mut self, now: u64, parts: &[&[u8]], len: usize) {
+    /// Puts one frame on the wire, applying this direction's faults. With `tcp`, the port
+    /// fills in the TCP checksum first (checksum offload).
+    fn send(&mut self, now: u64, parts: &[&[u8]], len: usize, tcp: Option<TcpTx>) {
         self.settle(now);
         if self.in_flight() >= self.cfg.queue_frames {
             self.faults.queue_drops += 1;
@@ -333,6 +343,9 @@ impl Direction {
             return;
         };
         frame.fill_from(parts);
+        if let Some(tcp) = tcp {
+            offload::fill_tcp_checksum(frame.bytes_mut(), tcp);
+        }
         if self.rng.chance(self.cfg.corrupt) {
             let body = frame.bytes_mut();
             let from = if body.len() > ETH_HLEN { ETH_HLEN } else { 0 };
@@ -421,6 +434,9 @@ pub struct SimNic {
     mac: [u8; 6],
     counters: NicCounters,
     tx_since_flush: usize,
+    /// With [`SimNic::time_device`]: nanoseconds of real time spent in this port's emulation
+    /// of the device (copying frames onto the wire, offloaded checksums, handing frames over).
+    device_ns: Option<u64>,
 }
 
 impl std::fmt::Debug for SimNic {
@@ -450,6 +466,7 @@ pub fn try_pair(
         mac,
         counters: NicCounters::default(),
         tx_since_flush: 0,
+        device_ns: None,
     };
     Ok((end(0, SIM_MAC_A), end(1, SIM_MAC_B)))
 }
@@ -538,10 +555,33 @@ impl SimNic {
     }
 }
 
-impl Nic for SimNic {
-    type Rx = PoolFrame;
+impl SimNic {
+    /// Measure the real time this port spends emulating the device from now on (see
+    /// [`SimNic::device_ns`]); benchmarks use it to tell the server's own work from the
+    /// link's, which on hardware the NIC's DMA engines do.
+    pub fn time_device(&mut self) {
+        self.device_ns.get_or_insert(0);
+    }
 
-    fn rx_burst(&mut self, out: &mut Vec<PoolFrame>, max: usize) -> usize {
+    /// Nanoseconds spent in device emulation since [`SimNic::time_device`] (0 before).
+    pub fn device_ns(&self) -> u64 {
+        self.device_ns.unwrap_or(0)
+    }
+
+    fn device<T>(&mut self, work: impl FnOnce(&mut SimNic) -> T) -> T {
+        if self.device_ns.is_none() {
+            return work(self);
+        }
+        let t0 = std::time::Instant::now();
+        let r = work(self);
+        let ns = t0.elapsed().as_nanos() as u64;
+        if let Some(d) = &mut self.device_ns {
+            *d += ns;
+        }
+        r
+    }
+
+    fn rx_frames(&mut self, out: &mut Vec<PoolFrame>, max: usize) -> usize {
         let now = self.clock.ns();
         let mut link = self.link.borrow_mut();
         let dir = &mut link.dirs[1 - self.side];
@@ -561,20 +601,46 @@ impl Nic for SimNic {
         got
     }
 
-    fn tx_gather(&mut self, parts: &[&[u8]]) -> bool {
+    /// One frame onto the wire: a plain one up to the MTU, or (`tcp`, on a direction with
+    /// offloads) a TCP frame of up to [`MAX_TSO_PAYLOAD`] payload bytes, checksummed here.
+    fn transmit(&mut self, parts: &[&[u8]], tcp: Option<TcpTx>) -> bool {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut link = self.link.borrow_mut();
         let dir = &mut link.dirs[self.side];
-        if !(ETH_HLEN..=dir.cfg.mtu + ETH_HLEN).contains(&len) {
+        let max = match tcp {
+            Some(t) => t.l4_offset + t.l4_len + MAX_TSO_PAYLOAD,
+            None => dir.cfg.mtu + ETH_HLEN,
+        };
+        if !(ETH_HLEN..=max).contains(&len) {
             self.counters.tx_errors += 1;
             log::debug!("sim: refused a {len}-byte frame (mtu {})", dir.cfg.mtu);
             return false;
         }
-        dir.send(self.clock.ns(), parts, len);
+        dir.send(self.clock.ns(), parts, len, tcp);
         self.counters.tx_packets += 1;
         self.counters.tx_bytes += len as u64;
         self.tx_since_flush += 1;
         true
+    }
+}
+
+impl Nic for SimNic {
+    type Rx = PoolFrame;
+
+    fn rx_burst(&mut self, out: &mut Vec<PoolFrame>, max: usize) -> usize {
+        self.device(|nic| nic.rx_frames(out, max))
+    }
+
+    fn tx_gather(&mut self, parts: &[&[u8]]) -> bool {
+        self.device(|nic| nic.transmit(parts, None))
+    }
+
+    fn tx_tcp(&mut self, parts: &[&[u8]], tcp: TcpTx) -> bool {
+        if self.link.borrow().dirs[self.side].cfg.tso {
+            self.device(|nic| nic.transmit(parts, Some(tcp)))
+        } else {
+            offload::segment(parts, tcp, |frame| self.tx_gather(&[frame]))
+        }
     }
 
     fn tx_flush(&mut self) -> usize {
@@ -585,12 +651,16 @@ impl Nic for SimNic {
     fn wait_rx(&mut self, _timeout: Duration) {}
 
     fn link(&self) -> LinkInfo {
-        let mtu = self.link.borrow().dirs[self.side].cfg.mtu;
+        let (mtu, tso) = {
+            let link = self.link.borrow();
+            (link.dirs[self.side].cfg.mtu, link.dirs[self.side].cfg.tso)
+        };
         LinkInfo {
             mac: self.mac,
             mtu,
             up: true,
             driver: "sim".to_owned(),
+            offloads: if tso { TxOffloads { tcp_checksum: true, tso_max_payload: MAX_TSO_PAYLOAD } } else { TxOffloads::default() },
         }
     }
 

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use super::frame_pool::{FramePool, PoolFrame};
-use super::{LinkInfo, Nic, NicCounters, NicError};
+use super::{LinkInfo, Nic, NicCounters, NicError, TxOffloads};
 
 /// Receive buffers per TAP port.
 pub const TAP_RX_BUFFERS: usize = 512;
@@ -405,6 +405,7 @@ impl Nic for TapNic {
             mtu: self.mtu,
             up: true,
             driver: "tap".to_owned(),
+            offloads: TxOffloads::default(),
         }
     }
 

@@ -29,6 +29,9 @@ pub struct FileStorage {
     direct: bool,
     done: VecDeque<Completion>,
     counters: StorageCounters,
+    /// With [`FileStorage::time_device`]: nanoseconds spent in `pread`, the part that stands
+    /// for the device (an NVMe drive moves the bytes by DMA while the core goes on).
+    device_ns: Option<u64>,
 }
 
 impl FileStorage {
@@ -63,6 +66,7 @@ impl FileStorage {
             direct,
             done: VecDeque::with_capacity(FILE_QUEUE_DEPTH),
             counters: StorageCounters::default(),
+            device_ns: None,
         })
     }
 
@@ -70,6 +74,12 @@ impl FileStorage {
     pub fn is_direct(&self) -> bool {
         self.direct
     }
+
+    /// Measure the real time spent in reads from now on (see [`FileStorage::device_ns`]).
+    pub fn time_device(&mut self) {
+        self.device_ns.get_or_insert(0);
+    }
+
 
     /// Reads `dst.len()` bytes at `offset`. Bytes past the end of the medium (the tail of a
     /// last block that the file does not fill) read as zeros.
@@ -151,7 +161,11 @@ impl Storage for FileStorage {
         if self.done.len() >= FILE_QUEUE_DEPTH {
             return Err((StorageError::QueueFull, buf));
         }
+        let t0 = self.device_ns.map(|_| std::time::Instant::now());
         let result = self.read_into(offset, &mut buf.as_mut_slice()[..len]);
+        if let (Some(t0), Some(d)) = (t0, &mut self.device_ns) {
+            *d += t0.elapsed().as_nanos() as u64;
+        }
         match &result {
             Ok(()) => {
                 self.counters.reads += 1;
@@ -178,6 +192,11 @@ impl Storage for FileStorage {
 
     fn counters(&self) -> StorageCounters {
         self.counters
+    }
+
+    /// Nanoseconds spent reading since [`FileStorage::time_device`] (0 before).
+    fn device_ns(&self) -> u64 {
+        self.device_ns.unwrap_or(0)
     }
 }
 

@@ -71,4 +71,9 @@ pub trait Storage {
     /// Reads submitted and not yet completed.
     fn in_flight(&self) -> usize;
     fn counters(&self) -> StorageCounters;
+    /// Nanoseconds the core itself spent doing what the device does on hardware (the file
+    /// backend's `pread`, when timed for a benchmark); 0 for a real device.
+    fn device_ns(&self) -> u64 {
+        0
+    }
 }

@@ -68,6 +68,9 @@ pub struct Config {
     pub use_timestamps: bool,
     pub use_sack: bool,
     pub use_window_scale: bool,
+    /// Largest payload of one segment handed to a port with segmentation offload (TSO), which
+    /// cuts it into MSS-sized ones; 0: the port has none, every segment is one MSS at most.
+    pub tso_max_payload: u32,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             use_timestamps: true,
             use_sack: true,
             use_window_scale: true,
+            tso_max_payload: 0,
         }
     }
 }
@@ -205,6 +209,8 @@ pub struct TcpConn {
     srtt: u64,
     rttvar: u64,
     rto: u64,
+    /// [`Config::tso_max_payload`] of the stack that made this connection.
+    tso_max: u32,
     rtt_probe: Option<(u64, Instant)>,
     rto_deadline: Option<Instant>,
     retries: u32,
@@ -256,6 +262,7 @@ impl TcpConn {
             srtt: 0,
             rttvar: 0,
             rto: cfg.init_rto,
+            tso_max: cfg.tso_max_payload,
             rtt_probe: None,
             rto_deadline: None,
             retries: 0,
@@ -494,6 +501,18 @@ impl TcpConn {
         self.mss as u64 - if self.ts_ok { 12 } else { 0 }
     }
 
+    /// Payload bytes of one wire segment (the MSS less the options every segment carries).
+    pub fn wire_payload(&self) -> usize {
+        self.max_payload() as usize
+    }
+
+    /// Most new payload one segment carries: one MSS, or with segmentation offload as many
+    /// whole MSS as the port takes (the port cuts it on MSS boundaries).
+    fn send_quantum(&self) -> u64 {
+        let mss = self.max_payload();
+        (self.tso_max as u64 / mss * mss).max(mss)
+    }
+
     fn options_for_data(&self, now: Instant) -> TcpOptions {
         TcpOptions { timestamp: self.ts_ok.then(|| (ts_now(now), self.ts_recent)), ..Default::default() }
     }
@@ -587,7 +606,7 @@ impl TcpConn {
             let pending = self.stream_len.saturating_sub(self.snd_nxt);
             if pending > 0 && self.state.can_send_data() {
                 let wnd_room = wnd_end.saturating_sub(self.snd_nxt);
-                let mut len = pending.min(self.max_payload()).min(wnd_room).min(cwnd_room);
+                let mut len = pending.min(self.send_quantum()).min(wnd_room).min(cwnd_room);
                 let probe = self.snd_wnd == 0 && self.snd_nxt == self.snd_una && self.rto_deadline.is_none();
                 if probe {
                     // Zero window: keep a probe timer running; the probe itself goes out on expiry.
