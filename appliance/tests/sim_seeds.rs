@@ -3,7 +3,8 @@
 //! seed: 5 to 50 connections fetching whole files and random ranges of a small packed volume
 //! (a few over HTTPS, a few 404s and unsatisfiable ranges), over loss, reordering,
 //! duplication, corruption (frames with bad checksums, which the stacks must drop), delay,
-//! jitter, a rate limit with a short queue (tail drops), partitions (the link cut both ways for
+//! jitter, a rate limit with a short queue (tail drops), ports with segmentation offload (64 KiB
+//! TCP frames meeting the same faults), partitions (the link cut both ways for
 //! up to a few seconds, then healed), and clients that walk away mid-transfer (RST, or FIN and
 //! ignore the rest) and then fetch again on a new connection. Initial sequence numbers come
 //! from the seed too, half the seeds just below 2^32 so that every stream wraps.
@@ -159,6 +160,8 @@ fn link(rng: &mut Rng, seed: u64) -> SimConfig {
         jitter,
         rate_bps: limited.then(|| rng.range(20, 1000) * 1_000_000),
         queue_frames: if limited { rng.range(16, 256) as usize } else { 1024 },
+        // Some ports offer checksum and segmentation offload: 64 KiB frames meet the faults.
+        tso: rng.chance(0.3),
         ..SimConfig::default()
     }
 }

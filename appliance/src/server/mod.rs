@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// partial head gets 408 and the connection closes (slowloris defence). 0: no limit.
     #[arg(long, default_value_t = 10)]
     pub header_timeout: u64,
+    /// Do not use the port's TCP transmit offloads (checksum and segmentation, e.g. the TAP's
+    /// virtio-net header): one MSS a frame, checksummed by the core. For comparisons.
+    #[arg(long)]
+    pub no_tx_offload: bool,
     /// What the media turned out to be (the NVMe controller `nvme:auto` found), for `status`.
     #[arg(skip)]
     pub media_detail: Option<String>,
@@ -325,6 +329,10 @@ fn run<N: Nic, S: Storage>(
     let mut cfg = IfaceConfig::new(mac.unwrap_or(link.mac), ip.octets(), prefix);
     cfg.gateway = args.gateway.map(|g| g.octets());
     cfg.use_link(&link);
+    if args.no_tx_offload {
+        cfg.offloads = drivers::nic::TxOffloads::default();
+        cfg.tcp.tso_max_payload = 0;
+    }
     cfg.listen_ports = vec![args.http_port];
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {

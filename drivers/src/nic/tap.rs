@@ -5,12 +5,21 @@
 //! behind it, so it uses its own locally administered MAC, never the kernel interface's.
 //! Each read(2) returns one frame and each writev(2) sends one; TAP has no batched send, so
 //! [`TapNic::tx_gather`] writes at once and [`TapNic::tx_flush`] only reports the count.
+//!
+//! The device is opened with virtio-net headers (`IFF_VNET_HDR`): every frame in either
+//! direction is preceded by a 10-byte `struct virtio_net_hdr`. On transmit it carries the
+//! offloads ([`Nic::tx_tcp`]): the kernel fills in TCP checksums and takes TCP frames of up to
+//! 64 KiB, which it treats like a frame its own receive coalescing made (one write(2) for up
+//! to 45 segments). Receive offloads stay off (`TUNSETOFFLOAD` 0), so the kernel hands over
+//! whole, checksummed frames of at most one MTU and the header is read and ignored.
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use super::frame_pool::{FramePool, PoolFrame};
+use super::checksum;
+use super::offload::{TcpTx, MAX_TSO_PAYLOAD};
 use super::{LinkInfo, Nic, NicCounters, NicError, TxOffloads};
 
 /// Receive buffers per TAP port.
@@ -22,6 +31,28 @@ const ETH_HLEN: usize = 14;
 const VLAN_TAG_LEN: usize = 4;
 /// Gather lists longer than this are copied into a scratch buffer before the write.
 const MAX_IOVECS: usize = 32;
+/// `struct virtio_net_hdr` (without the mergeable-buffers count): the TAP default size.
+const VNET_HDR_LEN: usize = 10;
+const VNET_HDR_F_NEEDS_CSUM: u8 = 1;
+const VNET_HDR_GSO_NONE: u8 = 0;
+const VNET_HDR_GSO_TCPV4: u8 = 1;
+/// TUNSETOFFLOAD (_IOW('T', 208, unsigned int)): what the kernel may hand us; 0 = nothing.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// Largest frame written: headers and the largest TCP payload of one offloaded frame.
+const MAX_TX_FRAME: usize = ETH_HLEN + 65535;
+
+/// The 10-byte virtio-net header of a frame (little-endian fields, as the TAP expects on x86
+/// and every little-endian host; the kernel reads it in the device's native order).
+fn vnet_header(flags: u8, gso_type: u8, hdr_len: u16, gso_size: u16, csum_start: u16, csum_offset: u16) -> [u8; VNET_HDR_LEN] {
+    let mut h = [0u8; VNET_HDR_LEN];
+    h[0] = flags;
+    h[1] = gso_type;
+    h[2..4].copy_from_slice(&hdr_len.to_le_bytes());
+    h[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    h[6..8].copy_from_slice(&csum_start.to_le_bytes());
+    h[8..10].copy_from_slice(&csum_offset.to_le_bytes());
+    h
+}
 
 /// `struct ifreq` with the union read as interface flags.
 #[repr(C)]
@@ -164,11 +195,16 @@ impl TapNic {
 
         let mut req = IfReqFlags {
             name,
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
             _pad: [0; 22],
         };
         ifreq_ioctl(&fd, libc::TUNSETIFF as _, &mut req)
             .map_err(|e| open_error("TUNSETIFF", ifname, e))?;
+        // No receive offloads: frames from the kernel come whole and checksummed.
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD as _, 0 as libc::c_ulong) } < 0 {
+            return Err(open_error("TUNSETOFFLOAD", ifname, io::Error::last_os_error()));
+        }
 
         // Interface ioctls go through any socket of the current network namespace.
         let sock = control_socket().map_err(|e| open_error("control socket", ifname, e))?;
@@ -225,7 +261,7 @@ impl TapNic {
             mac,
             mtu,
             pool: FramePool::new(TAP_RX_BUFFERS, buf_size),
-            tx_scratch: vec![0u8; mtu + ETH_HLEN].into_boxed_slice(),
+            tx_scratch: vec![0u8; VNET_HDR_LEN + MAX_TX_FRAME].into_boxed_slice(),
             tx_since_flush: 0,
             counters: NicCounters::default(),
         })
@@ -241,40 +277,67 @@ impl TapNic {
         self.pool.available()
     }
 
-    /// Writes one frame; Ok(false) when the device queue is full.
-    fn write_frame(&mut self, parts: &[&[u8]], total: usize) -> io::Result<bool> {
-        let written = if parts.len() <= MAX_IOVECS {
+    /// Writes one frame and counts it: false when the device queue is full or the write failed.
+    fn send(&mut self, vnet: &[u8; VNET_HDR_LEN], parts: &[&[u8]], total: usize) -> bool {
+        match self.write_frame(vnet, parts, total) {
+            Ok(true) => {
+                self.counters.tx_packets += 1;
+                self.counters.tx_bytes += total as u64;
+                self.tx_since_flush += 1;
+                true
+            }
+            Ok(false) => {
+                self.counters.tx_dropped += 1;
+                false
+            }
+            Err(err) => {
+                self.counters.tx_errors += 1;
+                log::warn!("tap {}: write: {err}", self.ifname);
+                false
+            }
+        }
+    }
+
+    /// Writes one frame behind its virtio-net header; Ok(false) when the device queue is full.
+    fn write_frame(&mut self, vnet: &[u8; VNET_HDR_LEN], parts: &[&[u8]], total: usize) -> io::Result<bool> {
+        let written = if parts.len() < MAX_IOVECS {
             let mut iov = [libc::iovec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
             }; MAX_IOVECS];
-            for (slot, part) in iov.iter_mut().zip(parts) {
+            iov[0] = libc::iovec {
+                iov_base: vnet.as_ptr() as *mut libc::c_void,
+                iov_len: VNET_HDR_LEN,
+            };
+            for (slot, part) in iov[1..].iter_mut().zip(parts) {
                 *slot = libc::iovec {
                     iov_base: part.as_ptr() as *mut libc::c_void,
                     iov_len: part.len(),
                 };
             }
-            // SAFETY: the first parts.len() iovecs point at live slices borrowed for the call;
-            // writev only reads them.
+            // SAFETY: the first parts.len() + 1 iovecs point at live slices borrowed for the
+            // call; writev only reads them.
             unsafe {
                 libc::writev(
                     self.fd.as_raw_fd(),
                     iov.as_ptr(),
-                    parts.len() as libc::c_int,
+                    (parts.len() + 1) as libc::c_int,
                 )
             }
         } else {
-            let mut at = 0;
+            self.tx_scratch[..VNET_HDR_LEN].copy_from_slice(vnet);
+            let mut at = VNET_HDR_LEN;
             for part in parts {
                 self.tx_scratch[at..at + part.len()].copy_from_slice(part);
                 at += part.len();
             }
-            // SAFETY: tx_scratch holds at least `total` initialised bytes; write only reads them.
+            // SAFETY: tx_scratch holds at least `total` + header initialised bytes; write only
+            // reads them.
             unsafe {
                 libc::write(
                     self.fd.as_raw_fd(),
                     self.tx_scratch.as_ptr() as *const libc::c_void,
-                    total,
+                    VNET_HDR_LEN + total,
                 )
             }
         };
@@ -286,7 +349,7 @@ impl TapNic {
                 Err(err)
             };
         }
-        if written as usize != total {
+        if written as usize != VNET_HDR_LEN + total {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!("short write {written} of {total}"),
@@ -309,14 +372,14 @@ impl Nic for TapNic {
                 break;
             };
             let buf = frame.whole_mut();
-            // SAFETY: buf is a writable buffer of buf.len() bytes that we own for the call.
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                )
-            };
+            let mut vnet = [0u8; VNET_HDR_LEN];
+            let iov = [
+                libc::iovec { iov_base: vnet.as_mut_ptr() as *mut libc::c_void, iov_len: VNET_HDR_LEN },
+                libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() },
+            ];
+            // SAFETY: both iovecs point at writable buffers (the header array and the pool
+            // buffer) that we own for the call.
+            let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
             if n < 0 {
                 let err = io::Error::last_os_error();
                 match err.kind() {
@@ -329,7 +392,9 @@ impl Nic for TapNic {
                 }
                 break;
             }
-            let n = n as usize;
+            // What follows the virtio-net header; receive offloads are off, so it says nothing
+            // we need (at most that the checksum was verified).
+            let n = (n as usize).saturating_sub(VNET_HDR_LEN);
             if n < ETH_HLEN || n > max_frame || n > buf.len() {
                 // Truncated or runt frame; the buffer goes back to the pool.
                 self.counters.rx_errors += 1;
@@ -359,23 +424,42 @@ impl Nic for TapNic {
             );
             return false;
         }
-        match self.write_frame(parts, total) {
-            Ok(true) => {
-                self.counters.tx_packets += 1;
-                self.counters.tx_bytes += total as u64;
-                self.tx_since_flush += 1;
-                true
-            }
-            Ok(false) => {
-                self.counters.tx_dropped += 1;
-                false
-            }
-            Err(err) => {
-                self.counters.tx_errors += 1;
-                log::warn!("tap {}: write: {err}", self.ifname);
-                false
-            }
+        self.send(&[0; VNET_HDR_LEN], parts, total)
+    }
+
+    /// The kernel checksums the frame and, when its payload is longer than `tcp.mss`, cuts
+    /// it into segments (GSO), or hands it to the receiving socket whole.
+    fn tx_tcp(&mut self, parts: &[&[u8]], tcp: TcpTx) -> bool {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let hdr_len = tcp.l4_offset + tcp.l4_len;
+        let payload = total.saturating_sub(hdr_len);
+        let Some(&hdr) = parts.first() else { return false };
+        // Each segment the kernel cuts must fit the MTU, as must a frame it does not cut.
+        let largest = if payload > tcp.mss { hdr_len + tcp.mss } else { total };
+        if hdr.len() != hdr_len || hdr_len < 54 || payload > MAX_TSO_PAYLOAD || tcp.mss == 0 || largest > self.mtu + ETH_HLEN {
+            self.counters.tx_errors += 1;
+            log::debug!("tap {}: refused a TCP frame of {total} bytes ({tcp:?})", self.ifname);
+            return false;
         }
+        // The TCP checksum field holds the pseudo-header sum (not complemented), as Linux's
+        // own stack leaves it for CHECKSUM_PARTIAL; the kernel adds the segment to it.
+        let mut first = [0u8; 14 + 60 + 60];
+        first[..hdr_len].copy_from_slice(hdr);
+        let src: [u8; 4] = first[26..30].try_into().expect("4 bytes");
+        let dst: [u8; 4] = first[30..34].try_into().expect("4 bytes");
+        let seg_len = (total - tcp.l4_offset) as u16;
+        let pseudo = !checksum::finish(checksum::pseudo_header(src, dst, 6, seg_len));
+        first[tcp.l4_offset + 16..tcp.l4_offset + 18].copy_from_slice(&pseudo.to_be_bytes());
+        let gso = if payload > tcp.mss { VNET_HDR_GSO_TCPV4 } else { VNET_HDR_GSO_NONE };
+        let vnet = vnet_header(VNET_HDR_F_NEEDS_CSUM, gso, hdr_len as u16, tcp.mss as u16, tcp.l4_offset as u16, 16);
+        let mut list: [&[u8]; MAX_IOVECS] = [&[]; MAX_IOVECS];
+        if parts.len() > MAX_IOVECS {
+            self.counters.tx_errors += 1;
+            return false;
+        }
+        list[0] = &first[..hdr_len];
+        list[1..parts.len()].copy_from_slice(&parts[1..]);
+        self.send(&vnet, &list[..parts.len()], total)
     }
 
     fn tx_flush(&mut self) -> usize {
@@ -405,7 +489,7 @@ impl Nic for TapNic {
             mtu: self.mtu,
             up: true,
             driver: "tap".to_owned(),
-            offloads: TxOffloads::default(),
+            offloads: TxOffloads { tcp_checksum: true, tso_max_payload: MAX_TSO_PAYLOAD },
         }
     }
 
