@@ -1,5 +1,6 @@
 //! Per-thread accounting for the benchmark: payload bytes the CPU reads or writes on the send
-//! path, and heap allocations (counted by [`CountingAlloc`] when the binary installs it).
+//! path, heap allocations (counted by [`CountingAlloc`] when the binary installs it), and
+//! the time and allocations of TLS handshakes, kept apart from the bulk of serving.
 //!
 //! Each pipeline runs on its own thread, so plain thread-local cells suffice: no atomics on
 //! the fast path, nothing shared between cores.
@@ -12,14 +13,18 @@ thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
     static ALLOCS: Cell<u64> = const { Cell::new(0) };
     static LIVE_BYTES: Cell<i64> = const { Cell::new(0) };
+    static HANDSHAKE_NS: Cell<u64> = const { Cell::new(0) };
+    static HANDSHAKE_ALLOCS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Set once the counting allocator has served an allocation: without it the allocation
 /// figures are unknown, not zero.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
-/// Payload bytes the CPU read or wrote on this thread (checksum pass: 1 per byte; in-place
-/// sealing: 2 per byte). Copies by devices (DMA) are not counted.
+/// Payload bytes the CPU touched on this thread, a pass at a time: a checksum pass reads each
+/// byte (1 per byte), in-place sealing reads and rewrites each where it lies (1 per byte), a
+/// copy reads one byte and writes another (2 per byte). Copies by devices (DMA) are not
+/// counted.
 pub fn add_touched(bytes: usize) {
     TOUCHED.with(|t| t.set(t.get() + bytes as u64));
 }
@@ -39,6 +44,24 @@ pub fn counting<R>(f: impl FnOnce() -> R) -> R {
     let r = f();
     COUNTING.with(|c| c.set(was));
     r
+}
+
+/// Runs `f`, a step of a TLS handshake (rustls): inside [`counting`] its time and allocations
+/// are also added to [`handshake_work`]. Outside (in `serve`) it costs nothing.
+pub fn handshake<R>(f: impl FnOnce() -> R) -> R {
+    if !COUNTING.with(Cell::get) {
+        return f();
+    }
+    let (t0, allocs0) = (std::time::Instant::now(), ALLOCS.with(Cell::get));
+    let r = f();
+    HANDSHAKE_NS.with(|c| c.set(c.get() + t0.elapsed().as_nanos() as u64));
+    HANDSHAKE_ALLOCS.with(|c| c.set(c.get() + ALLOCS.with(Cell::get) - allocs0));
+    r
+}
+
+/// Nanoseconds and allocations of TLS handshake steps on this thread so far (see [`handshake`]).
+pub fn handshake_work() -> (u64, u64) {
+    (HANDSHAKE_NS.with(Cell::get), HANDSHAKE_ALLOCS.with(Cell::get))
 }
 
 /// Allocations counted on this thread so far, and the bytes they still hold (allocated minus

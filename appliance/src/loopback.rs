@@ -329,6 +329,9 @@ pub struct SimHarness<S: Storage> {
     /// `server_ns`); counted once the devices are timed (`SimNic::time_device`,
     /// `FileStorage::time_device`).
     pub server_device_ns: u64,
+    /// Of `server_ns` and `server_allocs`: what TLS handshake steps (rustls) took.
+    pub server_handshake_ns: u64,
+    pub server_handshake_allocs: u64,
     /// Heap allocations made inside the server loop, and the bytes they still hold (counted
     /// only when the process's global allocator is [`crate::accounting::CountingAlloc`]).
     pub server_allocs: u64,
@@ -408,6 +411,8 @@ impl<S: Storage> SimHarness<S> {
             next_port: 10000,
             server_ns: 0,
             server_device_ns: 0,
+            server_handshake_ns: 0,
+            server_handshake_allocs: 0,
             server_allocs: 0,
             server_heap_bytes: 0,
             server_touched: 0,
@@ -522,12 +527,16 @@ impl<S: Storage> SimHarness<S> {
         let device0 = self.server.nic.device_ns() + self.server.app.storage.device_ns();
         let (allocs0, heap0) = crate::accounting::allocations();
         let touched0 = crate::accounting::touched();
+        let (hs_ns0, hs_allocs0) = crate::accounting::handshake_work();
         let server = &mut self.server;
         let server_busy = crate::accounting::counting(|| server.poll(now));
         let (allocs1, heap1) = crate::accounting::allocations();
         self.server_allocs += allocs1 - allocs0;
         self.server_heap_bytes += heap1 - heap0;
         self.server_touched += crate::accounting::touched() - touched0;
+        let (hs_ns1, hs_allocs1) = crate::accounting::handshake_work();
+        self.server_handshake_ns += hs_ns1 - hs_ns0;
+        self.server_handshake_allocs += hs_allocs1 - hs_allocs0;
         // Server work only: an iteration that found nothing to do is waiting on the client.
         // What the emulated devices did (copying frames onto the link, reading the file) is
         // kept apart: on hardware the NIC's and the drive's DMA do it.

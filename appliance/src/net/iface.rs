@@ -268,6 +268,7 @@ impl<C> Stack<C> {
     /// The application has something new for `id` (a storage read completed, ...).
     pub fn wake(&mut self, id: ConnId) {
         if let Some((_, e)) = self.conns.get_mut(id) {
+            e.tcp.unblock();
             if !e.ready {
                 e.ready = true;
                 self.ready.push(id);
@@ -604,6 +605,8 @@ impl<C> Stack<C> {
         if out.acked > 0 {
             let acked_to = e.tcp.acked_offset();
             app.on_acked(now, id, &mut e.app, &mut e.tcp, acked_to);
+            // Released buffers may let the application read what it could not before.
+            e.tcp.unblock();
         }
         if let Some((start, len)) = out.deliver {
             app.on_data(now, id, &mut e.app, &mut e.tcp, &rx.seg.payload[start..start + len]);
@@ -856,6 +859,7 @@ impl<C> Stack<C> {
             let out = e.tcp.on_timer(&cfg, now);
             if out.rto {
                 app.on_rto(&mut e.app);
+                e.tcp.unblock();
             }
             if !out.closed && matches!(e.tcp.state, State::Established | State::CloseWait) && app.deadline(&e.app).is_some_and(|d| now >= d) {
                 app.on_deadline(now, &mut e.app, &mut e.tcp);

@@ -146,6 +146,8 @@ pub struct HttpConn {
     /// No more requests are parsed (close after the queued responses).
     closing: bool,
     read_seq: u16,
+    /// Queued in [`HttpApp::buffer_waiters`].
+    waiting: bool,
     tls: Option<ConnTls>,
     pub requests: u64,
     /// A request head (or, on a new connection, the TLS handshake and the first head) must
@@ -162,6 +164,7 @@ impl HttpConn {
             stream_len: 0,
             closing: false,
             read_seq: 0,
+            waiting: false,
             tls,
             requests: 0,
             head_deadline: None,
@@ -326,7 +329,9 @@ pub struct HttpApp<S: Storage> {
     reads_in_flight: usize,
     max_reads_in_flight: usize,
     completions: Vec<Completion>,
-    buffer_waiters: Vec<ConnId>,
+    /// Connections waiting for a storage buffer (each once: [`HttpConn::waiting`]), first come
+    /// first served; as many are woken as buffers come free.
+    buffer_waiters: VecDeque<ConnId>,
     pub draining: bool,
     tls_config: Option<Arc<rustls::ServerConfig>>,
     https_port: u16,
@@ -348,7 +353,7 @@ impl<S: Storage> HttpApp<S> {
             reads_in_flight: 0,
             max_reads_in_flight: buffers,
             completions: Vec::with_capacity(buffers),
-            buffer_waiters: Vec::with_capacity(1024),
+            buffer_waiters: VecDeque::with_capacity(1024),
             draining: false,
             tls_config: None,
             https_port: 0,
@@ -540,7 +545,7 @@ impl<S: Storage> HttpApp<S> {
             return;
         }
         if let TlsPhase::Handshake(d) = &mut t.phase {
-            let progress = d.receive(data);
+            let progress = crate::accounting::handshake(|| d.receive(data));
             c.stream_len = d.tx_end();
             tcp.set_stream_len(c.stream_len);
             match progress {
@@ -563,7 +568,7 @@ impl<S: Storage> HttpApp<S> {
                 Ok(HandshakeProgress::Complete) => {}
             }
             let TlsPhase::Handshake(d) = std::mem::replace(&mut t.phase, TlsPhase::Dead) else { return };
-            match d.into_session() {
+            match crate::accounting::handshake(|| d.into_session()) {
                 Ok(h) => {
                     self.stats.tls_handshakes += 1;
                     t.next_seq = h.session.tx_seq_start();
@@ -664,14 +669,21 @@ impl<S: Storage> HttpApp<S> {
 
     /// Start reading chunk `index` of response `resp` into a free slot. Returns false when
     /// no buffer or slot is free (the connection is woken when one is).
+    fn wait_for_buffer(&mut self, id: ConnId, c: &mut HttpConn) {
+        if !c.waiting {
+            c.waiting = true;
+            self.buffer_waiters.push_back(id);
+        }
+    }
+
     fn start_read(&mut self, id: ConnId, c: &mut HttpConn, resp: usize, index: u64) -> bool {
         let Some(slot) = c.chunks.iter().position(|k| matches!(k.state, ChunkState::Free)) else { return false };
         if self.reads_in_flight >= self.max_reads_in_flight {
-            self.buffer_waiters.push(id);
+            self.wait_for_buffer(id, c);
             return false;
         }
         let Some(buf) = self.pool.alloc() else {
-            self.buffer_waiters.push(id);
+            self.wait_for_buffer(id, c);
             return false;
         };
         let r = &c.responses[resp];
@@ -697,7 +709,7 @@ impl<S: Storage> HttpApp<S> {
             }
             Err((drivers::storage::StorageError::QueueFull, _buf)) => {
                 // Back-pressure, not a fault: try again when a read completes.
-                self.buffer_waiters.push(id);
+                self.wait_for_buffer(id, c);
                 false
             }
             Err((e, _buf)) => {
@@ -759,9 +771,16 @@ impl<S: Storage> HttpApp<S> {
             }
             stack.wake(id);
         }
-        if self.pool.available() > 0 && !self.buffer_waiters.is_empty() {
-            for id in self.buffer_waiters.drain(..) {
+        // Wake as many waiters as there are buffers to read into (not all of them: with
+        // thousands waiting, that would make every completion cost a pass over them all).
+        let mut free = self.pool.available().min(self.max_reads_in_flight.saturating_sub(self.reads_in_flight));
+        while free > 0 {
+            let Some(id) = self.buffer_waiters.pop_front() else { break };
+            // A connection gone since it queued is skipped (its handle no longer resolves).
+            if let Some(e) = stack.get_mut(id) {
+                e.app.waiting = false;
                 stack.wake(id);
+                free -= 1;
             }
         }
         self.stats.storage_in_flight = self.reads_in_flight as u64;
@@ -777,7 +796,7 @@ impl<S: Storage> App for HttpApp<S> {
             return None;
         }
         let tls = match &self.tls_config {
-            Some(cfg) if local_port == self.https_port => match HandshakeDriver::new(cfg.clone()) {
+            Some(cfg) if local_port == self.https_port => match crate::accounting::handshake(|| HandshakeDriver::new(cfg.clone())) {
                 Ok(d) => Some(ConnTls {
                     phase: TlsPhase::Handshake(Box::new(d)),
                     hs_out: Vec::new(),

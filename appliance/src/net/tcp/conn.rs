@@ -211,6 +211,8 @@ pub struct TcpConn {
     rto: u64,
     /// [`Config::tso_max_payload`] of the stack that made this connection.
     tso_max: u32,
+    /// The application had no bytes ready at the last try; cleared by [`TcpConn::unblock`].
+    app_blocked: bool,
     rtt_probe: Option<(u64, Instant)>,
     rto_deadline: Option<Instant>,
     retries: u32,
@@ -263,6 +265,7 @@ impl TcpConn {
             rttvar: 0,
             rto: cfg.init_rto,
             tso_max: cfg.tso_max_payload,
+            app_blocked: false,
             rtt_probe: None,
             rto_deadline: None,
             retries: 0,
@@ -350,6 +353,7 @@ impl TcpConn {
     pub fn set_stream_len(&mut self, len: u64) {
         debug_assert!(len >= self.stream_len && self.fin_at.is_none());
         self.stream_len = len;
+        self.app_blocked = false;
     }
 
     pub fn stream_len(&self) -> u64 {
@@ -418,12 +422,54 @@ impl TcpConn {
     }
 
     /// Whether the connection has something to send right now, given `stream_len`.
+    /// Whether [`TcpConn::poll_tx`] has something to send now: a control segment, a
+    /// retransmission the congestion window allows, new data the windows allow (unless the
+    /// application had none ready at the last try: see [`TcpConn::unblock`]), a FIN, or a
+    /// zero-window probe timer to arm. A connection waiting on the peer's ACK, the windows,
+    /// or the application is not polled: the ACK, a timer or the application's wake-up
+    /// brings it back. (Polling every connection with unsent data each round costs a pass
+    /// over thousands of them.)
     pub fn wants_tx(&self) -> bool {
-        self.ack_pending
-            || self.syn_pending
-            || self.rst_pending
-            || (self.state.can_send_data() || matches!(self.state, State::FinWait1 | State::Closing | State::LastAck))
-                && (self.snd_nxt < self.stream_len || self.rexmit_next < self.rexmit_end || self.fin_due())
+        if self.ack_pending || self.syn_pending || self.rst_pending {
+            return true;
+        }
+        if !(self.state.can_send_data() || matches!(self.state, State::FinWait1 | State::Closing | State::LastAck)) {
+            return false;
+        }
+        if self.fin_due() {
+            return true;
+        }
+        if self.app_blocked {
+            return false;
+        }
+        let rexmit = self.rexmit_next < self.rexmit_end && self.pipe() < self.cwnd;
+        let new_data = self.stream_len > self.snd_nxt && self.state.can_send_data() && (self.new_data_len() > 0 || self.zero_window_probe_due());
+        rexmit || new_data
+    }
+
+    /// The application has bytes ready again after [`TcpConn::poll_tx`] found none.
+    pub fn unblock(&mut self) {
+        self.app_blocked = false;
+    }
+
+    /// New bytes the windows allow in one segment now (0 while sender-side silly window
+    /// avoidance holds a small segment back).
+    fn new_data_len(&self) -> u64 {
+        let pending = self.stream_len.saturating_sub(self.snd_nxt);
+        let wnd_room = (self.snd_una + self.snd_wnd).saturating_sub(self.snd_nxt);
+        let cwnd_room = self.cwnd.saturating_sub(self.pipe());
+        let len = pending.min(self.send_quantum()).min(wnd_room).min(cwnd_room);
+        // Sender-side silly window avoidance: no small segment while more is coming and
+        // something is in flight, unless the peer's whole window is that small.
+        if len > 0 && len < self.max_payload() && len < pending && self.snd_nxt > self.snd_una && len < self.snd_wnd / 2 {
+            return 0;
+        }
+        len
+    }
+
+    /// A zero window with nothing in flight and no timer running: the probe timer must start.
+    fn zero_window_probe_due(&self) -> bool {
+        self.snd_wnd == 0 && self.snd_nxt == self.snd_una && self.rto_deadline.is_none()
     }
 
     fn fin_due(&self) -> bool {
@@ -585,6 +631,7 @@ impl TcpConn {
             if self.pipe() < self.cwnd {
                 if let Some((off, max)) = self.next_rexmit() {
                     let n = src.available(off, max as usize);
+                    self.app_blocked = n == 0;
                     if n > 0 {
                         self.rexmit_next = off + n as u64;
                         self.counters.retransmits += 1;
@@ -601,25 +648,16 @@ impl TcpConn {
                 }
             }
             // New data within the peer's window and our congestion window.
-            let wnd_end = self.snd_una + self.snd_wnd;
-            let cwnd_room = self.cwnd.saturating_sub(self.pipe());
-            let pending = self.stream_len.saturating_sub(self.snd_nxt);
-            if pending > 0 && self.state.can_send_data() {
-                let wnd_room = wnd_end.saturating_sub(self.snd_nxt);
-                let mut len = pending.min(self.send_quantum()).min(wnd_room).min(cwnd_room);
-                let probe = self.snd_wnd == 0 && self.snd_nxt == self.snd_una && self.rto_deadline.is_none();
-                if probe {
+            if self.stream_len > self.snd_nxt && self.state.can_send_data() {
+                if self.zero_window_probe_due() {
                     // Zero window: keep a probe timer running; the probe itself goes out on expiry.
                     self.arm_rto(now);
                 }
-                // Sender-side silly window avoidance: no small segment while more is coming and
-                // something is in flight, unless the peer's whole window is that small.
-                if len > 0 && len < self.max_payload() && len < pending && self.snd_nxt > self.snd_una && len < self.snd_wnd / 2 {
-                    len = 0;
-                }
+                let len = self.new_data_len();
                 if len > 0 {
                     let off = self.snd_nxt;
                     let n = src.available(off, len as usize);
+                    self.app_blocked = n == 0;
                     if n > 0 {
                         self.snd_nxt += n as u64;
                         if self.rtt_probe.is_none() && !self.ts_ok {
