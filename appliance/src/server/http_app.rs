@@ -1056,6 +1056,81 @@ mod tests {
         assert_eq!(h.server.stats().http_status_2xx, 1);
     }
 
+    /// File storage whose reads inside `bad` fail (a drive's media error).
+    struct FailingReads {
+        inner: drivers::storage::FileStorage,
+        bad: std::ops::Range<u64>,
+        failed: u64,
+        pending: Vec<drivers::storage::Completion>,
+    }
+
+    impl drivers::storage::Storage for FailingReads {
+        fn backend(&self) -> &'static str {
+            "file"
+        }
+        fn capacity(&self) -> u64 {
+            self.inner.capacity()
+        }
+        fn block_size(&self) -> usize {
+            self.inner.block_size()
+        }
+        fn dma_pool(&mut self, buf_size: usize, count: usize) -> Result<drivers::storage::DmaPool, drivers::storage::StorageError> {
+            self.inner.dma_pool(buf_size, count)
+        }
+        fn submit_read(&mut self, tag: u64, offset: u64, len: usize, buf: drivers::storage::DmaBuf) -> Result<(), (drivers::storage::StorageError, drivers::storage::DmaBuf)> {
+            self.inner.submit_read(tag, offset, len, buf)?;
+            if self.bad.contains(&offset) {
+                // Turn the completion just queued into a failure.
+                let mut done = Vec::with_capacity(64);
+                self.inner.poll(&mut done);
+                for mut c in done {
+                    if c.tag == tag {
+                        c.result = Err(drivers::storage::StorageError::Device("media error (test)".into()));
+                        self.failed += 1;
+                    }
+                    self.pending.push(c);
+                }
+            }
+            Ok(())
+        }
+        fn poll(&mut self, out: &mut Vec<drivers::storage::Completion>) -> usize {
+            let n = self.pending.len();
+            out.append(&mut self.pending);
+            n + self.inner.poll(out)
+        }
+        fn in_flight(&self) -> usize {
+            self.pending.len() + self.inner.in_flight()
+        }
+        fn counters(&self) -> drivers::storage::StorageCounters {
+            self.inner.counters()
+        }
+    }
+
+    /// A read error ends only the transfer that needed the block: the other one, on the same
+    /// core at the same time, completes byte-exact; the error is counted; nothing leaks.
+    #[test]
+    fn a_failed_read_ends_only_its_transfer() {
+        let (_dir, storage, volume) = tiny_volume();
+        let a = volume.lookup("/a.txt").unwrap().clone();
+        let index_len = volume.lookup("/index.html").unwrap().size;
+        let bad = a.offset..a.offset + a.extent_len();
+        let storage = FailingReads { inner: storage, bad, failed: 0, pending: Vec::new() };
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        assert!(h.start_fetch("/a.txt", None));
+        assert!(h.start_fetch("/index.html", None));
+        assert!(h.run_until_fetches(2, Duration::from_secs(30)));
+        let by_len = |n: u64| h.client_app.fetches.iter().find(|f| f.body_len == n || (n == 0 && !f.complete)).cloned();
+        let good = by_len(index_len).expect("the index fetch");
+        assert!(good.complete && good.status == 200, "{good:?}");
+        let failed = by_len(0).expect("the failed fetch");
+        assert!(!failed.complete, "{failed:?}");
+        assert!(h.server.app.storage.failed >= 1);
+        assert_eq!(h.server.stats().storage_errors, h.server.app.storage.failed);
+        h.run_for(Duration::from_secs(5));
+        assert_eq!(h.server.stack.connection_count(), 0, "connections reclaimed");
+        assert_eq!(h.server.app.buffers_free(), 16, "every buffer back");
+    }
+
     /// Found by the `net_frames` fuzz target (fuzz/regressions/net_frames/tls-bad-record-after-fin):
     /// a bad record arriving after the server had queued its FIN (here after a `Connection:
     /// close` response) made it queue a fatal alert behind the FIN (a debug assertion in TCP).
