@@ -282,6 +282,7 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
         // handshakes queued, the last ones take longer than the slowloris defences allow.
         h.server.app.header_timeout = 0;
         h.server.stack.cfg.idle_timeout = CASE_LIMIT.as_nanos() as u64;
+        h.client.cfg.idle_timeout = CASE_LIMIT.as_nanos() as u64;
         if tls {
             let (server, client) = crate::loopback::test_tls_configs()?;
             h.enable_tls(server, client);
