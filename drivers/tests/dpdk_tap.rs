@@ -1,6 +1,8 @@
 //! The DPDK backend against the Linux kernel: EAL with `--no-huge --no-pci` and a `net_tap`
 //! vdev, inside a network namespace made for the test. Exchanges ARP, ICMP echo and a TCP SYN
-//! (checksums offloaded) with the kernel on the other side of the tap.
+//! (checksums offloaded) with the kernel on the other side of the tap, and sends TCP frames
+//! through `Nic::tx_tcp` (device offloads on net_tap, software on net_af_packet) whose
+//! segments a packet socket on the kernel's side checks.
 //!
 //! EAL can be initialised once per process, so each case runs in its own child process: the
 //! test re-executes its own binary under `unshare --net` and waits for it, bounded in time.
@@ -10,7 +12,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use drivers::nic::dpdk::{DpdkConfig, DpdkNic, TxOffload};
-use drivers::nic::{FrameBuf, Nic};
+use drivers::nic::offload::MAX_TSO_PAYLOAD;
+use drivers::nic::packet::PacketNic;
+use drivers::nic::{FrameBuf, Nic, TcpTx, TxOffloads};
 
 const CASE_ENV: &str = "DPDK_TAP_TEST_CASE";
 /// The EAL file prefix of a case, chosen by the parent, which removes EAL's runtime directory
@@ -93,10 +97,11 @@ fn eal_args(iface: &str) -> String {
 
 fn start(iface: &str, queues: u16) -> DpdkNic {
     ip(&["link", "set", "lo", "up"]);
+    // Room for a batch of 256 TSO frames of 64 KiB (32 mbufs each) beside the rings.
     let cfg = DpdkConfig {
         port: 0,
         queues,
-        mbufs: 8191,
+        mbufs: 16383,
         rx_desc: 512,
         tx_desc: 512,
         ..DpdkConfig::default()
@@ -251,6 +256,35 @@ fn one_queue() {
     }
     assert_eq!(resets, 3, "the kernel got the TSO frame as three segments");
 
+    // tx_tcp as the stack uses it: the port advertises checksum and segmentation offload, and
+    // frames of many segments come out as valid segments that fit the MTU.
+    assert_eq!(
+        nic.link().offloads,
+        TxOffloads {
+            tcp_checksum: true,
+            tso_max_payload: MAX_TSO_PAYLOAD
+        },
+        "net_tap: TCP checksum and TSO"
+    );
+    // The kernel's side of the link, seen through the AF_PACKET backend.
+    let mut capture = PacketNic::open(&iface).expect("packet socket on the tap");
+    for (port, len, mss) in [
+        (40010, 700, 1448),
+        (40011, 20_000, 1448),
+        (40012, MAX_TSO_PAYLOAD, 1448),
+        (40013, 9_000, 1001),
+    ] {
+        let segments = send_tcp(&mut nic, &mut capture, eth, port, len, mss);
+        // net_tap's TSO emits segments whose frame, Ethernet header included, fits 1500 bytes,
+        // of an even size: 1434 payload bytes behind 66 bytes of headers.
+        let size = if len <= mss {
+            len
+        } else {
+            mss.min(1500 - 66) & !1
+        };
+        assert_eq!(segments, len.div_ceil(size), "{len} bytes at MSS {mss}");
+    }
+
     // Receive benchmark: the kernel floods UDP datagrams at our address from another thread.
     let flood = std::thread::spawn(|| {
         let socket = std::net::UdpSocket::bind("192.0.2.1:0").expect("bind in the namespace");
@@ -352,6 +386,18 @@ fn af_packet() {
     let pool_idle = nic.pool_available();
     let kernel_mac = arp_for_kernel(&mut nic, link.mac);
     ping_kernel(&mut nic, link.mac, kernel_mac);
+    // No checksum offload: no offloads advertised, tx_tcp cuts and checksums in software.
+    assert_eq!(
+        link.offloads,
+        TxOffloads::default(),
+        "net_af_packet has no TCP offloads"
+    );
+    let mut capture = PacketNic::open("dpdkvb").expect("packet socket on the veth");
+    let eth = ether(kernel_mac, link.mac, 0x0800);
+    for (port, len) in [(40020, 700), (40021, 5_000)] {
+        let segments = send_tcp(&mut nic, &mut capture, eth, port, len, 1448);
+        assert_eq!(segments, len.div_ceil(1448));
+    }
     let counters = nic.counters();
     assert!(
         counters.tx_packets >= 2 && counters.rx_packets >= 2,
@@ -404,6 +450,125 @@ fn two_queues() {
     }
     drop(q1);
     assert!(q0.queue(1).is_ok(), "a dropped handle frees its queue");
+}
+
+/// Sends `len` payload bytes from port `port` to the kernel's closed port 9 as one TCP frame
+/// through `tx_tcp` (66 bytes of headers, TCP timestamps, ACK|PSH|FIN, the payload in parts of
+/// odd lengths), and checks what reaches the kernel's side: segments of at most `mss` bytes
+/// that fit the MTU, each with a valid IPv4 and TCP checksum, the IPv4 length, the sequence
+/// number of its bytes, consecutive identifications, PSH and FIN on the last only, and
+/// together the payload. Returns how many segments there were.
+fn send_tcp(
+    nic: &mut DpdkNic,
+    capture: &mut PacketNic,
+    eth: [u8; 14],
+    port: u16,
+    len: usize,
+    mss: usize,
+) -> usize {
+    let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let (seq0, id0) = (0xfff0_0000u32 ^ u32::from(port), 0xff00u16);
+    let mut tcp = [0u8; 32];
+    tcp[0..2].copy_from_slice(&port.to_be_bytes());
+    tcp[2..4].copy_from_slice(&9u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq0.to_be_bytes());
+    tcp[8..12].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 8 << 4;
+    tcp[13] = 0x19; // ACK, PSH, FIN
+    tcp[14..16].copy_from_slice(&8192u16.to_be_bytes());
+    tcp[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9]);
+    let mut ipv4 = ipv4_header(6, tcp.len() + len, false);
+    ipv4[4..6].copy_from_slice(&id0.to_be_bytes());
+    let sum = checksum(&ipv4, 0);
+    ipv4[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut hdr = eth.to_vec();
+    hdr.extend_from_slice(&ipv4);
+    hdr.extend_from_slice(&tcp);
+    let cuts = [0, len / 3 + 1, len / 2, len / 2 + 7, len];
+    let mut parts: Vec<&[u8]> = vec![&hdr];
+    parts.extend(
+        cuts.windows(2)
+            .map(|w| &payload[w[0].min(len)..w[1].min(len)]),
+    );
+    let frame = TcpTx {
+        l4_offset: 34,
+        l4_len: 32,
+        mss,
+    };
+    assert!(nic.tx_tcp(&parts, frame), "tx_tcp of {len} bytes");
+    assert!(nic.tx_flush() >= 1);
+
+    let mut got = Vec::new();
+    let mut segments = 0usize;
+    let mut frames = Vec::with_capacity(64);
+    let deadline = Instant::now() + REPLY_LIMIT;
+    while got.len() < len {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {len} bytes from port {port} within {REPLY_LIMIT:?}",
+            got.len()
+        );
+        if capture.rx_burst(&mut frames, 64) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        for frame in frames.drain(..) {
+            let f = frame.bytes();
+            if got.len() == len
+                || f.len() < 66
+                || f[12..14] != [0x08, 0x00]
+                || f[23] != 6
+                || f[34..36] != port.to_be_bytes()
+            {
+                continue;
+            }
+            assert!(
+                f.len() <= 1514,
+                "a {}-byte frame does not fit the MTU",
+                f.len()
+            );
+            assert_eq!(checksum(&f[14..34], 0), 0, "IPv4 checksum");
+            assert_eq!(
+                usize::from(u16::from_be_bytes([f[16], f[17]])),
+                f.len() - 14,
+                "IPv4 length"
+            );
+            assert_eq!(
+                u16::from_be_bytes([f[18], f[19]]),
+                id0.wrapping_add(segments as u16),
+                "IPv4 identification"
+            );
+            let t = &f[34..];
+            let pseudo = pseudo_header(6, t.len());
+            assert_eq!(
+                checksum(t, u32::from(!checksum(&pseudo, 0))),
+                0,
+                "TCP checksum of segment {segments}"
+            );
+            let data = &t[32..];
+            assert!(
+                !data.is_empty() && data.len() <= mss,
+                "{} payload bytes at MSS {mss}",
+                data.len()
+            );
+            assert_eq!(
+                u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+                seq0.wrapping_add(got.len() as u32),
+                "sequence number"
+            );
+            assert_eq!(t[20..32], tcp[20..32], "options");
+            got.extend_from_slice(data);
+            let last = got.len() == len;
+            assert_eq!(
+                t[13],
+                if last { 0x19 } else { 0x10 },
+                "flags of segment {segments}"
+            );
+            segments += 1;
+        }
+    }
+    assert!(got == payload, "the segments carry the payload");
+    segments
 }
 
 /// Sends an ARP request for the kernel's address (gathered from two parts) and returns the MAC

@@ -16,6 +16,7 @@ const struct dpdk_sys_consts dpdk_sys_consts = {
     .tx_offload_tcp_tso = RTE_ETH_TX_OFFLOAD_TCP_TSO,
     .tx_offload_multi_segs = RTE_ETH_TX_OFFLOAD_MULTI_SEGS,
     .tx_offload_mbuf_fast_free = RTE_ETH_TX_OFFLOAD_MBUF_FAST_FREE,
+    .tx_offload_vlan_insert = RTE_ETH_TX_OFFLOAD_VLAN_INSERT,
     .mbuf_tx_ipv4 = RTE_MBUF_F_TX_IPV4,
     .mbuf_tx_ip_cksum = RTE_MBUF_F_TX_IP_CKSUM,
     .mbuf_tx_tcp_cksum = RTE_MBUF_F_TX_TCP_CKSUM,
@@ -35,6 +36,11 @@ uint16_t dpdk_sys_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts
 uint16_t dpdk_sys_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n)
 {
     return rte_eth_tx_burst(port, queue, pkts, n);
+}
+
+uint16_t dpdk_sys_tx_prepare(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n)
+{
+    return rte_eth_tx_prepare(port, queue, pkts, n);
 }
 
 struct rte_mbuf *dpdk_sys_pktmbuf_alloc(struct rte_mempool *pool)
@@ -90,6 +96,34 @@ void dpdk_sys_pktmbuf_set_tx_offload(struct rte_mbuf *m, uint64_t ol_flags, uint
     m->l3_len = l3_len;
     m->l4_len = l4_len;
     m->tso_segsz = tso_segsz;
+}
+
+int dpdk_sys_pktmbuf_tcp4_tx_offload(struct rte_mbuf *m, uint16_t l2_len, uint16_t l3_len,
+                                     uint16_t l4_len, uint16_t tso_segsz)
+{
+    struct rte_ipv4_hdr *ip;
+    struct rte_tcp_hdr *tcp;
+    uint64_t ol_flags = RTE_MBUF_F_TX_IPV4;
+
+    if (l3_len < sizeof(*ip) || l4_len < sizeof(*tcp) ||
+        rte_pktmbuf_data_len(m) < (uint32_t)l2_len + l3_len + l4_len)
+        return -1;
+    ip = rte_pktmbuf_mtod_offset(m, struct rte_ipv4_hdr *, l2_len);
+    tcp = rte_pktmbuf_mtod_offset(m, struct rte_tcp_hdr *, l2_len + l3_len);
+    if (tso_segsz != 0) {
+        /* TX_TCP_SEG implies the TCP checksum. */
+        ol_flags |= RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_IP_CKSUM;
+        ip->hdr_checksum = 0;
+    } else {
+        ol_flags |= RTE_MBUF_F_TX_TCP_CKSUM;
+    }
+    m->ol_flags |= ol_flags;
+    m->l2_len = l2_len;
+    m->l3_len = l3_len;
+    m->l4_len = l4_len;
+    m->tso_segsz = tso_segsz;
+    tcp->cksum = rte_ipv4_phdr_cksum(ip, m->ol_flags);
+    return 0;
 }
 
 int dpdk_sys_log_to_stderr(void)

@@ -12,8 +12,10 @@
 #include <rte_log.h>
 #include <rte_ethdev.h>
 #include <rte_ether.h>
+#include <rte_ip.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+#include <rte_tcp.h>
 #include <rte_version.h>
 
 /* Flag words that DPDK defines with RTE_BIT64() (which bindgen cannot evaluate). */
@@ -30,6 +32,7 @@ struct dpdk_sys_consts {
     uint64_t tx_offload_tcp_tso;
     uint64_t tx_offload_multi_segs;
     uint64_t tx_offload_mbuf_fast_free;
+    uint64_t tx_offload_vlan_insert;
     uint64_t mbuf_tx_ipv4;
     uint64_t mbuf_tx_ip_cksum;
     uint64_t mbuf_tx_tcp_cksum;
@@ -44,6 +47,9 @@ extern const struct dpdk_sys_consts dpdk_sys_consts;
 
 uint16_t dpdk_sys_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
 uint16_t dpdk_sys_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
+/* rte_eth_tx_prepare: the PMD checks (and where it must, fixes up) the offload requests of
+ * the first n packets; returns how many are fit to send (rte_errno says why the next is not). */
+uint16_t dpdk_sys_tx_prepare(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
 
 struct rte_mbuf *dpdk_sys_pktmbuf_alloc(struct rte_mempool *pool);
 void dpdk_sys_pktmbuf_free(struct rte_mbuf *m);
@@ -60,6 +66,15 @@ int dpdk_sys_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail);
 /* Offload request of one packet: ol_flags plus header lengths and the TSO segment size. */
 void dpdk_sys_pktmbuf_set_tx_offload(struct rte_mbuf *m, uint64_t ol_flags, uint16_t l2_len,
                                      uint16_t l3_len, uint16_t l4_len, uint16_t tso_segsz);
+/* Asks the device for the TCP checksum of the IPv4/TCP packet m and, when tso_segsz is not 0,
+ * to cut its payload into segments of tso_segsz bytes (TSO): sets ol_flags (TX_IPV4 with
+ * TX_TCP_CKSUM, or with TX_TCP_SEG and TX_IP_CKSUM), l2_len, l3_len, l4_len and tso_segsz, and
+ * prepares the headers as DPDK's offload API wants them: the TCP checksum field holds the
+ * pseudo-header checksum (rte_ipv4_phdr_cksum: without the length under TSO) and, under TSO,
+ * the IPv4 checksum is zero (the device fills it in per segment). The headers must lie in the
+ * first segment: returns -1 (m untouched) when they do not, else 0. */
+int dpdk_sys_pktmbuf_tcp4_tx_offload(struct rte_mbuf *m, uint16_t l2_len, uint16_t l3_len,
+                                     uint16_t l4_len, uint16_t tso_segsz);
 
 /* Sends DPDK's log (EAL, PMDs) to stderr instead of stdout/syslog; callable before EAL init. */
 int dpdk_sys_log_to_stderr(void);

@@ -4,8 +4,15 @@
 //! driven by a single thread.
 //!
 //! Received frames are the PMD's mbufs ([`DpdkFrame`]), freed back to the pool on drop.
-//! Transmit copies the gathered parts into one fresh mbuf; zero-copy payload (mbufs attached to
-//! storage DMA memory as external buffers, headers in their own small mbuf) is a later step.
+//! Transmit copies the gathered parts into one fresh mbuf (chained mbufs for a TSO frame);
+//! zero-copy payload (mbufs attached to storage DMA memory as external buffers, headers in
+//! their own small mbuf) is a later step.
+//!
+//! TCP transmit offloads ([`Nic::tx_tcp`]): where the PMD reports TCP checksum offload (and
+//! IPv4 checksum offload, TSO and multi-segment transmit for segmentation), the port is set
+//! up with them and [`Nic::link`] advertises them; each TCP frame then goes to the device as
+//! one mbuf chain with its offload request. Without them the frame is cut and checksummed in
+//! software ([`offload::segment`]), as before.
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int};
 use std::ptr::NonNull;
@@ -15,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use dpdk_sys as sys;
 
+use super::offload::{self, TcpTx, MAX_TSO_PAYLOAD};
 use super::{FrameBuf, LinkInfo, Nic, NicCounters, NicError, TxOffloads};
 
 /// Most frames taken from or given to the PMD in one call.
@@ -22,6 +30,14 @@ const BURST: usize = 64;
 const ETHERNET_HEADER: usize = 14;
 /// Largest frame handed to TSO: an IPv4 packet of the largest length plus its Ethernet header.
 const MAX_TSO_FRAME: usize = 65535 + ETHERNET_HEADER;
+/// Largest Ethernet, IPv4 and TCP headers of a frame given to `tx_tcp`.
+const MAX_TCP_HEADERS: usize = ETHERNET_HEADER + 60 + 60;
+/// Mbufs one wire segment of a TSO frame may touch: the first (its headers) and the one or
+/// two its payload lies in (a segment is shorter than one mbuf: the MTU is capped to it).
+const TSO_MBUFS_PER_SEGMENT: u16 = 3;
+/// net_tap's software TSO (DPDK's GSO library) cuts a frame into at most this many segments
+/// (MAX_GSO_MBUFS in drivers/net/tap/rte_eth_tap.h) and refuses the frame otherwise.
+const NET_TAP_MAX_TSO_SEGMENTS: usize = 64;
 
 /// Set once `rte_eal_init` has been called: DPDK allows one initialisation per process.
 static EAL_STARTED: AtomicBool = AtomicBool::new(false);
@@ -34,7 +50,8 @@ pub struct DpdkConfig {
     /// RX/TX queue pairs, one per core. More than one needs RSS from the PMD.
     pub queues: u16,
     /// Mbufs in the pool shared by all queues (must cover every descriptor ring plus what the
-    /// stack holds).
+    /// stack holds). With TSO, frames are capped so that a batch of `tx_batch` of them fits in
+    /// what is left (64 KiB frames take 32 mbufs each).
     pub mbufs: u32,
     /// Per-lcore mbuf cache of the pool (0 for none).
     pub mbuf_cache: u32,
@@ -75,6 +92,13 @@ pub struct DpdkOffloads {
     pub tx_multi_segs: bool,
 }
 
+impl DpdkOffloads {
+    /// Whether frames may carry transmit offload requests (checksums, TSO) for the PMD.
+    fn tx_requests(&self) -> bool {
+        self.tx_ipv4_cksum || self.tx_tcp_cksum || self.tx_udp_cksum || self.tx_tcp_tso
+    }
+}
+
 /// Per-packet transmit offload request for [`DpdkNic::tx_gather_offload`]: header lengths of the
 /// frame and what the device should compute. Honoured only where [`DpdkNic::offloads`] says so.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,6 +112,75 @@ pub struct TxOffload {
     pub tcp_cksum: bool,
     /// Segment the TCP payload into this many bytes per packet (0: no TSO).
     pub tso_segsz: u16,
+}
+
+/// What `tx_tcp` asks of the device, fixed at start-up from what the PMD reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct TcpTxPlan {
+    /// The device fills in TCP checksums (the stack leaves them zero).
+    checksum: bool,
+    /// Largest TCP payload of one frame the device cuts into segments (0: no TSO).
+    tso_max_payload: usize,
+    /// Largest segment the device's TSO emits, Ethernet header included: the segment size
+    /// asked of it is the frame's MSS cut to fit.
+    tso_max_segment_frame: usize,
+    /// Most segments the device cuts one frame into; a frame that needs more is segmented in
+    /// software.
+    tso_max_segments: usize,
+    /// Ask for even segment sizes only.
+    tso_even_segments: bool,
+}
+
+impl TcpTxPlan {
+    /// The plan for a port with these enabled offloads, TSO frames of at most `max_tso_frame`
+    /// bytes (0: none) and this MTU, with the PMD's own limits.
+    ///
+    /// net_tap (22.11) segments in software with DPDK's GSO library, and two of its limits are
+    /// not in `rte_eth_dev_info`: it refuses a TSO frame whose segments, Ethernet header
+    /// included, exceed the MTU (it compares `tso_segsz + l2_len + l3_len + l4_len` with the
+    /// MTU), and it checksums each segment over its mbuf pieces with `__rte_raw_cksum`, which
+    /// is only right when every piece but the last has even length: segments of an even size
+    /// (with headers of even length and full mbufs of even size before them) keep them even.
+    fn new(pmd: &str, offloads: &DpdkOffloads, max_tso_frame: usize, mtu: usize) -> TcpTxPlan {
+        let checksum = offloads.tx_tcp_cksum;
+        let tso_max_payload = if checksum && offloads.tx_tcp_tso && max_tso_frame > MAX_TCP_HEADERS
+        {
+            (max_tso_frame - MAX_TCP_HEADERS).min(MAX_TSO_PAYLOAD)
+        } else {
+            0
+        };
+        let net_tap = pmd == "net_tap";
+        TcpTxPlan {
+            checksum,
+            tso_max_payload,
+            tso_max_segment_frame: if net_tap { mtu } else { mtu + ETHERNET_HEADER },
+            tso_max_segments: if net_tap {
+                NET_TAP_MAX_TSO_SEGMENTS
+            } else {
+                usize::MAX
+            },
+            tso_even_segments: net_tap,
+        }
+    }
+
+    /// The segment size to ask of the device for a frame of `payload` bytes shaped `tcp`: 0
+    /// when it needs no segmenting, None when the device cannot segment it (software must).
+    fn tso_segsz(&self, tcp: TcpTx, payload: usize) -> Option<u16> {
+        if payload <= tcp.mss {
+            return Some(0);
+        }
+        let room = self
+            .tso_max_segment_frame
+            .saturating_sub(tcp.l4_offset + tcp.l4_len);
+        let mut segsz = tcp.mss.min(room).min(usize::from(u16::MAX));
+        if self.tso_even_segments {
+            segsz &= !1;
+        }
+        let fits = segsz > 0
+            && payload <= self.tso_max_payload
+            && payload.div_ceil(segsz) <= self.tso_max_segments;
+        fits.then_some(segsz as u16)
+    }
 }
 
 /// Why a frame was not queued.
@@ -113,6 +206,8 @@ struct Port {
     max_frame: usize,
     /// Largest TSO frame `tx_gather_offload` accepts (chained mbufs; 0 without TSO).
     max_tso_frame: usize,
+    /// How `tx_tcp` uses the device's offloads.
+    tcp_tx: TcpTxPlan,
     /// Which queues have a live handle.
     claimed: Mutex<Vec<bool>>,
     /// Serialises control-path calls (stats, xstats, link), which DPDK does not make
@@ -132,6 +227,8 @@ struct SoftCounters {
     tx_no_mbuf: AtomicU64,
     /// Received frames spread over several mbufs (dropped: scatter is not enabled).
     rx_multi_seg: AtomicU64,
+    /// Frames whose offload request the PMD's `rte_eth_tx_prepare` refused (dropped).
+    tx_prepare_refused: AtomicU64,
 }
 
 // SAFETY: the pool pointer refers to a DPDK mempool whose default ops ("ring_mp_mc") are safe
@@ -298,6 +395,35 @@ fn thread_affinity() -> Option<libc::cpu_set_t> {
     }
 }
 
+/// The TX offload flags of `flags` by DPDK's names (lower case, without the prefix), and the
+/// bits this backend has no name for in hex.
+fn tx_offload_names(flags: u64) -> String {
+    let c = sys::consts();
+    let known = [
+        (c.tx_offload_ipv4_cksum, "ipv4_cksum"),
+        (c.tx_offload_tcp_cksum, "tcp_cksum"),
+        (c.tx_offload_udp_cksum, "udp_cksum"),
+        (c.tx_offload_tcp_tso, "tcp_tso"),
+        (c.tx_offload_multi_segs, "multi_segs"),
+        (c.tx_offload_mbuf_fast_free, "mbuf_fast_free"),
+        (c.tx_offload_vlan_insert, "vlan_insert"),
+    ];
+    let mut names: Vec<String> = known
+        .iter()
+        .filter(|(f, _)| flags & f != 0)
+        .map(|(_, n)| n.to_string())
+        .collect();
+    let other = known.iter().fold(flags, |rest, (f, _)| rest & !f);
+    if other != 0 {
+        names.push(format!("other {other:#x}"));
+    }
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(",")
+    }
+}
+
 /// A Toeplitz key whose 16-bit period makes the hash symmetric: swapping source and
 /// destination address and port gives the same queue, so both directions of a connection meet.
 fn symmetric_rss_key(len: usize) -> Vec<u8> {
@@ -381,17 +507,37 @@ impl DpdkNic {
                 *enabled = true;
             }
         }
-        let tx_want = [
-            (consts.tx_offload_ipv4_cksum, &mut offloads.tx_ipv4_cksum),
-            (consts.tx_offload_tcp_cksum, &mut offloads.tx_tcp_cksum),
-            (consts.tx_offload_udp_cksum, &mut offloads.tx_udp_cksum),
-            (consts.tx_offload_tcp_tso, &mut offloads.tx_tcp_tso),
-            (consts.tx_offload_multi_segs, &mut offloads.tx_multi_segs),
+        let tx_capa = info.tx_offload_capa;
+        let has = |flag: u64| tx_capa & flag != 0;
+        offloads.tx_ipv4_cksum = has(consts.tx_offload_ipv4_cksum);
+        offloads.tx_tcp_cksum = has(consts.tx_offload_tcp_cksum);
+        offloads.tx_udp_cksum = has(consts.tx_offload_udp_cksum);
+        offloads.tx_multi_segs = has(consts.tx_offload_multi_segs);
+        // TSO takes a frame in chained mbufs and redoes the IPv4 and TCP checksums of each
+        // segment; each segment may touch up to TSO_MBUFS_PER_SEGMENT mbufs.
+        let lim = info.tx_desc_lim;
+        let mtu_segs_ok = lim.nb_mtu_seg_max == 0 || lim.nb_mtu_seg_max >= TSO_MBUFS_PER_SEGMENT;
+        offloads.tx_tcp_tso = has(consts.tx_offload_tcp_tso)
+            && offloads.tx_multi_segs
+            && offloads.tx_ipv4_cksum
+            && offloads.tx_tcp_cksum
+            && mtu_segs_ok;
+        if has(consts.tx_offload_tcp_tso) && !offloads.tx_tcp_tso {
+            log::info!(
+                "dpdk: port {port} ({pmd}): TSO left off (it needs multi-segment transmit, IPv4 and TCP checksum offload and {TSO_MBUFS_PER_SEGMENT} mbufs a segment; the PMD has {})",
+                tx_offload_names(tx_capa & !consts.tx_offload_tcp_tso)
+            );
+        }
+        let tx_enabled = [
+            (consts.tx_offload_ipv4_cksum, offloads.tx_ipv4_cksum),
+            (consts.tx_offload_tcp_cksum, offloads.tx_tcp_cksum),
+            (consts.tx_offload_udp_cksum, offloads.tx_udp_cksum),
+            (consts.tx_offload_tcp_tso, offloads.tx_tcp_tso),
+            (consts.tx_offload_multi_segs, offloads.tx_multi_segs),
         ];
-        for (flag, enabled) in tx_want {
-            if info.tx_offload_capa & flag != 0 {
+        for (flag, enabled) in tx_enabled {
+            if enabled {
                 conf.txmode.offloads |= flag;
-                *enabled = true;
             }
         }
         // SAFETY: valid port, stopped; `conf` (and the RSS key it points to, alive until the
@@ -465,10 +611,15 @@ impl DpdkNic {
                     ret,
                 ));
             }
-            // SAFETY: as above, for the TX queue (port-level offloads apply to it).
-            let ret = unsafe {
-                sys::rte_eth_tx_queue_setup(port, q, tx_desc, socket as u32, std::ptr::null())
+            // The PMD's default queue settings with the port's offloads (which apply to every
+            // queue anyway).
+            let txconf = sys::rte_eth_txconf {
+                offloads: conf.txmode.offloads,
+                ..info.default_txconf
             };
+            // SAFETY: as above, for the TX queue; `txconf` is read during the call only.
+            let ret =
+                unsafe { sys::rte_eth_tx_queue_setup(port, q, tx_desc, socket as u32, &txconf) };
             if ret != 0 {
                 return Err(dpdk_error(
                     &format!("setting up TX queue {q} of port {port}"),
@@ -508,15 +659,43 @@ impl DpdkNic {
                 0 => usize::MAX,
                 n => usize::from(n),
             };
-            MAX_TSO_FRAME.min(segs.saturating_mul(seg_bytes))
+            // `needed` counts one mbuf for each frame a full batch queues: a batch of the
+            // largest TSO frames must fit in what the rings and caches leave of the pool, or
+            // transmit would find it empty (and TCP count the frames refused as lost).
+            let spare = (u64::from(cfg.mbufs) - needed) / (queues * cfg.tx_batch as u64);
+            let pool_segs = usize::try_from(spare + 1).unwrap_or(usize::MAX);
+            MAX_TSO_FRAME.min(segs.min(pool_segs).saturating_mul(seg_bytes))
         } else {
             0
         };
+        let tcp_tx = TcpTxPlan::new(&pmd, &offloads, max_tso_frame, mtu);
         log::info!(
             "dpdk: port {port} driver {pmd} mac {:02x?} mtu {mtu} queues {} rx_desc {rx_desc} tx_desc {tx_desc} mbufs {} offloads {offloads:?}",
             mac.addr_bytes,
             cfg.queues,
             cfg.mbufs
+        );
+        log::info!(
+            "dpdk: port {port} ({pmd}) TX offloads: the PMD has {}; enabled {}; TCP frames: {}",
+            tx_offload_names(tx_capa),
+            tx_offload_names(conf.txmode.offloads),
+            match (tcp_tx.checksum, tcp_tx.tso_max_payload) {
+                (false, _) => "checksummed and segmented in software".to_string(),
+                (true, 0) => "checksum by the device, segmented in software".to_string(),
+                (true, n) => format!(
+                    "checksum and segmentation (TSO) by the device, up to {n} payload bytes a frame (at most {} mbufs: a batch of {} such frames fits the pool){}",
+                    max_tso_frame.div_ceil(seg_bytes),
+                    cfg.tx_batch,
+                    if tcp_tx.tso_max_segments < usize::MAX {
+                        format!(
+                            " in at most {} segments of at most {} bytes with headers",
+                            tcp_tx.tso_max_segments, tcp_tx.tso_max_segment_frame
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+            }
         );
         let mut claimed = vec![false; usize::from(cfg.queues)];
         claimed[0] = true;
@@ -531,6 +710,7 @@ impl DpdkNic {
             seg_bytes,
             max_frame: mtu + ETHERNET_HEADER,
             max_tso_frame,
+            tcp_tx,
             claimed: Mutex::new(claimed),
             control: Mutex::new(()),
             sw: SoftCounters::default(),
@@ -658,6 +838,10 @@ impl DpdkNic {
             "sw_rx_multi_seg".into(),
             sw.rx_multi_seg.load(Ordering::Relaxed),
         ));
+        out.push((
+            "sw_tx_prepare_refused".into(),
+            sw.tx_prepare_refused.load(Ordering::Relaxed),
+        ));
         out
     }
 
@@ -670,11 +854,6 @@ impl DpdkNic {
             self.port.max_tso_frame
         } else {
             self.port.max_frame
-        };
-        let m = match self.copy_into_mbuf(parts, limit) {
-            Ok(m) => m,
-            Err(TxRefused::Full) => return false,
-            Err(TxRefused::BadLength) => return true,
         };
         let c = sys::consts();
         let have = self.port.offloads;
@@ -693,19 +872,95 @@ impl DpdkNic {
             flags |= c.mbuf_tx_tcp_seg;
             tso = offload.tso_segsz;
         }
-        // SAFETY: `m` is a fresh mbuf owned by this handle (not yet queued).
-        unsafe {
-            sys::dpdk_sys_pktmbuf_set_tx_offload(
-                m.as_ptr(),
-                flags,
-                offload.l2_len,
-                offload.l3_len,
-                offload.l4_len,
-                tso,
+        self.queue_frame(parts, limit, |m| {
+            // SAFETY: `m` is a fresh mbuf owned by this handle (not yet queued).
+            unsafe {
+                sys::dpdk_sys_pktmbuf_set_tx_offload(
+                    m.as_ptr(),
+                    flags,
+                    offload.l2_len,
+                    offload.l3_len,
+                    offload.l4_len,
+                    tso,
+                )
+            };
+            true
+        })
+    }
+
+    /// Copies `parts` into fresh mbufs (at most `limit` bytes), lets `finish` set the head's
+    /// offload request, and queues the frame. What [`Nic::tx_gather`] returns: false only when
+    /// the batch or the pool is full; a frame of a bad length, or one `finish` refuses (false),
+    /// is dropped and counted.
+    fn queue_frame(
+        &mut self,
+        parts: &[&[u8]],
+        limit: usize,
+        finish: impl FnOnce(NonNull<sys::rte_mbuf>) -> bool,
+    ) -> bool {
+        match self.copy_into_mbuf(parts, limit) {
+            Ok(m) if finish(m) => self.tx.push(m),
+            Ok(m) => {
+                self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: `m` and its chain are ours, not queued.
+                unsafe { sys::dpdk_sys_pktmbuf_free(m.as_ptr()) };
+            }
+            Err(TxRefused::Full) => return false,
+            // Dropped and counted: a retry could never succeed.
+            Err(TxRefused::BadLength) => {}
+        }
+        true
+    }
+
+    /// Passes the queued mbufs from `from` on (at most `u16::MAX` of them) to one of DPDK's
+    /// transmit burst calls on this queue: `rte_eth_tx_prepare`, which checks and fixes up
+    /// their offload requests, or `rte_eth_tx_burst`, which takes the first ones it returns
+    /// (the caller then forgets them). Returns how many were passed and what the call returned.
+    fn burst_queued(
+        &mut self,
+        from: usize,
+        burst: unsafe extern "C" fn(u16, u16, *mut *mut sys::rte_mbuf, u16) -> u16,
+    ) -> (usize, usize) {
+        let n = (self.tx.len() - from).min(usize::from(u16::MAX));
+        // SAFETY: started port, queue driven by this handle only; the `n` pointers from `from`
+        // on are mbufs we own and have not given to the PMD (NonNull<rte_mbuf> has the layout
+        // of *mut rte_mbuf). Ownership of what tx_burst takes is the caller's to give up.
+        let done = unsafe {
+            burst(
+                self.port.id,
+                self.queue,
+                self.tx.as_mut_ptr().add(from) as *mut *mut sys::rte_mbuf,
+                n as u16,
             )
         };
-        self.tx.push(m);
-        true
+        (n, usize::from(done))
+    }
+
+    /// Lets the PMD check the queued frames' offload requests and fix up what its device needs
+    /// (`rte_eth_tx_prepare`); a frame it refuses is dropped and counted.
+    fn prepare_queued(&mut self) {
+        let mut from = 0;
+        while from < self.tx.len() {
+            let (n, ok) = self.burst_queued(from, sys::dpdk_sys_tx_prepare);
+            if ok >= n {
+                from += n;
+                continue;
+            }
+            // SAFETY: reads the calling thread's rte_errno; no other effect.
+            let errno = unsafe { sys::dpdk_sys_errno() };
+            log::debug!(
+                "dpdk: port {}: rte_eth_tx_prepare refused a frame ({errno})",
+                self.port.id
+            );
+            let refused = self.tx.remove(from + ok);
+            self.port
+                .sw
+                .tx_prepare_refused
+                .fetch_add(1, Ordering::Relaxed);
+            // SAFETY: the refused mbuf was ours and is no longer queued.
+            unsafe { sys::dpdk_sys_pktmbuf_free(refused.as_ptr()) };
+            from += ok;
+        }
     }
 
     /// Copies `parts` into a fresh mbuf owned by the caller, chaining more mbufs when the
@@ -850,33 +1105,63 @@ impl Nic for DpdkNic {
     }
 
     fn tx_gather(&mut self, parts: &[&[u8]]) -> bool {
-        match self.copy_into_mbuf(parts, self.port.max_frame) {
-            Ok(m) => {
-                self.tx.push(m);
-                true
-            }
-            Err(TxRefused::Full) => false,
-            // Dropped and counted: a retry could never succeed.
-            Err(TxRefused::BadLength) => true,
+        self.queue_frame(parts, self.port.max_frame, |_| true)
+    }
+
+    /// With the PMD's TCP checksum offload the frame goes to the device as one mbuf chain
+    /// asking for the checksum and, when its payload is longer than `tcp.mss`, segmentation
+    /// (TSO; in segments cut to fit the PMD's limits, see [`TcpTxPlan::new`]). Frames the
+    /// device cannot take whole, and every frame on ports without the offloads, are cut and
+    /// checksummed in software into [`Nic::tx_gather`]. A malformed frame is dropped and
+    /// counted (true: a retry could never succeed).
+    fn tx_tcp(&mut self, parts: &[&[u8]], tcp: TcpTx) -> bool {
+        let plan = self.port.tcp_tx;
+        let hdr_len = tcp.l4_offset + tcp.l4_len;
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let segsz = plan.tso_segsz(tcp, total.saturating_sub(hdr_len));
+        let (true, Some(segsz)) = (plan.checksum, segsz) else {
+            return offload::segment(parts, tcp, |frame| self.tx_gather(&[frame]));
+        };
+        let shape_ok = parts.first().is_some_and(|h| h.len() == hdr_len)
+            && tcp.l4_offset >= ETHERNET_HEADER + 20
+            && tcp.l4_len >= 20
+            && hdr_len <= MAX_TCP_HEADERS
+            && tcp.mss > 0;
+        if !shape_ok {
+            self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
+            log::debug!("dpdk: dropping a malformed TCP frame of {total} bytes ({tcp:?})");
+            return true;
         }
+        let limit = if segsz > 0 {
+            self.port.max_tso_frame
+        } else {
+            self.port.max_frame
+        };
+        let (l3_len, l4_len) = ((tcp.l4_offset - ETHERNET_HEADER) as u16, tcp.l4_len as u16);
+        self.queue_frame(parts, limit, |m| {
+            // SAFETY: `m` is a fresh mbuf chain owned by this handle (not yet queued) holding
+            // the whole frame; the shim writes only inside its first segment's headers, after
+            // checking that they lie there.
+            unsafe {
+                sys::dpdk_sys_pktmbuf_tcp4_tx_offload(
+                    m.as_ptr(),
+                    ETHERNET_HEADER as u16,
+                    l3_len,
+                    l4_len,
+                    segsz,
+                ) == 0
+            }
+        })
     }
 
     fn tx_flush(&mut self) -> usize {
+        if self.port.offloads.tx_requests() {
+            self.prepare_queued();
+        }
         let mut sent = 0;
         while sent < self.tx.len() {
-            let left = self.tx.len() - sent;
-            let n = left.min(usize::from(u16::MAX));
-            // SAFETY: started port, queue driven by this handle only; the pointers from
-            // `sent` on are mbufs we own and have not given to the PMD. The PMD takes
-            // ownership of the first `taken` of them.
-            let taken = unsafe {
-                sys::dpdk_sys_tx_burst(
-                    self.port.id,
-                    self.queue,
-                    self.tx.as_mut_ptr().add(sent) as *mut *mut sys::rte_mbuf,
-                    n as u16,
-                )
-            } as usize;
+            // The PMD owns the `taken` mbufs it took: they are forgotten with `tx` below.
+            let (_, taken) = self.burst_queued(sent, sys::dpdk_sys_tx_burst);
             if taken == 0 {
                 break;
             }
@@ -916,7 +1201,10 @@ impl Nic for DpdkNic {
             mtu: self.port.mtu,
             up: ret == 0 && up != 0,
             driver: self.port.driver.clone(),
-            offloads: TxOffloads::default(),
+            offloads: TxOffloads {
+                tcp_checksum: self.port.tcp_tx.checksum,
+                tso_max_payload: self.port.tcp_tx.tso_max_payload,
+            },
         }
     }
 
@@ -940,7 +1228,9 @@ impl Nic for DpdkNic {
             rx_dropped: stats.imissed + stats.rx_nombuf + sw.rx_multi_seg.load(Ordering::Relaxed),
             tx_dropped: sw.tx_dropped.load(Ordering::Relaxed),
             rx_errors: stats.ierrors,
-            tx_errors: stats.oerrors + sw.tx_bad_length.load(Ordering::Relaxed),
+            tx_errors: stats.oerrors
+                + sw.tx_bad_length.load(Ordering::Relaxed)
+                + sw.tx_prepare_refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -1063,6 +1353,89 @@ mod tests {
         assert_ne!(
             toeplitz(&plain, &tuple([10, 0, 0, 1], [10, 0, 0, 2], 1234, 80)),
             toeplitz(&plain, &tuple([10, 0, 0, 2], [10, 0, 0, 1], 80, 1234))
+        );
+    }
+
+    fn all_tx() -> DpdkOffloads {
+        DpdkOffloads {
+            tx_ipv4_cksum: true,
+            tx_tcp_cksum: true,
+            tx_tcp_tso: true,
+            tx_multi_segs: true,
+            ..DpdkOffloads::default()
+        }
+    }
+
+    #[test]
+    fn tcp_tx_plan_follows_the_pmd() {
+        // A device with TSO: MSS-sized segments, frames up to the largest IPv4 packet.
+        let plan = TcpTxPlan::new("net_ice", &all_tx(), MAX_TSO_FRAME, 1500);
+        assert!(plan.checksum);
+        assert_eq!(plan.tso_max_payload, MAX_TSO_PAYLOAD);
+        let tcp = TcpTx {
+            l4_offset: 34,
+            l4_len: 32,
+            mss: 1448,
+        };
+        assert_eq!(
+            plan.tso_segsz(tcp, 1448),
+            Some(0),
+            "one segment: checksum only"
+        );
+        assert_eq!(plan.tso_segsz(tcp, 60_000), Some(1448));
+        assert_eq!(plan.tso_segsz(tcp, MAX_TSO_PAYLOAD + 1), None);
+        // Fewer segments a packet (tx_desc_lim.nb_seg_max) shorten the frames.
+        let plan = TcpTxPlan::new("net_ice", &all_tx(), 8 * 2048, 1500);
+        assert_eq!(plan.tso_max_payload, 8 * 2048 - MAX_TCP_HEADERS);
+        // Checksum without TSO, or nothing.
+        let csum = DpdkOffloads {
+            tx_tcp_tso: false,
+            ..all_tx()
+        };
+        let plan = TcpTxPlan::new("net_ice", &csum, 0, 1500);
+        assert!(plan.checksum && plan.tso_max_payload == 0);
+        assert_eq!(plan.tso_segsz(tcp, 1000), Some(0));
+        assert_eq!(plan.tso_segsz(tcp, 3000), None, "software segments it");
+        let plan = TcpTxPlan::new("net_af_packet", &DpdkOffloads::default(), 0, 1500);
+        assert_eq!(
+            plan,
+            TcpTxPlan {
+                tso_max_segment_frame: 1514,
+                tso_max_segments: usize::MAX,
+                ..TcpTxPlan::default()
+            }
+        );
+    }
+
+    #[test]
+    fn net_tap_segments_fit_its_mtu_check_and_stay_even() {
+        let plan = TcpTxPlan::new("net_tap", &all_tx(), MAX_TSO_FRAME, 1500);
+        // 1448 + 66 bytes of headers is more than the 1500 net_tap compares with.
+        let ts = TcpTx {
+            l4_offset: 34,
+            l4_len: 32,
+            mss: 1448,
+        };
+        assert_eq!(plan.tso_segsz(ts, 60_000), Some(1434));
+        let plain = TcpTx {
+            l4_offset: 34,
+            l4_len: 20,
+            mss: 1460,
+        };
+        assert_eq!(plan.tso_segsz(plain, 60_000), Some(1446));
+        // Odd sizes round down; small ones stay.
+        assert_eq!(plan.tso_segsz(TcpTx { mss: 1001, ..ts }, 5000), Some(1000));
+        assert_eq!(plan.tso_segsz(TcpTx { mss: 536, ..ts }, 5000), Some(536));
+        // At most 64 segments: more go to software.
+        assert_eq!(
+            plan.tso_segsz(TcpTx { mss: 536, ..ts }, 64 * 536),
+            Some(536)
+        );
+        assert_eq!(plan.tso_segsz(TcpTx { mss: 536, ..ts }, 64 * 536 + 1), None);
+        assert_eq!(
+            plan.tso_segsz(TcpTx { mss: 1, ..ts }, 2),
+            None,
+            "an even size of 0 is none"
         );
     }
 
