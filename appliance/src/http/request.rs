@@ -490,8 +490,11 @@ pub fn decode_path<'b>(raw: &str, out: &'b mut [u8]) -> Result<&'b str, RequestE
         *slot = byte;
         n += 1;
     }
-    if std::str::from_utf8(&out[..n]).is_err() {
-        return Err(RequestError::bad("path is not UTF-8"));
+    match std::str::from_utf8(&out[..n]) {
+        Err(_) => return Err(RequestError::bad("path is not UTF-8")),
+        // C1 controls (U+0080..U+009F) too, not only the ASCII ones (found by fuzz http_request).
+        Ok(p) if p.chars().any(char::is_control) => return Err(RequestError::bad("control character in path")),
+        Ok(_) => {}
     }
     let len = remove_dot_segments(&mut out[..n]).ok_or(RequestError::bad("path climbs above the root"))?;
     // Only whole ASCII-delimited segments were removed, so this is still UTF-8.
@@ -941,7 +944,7 @@ mod tests {
         assert_eq!(decode("/%41%4a%4A"), Ok("/AJJ".into()));
         assert_eq!(decode("/a+b"), Ok("/a+b".into()));
         for bad in [
-            "/%00", "/%", "/%4", "/%G0", "/%0G", "/a%zz", "/%C3", "/%FF", "/%0A", "/%7F", "a/b",
+            "/%00", "/%", "/%4", "/%G0", "/%0G", "/a%zz", "/%C3", "/%FF", "/%0A", "/%7F", "/G%C2%9ET", "/%C2%80", "a/b",
             "", "*",
         ] {
             assert_eq!(decode(bad), Err(400), "{bad}");

@@ -176,6 +176,7 @@ pub struct TcpCounters {
     pub out_of_window: u64,
 }
 
+#[derive(Debug)]
 pub struct TcpConn {
     pub state: State,
     // Send side, as offsets into our outgoing stream: seq(off) = iss + 1 + off.
@@ -879,9 +880,14 @@ impl TcpConn {
         // Window update (RFC 793 SND.WL1/WL2 rule).
         let wnd = (seg.window as u64) << self.snd_shift;
         let window_changed = wnd != self.snd_wnd;
-        if seq::lt(self.snd_wl1, seg.seq) || (self.snd_wl1 == seg.seq && ack_off >= self.snd_wl2) {
+        // A segment from beyond RCV.NXT (out of order) counts as at RCV.NXT: else one such
+        // segment (lost data, or injected by a peer that knows the sequence numbers) would
+        // move SND.WL1 ahead and make every later in-order ACK's window be ignored, freezing
+        // the window it carried (found by fuzz net_frames: a 1-byte window for ever).
+        let wl_seq = if seq::lt(self.rcv_nxt, seg.seq) { self.rcv_nxt } else { seg.seq };
+        if seq::lt(self.snd_wl1, wl_seq) || (self.snd_wl1 == wl_seq && ack_off >= self.snd_wl2) {
             self.snd_wnd = wnd;
-            self.snd_wl1 = seg.seq;
+            self.snd_wl1 = wl_seq;
             self.snd_wl2 = ack_off;
         }
         self.update_sack(seg);
