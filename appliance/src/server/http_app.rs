@@ -545,6 +545,12 @@ impl<S: Storage> HttpApp<S> {
             return;
         }
         if let TlsPhase::Handshake(d) = &mut t.phase {
+            // Closed mid-handshake (header timeout, idle, drain): our FIN is queued, so no
+            // handshake flight can follow it; the rest of the peer's is not read (found by
+            // fuzz net_frames).
+            if tcp.fin_queued() {
+                return;
+            }
             let progress = crate::accounting::handshake(|| d.receive(data));
             c.stream_len = d.tx_end();
             tcp.set_stream_len(c.stream_len);
