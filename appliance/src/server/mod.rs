@@ -323,16 +323,15 @@ fn run<N: Nic, S: Storage>(
     cores: Vec<usize>,
     mut console: ConsoleService,
 ) -> Result<Outcome, ServeError> {
-    let link = nic.link();
+    let mut link = nic.link();
+    if args.no_tx_offload {
+        link.offloads = drivers::nic::TxOffloads::default();
+    }
     let start = std::time::Instant::now();
     let now = monotonic_ns(start);
     let mut cfg = IfaceConfig::new(mac.unwrap_or(link.mac), ip.octets(), prefix);
     cfg.gateway = args.gateway.map(|g| g.octets());
     cfg.use_link(&link);
-    if args.no_tx_offload {
-        cfg.offloads = drivers::nic::TxOffloads::default();
-        cfg.tcp.tso_max_payload = 0;
-    }
     cfg.listen_ports = vec![args.http_port];
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
