@@ -92,6 +92,13 @@ impl PacketNic {
     /// Opens `ifname`: brings it up, binds a raw socket to it in promiscuous mode (so a
     /// configured MAC other than the port's own still receives), non-blocking.
     pub fn open(ifname: &str) -> Result<PacketNic, NicError> {
+        Self::open_in_group(ifname, None)
+    }
+
+    /// Like [`PacketNic::open`], as one member of the fanout group `group` (one socket per
+    /// core): the kernel hands each received frame to one member, chosen by a hash of its
+    /// flow, so every frame of a connection reaches the same core.
+    pub fn open_in_group(ifname: &str, group: Option<u16>) -> Result<PacketNic, NicError> {
         let ctl = ioctl_socket()?;
         let mut req = ifreq_for(ifname)?;
         // SAFETY: req is a valid ifreq naming the interface; SIOCGIFFLAGS fills ifru_flags.
@@ -160,6 +167,11 @@ impl PacketNic {
         let one: libc::c_int = 1;
         if let Err(e) = set_option(&fd, libc::PACKET_IGNORE_OUTGOING, &one) {
             log::debug!("PACKET_IGNORE_OUTGOING unavailable on {ifname}: {e}");
+        }
+        if let Some(group) = group {
+            let arg = libc::c_int::from(group) | ((libc::PACKET_FANOUT_HASH as libc::c_int) << 16);
+            set_option(&fd, libc::PACKET_FANOUT, &arg)
+                .map_err(|e| NicError::Open { what: format!("fanout group {group} on {ifname}"), source: e })?;
         }
 
         let mut pool = Vec::with_capacity(RX_POOL);

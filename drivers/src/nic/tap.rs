@@ -128,6 +128,25 @@ pub fn mac_for_ifname(ifname: &str) -> [u8; 6] {
     [0x02, h[0] ^ h[5], h[1] ^ h[6], h[2] ^ h[7], h[3], h[4]]
 }
 
+const TUNSETIFF_WHAT: &str = "TUNSETIFF";
+
+/// Whether the existing TUN/TAP device `ifname` of this network namespace takes several
+/// queues (`IFF_MULTI_QUEUE` in its sysfs `tun_flags`); None if there is no such device
+/// (the first [`TapNic::open_queue`] then creates it either way).
+pub fn existing_multi_queue(ifname: &str) -> Option<bool> {
+    ifname_field(ifname).ok()?;
+    let flags = std::fs::read_to_string(format!("/sys/class/net/{ifname}/tun_flags")).ok()?;
+    let flags = i64::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok()?;
+    Some(flags & i64::from(libc::IFF_MULTI_QUEUE) != 0)
+}
+
+/// Whether `e` is TUNSETIFF refusing because the device exists with the other queue mode
+/// (single queue asked of a `multi_queue` device, or the reverse): EINVAL from the attach.
+pub fn is_queue_mode_mismatch(e: &NicError) -> bool {
+    matches!(e, NicError::Open { what, source }
+        if what.starts_with(TUNSETIFF_WHAT) && source.raw_os_error() == Some(libc::EINVAL))
+}
+
 fn open_error(what: &str, ifname: &str, source: io::Error) -> NicError {
     NicError::Open {
         what: format!("{what} ({ifname})"),
@@ -172,8 +191,21 @@ impl std::fmt::Debug for TapNic {
 
 impl TapNic {
     /// Attaches to the TAP interface `ifname` (creating it if it does not exist), brings it up
-    /// and reads its MTU.
+    /// and reads its MTU. One queue: a device made with `multi_queue` gets one of its queues.
     pub fn open(ifname: &str) -> Result<TapNic, NicError> {
+        match Self::open_queue(ifname, false) {
+            Err(e) if is_queue_mode_mismatch(&e) => Self::open_queue(ifname, true),
+            r => r,
+        }
+    }
+
+    /// Attaches one queue of `ifname`. With `multi_queue` the device is (or is made) a
+    /// multi-queue TAP (`IFF_MULTI_QUEUE`, `ip tuntap add ... multi_queue`) and each call
+    /// attaches another queue, one per core: the kernel sends each flow's frames to the queue
+    /// that last wrote a frame of that flow (its hash otherwise), so a connection stays on the
+    /// core that answered its SYN. A device made the other way refuses with an error for which
+    /// [`is_queue_mode_mismatch`] holds.
+    pub fn open_queue(ifname: &str, multi_queue: bool) -> Result<TapNic, NicError> {
         let name = ifname_field(ifname)?;
         let path = CString::new("/dev/net/tun").map_err(|e| NicError::Config(e.to_string()))?;
         // SAFETY: path is a valid NUL-terminated string; open has no other preconditions.
@@ -195,11 +227,14 @@ impl TapNic {
 
         let mut req = IfReqFlags {
             name,
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+            flags: (libc::IFF_TAP
+                | libc::IFF_NO_PI
+                | libc::IFF_VNET_HDR
+                | if multi_queue { libc::IFF_MULTI_QUEUE } else { 0 }) as libc::c_short,
             _pad: [0; 22],
         };
         ifreq_ioctl(&fd, libc::TUNSETIFF as _, &mut req)
-            .map_err(|e| open_error("TUNSETIFF", ifname, e))?;
+            .map_err(|e| open_error(TUNSETIFF_WHAT, ifname, e))?;
         // No receive offloads: frames from the kernel come whole and checksummed.
         // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD as _, 0 as libc::c_ulong) } < 0 {
@@ -635,6 +670,26 @@ mod tests {
             Err(NicError::Open { what, .. }) => assert!(what.contains("TUNSETIFF"), "{what}"),
             other => return Err(format!("second open of {ifname}: {other:?}")),
         }
+        // A multi-queue TAP: one queue per open_queue(true); single-queue attaches are refused
+        // as a mode mismatch, and open() falls back to taking one of its queues.
+        let q0 = TapNic::open_queue("aptestmq", true).map_err(|e| format!("queue 0: {e}"))?;
+        let q1 = TapNic::open_queue("aptestmq", true).map_err(|e| format!("queue 1: {e}"))?;
+        // sysfs is the namespace's only if mounted in it: check the probe where it applies.
+        if std::fs::read_to_string("/sys/class/net/aptestmq/tun_flags").is_ok() {
+            assert_eq!(existing_multi_queue("aptestmq"), Some(true));
+        }
+        match TapNic::open_queue("aptestmq", false) {
+            Err(e) => assert!(is_queue_mode_mismatch(&e), "{e}"),
+            Ok(_) => return Err("single-queue attach to a multi-queue TAP succeeded".into()),
+        }
+        let q2 = TapNic::open("aptestmq").map_err(|e| format!("open() of a multi-queue TAP: {e}"))?;
+        assert_eq!(q1.link().mac, q0.link().mac, "every queue is one port");
+        drop((q0, q1, q2));
+        match TapNic::open_queue(ifname, true) {
+            Err(e) => assert!(is_queue_mode_mismatch(&e), "{e}"),
+            Ok(_) => return Err("multi-queue attach to a single-queue TAP succeeded".into()),
+        }
+
         let link = nic.link();
         assert_eq!(link.driver, "tap");
         assert_eq!(link.mtu, 1500);
