@@ -47,8 +47,11 @@ static EAL_STARTED: AtomicBool = AtomicBool::new(false);
 pub struct DpdkConfig {
     /// DPDK port id (0 is the first device EAL probed: a vdev or a bound PCI NIC).
     pub port: u16,
-    /// RX/TX queue pairs, one per core. More than one needs RSS from the PMD.
+    /// RX/TX queue pairs, one per core. More than one needs RSS from the PMD: without it (or
+    /// with fewer queue pairs) the port gets as many as it can take, unless `exact_queues`
+    /// makes that an error. [`DpdkNic::queues`] says how many it got.
     pub queues: u16,
+    pub exact_queues: bool,
     /// Mbufs in the pool shared by all queues (must cover every descriptor ring plus what the
     /// stack holds). With TSO, frames are capped so that a batch of `tx_batch` of them fits in
     /// what is left (64 KiB frames take 32 mbufs each).
@@ -67,6 +70,7 @@ impl Default for DpdkConfig {
         DpdkConfig {
             port: 0,
             queues: 1,
+            exact_queues: false,
             mbufs: 8191,
             mbuf_cache: 256,
             rx_desc: 1024,
@@ -181,6 +185,33 @@ impl TcpTxPlan {
             && payload.div_ceil(segsz) <= self.tso_max_segments;
         fits.then_some(segsz as u16)
     }
+}
+
+/// This queue's part of the port's counters, so that the cores' counters add up to the
+/// port's: its own packets and bytes (the PMD's per-queue counts, which cover the first 16
+/// queues), and on queue 0 the port-wide drops and errors and the software counters.
+fn port_share(stats: &sys::rte_eth_stats, sw: &SoftCounters, queue: u16, queues: u16) -> NicCounters {
+    let q = usize::from(queue);
+    let mut c = if queues == 1 {
+        NicCounters { rx_packets: stats.ipackets, rx_bytes: stats.ibytes, tx_packets: stats.opackets, tx_bytes: stats.obytes, ..Default::default() }
+    } else if q < stats.q_ipackets.len() {
+        NicCounters {
+            rx_packets: stats.q_ipackets[q],
+            rx_bytes: stats.q_ibytes[q],
+            tx_packets: stats.q_opackets[q],
+            tx_bytes: stats.q_obytes[q],
+            ..Default::default()
+        }
+    } else {
+        NicCounters::default()
+    };
+    if queue == 0 {
+        c.rx_dropped = stats.imissed + stats.rx_nombuf + sw.rx_multi_seg.load(Ordering::Relaxed);
+        c.tx_dropped = sw.tx_dropped.load(Ordering::Relaxed);
+        c.rx_errors = stats.ierrors;
+        c.tx_errors = stats.oerrors + sw.tx_bad_length.load(Ordering::Relaxed) + sw.tx_prepare_refused.load(Ordering::Relaxed);
+    }
+    c
 }
 
 /// Why a frame was not queued.
@@ -469,6 +500,21 @@ impl DpdkNic {
                 .to_string_lossy()
                 .into_owned()
         };
+        let mut cfg = cfg;
+        let rss_hf = (consts.rss_ip | consts.rss_tcp) & info.flow_type_rss_offloads;
+        if cfg.queues > 1 && (rss_hf == 0 || !cfg.exact_queues) {
+            // Fewer queues than cores is a slower appliance, not a broken one, unless asked.
+            let most = info.max_rx_queues.min(info.max_tx_queues).max(1);
+            let fits = if rss_hf == 0 { 1 } else { cfg.queues.min(most) };
+            if fits < cfg.queues {
+                log::warn!(
+                    "dpdk: port {port} ({pmd}) {}: {fits} queue(s) instead of {}",
+                    if rss_hf == 0 { "has no RSS over IP/TCP".to_string() } else { format!("has at most {most} queue pairs") },
+                    cfg.queues
+                );
+                cfg.queues = fits;
+            }
+        }
         if cfg.queues > info.max_rx_queues || cfg.queues > info.max_tx_queues {
             return Err(config_error(format!(
                 "DPDK port {port} ({pmd}) has at most {} RX / {} TX queues, {} asked",
@@ -480,7 +526,6 @@ impl DpdkNic {
         let mut offloads = DpdkOffloads::default();
         let mut rss_key = Vec::new();
         if cfg.queues > 1 {
-            let rss_hf = (consts.rss_ip | consts.rss_tcp) & info.flow_type_rss_offloads;
             if rss_hf == 0 {
                 return Err(config_error(format!(
                     "DPDK port {port} ({pmd}) has no RSS over IP/TCP: cannot keep connections on one of {} queues",
@@ -1219,19 +1264,7 @@ impl Nic for DpdkNic {
             log::debug!("dpdk: rte_eth_stats_get failed ({ret})");
             stats = sys::rte_eth_stats::default();
         }
-        let sw = &self.port.sw;
-        NicCounters {
-            rx_packets: stats.ipackets,
-            rx_bytes: stats.ibytes,
-            tx_packets: stats.opackets,
-            tx_bytes: stats.obytes,
-            rx_dropped: stats.imissed + stats.rx_nombuf + sw.rx_multi_seg.load(Ordering::Relaxed),
-            tx_dropped: sw.tx_dropped.load(Ordering::Relaxed),
-            rx_errors: stats.ierrors,
-            tx_errors: stats.oerrors
-                + sw.tx_bad_length.load(Ordering::Relaxed)
-                + sw.tx_prepare_refused.load(Ordering::Relaxed),
-        }
+        port_share(&stats, &self.port.sw, self.queue, self.port.queues)
     }
 }
 

@@ -39,7 +39,7 @@ pub struct LinkInfo {
     pub offloads: TxOffloads,
 }
 
-/// Monotonic counters of one port (summed over its queues).
+/// Monotonic counters of a port queue; the queues' counters add up to the port's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NicCounters {
     pub rx_packets: u64,
@@ -51,6 +51,19 @@ pub struct NicCounters {
     pub tx_dropped: u64,
     pub rx_errors: u64,
     pub tx_errors: u64,
+}
+
+impl std::ops::AddAssign for NicCounters {
+    fn add_assign(&mut self, o: Self) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_dropped += o.rx_dropped;
+        self.tx_dropped += o.tx_dropped;
+        self.rx_errors += o.rx_errors;
+        self.tx_errors += o.tx_errors;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,5 +108,6 @@ pub trait Nic {
     fn wait_rx(&mut self, timeout: Duration);
 
     fn link(&self) -> LinkInfo;
+    /// This queue's counters: summed over the queues (cores) they give the port's.
     fn counters(&self) -> NicCounters;
 }

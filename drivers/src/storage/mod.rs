@@ -46,6 +46,15 @@ pub struct StorageCounters {
     pub timeouts: u64,
 }
 
+impl std::ops::AddAssign for StorageCounters {
+    fn add_assign(&mut self, o: Self) {
+        self.reads += o.reads;
+        self.read_bytes += o.read_bytes;
+        self.errors += o.errors;
+        self.timeouts += o.timeouts;
+    }
+}
+
 /// One storage queue as the per-core loop drives it.
 pub trait Storage {
     /// "file" or "nvme-vfio": reported as `storage.backend`.
