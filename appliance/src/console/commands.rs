@@ -532,6 +532,12 @@ mod tests {
             }
         }
         assert_eq!(leaves(&v), 57 + 4 + 8);
+        // Each core's share, in core order.
+        let cores = v["cores"].as_array().expect("cores is an array");
+        assert_eq!(cores.len(), 2);
+        assert_eq!(cores[1]["core"], 1);
+        assert_eq!(cores[0]["http_requests"], 6);
+        assert_eq!(cores[1]["connections_active"], 1);
     }
 
     #[test]

@@ -93,6 +93,22 @@ pub struct Counters {
     pub storage: StorageCounters,
     /// [`drivers::storage::Storage::backend`]: "file" or "nvme-vfio".
     pub storage_backend: String,
+    /// Each pipeline's share, in core order (`stats` member "cores").
+    pub per_core: Vec<CoreCounters>,
+}
+
+/// What one pipeline (core) carried: enough to see how RSS spread the load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreCounters {
+    /// CPU number the pipeline is pinned to.
+    pub core: usize,
+    pub connections_active: u64,
+    pub connections_opened: u64,
+    pub http_requests: u64,
+    pub http_body_bytes: u64,
+    pub nic_rx_packets: u64,
+    pub nic_tx_bytes: u64,
+    pub storage_reads: u64,
 }
 
 /// One open connection as `conns` lists it.

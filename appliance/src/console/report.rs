@@ -9,9 +9,11 @@ pub(crate) enum Val {
     Num(u64),
     Text(String),
     Group(Vec<(&'static str, Val)>),
+    /// Groups of the same members, one per item (the cores).
+    List(Vec<Vec<(&'static str, Val)>>),
 }
 
-use Val::{Group, Num, Text};
+use Val::{Group, List, Num, Text};
 
 /// Every counter, grouped by layer. `console` holds the interpreter's own counts, added to
 /// whatever the host put in `Stats::console_*`.
@@ -154,6 +156,26 @@ pub(crate) fn table(
                 ("errors", Num(s.console_errors + console_errors)),
             ]),
         ),
+        (
+            "cores",
+            List(
+                c.per_core
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            ("core", Num(p.core as u64)),
+                            ("connections_active", Num(p.connections_active)),
+                            ("connections_opened", Num(p.connections_opened)),
+                            ("http_requests", Num(p.http_requests)),
+                            ("http_body_bytes", Num(p.http_body_bytes)),
+                            ("nic_rx_packets", Num(p.nic_rx_packets)),
+                            ("nic_tx_bytes", Num(p.nic_tx_bytes)),
+                            ("storage_reads", Num(p.storage_reads)),
+                        ]
+                    })
+                    .collect(),
+            ),
+        ),
     ]
 }
 
@@ -173,8 +195,32 @@ pub(crate) fn write_text(out: &mut String, table: &[(&'static str, Val)]) {
             Text(t) => {
                 let _ = writeln!(out, "{name:<26}{t}");
             }
+            List(items) => {
+                out.push_str(name);
+                out.push('\n');
+                for item in items {
+                    write_list_item(out, item);
+                }
+            }
         }
     }
+}
+
+/// One item of a list on one line: "  member value member value ...".
+fn write_list_item(out: &mut String, item: &[(&'static str, Val)]) {
+    out.push(' ');
+    for (name, val) in item {
+        match val {
+            Num(n) => {
+                let _ = write!(out, " {name} {n}");
+            }
+            Text(t) => {
+                let _ = write!(out, " {name} {t}");
+            }
+            Group(_) | List(_) => {}
+        }
+    }
+    out.push('\n');
 }
 
 fn write_members(out: &mut String, prefix: &str, members: &[(&'static str, Val)]) {
@@ -192,6 +238,11 @@ fn write_members(out: &mut String, prefix: &str, members: &[(&'static str, Val)]
                 let _ = writeln!(out, "  {key:<24}{t}");
             }
             Group(inner) => write_members(out, &key, inner),
+            List(items) => {
+                for item in items {
+                    write_list_item(out, item);
+                }
+            }
         }
     }
 }
@@ -211,6 +262,16 @@ pub(crate) fn write_json(out: &mut String, members: &[(&'static str, Val)]) {
             }
             Text(t) => write_json_string(out, t),
             Group(inner) => write_json(out, inner),
+            List(items) => {
+                out.push('[');
+                for (j, item) in items.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    write_json(out, item);
+                }
+                out.push(']');
+            }
         }
     }
     out.push('}');
