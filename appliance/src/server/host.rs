@@ -1,14 +1,20 @@
-//! What the console sees of a running appliance: status, counters, connections and media,
-//! and the few things it may change (log level, drain, power).
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+//! What the console sees of a running appliance: status, counters summed over the cores,
+//! connections of every core, media, and the few things it may change (log level, drain,
+//! power). The console runs on the first core: its pipeline is read live, the others through
+//! what they published on the [`Board`].
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use drivers::nic::Nic;
 use drivers::storage::Storage;
 
+use super::board::Board;
 use super::pipeline::Pipeline;
 use super::{monotonic_ns, ServeArgs};
 use crate::console::{ConnSummary, ConsoleHost, Counters, Listing, MediaEntry, MediaSummary, PowerAction, StatusInfo};
+
+/// How long `conns` waits for the other cores' listings (they answer within a loop turn).
+const LISTING_WAIT: Duration = Duration::from_millis(200);
 pub use crate::sys::{allowed_cores, pin_to_core};
 
 /// The configuration partition the image's init found (passed in the environment).
@@ -53,14 +59,16 @@ impl Host {
         }
     }
 
-    pub fn view<'a, N: Nic, S: Storage>(&'a mut self, pipe: &'a mut Pipeline<N, S>) -> View<'a, N, S> {
-        View { host: self, pipe }
+    /// The console's view: `pipe` is the first core's pipeline (pipeline 0 of `board`).
+    pub fn view<'a, N: Nic, S: Storage>(&'a mut self, pipe: &'a mut Pipeline<N, S>, board: &'a Board) -> View<'a, N, S> {
+        View { host: self, pipe, board }
     }
 }
 
 pub struct View<'a, N: Nic, S: Storage> {
     host: &'a mut Host,
     pipe: &'a mut Pipeline<N, S>,
+    board: &'a Board,
 }
 
 impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
@@ -74,7 +82,7 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
             gateway: self.host.gateway,
             mac: self.pipe.stack.cfg.mac,
             link: self.pipe.nic.link(),
-            cores: self.host.cores.iter().take(1).copied().collect(),
+            cores: self.host.cores.clone(),
             media: MediaSummary {
                 backend: self.pipe.app.storage.backend().to_string(),
                 source: self.host.media_detail.clone().unwrap_or_else(|| self.host.media_source.clone()),
@@ -88,35 +96,38 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
     }
 
     fn counters(&self) -> Counters {
-        Counters {
+        let mut c = Counters {
             stats: self.pipe.stats(),
             nic: self.pipe.nic.counters(),
             nic_driver: self.pipe.nic.link().driver,
             storage: self.pipe.app.storage.counters(),
             storage_backend: self.pipe.app.storage.backend().to_string(),
+            per_core: Vec::with_capacity(self.board.pipelines()),
+        };
+        let first = super::board::CoreReport { stats: c.stats, nic: c.nic, storage: c.storage, ..Default::default() };
+        c.per_core.push(first.share(self.board.core_of(0)));
+        for i in 1..self.board.pipelines() {
+            let r = self.board.report(i);
+            c.stats += r.stats;
+            c.nic += r.nic;
+            c.storage += r.storage;
+            c.per_core.push(r.share(self.board.core_of(i)));
         }
+        c
     }
 
     fn connections(&self, max: usize) -> Listing<ConnSummary> {
         let now = monotonic_ns(self.host.start);
-        let core = self.host.cores.first().copied().unwrap_or(0);
-        let entries = self
-            .pipe
-            .stack
-            .connections()
-            .take(max)
-            .map(|(_, key, e)| ConnSummary {
-                remote: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(key.remote_ip), key.remote_port)),
-                local_port: key.local_port,
-                state: e.tcp.state.name(),
-                bytes_sent: e.tcp.counters.bytes_sent,
-                age: Duration::from_nanos(now.saturating_sub(e.opened_at)),
-                idle: Duration::from_nanos(now.saturating_sub(e.tcp.last_rx())),
-                tls: e.app.is_tls(),
-                core,
-            })
-            .collect();
-        Listing { total: self.pipe.stack.connection_count(), entries }
+        let mut entries = self.pipe.connection_summaries(max, now, self.board.core_of(0));
+        let mut total = self.pipe.stack.connection_count();
+        if self.board.pipelines() > 1 {
+            for (_, r) in self.board.request_connections(max, 0, LISTING_WAIT) {
+                total += r.conns_total;
+                entries.extend(r.conns.into_iter().take(max - entries.len().min(max)));
+            }
+        }
+        entries.truncate(max);
+        Listing { total, entries }
     }
 
     fn media(&self, max: usize) -> Listing<MediaEntry> {
@@ -134,16 +145,9 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
     }
 
     fn drain(&mut self) {
-        self.pipe.stack.accepting = false;
-        self.pipe.app.draining = true;
-        // Connections between requests close now; the others after their responses.
-        let ids: Vec<_> = self.pipe.stack.connections().filter(|(_, _, e)| e.app.idle()).map(|(id, _, _)| id).collect();
-        for id in ids {
-            if let Some(e) = self.pipe.stack.get_mut(id) {
-                e.tcp.close();
-            }
-            self.pipe.stack.wake(id);
-        }
+        self.pipe.drain();
+        // The other cores follow at their next publication.
+        self.board.drain();
     }
 
     fn power(&mut self, action: PowerAction) {

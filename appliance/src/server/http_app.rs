@@ -321,7 +321,8 @@ fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, buf: &mut Dm
 pub struct HttpApp<S: Storage> {
     pub storage: S,
     pool: DmaPool,
-    pub volume: Volume,
+    /// The index, shared read-only by every core.
+    pub volume: Arc<Volume>,
     limits: Limits,
     pub stats: Stats,
     /// Wall-clock seconds for Date headers, set once per loop iteration.
@@ -341,12 +342,12 @@ pub struct HttpApp<S: Storage> {
 
 impl<S: Storage> HttpApp<S> {
     /// `buffers` DMA chunks of [`CHUNK`] bytes bound what this core has in flight.
-    pub fn new(mut storage: S, volume: Volume, buffers: usize) -> Result<Self, drivers::storage::StorageError> {
+    pub fn new(mut storage: S, volume: impl Into<Arc<Volume>>, buffers: usize) -> Result<Self, drivers::storage::StorageError> {
         let pool = storage.dma_pool(CHUNK, buffers)?;
         Ok(HttpApp {
             storage,
             pool,
-            volume,
+            volume: volume.into(),
             limits: Limits::default(),
             stats: Stats::default(),
             wall_unix: 0,

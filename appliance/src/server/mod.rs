@@ -1,5 +1,7 @@
-//! `appliance serve`: builds a pipeline from the command-line settings (NIC backend, media,
-//! addresses, ports) and runs it, with the management console polled on the first core.
+//! `appliance serve`: builds one pipeline per core from the command-line settings (NIC
+//! backend and its queues, media and its queues, addresses, ports) and runs them, each pinned
+//! to its core, with the management console polled on the first core.
+pub mod board;
 pub mod host;
 pub mod http_app;
 pub mod pipeline;
@@ -15,6 +17,7 @@ use crate::console::{ConsoleService, PowerAction};
 use crate::net::iface::{IfaceConfig, Stack};
 use crate::net::SEC;
 use crate::volume;
+use board::Board;
 use http_app::HttpApp;
 use pipeline::Pipeline;
 
@@ -208,25 +211,70 @@ pub fn serve(args: ServeArgs) -> Result<Outcome, ServeError> {
         crate::tls::handshake::load_server_config(cert, key)?;
     }
     let console = ConsoleService::open(&args.console)?;
-    let media_err = |source| ServeError::Media { spec: args.media.clone(), source };
+    let net = Net { ip, prefix, mac };
+    if let Some(name) = args.nic.strip_prefix("tap:") {
+        let mut cores = cores;
+        let multi = cores.len() > 1 && drivers::nic::tap::existing_multi_queue(name) != Some(false);
+        if cores.len() > 1 && !multi {
+            log::warn!("tap {name} was made without multi_queue (ip tuntap add ... multi_queue): one pipeline, on core {}", cores[0]);
+            cores.truncate(1);
+        }
+        let nic = |_: usize| -> Result<_, ServeError> {
+            Ok(if multi { drivers::nic::tap::TapNic::open_queue(name, true)? } else { drivers::nic::tap::TapNic::open(name)? })
+        };
+        with_media(args.clone(), &nic, net, cores, console)
+    } else if let Some(name) = args.nic.strip_prefix("packet:") {
+        // One socket per core in a fanout group: the kernel keeps each flow on one of them.
+        let group = (cores.len() > 1).then(|| (std::process::id() & 0xffff) as u16);
+        let nic = |_: usize| -> Result<_, ServeError> { Ok(drivers::nic::packet::PacketNic::open_in_group(name, group)?) };
+        with_media(args.clone(), &nic, net, cores, console)
+    } else if args.nic == "dpdk" {
+        start_dpdk(&args, net, cores, console)
+    } else {
+        Err(ServeError::Option(format!("--nic {}: expected tap:<ifname>, packet:<ifname> or dpdk", args.nic)))
+    }
+}
+
+/// The stack's addresses from the command line.
+#[derive(Clone, Copy, Debug)]
+struct Net {
+    ip: Ipv4Addr,
+    prefix: u8,
+    mac: Option<[u8; 6]>,
+}
+
+/// Builds pipeline `index`'s NIC queue (or storage queue), called on that pipeline's own
+/// thread: queues own per-core pools that never cross threads.
+type QueueFn<'a, T> = dyn Fn(usize) -> Result<T, ServeError> + Sync + 'a;
+
+/// Opens the media's queues (one per core) and runs the pipelines on `nic`'s queues.
+fn with_media<N: Nic>(args: ServeArgs, nic: &QueueFn<N>, net: Net, cores: Vec<usize>, console: ConsoleService) -> Result<Outcome, ServeError> {
+    let spec_text = args.media.clone();
+    let media_err = |source| ServeError::Media { spec: spec_text.clone(), source };
     match MediaSpec::parse(&args.media)? {
         MediaSpec::File(path) => {
-            let storage = drivers::storage::FileStorage::open(&path).map_err(media_err)?;
-            start(args, storage, ip, prefix, mac, cores, console)
+            let storage = |_: usize| drivers::storage::FileStorage::open(&path).map_err(media_err);
+            run(args.clone(), nic, &storage, net, cores, console)
         }
         MediaSpec::Nvme(spec) => {
-            let (storage, detail) = open_nvme(&spec).map_err(media_err)?;
+            let (queues, detail) = open_nvme(&spec, cores.len()).map_err(media_err)?;
+            let queues: Vec<_> = queues.into_iter().map(|q| std::sync::Mutex::new(Some(q))).collect();
+            let storage = |i: usize| {
+                let q = queues.get(i).and_then(|q| q.lock().unwrap_or_else(|e| e.into_inner()).take());
+                q.map(|q| q.into_storage()).ok_or_else(|| media_err(drivers::storage::StorageError::Device(format!("no I/O queue pair for pipeline {i}"))))
+            };
             let args = ServeArgs { media_detail: Some(detail), ..args };
-            start(args, storage, ip, prefix, mac, cores, console)
+            run(args, nic, &storage, net, cores, console)
         }
     }
 }
 
-/// Namespace 1 of the NVMe controller `spec` ("auto" or a PCI address) as one I/O queue
-/// pair for the pipeline, and a description of what was found.
-fn open_nvme(spec: &str) -> Result<(drivers::storage::nvme::NvmeStorage, String), drivers::storage::StorageError> {
+/// Namespace 1 of the NVMe controller `spec` ("auto" or a PCI address) with one I/O queue
+/// pair per pipeline, and a description of what was found.
+fn open_nvme(spec: &str, pipelines: usize) -> Result<(Vec<drivers::storage::nvme::NvmeQueue>, String), drivers::storage::StorageError> {
     use drivers::storage::nvme::{self, NvmeConfig};
-    let ctrl = nvme::open(spec, &NvmeConfig::default())?;
+    let config = NvmeConfig { io_queues: pipelines.max(1), ..NvmeConfig::default() };
+    let ctrl = nvme::open(spec, &config)?;
     let (info, ns) = (ctrl.info().clone(), ctrl.namespace());
     let detail = format!(
         "nvme:{} ({}, serial {}, NVMe {}, namespace {}: {} blocks of {} bytes)",
@@ -239,97 +287,94 @@ fn open_nvme(spec: &str) -> Result<(drivers::storage::nvme::NvmeStorage, String)
         ns.lba_size
     );
     log::info!("media: {detail}");
-    let queue = ctrl
-        .into_queues()?
-        .into_iter()
-        .next()
-        .ok_or_else(|| drivers::storage::StorageError::Device("the controller created no I/O queue".into()))?;
-    Ok((queue.into_storage(), detail))
-}
-
-/// Load the volume from `storage` and run the pipeline on the NIC `--nic` names.
-#[allow(clippy::too_many_arguments)]
-fn start<S: Storage>(
-    args: ServeArgs,
-    mut storage: S,
-    ip: Ipv4Addr,
-    prefix: u8,
-    mac: Option<[u8; 6]>,
-    cores: Vec<usize>,
-    console: ConsoleService,
-) -> Result<Outcome, ServeError> {
-    let vol = volume::load(&mut storage)?;
-    log::info!(
-        "media {} ({}): {} objects, {} bytes",
-        args.media,
-        storage.backend(),
-        vol.objects().len(),
-        vol.data_bytes()
-    );
-    if let Some(name) = args.nic.strip_prefix("tap:") {
-        let nic = drivers::nic::tap::TapNic::open(name)?;
-        run(args.clone(), nic, storage, vol, ip, prefix, mac, cores, console)
-    } else if let Some(name) = args.nic.strip_prefix("packet:") {
-        let nic = drivers::nic::packet::PacketNic::open(name)?;
-        run(args.clone(), nic, storage, vol, ip, prefix, mac, cores, console)
-    } else if args.nic == "dpdk" {
-        start_dpdk(&args, storage, vol, ip, prefix, mac, cores, console)
-    } else {
-        Err(ServeError::Option(format!("--nic {}: expected tap:<ifname>, packet:<ifname> or dpdk", args.nic)))
+    let queues = ctrl.into_queues()?;
+    if queues.len() < pipelines {
+        return Err(drivers::storage::StorageError::Device(format!("the controller created {} I/O queue pair(s) for {pipelines} pipeline(s)", queues.len())));
     }
+    Ok((queues, detail))
 }
 
 #[cfg(feature = "dpdk")]
-#[allow(clippy::too_many_arguments)]
-fn start_dpdk<S: Storage>(
-    args: &ServeArgs,
-    storage: S,
-    vol: volume::Volume,
-    ip: Ipv4Addr,
-    prefix: u8,
-    mac: Option<[u8; 6]>,
-    cores: Vec<usize>,
-    console: ConsoleService,
-) -> Result<Outcome, ServeError> {
+fn start_dpdk(args: &ServeArgs, net: Net, mut cores: Vec<usize>, console: ConsoleService) -> Result<Outcome, ServeError> {
     use drivers::nic::dpdk::{DpdkConfig, DpdkNic};
-    let nic = DpdkNic::start(&args.dpdk_args, DpdkConfig::default())?;
-    run(args.clone(), nic, storage, vol, ip, prefix, mac, cores, console)
+    let wanted = u16::try_from(cores.len()).map_err(|_| ServeError::Option("--cores: too many for DPDK's queue count".into()))?;
+    let first = DpdkNic::start(&args.dpdk_args, DpdkConfig { queues: wanted, ..DpdkConfig::default() })?;
+    // The port may have given fewer queues (no RSS): as many pipelines as queues.
+    cores.truncate(usize::from(first.queues()));
+    let others = (1..first.queues()).map(|q| first.queue(q)).collect::<Result<Vec<_>, _>>()?;
+    let handles: Vec<_> = std::iter::once(first).chain(others).map(|h| std::sync::Mutex::new(Some(h))).collect();
+    let nic = |i: usize| {
+        handles
+            .get(i)
+            .and_then(|h| h.lock().unwrap_or_else(|e| e.into_inner()).take())
+            .ok_or_else(|| ServeError::Option(format!("no DPDK queue for pipeline {i}")))
+    };
+    with_media(args.clone(), &nic, net, cores, console)
 }
 
 #[cfg(not(feature = "dpdk"))]
-#[allow(clippy::too_many_arguments)]
-fn start_dpdk<S: Storage>(
-    _args: &ServeArgs,
-    _storage: S,
-    _vol: volume::Volume,
-    _ip: Ipv4Addr,
-    _prefix: u8,
-    _mac: Option<[u8; 6]>,
-    _cores: Vec<usize>,
-    _console: ConsoleService,
-) -> Result<Outcome, ServeError> {
+fn start_dpdk(_args: &ServeArgs, _net: Net, _cores: Vec<usize>, _console: ConsoleService) -> Result<Outcome, ServeError> {
     Err(ServeError::Option("--nic dpdk: this binary was built without the `dpdk` feature (cargo build --features dpdk)".into()))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every pipeline is built from.
+struct Setup {
+    cfg: IfaceConfig,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    https_port: u16,
+    buffers: usize,
+    header_timeout: u64,
+    start: std::time::Instant,
+}
+
+impl Setup {
+    fn pipeline<N: Nic, S: Storage>(&self, nic: N, storage: S, vol: std::sync::Arc<volume::Volume>) -> Result<Pipeline<N, S>, ServeError> {
+        // Every queue is the same port: the first queue's link settings hold for all.
+        let stack = Stack::new(self.cfg.clone(), monotonic_ns(self.start));
+        let mut app = HttpApp::new(storage, vol, self.buffers)?;
+        app.header_timeout = self.header_timeout;
+        if let Some(config) = &self.tls {
+            app.enable_tls(config.clone(), self.https_port);
+        }
+        Ok(Pipeline::new(nic, stack, app))
+    }
+}
+
+/// Pins the calling thread; a failure is logged, not fatal (the pipeline still runs).
+fn pin(core: usize) {
+    if let Err(e) = host::pin_to_core(core) {
+        log::warn!("cannot pin to core {core}: {e}");
+    }
+}
+
+/// Loads the volume, then runs one pipeline per core: the first on this thread with the
+/// console, each other on its own pinned thread. Returns when the console asks for it.
 fn run<N: Nic, S: Storage>(
     args: ServeArgs,
-    nic: N,
-    storage: S,
-    vol: volume::Volume,
-    ip: Ipv4Addr,
-    prefix: u8,
-    mac: Option<[u8; 6]>,
+    nic: &QueueFn<N>,
+    storage: &QueueFn<S>,
+    net: Net,
     cores: Vec<usize>,
     mut console: ConsoleService,
 ) -> Result<Outcome, ServeError> {
-    let mut link = nic.link();
+    let cores = if cores.is_empty() { vec![0] } else { cores };
+    pin(cores[0]);
+    let first_nic = nic(0)?;
+    let mut first_storage = storage(0)?;
+    let vol = std::sync::Arc::new(volume::load(&mut first_storage)?);
+    log::info!(
+        "media {} ({}): {} objects, {} bytes",
+        args.media,
+        first_storage.backend(),
+        vol.objects().len(),
+        vol.data_bytes()
+    );
+    let mut link = first_nic.link();
     if args.no_tx_offload {
         link.offloads = drivers::nic::TxOffloads::default();
     }
     let start = std::time::Instant::now();
-    let now = monotonic_ns(start);
-    let mut cfg = IfaceConfig::new(mac.unwrap_or(link.mac), ip.octets(), prefix);
+    let mut cfg = IfaceConfig::new(net.mac.unwrap_or(link.mac), net.ip.octets(), net.prefix);
     cfg.gateway = args.gateway.map(|g| g.octets());
     cfg.use_link(&link);
     cfg.listen_ports = vec![args.http_port];
@@ -345,48 +390,118 @@ fn run<N: Nic, S: Storage>(
     };
     cfg.max_conns = args.max_connections.max(16);
     cfg.idle_timeout = args.idle_timeout.max(1) * SEC;
-    // One pipeline for now: the first core of the list (RSS across cores comes with DPDK).
-    if let Some(&core) = cores.first() {
-        if let Err(e) = host::pin_to_core(core) {
-            log::warn!("cannot pin to core {core}: {e}");
+    let setup = Setup {
+        cfg,
+        tls,
+        https_port: args.https_port,
+        buffers: args.buffers.max(4),
+        header_timeout: args.header_timeout * SEC,
+        start,
+    };
+    let board = Board::new(&cores);
+    std::thread::scope(|scope| {
+        let mut others = Vec::new();
+        // One at a time, so that a core that cannot start stops the whole start-up.
+        for (index, &core) in cores.iter().enumerate().skip(1) {
+            let (ready, started) = std::sync::mpsc::channel::<Result<(), String>>();
+            let (setup, board, vol) = (&setup, &board, vol.clone());
+            let thread = std::thread::Builder::new().name(format!("pipeline-{core}")).spawn_scoped(scope, move || {
+                pin(core);
+                let built = nic(index).and_then(|n| Ok((n, storage(index)?))).and_then(|(n, s)| setup.pipeline(n, s, vol));
+                match built {
+                    Ok(mut pipe) => {
+                        let _ = ready.send(Ok(()));
+                        run_pipeline(&mut pipe, board, index, start, None)
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e.to_string()));
+                        None
+                    }
+                }
+            });
+            let thread = match thread {
+                Ok(t) => t,
+                Err(e) => {
+                    board.stop();
+                    return Err(ServeError::Option(format!("cannot start the pipeline of core {core}: {e}")));
+                }
+            };
+            others.push(thread);
+            match started.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    board.stop();
+                    return Err(ServeError::Option(format!("pipeline on core {core}: {e}")));
+                }
+                Err(_) => {
+                    board.stop();
+                    return Err(ServeError::Option(format!("the pipeline of core {core} ended while starting")));
+                }
+            }
         }
-    }
-    let stack = Stack::new(cfg, now);
-    let mut app = HttpApp::new(storage, vol, args.buffers.max(4))?;
-    app.header_timeout = args.header_timeout * SEC;
-    if let Some(config) = tls {
-        app.enable_tls(config, args.https_port);
-    }
-    let mut pipe = Pipeline::new(nic, stack, app);
-    let mut host = host::Host::new(&args, ip, prefix, cores, start);
-    log::info!(
-        "serving http://{ip}:{}{} on {} ({}), mac {}",
-        args.http_port,
-        if args.tls_cert.is_some() { format!(" and https://{ip}:{}", args.https_port) } else { String::new() },
-        args.nic,
-        link.driver,
-        host::format_mac(&pipe.stack.cfg.mac)
-    );
+        let mut pipe = setup.pipeline(first_nic, first_storage, vol)?;
+        let mut host = host::Host::new(&args, net.ip, net.prefix, cores.clone(), start);
+        log::info!(
+            "serving http://{}:{}{} on {} ({}), mac {}, {} pipeline(s) on core(s) {:?}",
+            net.ip,
+            args.http_port,
+            if args.tls_cert.is_some() { format!(" and https://{}:{}", net.ip, args.https_port) } else { String::new() },
+            args.nic,
+            link.driver,
+            host::format_mac(&pipe.stack.cfg.mac),
+            cores.len(),
+            cores
+        );
+        let outcome = run_pipeline(&mut pipe, &board, 0, start, Some((&mut host, &mut console)));
+        board.stop();
+        for t in others {
+            if t.join().is_err() {
+                log::error!("a pipeline thread panicked");
+            }
+        }
+        outcome.ok_or_else(|| ServeError::Option("the pipeline stopped".into()))
+    })
+}
+
+/// One core's loop until the board says stop (or, on the console's core, until the console
+/// asks for power off or reboot). Every millisecond (or when idle) it publishes its counters,
+/// follows a drain, and on the first core polls the console.
+fn run_pipeline<N: Nic, S: Storage>(
+    pipe: &mut Pipeline<N, S>,
+    board: &Board,
+    index: usize,
+    start: std::time::Instant,
+    mut console: Option<(&mut host::Host, &mut ConsoleService)>,
+) -> Option<Outcome> {
+    let core = board.core_of(index);
     let mut iter: u64 = 0;
-    let mut last_console = 0u64;
+    let mut last_tick = 0u64;
     loop {
         let now = monotonic_ns(start);
-        if iter % 1024 == 0 {
+        if iter.is_multiple_of(1024) {
             pipe.app.wall_unix = wall_unix();
         }
         iter += 1;
         let busy = pipe.poll(now);
-        // The console is cheap when idle but not free: poll it every millisecond.
-        if !busy || now - last_console > crate::net::MS {
-            last_console = now;
-            let mut view = host.view(&mut pipe);
-            console.poll(&mut view, 8);
-            if let Some(action) = host.power.take() {
-                console.flush_for(Duration::from_secs(2));
-                return Ok(match action {
-                    PowerAction::Poweroff => Outcome::Poweroff,
-                    PowerAction::Reboot => Outcome::Reboot,
-                });
+        // Cheap when idle but not free: once a millisecond.
+        if !busy || now - last_tick > crate::net::MS {
+            last_tick = now;
+            if board.draining() && !pipe.app.draining {
+                pipe.drain();
+            }
+            pipe.publish(board, index, core, now);
+            if let Some((host, console)) = console.as_mut() {
+                let mut view = host.view(pipe, board);
+                console.poll(&mut view, 8);
+                if let Some(action) = host.power.take() {
+                    console.flush_for(Duration::from_secs(2));
+                    return Some(match action {
+                        PowerAction::Poweroff => Outcome::Poweroff,
+                        PowerAction::Reboot => Outcome::Reboot,
+                    });
+                }
+            } else if board.stopped() {
+                return None;
             }
         }
         if !busy {

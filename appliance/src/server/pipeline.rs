@@ -1,9 +1,14 @@
 //! One core's run-to-completion loop: receive a burst, run TCP and HTTP, poll storage
 //! completions, run timers, transmit. Nothing here blocks except an idle wait on the NIC.
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
 use drivers::nic::Nic;
 use drivers::storage::Storage;
 
+use super::board::Board;
 use super::http_app::{HttpApp, HttpConn};
+use crate::console::ConnSummary;
 use crate::net::iface::Stack;
 use crate::net::Instant;
 use crate::stats::Stats;
@@ -36,6 +41,53 @@ impl<N: Nic, S: Storage> Pipeline<N, S> {
         let sent = self.stack.poll_tx(now, &mut self.app, &mut self.nic, TX_BUDGET);
         self.nic.tx_flush();
         got > 0 || done > 0 || sent > 0
+    }
+
+    /// Stop accepting connections: those between requests close now, the others after
+    /// their responses.
+    pub fn drain(&mut self) {
+        self.stack.accepting = false;
+        self.app.draining = true;
+        let ids: Vec<_> = self.stack.connections().filter(|(_, _, e)| e.app.idle()).map(|(id, _, _)| id).collect();
+        for id in ids {
+            if let Some(e) = self.stack.get_mut(id) {
+                e.tcp.close();
+            }
+            self.stack.wake(id);
+        }
+    }
+
+    /// At most `max` of this core's connections as the console lists them.
+    pub fn connection_summaries(&self, max: usize, now: Instant, core: usize) -> Vec<ConnSummary> {
+        self.stack
+            .connections()
+            .take(max)
+            .map(|(_, key, e)| ConnSummary {
+                remote: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(key.remote_ip), key.remote_port)),
+                local_port: key.local_port,
+                state: e.tcp.state.name(),
+                bytes_sent: e.tcp.counters.bytes_sent,
+                age: Duration::from_nanos(now.saturating_sub(e.opened_at)),
+                idle: Duration::from_nanos(now.saturating_sub(e.tcp.last_rx())),
+                tls: e.app.is_tls(),
+                core,
+            })
+            .collect()
+    }
+
+    /// Publish this core's counters (pipeline `index` on CPU `core`) for the console, and a
+    /// connection listing if one was asked for.
+    pub fn publish(&self, board: &Board, index: usize, core: usize, now: Instant) {
+        board.publish(index, |report, wanted| {
+            report.stats = self.stats();
+            report.nic = self.nic.counters();
+            report.storage = self.app.storage.counters();
+            if let Some((request, max)) = wanted {
+                report.conns = self.connection_summaries(max, now, core);
+                report.conns_total = self.stack.connection_count();
+                report.conns_answered = request;
+            }
+        });
     }
 
     /// Every counter of this core, TCP counters of live connections included.
