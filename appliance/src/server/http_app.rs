@@ -1064,11 +1064,23 @@ mod tests {
     }
 
     /// File storage whose reads inside `bad` fail (a drive's media error).
+    /// File storage whose reads of `bad` fail with `error`, `delay_polls` polls after they
+    /// were submitted (a media error at once; a command timeout, as the NVMe driver reports
+    /// one after resetting a silent controller, late).
     struct FailingReads {
         inner: drivers::storage::FileStorage,
         bad: std::ops::Range<u64>,
+        error: drivers::storage::StorageError,
+        delay_polls: u32,
         failed: u64,
-        pending: Vec<drivers::storage::Completion>,
+        /// Completions held back, with the polls left before they are handed out.
+        held: Vec<(u32, drivers::storage::Completion)>,
+    }
+
+    impl FailingReads {
+        fn new(inner: drivers::storage::FileStorage, bad: std::ops::Range<u64>, error: drivers::storage::StorageError, delay_polls: u32) -> Self {
+            FailingReads { inner, bad, error, delay_polls, failed: 0, held: Vec::new() }
+        }
     }
 
     impl drivers::storage::Storage for FailingReads {
@@ -1087,41 +1099,51 @@ mod tests {
         fn submit_read(&mut self, tag: u64, offset: u64, len: usize, buf: drivers::storage::DmaBuf) -> Result<(), (drivers::storage::StorageError, drivers::storage::DmaBuf)> {
             self.inner.submit_read(tag, offset, len, buf)?;
             if self.bad.contains(&offset) {
-                // Turn the completion just queued into a failure.
+                // Turn the completion just queued into a failure, held back for a while.
                 let mut done = Vec::with_capacity(64);
                 self.inner.poll(&mut done);
                 for mut c in done {
+                    let mut delay = 0;
                     if c.tag == tag {
-                        c.result = Err(drivers::storage::StorageError::Device("media error (test)".into()));
+                        c.result = Err(self.error.clone());
                         self.failed += 1;
+                        delay = self.delay_polls;
                     }
-                    self.pending.push(c);
+                    self.held.push((delay, c));
                 }
             }
             Ok(())
         }
         fn poll(&mut self, out: &mut Vec<drivers::storage::Completion>) -> usize {
-            let n = self.pending.len();
-            out.append(&mut self.pending);
-            n + self.inner.poll(out)
+            let before = out.len();
+            let mut i = 0;
+            while i < self.held.len() {
+                if self.held[i].0 == 0 {
+                    out.push(self.held.remove(i).1);
+                } else {
+                    self.held[i].0 -= 1;
+                    i += 1;
+                }
+            }
+            (out.len() - before) + self.inner.poll(out)
         }
         fn in_flight(&self) -> usize {
-            self.pending.len() + self.inner.in_flight()
+            self.held.len() + self.inner.in_flight()
         }
         fn counters(&self) -> drivers::storage::StorageCounters {
             self.inner.counters()
         }
     }
 
-    /// A read error ends only the transfer that needed the block: the other one, on the same
-    /// core at the same time, completes byte-exact; the error is counted; nothing leaks.
-    #[test]
-    fn a_failed_read_ends_only_its_transfer() {
+    /// A read that fails (`error`, after `delay_polls` polls) ends only the transfer that
+    /// needed the block: the other one, on the same core at the same time, completes
+    /// byte-exact; the error is counted; nothing leaks.
+    fn a_failing_read_ends_only_its_transfer(error: drivers::storage::StorageError, delay_polls: u32) {
         let (_dir, storage, volume) = tiny_volume();
         let a = volume.lookup("/a.txt").unwrap().clone();
         let index_len = volume.lookup("/index.html").unwrap().size;
         let bad = a.offset..a.offset + a.extent_len();
-        let storage = FailingReads { inner: storage, bad, failed: 0, pending: Vec::new() };
+        let storage = FailingReads::new(storage, bad, error, delay_polls);
         let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
         assert!(h.start_fetch("/a.txt", None));
         assert!(h.start_fetch("/index.html", None));
@@ -1136,6 +1158,19 @@ mod tests {
         h.run_for(Duration::from_secs(5));
         assert_eq!(h.server.stack.connection_count(), 0, "connections reclaimed");
         assert_eq!(h.server.app.buffers_free(), 16, "every buffer back");
+        assert_eq!(drivers::storage::Storage::in_flight(&h.server.app.storage), 0);
+    }
+
+    #[test]
+    fn a_failed_read_ends_only_its_transfer() {
+        a_failing_read_ends_only_its_transfer(drivers::storage::StorageError::Device("media error (test)".into()), 0);
+    }
+
+    /// A timed-out read (reported late, as after a controller reset) ends only its transfer,
+    /// while the other transfer goes on meanwhile.
+    #[test]
+    fn a_timed_out_read_ends_only_its_transfer() {
+        a_failing_read_ends_only_its_transfer(drivers::storage::StorageError::Timeout, 2000);
     }
 
     /// Found by the `net_frames` fuzz target (fuzz/regressions/net_frames/tls-bad-record-after-fin):
