@@ -19,6 +19,11 @@ const RX_POOL: usize = 512;
 const TX_SLOTS: usize = 256;
 const ETH_HEADER: usize = 14;
 const MTU: usize = 1500;
+/// Receive buffer asked of the kernel (SO_RCVBUFFORCE, else SO_RCVBUF up to rmem_max). The
+/// default (about 208 KiB, counted in skb truesize) overflowed when 100 clients connected at
+/// once to a guest under emulation: the kernel dropped their ACKs and requests, and QEMU's
+/// user network did not resend them before the header timeout closed the connections.
+const RCVBUF: libc::c_int = 8 << 20;
 
 type Buffer = Box<[u8; FRAME_SIZE]>;
 
@@ -59,6 +64,9 @@ pub struct PacketNic {
     tx_head: usize,
     tx_count: usize,
     counters: NicCounters,
+    /// Frames the kernel dropped because the socket's receive queue was full
+    /// (PACKET_STATISTICS, which resets on each read, so they are added up here).
+    kernel_drops: std::cell::Cell<u64>,
 }
 
 fn os_err(what: &str) -> NicError {
@@ -163,6 +171,11 @@ impl PacketNic {
         mreq.mr_ifindex = index as i32;
         mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
         set_option(&fd, libc::PACKET_ADD_MEMBERSHIP, &mreq).map_err(|e| NicError::Open { what: "promiscuous mode".into(), source: e })?;
+        let rcvbuf_ok = set_socket_option(&fd, libc::SO_RCVBUFFORCE, &RCVBUF)
+            .or_else(|_| set_socket_option(&fd, libc::SO_RCVBUF, &RCVBUF));
+        if let Err(e) = rcvbuf_ok {
+            log::warn!("af_packet {ifname}: receive buffer of {RCVBUF} bytes refused: {e}");
+        }
         // Frames the kernel itself sends on the port are not ours to see (Linux >= 4.20).
         let one: libc::c_int = 1;
         if let Err(e) = set_option(&fd, libc::PACKET_IGNORE_OUTGOING, &one) {
@@ -188,6 +201,7 @@ impl PacketNic {
             tx_head: 0,
             tx_count: 0,
             counters: NicCounters::default(),
+            kernel_drops: std::cell::Cell::new(0),
         })
     }
 
@@ -206,11 +220,41 @@ fn fmt_mac(m: &[u8; 6]) -> String {
 }
 
 fn set_option<T>(fd: &OwnedFd, name: libc::c_int, value: &T) -> io::Result<()> {
+    set_level_option(fd, libc::SOL_PACKET, name, value)
+}
+
+fn set_socket_option<T>(fd: &OwnedFd, name: libc::c_int, value: &T) -> io::Result<()> {
+    set_level_option(fd, libc::SOL_SOCKET, name, value)
+}
+
+/// Frames dropped by the kernel since the last call (PACKET_STATISTICS resets them).
+fn take_kernel_drops(fd: &OwnedFd) -> u64 {
+    // SAFETY: tpacket_stats is plain old data.
+    let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: st is a live tpacket_stats and len its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        0
+    } else {
+        u64::from(st.tp_drops)
+    }
+}
+
+fn set_level_option<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: value points at a live T and the length passed is its size.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_PACKET,
+            level,
             name,
             (value as *const T).cast(),
             std::mem::size_of::<T>() as u32,
@@ -351,7 +395,10 @@ impl Nic for PacketNic {
     }
 
     fn counters(&self) -> NicCounters {
-        self.counters
+        self.kernel_drops.set(self.kernel_drops.get() + take_kernel_drops(&self.fd));
+        let mut c = self.counters;
+        c.rx_dropped += self.kernel_drops.get();
+        c
     }
 }
 
