@@ -305,7 +305,7 @@ fn one_queue() {
         b.len() == 1514 && b[12..14] == [0x08, 0x00] && b[23] == 17 && b[36..38] == 9u16.to_be_bytes()
     };
     let (received, pps) =
-        drivers::nic::dpdk::bench_rx(&mut nic, 5000, Duration::from_secs(5), is_flood);
+        drivers::nic::bench::bench_rx(&mut nic, 5000, Duration::from_secs(5), is_flood);
     let sent = flood.join().expect("flood thread");
     eprintln!("dpdk net_tap rx: {received} of {sent} frames of 1514 bytes, {pps:.0} frames/s");
     assert!(received > 0 && received <= u64::from(sent));
@@ -338,7 +338,7 @@ fn one_queue() {
     );
 
     // A short burst benchmark to the kernel (broadcast frames of an experimental EtherType).
-    let pps = drivers::nic::dpdk::bench_tx(&mut nic, 2000, 1514);
+    let pps = drivers::nic::bench::bench_tx(&mut nic, 2000, 1514);
     eprintln!("dpdk net_tap tx: {pps:.0} frames/s of 1514 bytes");
     assert!(pps > 0.0);
     let bench = nic.counters();

@@ -4,6 +4,7 @@
 //! one returns it. A transmit is a gather list (headers, then payload slices that may live in
 //! storage DMA buffers) queued on the driver's ring and handed to the device by
 //! [`Nic::tx_flush`]. Nothing here allocates per packet once the backend is built.
+pub mod bench;
 pub mod checksum;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
