@@ -83,6 +83,7 @@ impl ConsoleHost for FakeHost {
                 timeouts: 0,
             },
             storage_backend: "file".to_string(),
+            nic_xstats: vec![("rx_good_packets".to_string(), 101), ("sw_tx_dropped".to_string(), 0)],
             per_core: vec![
                 CoreCounters { core: 0, connections_active: 1, http_requests: 6, ..Default::default() },
                 CoreCounters { core: 1, connections_active: 1, http_requests: 5, ..Default::default() },

@@ -95,6 +95,9 @@ pub struct Counters {
     pub storage_backend: String,
     /// Each pipeline's share, in core order (`stats` member "cores").
     pub per_core: Vec<CoreCounters>,
+    /// The port's extended statistics (`stats` member "nic.xstats"): DPDK's xstats and the
+    /// backend's `sw_*` counters; empty for backends without them.
+    pub nic_xstats: Vec<(String, u64)>,
 }
 
 /// What one pipeline (core) carried: enough to see how RSS spread the load.

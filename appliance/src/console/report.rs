@@ -11,9 +11,11 @@ pub(crate) enum Val {
     Group(Vec<(&'static str, Val)>),
     /// Groups of the same members, one per item (the cores).
     List(Vec<Vec<(&'static str, Val)>>),
+    /// Counters named at run time (a driver's extended statistics).
+    Named(Vec<(String, u64)>),
 }
 
-use Val::{Group, List, Num, Text};
+use Val::{Group, List, Named, Num, Text};
 
 /// Every counter, grouped by layer. `console` holds the interpreter's own counts, added to
 /// whatever the host put in `Stats::console_*`.
@@ -36,6 +38,7 @@ pub(crate) fn table(
                 ("tx_dropped", Num(c.nic.tx_dropped)),
                 ("rx_errors", Num(c.nic.rx_errors)),
                 ("tx_errors", Num(c.nic.tx_errors)),
+                ("xstats", Named(c.nic_xstats.clone())),
             ]),
         ),
         (
@@ -202,6 +205,11 @@ pub(crate) fn write_text(out: &mut String, table: &[(&'static str, Val)]) {
                     write_list_item(out, item);
                 }
             }
+            Named(pairs) => {
+                for (n, v) in pairs {
+                    let _ = writeln!(out, "{name} {n:<21}{v}");
+                }
+            }
         }
     }
 }
@@ -217,7 +225,7 @@ fn write_list_item(out: &mut String, item: &[(&'static str, Val)]) {
             Text(t) => {
                 let _ = write!(out, " {name} {t}");
             }
-            Group(_) | List(_) => {}
+            Group(_) | List(_) | Named(_) => {}
         }
     }
     out.push('\n');
@@ -241,6 +249,11 @@ fn write_members(out: &mut String, prefix: &str, members: &[(&'static str, Val)]
             List(items) => {
                 for item in items {
                     write_list_item(out, item);
+                }
+            }
+            Named(pairs) => {
+                for (n, v) in pairs {
+                    let _ = writeln!(out, "  {key} {n:<width$}{v}", width = 23usize.saturating_sub(key.len()));
                 }
             }
         }
@@ -271,6 +284,17 @@ pub(crate) fn write_json(out: &mut String, members: &[(&'static str, Val)]) {
                     write_json(out, item);
                 }
                 out.push(']');
+            }
+            Named(pairs) => {
+                out.push('{');
+                for (j, (n, v)) in pairs.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    write_json_string(out, n);
+                    let _ = write!(out, ":{v}");
+                }
+                out.push('}');
             }
         }
     }

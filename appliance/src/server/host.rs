@@ -103,6 +103,7 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
             storage: self.pipe.app.storage.counters(),
             storage_backend: self.pipe.app.storage.backend().to_string(),
             per_core: Vec::with_capacity(self.board.pipelines()),
+            nic_xstats: self.pipe.nic.xstats(),
         };
         let first = super::board::CoreReport { stats: c.stats, nic: c.nic, storage: c.storage, ..Default::default() };
         c.per_core.push(first.share(self.board.core_of(0)));

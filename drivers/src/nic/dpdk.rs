@@ -1253,6 +1253,10 @@ impl Nic for DpdkNic {
         }
     }
 
+    fn xstats(&self) -> Vec<(String, u64)> {
+        DpdkNic::xstats(self)
+    }
+
     fn counters(&self) -> NicCounters {
         let mut stats = sys::rte_eth_stats::default();
         let ret = {

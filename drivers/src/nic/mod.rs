@@ -111,4 +111,10 @@ pub trait Nic {
     fn link(&self) -> LinkInfo;
     /// This queue's counters: summed over the queues (cores) they give the port's.
     fn counters(&self) -> NicCounters;
+
+    /// The port's own extended statistics by name (DPDK's xstats and the backend's software
+    /// counters), for the console; read on its request only. Empty where there are none.
+    fn xstats(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
