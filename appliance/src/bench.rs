@@ -150,7 +150,7 @@ pub struct CaseResult {
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
-    if args.connections.iter().any(|&c| c == 0) || args.cores.iter().any(|&c| c == 0) {
+    if args.connections.contains(&0) || args.cores.contains(&0) {
         return Err("--connections and --cores take positive numbers".into());
     }
     let dir = tempfile_dir(args.dir.as_deref())?;
@@ -376,10 +376,14 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
         h.clock.set(start.elapsed());
         h.step(false);
     }
-    // A few more rounds so that nothing is left half-done in the loop.
-    for _ in 0..16 {
-        h.clock.set(start.elapsed());
-        h.step(false);
+    // Until the server has every response acknowledged (the client has its bytes before the
+    // server has the ACKs): only then is a connection idle.
+    let busy = |h: &SimHarness<FileStorage>| h.server.stack.connections().any(|(_, _, e)| e.app.holds_buffers());
+    while busy(&h) && Instant::now() < deadline {
+        for _ in 0..64 {
+            h.clock.set(start.elapsed());
+            h.step(false);
+        }
     }
     if !ready(&h) {
         out.error = Some(format!("only {} of {n} idle connections were set up", h.server.stack.connection_count()));

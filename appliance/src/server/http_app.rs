@@ -331,6 +331,7 @@ impl HttpConn {
 }
 
 /// Give a connection's chunk slots back to `sets` once none holds a buffer.
+#[allow(clippy::vec_box)] // boxes move between pool and connection without copying
 fn release_chunks(sets: &mut Vec<Box<ChunkSet>>, c: &mut HttpConn) {
     if c.chunks.as_ref().is_some_and(|set| set.iter().all(|k| matches!(k.state, ChunkState::Free))) {
         if let Some(set) = c.chunks.take() {
@@ -486,6 +487,7 @@ pub struct HttpApp<S: Storage> {
     rx_waiters: VecDeque<ConnId>,
     /// Chunk slots for connections holding storage buffers: as many as storage buffers, so a
     /// connection that gets a storage buffer always finds a set.
+    #[allow(clippy::vec_box)] // boxes move between pool and connection without copying
     chunk_sets: Vec<Box<ChunkSet>>,
     /// Emptied response queues (their allocation kept), for the next busy connection.
     spare_queues: Vec<VecDeque<Response>>,
