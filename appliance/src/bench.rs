@@ -8,9 +8,15 @@
 //! range of one object. Figures per case:
 //! - `gbps_per_core`: body bits served per second of server loop time, averaged over cores;
 //!   `gbps_total`: the sum over cores (each pipeline is independent).
-//! - `mem_per_conn_bytes`: after the transfers, as many idle connections (TLS: handshake done)
-//!   are opened again; the server's heap growth over them per connection, plus the
-//!   connection table's start-up reservation per slot.
+//! - `mem_per_conn_bytes`: after the transfers, as many keep-alive connections are opened
+//!   again, each asks for 100 bytes and then stays open and quiet (TLS: after its handshake):
+//!   the sum of the stack's start-up reservation per table slot (the table, its index, the
+//!   timer wheel and queues: everything `Stack::new` allocates, over its capacity,
+//!   `mem_table_per_conn_bytes`), the server's heap growth over the idle connections per
+//!   connection (`mem_heap_per_conn_bytes`), and what C code holds for them (aws-lc's AEAD
+//!   contexts, unseen by the counting allocator: `mem_c_heap_per_conn_bytes`). The per-core
+//!   pools that connections borrow from only while busy are reported apart
+//!   (`pool_bytes_per_core`): an idle connection holds none of them.
 //! - `bytes_touched_per_byte`: payload bytes the server's CPU read or wrote per body byte:
 //!   the checksum pass, in-place sealing, and storage reads that went through the page cache
 //!   (2 per byte: the kernel reads the cache and writes the buffer; O_DIRECT reads are DMA).
@@ -102,6 +108,9 @@ struct CoreResult {
     storage_touched: u64,
     idle_conns: usize,
     idle_heap_bytes: i64,
+    idle_c_heap_bytes: u64,
+    table_bytes_per_slot: f64,
+    pool_bytes: u64,
     handshakes: u64,
     wall: f64,
     device_ns: u64,
@@ -129,6 +138,10 @@ pub struct CaseResult {
     pub handshake_seconds: f64,
     pub allocs_in_handshakes: Option<u64>,
     pub mem_per_conn_bytes: f64,
+    pub mem_table_per_conn_bytes: f64,
+    pub mem_heap_per_conn_bytes: f64,
+    pub mem_c_heap_per_conn_bytes: f64,
+    pub pool_bytes_per_core: f64,
     pub bytes_touched_per_byte: f64,
     pub allocs_on_packet_path: Option<u64>,
     pub server_seconds: f64,
@@ -137,7 +150,7 @@ pub struct CaseResult {
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
-    if args.connections.iter().any(|&c| c == 0) || args.cores.iter().any(|&c| c == 0) {
+    if args.connections.contains(&0) || args.cores.contains(&0) {
         return Err("--connections and --cores take positive numbers".into());
     }
     let dir = tempfile_dir(args.dir.as_deref())?;
@@ -235,7 +248,10 @@ fn combine(tls: bool, offload: bool, connections: usize, cores: usize, results: 
     let gbps_total: f64 = results.iter().map(rate).sum();
     let idle_conns: usize = results.iter().map(|r| r.idle_conns).sum();
     let idle_heap: i64 = results.iter().map(|r| r.idle_heap_bytes).sum();
-    let slot = ConnTable::<Entry<HttpConn>>::slot_bytes() as f64;
+    let idle_c_heap: u64 = results.iter().map(|r| r.idle_c_heap_bytes).sum();
+    // Without the counting allocator only the slot itself is known.
+    let slot = results.iter().map(|r| r.table_bytes_per_slot).fold(ConnTable::<Entry<HttpConn>>::slot_bytes() as f64, f64::max);
+    let per_idle = |b: f64| if idle_conns == 0 { f64::NAN } else { b / idle_conns as f64 };
     let touched: u64 = results.iter().map(|r| r.touched + r.storage_touched).sum();
     CaseResult {
         tls,
@@ -252,7 +268,11 @@ fn combine(tls: bool, offload: bool, connections: usize, cores: usize, results: 
         device_seconds: results.iter().map(|r| r.device_ns).max().unwrap_or(0) as f64 / 1e9,
         handshake_seconds: results.iter().map(|r| r.handshake_ns).max().unwrap_or(0) as f64 / 1e9,
         allocs_in_handshakes: accounting::allocator_installed().then(|| results.iter().map(|r| r.handshake_allocs).sum()),
-        mem_per_conn_bytes: if idle_conns == 0 { f64::NAN } else { slot + idle_heap as f64 / idle_conns as f64 },
+        mem_per_conn_bytes: slot + per_idle(idle_heap as f64) + per_idle(idle_c_heap as f64),
+        mem_table_per_conn_bytes: slot,
+        mem_heap_per_conn_bytes: per_idle(idle_heap as f64),
+        mem_c_heap_per_conn_bytes: per_idle(idle_c_heap as f64),
+        pool_bytes_per_core: results.iter().map(|r| r.pool_bytes).sum::<u64>() as f64 / cores as f64,
         bytes_touched_per_byte: if body_bytes == 0 { f64::NAN } else { touched as f64 / body_bytes as f64 },
         allocs_on_packet_path: accounting::allocator_installed().then(|| results.iter().map(|r| r.allocs - r.handshake_allocs).sum()),
         server_seconds: results.iter().map(|r| r.server_ns).max().unwrap_or(0) as f64 / 1e9,
@@ -344,31 +364,41 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
         h.step(false);
     }
     let heap0 = h.server_heap_bytes;
-    let handshakes0 = h.server.app.stats.tls_handshakes;
+    let fetches0 = h.client_app.fetches.len();
     for _ in 0..n {
-        if !h.start_idle(tls) {
+        if !h.start_keep_alive(tls, OBJECT, Some((0, 99))) {
             out.error = Some("an idle client could not connect".into());
             return out;
         }
     }
-    let ready = |h: &SimHarness<FileStorage>| {
-        h.server.stack.connection_count() >= n && (!tls || h.server.app.stats.tls_handshakes - handshakes0 >= n as u64)
-    };
+    let ready = |h: &SimHarness<FileStorage>| h.server.stack.connection_count() >= n && h.client_app.fetches.len() - fetches0 >= n;
     while !ready(&h) && Instant::now() < deadline {
         h.clock.set(start.elapsed());
         h.step(false);
     }
-    // A few more rounds so that nothing is left half-done in the loop.
-    for _ in 0..16 {
-        h.clock.set(start.elapsed());
-        h.step(false);
+    // Until the server has every response acknowledged (the client has its bytes before the
+    // server has the ACKs): only then is a connection idle.
+    let busy = |h: &SimHarness<FileStorage>| h.server.stack.connections().any(|(_, _, e)| e.app.holds_buffers());
+    while busy(&h) && Instant::now() < deadline {
+        for _ in 0..64 {
+            h.clock.set(start.elapsed());
+            h.step(false);
+        }
     }
     if !ready(&h) {
         out.error = Some(format!("only {} of {n} idle connections were set up", h.server.stack.connection_count()));
         return out;
     }
+    let bad = h.client_app.fetches[fetches0..].iter().filter(|f| !(f.complete && f.status == 206 && f.body_len == 100)).count();
+    if bad > 0 {
+        out.error = Some(format!("{bad} of {n} keep-alive requests incomplete or not 206"));
+        return out;
+    }
     out.idle_conns = n;
     out.idle_heap_bytes = h.server_heap_bytes - heap0;
+    out.idle_c_heap_bytes = h.server.stack.connections().map(|(_, _, e)| e.app.foreign_heap_bytes() as u64).sum();
+    out.table_bytes_per_slot = h.server_stack_bytes as f64 / h.server.stack.cfg.max_conns as f64;
+    out.pool_bytes = h.server.app.pool_reserved_bytes() as u64;
     out.ok = true;
     out
 }
@@ -377,7 +407,7 @@ fn print_case(r: &CaseResult, seal: f64, memcpy: f64, json: bool) {
     let num = |x: f64| if x.is_finite() { format!("{x:.3}") } else { "null".to_string() };
     if json {
         println!(
-            "{{\"case\":\"{}-sim{}\",\"tls\":{},\"offload\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{}{}}}",
+            "{{\"case\":\"{}-sim{}\",\"tls\":{},\"offload\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{}{}}}",
             if r.tls { "https" } else { "http" },
             if r.offload { "-offload" } else { "" },
             r.tls,
@@ -398,6 +428,10 @@ fn print_case(r: &CaseResult, seal: f64, memcpy: f64, json: bool) {
             num(memcpy),
             num(r.gbps_per_core / memcpy),
             num(r.mem_per_conn_bytes),
+            num(r.mem_table_per_conn_bytes),
+            num(r.mem_heap_per_conn_bytes),
+            num(r.mem_c_heap_per_conn_bytes),
+            num(r.pool_bytes_per_core),
             num(r.bytes_touched_per_byte),
             r.allocs_on_packet_path.map_or("null".to_string(), |a| a.to_string()),
             num(r.server_seconds),

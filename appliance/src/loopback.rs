@@ -69,22 +69,53 @@ pub struct ClientConn {
     tag: u64,
     abort: Option<(u64, Abort)>,
     aborted: bool,
+    /// Keep the connection open (and quiet) once the response arrived.
+    keep_alive: bool,
 }
 
 impl ClientConn {
     pub fn get(path: &str, range: Option<(u64, u64)>) -> ClientConn {
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: appliance\r\nConnection: close\r\n");
-        if let Some((a, b)) = range {
-            request.push_str(&format!("Range: bytes={a}-{b}\r\n"));
-        }
-        request.push_str("\r\n");
-        ClientConn::raw(request.as_bytes())
+        ClientConn::raw(&request_bytes(path, range, false))
     }
 
+    /// A GET that keeps the connection open, quiet, after the response.
+    pub fn get_keep_alive(path: &str, range: Option<(u64, u64)>) -> ClientConn {
+        let mut c = ClientConn::raw(&request_bytes(path, range, true));
+        c.keep_alive = true;
+        c
+    }
+
+    /// As [`ClientConn::get_keep_alive`], over TLS.
+    pub fn get_keep_alive_tls(path: &str, range: Option<(u64, u64)>, config: Arc<rustls::ClientConfig>, name: &str) -> Option<ClientConn> {
+        let mut c = ClientConn::idle_tls(config, name)?;
+        c.keep_alive = true;
+        let tls = c.tls.as_mut()?;
+        tls.writer().write_all(&request_bytes(path, range, true)).ok()?;
+        while tls.wants_write() {
+            tls.write_tls(&mut c.out).ok()?;
+        }
+        Some(c)
+    }
+}
+
+/// A GET head; without `keep_alive` it asks the server to close after the response.
+fn request_bytes(path: &str, range: Option<(u64, u64)>, keep_alive: bool) -> Vec<u8> {
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: appliance\r\n");
+    if !keep_alive {
+        request.push_str("Connection: close\r\n");
+    }
+    if let Some((a, b)) = range {
+        request.push_str(&format!("Range: bytes={a}-{b}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.into_bytes()
+}
+
+impl ClientConn {
     /// A connection that sends exactly `bytes` (a partial or malformed head, or nothing) and
     /// then waits.
     pub fn raw(bytes: &[u8]) -> ClientConn {
-        ClientConn { out: bytes.to_vec(), tls: None, head: Vec::new(), status: 0, content_length: None, received: 0, hasher: Sha256::new(), done: false, tag: 0, abort: None, aborted: false }
+        ClientConn { out: bytes.to_vec(), tls: None, head: Vec::new(), status: 0, content_length: None, received: 0, hasher: Sha256::new(), done: false, tag: 0, abort: None, aborted: false, keep_alive: false }
     }
 
     /// A connection that sends nothing.
@@ -199,6 +230,9 @@ impl ClientApp {
         if Some(c.received) >= c.content_length {
             let f = c.finish();
             self.fetches.push(f);
+            if c.keep_alive {
+                return; // open and quiet: an idle keep-alive connection
+            }
             if let Some(tls) = &mut c.tls {
                 tls.send_close_notify();
                 while tls.wants_write() {
@@ -338,6 +372,9 @@ pub struct SimHarness<S: Storage> {
     pub server_heap_bytes: i64,
     /// Payload bytes the server loop's CPU read or wrote ([`crate::accounting`]).
     pub server_touched: u64,
+    /// Heap bytes the server's stack reserved at start-up for its connection table, timers
+    /// and queues (counted as `server_heap_bytes` is).
+    pub server_stack_bytes: i64,
     client_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
@@ -392,7 +429,9 @@ impl<S: Storage> SimHarness<S> {
         scfg.listen_ports = vec![80];
         scfg.max_conns = max_conns;
         scfg.syn_backlog = syn_backlog;
-        let server_stack = Stack::new(scfg, 0);
+        let heap0 = crate::accounting::allocations().1;
+        let server_stack = crate::accounting::counting(|| Stack::new(scfg, 0));
+        let server_stack_bytes = crate::accounting::allocations().1 - heap0;
         let app = HttpApp::new(storage, volume, buffers).expect("storage pool");
         let server = Pipeline::new(server_nic, server_stack, app);
         let mut ccfg = IfaceConfig::new(client_nic.link().mac, CLIENT_IP, 24);
@@ -416,6 +455,7 @@ impl<S: Storage> SimHarness<S> {
             server_allocs: 0,
             server_heap_bytes: 0,
             server_touched: 0,
+            server_stack_bytes,
             client_tls: None,
         }
     }
@@ -425,6 +465,19 @@ impl<S: Storage> SimHarness<S> {
         self.server.app.enable_tls(server, HTTPS_PORT);
         self.server.stack.cfg.listen_ports.push(HTTPS_PORT);
         self.client_tls = Some(client);
+    }
+
+    /// Open a connection that asks for `path` (a range of it) and keeps the connection open
+    /// and quiet after the response: an idle keep-alive connection.
+    pub fn start_keep_alive(&mut self, tls: bool, path: &str, range: Option<(u64, u64)>) -> bool {
+        let c = if tls {
+            let Some(cfg) = self.client_tls.clone() else { return false };
+            let Some(c) = ClientConn::get_keep_alive_tls(path, range, cfg, TEST_NAME) else { return false };
+            c
+        } else {
+            ClientConn::get_keep_alive(path, range)
+        };
+        self.open(c, if tls { HTTPS_PORT } else { 80 })
     }
 
     /// Open a connection that sends nothing (over TLS: completes the handshake, then sends

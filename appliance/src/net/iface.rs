@@ -89,6 +89,12 @@ pub trait App {
     fn rx_room(&self, c: &Self::Conn) -> usize;
     /// In-order bytes arrived. The application may extend the stream or close.
     fn on_data(&mut self, now: Instant, id: ConnId, c: &mut Self::Conn, tcp: &mut TcpConn, data: &[u8]);
+    /// In-window bytes arrived but [`App::rx_room`] was 0, so TCP left them to be sent
+    /// again: an application that closed the window for want of a shared buffer queues the
+    /// connection, and reopens its window once one is free.
+    fn on_rx_refused(&mut self, now: Instant, id: ConnId, c: &mut Self::Conn) {
+        let _ = (now, id, c);
+    }
     /// The peer sent its FIN.
     fn on_peer_fin(&mut self, now: Instant, c: &mut Self::Conn, tcp: &mut TcpConn);
     /// Stream bytes below `acked_to` are acknowledged: their buffers may go, and a
@@ -610,6 +616,8 @@ impl<C> Stack<C> {
         }
         if let Some((start, len)) = out.deliver {
             app.on_data(now, id, &mut e.app, &mut e.tcp, &rx.seg.payload[start..start + len]);
+        } else if room == 0 && !rx.seg.payload.is_empty() {
+            app.on_rx_refused(now, id, &mut e.app);
         }
         if out.peer_fin {
             app.on_peer_fin(now, &mut e.app, &mut e.tcp);

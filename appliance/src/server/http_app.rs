@@ -9,6 +9,12 @@
 //! lands exactly where the NIC reads. Record boundaries and sequence numbers are a function of
 //! the stream offset ([`ResponseLayout`]), so a chunk released at a retransmission timeout is
 //! read and sealed again to the same bytes. Chunks go back to the pool once acknowledged.
+//!
+//! An idle keep-alive connection holds no buffer: receive buffers (and, under TLS, record
+//! reassembly buffers) are lent by per-core pools made at start-up only while a request is
+//! being received, the chunk bookkeeping only while storage buffers are held, and response
+//! queues come from a recycled spare list. A connection that finds a pool empty stops
+//! reading (zero window) and waits in line for a buffer ([`Stats::http_rx_buffer_waits`]).
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -31,6 +37,11 @@ pub const CHUNK: usize = 64 * 1024;
 const CHUNKS_PER_CONN: usize = 4;
 const RECORDS_PER_CHUNK: usize = CHUNK / RECORD_PLAINTEXT as usize;
 const RX_BUF: usize = 16 * 1024;
+/// Receive buffers per core, at most (fewer for small storage pools): a buffer is held only
+/// while a request head arrives in pieces, so few are in use at once.
+const MAX_RX_BUFFERS: usize = 256;
+/// Emptied response queues kept for reuse, at most (beyond that they are freed).
+const SPARE_QUEUES: usize = 1024;
 const MAX_PIPELINED: usize = 16;
 const BLOCK: u64 = 4096;
 /// Room for a response head plus an error body, sealed as one record (or a control record).
@@ -38,6 +49,8 @@ const HEAD_CAP: usize = MAX_HEAD_LEN + 128 + 32;
 /// TLS 1.3 record trailer: inner content type + tag. (TLS 1.2 uses the first 16 bytes.)
 const TRAILER: usize = record::TLS13_TRAILER_LEN;
 const HEADER_MAX: usize = 13;
+/// A TLS session's record reassembly buffer.
+const RECORD_RX_BUF: usize = crate::tls::handshake::RX_BUF_LEN;
 /// Default of [`HttpApp::header_timeout`].
 pub const DEFAULT_HEADER_TIMEOUT: u64 = 10 * crate::net::SEC;
 
@@ -137,18 +150,95 @@ struct ConnTls {
     records_opened_seen: u64,
 }
 
-/// Per-connection HTTP state.
+/// The chunk slots of a connection that holds storage buffers (lent by [`HttpApp`]).
+type ChunkSet = [Chunk; CHUNKS_PER_CONN];
+
+/// A receive buffer lent by a [`BufPool`]: bytes `[..len]` arrived and are not parsed yet.
+struct RxBuf {
+    buf: Box<[u8]>,
+    len: usize,
+}
+
+impl RxBuf {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn room(&self) -> usize {
+        self.buf.len() - self.len
+    }
+
+    /// Append what fits; returns how much did.
+    fn push(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(self.room());
+        self.buf[self.len..self.len + n].copy_from_slice(&data[..n]);
+        self.len += n;
+        n
+    }
+
+    /// Drop the first `n` bytes (a parsed head); a pipelined rest moves to the front.
+    fn consume(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.buf.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+}
+
+/// Equal buffers made at start-up and lent to connections only while they need one: taking
+/// and giving back never allocate, and what the pool holds is fixed.
+pub struct BufPool {
+    free: Vec<Box<[u8]>>,
+    size: usize,
+    count: usize,
+}
+
+impl BufPool {
+    pub fn new(count: usize, size: usize) -> Self {
+        BufPool { free: (0..count).map(|_| vec![0u8; size].into_boxed_slice()).collect(), size, count }
+    }
+
+    fn take(&mut self) -> Option<Box<[u8]>> {
+        self.free.pop()
+    }
+
+    fn give(&mut self, buf: Box<[u8]>) {
+        // The free list has room for every buffer of the pool: pushing never allocates.
+        if buf.len() == self.size && self.free.len() < self.count {
+            self.free.push(buf);
+        }
+    }
+
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Bytes the pool holds (lent or not): a per-core cost, not a per-connection one.
+    pub fn reserved_bytes(&self) -> usize {
+        self.count * self.size
+    }
+}
+
+/// Per-connection HTTP state. What an idle connection does not use is not held here: see
+/// the module comment.
 pub struct HttpConn {
-    rx: Vec<u8>,
+    /// Lent only while unparsed request bytes are held (or a waiter was granted one).
+    rx: Option<RxBuf>,
     responses: VecDeque<Response>,
-    chunks: [Chunk; CHUNKS_PER_CONN],
+    /// Lent only while a chunk is not free (a read pending or bytes unacknowledged).
+    chunks: Option<Box<ChunkSet>>,
     stream_len: u64,
     /// No more requests are parsed (close after the queued responses).
     closing: bool,
     read_seq: u16,
     /// Queued in [`HttpApp::buffer_waiters`].
     waiting: bool,
-    tls: Option<ConnTls>,
+    /// Queued in [`HttpApp::rx_waiters`].
+    rx_waiting: bool,
+    tls: Option<Box<ConnTls>>,
     pub requests: u64,
     /// A request head (or, on a new connection, the TLS handshake and the first head) must
     /// be complete by then; `None` between requests (the idle timeout applies there).
@@ -156,15 +246,16 @@ pub struct HttpConn {
 }
 
 impl HttpConn {
-    fn new(tls: Option<ConnTls>) -> Self {
+    fn new(tls: Option<Box<ConnTls>>) -> Self {
         HttpConn {
-            rx: Vec::new(),
+            rx: None,
             responses: VecDeque::new(),
-            chunks: [Chunk::FREE, Chunk::FREE, Chunk::FREE, Chunk::FREE],
+            chunks: None,
             stream_len: 0,
             closing: false,
             read_seq: 0,
             waiting: false,
+            rx_waiting: false,
             tls,
             requests: 0,
             head_deadline: None,
@@ -180,8 +271,48 @@ impl HttpConn {
         self.tls.is_some()
     }
 
-    fn find_chunk(&self, resp_start: u64, index: u64) -> Option<usize> {
-        self.chunks.iter().position(|k| !matches!(k.state, ChunkState::Free) && k.resp_start == resp_start && k.index == index)
+    fn find_chunk(&self, resp_start: u64, index: u64) -> Option<&Chunk> {
+        self.chunks.as_deref()?.iter().find(|k| !matches!(k.state, ChunkState::Free) && k.resp_start == resp_start && k.index == index)
+    }
+
+    /// Unparsed request bytes.
+    fn rx_bytes(&self) -> &[u8] {
+        self.rx.as_ref().map_or(&[], RxBuf::bytes)
+    }
+
+    /// Whether this connection holds a pooled buffer of any kind (tests, the console).
+    pub fn holds_buffers(&self) -> bool {
+        self.rx.is_some()
+            || self.chunks.is_some()
+            || self.responses.capacity() > 0
+            || self.tls.as_ref().is_some_and(|t| matches!(&t.phase, TlsPhase::Session(s) if s.has_rx_buf()))
+    }
+
+    /// Bytes this connection holds outside the connection table: its boxes and buffers, and
+    /// the AEAD contexts of its TLS keys (aws-lc allocates them with C malloc, which the
+    /// counting allocator does not see).
+    pub fn heap_bytes(&self) -> usize {
+        let rx = self.rx.as_ref().map_or(0, |b| b.buf.len());
+        let chunks = if self.chunks.is_some() { std::mem::size_of::<ChunkSet>() } else { 0 };
+        let responses = self.responses.capacity() * std::mem::size_of::<Response>();
+        let tls = self.tls.as_ref().map_or(0, |t| {
+            std::mem::size_of::<ConnTls>()
+                + t.hs_out.capacity()
+                + match &t.phase {
+                    TlsPhase::Handshake(_) => std::mem::size_of::<HandshakeDriver>(),
+                    TlsPhase::Session(s) => std::mem::size_of::<RecordSession>() + s.heap_bytes(),
+                    TlsPhase::Dead => 0,
+                }
+        });
+        rx + chunks + responses + tls
+    }
+
+    /// Of [`HttpConn::heap_bytes`], what C code allocated (aws-lc's AEAD contexts).
+    pub fn foreign_heap_bytes(&self) -> usize {
+        match self.tls.as_deref() {
+            Some(ConnTls { phase: TlsPhase::Session(s), .. }) => s.aead_context_bytes(),
+            _ => 0,
+        }
     }
 
     /// Queue a sealed control record (alert, KeyUpdate) at the end of the stream. Nothing
@@ -196,6 +327,16 @@ impl HttpConn {
         self.responses.push_back(r);
         tcp.set_stream_len(self.stream_len);
         true
+    }
+}
+
+/// Give a connection's chunk slots back to `sets` once none holds a buffer.
+#[allow(clippy::vec_box)] // boxes move between pool and connection without copying
+fn release_chunks(sets: &mut Vec<Box<ChunkSet>>, c: &mut HttpConn) {
+    if c.chunks.as_ref().is_some_and(|set| set.iter().all(|k| matches!(k.state, ChunkState::Free))) {
+        if let Some(set) = c.chunks.take() {
+            sets.push(set);
+        }
     }
 }
 
@@ -236,7 +377,7 @@ fn locate(c: &HttpConn, off: u64) -> Loc<'_> {
         None => {
             let obj_pos = b.obj_off + (rel - r.head_len as u64);
             let index = obj_pos / CHUNK as u64;
-            match c.find_chunk(r.start, index).map(|i| &c.chunks[i]) {
+            match c.find_chunk(r.start, index) {
                 None => Loc::Missing { resp, index },
                 Some(Chunk { state: ChunkState::Ready(buf), .. }) => {
                     let base = index * CHUNK as u64;
@@ -252,7 +393,7 @@ fn locate(c: &HttpConn, off: u64) -> Loc<'_> {
                 return Loc::Nothing; // the head record lies in `head`, handled above
             };
             let index = object_start / CHUNK as u64;
-            let k = match c.find_chunk(r.start, index).map(|i| &c.chunks[i]) {
+            let k = match c.find_chunk(r.start, index) {
                 None => return Loc::Missing { resp, index },
                 Some(k) => k,
             };
@@ -338,6 +479,21 @@ pub struct HttpApp<S: Storage> {
     https_port: u16,
     /// Nanoseconds a request head may take to arrive whole (slowloris defence); 0: no limit.
     pub header_timeout: u64,
+    /// Receive buffers, lent while request bytes are unparsed.
+    rx_pool: BufPool,
+    /// TLS record reassembly buffers, lent while record bytes are unopened (HTTPS only).
+    tls_rx_pool: BufPool,
+    /// Connections that found a receive pool empty (each once: [`HttpConn::rx_waiting`]),
+    /// first come first served.
+    rx_waiters: VecDeque<ConnId>,
+    /// Chunk slots for connections holding storage buffers: as many as storage buffers, so a
+    /// connection that gets a storage buffer always finds a set.
+    #[allow(clippy::vec_box)] // boxes move between pool and connection without copying
+    chunk_sets: Vec<Box<ChunkSet>>,
+    /// Emptied response queues (their allocation kept), for the next busy connection.
+    spare_queues: Vec<VecDeque<Response>>,
+    /// The latest time a callback was given (storage polling has none of its own).
+    clock: Instant,
 }
 
 impl<S: Storage> HttpApp<S> {
@@ -359,6 +515,12 @@ impl<S: Storage> HttpApp<S> {
             tls_config: None,
             https_port: 0,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            rx_pool: BufPool::new(buffers.clamp(16, MAX_RX_BUFFERS), RX_BUF),
+            tls_rx_pool: BufPool::new(0, RECORD_RX_BUF),
+            rx_waiters: VecDeque::with_capacity(1024),
+            chunk_sets: (0..buffers).map(|_| Box::new([Chunk::FREE, Chunk::FREE, Chunk::FREE, Chunk::FREE])).collect(),
+            spare_queues: Vec::with_capacity(SPARE_QUEUES),
+            clock: 0,
         })
     }
 
@@ -366,6 +528,129 @@ impl<S: Storage> HttpApp<S> {
     pub fn enable_tls(&mut self, config: Arc<rustls::ServerConfig>, port: u16) {
         self.tls_config = Some(config);
         self.https_port = port;
+        if self.tls_rx_pool.count() == 0 {
+            self.tls_rx_pool = BufPool::new(self.rx_pool.count(), RECORD_RX_BUF);
+        }
+    }
+
+    /// Bytes of this core's pools of connection state (receive and record buffers, chunk
+    /// slots, spare response queues): shared by all connections, held by none while idle.
+    pub fn pool_reserved_bytes(&self) -> usize {
+        let spares: usize = self.spare_queues.iter().map(|q| q.capacity() * std::mem::size_of::<Response>()).sum();
+        self.rx_pool.reserved_bytes() + self.tls_rx_pool.reserved_bytes() + self.chunk_sets.capacity() * std::mem::size_of::<ChunkSet>() + spares
+    }
+
+    /// Free receive buffers (plain, TLS records).
+    pub fn rx_buffers_free(&self) -> (usize, usize) {
+        (self.rx_pool.available(), self.tls_rx_pool.available())
+    }
+
+    /// Give back what an idle connection need not hold: an empty receive buffer (unless it
+    /// was granted to a waiter that has not received yet), chunk slots all free, an empty
+    /// response queue, an empty record buffer.
+    fn release_idle(&mut self, c: &mut HttpConn) {
+        if c.rx.as_ref().is_some_and(|b| b.len == 0) && !c.rx_waiting {
+            if let Some(b) = c.rx.take() {
+                self.rx_pool.give(b.buf);
+            }
+        }
+        self.release_chunks(c);
+        if c.responses.is_empty() && c.responses.capacity() > 0 {
+            let q = std::mem::take(&mut c.responses);
+            if self.spare_queues.len() < SPARE_QUEUES {
+                self.spare_queues.push(q);
+            }
+        }
+        if let Some(t) = &mut c.tls {
+            if let TlsPhase::Session(s) = &mut t.phase {
+                if let Some(b) = s.take_idle_rx_buf() {
+                    self.tls_rx_pool.give(b);
+                }
+            }
+        }
+    }
+
+    fn release_chunks(&mut self, c: &mut HttpConn) {
+        release_chunks(&mut self.chunk_sets, c);
+    }
+
+    /// Give everything back (the connection is gone).
+    fn release_all(&mut self, c: &mut HttpConn) {
+        if let Some(b) = c.rx.take() {
+            self.rx_pool.give(b.buf);
+        }
+        if let Some(set) = &mut c.chunks {
+            for k in set.iter_mut() {
+                // Pending reads complete into nothing; ready buffers go back to storage's pool.
+                k.state = ChunkState::Free;
+            }
+        }
+        self.release_chunks(c);
+        c.responses.clear();
+        c.rx_waiting = false;
+        self.release_idle(c);
+        if let Some(t) = &mut c.tls {
+            if let TlsPhase::Session(s) = &mut t.phase {
+                if let Some(b) = s.take_rx_buf() {
+                    self.tls_rx_pool.give(b);
+                }
+            }
+        }
+    }
+
+    /// The receive buffer to append to, from the pool if the connection holds none. `None`
+    /// only when the pool is empty, which [`App::rx_room`] prevents (zero window).
+    fn rx_buf<'c>(&mut self, c: &'c mut HttpConn) -> Option<&'c mut RxBuf> {
+        if c.rx.is_none() {
+            let buf = self.rx_pool.take()?;
+            c.rx = Some(RxBuf { buf, len: 0 });
+        }
+        c.rx.as_mut()
+    }
+
+    /// Whether a connection holding no buffer of a kind it needs could take one now.
+    fn can_lend(&self, c: &HttpConn) -> bool {
+        let rx = c.rx.is_some() || self.rx_pool.available() > 0;
+        let record = match c.tls.as_deref() {
+            Some(ConnTls { phase: TlsPhase::Session(s), .. }) => s.has_rx_buf() || self.tls_rx_pool.available() > 0,
+            _ => true,
+        };
+        rx && record
+    }
+
+    /// Lend the buffers waiting connections lack, first come first served, and reopen their
+    /// windows. A granted connection's head clock runs (it cannot hold a buffer for ever).
+    fn serve_rx_waiters(&mut self, now: Instant, stack: &mut Stack<HttpConn>) {
+        while let Some(&id) = self.rx_waiters.front() {
+            let Some(e) = stack.get_mut(id) else {
+                self.rx_waiters.pop_front(); // gone since it queued
+                continue;
+            };
+            if !self.can_lend(&e.app) {
+                break;
+            }
+            self.rx_waiters.pop_front();
+            let c = &mut e.app;
+            if c.rx.is_none() {
+                let Some(buf) = self.rx_pool.take() else { break };
+                c.rx = Some(RxBuf { buf, len: 0 });
+            }
+            if let Some(t) = &mut c.tls {
+                if let TlsPhase::Session(s) = &mut t.phase {
+                    if !s.has_rx_buf() {
+                        if let Some(b) = self.tls_rx_pool.take() {
+                            s.lend_rx_buf(b);
+                        }
+                    }
+                }
+            }
+            if c.head_deadline.is_none() {
+                c.head_deadline = self.head_deadline_from(now);
+            }
+            let room = self.rx_room(c);
+            e.tcp.set_receive_window(room);
+            stack.wake(id);
+        }
     }
 
     pub fn buffers_free(&self) -> usize {
@@ -382,7 +667,10 @@ impl<S: Storage> HttpApp<S> {
             return;
         }
         c.closing = true;
-        c.rx.clear();
+        c.rx_waiting = false;
+        if let Some(b) = &mut c.rx {
+            b.len = 0;
+        }
         if let Some(t) = &mut c.tls {
             if let (TlsPhase::Session(s), false) = (&t.phase, t.failed) {
                 let mut rec = [0u8; 64];
@@ -394,6 +682,7 @@ impl<S: Storage> HttpApp<S> {
                 }
             }
         }
+        self.release_idle(c);
         tcp.close();
     }
 
@@ -414,7 +703,11 @@ impl<S: Storage> HttpApp<S> {
             t.failed = true;
         }
         c.closing = true;
-        c.rx.clear();
+        c.rx_waiting = false;
+        if let Some(b) = &mut c.rx {
+            b.len = 0;
+        }
+        self.release_idle(c);
         tcp.close();
     }
 
@@ -430,24 +723,24 @@ impl<S: Storage> HttpApp<S> {
     }
 
     fn answer(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn, mut forced: Option<u16>) {
-        while !c.closing && c.responses.len() < MAX_PIPELINED && (!c.rx.is_empty() || forced.is_some()) {
+        while !c.closing && c.responses.len() < MAX_PIPELINED && (!c.rx_bytes().is_empty() || forced.is_some()) {
             let mut path_buf = [0u8; 4096];
             let mut extent = 0u64;
             let parsed = match forced.take() {
                 Some(status) => Parse::Error(http::RequestError { status, reason: "request head timeout" }),
-                None => http::parse_request(&c.rx, &self.limits),
+                None => http::parse_request(c.rx_bytes(), &self.limits),
             };
             let (plan, consumed) = match parsed {
                 Parse::Incomplete => {
-                    if c.rx.len() >= RX_BUF {
-                        (Plan::error(431), c.rx.len())
+                    if c.rx_bytes().len() >= RX_BUF {
+                        (Plan::error(431), RX_BUF)
                     } else {
                         break;
                     }
                 }
                 Parse::Error(e) => {
                     log::debug!("bad request: {} {}", e.status, e.reason);
-                    (Plan::from_error(&e), c.rx.len())
+                    (Plan::from_error(&e), c.rx_bytes().len())
                 }
                 Parse::Complete { request, consumed } => {
                     let volume = &self.volume;
@@ -517,13 +810,26 @@ impl<S: Storage> HttpApp<S> {
             self.stats.http_body_bytes += body.map_or(0, |b| b.len);
             c.requests += 1;
             c.stream_len = resp.end;
+            if c.responses.capacity() == 0 {
+                if let Some(q) = self.spare_queues.pop() {
+                    c.responses = q;
+                }
+            }
             c.responses.push_back(resp);
             tcp.set_stream_len(c.stream_len);
-            c.rx.drain(..consumed.min(c.rx.len()));
+            if let Some(b) = &mut c.rx {
+                b.consume(consumed);
+            }
             // What is left is the start of the next head: its clock starts now.
-            c.head_deadline = if c.rx.is_empty() { None } else { self.head_deadline_from(now) };
+            c.head_deadline = if c.rx_bytes().is_empty() { None } else { self.head_deadline_from(now) };
             if !plan.keep_alive {
                 self.close_after_queued(c, tcp);
+            }
+        }
+        // Parsed out: the buffer goes back until the next request's bytes arrive.
+        if c.rx.as_ref().is_some_and(|b| b.len == 0) && !c.rx_waiting {
+            if let Some(b) = c.rx.take() {
+                self.rx_pool.give(b.buf);
             }
         }
     }
@@ -534,7 +840,7 @@ impl<S: Storage> HttpApp<S> {
 
     /// The first bytes of a request head arrived on a connection between requests.
     fn note_head_bytes(&self, now: Instant, c: &mut HttpConn) {
-        if c.head_deadline.is_none() && !c.rx.is_empty() {
+        if c.head_deadline.is_none() && !c.rx_bytes().is_empty() {
             c.head_deadline = self.head_deadline_from(now);
         }
     }
@@ -585,8 +891,20 @@ impl<S: Storage> HttpApp<S> {
                     t.phase = TlsPhase::Session(Box::new(h.session));
                     c.stream_len = t.hs_base + t.hs_out.len() as u64;
                     tcp.set_stream_len(c.stream_len);
-                    c.rx.extend_from_slice(&h.early_plaintext[..h.early_plaintext.len().min(RX_BUF)]);
-                    self.parse_requests(now, c, tcp);
+                    if !h.early_plaintext.is_empty() {
+                        match self.rx_buf(c) {
+                            Some(b) => {
+                                b.push(&h.early_plaintext);
+                            }
+                            None => {
+                                // The request came with the handshake and the pool is empty:
+                                // it is lost; the header clock closes the connection.
+                                self.stats.http_rx_buffer_waits += 1;
+                            }
+                        }
+                    }
+                    // Records that came with the last flight, then the requests.
+                    self.on_tls_session_data(now, c, tcp);
                 }
                 Err(e) => {
                     log::debug!("TLS handover failed: {e}");
@@ -600,10 +918,22 @@ impl<S: Storage> HttpApp<S> {
             return;
         }
         let TlsPhase::Session(s) = &mut t.phase else { return };
+        if !s.has_rx_buf() {
+            // rx_room offered a window only with a buffer to lend.
+            if let Some(b) = self.tls_rx_pool.take() {
+                s.lend_rx_buf(b);
+            }
+        }
+        c.rx_waiting = false;
         if let Err(e) = s.receive(data) {
             self.tls_fail(c, tcp, &e);
             return;
         }
+        self.on_tls_session_data(now, c, tcp);
+    }
+
+    /// Open the buffered records of a session and act on them.
+    fn on_tls_session_data(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn) {
         loop {
             let Some(t) = &mut c.tls else { return };
             let TlsPhase::Session(s) = &mut t.phase else { return };
@@ -615,17 +945,18 @@ impl<S: Storage> HttpApp<S> {
                     if c.closing {
                         continue;
                     }
-                    if c.rx.capacity() == 0 {
-                        c.rx.reserve_exact(RX_BUF);
+                    // A request head larger than the buffer is cut: the parser answers 431.
+                    // The window offered room only with a buffer to lend, so one is there.
+                    if c.rx.is_none() {
+                        c.rx = self.rx_pool.take().map(|buf| RxBuf { buf, len: 0 });
                     }
-                    if c.rx.len() + data.len() > RX_BUF {
-                        // A request head larger than the buffer: the parser answers 431.
-                        let take = RX_BUF - c.rx.len();
-                        c.rx.extend_from_slice(&data[..take]);
-                    } else {
-                        c.rx.extend_from_slice(data);
-                    }
-                    if c.head_deadline.is_none() && !c.rx.is_empty() && self.header_timeout > 0 {
+                    let Some(rx) = c.rx.as_mut() else {
+                        self.stats.http_rx_buffer_waits += 1;
+                        continue;
+                    };
+                    rx.push(data);
+                    let held = rx.len > 0;
+                    if c.head_deadline.is_none() && held && self.header_timeout > 0 {
                         c.head_deadline = Some(now + self.header_timeout);
                     }
                 }
@@ -672,6 +1003,7 @@ impl<S: Storage> HttpApp<S> {
             }
         }
         self.parse_requests(now, c, tcp);
+        self.release_idle(c);
     }
 
     /// Start reading chunk `index` of response `resp` into a free slot. Returns false when
@@ -684,24 +1016,37 @@ impl<S: Storage> HttpApp<S> {
     }
 
     fn start_read(&mut self, id: ConnId, c: &mut HttpConn, resp: usize, index: u64) -> bool {
-        let Some(slot) = c.chunks.iter().position(|k| matches!(k.state, ChunkState::Free)) else { return false };
+        if c.chunks.as_ref().is_some_and(|set| set.iter().all(|k| !matches!(k.state, ChunkState::Free))) {
+            return false;
+        }
         if self.reads_in_flight >= self.max_reads_in_flight {
             self.wait_for_buffer(id, c);
             return false;
         }
+        let Some(b) = c.responses[resp].body else { return false };
         let Some(buf) = self.pool.alloc() else {
             self.wait_for_buffer(id, c);
             return false;
         };
+        if c.chunks.is_none() {
+            // As many sets as storage buffers, and a held set holds a buffer: one is free.
+            let Some(set) = self.chunk_sets.pop() else {
+                drop(buf);
+                self.wait_for_buffer(id, c);
+                return false;
+            };
+            c.chunks = Some(set);
+        }
+        let Some(set) = c.chunks.as_deref_mut() else { return false };
+        let Some(slot) = set.iter().position(|k| matches!(k.state, ChunkState::Free)) else { return false };
         let r = &c.responses[resp];
-        let Some(b) = r.body else { return false };
         let chunk_obj = index * CHUNK as u64;
         let valid = (b.size - chunk_obj).min(CHUNK as u64);
         let read_len = valid.div_ceil(BLOCK) * BLOCK;
         let hi = (chunk_obj + valid).min(b.obj_off + b.len);
         c.read_seq = c.read_seq.wrapping_add(1);
         let tag = (id.slot as u64) << 32 | (id.gen as u16 as u64) << 16 | c.read_seq as u64;
-        let k = &mut c.chunks[slot];
+        let k = &mut set[slot];
         k.resp_start = r.start;
         k.index = index;
         // Plain: the last body byte of the chunk; TLS: set when the chunk is sealed.
@@ -716,12 +1061,14 @@ impl<S: Storage> HttpApp<S> {
             }
             Err((drivers::storage::StorageError::QueueFull, _buf)) => {
                 // Back-pressure, not a fault: try again when a read completes.
+                self.release_chunks(c);
                 self.wait_for_buffer(id, c);
                 false
             }
             Err((e, _buf)) => {
                 log::warn!("storage read refused: {e}");
                 self.stats.storage_errors += 1;
+                self.release_chunks(c);
                 false
             }
         }
@@ -738,13 +1085,14 @@ impl<S: Storage> HttpApp<S> {
             let gen_low = (comp.tag >> 16) as u16;
             let Some((id, e)) = stack.get_by_short_id(slot, gen_low) else { continue };
             let conn = &mut e.app;
-            let Some(ki) = conn.chunks.iter().position(|k| matches!(k.state, ChunkState::Pending(t) if t == comp.tag)) else {
+            let Some(ki) = conn.chunks.as_ref().and_then(|set| set.iter().position(|k| matches!(k.state, ChunkState::Pending(t) if t == comp.tag))) else {
                 continue;
             };
+            let HttpConn { tls, responses, chunks, .. } = &mut *conn;
+            let Some(chunks) = chunks.as_deref_mut() else { continue };
             let mut buf = comp.buf;
             match comp.result {
                 Ok(()) => {
-                    let HttpConn { tls, responses, chunks, .. } = &mut *conn;
                     let session = tls.as_ref().and_then(|t| match &t.phase {
                         TlsPhase::Session(s) => Some(&**s),
                         _ => None,
@@ -757,13 +1105,13 @@ impl<S: Storage> HttpApp<S> {
                     match sealed {
                         Ok(records) => {
                             self.stats.tls_records_sealed += records;
-                            let k = &mut conn.chunks[ki];
+                            let k = &mut chunks[ki];
                             k.state = if k.stream_end > e.tcp.acked_offset() { ChunkState::Ready(buf) } else { ChunkState::Free };
                         }
                         Err(err) => {
                             log::warn!("sealing records failed, closing the connection: {err}");
                             self.stats.tls_bad_records += 1;
-                            conn.chunks[ki].state = ChunkState::Free;
+                            chunks[ki].state = ChunkState::Free;
                             e.tcp.abort();
                         }
                     }
@@ -772,10 +1120,11 @@ impl<S: Storage> HttpApp<S> {
                     // Never send wrong bytes: end this transfer only.
                     log::warn!("storage read failed, closing the connection: {err}");
                     self.stats.storage_errors += 1;
-                    conn.chunks[ki].state = ChunkState::Free;
+                    chunks[ki].state = ChunkState::Free;
                     e.tcp.abort();
                 }
             }
+            release_chunks(&mut self.chunk_sets, &mut e.app);
             stack.wake(id);
         }
         // Wake as many waiters as there are buffers to read into (not all of them: with
@@ -791,6 +1140,7 @@ impl<S: Storage> HttpApp<S> {
             }
         }
         self.stats.storage_in_flight = self.reads_in_flight as u64;
+        self.serve_rx_waiters(self.clock, stack);
         n
     }
 }
@@ -799,12 +1149,13 @@ impl<S: Storage> App for HttpApp<S> {
     type Conn = HttpConn;
 
     fn accept(&mut self, now: Instant, local_port: u16) -> Option<HttpConn> {
+        self.clock = now;
         if self.draining {
             return None;
         }
         let tls = match &self.tls_config {
             Some(cfg) if local_port == self.https_port => match crate::accounting::handshake(|| HandshakeDriver::new(cfg.clone())) {
-                Ok(d) => Some(ConnTls {
+                Ok(d) => Some(Box::new(ConnTls {
                     phase: TlsPhase::Handshake(Box::new(d)),
                     hs_out: Vec::new(),
                     hs_base: 0,
@@ -812,7 +1163,7 @@ impl<S: Storage> App for HttpApp<S> {
                     epoch: 0,
                     failed: false,
                     records_opened_seen: 0,
-                }),
+                })),
                 Err(e) => {
                     log::warn!("cannot start a TLS handshake: {e}");
                     self.stats.tls_handshake_failures += 1;
@@ -832,16 +1183,27 @@ impl<S: Storage> App for HttpApp<S> {
             return RX_BUF; // discarded
         }
         // Buffer room only: past MAX_PIPELINED queued responses requests wait in the buffer,
-        // and the window closes as it fills (never by moving its right edge left).
-        match &c.tls {
-            None => RX_BUF - c.rx.len(),
+        // and the window closes as it fills (never by moving its right edge left, except
+        // when a pool is empty: then a connection holding no buffer reads nothing until one
+        // comes free).
+        let rx = match &c.rx {
+            Some(b) => b.room(),
+            None if self.rx_pool.available() > 0 => RX_BUF,
+            None => 0,
+        };
+        match c.tls.as_deref() {
+            None => rx,
             Some(ConnTls { phase: TlsPhase::Handshake(_), .. }) => RX_BUF,
-            Some(ConnTls { phase: TlsPhase::Session(s), .. }) => s.rx_space().min(RX_BUF - c.rx.len()),
+            Some(ConnTls { phase: TlsPhase::Session(s), .. }) => {
+                let record = if s.has_rx_buf() || self.tls_rx_pool.available() > 0 { s.rx_space() } else { 0 };
+                record.min(rx)
+            }
             Some(ConnTls { phase: TlsPhase::Dead, .. }) => 0,
         }
     }
 
     fn on_data(&mut self, now: Instant, _id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
+        self.clock = now;
         if c.tls.is_some() {
             self.on_tls_data(now, c, tcp, data);
             return;
@@ -849,13 +1211,27 @@ impl<S: Storage> App for HttpApp<S> {
         if c.closing {
             return;
         }
-        if c.rx.capacity() == 0 {
-            c.rx.reserve_exact(RX_BUF);
-        }
-        let take = data.len().min(RX_BUF - c.rx.len());
-        c.rx.extend_from_slice(&data[..take]);
+        c.rx_waiting = false;
+        // The window offered room only with a buffer to lend (rx_room), so one is there.
+        let Some(rx) = self.rx_buf(c) else {
+            self.stats.http_rx_buffer_waits += 1;
+            return;
+        };
+        rx.push(data);
         self.note_head_bytes(now, c);
         self.parse_requests(now, c, tcp);
+    }
+
+    fn on_rx_refused(&mut self, now: Instant, id: ConnId, c: &mut HttpConn) {
+        self.clock = now;
+        // Only a connection short of a pooled buffer waits for one; a full buffer of its own
+        // empties as its requests are answered.
+        if c.closing || c.rx_waiting || self.can_lend(c) {
+            return;
+        }
+        c.rx_waiting = true;
+        self.stats.http_rx_buffer_waits += 1;
+        self.rx_waiters.push_back(id);
     }
 
     fn on_peer_fin(&mut self, _now: Instant, c: &mut HttpConn, tcp: &mut TcpConn) {
@@ -864,7 +1240,8 @@ impl<S: Storage> App for HttpApp<S> {
     }
 
     fn on_acked(&mut self, now: Instant, _id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, acked_to: u64) {
-        for k in c.chunks.iter_mut() {
+        self.clock = now;
+        for k in c.chunks.iter_mut().flat_map(|set| set.iter_mut()) {
             if matches!(k.state, ChunkState::Ready(_)) && k.stream_end <= acked_to {
                 k.state = ChunkState::Free;
             }
@@ -887,18 +1264,20 @@ impl<S: Storage> App for HttpApp<S> {
                 TlsPhase::Dead => {}
             }
         }
-        if !c.rx.is_empty() {
+        if !c.rx_bytes().is_empty() {
             self.parse_requests(now, c, tcp);
         }
+        self.release_idle(c);
     }
 
     fn on_rto(&mut self, c: &mut HttpConn) {
         // No buffer cache: what is not acknowledged is read (and sealed) again when resent.
-        for k in c.chunks.iter_mut() {
+        for k in c.chunks.iter_mut().flat_map(|set| set.iter_mut()) {
             if matches!(k.state, ChunkState::Ready(_)) {
                 k.state = ChunkState::Free;
             }
         }
+        self.release_chunks(c);
     }
 
     fn on_idle(&mut self, _now: Instant, c: &mut HttpConn, tcp: &mut TcpConn) {
@@ -931,7 +1310,7 @@ impl<S: Storage> App for HttpApp<S> {
         c.head_deadline = None;
         self.stats.http_header_timeouts += 1;
         let in_session = c.tls.as_ref().is_none_or(|t| matches!(t.phase, TlsPhase::Session(_)) && !t.failed);
-        if !c.rx.is_empty() && in_session {
+        if !c.rx_bytes().is_empty() && in_session {
             // Part of a head arrived: answer 408 (RFC 9110 15.5.9), then close.
             self.respond_error(now, c, tcp, 408);
         } else {
@@ -939,8 +1318,9 @@ impl<S: Storage> App for HttpApp<S> {
         }
     }
 
-    fn on_closed(&mut self, c: HttpConn, _reason: CloseReason) {
-        drop(c); // chunks return their buffers; pending reads complete into nothing
+    fn on_closed(&mut self, mut c: HttpConn, _reason: CloseReason) {
+        // Chunks return their storage buffers; pending reads complete into nothing.
+        self.release_all(&mut c);
     }
 
     fn available(&mut self, _now: Instant, id: ConnId, c: &mut HttpConn, off: u64, max: usize) -> usize {
@@ -1202,4 +1582,88 @@ mod tests {
         h.run_for(Duration::from_secs(5));
         assert_eq!(h.server.stack.connection_count(), 0);
     }
+
+    /// What an idle keep-alive connection holds, printed as a breakdown (`--nocapture`), and
+    /// the budget it must stay within.
+    #[test]
+    fn an_idle_connection_is_small() {
+        use std::mem::size_of;
+
+        use crate::net::iface::Entry;
+        use crate::net::tcp::table::ConnTable;
+        use crate::net::tcp::TcpConn;
+        use crate::tls::RecordSession;
+
+        use super::{ConnTls, HttpConn};
+        let slot = ConnTable::<Entry<HttpConn>>::slot_bytes();
+        eprintln!(
+            "TcpConn {} + HttpConn {} -> Entry {}; table slot with index {}; TLS: ConnTls {} + RecordSession {} + {} of AEAD contexts",
+            size_of::<TcpConn>(),
+            size_of::<HttpConn>(),
+            size_of::<Entry<HttpConn>>(),
+            slot,
+            size_of::<ConnTls>(),
+            size_of::<RecordSession>(),
+            2 * crate::tls::keys::AEAD_CONTEXT_BYTES,
+        );
+        assert!(size_of::<HttpConn>() <= 128, "HttpConn is {} bytes", size_of::<HttpConn>());
+        assert!(slot <= 600, "a table slot is {slot} bytes");
+    }
+
+    /// After a keep-alive request the connection holds no pooled buffer, and every buffer is
+    /// back in its pool; two pipelined requests in one segment are both answered.
+    #[test]
+    fn buffers_go_back_when_idle_and_pipelined_requests_are_answered() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        let free0 = h.server.app.rx_buffers_free();
+        let two = b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\nGET /a.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n";
+        h.start_raw(two).expect("connect");
+        h.run_for(Duration::from_secs(1));
+        let s = h.server.stats();
+        assert_eq!((s.http_requests, s.http_status_2xx, s.http_status_206), (2, 1, 1));
+        h.run_for(Duration::from_secs(3)); // TIME-WAIT is 2 s
+        assert!(h.start_keep_alive(false, "/a.txt", None));
+        assert!(h.run_until_fetches(2, Duration::from_secs(10)));
+        h.run_for(Duration::from_millis(100));
+        assert_eq!(h.server.stack.connection_count(), 1, "keep-alive: still open");
+        let (_, _, e) = h.server.stack.connections().next().expect("the connection");
+        assert!(!e.app.holds_buffers(), "an idle connection holds no pooled buffer");
+        assert_eq!(e.app.heap_bytes(), 0);
+        assert_eq!(h.server.app.rx_buffers_free(), free0);
+        assert_eq!(h.server.app.buffers_free(), 16, "storage buffers back");
+        // A head in two pieces holds a buffer in between, then gives it back.
+        let port = h.start_raw(b"GET /index.html HTTP/1.1\r\nHo").expect("connect");
+        h.run_for(Duration::from_millis(100));
+        assert_eq!(h.server.app.rx_buffers_free().0, free0.0 - 1, "a partial head holds a buffer");
+        assert!(h.send_more(port, b"st: x\r\n\r\n"));
+        h.run_for(Duration::from_millis(500));
+        assert_eq!(h.server.stats().http_requests, 4);
+        assert_eq!(h.server.app.rx_buffers_free(), free0);
+    }
+
+    /// With every receive buffer held by slow heads, a new request waits (zero window,
+    /// counted) instead of being dropped or allocating, and is answered once a buffer frees.
+    #[test]
+    fn an_empty_receive_pool_pauses_reading_until_a_buffer_frees() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        h.server.app.header_timeout = 30 * SEC;
+        let (free, _) = h.server.app.rx_buffers_free();
+        let ports: Vec<u16> = (0..free).map(|_| h.start_raw(b"GET /index.html HTTP/1.1\r\nHost: x\r\nX: 1").expect("connect")).collect();
+        h.run_for(Duration::from_millis(200));
+        assert_eq!(h.server.app.rx_buffers_free().0, 0, "every buffer held by a partial head");
+        assert!(h.start_fetch("/index.html", None));
+        h.run_for(Duration::from_secs(2));
+        assert!(h.client_app.fetches.is_empty(), "nothing read while no buffer is free");
+        assert!(h.server.stats().http_rx_buffer_waits >= 1, "the wait is counted");
+        // One slow head completes: its buffer goes to the waiting connection.
+        assert!(h.send_more(ports[0], b"\r\n\r\n"));
+        assert!(h.run_until_fetches(2, Duration::from_secs(30)));
+        assert!(h.client_app.fetches.iter().all(|f| f.complete && f.status == 200), "{:?}", h.client_app.fetches);
+        // The rest time out (408) and every buffer comes back.
+        h.run_for(Duration::from_secs(35));
+        assert_eq!(h.server.app.rx_buffers_free().0, free);
+    }
 }
+

@@ -462,7 +462,7 @@ pub enum Incoming<'a> {
 }
 
 /// Reassembly room for received records: two of the largest.
-const RX_BUF_LEN: usize = 2 * MAX_RECORD_LEN;
+pub const RX_BUF_LEN: usize = 2 * MAX_RECORD_LEN;
 
 /// The record layer of one connection after the handshake: receive side (reassembly,
 /// opening, alerts, KeyUpdate) and the transmit keys by epoch. Transmit sequence numbers
@@ -475,7 +475,9 @@ pub struct RecordSession {
     rx_keys: Keys,
     rx_secret: Option<TrafficSecret>,
     rx_seq: u64,
-    rx_buf: Vec<u8>,
+    /// Empty (no allocation) while no record bytes are held: the owner may lend one
+    /// ([`RecordSession::lend_rx_buf`]) and take it back when idle.
+    rx_buf: Box<[u8]>,
     rx_len: usize,
     /// Bytes of the record opened last, to drop before the next one.
     rx_consumed: usize,
@@ -508,8 +510,8 @@ impl RecordSession {
             rx_keys,
             rx_secret,
             rx_seq,
-            // Allocated when the first record arrives: an idle connection holds no buffer.
-            rx_buf: Vec::new(),
+            // Lent or allocated when a record arrives: an idle connection holds no buffer.
+            rx_buf: Box::default(),
             rx_len: 0,
             rx_consumed: 0,
             key_update_requested: false,
@@ -666,11 +668,52 @@ impl RecordSession {
             return Err(TlsError::ReceiveBufferFull(RX_BUF_LEN));
         }
         if self.rx_buf.is_empty() {
-            self.rx_buf = vec![0; RX_BUF_LEN];
+            // Nobody lent one: allocate (tools and tests; the server lends from its pool).
+            self.rx_buf = vec![0; RX_BUF_LEN].into_boxed_slice();
         }
         self.rx_buf[self.rx_len..end].copy_from_slice(tcp_payload);
         self.rx_len = end;
         Ok(())
+    }
+
+    /// Whether a reassembly buffer is held.
+    pub fn has_rx_buf(&self) -> bool {
+        !self.rx_buf.is_empty()
+    }
+
+    /// Hold `buf` (of [`RX_BUF_LEN`] bytes) for reassembly; ignored if one is held already.
+    pub fn lend_rx_buf(&mut self, buf: Box<[u8]>) {
+        if self.rx_buf.is_empty() && buf.len() == RX_BUF_LEN {
+            self.rx_buf = buf;
+        }
+    }
+
+    /// The reassembly buffer, if it holds no unopened bytes (the owner's pool takes it back).
+    pub fn take_idle_rx_buf(&mut self) -> Option<Box<[u8]>> {
+        if self.rx_buf.is_empty() || self.rx_len > self.rx_consumed {
+            return None;
+        }
+        self.rx_len = 0;
+        self.rx_consumed = 0;
+        Some(std::mem::take(&mut self.rx_buf))
+    }
+
+    /// The reassembly buffer whatever it holds (the connection is gone).
+    pub fn take_rx_buf(&mut self) -> Option<Box<[u8]>> {
+        self.rx_len = 0;
+        self.rx_consumed = 0;
+        (!self.rx_buf.is_empty()).then(|| std::mem::take(&mut self.rx_buf))
+    }
+
+    /// Heap bytes held beside the struct: the reassembly buffer and the AEAD contexts.
+    pub fn heap_bytes(&self) -> usize {
+        self.rx_buf.len() + self.aead_context_bytes()
+    }
+
+    /// Bytes of the keys' AEAD contexts, which aws-lc allocates with C malloc (unseen by
+    /// Rust's global allocator, so memory accounting adds them).
+    pub fn aead_context_bytes(&self) -> usize {
+        (1 + self.tx.iter().flatten().count()) * super::keys::AEAD_CONTEXT_BYTES
     }
 
     /// Free space in the reassembly buffer (what the TCP receive window may offer).

@@ -54,6 +54,11 @@ impl AeadSuite {
     }
 }
 
+/// Heap bytes behind one [`Keys`]: aws-lc allocates its `EVP_AEAD_CTX` (584 bytes on 64-bit
+/// targets: key schedule and GHASH table) with `OPENSSL_malloc`, which adds an 8-byte length
+/// prefix. C allocations bypass Rust's global allocator, so memory accounting adds this.
+pub const AEAD_CONTEXT_BYTES: usize = 584 + 8;
+
 /// Key and IV of one direction: the nonce of record `seq` is `iv XOR seq` (TLS 1.3, and the
 /// TLS 1.2 AES-GCM construction rustls uses: 4-byte salt + 8-byte nonce base).
 pub struct Keys {
