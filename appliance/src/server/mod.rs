@@ -78,6 +78,12 @@ pub struct ServeArgs {
     /// virtio-net header): one MSS a frame, checksummed by the core. For comparisons.
     #[arg(long)]
     pub no_tx_offload: bool,
+    /// TCP congestion control: `cubic` (RFC 9438) or `newreno` (default: cubic).
+    #[arg(long, value_name = "cubic|newreno")]
+    pub congestion: Option<crate::net::tcp::CongestionControl>,
+    /// Send what the TCP windows allow at once instead of pacing it over the round trip.
+    #[arg(long)]
+    pub no_pacing: bool,
     /// What the media turned out to be (the NVMe controller `nvme:auto` found), for `status`.
     #[arg(skip)]
     pub media_detail: Option<String>,
@@ -332,6 +338,8 @@ fn run<N: Nic, S: Storage>(
     let mut cfg = IfaceConfig::new(mac.unwrap_or(link.mac), ip.octets(), prefix);
     cfg.gateway = args.gateway.map(|g| g.octets());
     cfg.use_link(&link);
+    cfg.tcp.congestion = args.congestion.unwrap_or(cfg.tcp.congestion);
+    cfg.tcp.pacing &= !args.no_pacing;
     cfg.listen_ports = vec![args.http_port];
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
