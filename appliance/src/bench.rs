@@ -76,7 +76,10 @@ pub struct BenchArgs {
     /// The server's TCP congestion control, as `serve --congestion`.
     #[arg(long, value_name = "cubic|newreno")]
     pub congestion: Option<CongestionControl>,
-    /// The server does not pace, as `serve --no-pacing`.
+    /// The server paces, as `serve --pacing`.
+    #[arg(long, conflicts_with = "no_pacing")]
+    pub pacing: bool,
+    /// The server does not pace (the default), as `serve --no-pacing`.
     #[arg(long)]
     pub no_pacing: bool,
 }
@@ -194,7 +197,7 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
                     let setup = TcpSetup {
                         offload,
                         congestion: args.congestion.unwrap_or(defaults.congestion),
-                        pacing: defaults.pacing && !args.no_pacing,
+                        pacing: (defaults.pacing || args.pacing) && !args.no_pacing,
                     };
                     let r = run_case(&vol, object_len, total, tls, setup, connections, cores);
                     failed += usize::from(!r.ok);

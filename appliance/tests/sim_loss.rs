@@ -133,7 +133,7 @@ fn fifty_megabytes_over_tls_with_segmentation_offload_at_two_percent_loss() {
 }
 
 #[test]
-fn fifty_megabytes_newreno_unpaced_at_one_percent_loss() {
+fn fifty_megabytes_newreno_at_one_percent_loss() {
     transfer_tcp(0.01, 6, false, false, CongestionControl::NewReno, false);
 }
 
@@ -143,6 +143,6 @@ fn fifty_megabytes_newreno_paced_with_segmentation_offload_at_two_percent_loss()
 }
 
 #[test]
-fn fifty_megabytes_cubic_unpaced_at_five_percent_loss() {
-    transfer_tcp(0.05, 8, false, false, CongestionControl::Cubic, false);
+fn fifty_megabytes_cubic_paced_at_five_percent_loss() {
+    transfer_tcp(0.05, 8, false, false, CongestionControl::Cubic, true);
 }

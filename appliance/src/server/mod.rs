@@ -81,7 +81,11 @@ pub struct ServeArgs {
     /// TCP congestion control: `cubic` (RFC 9438) or `newreno` (default: cubic).
     #[arg(long, value_name = "cubic|newreno")]
     pub congestion: Option<crate::net::tcp::CongestionControl>,
-    /// Send what the TCP windows allow at once instead of pacing it over the round trip.
+    /// Pace TCP sends over the round trip (gain x cwnd / SRTT; with offload, segments of
+    /// about 1 ms of that rate) instead of sending what the windows allow at once.
+    #[arg(long, conflicts_with = "no_pacing")]
+    pub pacing: bool,
+    /// Do not pace (the default).
     #[arg(long)]
     pub no_pacing: bool,
     /// What the media turned out to be (the NVMe controller `nvme:auto` found), for `status`.
@@ -339,7 +343,7 @@ fn run<N: Nic, S: Storage>(
     cfg.gateway = args.gateway.map(|g| g.octets());
     cfg.use_link(&link);
     cfg.tcp.congestion = args.congestion.unwrap_or(cfg.tcp.congestion);
-    cfg.tcp.pacing &= !args.no_pacing;
+    cfg.tcp.pacing = (cfg.tcp.pacing || args.pacing) && !args.no_pacing;
     cfg.listen_ports = vec![args.http_port];
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
