@@ -269,8 +269,8 @@ fn run_seed(seed: u64, verbose: bool) -> Result<SeedReport, String> {
     h.client.seed_iss(iss_seed_c, base, spread);
     // From the seed's low bits rather than the generator, so that the scenarios stay as
     // they were.
-    let congestion = if seed % 2 == 0 { CongestionControl::Cubic } else { CongestionControl::NewReno };
-    let pacing = seed / 2 % 4 != 0;
+    let congestion = if seed.is_multiple_of(2) { CongestionControl::Cubic } else { CongestionControl::NewReno };
+    let pacing = !(seed / 2).is_multiple_of(4);
     for cfg in [&mut h.server.stack.cfg.tcp, &mut h.client.cfg.tcp] {
         cfg.congestion = congestion;
         cfg.pacing = pacing;
