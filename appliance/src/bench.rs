@@ -30,6 +30,7 @@ use drivers::storage::FileStorage;
 use crate::accounting;
 use crate::loopback::SimHarness;
 use crate::net::iface::Entry;
+use crate::net::tcp::{Config as TcpConfig, CongestionControl};
 use crate::net::tcp::table::ConnTable;
 use crate::server::http_app::HttpConn;
 use crate::tls::bench::{measure_seal_gbps, AeadProvider};
@@ -78,6 +79,24 @@ pub struct BenchArgs {
     /// Directory for the temporary volume (default: the system temp dir).
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
+    /// The server's TCP congestion control, as `serve --congestion`.
+    #[arg(long, value_name = "cubic|newreno")]
+    pub congestion: Option<CongestionControl>,
+    /// The server paces, as `serve --pacing`.
+    #[arg(long, conflicts_with = "no_pacing")]
+    pub pacing: bool,
+    /// The server does not pace (the default), as `serve --no-pacing`.
+    #[arg(long)]
+    pub no_pacing: bool,
+}
+
+/// How the server's port and TCP run in a case.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpSetup {
+    /// The port's checksum and segmentation offload.
+    pub offload: bool,
+    pub congestion: CongestionControl,
+    pub pacing: bool,
 }
 
 /// Bytes per second (10^9) of memcpy of 16 KiB blocks over a 64 MiB working set.
@@ -187,7 +206,13 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
         for &cores in &args.cores {
             for &connections in &args.connections {
                 for &offload in offloads {
-                    let r = run_case(&vol, object_len, total, tls, offload, connections, cores);
+                    let defaults = TcpConfig::default();
+                    let setup = TcpSetup {
+                        offload,
+                        congestion: args.congestion.unwrap_or(defaults.congestion),
+                        pacing: (defaults.pacing || args.pacing) && !args.no_pacing,
+                    };
+                    let r = run_case(&vol, object_len, total, tls, setup, connections, cores);
                     failed += usize::from(!r.ok);
                     print_case(&r, seal, memcpy, args.json);
                 }
@@ -218,7 +243,7 @@ fn make_volume(dir: &std::path::Path, len: u64) -> Result<std::path::PathBuf, St
     Ok(vol)
 }
 
-pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, tls: bool, offload: bool, connections: usize, cores: usize) -> CaseResult {
+pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, tls: bool, setup: TcpSetup, connections: usize, cores: usize) -> CaseResult {
     let per_conn = (total / connections as u64).max(MIN_PER_CONN);
     let threads: Vec<_> = (0..cores)
         .map(|core| {
@@ -230,7 +255,7 @@ pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, tls: bool, o
                 if let Err(e) = crate::sys::pin_to_core(core) {
                     log::debug!("bench: cannot pin to core {core}: {e}");
                 }
-                run_core(&vol, object_len, per_conn, first, n, tls, offload)
+                run_core(&vol, object_len, per_conn, first, n, tls, setup)
             })
         })
         .collect();
@@ -238,7 +263,7 @@ pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, tls: bool, o
         .into_iter()
         .map(|t| t.join().unwrap_or_else(|_| CoreResult { error: Some("pipeline thread panicked".into()), ..CoreResult::default() }))
         .collect();
-    combine(tls, offload, connections, cores, &results)
+    combine(tls, setup.offload, connections, cores, &results)
 }
 
 fn combine(tls: bool, offload: bool, connections: usize, cores: usize, results: &[CoreResult]) -> CaseResult {
@@ -283,7 +308,8 @@ fn combine(tls: bool, offload: bool, connections: usize, cores: usize, results: 
 
 /// One core: a pipeline and its clients over the simulated link. Connection `first + i`
 /// fetches `per_conn` bytes at its own offset of the object.
-fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize, n: usize, tls: bool, offload: bool) -> CoreResult {
+fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize, n: usize, tls: bool, setup: TcpSetup) -> CoreResult {
+    let offload = setup.offload;
     let mut out = CoreResult::default();
     if n == 0 {
         out.ok = true;
@@ -302,6 +328,8 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
         // handshakes queued, the last ones take longer than the slowloris defences allow.
         h.server.app.header_timeout = 0;
         h.server.stack.cfg.idle_timeout = CASE_LIMIT.as_nanos() as u64;
+        h.server.stack.cfg.tcp.congestion = setup.congestion;
+        h.server.stack.cfg.tcp.pacing = setup.pacing;
         h.client.cfg.idle_timeout = CASE_LIMIT.as_nanos() as u64;
         if tls {
             let (server, client) = crate::loopback::test_tls_configs()?;

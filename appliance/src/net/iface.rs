@@ -639,7 +639,7 @@ impl<C> Stack<C> {
             self.remove(id, reason, app);
             return;
         }
-        if e.tcp.wants_tx() && !e.ready {
+        if e.tcp.wants_tx(now) && !e.ready {
             e.ready = true;
             self.ready.push(id);
         }

@@ -81,6 +81,16 @@ pub struct ServeArgs {
     /// virtio-net header): one MSS a frame, checksummed by the core. For comparisons.
     #[arg(long)]
     pub no_tx_offload: bool,
+    /// TCP congestion control: `cubic` (RFC 9438) or `newreno` (default: cubic).
+    #[arg(long, value_name = "cubic|newreno")]
+    pub congestion: Option<crate::net::tcp::CongestionControl>,
+    /// Pace TCP sends over the round trip (gain x cwnd / SRTT; with offload, segments of
+    /// about 1 ms of that rate) instead of sending what the windows allow at once.
+    #[arg(long, conflicts_with = "no_pacing")]
+    pub pacing: bool,
+    /// Do not pace (the default).
+    #[arg(long)]
+    pub no_pacing: bool,
     /// What the media turned out to be (the NVMe controller `nvme:auto` found), for `status`.
     #[arg(skip)]
     pub media_detail: Option<String>,
@@ -377,6 +387,8 @@ fn run<N: Nic, S: Storage>(
     let mut cfg = IfaceConfig::new(net.mac.unwrap_or(link.mac), net.ip.octets(), net.prefix);
     cfg.gateway = args.gateway.map(|g| g.octets());
     cfg.use_link(&link);
+    cfg.tcp.congestion = args.congestion.unwrap_or(cfg.tcp.congestion);
+    cfg.tcp.pacing = (cfg.tcp.pacing || args.pacing) && !args.no_pacing;
     cfg.listen_ports = vec![args.http_port];
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
