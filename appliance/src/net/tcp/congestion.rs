@@ -51,30 +51,46 @@ const ALPHA: f64 = 3.0 * (1.0 - BETA) / (1.0 + BETA);
 /// growth while the application, not the window, limits sending, so nothing overflows.
 pub const MAX_CWND: u64 = 1 << 32;
 
-/// CUBIC's memory of the last congestion event, in bytes and seconds (RFC 9438 4.1).
-#[derive(Clone, Copy, Debug, Default)]
+/// CUBIC's memory of the last congestion event, in bytes and seconds (RFC 9438 4.1). Kept
+/// in `f32` (a 4 GiB window to within 256 bytes) and an epoch without an Option, so that
+/// every connection slot stays small (docs/performance.md: memory per idle connection);
+/// the arithmetic is done in `f64`.
+#[derive(Clone, Copy, Debug)]
 struct Cubic {
     /// The window just before the last reduction (after fast convergence); 0: none yet.
-    w_max: f64,
+    w_max: f32,
     /// The window before the last reduction, unadjusted: the Reno-friendly estimate's
     /// increase goes from [`ALPHA`] to 1 once it gets there.
-    cwnd_prior: f64,
-    /// Start of the current congestion avoidance epoch; `None` until the first ACK in
+    cwnd_prior: f32,
+    /// Start of the current congestion avoidance epoch; [`NO_EPOCH`] until the first ACK in
     /// congestion avoidance after a reduction.
-    epoch: Option<Instant>,
+    epoch_start: Instant,
     /// Seconds from the epoch's start until the window is back at `w_max`.
-    k: f64,
+    k: f32,
     /// The window Reno (with [`ALPHA`]) would have now.
-    w_est: f64,
+    w_est: f32,
     /// Last time new data went out, to leave idle periods out of the epoch.
     last_send: Instant,
+}
+
+/// [`Cubic::epoch_start`] when no epoch runs.
+const NO_EPOCH: Instant = Instant::MAX;
+
+impl Default for Cubic {
+    fn default() -> Self {
+        Cubic { w_max: 0.0, cwnd_prior: 0.0, epoch_start: NO_EPOCH, k: 0.0, w_est: 0.0, last_send: 0 }
+    }
 }
 
 impl Cubic {
     /// W_cubic(t) in bytes, `t` in seconds since the epoch (RFC 9438 eq. 1).
     fn window(&self, t: f64, mss: f64) -> f64 {
-        let d = t - self.k;
-        C * d * d * d * mss + self.w_max
+        let d = t - f64::from(self.k);
+        C * d * d * d * mss + f64::from(self.w_max)
+    }
+
+    fn epoch(&self) -> Option<Instant> {
+        (self.epoch_start != NO_EPOCH).then_some(self.epoch_start)
     }
 }
 
@@ -85,7 +101,8 @@ pub struct Congestion {
     /// Bytes that may be in flight.
     pub cwnd: u64,
     pub ssthresh: u64,
-    /// NewReno: bytes acknowledged toward the next MSS of growth in congestion avoidance.
+    /// NewReno: bytes acknowledged toward the next MSS of growth in congestion avoidance
+    /// (below `cwnd`, which is at most [`MAX_CWND`]).
     ca_acked: u64,
     cubic: Cubic,
 }
@@ -117,8 +134,8 @@ impl Congestion {
         }
         let c = &mut self.cubic;
         if idle {
-            if let Some(e) = c.epoch {
-                c.epoch = Some((e + now.saturating_sub(c.last_send)).min(now));
+            if let Some(e) = c.epoch() {
+                c.epoch_start = (e + now.saturating_sub(c.last_send)).min(now);
             }
         }
         c.last_send = now;
@@ -149,19 +166,19 @@ impl Congestion {
         let (mss, acked) = (mss as f64, acked as f64);
         let cwnd = self.cwnd as f64;
         let c = &mut self.cubic;
-        let epoch = match c.epoch {
+        let epoch = match c.epoch() {
             Some(e) => e,
             None => {
                 // First ACK of a new epoch: the curve starts at the current window and
                 // reaches W_max after K seconds (eq. 2); above W_max it starts convex.
-                if cwnd < c.w_max {
-                    c.k = ((c.w_max - cwnd) / mss / C).cbrt();
+                if cwnd < f64::from(c.w_max) {
+                    c.k = ((f64::from(c.w_max) - cwnd) / mss / C).cbrt() as f32;
                 } else {
                     c.k = 0.0;
-                    c.w_max = cwnd;
+                    c.w_max = cwnd as f32;
                 }
-                c.w_est = cwnd;
-                c.epoch = Some(now);
+                c.w_est = cwnd as f32;
+                c.epoch_start = now;
                 now
             }
         };
@@ -170,10 +187,11 @@ impl Congestion {
         // Reno-friendly estimate (eq. 4): ALPHA segments per window acknowledged, 1 once it
         // passed the window the last loss cut.
         let alpha = if c.w_est >= c.cwnd_prior { 1.0 } else { ALPHA };
-        c.w_est += alpha * acked / cwnd * mss;
-        let grown = if c.window(t, mss) < c.w_est {
+        let w_est = f64::from(c.w_est) + alpha * acked / cwnd * mss;
+        c.w_est = w_est as f32;
+        let grown = if c.window(t, mss) < w_est {
             // Reno-friendly region: Reno would do better (short RTTs, small windows).
-            c.w_est
+            w_est
         } else {
             // Concave or convex region: head for where the curve will be one RTT from now,
             // at most 1.5 times the window (eq. 3), spread over the window's ACKs.
@@ -202,11 +220,11 @@ impl Congestion {
     fn cubic_reduce(&mut self) {
         let cwnd = self.cwnd as f64;
         let c = &mut self.cubic;
-        c.cwnd_prior = cwnd;
+        c.cwnd_prior = cwnd as f32;
         // Fast convergence: a flow whose window peaks below the last peak releases
         // bandwidth for newer flows by remembering a lower one.
-        c.w_max = if cwnd < c.w_max { cwnd * (1.0 + BETA) / 2.0 } else { cwnd };
-        c.epoch = None;
+        c.w_max = (if cwnd < f64::from(c.w_max) { cwnd * (1.0 + BETA) / 2.0 } else { cwnd }) as f32;
+        c.epoch_start = NO_EPOCH;
     }
 
     /// Recovery ended (the ACK passed the recovery point).
@@ -257,7 +275,7 @@ mod tests {
         let c = after_loss(CongestionControl::Cubic, 100);
         assert_eq!(c.cwnd, 70 * MSS);
         assert_eq!(c.ssthresh, 70 * MSS);
-        assert_eq!(c.cubic.w_max, 100.0 * MSS as f64);
+        assert_eq!(c.cubic.w_max, (100.0 * MSS as f64) as f32);
         let r = after_loss(CongestionControl::NewReno, 100);
         assert_eq!(r.cwnd, 50 * MSS);
         // Never below two segments.
@@ -272,12 +290,12 @@ mod tests {
         let mut c = after_loss(CongestionControl::Cubic, 100);
         c.cwnd = 90 * MSS;
         c.on_loss(90 * MSS, MSS);
-        assert_eq!(c.cubic.w_max, 90.0 * MSS as f64 * (1.0 + BETA) / 2.0);
-        assert_eq!(c.cubic.cwnd_prior, 90.0 * MSS as f64);
+        assert_eq!(c.cubic.w_max, (90.0 * MSS as f64 * (1.0 + BETA) / 2.0) as f32);
+        assert_eq!(c.cubic.cwnd_prior, (90.0 * MSS as f64) as f32);
         // A higher peak is remembered as it is.
         c.cwnd = 120 * MSS;
         c.on_loss(120 * MSS, MSS);
-        assert_eq!(c.cubic.w_max, 120.0 * MSS as f64);
+        assert_eq!(c.cubic.w_max, (120.0 * MSS as f64) as f32);
     }
 
     #[test]
@@ -292,8 +310,8 @@ mod tests {
             samples.push((now - SEC, c.cwnd));
             now += rtt;
         }
-        let k = c.cubic.k;
-        assert!((k - (1000.0 * 0.3 / C).cbrt()).abs() < 1e-9, "K = cbrt(W_max (1 - beta) / C): {k}");
+        let k = f64::from(c.cubic.k);
+        assert!((k - (1000.0 * 0.3 / C).cbrt()).abs() < 1e-6, "K = cbrt(W_max (1 - beta) / C): {k}");
         let k_ns = (k * SEC as f64) as u64;
         let growth: Vec<(u64, i64)> = samples.windows(2).map(|w| (w[1].0, w[1].1 as i64 - w[0].1 as i64)).collect();
         // Concave: growth slows down on the way to W_max (a round's slack for the RTT lead).
@@ -345,12 +363,12 @@ mod tests {
     fn an_rto_resets_to_one_segment_and_forgets_the_curve() {
         let mut c = after_loss(CongestionControl::Cubic, 100);
         round(&mut c, SEC, 10 * MS);
-        assert!(c.cubic.epoch.is_some());
+        assert!(c.cubic.epoch().is_some());
         c.on_rto(80 * MSS, MSS);
         assert_eq!(c.cwnd, MSS);
         assert_eq!(c.ssthresh, 56 * MSS);
         assert_eq!(c.cubic.w_max, 0.0);
-        assert!(c.cubic.epoch.is_none());
+        assert!(c.cubic.epoch().is_none());
         // Slow start back up to ssthresh, then the curve starts there, convex (K = 0).
         let mut now = 2 * SEC;
         while c.in_slow_start() {
@@ -370,10 +388,10 @@ mod tests {
         let mut c = after_loss(CongestionControl::Cubic, 100);
         c.on_send(SEC, false);
         round(&mut c, SEC, 10 * MS);
-        let epoch = c.cubic.epoch.unwrap();
+        let epoch = c.cubic.epoch().unwrap();
         // Ten seconds with nothing to send: the epoch moves with the restart.
         c.on_send(11 * SEC, true);
-        assert_eq!(c.cubic.epoch, Some(epoch + 10 * SEC));
+        assert_eq!(c.cubic.epoch(), Some(epoch + 10 * SEC));
         let w = c.cwnd;
         round(&mut c, 11 * SEC, 10 * MS);
         assert!(c.cwnd < w + w / 10, "no jump after idle: {w} -> {}", c.cwnd);
@@ -455,7 +473,7 @@ mod props {
                     Ev::Send(d, idle) => {
                         now += d;
                         c.on_send(now, idle);
-                        prop_assert!(c.cubic.epoch.is_none_or(|e| e <= now), "the epoch never starts in the future");
+                        prop_assert!(c.cubic.epoch().is_none_or(|e| e <= now), "the epoch never starts in the future");
                     }
                 }
                 prop_assert!(c.cwnd >= mss && c.cwnd <= MAX_CWND, "cwnd {} (mss {})", c.cwnd, mss);

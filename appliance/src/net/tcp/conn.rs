@@ -221,7 +221,8 @@ pub struct TcpConn {
     rexmit_next: u64,
     rexmit_end: u64,
     sacked: [(u64, u64); 4],
-    sacked_n: usize,
+    /// Blocks held in `sacked` (at most 4).
+    sacked_n: u8,
     // RTT estimation (RFC 6298), nanoseconds.
     srtt: u64,
     rttvar: u64,
@@ -529,7 +530,7 @@ impl TcpConn {
 
     fn sacked_bytes(&self) -> u64 {
         if self.sack_ok {
-            self.sacked[..self.sacked_n].iter().map(|&(l, r)| r - l).sum()
+            self.sacked[..usize::from(self.sacked_n)].iter().map(|&(l, r)| r - l).sum()
         } else {
             // Without SACK each duplicate ACK says one segment left the network (NewReno).
             (self.dupacks as u64 * self.mss as u64).min(self.snd_nxt - self.snd_una)
@@ -537,7 +538,7 @@ impl TcpConn {
     }
 
     fn is_sacked(&self, off: u64) -> Option<u64> {
-        self.sacked[..self.sacked_n].iter().find(|&&(l, r)| l <= off && off < r).map(|&(_, r)| r)
+        self.sacked[..usize::from(self.sacked_n)].iter().find(|&&(l, r)| l <= off && off < r).map(|&(_, r)| r)
     }
 
     /// Bytes of `[from, to)` not covered by SACK blocks.
@@ -546,7 +547,7 @@ impl TcpConn {
             return 0;
         }
         let mut n = to - from;
-        for &(l, r) in &self.sacked[..self.sacked_n] {
+        for &(l, r) in &self.sacked[..usize::from(self.sacked_n)] {
             let (l, r) = (l.max(from), r.min(to));
             if l < r {
                 n -= r - l;
@@ -571,7 +572,7 @@ impl TcpConn {
                 Some(r) => p = r,
                 None => {
                     let mut end = self.rexmit_end.min(p + self.max_payload());
-                    for &(l, _) in &self.sacked[..self.sacked_n] {
+                    for &(l, _) in &self.sacked[..usize::from(self.sacked_n)] {
                         if l > p && l < end {
                             end = l;
                         }
@@ -989,7 +990,7 @@ impl TcpConn {
         // Merge with overlapping or touching blocks, keep at most 4 (drop the lowest).
         let mut kept = [(0u64, 0u64); 5];
         let mut n = 0;
-        for &(a, b) in &self.sacked[..self.sacked_n] {
+        for &(a, b) in &self.sacked[..usize::from(self.sacked_n)] {
             if b < l || a > r {
                 kept[n] = (a, b);
                 n += 1;
@@ -1002,21 +1003,21 @@ impl TcpConn {
         n += 1;
         kept[..n].sort_unstable();
         let start = n.saturating_sub(4);
-        self.sacked_n = n - start;
-        self.sacked[..self.sacked_n].copy_from_slice(&kept[start..n]);
+        self.sacked_n = (n - start) as u8;
+        self.sacked[..usize::from(self.sacked_n)].copy_from_slice(&kept[start..n]);
     }
 
     fn prune_sack(&mut self) {
         let una = self.snd_una;
         let mut n = 0;
-        for i in 0..self.sacked_n {
+        for i in 0..usize::from(self.sacked_n) {
             let (l, r) = self.sacked[i];
             if r > una {
                 self.sacked[n] = (l.max(una), r);
                 n += 1;
             }
         }
-        self.sacked_n = n;
+        self.sacked_n = n as u8;
     }
 
     fn on_new_ack(&mut self, cfg: &Config, now: Instant, seg: &SegmentIn, ack_off: u64, acked: u64) {
@@ -1072,14 +1073,14 @@ impl TcpConn {
             self.extend_rexmit_to_sacked();
             return;
         }
-        let sack_loss = self.sack_ok && self.sacked_n > 0 && self.unsacked_in(self.snd_una, self.sacked[self.sacked_n - 1].1) > 0 && self.sacked_bytes() >= 3 * self.mss as u64;
+        let sack_loss = self.sack_ok && self.sacked_n > 0 && self.unsacked_in(self.snd_una, self.sacked[usize::from(self.sacked_n) - 1].1) > 0 && self.sacked_bytes() >= 3 * self.mss as u64;
         if self.dupacks >= 3 || sack_loss {
             // Fast retransmit: enter recovery (RFC 6675 with SACK, RFC 6582 NewReno without).
             let flight = self.snd_nxt - self.snd_una;
             self.cc.on_loss(flight, self.mss as u64);
             self.recover = Some(self.snd_nxt);
             self.rexmit_next = self.snd_una;
-            self.rexmit_end = if self.sack_ok && self.sacked_n > 0 { self.sacked[self.sacked_n - 1].1 } else { self.snd_una + self.mss as u64 };
+            self.rexmit_end = if self.sack_ok && self.sacked_n > 0 { self.sacked[usize::from(self.sacked_n) - 1].1 } else { self.snd_una + self.mss as u64 };
             self.counters.fast_retransmits += 1;
         }
     }
@@ -1087,7 +1088,7 @@ impl TcpConn {
     /// In SACK recovery every hole below the highest SACKed byte is presumed lost.
     fn extend_rexmit_to_sacked(&mut self) {
         if self.sack_ok && self.sacked_n > 0 {
-            self.rexmit_end = self.rexmit_end.max(self.sacked[self.sacked_n - 1].1);
+            self.rexmit_end = self.rexmit_end.max(self.sacked[usize::from(self.sacked_n) - 1].1);
         }
     }
 
@@ -1541,7 +1542,7 @@ mod sack_props {
     }
 
     fn blocks(c: &TcpConn) -> Vec<(u64, u64)> {
-        c.sacked[..c.sacked_n].to_vec()
+        c.sacked[..usize::from(c.sacked_n)].to_vec()
     }
 
     fn covered(c: &TcpConn, off: u64) -> bool {
