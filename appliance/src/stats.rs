@@ -54,6 +54,9 @@ pub struct Stats {
     /// Times a connection found the receive buffer pool empty and stopped reading (zero
     /// window) until a buffer came free.
     pub http_rx_buffer_waits: u64,
+    /// Partial request heads closed early (408) to free a receive buffer for waiting
+    /// connections (slowloris defence under pool pressure); also in header timeouts.
+    pub http_head_evictions: u64,
     // TLS
     pub tls_handshakes: u64,
     pub tls_handshake_failures: u64,
@@ -124,7 +127,7 @@ impl AddAssign for Stats {
             tcp_challenge_acks, tcp_out_of_window, tcp_idle_timeouts, tcp_table_full, tcp_evicted, http_requests,
             http_status_2xx, http_status_206, http_status_304, http_status_400, http_status_404,
             http_status_405, http_status_408, http_status_414, http_status_416, http_status_431, http_status_other,
-            http_body_bytes, http_header_timeouts, http_rx_buffer_waits, tls_handshakes, tls_handshake_failures,
+            http_body_bytes, http_header_timeouts, http_rx_buffer_waits, http_head_evictions, tls_handshakes, tls_handshake_failures,
             tls_records_sealed, tls_records_opened, tls_bad_records, tls_fail_malformed,
             tls_fail_incompatible, tls_fail_peer_alert, tls_fail_bad_mac, tls_fail_other, storage_reads,
             storage_read_bytes, storage_errors, storage_in_flight, console_commands, console_errors,

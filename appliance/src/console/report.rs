@@ -98,6 +98,7 @@ pub(crate) fn table(
                 ("body_bytes", Num(s.http_body_bytes)),
                 ("header_timeouts", Num(s.http_header_timeouts)),
                 ("rx_buffer_waits", Num(s.http_rx_buffer_waits)),
+                ("head_evictions", Num(s.http_head_evictions)),
                 (
                     "status",
                     // "2xx" counts every 2xx answer except 206, which has its own member.

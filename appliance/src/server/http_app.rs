@@ -40,6 +40,9 @@ const RX_BUF: usize = 16 * 1024;
 /// Receive buffers per core, at most (fewer for small storage pools): a buffer is held only
 /// while a request head arrives in pieces, so few are in use at once.
 const MAX_RX_BUFFERS: usize = 256;
+/// Under pressure on the receive pool, a partial head older than this gives its buffer up
+/// ([`HttpApp::evict_oldest_head`]); a client that is not stalling sends its head faster.
+const HEAD_EVICT_AFTER: Instant = crate::net::SEC;
 /// Emptied response queues kept for reuse, at most (beyond that they are freed).
 const SPARE_QUEUES: usize = 1024;
 const MAX_PIPELINED: usize = 16;
@@ -486,6 +489,8 @@ pub struct HttpApp<S: Storage> {
     /// Connections that found a receive pool empty (each once: [`HttpConn::rx_waiting`]),
     /// first come first served.
     rx_waiters: VecDeque<ConnId>,
+    /// Connections lent a receive buffer, in lending order ([`HttpApp::note_rx_holder`]).
+    rx_holders: VecDeque<ConnId>,
     /// Chunk slots for connections holding storage buffers: as many as storage buffers, so a
     /// connection that gets a storage buffer always finds a set.
     #[allow(clippy::vec_box)] // boxes move between pool and connection without copying
@@ -518,6 +523,7 @@ impl<S: Storage> HttpApp<S> {
             rx_pool: BufPool::new(buffers.clamp(16, MAX_RX_BUFFERS), RX_BUF),
             tls_rx_pool: BufPool::new(0, RECORD_RX_BUF),
             rx_waiters: VecDeque::with_capacity(1024),
+            rx_holders: VecDeque::with_capacity(4 * MAX_RX_BUFFERS + 1),
             chunk_sets: (0..buffers).map(|_| Box::new([Chunk::FREE, Chunk::FREE, Chunk::FREE, Chunk::FREE])).collect(),
             spare_queues: Vec::with_capacity(SPARE_QUEUES),
             clock: 0,
@@ -618,15 +624,99 @@ impl<S: Storage> HttpApp<S> {
         rx && record
     }
 
+    /// Bytes received on a connection: TLS records, or request bytes into its buffer.
+    fn receive(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
+        self.clock = now;
+        if c.tls.is_some() {
+            self.on_tls_data(now, c, tcp, data);
+            return;
+        }
+        if c.closing {
+            return;
+        }
+        c.rx_waiting = false;
+        // The window offered room only with a buffer to lend (rx_room), so one is there.
+        let Some(rx) = self.rx_buf(c) else {
+            self.stats.http_rx_buffer_waits += 1;
+            return;
+        };
+        rx.push(data);
+        self.note_head_bytes(now, c);
+        self.parse_requests(now, c, tcp);
+    }
+
+    /// `id` was just lent a receive buffer: remember the order of lending, oldest first, for
+    /// [`HttpApp::evict_oldest_head`]. Entries of connections that gave theirs back are
+    /// dropped as they reach the front, and all at once if they pile up.
+    fn note_rx_holder(&mut self, id: ConnId) {
+        self.rx_holders.push_back(id);
+    }
+
+    /// The receive pool is empty and connections wait: the connection whose partial head has
+    /// been arriving longest, if for [`HEAD_EVICT_AFTER`] or more, gets its header timeout now
+    /// (408, closed) and its buffer goes to the waiters. So clients that hold buffers with
+    /// heads they never finish (slowloris) cannot keep the pool from everyone else for the
+    /// whole header timeout. Returns whether a buffer came free.
+    fn evict_oldest_head(&mut self, now: Instant, stack: &mut Stack<HttpConn>) -> bool {
+        if self.header_timeout == 0 {
+            return false;
+        }
+        while let Some(&id) = self.rx_holders.front() {
+            let Some(e) = stack.get_mut(id) else {
+                self.rx_holders.pop_front();
+                continue;
+            };
+            let c = &mut e.app;
+            let Some(deadline) = c.head_deadline.filter(|_| c.rx.is_some() && !c.closing) else {
+                self.rx_holders.pop_front();
+                continue;
+            };
+            if now < deadline.saturating_sub(self.header_timeout) + HEAD_EVICT_AFTER {
+                return false;
+            }
+            self.rx_holders.pop_front();
+            App::on_deadline(self, now, c, &mut e.tcp);
+            if !c.closing {
+                continue; // given more time (its responses are queued): not a slow head
+            }
+            self.stats.http_head_evictions += 1;
+            if let Some(b) = c.rx.take() {
+                self.rx_pool.give(b.buf);
+            }
+            if let Some(t) = &mut c.tls {
+                if let TlsPhase::Session(s) = &mut t.phase {
+                    if let Some(b) = s.take_rx_buf() {
+                        self.tls_rx_pool.give(b);
+                    }
+                }
+            }
+            stack.wake(id);
+            return true;
+        }
+        false
+    }
+
+    /// Drops the entries of connections no longer holding a buffer once they outnumber the
+    /// pool four to one (at most the pool's count can be live), so the list stays bounded.
+    fn compact_rx_holders(&mut self, stack: &Stack<HttpConn>) {
+        if self.rx_holders.len() > 4 * self.rx_pool.count().max(1) {
+            self.rx_holders.retain(|&id| stack.get(id).is_some_and(|e| e.app.rx.is_some()));
+        }
+    }
+
     /// Lend the buffers waiting connections lack, first come first served, and reopen their
     /// windows. A granted connection's head clock runs (it cannot hold a buffer for ever).
     fn serve_rx_waiters(&mut self, now: Instant, stack: &mut Stack<HttpConn>) {
+        self.compact_rx_holders(stack);
         while let Some(&id) = self.rx_waiters.front() {
             let Some(e) = stack.get_mut(id) else {
                 self.rx_waiters.pop_front(); // gone since it queued
                 continue;
             };
             if !self.can_lend(&e.app) {
+                if self.evict_oldest_head(now, stack) {
+                    continue;
+                }
                 break;
             }
             self.rx_waiters.pop_front();
@@ -646,6 +736,9 @@ impl<S: Storage> HttpApp<S> {
             }
             if c.head_deadline.is_none() {
                 c.head_deadline = self.head_deadline_from(now);
+            }
+            if c.rx.is_some() {
+                self.rx_holders.push_back(id);
             }
             let room = self.rx_room(c);
             e.tcp.set_receive_window(room);
@@ -1202,24 +1295,12 @@ impl<S: Storage> App for HttpApp<S> {
         }
     }
 
-    fn on_data(&mut self, now: Instant, _id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
-        self.clock = now;
-        if c.tls.is_some() {
-            self.on_tls_data(now, c, tcp, data);
-            return;
+    fn on_data(&mut self, now: Instant, id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
+        let held = c.rx.is_some();
+        self.receive(now, c, tcp, data);
+        if !held && c.rx.is_some() {
+            self.note_rx_holder(id);
         }
-        if c.closing {
-            return;
-        }
-        c.rx_waiting = false;
-        // The window offered room only with a buffer to lend (rx_room), so one is there.
-        let Some(rx) = self.rx_buf(c) else {
-            self.stats.http_rx_buffer_waits += 1;
-            return;
-        };
-        rx.push(data);
-        self.note_head_bytes(now, c);
-        self.parse_requests(now, c, tcp);
     }
 
     fn on_rx_refused(&mut self, now: Instant, id: ConnId, c: &mut HttpConn) {
@@ -1648,22 +1729,49 @@ mod tests {
     fn an_empty_receive_pool_pauses_reading_until_a_buffer_frees() {
         let (_dir, storage, volume) = tiny_volume();
         let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
-        h.server.app.header_timeout = 30 * SEC;
+        // No header timeout: no partial head is ever given up, the waiter waits.
+        h.server.app.header_timeout = 0;
         let (free, _) = h.server.app.rx_buffers_free();
         let ports: Vec<u16> = (0..free).map(|_| h.start_raw(b"GET /index.html HTTP/1.1\r\nHost: x\r\nX: 1").expect("connect")).collect();
         h.run_for(Duration::from_millis(200));
         assert_eq!(h.server.app.rx_buffers_free().0, 0, "every buffer held by a partial head");
         assert!(h.start_fetch("/index.html", None));
-        h.run_for(Duration::from_secs(2));
+        h.run_for(Duration::from_secs(3));
         assert!(h.client_app.fetches.is_empty(), "nothing read while no buffer is free");
         assert!(h.server.stats().http_rx_buffer_waits >= 1, "the wait is counted");
+        assert_eq!(h.server.stats().http_head_evictions, 0);
         // One slow head completes: its buffer goes to the waiting connection.
         assert!(h.send_more(ports[0], b"\r\n\r\n"));
         assert!(h.run_until_fetches(2, Duration::from_secs(30)));
         assert!(h.client_app.fetches.iter().all(|f| f.complete && f.status == 200), "{:?}", h.client_app.fetches);
-        // The rest time out (408) and every buffer comes back.
+    }
+
+    /// Slowloris against the receive pool: partial heads hold every buffer; a new request
+    /// waits about [`HEAD_EVICT_AFTER`], then the oldest partial head gets its 408 early and
+    /// its buffer serves the request. The rest time out as usual; every buffer comes back.
+    #[test]
+    fn the_oldest_partial_head_gives_its_buffer_to_a_waiting_request() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        h.server.app.header_timeout = 30 * SEC;
+        let (free, _) = h.server.app.rx_buffers_free();
+        for _ in 0..free {
+            h.start_raw(b"GET /index.html HTTP/1.1\r\nHost: x\r\nX: 1").expect("connect");
+        }
+        h.run_for(Duration::from_millis(200));
+        assert_eq!(h.server.app.rx_buffers_free().0, 0, "every buffer held by a partial head");
+        assert!(h.start_fetch("/index.html", None));
+        h.run_for(Duration::from_millis(500));
+        assert!(h.client_app.fetches.iter().all(|f| !f.complete), "not served before the eviction age");
+        // The evicted head's 408 and the waiting request's answer.
+        assert!(h.run_until_fetches(2, Duration::from_secs(3)), "served within a few seconds, not the 30 s timeout");
+        let f = h.client_app.fetches.iter().find(|f| f.status == 200).unwrap_or_else(|| panic!("the fetch: {:?} {:?}", h.client_app.fetches, h.server.stats()));
+        assert!(f.complete, "{f:?}");
+        let s = h.server.stats();
+        assert!(s.http_head_evictions >= 1 && s.http_status_408 >= 1 && s.http_header_timeouts >= 1, "{s:?}");
         h.run_for(Duration::from_secs(35));
         assert_eq!(h.server.app.rx_buffers_free().0, free);
+        assert_eq!(h.server.stack.connection_count(), 0);
     }
 }
 
