@@ -386,10 +386,6 @@ impl<S: Storage> HttpApp<S> {
         Ok(())
     }
 
-    pub fn tls_emulation(&self) -> bool {
-        self.emulation.is_some()
-    }
-
     pub fn buffers_free(&self) -> usize {
         self.pool.available()
     }
