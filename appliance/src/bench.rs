@@ -3,7 +3,7 @@
 //! is measured apart from the clients', and memcpy and AES-128-GCM sealing of 16 KiB records
 //! are measured in the same run as references.
 //!
-//! A case is (plaintext or TLS, connections, cores). Each core runs its own pipeline, link and
+//! A case is (plaintext, TLS or emulated TLS, connections, cores). Each core runs its own pipeline, link and
 //! clients on its own thread, with `connections / cores` connections, each fetching its own
 //! range of one object. Figures per case:
 //! - `gbps_per_core`: body bits served per second of server loop time, averaged over cores;
@@ -21,6 +21,9 @@
 //!   the checksum pass, in-place sealing, and storage reads that went through the page cache
 //!   (2 per byte: the kernel reads the cache and writes the buffer; O_DIRECT reads are DMA).
 //! - `allocs_on_packet_path`: heap allocations inside the server loop during the transfers.
+//!
+//! Every body is checked byte-exact against the object (SHA-256 of its range); emulated-TLS
+//! bodies are opened with the dummy key first ([`crate::tls::emulation`]).
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -28,7 +31,7 @@ use drivers::nic::sim::SimConfig;
 use drivers::storage::FileStorage;
 
 use crate::accounting;
-use crate::loopback::SimHarness;
+use crate::loopback::{FetchRequest, SimHarness};
 use crate::net::iface::Entry;
 use crate::net::tcp::{Config as TcpConfig, CongestionControl};
 use crate::net::tcp::table::ConnTable;
@@ -52,7 +55,30 @@ pub enum Offload {
 pub enum Modes {
     Plain,
     Tls,
+    /// Plain HTTP with bodies sealed as TLS records under a dummy key (no handshake): the
+    /// Disk|Crypt|Net paper's emulated TLS.
+    TlsEmulation,
+    /// Plain and TLS.
     Both,
+}
+
+/// What a case serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Plain,
+    Tls,
+    TlsEmulation,
+}
+
+impl Mode {
+    /// The `"mode"` of a JSON line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain",
+            Mode::Tls => "tls",
+            Mode::TlsEmulation => "tls-emulation",
+        }
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -66,9 +92,10 @@ pub struct BenchArgs {
     /// Core counts to measure, comma-separated (one pipeline thread per core).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     pub cores: Vec<usize>,
-    /// Plaintext HTTP, HTTPS, or both.
-    #[arg(long, value_enum, default_value = "both")]
-    pub mode: Modes,
+    /// Plaintext HTTP, HTTPS, emulated TLS (plain HTTP, bodies sealed with a dummy key), or
+    /// both plain and TLS; comma-separated for several, e.g. `plain,tls,tls-emulation`.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Modes::Both])]
+    pub mode: Vec<Modes>,
     /// The simulated port's TCP checksum and segmentation offload: on, off, or both (each
     /// case measured both ways, side by side).
     #[arg(long, value_enum, default_value = "both")]
@@ -140,7 +167,7 @@ struct CoreResult {
 /// One case's figures (what a JSON line prints).
 #[derive(Debug)]
 pub struct CaseResult {
-    pub tls: bool,
+    pub mode: Mode,
     pub offload: bool,
     pub connections: usize,
     pub cores: usize,
@@ -191,18 +218,27 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
         println!("references on one core: AES-128-GCM sealing of 16 KiB records (aws-lc-rs) {seal:.2} Gb/s, memcpy {memcpy:.2} Gb/s");
         println!("allocation counting: {}", if accounting::allocator_installed() { "on" } else { "off (not the appliance binary)" });
     }
-    let modes: &[bool] = match args.mode {
-        Modes::Plain => &[false],
-        Modes::Tls => &[true],
-        Modes::Both => &[false, true],
-    };
+    let mut modes: Vec<Mode> = Vec::new();
+    for m in &args.mode {
+        let add: &[Mode] = match m {
+            Modes::Plain => &[Mode::Plain],
+            Modes::Tls => &[Mode::Tls],
+            Modes::TlsEmulation => &[Mode::TlsEmulation],
+            Modes::Both => &[Mode::Plain, Mode::Tls],
+        };
+        for &a in add {
+            if !modes.contains(&a) {
+                modes.push(a);
+            }
+        }
+    }
     let offloads: &[bool] = match args.offload {
         Offload::On => &[true],
         Offload::Off => &[false],
         Offload::Both => &[false, true],
     };
     let mut failed = 0;
-    for &tls in modes {
+    for &mode in &modes {
         for &cores in &args.cores {
             for &connections in &args.connections {
                 for &offload in offloads {
@@ -212,7 +248,7 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
                         congestion: args.congestion.unwrap_or(defaults.congestion),
                         pacing: (defaults.pacing || args.pacing) && !args.no_pacing,
                     };
-                    let r = run_case(&vol, object_len, total, tls, setup, connections, cores);
+                    let r = run_case(&vol, object_len, total, mode, setup, connections, cores);
                     failed += usize::from(!r.ok);
                     print_case(&r, seal, memcpy, args.json);
                 }
@@ -225,11 +261,30 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The object repeats this 1 MiB block.
+fn pattern() -> Vec<u8> {
+    (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
+}
+
+/// SHA-256 of object bytes `[off, off + len)`.
+fn expected_sha256(block: &[u8], mut off: u64, mut len: u64) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    while len > 0 {
+        let at = (off % block.len() as u64) as usize;
+        let n = (block.len() - at).min(len as usize);
+        h.update(&block[at..at + n]);
+        off += n as u64;
+        len -= n as u64;
+    }
+    h.finalize().into()
+}
+
 fn make_volume(dir: &std::path::Path, len: u64) -> Result<std::path::PathBuf, String> {
     let tree = dir.join("tree");
     std::fs::create_dir_all(&tree).map_err(|e| e.to_string())?;
     let mut f = std::fs::File::create(tree.join(&OBJECT[1..])).map_err(|e| e.to_string())?;
-    let block: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let block = pattern();
     let mut left = len;
     while left > 0 {
         let n = left.min(block.len() as u64) as usize;
@@ -243,7 +298,7 @@ fn make_volume(dir: &std::path::Path, len: u64) -> Result<std::path::PathBuf, St
     Ok(vol)
 }
 
-pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, tls: bool, setup: TcpSetup, connections: usize, cores: usize) -> CaseResult {
+pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, mode: Mode, setup: TcpSetup, connections: usize, cores: usize) -> CaseResult {
     let per_conn = (total / connections as u64).max(MIN_PER_CONN);
     let threads: Vec<_> = (0..cores)
         .map(|core| {
@@ -255,7 +310,7 @@ pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, tls: bool, s
                 if let Err(e) = crate::sys::pin_to_core(core) {
                     log::debug!("bench: cannot pin to core {core}: {e}");
                 }
-                run_core(&vol, object_len, per_conn, first, n, tls, setup)
+                run_core(&vol, object_len, per_conn, first, n, mode, setup)
             })
         })
         .collect();
@@ -263,10 +318,10 @@ pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, tls: bool, s
         .into_iter()
         .map(|t| t.join().unwrap_or_else(|_| CoreResult { error: Some("pipeline thread panicked".into()), ..CoreResult::default() }))
         .collect();
-    combine(tls, setup.offload, connections, cores, &results)
+    combine(mode, setup.offload, connections, cores, &results)
 }
 
-fn combine(tls: bool, offload: bool, connections: usize, cores: usize, results: &[CoreResult]) -> CaseResult {
+fn combine(mode: Mode, offload: bool, connections: usize, cores: usize, results: &[CoreResult]) -> CaseResult {
     let per = |r: &CoreResult, ns: u64| if ns == 0 { 0.0 } else { r.body_bytes as f64 * 8.0 / ns as f64 };
     let rate = |r: &CoreResult| per(r, r.server_ns.saturating_sub(r.handshake_ns));
     let body_bytes: u64 = results.iter().map(|r| r.body_bytes).sum();
@@ -279,7 +334,7 @@ fn combine(tls: bool, offload: bool, connections: usize, cores: usize, results: 
     let per_idle = |b: f64| if idle_conns == 0 { f64::NAN } else { b / idle_conns as f64 };
     let touched: u64 = results.iter().map(|r| r.touched + r.storage_touched).sum();
     CaseResult {
-        tls,
+        mode,
         offload,
         connections,
         cores,
@@ -308,8 +363,9 @@ fn combine(tls: bool, offload: bool, connections: usize, cores: usize, results: 
 
 /// One core: a pipeline and its clients over the simulated link. Connection `first + i`
 /// fetches `per_conn` bytes at its own offset of the object.
-fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize, n: usize, tls: bool, setup: TcpSetup) -> CoreResult {
+fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize, n: usize, mode: Mode, setup: TcpSetup) -> CoreResult {
     let offload = setup.offload;
+    let tls = mode == Mode::Tls;
     let mut out = CoreResult::default();
     if n == 0 {
         out.ok = true;
@@ -335,6 +391,9 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
             let (server, client) = crate::loopback::test_tls_configs()?;
             h.enable_tls(server, client);
         }
+        if mode == Mode::TlsEmulation {
+            h.server.app.enable_tls_emulation().map_err(|e| e.to_string())?;
+        }
         Ok(h)
     };
     let mut h = match setup() {
@@ -347,11 +406,11 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
     let direct = h.server.app.storage.is_direct();
     let start = Instant::now();
     let span = object_len - per_conn;
+    let offset = |i: usize| ((first + i) as u64 * per_conn) % (span + 1) / 4096 * 4096;
     for i in 0..n {
-        let off = ((first + i) as u64 * per_conn) % (span + 1) / 4096 * 4096;
-        let range = Some((off, off + per_conn - 1));
-        let opened = if tls { h.start_fetch_tls(OBJECT, range) } else { h.start_fetch(OBJECT, range) };
-        if !opened {
+        let off = offset(i);
+        let req = FetchRequest { path: OBJECT.into(), range: Some((off, off + per_conn - 1)), tls, tag: i as u64, abort: None };
+        if !h.open_fetch(&req) {
             out.error = Some("a client could not reach the server over the simulated link".into());
             return out;
         }
@@ -383,6 +442,14 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
     let bad = h.client_app.fetches.iter().filter(|f| !(f.complete && f.status == 206 && f.body_len == per_conn)).count();
     if bad > 0 {
         out.error = Some(format!("{bad} of {n} transfers incomplete or not 206"));
+        return out;
+    }
+    // Byte-exact (emulated TLS: opened with the dummy key), and sealed only when emulating.
+    let block = pattern();
+    let emulated = mode == Mode::TlsEmulation;
+    let wrong = h.client_app.fetches.iter().filter(|f| f.emulated != emulated || f.sha256 != expected_sha256(&block, offset(f.tag as usize), per_conn)).count();
+    if wrong > 0 {
+        out.error = Some(format!("{wrong} of {n} bodies differ from the object{}", if emulated { " (or were not emulated TLS)" } else { "" }));
         return out;
     }
     // Idle connections: the server's heap growth per connection once they are all set up.
@@ -435,10 +502,12 @@ fn print_case(r: &CaseResult, seal: f64, memcpy: f64, json: bool) {
     let num = |x: f64| if x.is_finite() { format!("{x:.3}") } else { "null".to_string() };
     if json {
         println!(
-            "{{\"case\":\"{}-sim{}\",\"tls\":{},\"offload\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{}{}}}",
-            if r.tls { "https" } else { "http" },
+            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{}{}}}",
+            case_name(r.mode),
             if r.offload { "-offload" } else { "" },
-            r.tls,
+            r.mode.name(),
+            r.mode == Mode::Tls,
+            r.mode == Mode::TlsEmulation,
             r.offload,
             r.connections,
             r.cores,
@@ -469,8 +538,8 @@ fn print_case(r: &CaseResult, seal: f64, memcpy: f64, json: bool) {
         );
     } else {
         println!(
-            "{:<5} {:<7} {:>6} conns {} core(s): {:>7.2} Gb/s per core ({:.0}% of sealing; {:.2} with handshakes, {:.2} with devices), {:>7.2} total; {:.0} B per idle conn; {:.2} bytes touched per byte; {} allocations (+{} in handshakes); {:.1} MB in {:.2} s{}",
-            if r.tls { "https" } else { "http" },
+            "{:<9} {:<7} {:>6} conns {} core(s): {:>7.2} Gb/s per core ({:.0}% of sealing; {:.2} with handshakes, {:.2} with devices), {:>7.2} total; {:.0} B per idle conn; {:.2} bytes touched per byte; {} allocations (+{} in handshakes); {:.1} MB in {:.2} s{}",
+            case_name(r.mode),
             if r.offload { "offload" } else { "-" },
             r.connections,
             r.cores,
@@ -487,6 +556,16 @@ fn print_case(r: &CaseResult, seal: f64, memcpy: f64, json: bool) {
             r.wall_seconds,
             r.error.as_ref().map_or(String::new(), |e| format!("  FAILED: {e}")),
         );
+    }
+}
+
+/// `"case"` prefix: the scheme, and for emulated TLS what it is (its lines must not be taken
+/// for plaintext ones: ci/plot keys on `"tls"` and skips `"tls_emulation"`).
+fn case_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Plain => "http",
+        Mode::Tls => "https",
+        Mode::TlsEmulation => "http-emu",
     }
 }
 

@@ -22,10 +22,14 @@ use crate::volume::Volume;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fetch {
     pub status: u16,
+    /// Body bytes (emulated TLS: the records' plaintext).
     pub body_len: u64,
     pub sha256: [u8; 32],
-    /// The response arrived whole (Content-Length bytes).
+    /// The response arrived whole (Content-Length bytes; emulated TLS: every record opened,
+    /// none left half).
     pub complete: bool,
+    /// The body came as emulated TLS records (`X-Tls-Emulation`), opened with the dummy key.
+    pub emulated: bool,
     /// The caller's tag for the request ([`FetchRequest::tag`]).
     pub tag: u64,
     /// The client gave up on purpose ([`FetchRequest::abort`]) before the end.
@@ -63,7 +67,13 @@ pub struct ClientConn {
     head: Vec<u8>,
     status: u16,
     content_length: Option<u64>,
+    /// Body bytes as received (emulated TLS: records), measured against Content-Length.
     received: u64,
+    /// Body plaintext bytes (hashed).
+    plain_len: u64,
+    /// Emulated TLS: opens the body's records; `open_failed` once one did not open.
+    opener: Option<Box<crate::tls::emulation::BodyOpener>>,
+    open_failed: bool,
     hasher: Sha256,
     done: bool,
     tag: u64,
@@ -115,7 +125,23 @@ impl ClientConn {
     /// A connection that sends exactly `bytes` (a partial or malformed head, or nothing) and
     /// then waits.
     pub fn raw(bytes: &[u8]) -> ClientConn {
-        ClientConn { out: bytes.to_vec(), tls: None, head: Vec::new(), status: 0, content_length: None, received: 0, hasher: Sha256::new(), done: false, tag: 0, abort: None, aborted: false, keep_alive: false }
+        ClientConn {
+            out: bytes.to_vec(),
+            tls: None,
+            head: Vec::new(),
+            status: 0,
+            content_length: None,
+            received: 0,
+            plain_len: 0,
+            opener: None,
+            open_failed: false,
+            hasher: Sha256::new(),
+            done: false,
+            tag: 0,
+            abort: None,
+            aborted: false,
+            keep_alive: false,
+        }
     }
 
     /// A connection that sends nothing.
@@ -150,11 +176,13 @@ impl ClientConn {
     fn finish(&mut self) -> Fetch {
         self.done = true;
         let digest = std::mem::take(&mut self.hasher).finalize();
+        let opened = !self.open_failed && self.opener.as_ref().is_none_or(|o| o.at_boundary());
         Fetch {
             status: self.status,
-            body_len: self.received,
+            body_len: self.plain_len,
             sha256: digest.into(),
-            complete: self.content_length == Some(self.received),
+            complete: self.content_length == Some(self.received) && opened,
+            emulated: self.opener.is_some(),
             tag: self.tag,
             aborted: self.aborted,
         }
@@ -165,25 +193,50 @@ impl ClientConn {
 #[derive(Default)]
 pub struct ClientApp {
     pub fetches: Vec<Fetch>,
-    /// Body bytes received by all connections.
+    /// Body bytes received by all connections (emulated TLS: plaintext opened).
     pub body_bytes: u64,
     /// TLS errors seen by the client (bad records, alerts).
     pub tls_failures: u64,
 }
 
-fn parse_head(head: &[u8]) -> Option<(u16, Option<u64>)> {
+/// Status, Content-Length and whether the body is emulated TLS.
+fn parse_head(head: &[u8]) -> Option<(u16, Option<u64>, bool)> {
     let text = std::str::from_utf8(head).ok()?;
     let mut lines = text.split("\r\n");
     let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let len = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok());
-    Some((status, len))
+    let fields = || lines.clone().filter_map(|l| l.split_once(':'));
+    let len = fields().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.trim().parse().ok());
+    let emulated = fields().any(|(k, _)| k.eq_ignore_ascii_case(crate::tls::emulation::HEADER_NAME));
+    Some((status, len, emulated))
 }
 
 impl ClientApp {
-    /// Response bytes (plaintext) in order.
+    /// Body bytes as received: hashed, or (emulated TLS) opened and their plaintext hashed.
+    fn body(&mut self, c: &mut ClientConn, data: &[u8]) {
+        c.received += data.len() as u64;
+        let before = c.plain_len;
+        let ClientConn { opener, hasher, plain_len, open_failed, .. } = c;
+        match opener {
+            None => {
+                hasher.update(data);
+                *plain_len += data.len() as u64;
+            }
+            Some(_) if *open_failed => {}
+            Some(o) => {
+                let opened = o.feed(data, |p| {
+                    hasher.update(p);
+                    *plain_len += p.len() as u64;
+                });
+                if opened.is_err() {
+                    *open_failed = true;
+                    self.tls_failures += 1;
+                }
+            }
+        }
+        self.body_bytes += c.plain_len - before;
+    }
+
+    /// Response bytes (TLS: decrypted) in order.
     fn consume(&mut self, c: &mut ClientConn, tcp: &mut TcpConn, mut data: &[u8]) {
         if c.done {
             return;
@@ -192,17 +245,21 @@ impl ClientApp {
             let before = c.head.len();
             c.head.extend_from_slice(data);
             let Some(end) = c.head.windows(4).position(|w| w == b"\r\n\r\n") else { return };
-            let (status, len) = parse_head(&c.head[..end + 4]).unwrap_or((0, Some(0)));
+            let (status, len, emulated) = parse_head(&c.head[..end + 4]).unwrap_or((0, Some(0), false));
             c.status = status;
             c.content_length = len;
+            if emulated {
+                match crate::tls::emulation::BodyOpener::new() {
+                    Ok(o) => c.opener = Some(Box::new(o)),
+                    Err(_) => c.open_failed = true,
+                }
+            }
             data = &data[(end + 4 - before)..];
         }
         if let Some((after, how)) = c.abort {
             if c.received + data.len() as u64 >= after && Some(c.received + data.len() as u64) < c.content_length {
                 let keep = (after.saturating_sub(c.received) as usize).min(data.len());
-                c.received += keep as u64;
-                self.body_bytes += keep as u64;
-                c.hasher.update(&data[..keep]);
+                self.body(c, &data[..keep]);
                 c.aborted = true;
                 let f = c.finish();
                 self.fetches.push(f);
@@ -224,9 +281,7 @@ impl ClientApp {
                 return;
             }
         }
-        c.received += data.len() as u64;
-        self.body_bytes += data.len() as u64;
-        c.hasher.update(data);
+        self.body(c, data);
         if Some(c.received) >= c.content_length {
             let f = c.finish();
             self.fetches.push(f);

@@ -31,7 +31,7 @@ pub use crate::volume::content_type_for;
 pub use range::{if_range_matches, parse_range, RangeOutcome};
 pub use request::{decode_path, parse_request, Method, Parse, Request, Version};
 pub use response::{
-    plan, plan_request, write_head, ContentRange, HeadError, ObjectMeta, Plan,
+    plan, plan_request, write_head, write_head_with, ContentRange, HeadError, ObjectMeta, Plan,
     MAX_CONTENT_TYPE_LEN, MAX_ETAG_LEN, MAX_HEAD_LEN,
 };
 

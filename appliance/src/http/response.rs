@@ -330,6 +330,17 @@ impl HeadWriter<'_> {
 /// returns the number of bytes written. `now_unix` is the Date. The status line is always
 /// HTTP/1.1; `Connection` is always sent (`keep-alive` or `close`).
 pub fn write_head(plan: &Plan<'_>, now_unix: u64, out: &mut [u8]) -> Result<usize, HeadError> {
+    write_head_with(plan, now_unix, None, out)
+}
+
+/// As [`write_head`], with one more header (`name: value`, value checked like the volume's)
+/// before `Connection`. `out` needs that much room beyond [`MAX_HEAD_LEN`].
+pub fn write_head_with(
+    plan: &Plan<'_>,
+    now_unix: u64,
+    extra: Option<(&str, &str)>,
+    out: &mut [u8],
+) -> Result<usize, HeadError> {
     let mut w = HeadWriter { out, len: 0 };
     let (reason, _) = status_info(plan.status).unwrap_or(("Unknown", b""));
     w.put(b"HTTP/1.1 ")?;
@@ -386,6 +397,9 @@ pub fn write_head(plan: &Plan<'_>, now_unix: u64, out: &mut [u8]) -> Result<usiz
     }
     if plan.status == 405 {
         w.header("Allow", b"GET, HEAD")?;
+    }
+    if let Some((name, value)) = extra {
+        w.checked_header(name, value)?;
     }
     w.header(
         "Connection",

@@ -15,6 +15,10 @@
 //! being received, the chunk bookkeeping only while storage buffers are held, and response
 //! queues come from a recycled spare list. A connection that finds a pool empty stops
 //! reading (zero window) and waits in line for a buffer ([`Stats::http_rx_buffer_waits`]).
+//!
+//! With TLS emulation on ([`HttpApp::enable_tls_emulation`], benchmarks only) a plain HTTP
+//! response's head goes in clear and its body as records sealed the same way with a public
+//! dummy key ([`crate::tls::emulation`]).
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -68,19 +72,22 @@ struct Body {
     size: u64,
 }
 
-/// The records of a response on a TLS connection.
+/// The records of a response on a TLS connection, or of an emulated-TLS body.
 #[derive(Clone, Copy, Debug)]
 struct RespTls {
     layout: ResponseLayout,
     epoch: u32,
     /// Record index of the first body record (1 when there is a head record).
     first_body_rec: u64,
+    /// Clear head bytes before the layout's first byte: the HTTP head of an emulated-TLS
+    /// response; 0 on a real TLS connection (its head is the layout's first record).
+    clear_head: u64,
 }
 
 struct Response {
     start: u64,
-    /// Plain: head and error body. TLS: the sealed head record. Control records (TLS alerts,
-    /// KeyUpdate) are responses with only this.
+    /// Plain (and emulated TLS): head and error body. TLS: the sealed head record. Control
+    /// records (TLS alerts, KeyUpdate) are responses with only this.
     head: [u8; HEAD_CAP],
     head_len: usize,
     body: Option<Body>,
@@ -391,7 +398,7 @@ fn locate(c: &HttpConn, off: u64) -> Loc<'_> {
             }
         }
         Some(t) => {
-            let Some((rec, part)) = t.layout.locate(rel) else { return Loc::Nothing };
+            let Some((rec, part)) = t.layout.locate(rel - t.clear_head) else { return Loc::Nothing };
             let RecordSource::Body { object_start, object_end } = t.layout.record_source(rec) else {
                 return Loc::Nothing; // the head record lies in `head`, handled above
             };
@@ -458,7 +465,7 @@ fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, buf: &mut Dm
             }
         }
     }
-    k.stream_end = r.start + t.layout.record_wire_range(last).end;
+    k.stream_end = r.start + t.clear_head + t.layout.record_wire_range(last).end;
     Ok(last - first + 1)
 }
 
@@ -499,6 +506,8 @@ pub struct HttpApp<S: Storage> {
     spare_queues: Vec<VecDeque<Response>>,
     /// The latest time a callback was given (storage polling has none of its own).
     clock: Instant,
+    /// Emulated TLS on plain HTTP connections: the dummy-key session bodies are sealed with.
+    emulation: Option<Box<RecordSession>>,
 }
 
 impl<S: Storage> HttpApp<S> {
@@ -527,6 +536,7 @@ impl<S: Storage> HttpApp<S> {
             chunk_sets: (0..buffers).map(|_| Box::new([Chunk::FREE, Chunk::FREE, Chunk::FREE, Chunk::FREE])).collect(),
             spare_queues: Vec::with_capacity(SPARE_QUEUES),
             clock: 0,
+            emulation: None,
         })
     }
 
@@ -746,6 +756,14 @@ impl<S: Storage> HttpApp<S> {
         }
     }
 
+    /// Benchmarks only: on plain HTTP connections, send each response body as TLS 1.3 records
+    /// sealed with a public dummy key, the head in clear ([`crate::tls::emulation`]). HTTPS
+    /// connections are unaffected.
+    pub fn enable_tls_emulation(&mut self) -> Result<(), TlsError> {
+        self.emulation = Some(Box::new(crate::tls::emulation::session()?));
+        Ok(())
+    }
+
     pub fn buffers_free(&self) -> usize {
         self.pool.available()
     }
@@ -851,9 +869,27 @@ impl<S: Storage> HttpApp<S> {
             if self.draining {
                 plan.keep_alive = false;
             }
+            // Emulated TLS: Content-Length is what the client receives (the records), so that
+            // curl and wrk read to the end; Content-Range stays in object bytes. HEAD answers
+            // as GET would.
+            let emulate = c.tls.is_none() && self.emulation.is_some() && matches!(plan.status, 200 | 206);
+            let mut emu_header = None;
+            if let (true, Some(len)) = (emulate, plan.content_length) {
+                let (off, n) = plan.body.unwrap_or((0, len));
+                match crate::tls::emulation::body_layout(off, n) {
+                    Ok(l) => {
+                        plan.content_length = Some(l.wire_len());
+                        emu_header = Some((crate::tls::emulation::HEADER_NAME, crate::tls::emulation::HEADER_VALUE));
+                    }
+                    Err(e) => {
+                        log::warn!("emulated TLS layout: {e}");
+                        break;
+                    }
+                }
+            }
             // The head and error body, in plaintext.
             let mut text = [0u8; MAX_HEAD_LEN + 128];
-            let mut text_len = match http::write_head(&plan, self.wall_unix, &mut text) {
+            let mut text_len = match http::write_head_with(&plan, self.wall_unix, emu_header, &mut text) {
                 Ok(n) => n,
                 Err(_) => {
                     // Cannot happen with the volume's bounded metadata; answer 500 rather than panic.
@@ -872,6 +908,12 @@ impl<S: Storage> HttpApp<S> {
                     resp.head[..text_len].copy_from_slice(&text[..text_len]);
                     resp.head_len = text_len;
                     resp.end = resp.start + text_len as u64 + body.map_or(0, |b| b.len);
+                    if let (Some(b), true) = (body, emu_header.is_some()) {
+                        // Records numbered from 0 in every response (see tls::emulation).
+                        let Ok(layout) = crate::tls::emulation::body_layout(b.obj_off, b.len) else { break };
+                        resp.end = resp.start + text_len as u64 + layout.wire_len();
+                        resp.tls = Some(RespTls { layout, epoch: 0, first_body_rec: 0, clear_head: text_len as u64 });
+                    }
                 }
                 Some(t) => {
                     let TlsPhase::Session(s) = &t.phase else { break };
@@ -895,7 +937,7 @@ impl<S: Storage> HttpApp<S> {
                     self.stats.tls_records_sealed += 1;
                     t.next_seq = layout.next_seq_base();
                     resp.end = resp.start + layout.wire_len();
-                    resp.tls = Some(RespTls { layout, epoch: t.epoch, first_body_rec: 1 });
+                    resp.tls = Some(RespTls { layout, epoch: t.epoch, first_body_rec: 1, clear_head: 0 });
                 }
             }
             self.stats.http_requests += 1;
@@ -1186,10 +1228,14 @@ impl<S: Storage> HttpApp<S> {
             let mut buf = comp.buf;
             match comp.result {
                 Ok(()) => {
-                    let session = tls.as_ref().and_then(|t| match &t.phase {
-                        TlsPhase::Session(s) => Some(&**s),
-                        _ => None,
-                    });
+                    let session = match tls {
+                        Some(t) => match &t.phase {
+                            TlsPhase::Session(s) => Some(&**s),
+                            _ => None,
+                        },
+                        // A plain connection's records are emulated TLS (only made when on).
+                        None => self.emulation.as_deref(),
+                    };
                     let resp_start = chunks[ki].resp_start;
                     let sealed = match (session, responses.iter().find(|r| r.start == resp_start)) {
                         (Some(s), Some(r)) if r.tls.is_some() => seal_chunk(s, r, &mut chunks[ki], &mut buf),
@@ -1466,7 +1512,7 @@ fn body_chunk_at(c: &HttpConn, off: u64) -> Option<(usize, u64)> {
     }
     let obj_pos = match &r.tls {
         None => b.obj_off + (rel - r.head_len as u64),
-        Some(t) => match t.layout.locate(rel).map(|(rec, _)| t.layout.record_source(rec)) {
+        Some(t) => match t.layout.locate(rel - t.clear_head).map(|(rec, _)| t.layout.record_source(rec)) {
             Some(RecordSource::Body { object_start, .. }) => object_start,
             _ => return None,
         },
@@ -1772,6 +1818,86 @@ mod tests {
         h.run_for(Duration::from_secs(35));
         assert_eq!(h.server.app.rx_buffers_free().0, free);
         assert_eq!(h.server.stack.connection_count(), 0);
+    }
+
+    /// A volume with one patterned file of `len` bytes at `/v.ts` (every offset differs, so
+    /// a record opened at the wrong place shows).
+    fn patterned_volume(len: usize) -> (tempfile::TempDir, drivers::storage::FileStorage, crate::volume::Volume, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let data: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(tree.join("v.ts"), &data).unwrap();
+        let vol = dir.path().join("media.vol");
+        crate::volume::pack(&tree, &vol).unwrap();
+        let mut storage = drivers::storage::FileStorage::open(&vol).unwrap();
+        let volume = crate::volume::load(&mut storage).unwrap();
+        (dir, storage, volume, data)
+    }
+
+    /// Emulated TLS over a lossy, reordering link: whole file and ranges (unaligned, inside
+    /// one record, the last bytes) arrive as records that open with the dummy key to the
+    /// volume's bytes, byte-exact; Content-Length is the framed length (the fetch completes
+    /// on exactly that many bytes). Timeouts released chunks, so records were read and sealed
+    /// again: a re-seal that differed would not open.
+    #[test]
+    fn emulated_tls_bodies_open_to_the_volume_bytes_over_loss() {
+        use sha2::{Digest, Sha256};
+        const LEN: usize = 1_500_000;
+        let (_dir, storage, volume, data) = patterned_volume(LEN);
+        let lossy = |seed| SimConfig { seed, loss: 0.05, reorder: 0.02, duplicate: 0.01, delay: Duration::from_millis(1), ..SimConfig::default() };
+        let mut h = SimHarness::new(storage, volume, lossy(11), lossy(12), 16);
+        h.server.app.enable_tls_emulation().unwrap();
+        let len = LEN as u64;
+        let ranges = [None, Some((1000, 700_000)), Some((70_000, 70_000)), Some((len - 10, len - 1)), Some((16_384, 3 * 16_384 - 1))];
+        for r in ranges {
+            assert!(h.start_fetch("/v.ts", r));
+        }
+        assert!(h.run_until_fetches(ranges.len(), Duration::from_secs(600)), "fetches did not finish");
+        let mut records = 0;
+        for r in ranges {
+            let (a, b) = r.unwrap_or((0, len - 1));
+            let want: [u8; 32] = Sha256::digest(&data[a as usize..=b as usize]).into();
+            let f = h.client_app.fetches.iter().find(|f| f.sha256 == want).unwrap_or_else(|| panic!("no fetch of {r:?} matches the volume: {:?}", h.client_app.fetches));
+            assert!(f.complete && f.emulated, "{r:?}: {f:?}");
+            assert_eq!((f.status, f.body_len), (if r.is_some() { 206 } else { 200 }, b - a + 1));
+            records += crate::tls::emulation::body_layout(a, b - a + 1).unwrap().record_count();
+        }
+        assert_eq!(h.client_app.tls_failures, 0);
+        let s = h.server.stats();
+        eprintln!("records {records}, sealed {}, timeouts {}, storage reads {}", s.tls_records_sealed, s.tcp_rto_timeouts, s.storage_reads);
+        assert!(s.tcp_rto_timeouts > 0, "no timeout released a chunk: {s:?}");
+        assert!(s.tls_records_sealed > records, "{} sealed for {records} records: nothing sealed again", s.tls_records_sealed);
+        assert_eq!((s.tls_handshakes, s.tls_records_opened), (0, 0), "requests are plaintext");
+        h.run_for(Duration::from_secs(5));
+        assert_eq!(h.server.stack.connection_count(), 0);
+        assert_eq!(h.server.app.buffers_free(), 16, "every buffer back");
+    }
+
+    /// With emulation on, HTTPS is real TLS as before, and a 404 is plain text.
+    #[test]
+    fn emulation_leaves_https_and_errors_alone() {
+        let (_dir, storage, volume, data) = patterned_volume(100_000);
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        h.server.app.enable_tls_emulation().unwrap();
+        let (server, client) = crate::loopback::test_tls_configs().unwrap();
+        h.enable_tls(server, client);
+        assert!(h.start_fetch_tls("/v.ts", Some((5, 99_999))));
+        assert!(h.start_fetch("/missing", None));
+        assert!(h.run_until_fetches(2, Duration::from_secs(30)));
+        let tls = h.client_app.fetches.iter().find(|f| f.status == 206).expect("the HTTPS fetch");
+        let want: [u8; 32] = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&data[5..])).into();
+        assert!(tls.complete && !tls.emulated && tls.body_len == 99_995 && tls.sha256 == want, "{tls:?}");
+        let missing = h.client_app.fetches.iter().find(|f| f.status == 404).expect("the 404");
+        assert!(missing.complete && !missing.emulated, "{missing:?}");
     }
 }
 

@@ -91,6 +91,12 @@ pub struct ServeArgs {
     /// Do not pace (the default).
     #[arg(long)]
     pub no_pacing: bool,
+    /// Benchmarks only (the Disk|Crypt|Net paper's emulated TLS): on the HTTP port, send each
+    /// response body as TLS 1.3 AES-128-GCM records sealed with a fixed, public dummy key, the
+    /// head in clear with Content-Length the records' length and `X-Tls-Emulation:
+    /// aes-128-gcm`. Protects nothing. HTTPS is unaffected. See docs/performance.md.
+    #[arg(long)]
+    pub tls_emulation: bool,
     /// What the media turned out to be (the NVMe controller `nvme:auto` found), for `status`.
     #[arg(skip)]
     pub media_detail: Option<String>,
@@ -334,6 +340,7 @@ struct Setup {
     https_port: u16,
     buffers: usize,
     header_timeout: u64,
+    tls_emulation: bool,
     start: std::time::Instant,
 }
 
@@ -345,6 +352,9 @@ impl Setup {
         app.header_timeout = self.header_timeout;
         if let Some(config) = &self.tls {
             app.enable_tls(config.clone(), self.https_port);
+        }
+        if self.tls_emulation {
+            app.enable_tls_emulation()?;
         }
         Ok(Pipeline::new(nic, stack, app))
     }
@@ -408,8 +418,12 @@ fn run<N: Nic, S: Storage>(
         https_port: args.https_port,
         buffers: args.buffers.max(4),
         header_timeout: args.header_timeout * SEC,
+        tls_emulation: args.tls_emulation,
         start,
     };
+    if args.tls_emulation {
+        log::warn!("--tls-emulation: HTTP bodies are sealed with a public dummy key (benchmarks only, no protection)");
+    }
     let board = Board::new(&cores);
     std::thread::scope(|scope| {
         let mut others = Vec::new();
