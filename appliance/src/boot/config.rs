@@ -596,7 +596,15 @@ mod tests {
         let joined = args.join(" ");
         assert!(joined.starts_with("serve --nic dpdk --dpdk-args=-l 0 --vdev net_tap0 --ip"), "{joined}");
         assert!(joined.ends_with("--tls-cert /c.pem --tls-key /k.pem --console unix:/run/console"), "{joined}");
-        assert!(args.contains(&"-l 0 --vdev net_tap0".to_string()), "EAL args stay one argument");
+        assert!(args.contains(&"--dpdk-args=-l 0 --vdev net_tap0".to_string()), "EAL args stay one argument");
+        // clap reads it back whole, though it starts with '-'.
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: crate::server::ServeArgs,
+        }
+        let parsed = <Serve as clap::Parser>::try_parse_from(&args).expect("serve parses its own arguments");
+        assert_eq!(parsed.args.dpdk_args, "-l 0 --vdev net_tap0");
     }
 
     #[test]
