@@ -271,17 +271,18 @@ pub const DEFAULT_CONSOLE: &str = "/dev/ttyS0";
 /// with `"serve"`. Keys that are not set are left to `serve`'s own defaults, except the NIC
 /// and the console, which default to [`DEFAULT_NIC`] and [`DEFAULT_CONSOLE`] in the image.
 pub fn serve_args(cfg: &BootConfig) -> Vec<String> {
-    let mut args = vec!["serve".to_string()];
+    let nic = cfg.get("nic").unwrap_or(DEFAULT_NIC);
+    let mut args = vec!["serve".to_string(), "--nic".to_string(), nic.to_string()];
+    if nic == "dpdk" {
+        if let Some(v) = cfg.get("dpdk_args") {
+            // One word: the value starts with "-" (clap would take "-a ..." for an option).
+            args.push(format!("--dpdk-args={v}"));
+        }
+    }
     let mut push = |flag: &str, value: &str| {
         args.push(flag.to_string());
         args.push(value.to_string());
     };
-    push("--nic", cfg.get("nic").unwrap_or(DEFAULT_NIC));
-    if cfg.get("nic") == Some("dpdk") {
-        if let Some(v) = cfg.get("dpdk_args") {
-            push("--dpdk-args", v);
-        }
-    }
     for (key, flag) in [
         ("ip", "--ip"),
         ("gateway", "--gateway"),
@@ -593,9 +594,17 @@ mod tests {
         cfg.apply("console", "unix:/run/console", "partition").unwrap();
         let args = serve_args(&cfg);
         let joined = args.join(" ");
-        assert!(joined.starts_with("serve --nic dpdk --dpdk-args -l 0 --vdev net_tap0 --ip"), "{joined}");
+        assert!(joined.starts_with("serve --nic dpdk --dpdk-args=-l 0 --vdev net_tap0 --ip"), "{joined}");
         assert!(joined.ends_with("--tls-cert /c.pem --tls-key /k.pem --console unix:/run/console"), "{joined}");
-        assert!(args.contains(&"-l 0 --vdev net_tap0".to_string()), "EAL args stay one argument");
+        assert!(args.contains(&"--dpdk-args=-l 0 --vdev net_tap0".to_string()), "EAL args stay one argument");
+        // clap reads it back whole, though it starts with '-'.
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: crate::server::ServeArgs,
+        }
+        let parsed = <Serve as clap::Parser>::try_parse_from(&args).expect("serve parses its own arguments");
+        assert_eq!(parsed.args.dpdk_args, "-l 0 --vdev net_tap0");
     }
 
     #[test]

@@ -543,6 +543,9 @@ fn read_config(first: bool) -> (BootConfig, Option<PathBuf>) {
     if let Some(media) = cfg.get("media").filter(|m| m.starts_with("/dev/")) {
         wait_for(Path::new(media), Instant::now() + if first { DEVICE_WAIT } else { Duration::ZERO });
     }
+    if cfg.get("nic") == Some("dpdk") {
+        prepare_dpdk(&mut cfg, deadline, first);
+    }
     if first {
         match &store_path {
             Some(p) => say!("configuration partition {}", p.display()),
@@ -611,6 +614,179 @@ fn prepare_userspace_nvme(spec: &str, controllers: &[String], store: Option<&Pat
     result.map_err(|e| e.to_string())?;
     say!("NVMe {pci}: taken from {} and bound to vfio-pci for the userspace driver", driver.as_deref().unwrap_or("no driver"));
     Ok(pci)
+}
+
+/// 2 MiB hugepages the init reserves for DPDK (with `nic=dpdk`) when none are reserved
+/// (a `hugepages=N` on the kernel command line wins): 128 MiB, for the mbuf pool (8191
+/// mbufs, about 20 MiB), the PMD's rings and EAL's heap.
+pub const DPDK_HUGEPAGES: u64 = 64;
+
+/// Gets the machine ready for `nic=dpdk`: reserves hugepages, binds the data NIC to vfio-pci
+/// and completes the EAL arguments ([`dpdk_eal_args`]), which replace `dpdk_args` in `cfg`
+/// (source "init"). The data NIC is the one `dpdk_args` names with `-a`/`--allow`; when
+/// `dpdk_args` selects no device (no `-a`, `--allow`, `--vdev` or `--no-pci`), the last
+/// Ethernet controller in PCI address order ([`data_nic_auto`]), which `-a` then names.
+fn prepare_dpdk(cfg: &mut BootConfig, deadline: Instant, first: bool) {
+    let given = cfg.get("dpdk_args").unwrap_or("").to_string();
+    let mut auto = None;
+    let mut bind: Vec<String> = dpdk_allowed(&given);
+    if !dpdk_selects_devices(&given) {
+        match data_nic_auto(&ethernet_controllers()) {
+            Some(pci) => {
+                bind.push(pci.clone());
+                auto = Some(pci);
+            }
+            None => say!("DPDK: no Ethernet controller on the PCI bus for the data NIC"),
+        }
+    }
+    for pci in &bind {
+        match bind_nic_to_vfio(pci, deadline) {
+            Ok(Some(driver)) if first => say!("DPDK data NIC {pci}: taken from {driver} and bound to vfio-pci"),
+            Ok(_) => {}
+            // serve (EAL) reports it too, and the init restarts it.
+            Err(e) => say!("DPDK data NIC {pci}: {e}"),
+        }
+    }
+    let hugepages = reserve_hugepages(DPDK_HUGEPAGES, first);
+    let args = dpdk_eal_args(&given, auto.as_deref(), hugepages);
+    if let Err(e) = cfg.apply("dpdk_args", &args, "init") {
+        say!("DPDK: {e}");
+    }
+}
+
+/// Binds the NIC at `pci` to vfio-pci (waiting for the kernel's probe first, as for the
+/// NVMe drive). Returns the driver it was taken from, None when it was already there.
+fn bind_nic_to_vfio(pci: &str, deadline: Instant) -> Result<Option<String>, String> {
+    use drivers::storage::nvme::vfio;
+    let pci = vfio::check_pci_address(pci).map_err(|e| e.to_string())?;
+    if vfio::current_driver(&pci).as_deref() == Some("vfio-pci") {
+        return Ok(None);
+    }
+    wait_for(&Path::new("/sys/bus/pci/devices").join(&pci).join("driver"), deadline);
+    let driver = vfio::current_driver(&pci);
+    let mut result = vfio::bind_to_vfio_pci(&pci);
+    if result.is_err() && vfio::current_driver(&pci).as_deref() != Some("vfio-pci") {
+        std::thread::sleep(Duration::from_millis(200));
+        result = vfio::bind_to_vfio_pci(&pci);
+    }
+    result.map_err(|e| e.to_string())?;
+    Ok(Some(driver.unwrap_or_else(|| "no driver".into())))
+}
+
+/// Makes sure at least `pages` default-size hugepages are reserved (vm.nr_hugepages), unless
+/// some already are. Returns whether any are.
+fn reserve_hugepages(pages: u64, first: bool) -> bool {
+    const NR: &str = "/proc/sys/vm/nr_hugepages";
+    let read = || std::fs::read_to_string(NR).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    let before = read();
+    if before == 0 {
+        if let Err(e) = std::fs::write(NR, pages.to_string()) {
+            say!("DPDK: cannot reserve hugepages ({NR}): {e}");
+        }
+    }
+    let now = read();
+    if first {
+        let size = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().find(|l| l.starts_with("Hugepagesize:")).map(|l| l["Hugepagesize:".len()..].trim().to_string()))
+            .unwrap_or_else(|| "?".into());
+        if now == 0 {
+            say!("DPDK: no hugepages could be reserved: EAL runs with --no-huge");
+        } else {
+            say!("DPDK: {now} hugepages of {size} reserved{}, hugetlbfs on /dev/hugepages", if before > 0 { " (kernel command line)" } else { "" });
+        }
+    }
+    now > 0
+}
+
+/// PCI addresses of the Ethernet controllers (class 02:00:xx), sorted.
+fn ethernet_controllers() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/sys/bus/pci/devices")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path().join("class")).is_ok_and(|c| c.trim().starts_with("0x0200")))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The data NIC when none is named: the last of `controllers` (sorted PCI addresses). A
+/// machine with a management NIC on the board and the data NIC in a slot, and image/qemu's
+/// `--data-nic` (added after the first NIC, at 00:10.0), have it last.
+pub fn data_nic_auto(controllers: &[String]) -> Option<String> {
+    controllers.last().cloned()
+}
+
+/// The words of EAL arguments (whitespace-split: enough to find options; the arguments are
+/// passed on as written).
+fn eal_words(args: &str) -> Vec<&str> {
+    args.split_whitespace().map(|w| w.trim_matches(|c| c == '\'' || c == '"')).collect()
+}
+
+/// The PCI addresses that `-a`/`--allow`/`-w` name in EAL arguments (device arguments after
+/// a comma dropped).
+pub fn dpdk_allowed(args: &str) -> Vec<String> {
+    let words = eal_words(args);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i];
+        let value = match w {
+            "-a" | "--allow" | "-w" | "--pci-whitelist" => {
+                i += 1;
+                words.get(i).copied()
+            }
+            _ => w
+                .strip_prefix("--allow=")
+                .or_else(|| w.strip_prefix("--pci-whitelist="))
+                .or_else(|| w.strip_prefix("-a").filter(|v| !v.is_empty()))
+                .or_else(|| w.strip_prefix("-w").filter(|v| !v.is_empty())),
+        };
+        if let Some(v) = value {
+            out.push(v.split(',').next().unwrap_or(v).to_string());
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Whether EAL arguments choose the devices themselves: an allow list, a virtual device or
+/// no PCI bus at all.
+pub fn dpdk_selects_devices(args: &str) -> bool {
+    !dpdk_allowed(args).is_empty()
+        || eal_words(args).iter().any(|w| *w == "--vdev" || w.starts_with("--vdev=") || *w == "--no-pci")
+}
+
+/// The EAL arguments serve gets in the image: `-a <data NIC>` when the init chose it, then
+/// what the appliance needs unless `given` says otherwise: `--in-memory` (no files under
+/// /var/run, one process), `--iova-mode=va` (DMA addresses are virtual addresses, mapped by
+/// vfio through the IOMMU: the virtio PMD behind QEMU's vIOMMU works only so),
+/// `--no-telemetry`, and `--no-huge -m 128` when no hugepages are reserved; then `given`.
+pub fn dpdk_eal_args(given: &str, auto_nic: Option<&str>, hugepages: bool) -> String {
+    let words = eal_words(given);
+    let has = |opt: &str| words.iter().any(|w| *w == opt || w.starts_with(&format!("{opt}=")));
+    let mut out: Vec<String> = Vec::new();
+    if let Some(pci) = auto_nic {
+        out.push(format!("-a {pci}"));
+    }
+    if !has("--in-memory") && !has("--no-shconf") && !has("--file-prefix") {
+        out.push("--in-memory".into());
+    }
+    if !has("--iova-mode") {
+        out.push("--iova-mode=va".into());
+    }
+    if !has("--no-telemetry") && !has("--telemetry") {
+        out.push("--no-telemetry".into());
+    }
+    if !hugepages && !has("--no-huge") {
+        out.push("--no-huge -m 128".into());
+    }
+    if !given.trim().is_empty() {
+        out.push(given.trim().to_string());
+    }
+    out.join(" ")
 }
 
 /// Whether the kernel knows a disk (not a loop, RAM or optical device).
@@ -765,5 +941,35 @@ mod tests {
         assert!(matches!(edit_store(&spec, &["nokey".into()]), Err(InitError::BadSetting(_))));
         assert!(matches!(edit_store(&spec, &["ip=bad".into()]), Err(InitError::Config(_))));
         assert!(matches!(edit_store("x@y", &[]), Err(InitError::BadStore(_))));
+    }
+
+    #[test]
+    fn dpdk_devices_named_in_eal_arguments() {
+        assert_eq!(dpdk_allowed("-a 0000:00:10.0 --in-memory"), vec!["0000:00:10.0"]);
+        assert_eq!(dpdk_allowed("-a0000:00:03.0,rx_mode=1 --allow=00:04.0 -w 00:05.0"), vec!["0000:00:03.0", "00:04.0", "00:05.0"]);
+        assert!(dpdk_allowed("--vdev=net_tap0,iface=x -l 0").is_empty());
+        assert!(dpdk_selects_devices("--vdev net_tap0"));
+        assert!(dpdk_selects_devices("--no-pci --vdev=net_af_packet0,iface=eth0"));
+        assert!(dpdk_selects_devices("-a 0000:00:10.0"));
+        assert!(!dpdk_selects_devices("-l 0-1 --log-level=8"));
+        assert!(!dpdk_selects_devices(""));
+    }
+
+    #[test]
+    fn dpdk_eal_arguments_for_the_image() {
+        assert_eq!(
+            dpdk_eal_args("", Some("0000:00:10.0"), true),
+            "-a 0000:00:10.0 --in-memory --iova-mode=va --no-telemetry"
+        );
+        assert_eq!(
+            dpdk_eal_args("--iova-mode=pa -l 0", Some("0000:00:10.0"), false),
+            "-a 0000:00:10.0 --in-memory --no-telemetry --no-huge -m 128 --iova-mode=pa -l 0"
+        );
+        assert_eq!(
+            dpdk_eal_args("--no-huge --file-prefix x --vdev=net_tap0", None, false),
+            "--iova-mode=va --no-telemetry --no-huge --file-prefix x --vdev=net_tap0"
+        );
+        assert_eq!(data_nic_auto(&["0000:00:01.0".into(), "0000:00:10.0".into()]).as_deref(), Some("0000:00:10.0"));
+        assert_eq!(data_nic_auto(&[]), None);
     }
 }

@@ -29,7 +29,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub nic: String,
     /// EAL arguments for `--nic dpdk`, e.g. "--no-huge --no-pci --vdev=net_tap0,iface=dtap0".
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub dpdk_args: String,
     /// The appliance's address and prefix length, e.g. 10.77.0.2/24.
     #[arg(long)]
