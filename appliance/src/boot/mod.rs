@@ -599,20 +599,9 @@ fn prepare_userspace_nvme(spec: &str, controllers: &[String], store: Option<&Pat
         }
         pci
     };
-    if vfio::current_driver(&pci).as_deref() == Some("vfio-pci") {
-        return Ok(pci);
+    if let Some(driver) = bind_to_vfio(&pci, deadline)? {
+        say!("NVMe {pci}: taken from {driver} and bound to vfio-pci for the userspace driver");
     }
-    // The kernel's nvme driver probes asynchronously: let it finish before taking the device.
-    wait_for(&Path::new("/sys/bus/pci/devices").join(&pci).join("driver"), deadline);
-    let driver = vfio::current_driver(&pci);
-    let mut result = vfio::bind_to_vfio_pci(&pci);
-    if result.is_err() && vfio::current_driver(&pci).as_deref() != Some("vfio-pci") {
-        // A probe that raced with the unbind: once more.
-        std::thread::sleep(Duration::from_millis(200));
-        result = vfio::bind_to_vfio_pci(&pci);
-    }
-    result.map_err(|e| e.to_string())?;
-    say!("NVMe {pci}: taken from {} and bound to vfio-pci for the userspace driver", driver.as_deref().unwrap_or("no driver"));
     Ok(pci)
 }
 
@@ -640,7 +629,7 @@ fn prepare_dpdk(cfg: &mut BootConfig, deadline: Instant, first: bool) {
         }
     }
     for pci in &bind {
-        match bind_nic_to_vfio(pci, deadline) {
+        match bind_to_vfio(pci, deadline) {
             Ok(Some(driver)) if first => say!("DPDK data NIC {pci}: taken from {driver} and bound to vfio-pci"),
             Ok(_) => {}
             // serve (EAL) reports it too, and the init restarts it.
@@ -654,9 +643,10 @@ fn prepare_dpdk(cfg: &mut BootConfig, deadline: Instant, first: bool) {
     }
 }
 
-/// Binds the NIC at `pci` to vfio-pci (waiting for the kernel's probe first, as for the
-/// NVMe drive). Returns the driver it was taken from, None when it was already there.
-fn bind_nic_to_vfio(pci: &str, deadline: Instant) -> Result<Option<String>, String> {
+/// Binds the PCI device `pci` (the NVMe drive, the DPDK data NIC) to vfio-pci. The kernel's
+/// driver probes asynchronously: its probe is let finish first. Returns the driver it was
+/// taken from, None when it was already there.
+fn bind_to_vfio(pci: &str, deadline: Instant) -> Result<Option<String>, String> {
     use drivers::storage::nvme::vfio;
     let pci = vfio::check_pci_address(pci).map_err(|e| e.to_string())?;
     if vfio::current_driver(&pci).as_deref() == Some("vfio-pci") {
@@ -666,6 +656,7 @@ fn bind_nic_to_vfio(pci: &str, deadline: Instant) -> Result<Option<String>, Stri
     let driver = vfio::current_driver(&pci);
     let mut result = vfio::bind_to_vfio_pci(&pci);
     if result.is_err() && vfio::current_driver(&pci).as_deref() != Some("vfio-pci") {
+        // A probe that raced with the unbind: once more.
         std::thread::sleep(Duration::from_millis(200));
         result = vfio::bind_to_vfio_pci(&pci);
     }
