@@ -1475,6 +1475,42 @@ mod tests {
         assert!(g.retransmit);
     }
 
+    /// A peer that shrinks its window (moves its right edge left, below what is already in
+    /// flight; RFC 9293 3.8.6.2.2 discourages it but it happens): nothing new goes beyond
+    /// the new edge, what is in flight is neither lost nor resent at once, and sending goes
+    /// on when the window opens again, to the end of the stream.
+    #[test]
+    fn a_shrinking_peer_window_stops_new_data_until_it_opens_again() {
+        let cfg = Config::default();
+        let mut s = established(&cfg, 0, 200_000);
+        let t1 = 20 * MS;
+        let first = drain(&mut s, t1);
+        assert!(first.len() >= 3, "an initial window's worth went out");
+        let (una0, nxt0) = (s.snd_una, s.snd_nxt);
+        let seg = s.wire_payload() as u64;
+        // ACK two segments; the window now ends one segment after that, well before snd_nxt.
+        let shrunk = SegmentIn { seq: 6, ack: Some(s.seq_of(una0 + 2 * seg)), flags: flags::ACK, window: (seg >> 7) as u16, timestamp: Some((102, ts_now(t1))), ..Default::default() };
+        let out = s.on_segment(&cfg, t1 + 5 * MS, &shrunk, 1000);
+        assert_eq!(out.acked, 2 * seg);
+        assert!(!out.rejected);
+        assert!(s.snd_una + s.snd_wnd < s.snd_nxt, "the right edge moved left of snd_nxt");
+        let t2 = t1 + 6 * MS;
+        assert!(drain(&mut s, t2).is_empty(), "nothing new beyond the shrunk window");
+        assert_eq!(s.snd_nxt, nxt0, "what was in flight stays in flight");
+        assert_eq!(s.counters.retransmits, 0);
+        // The window opens again: everything is acknowledged as it goes, to the end.
+        let mut now = t2;
+        for _ in 0..1000 {
+            if s.snd_una >= 200_000 {
+                break;
+            }
+            now += MS;
+            ack_all(&mut s, &cfg, now, now);
+            drain(&mut s, now);
+        }
+        assert_eq!(s.snd_una, 200_000, "the whole stream went out and was acknowledged");
+    }
+
     #[test]
     fn a_zero_window_still_takes_acks() {
         let cfg = Config::default();
