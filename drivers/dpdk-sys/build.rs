@@ -74,6 +74,7 @@ fn main() {
         // Only ever handled through pointers: their layout stays DPDK's business.
         .opaque_type("rte_mbuf")
         .opaque_type("rte_mempool")
+        .opaque_type("rte_mbuf_ext_shared_info")
         .default_enum_style(bindgen::EnumVariation::ModuleConsts)
         .derive_default(true)
         .layout_tests(false)

@@ -1,4 +1,5 @@
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "shim.h"
@@ -86,6 +87,40 @@ char *dpdk_sys_pktmbuf_append(struct rte_mbuf *m, uint16_t len)
 int dpdk_sys_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail)
 {
     return rte_pktmbuf_chain(head, tail);
+}
+
+/* The memory is the caller's: nothing to give back when the last mbuf lets go of it. */
+static void dpdk_sys_ext_noop_free(void *addr, void *opaque)
+{
+    (void)addr;
+    (void)opaque;
+}
+
+struct rte_mbuf_ext_shared_info *dpdk_sys_ext_shinfo_new(void)
+{
+    /* Only the CPU touches it (the PMD frees mbufs with it): plain heap memory will do. */
+    struct rte_mbuf_ext_shared_info *shinfo = calloc(1, sizeof(*shinfo));
+
+    if (shinfo == NULL)
+        return NULL;
+    shinfo->free_cb = dpdk_sys_ext_noop_free;
+    shinfo->fcb_opaque = NULL;
+    rte_mbuf_ext_refcnt_set(shinfo, 1);
+    return shinfo;
+}
+
+uint16_t dpdk_sys_ext_shinfo_refcnt(const struct rte_mbuf_ext_shared_info *shinfo)
+{
+    return rte_mbuf_ext_refcnt_read(shinfo);
+}
+
+void dpdk_sys_pktmbuf_attach_ext(struct rte_mbuf *m, void *addr, uint64_t iova, uint16_t len,
+                                 struct rte_mbuf_ext_shared_info *shinfo)
+{
+    rte_mbuf_ext_refcnt_update(shinfo, 1);
+    rte_pktmbuf_attach_extbuf(m, addr, (rte_iova_t)iova, len, shinfo);
+    m->data_len = len;
+    m->pkt_len = len;
 }
 
 void dpdk_sys_pktmbuf_set_tx_offload(struct rte_mbuf *m, uint64_t ol_flags, uint16_t l2_len,

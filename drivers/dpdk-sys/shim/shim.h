@@ -63,6 +63,17 @@ uint16_t dpdk_sys_pktmbuf_tailroom(const struct rte_mbuf *m);
 char *dpdk_sys_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 /* Appends tail's segments to head's chain; non-zero when the chain would be too long. */
 int dpdk_sys_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail);
+/* Zero-copy transmit. A shared-info block for external buffers the backend does not own: its
+ * free callback does nothing (the memory belongs to the caller, e.g. the storage pool) and its
+ * reference count starts at 1 (the backend's own, never dropped), so that count minus one is
+ * how many mbufs still point at caller memory through it. NULL when out of memory. */
+struct rte_mbuf_ext_shared_info *dpdk_sys_ext_shinfo_new(void);
+uint16_t dpdk_sys_ext_shinfo_refcnt(const struct rte_mbuf_ext_shared_info *shinfo);
+/* Points the fresh mbuf m (from rte_pktmbuf_alloc) at len bytes of caller memory at addr
+ * (device address iova) as an external buffer under shinfo, taking one reference on shinfo,
+ * and makes them its data (data_len = pkt_len = len). */
+void dpdk_sys_pktmbuf_attach_ext(struct rte_mbuf *m, void *addr, uint64_t iova, uint16_t len,
+                                 struct rte_mbuf_ext_shared_info *shinfo);
 /* Offload request of one packet: ol_flags plus header lengths and the TSO segment size. */
 void dpdk_sys_pktmbuf_set_tx_offload(struct rte_mbuf *m, uint64_t ol_flags, uint16_t l2_len,
                                      uint16_t l3_len, uint16_t l4_len, uint16_t tso_segsz);
