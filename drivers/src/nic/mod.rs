@@ -3,7 +3,8 @@
 //! A receive burst hands out frames that live in the driver's own pool ([`Nic::Rx`]); dropping
 //! one returns it. A transmit is a gather list (headers, then payload slices that may live in
 //! storage DMA buffers) queued on the driver's ring and handed to the device by
-//! [`Nic::tx_flush`]. Nothing here allocates per packet once the backend is built.
+//! [`Nic::tx_flush`]; a backend may read the payload only then instead of copying it at once
+//! ([`Nic::tx_from_pool`]). Nothing here allocates per packet once the backend is built.
 pub mod bench;
 pub mod checksum;
 #[cfg(feature = "dpdk")]
@@ -103,6 +104,13 @@ pub trait Nic {
 
     /// Hand the queued frames to the device. Returns how many were sent.
     fn tx_flush(&mut self) -> usize;
+
+    /// Lets this queue send payload that lies in `pool`'s region without copying it (the DPDK
+    /// backend points mbufs at it). Called at start-up with the pool the queue's core reads
+    /// storage into; backends that copy every frame ignore it. The caller's side of the
+    /// bargain: a payload slice given to [`Nic::tx_gather`] or [`Nic::tx_tcp`] stays unchanged
+    /// until the next [`Nic::tx_flush`] returns, which is when such a port reads it.
+    fn tx_from_pool(&mut self, _pool: &crate::storage::DmaPool) {}
 
     /// Block for at most `timeout` until a frame may be ready; used only when a whole loop
     /// iteration found no work. Poll-mode drivers return at once.

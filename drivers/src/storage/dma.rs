@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::ptr::NonNull;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Who owns the region and how to give it back.
 pub enum Region {
@@ -24,11 +25,20 @@ struct PoolInner {
     iova_base: u64,
     free: RefCell<Vec<u32>>,
     region: RefCell<Option<Region>>,
+    /// Shared with every [`RegionLease`]: more than one holder means a lease is alive.
+    leases: Arc<()>,
 }
 
 impl Drop for PoolInner {
     fn drop(&mut self) {
         let len = self.buf_size * self.count;
+        if Arc::strong_count(&self.leases) > 1 {
+            // A device may still read these addresses (a NIC sending from them): leaking
+            // the region is safe, releasing it would not be.
+            log::warn!("a DMA pool of {len} bytes is dropped while leased to a device: its memory is not released");
+            std::mem::forget(self.region.borrow_mut().take());
+            return;
+        }
         match self.region.borrow_mut().take() {
             // SAFETY: base was returned by alloc with exactly this layout and every DmaBuf
             // holds an Rc to us, so no buffer outlives the region.
@@ -91,6 +101,7 @@ impl DmaPool {
                 iova_base,
                 free: RefCell::new(free),
                 region: RefCell::new(Some(region)),
+                leases: Arc::new(()),
             }),
         }
     }
@@ -110,6 +121,56 @@ impl DmaPool {
 
     pub fn available(&self) -> usize {
         self.inner.free.borrow().len()
+    }
+
+    /// A lease on the pool's whole region, for a device that reads buffers after their
+    /// handles may have gone back to the pool (see [`RegionLease`]).
+    pub fn lease(&self) -> RegionLease {
+        RegionLease {
+            start: self.inner.base.as_ptr() as usize,
+            len: self.inner.buf_size * self.inner.count,
+            iova: self.inner.iova_base,
+            _held: self.inner.leases.clone(),
+        }
+    }
+}
+
+/// The address range of a [`DmaPool`]'s region, held for a device that reads from it without
+/// copying (a NIC sending payload straight out of storage buffers: [`crate::nic::Nic::tx_from_pool`]).
+/// While a lease lives, dropping the pool leaks the region instead of releasing it, so the
+/// addresses stay readable. A lease grants no access by itself: it only says where the region
+/// is and keeps it mapped. `Send`: it holds addresses and a shared count, not the pool.
+#[derive(Clone, Debug)]
+pub struct RegionLease {
+    start: usize,
+    len: usize,
+    iova: u64,
+    _held: Arc<()>,
+}
+
+impl RegionLease {
+    /// Virtual address of the region's first byte.
+    pub fn start(&self) -> usize {
+        self.start
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Device address of the region's first byte (equal to the virtual one for heap pools).
+    pub fn iova(&self) -> u64 {
+        self.iova
+    }
+
+    /// Whether `bytes` lie wholly inside the region.
+    pub fn contains(&self, bytes: &[u8]) -> bool {
+        let p = bytes.as_ptr() as usize;
+        p >= self.start && p.checked_add(bytes.len()).is_some_and(|end| end <= self.start + self.len)
     }
 }
 
@@ -196,5 +257,22 @@ mod tests {
         assert_eq!(pool.available(), 1);
         drop(pool);
         assert_eq!(a.as_slice()[0], 7, "buffers keep the region alive");
+    }
+
+    #[test]
+    fn a_lease_covers_the_region_and_outlives_the_pool() {
+        let pool = DmaPool::heap(4096, 2, 4096);
+        let lease = pool.lease();
+        let a = pool.alloc().unwrap();
+        assert!(lease.contains(a.as_slice()));
+        assert!(lease.contains(&a.as_slice()[100..200]));
+        assert!(!lease.contains(&[0u8; 4][..]));
+        assert_eq!(lease.len(), 8192);
+        let start = lease.start() as *const u8;
+        drop(a);
+        drop(pool);
+        // The region is leaked, not released: still readable through the lease's addresses.
+        // SAFETY: the region was allocated zeroed and is never released while leased.
+        assert_eq!(unsafe { *start.add(8191) }, 0);
     }
 }

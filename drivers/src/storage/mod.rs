@@ -9,7 +9,7 @@ pub mod dma;
 pub mod file;
 pub mod nvme;
 
-pub use dma::{DmaBuf, DmaPool};
+pub use dma::{DmaBuf, DmaPool, RegionLease};
 pub use file::FileStorage;
 
 /// Why a read did not complete.
