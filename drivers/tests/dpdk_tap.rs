@@ -274,7 +274,7 @@ fn one_queue() {
         (40012, MAX_TSO_PAYLOAD, 1448),
         (40013, 9_000, 1001),
     ] {
-        let segments = send_tcp(&mut nic, &mut capture, eth, port, len, mss);
+        let segments = send_tcp(&mut nic, &mut capture, eth, port, len, mss, odd_cuts(len), None);
         // net_tap's TSO emits segments whose frame, Ethernet header included, fits 1500 bytes,
         // of an even size: 1434 payload bytes behind 66 bytes of headers.
         let size = if len <= mss {
@@ -284,6 +284,41 @@ fn one_queue() {
         };
         assert_eq!(segments, len.div_ceil(size), "{len} bytes at MSS {mss}");
     }
+    assert_eq!(xstat(&nic, "sw_tx_payload_zero_copy_bytes"), 0, "no pool handed over yet");
+
+    // Zero-copy: payload in a storage pool handed to the queue goes out from there (chained
+    // behind the headers, short parts copied), in gather lists shaped like the stack's: odd
+    // cuts, and TLS records (5-byte header, body, 17-byte trailer). Byte-exact with valid
+    // checksums on the kernel's side, and the counters say which path ran.
+    let storage = drivers::storage::DmaPool::heap(MAX_TSO_PAYLOAD + 4096, 2, 4096);
+    nic.tx_from_pool(&storage);
+    assert!(nic.zero_copy(), "net_tap sends from the pool");
+    let mut buf = storage.alloc().expect("a storage buffer");
+    let (zc0, copied0) = (
+        xstat(&nic, "sw_tx_payload_zero_copy_bytes"),
+        xstat(&nic, "sw_tx_payload_copied_bytes"),
+    );
+    let mut total = 0u64;
+    for (port, len, mss, tls) in [
+        (40020, 60_000, 1448, false),
+        (40021, MAX_TSO_PAYLOAD, 1448, true),
+        (40022, 1000, 1448, false),
+        (40023, 9_000, 1001, true),
+        (40024, 40_001, 1448, true),
+    ] {
+        let cuts = if tls { tls_cuts(len) } else { odd_cuts(len) };
+        send_tcp(&mut nic, &mut capture, eth, port, len, mss, cuts, Some(buf.as_mut_slice()));
+        total += len as u64;
+    }
+    let (zc, copied) = (
+        xstat(&nic, "sw_tx_payload_zero_copy_bytes") - zc0,
+        xstat(&nic, "sw_tx_payload_copied_bytes") - copied0,
+    );
+    eprintln!("zero-copy: {zc} of {total} payload bytes, {copied} copied");
+    assert_eq!(zc + copied, total, "every payload byte counted once");
+    assert!(zc >= total * 9 / 10, "{zc} of {total} bytes without copying");
+    assert_eq!(xstat(&nic, "sw_tx_zero_copy_fallback"), 0);
+    assert!(nic.zero_copy(), "the PMD let go of every mbuf at each flush");
 
     // Receive benchmark: the kernel floods UDP datagrams at our address from another thread.
     let flood = std::thread::spawn(|| {
@@ -395,9 +430,21 @@ fn af_packet() {
     let mut capture = PacketNic::open("dpdkvb").expect("packet socket on the veth");
     let eth = ether(kernel_mac, link.mac, 0x0800);
     for (port, len) in [(40020, 700), (40021, 5_000)] {
-        let segments = send_tcp(&mut nic, &mut capture, eth, port, len, 1448);
+        let segments = send_tcp(&mut nic, &mut capture, eth, port, len, 1448, odd_cuts(len), None);
         assert_eq!(segments, len.div_ceil(1448));
     }
+    // Zero-copy on net_af_packet: frames of one segment gathered from a storage pool.
+    let storage = drivers::storage::DmaPool::heap(64 * 1024, 1, 4096);
+    nic.tx_from_pool(&storage);
+    assert!(nic.zero_copy(), "net_af_packet sends from the pool");
+    let mut buf = storage.alloc().expect("a storage buffer");
+    for (port, len, tls) in [(40030, 1448, false), (40031, 1400, true), (40032, 999, false)] {
+        let cuts = if tls { tls_cuts(len) } else { odd_cuts(len) };
+        send_tcp(&mut nic, &mut capture, eth, port, len, 1448, cuts, Some(buf.as_mut_slice()));
+    }
+    let zc = xstat(&nic, "sw_tx_payload_zero_copy_bytes");
+    assert!(zc >= 3000, "{zc} payload bytes without copying");
+    assert!(nic.zero_copy(), "the PMD let go of every mbuf at each flush");
     let counters = nic.counters();
     assert!(
         counters.tx_packets >= 2 && counters.rx_packets >= 2,
@@ -458,6 +505,7 @@ fn two_queues() {
 /// that fit the MTU, each with a valid IPv4 and TCP checksum, the IPv4 length, the sequence
 /// number of its bytes, consecutive identifications, PSH and FIN on the last only, and
 /// together the payload. Returns how many segments there were.
+#[allow(clippy::too_many_arguments)]
 fn send_tcp(
     nic: &mut DpdkNic,
     capture: &mut PacketNic,
@@ -465,8 +513,10 @@ fn send_tcp(
     port: u16,
     len: usize,
     mss: usize,
+    cuts: Vec<usize>,
+    backing: Option<&mut [u8]>,
 ) -> usize {
-    let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251 + usize::from(port)) as u8).collect();
     let (seq0, id0) = (0xfff0_0000u32 ^ u32::from(port), 0xff00u16);
     let mut tcp = [0u8; 32];
     tcp[0..2].copy_from_slice(&port.to_be_bytes());
@@ -477,6 +527,16 @@ fn send_tcp(
     tcp[13] = 0x19; // ACK, PSH, FIN
     tcp[14..16].copy_from_slice(&8192u16.to_be_bytes());
     tcp[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9]);
+    // Without the port's checksum offload, a frame of one segment goes as the stack sends it:
+    // checksummed in software and gathered with tx_gather (tx_tcp would copy it into one).
+    let soft = !nic.link().offloads.tcp_checksum && len <= mss;
+    if soft {
+        let mut segment = tcp.to_vec();
+        segment.extend_from_slice(&payload);
+        let pseudo = pseudo_header(6, segment.len());
+        let sum = checksum(&segment, u32::from(!checksum(&pseudo, 0)));
+        tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    }
     let mut ipv4 = ipv4_header(6, tcp.len() + len, false);
     ipv4[4..6].copy_from_slice(&id0.to_be_bytes());
     let sum = checksum(&ipv4, 0);
@@ -484,18 +544,29 @@ fn send_tcp(
     let mut hdr = eth.to_vec();
     hdr.extend_from_slice(&ipv4);
     hdr.extend_from_slice(&tcp);
-    let cuts = [0, len / 3 + 1, len / 2, len / 2 + 7, len];
+    // The parts come from `backing` (a storage buffer) when given, else from `payload`.
+    let source: &[u8] = match backing {
+        Some(b) => {
+            b[..len].copy_from_slice(&payload);
+            &b[..len]
+        }
+        None => &payload,
+    };
     let mut parts: Vec<&[u8]> = vec![&hdr];
     parts.extend(
         cuts.windows(2)
-            .map(|w| &payload[w[0].min(len)..w[1].min(len)]),
+            .map(|w| &source[w[0].min(len)..w[1].min(len)]),
     );
     let frame = TcpTx {
         l4_offset: 34,
         l4_len: 32,
         mss,
     };
-    assert!(nic.tx_tcp(&parts, frame), "tx_tcp of {len} bytes");
+    if soft {
+        assert!(nic.tx_gather(&parts), "tx_gather of {len} bytes");
+    } else {
+        assert!(nic.tx_tcp(&parts, frame), "tx_tcp of {len} bytes");
+    }
     assert!(nic.tx_flush() >= 1);
 
     let mut got = Vec::new();
@@ -568,7 +639,38 @@ fn send_tcp(
         }
     }
     assert!(got == payload, "the segments carry the payload");
+    assert_eq!(nic.tx_flush(), 0, "nothing left queued");
     segments
+}
+
+/// Payload cuts of odd lengths, one of them short.
+fn odd_cuts(len: usize) -> Vec<usize> {
+    vec![0, len / 3 + 1, len / 2, len / 2 + 7, len]
+}
+
+/// Payload cuts like a TLS response's: 5-byte record headers, bodies of up to 16 KiB and
+/// 17-byte trailers, the first record shorter and of odd length.
+fn tls_cuts(len: usize) -> Vec<usize> {
+    let mut cuts = vec![0];
+    let mut at = 0;
+    let mut body = 3001;
+    while at < len {
+        for n in [5, body, 17] {
+            at = (at + n).min(len);
+            cuts.push(at);
+        }
+        body = 16384;
+    }
+    cuts
+}
+
+/// The value of one of the port's extended statistics.
+fn xstat(nic: &DpdkNic, name: &str) -> u64 {
+    nic.xstats()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no xstat {name}"))
+        .1
 }
 
 /// Sends an ARP request for the kernel's address (gathered from two parts) and returns the MAC

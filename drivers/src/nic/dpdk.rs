@@ -4,9 +4,11 @@
 //! driven by a single thread.
 //!
 //! Received frames are the PMD's mbufs ([`DpdkFrame`]), freed back to the pool on drop.
-//! Transmit copies the gathered parts into one fresh mbuf (chained mbufs for a TSO frame);
-//! zero-copy payload (mbufs attached to storage DMA memory as external buffers, headers in
-//! their own small mbuf) is a later step.
+//! Transmit copies the gathered parts into one fresh mbuf (chained mbufs for a TSO frame),
+//! except payload that lies in a storage pool handed over with [`Nic::tx_from_pool`]: on
+//! PMDs that are done with a frame's bytes when `rte_eth_tx_burst` returns, payload parts of
+//! at least [`ZC_MIN_PART`] bytes go out as mbufs pointing at that memory (external buffers),
+//! chained behind an mbuf holding the headers and short parts (see "Zero-copy transmit" below).
 //!
 //! TCP transmit offloads ([`Nic::tx_tcp`]): where the PMD reports TCP checksum offload (and
 //! IPv4 checksum offload, TSO and multi-segment transmit for segmentation), the port is set
@@ -24,6 +26,50 @@ use dpdk_sys as sys;
 
 use super::offload::{self, TcpTx, MAX_TSO_PAYLOAD};
 use super::{FrameBuf, LinkInfo, Nic, NicCounters, NicError, TxOffloads};
+use crate::storage::{DmaPool, RegionLease};
+
+// Zero-copy transmit
+//
+// A payload part that lies in a leased storage pool region ([`Nic::tx_from_pool`]) and is at
+// least ZC_MIN_PART bytes long is attached to an mbuf as an external buffer instead of being
+// copied; the headers, the short parts (TLS record headers and trailers) and the odd bytes
+// that keep every piece but the last of even length (net_tap checksums a chain piece by piece
+// with __rte_raw_cksum, which is only right over even-length pieces) are copied into pool
+// mbufs between them. The external buffers share one rte_mbuf_ext_shared_info per queue whose
+// free callback does nothing: the memory is the storage pool's, never ours to free; its
+// reference count (one per attached mbuf, plus our own) says how many still point at it.
+//
+// When may the storage layer reuse a buffer? It gives buffers back when their data is
+// acknowledged, at a retransmission timeout (the data is read again when resent) and when a
+// connection closes. "The device read a frame before the peer could acknowledge it" holds for
+// the frame the peer acknowledged, not for a retransmitted copy of the same bytes still queued
+// on the device, and a timeout or an abort gives buffers back with no acknowledgement at all:
+// a device that reads the ring later would then send whatever the next read put there
+// (another file's bytes, TLS plaintext before sealing) under a stale sequence number. So
+// zero-copy is used only on PMDs that have read (copied to the kernel) and freed every mbuf
+// they took by the time rte_eth_tx_burst returns, ZERO_COPY_PMDS, and frames queued but not
+// yet flushed are covered by the contract of Nic::tx_from_pool (payload unchanged until the
+// next tx_flush returns; the stack flushes before a closing connection gives its buffers
+// back). After each flush the shared-info count must be back at one: if it is not, the PMD
+// kept an mbuf and this queue copies from then on. Devices that DMA from the ring later (virtio
+// behind vfio, hardware NICs) copy: they would need the storage layer to wait for their
+// transmit completions before reusing a buffer, and the pool registered and DMA-mapped in
+// DPDK's container (rte_extmem_register, rte_dev_dma_map).
+
+/// Shortest payload part sent from the caller's memory; shorter ones are copied.
+pub const ZC_MIN_PART: usize = 256;
+/// Longest piece one external-buffer mbuf points at (its lengths are 16-bit), kept even.
+const ZC_MAX_PIECE: usize = (u16::MAX as usize) & !1;
+/// Mbufs one wire segment of a zero-copy frame may touch, at most: the headers' and, in up to
+/// 1500 bytes of payload, pieces of at least ZC_MIN_PART - 1 bytes each with a copied piece
+/// before and after. The PMD's per-packet limit (`nb_mtu_seg_max`) must not be lower.
+const ZC_MTU_SEGS: u16 = 1 + 2 * (1500 / (ZC_MIN_PART as u16 - 1) + 1) + 1;
+/// Most mbufs that may point at caller memory through one shared-info block at a time (its
+/// count is 16-bit): past it, frames are copied.
+const ZC_MAX_REFS: u16 = 60_000;
+/// PMDs that have read, and freed, every mbuf rte_eth_tx_burst took when it returns: net_tap
+/// writes each frame to the TAP with writev, net_af_packet copies it into its socket's ring.
+const ZERO_COPY_PMDS: [&str; 2] = ["net_tap", "net_af_packet"];
 
 /// Most frames taken from or given to the PMD in one call.
 const BURST: usize = 64;
@@ -63,6 +109,9 @@ pub struct DpdkConfig {
     pub tx_desc: u16,
     /// Frames `tx_gather` may queue before `tx_flush` hands them to the device.
     pub tx_batch: usize,
+    /// Send payload from storage pools handed over with [`Nic::tx_from_pool`] without copying
+    /// it, where the PMD allows (see "Zero-copy transmit" in the source).
+    pub zero_copy: bool,
 }
 
 impl Default for DpdkConfig {
@@ -78,6 +127,8 @@ impl Default for DpdkConfig {
             rx_desc: 1024,
             tx_desc: 1024,
             tx_batch: 256,
+            // DPDK_ZERO_COPY=0 in the environment turns it off, for comparisons.
+            zero_copy: std::env::var_os("DPDK_ZERO_COPY").is_none_or(|v| v != "0"),
         }
     }
 }
@@ -241,12 +292,42 @@ struct Port {
     max_tso_frame: usize,
     /// How `tx_tcp` uses the device's offloads.
     tcp_tx: TcpTxPlan,
+    /// Most mbufs of a zero-copy frame (0: zero-copy transmit is off on this port).
+    zc_max_segs: usize,
+    /// Each queue's shared-info block for external buffers (empty when zero-copy is off).
+    /// Never freed: an mbuf the PMD frees late may still point at it.
+    zc_shinfo: Vec<NonNull<sys::rte_mbuf_ext_shared_info>>,
+    /// Each queue's payload byte counters.
+    tx_payload: Vec<PayloadCounters>,
     /// Which queues have a live handle.
     claimed: Mutex<Vec<bool>>,
     /// Serialises control-path calls (stats, xstats, link), which DPDK does not make
     /// thread-safe.
     control: Mutex<()>,
     sw: SoftCounters,
+}
+
+/// Payload bytes (the parts after the first) one queue sent from the caller's memory and
+/// copied. Written by the queue's thread only, read by the console's.
+#[derive(Default)]
+#[repr(align(64))]
+struct PayloadCounters {
+    zero_copy: AtomicU64,
+    copied: AtomicU64,
+}
+
+impl PayloadCounters {
+    fn add(&self, zero_copy: usize, copied: usize) {
+        // One writer: a plain load and store is enough (and no locked instruction per frame).
+        if zero_copy > 0 {
+            let v = self.zero_copy.load(Ordering::Relaxed);
+            self.zero_copy.store(v + zero_copy as u64, Ordering::Relaxed);
+        }
+        if copied > 0 {
+            let v = self.copied.load(Ordering::Relaxed);
+            self.copied.store(v + copied as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What the backend itself dropped or refused, beside the device's counters.
@@ -262,11 +343,14 @@ struct SoftCounters {
     rx_multi_seg: AtomicU64,
     /// Frames whose offload request the PMD's `rte_eth_tx_prepare` refused (dropped).
     tx_prepare_refused: AtomicU64,
+    /// Frames with zero-copy parts that were copied after all (chain too long).
+    tx_zero_copy_fallback: AtomicU64,
 }
 
 // SAFETY: the pool pointer refers to a DPDK mempool whose default ops ("ring_mp_mc") are safe
-// for concurrent get/put from any thread; everything else in `Port` is plain data or
-// synchronised (Mutex, atomics). Control-path ethdev calls go through `control`.
+// for concurrent get/put from any thread; each shared-info block is used by its queue's
+// handle (one thread) and by DPDK's atomic reference counting; everything else in `Port` is
+// plain data or synchronised (Mutex, atomics). Control-path ethdev calls go through `control`.
 unsafe impl Send for Port {}
 // SAFETY: see `Send` above: shared access only reads plain data, uses atomics, takes the
 // `control` lock, or gets/puts mbufs through the MT-safe pool.
@@ -326,6 +410,26 @@ pub struct DpdkNic {
     tx: Vec<NonNull<sys::rte_mbuf>>,
     tx_batch: usize,
     rx_scratch: [*mut sys::rte_mbuf; BURST],
+    /// Storage pool regions payload may be sent from without copying ([`Nic::tx_from_pool`]).
+    zc_regions: Vec<RegionLease>,
+    /// Set when the PMD kept an mbuf pointing at caller memory past a flush: copy from then on.
+    zc_tripped: bool,
+}
+
+/// Why a zero-copy build stopped.
+enum ZcStop {
+    Refused(TxRefused),
+    /// More mbufs than the port allows: copy the frame instead.
+    TooLong,
+}
+
+/// A frame's mbuf chain being built: its head, the tailroom of its last mbuf (0 when that one
+/// points at caller memory), that mbuf's length, and the chain's length.
+struct Chain {
+    head: NonNull<sys::rte_mbuf>,
+    room: usize,
+    last_len: usize,
+    segs: usize,
 }
 
 // SAFETY: a queue handle is used by one thread at a time (`&mut self` for bursts), which is
@@ -701,20 +805,47 @@ impl DpdkNic {
         }
         let seg_bytes = (data_room - consts.pktmbuf_headroom) as usize;
         let mtu = usize::from(mtu).min(seg_bytes - ETHERNET_HEADER);
+        let segs = match info.tx_desc_lim.nb_seg_max {
+            0 => usize::MAX,
+            n => usize::from(n),
+        };
+        // `needed` counts one mbuf for each frame a full batch queues: a batch of the
+        // largest frames (in mbufs) must fit in what the rings and caches leave of the pool,
+        // or transmit would find it empty (and TCP count the frames refused as lost).
+        let spare = (u64::from(cfg.mbufs) - needed) / (queues * cfg.tx_batch as u64);
+        let pool_segs = usize::try_from(spare + 1).unwrap_or(usize::MAX);
         let max_tso_frame = if offloads.tx_tcp_tso && offloads.tx_multi_segs {
-            let segs = match info.tx_desc_lim.nb_seg_max {
-                0 => usize::MAX,
-                n => usize::from(n),
-            };
-            // `needed` counts one mbuf for each frame a full batch queues: a batch of the
-            // largest TSO frames must fit in what the rings and caches leave of the pool, or
-            // transmit would find it empty (and TCP count the frames refused as lost).
-            let spare = (u64::from(cfg.mbufs) - needed) / (queues * cfg.tx_batch as u64);
-            let pool_segs = usize::try_from(spare + 1).unwrap_or(usize::MAX);
             MAX_TSO_FRAME.min(segs.min(pool_segs).saturating_mul(seg_bytes))
         } else {
             0
         };
+        let zc_why_not = if !cfg.zero_copy {
+            Some("turned off".to_string())
+        } else if !ZERO_COPY_PMDS.contains(&pmd.as_str()) {
+            Some(format!("{pmd} may read a frame after rte_eth_tx_burst returns (zero-copy is only for {ZERO_COPY_PMDS:?})"))
+        } else if !offloads.tx_multi_segs {
+            Some("the PMD has no multi-segment transmit".to_string())
+        } else if (1..ZC_MTU_SEGS).contains(&info.tx_desc_lim.nb_mtu_seg_max) {
+            Some(format!("the PMD takes at most {} mbufs a packet", info.tx_desc_lim.nb_mtu_seg_max))
+        } else {
+            None
+        };
+        let zc_max_segs = if zc_why_not.is_none() { segs.min(pool_segs).min(usize::from(u16::MAX)) } else { 0 };
+        let mut zc_shinfo = Vec::new();
+        if zc_max_segs > 0 {
+            for _ in 0..cfg.queues {
+                // SAFETY: allocates and initialises a block for this port's lifetime (never
+                // freed); no other effect.
+                let shinfo = unsafe { sys::dpdk_sys_ext_shinfo_new() };
+                zc_shinfo.push(NonNull::new(shinfo).ok_or_else(|| config_error("out of memory for DPDK's shared-info blocks"))?);
+            }
+        }
+        match &zc_why_not {
+            None => log::info!(
+                "dpdk: port {port} ({pmd}): payload parts of at least {ZC_MIN_PART} bytes in storage buffers are sent without copying (at most {zc_max_segs} mbufs a frame)"
+            ),
+            Some(why) => log::info!("dpdk: port {port} ({pmd}): payload is copied into mbufs: {why}"),
+        }
         let tcp_tx = TcpTxPlan::new(&pmd, &offloads, max_tso_frame, mtu);
         log::info!(
             "dpdk: port {port} driver {pmd} mac {:02x?} mtu {mtu} queues {} rx_desc {rx_desc} tx_desc {tx_desc} mbufs {} offloads {offloads:?}",
@@ -758,6 +889,9 @@ impl DpdkNic {
             max_frame: mtu + ETHERNET_HEADER,
             max_tso_frame,
             tcp_tx,
+            zc_max_segs,
+            zc_shinfo,
+            tx_payload: (0..cfg.queues).map(|_| PayloadCounters::default()).collect(),
             claimed: Mutex::new(claimed),
             control: Mutex::new(()),
             sw: SoftCounters::default(),
@@ -772,6 +906,8 @@ impl DpdkNic {
             tx: Vec::with_capacity(tx_batch),
             tx_batch,
             rx_scratch: [std::ptr::null_mut(); BURST],
+            zc_regions: Vec::new(),
+            zc_tripped: false,
         }
     }
 
@@ -889,7 +1025,22 @@ impl DpdkNic {
             "sw_tx_prepare_refused".into(),
             sw.tx_prepare_refused.load(Ordering::Relaxed),
         ));
+        let (zc, copied) = self.port.tx_payload.iter().fold((0, 0), |(z, c), q| {
+            (z + q.zero_copy.load(Ordering::Relaxed), c + q.copied.load(Ordering::Relaxed))
+        });
+        out.push(("sw_tx_payload_zero_copy_bytes".into(), zc));
+        out.push(("sw_tx_payload_copied_bytes".into(), copied));
+        out.push((
+            "sw_tx_zero_copy_fallback".into(),
+            sw.tx_zero_copy_fallback.load(Ordering::Relaxed),
+        ));
         out
+    }
+
+    /// Whether this queue sends payload from a storage pool without copying (the port allows
+    /// it and a pool was handed over).
+    pub fn zero_copy(&self) -> bool {
+        self.port.zc_max_segs > 0 && !self.zc_regions.is_empty() && !self.zc_tripped
     }
 
     /// Like [`Nic::tx_gather`], with a per-packet offload request (checksums, TSO) that the
@@ -945,7 +1096,7 @@ impl DpdkNic {
         limit: usize,
         finish: impl FnOnce(NonNull<sys::rte_mbuf>) -> bool,
     ) -> bool {
-        match self.copy_into_mbuf(parts, limit) {
+        match self.build_frame(parts, limit) {
             Ok(m) if finish(m) => self.tx.push(m),
             Ok(m) => {
                 self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
@@ -1010,6 +1161,180 @@ impl DpdkNic {
         }
     }
 
+    /// The leased region `part` lies in, when it may go out without copying.
+    fn zc_region(&self, part: &[u8]) -> Option<&RegionLease> {
+        if part.len() < ZC_MIN_PART {
+            return None;
+        }
+        self.zc_regions.iter().find(|r| r.contains(part))
+    }
+
+    /// This queue's shared-info block, when zero-copy is on and it has references to spare.
+    fn zc_shinfo(&self) -> Option<NonNull<sys::rte_mbuf_ext_shared_info>> {
+        if self.zc_regions.is_empty() || self.zc_tripped {
+            return None;
+        }
+        let shinfo = *self.port.zc_shinfo.get(usize::from(self.queue))?;
+        // SAFETY: the block lives for the rest of the process; reading its count has no effect.
+        (unsafe { sys::dpdk_sys_ext_shinfo_refcnt(shinfo.as_ptr()) } < ZC_MAX_REFS).then_some(shinfo)
+    }
+
+    /// Builds the frame `parts` (at most `limit` bytes) into a fresh mbuf chain owned by the
+    /// caller: payload parts from a leased pool by reference where possible
+    /// ([`DpdkNic::attach_into_mbufs`]), everything else copied ([`DpdkNic::copy_into_mbuf`]).
+    fn build_frame(&mut self, parts: &[&[u8]], limit: usize) -> Result<NonNull<sys::rte_mbuf>, TxRefused> {
+        let shinfo = match self.zc_shinfo() {
+            Some(s) if parts.iter().skip(1).any(|p| self.zc_region(p).is_some()) => s,
+            _ => return self.copy_into_mbuf(parts, limit),
+        };
+        if self.tx.len() >= self.tx_batch {
+            return Err(TxRefused::Full);
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total > limit {
+            // The copy path refuses it and counts it.
+            return self.copy_into_mbuf(parts, limit);
+        }
+        let head = self.alloc_mbuf()?;
+        let mut chain = Chain { head, room: self.port.seg_bytes, last_len: 0, segs: 1 };
+        let mut bytes = (0, 0);
+        match self.attach_into_mbufs(parts, shinfo, &mut chain, &mut bytes) {
+            Ok(()) => {
+                self.port.tx_payload[usize::from(self.queue)].add(bytes.0, bytes.1);
+                Ok(chain.head)
+            }
+            Err(stop) => {
+                // SAFETY: the chain is ours and not queued; freeing it drops the references
+                // its external-buffer mbufs took.
+                unsafe { sys::dpdk_sys_pktmbuf_free(chain.head.as_ptr()) };
+                match stop {
+                    ZcStop::Refused(r) => Err(r),
+                    ZcStop::TooLong => {
+                        self.port.sw.tx_zero_copy_fallback.fetch_add(1, Ordering::Relaxed);
+                        self.copy_into_mbuf(parts, limit)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fills `chain` (holding one empty mbuf) with `parts`: the headers and short payload
+    /// parts copied, payload parts in a leased region attached as external buffers of at most
+    /// ZC_MAX_PIECE bytes. Every mbuf but the last gets an even length: a byte is copied in
+    /// front of an attached piece when the copied bytes before it are odd, and an odd last
+    /// byte of a part is copied after it. Adds (zero-copy, copied) payload bytes to `bytes`.
+    /// On error the caller frees the chain.
+    fn attach_into_mbufs(
+        &self,
+        parts: &[&[u8]],
+        shinfo: NonNull<sys::rte_mbuf_ext_shared_info>,
+        chain: &mut Chain,
+        bytes: &mut (usize, usize),
+    ) -> Result<(), ZcStop> {
+        for (i, part) in parts.iter().enumerate() {
+            let mut part: &[u8] = part;
+            let region = if i > 0 { self.zc_region(part) } else { None };
+            if let Some(region) = region {
+                if chain.last_len % 2 == 1 {
+                    self.chain_copy(chain, &part[..1])?;
+                    bytes.1 += 1;
+                    part = &part[1..];
+                }
+                while part.len() >= 2 {
+                    let n = part.len().min(ZC_MAX_PIECE) & !1;
+                    // Device address of the piece: for the PMDs that may use this path
+                    // (ZERO_COPY_PMDS) the CPU reads it, and the address is not used.
+                    let iova = region.iova() + (part.as_ptr() as usize - region.start()) as u64;
+                    self.chain_attach(chain, &part[..n], iova, shinfo)?;
+                    bytes.0 += n;
+                    part = &part[n..];
+                }
+            }
+            if i > 0 {
+                bytes.1 += part.len();
+            }
+            self.chain_copy(chain, part)?;
+        }
+        Ok(())
+    }
+
+    /// Appends a fresh mbuf to `chain`, after `fill` has set its data (one more mbuf than the
+    /// port allows is TooLong).
+    fn chain_mbuf(&self, chain: &mut Chain, fill: impl FnOnce(NonNull<sys::rte_mbuf>)) -> Result<(), ZcStop> {
+        if chain.segs >= self.port.zc_max_segs {
+            return Err(ZcStop::TooLong);
+        }
+        let seg = self.alloc_mbuf().map_err(ZcStop::Refused)?;
+        fill(seg);
+        // SAFETY: both are ours; `seg` is a single mbuf whose pkt_len is its data_len (chain
+        // adds it to the head's). On failure (chain too long) they are not linked: `seg` is
+        // freed here (dropping any reference it took), the chain by the caller.
+        if unsafe { sys::dpdk_sys_pktmbuf_chain(chain.head.as_ptr(), seg.as_ptr()) } != 0 {
+            // SAFETY: as above.
+            unsafe { sys::dpdk_sys_pktmbuf_free(seg.as_ptr()) };
+            return Err(ZcStop::TooLong);
+        }
+        chain.segs += 1;
+        Ok(())
+    }
+
+    /// Copies `bytes` to the end of `chain`, in new mbufs where the last has no room.
+    fn chain_copy(&self, chain: &mut Chain, mut bytes: &[u8]) -> Result<(), ZcStop> {
+        while !bytes.is_empty() {
+            if chain.room == 0 {
+                self.chain_mbuf(chain, |_| {})?;
+                chain.room = self.port.seg_bytes;
+                chain.last_len = 0;
+            }
+            let n = chain.room.min(bytes.len());
+            // SAFETY: the chain is ours; its last mbuf is a pool mbuf with `room` >= n bytes of
+            // tailroom (tracked since it was allocated), so append returns where they start.
+            let dst = unsafe { sys::dpdk_sys_pktmbuf_append(chain.head.as_ptr(), n as u16) } as *mut u8;
+            if dst.is_null() {
+                // Cannot happen while `room` tracks the tailroom; refuse rather than write.
+                self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
+                return Err(ZcStop::Refused(TxRefused::BadLength));
+            }
+            // SAFETY: `dst` has `n` writable bytes inside a pool mbuf, which cannot overlap the
+            // caller's slices.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, n) };
+            chain.room -= n;
+            chain.last_len += n;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Appends an mbuf pointing at `piece` (caller memory in a leased region, at most
+    /// ZC_MAX_PIECE bytes) to `chain`, under the queue's shared-info block.
+    fn chain_attach(
+        &self,
+        chain: &mut Chain,
+        piece: &[u8],
+        iova: u64,
+        shinfo: NonNull<sys::rte_mbuf_ext_shared_info>,
+    ) -> Result<(), ZcStop> {
+        self.chain_mbuf(chain, |seg| {
+            // SAFETY: `seg` is a fresh direct mbuf of ours, not yet linked. `piece` lies in a
+            // region leased from its pool (kept mapped while the lease, which this handle
+            // holds, lives), and the caller keeps the bytes unchanged until the next tx_flush
+            // returns (Nic::tx_from_pool), by which time the PMDs that may take this path have
+            // read them and freed the mbuf. The PMD only reads external buffers.
+            unsafe {
+                sys::dpdk_sys_pktmbuf_attach_ext(
+                    seg.as_ptr(),
+                    piece.as_ptr() as *mut std::ffi::c_void,
+                    iova,
+                    piece.len() as u16,
+                    shinfo.as_ptr(),
+                )
+            }
+        })?;
+        chain.room = 0;
+        chain.last_len = piece.len();
+        Ok(())
+    }
+
     /// Copies `parts` into a fresh mbuf owned by the caller, chaining more mbufs when the
     /// frame is larger than one (only allowed up to `limit`).
     fn copy_into_mbuf(
@@ -1072,6 +1397,8 @@ impl DpdkNic {
                 part = &part[n..];
             }
         }
+        let payload: usize = parts.iter().skip(1).map(|p| p.len()).sum();
+        self.port.tx_payload[usize::from(self.queue)].add(0, payload);
         Ok(head)
     }
 
@@ -1082,6 +1409,28 @@ impl DpdkNic {
             self.port.sw.tx_no_mbuf.fetch_add(1, Ordering::Relaxed);
             TxRefused::Full
         })
+    }
+
+    /// After a flush no mbuf may point at caller memory any more (ZERO_COPY_PMDS free what
+    /// they take before rte_eth_tx_burst returns, and what they did not take was freed):
+    /// otherwise the PMD is not what we took it for, and this queue copies from now on.
+    fn check_zero_copy_done(&mut self) {
+        let Some(&shinfo) = self.port.zc_shinfo.get(usize::from(self.queue)) else { return };
+        if self.zc_tripped {
+            return;
+        }
+        // SAFETY: the block lives for the rest of the process; reading its count has no effect.
+        let refs = unsafe { sys::dpdk_sys_ext_shinfo_refcnt(shinfo.as_ptr()) };
+        if refs != 1 {
+            self.zc_tripped = true;
+            log::error!(
+                "dpdk: port {} ({}) queue {}: the PMD still holds {} mbuf(s) pointing at storage buffers after a flush: copying payload from now on",
+                self.port.id,
+                self.port.driver,
+                self.queue,
+                refs.wrapping_sub(1)
+            );
+        }
     }
 
     fn free_queued_tx(&mut self) {
@@ -1229,7 +1578,25 @@ impl Nic for DpdkNic {
             };
         }
         self.tx.clear();
+        self.check_zero_copy_done();
         sent
+    }
+
+    fn tx_from_pool(&mut self, pool: &DmaPool) {
+        if self.port.zc_max_segs == 0 {
+            return;
+        }
+        let lease = pool.lease();
+        if lease.is_empty() || self.zc_regions.iter().any(|r| r.start() == lease.start()) {
+            return;
+        }
+        log::debug!(
+            "dpdk: queue {} sends payload from {} bytes at {:#x} without copying",
+            self.queue,
+            lease.len(),
+            lease.start()
+        );
+        self.zc_regions.push(lease);
     }
 
     fn wait_rx(&mut self, _timeout: Duration) {
