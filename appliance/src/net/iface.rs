@@ -806,6 +806,7 @@ impl<C> Stack<C> {
             let Entry { tcp, app: conn, .. } = e;
             let mut hdr = [0u8; MAX_HEADERS_LEN];
             let mut more = false;
+            let mut queued_here = false;
             loop {
                 if sent >= budget {
                     more = true;
@@ -838,6 +839,7 @@ impl<C> Stack<C> {
                     break;
                 }
                 sent += 1;
+                queued_here = true;
                 self.stats.tcp_tx_segments += 1;
                 if seg.fields.flags & flags::RST != 0 {
                     self.stats.tcp_rst_sent += 1;
@@ -848,6 +850,11 @@ impl<C> Stack<C> {
                     e.ready = true;
                     self.ready.push(id);
                 }
+            }
+            // A closing connection gives its storage buffers back (on_closed), and a NIC may
+            // read a queued frame's payload only when it is flushed (Nic::tx_from_pool).
+            if queued_here && self.conns.get(id).is_some_and(|(_, e)| e.tcp.is_closed()) {
+                nic.tx_flush();
             }
             self.after_event(now, id, app);
         }

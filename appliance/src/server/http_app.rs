@@ -511,6 +511,11 @@ pub struct HttpApp<S: Storage> {
 }
 
 impl<S: Storage> HttpApp<S> {
+    /// The pool storage reads land in (handed to the NIC: [`drivers::nic::Nic::tx_from_pool`]).
+    pub fn pool(&self) -> &DmaPool {
+        &self.pool
+    }
+
     /// `buffers` DMA chunks of [`CHUNK`] bytes bound what this core has in flight.
     pub fn new(mut storage: S, volume: impl Into<Arc<Volume>>, buffers: usize) -> Result<Self, drivers::storage::StorageError> {
         let pool = storage.dma_pool(CHUNK, buffers)?;

@@ -345,7 +345,7 @@ struct Setup {
 }
 
 impl Setup {
-    fn pipeline<N: Nic, S: Storage>(&self, nic: N, storage: S, vol: std::sync::Arc<volume::Volume>) -> Result<Pipeline<N, S>, ServeError> {
+    fn pipeline<N: Nic, S: Storage>(&self, mut nic: N, storage: S, vol: std::sync::Arc<volume::Volume>) -> Result<Pipeline<N, S>, ServeError> {
         // Every queue is the same port: the first queue's link settings hold for all.
         let stack = Stack::new(self.cfg.clone(), monotonic_ns(self.start));
         let mut app = HttpApp::new(storage, vol, self.buffers)?;
@@ -356,6 +356,8 @@ impl Setup {
         if self.tls_emulation {
             app.enable_tls_emulation()?;
         }
+        // Payload in this core's storage buffers may go out without copying (DPDK).
+        nic.tx_from_pool(app.pool());
         Ok(Pipeline::new(nic, stack, app))
     }
 }
