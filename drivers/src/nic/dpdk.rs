@@ -1315,11 +1315,12 @@ impl DpdkNic {
         shinfo: NonNull<sys::rte_mbuf_ext_shared_info>,
     ) -> Result<(), ZcStop> {
         self.chain_mbuf(chain, |seg| {
-            // SAFETY: `seg` is a fresh direct mbuf of ours, not yet linked. `piece` lies in a
-            // region leased from its pool (kept mapped while the lease, which this handle
-            // holds, lives), and the caller keeps the bytes unchanged until the next tx_flush
-            // returns (Nic::tx_from_pool), by which time the PMDs that may take this path have
-            // read them and freed the mbuf. The PMD only reads external buffers.
+            // `piece` lies in a region leased from its pool (kept mapped while the lease,
+            // which this handle holds, lives), and the caller keeps the bytes unchanged until
+            // the next tx_flush returns (Nic::tx_from_pool), by which time the PMDs that may
+            // take this path have read them and freed the mbuf.
+            // SAFETY: `seg` is a fresh direct mbuf of ours, not yet linked; `piece` stays
+            // valid and unchanged while attached (above); the PMD only reads it.
             unsafe {
                 sys::dpdk_sys_pktmbuf_attach_ext(
                     seg.as_ptr(),
