@@ -427,6 +427,9 @@ fn run<N: Nic, S: Storage>(
         log::warn!("--tls-emulation: HTTP bodies are sealed with a public dummy key (benchmarks only, no protection)");
     }
     let board = Board::new(&cores);
+    // The first core's pipeline is built before any other starts, so that no error after
+    // that point can leave other pipelines running.
+    let mut pipe = setup.pipeline(first_nic, first_storage, vol.clone())?;
     std::thread::scope(|scope| {
         let mut others = Vec::new();
         // One at a time, so that a core that cannot start stops the whole start-up.
@@ -467,7 +470,6 @@ fn run<N: Nic, S: Storage>(
                 }
             }
         }
-        let mut pipe = setup.pipeline(first_nic, first_storage, vol)?;
         let mut host = host::Host::new(&args, net.ip, net.prefix, cores.clone(), start);
         log::info!(
             "serving http://{}:{}{} on {} ({}), mac {}, {} pipeline(s) on core(s) {:?}",
