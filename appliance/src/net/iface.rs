@@ -14,7 +14,7 @@ use super::arp::ArpCache;
 use super::checksum;
 use super::headers::{self, flags, Endpoints, TcpFields, TcpOptions, MAX_HEADERS_LEN};
 use super::tcp::cookie::SynCookies;
-use super::tcp::table::{ConnId, ConnKey, ConnTable, SlotList, SlotQueue};
+use super::tcp::table::{ConnId, ConnKey, ConnTable, SlotList};
 use super::tcp::timer::TimerWheel;
 use super::tcp::{self, DataSource, SegmentIn, State, TcpConn};
 use super::{Instant, SEC};
@@ -181,6 +181,7 @@ pub struct Entry<C> {
     pub app: C,
     pub opened_at: Instant,
     ready: bool,
+    timer_at: Option<Instant>,
     half_open: bool,
 }
 
@@ -205,12 +206,11 @@ pub struct Stack<C> {
     /// Connections the application lets go when the table is full, least recently active
     /// first (TIME-WAIT ones too).
     evictable: SlotList,
-    /// One timer per slot: its connection's earliest deadline.
     wheel: TimerWheel,
     cookies: SynCookies,
-    /// Slots with something to send. A slot whose connection went stays queued and is
-    /// skipped (or serves its next connection, which then has a spurious turn).
-    ready: SlotQueue,
+    ready: Vec<ConnId>,
+    ready_spare: Vec<ConnId>,
+    expired: Vec<(ConnId, Instant)>,
     half_open: usize,
     ip_id: u16,
     iss_key: RandomState,
@@ -228,9 +228,11 @@ impl<C> Stack<C> {
         Stack {
             conns: ConnTable::with_capacity(n),
             evictable: SlotList::with_capacity(n),
-            wheel: TimerWheel::new(n, super::MS, now),
+            wheel: TimerWheel::new(1024, super::MS, now, 16.max(n / 64)),
             cookies: SynCookies::default(),
-            ready: SlotQueue::with_capacity(n),
+            ready: Vec::with_capacity(n),
+            ready_spare: Vec::with_capacity(n),
+            expired: Vec::with_capacity(n),
             half_open: 0,
             ip_id: 1,
             iss_key: RandomState::new(),
@@ -275,7 +277,7 @@ impl<C> Stack<C> {
             e.tcp.unblock();
             if !e.ready {
                 e.ready = true;
-                self.ready.push_back(id.slot);
+                self.ready.push(id);
             }
         }
     }
@@ -543,7 +545,7 @@ impl<C> Stack<C> {
                 if self.conns.len() < self.conns.capacity() {
                     if let Some(c) = app.accept(now, rx.dst_port) {
                         let tcp = TcpConn::accept_cookie(&self.cfg.tcp, now, seg, seg.ack.unwrap_or(0).wrapping_sub(1), mss);
-                        let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, half_open: false };
+                        let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, timer_at: None, half_open: false };
                         if let Ok(id) = self.conns.insert(key, entry) {
                             self.stats.tcp_syn_cookies_accepted += 1;
                             self.stats.tcp_connections_opened += 1;
@@ -580,7 +582,7 @@ impl<C> Stack<C> {
         let iss = self.iss_for(&key, now);
         let mut tcp = TcpConn::accept(&self.cfg.tcp, now, &rx.seg, iss);
         tcp.set_receive_window(app.rx_room(&c));
-        let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, half_open: true };
+        let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, timer_at: None, half_open: true };
         match self.conns.insert(key, entry) {
             Ok(id) => {
                 self.half_open += 1;
@@ -639,7 +641,7 @@ impl<C> Stack<C> {
         }
         if e.tcp.wants_tx(now) && !e.ready {
             e.ready = true;
-            self.ready.push_back(id.slot);
+            self.ready.push(id);
         }
         let may_evict = match e.tcp.state {
             State::TimeWait => true,
@@ -656,17 +658,17 @@ impl<C> Stack<C> {
         // The application's clock runs once the handshake is done (half-open entries have TCP's).
         let app_deadline = if matches!(e.tcp.state, State::Established | State::CloseWait) { app.deadline(&e.app) } else { None };
         let deadline = [tcp_deadline, idle_deadline, app_deadline].into_iter().flatten().min();
-        match deadline {
-            Some(d) => self.wheel.arm(id.slot, d.max(now)),
-            None => self.wheel.cancel(id.slot),
+        if let Some(d) = deadline {
+            if e.timer_at.is_none_or(|t| d < t) {
+                e.timer_at = Some(d);
+                self.wheel.schedule(id, d.max(now));
+            }
         }
     }
 
     fn remove<A: App<Conn = C>>(&mut self, id: ConnId, reason: CloseReason, app: &mut A) {
         if let Some((_, e)) = self.conns.remove(id) {
             self.evictable.unlink(id.slot);
-            // The slot's next connection starts without a timer.
-            self.wheel.cancel(id.slot);
             if e.half_open {
                 self.half_open -= 1;
             }
@@ -770,7 +772,7 @@ impl<C> Stack<C> {
         let iss = self.iss_for(&key, now);
         let mut tcp = TcpConn::connect(&self.cfg.tcp, now, iss);
         tcp.set_receive_window(app.rx_room(&c));
-        let entry = Entry { tcp, peer_mac, app: c, opened_at: now, ready: false, half_open: false };
+        let entry = Entry { tcp, peer_mac, app: c, opened_at: now, ready: false, timer_at: None, half_open: false };
         let id = self.conns.insert(key, entry).ok()?;
         self.stats.tcp_connections_opened += 1;
         self.after_event(now, id, app);
@@ -781,15 +783,16 @@ impl<C> Stack<C> {
     /// Returns how many segments went out.
     pub fn poll_tx<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, app: &mut A, nic: &mut N, budget: usize) -> usize {
         let mut sent = 0;
-        // This round serves the slots queued now; those queued meanwhile wait for the next.
-        for _ in 0..self.ready.len() {
-            let Some(slot) = self.ready.pop_front() else { break };
+        std::mem::swap(&mut self.ready, &mut self.ready_spare);
+        let mut i = 0;
+        while i < self.ready_spare.len() {
+            let id = self.ready_spare[i];
+            i += 1;
             if sent >= budget {
                 // Out of budget: keep the rest for the next round.
-                self.ready.push_back(slot);
+                self.ready.push(id);
                 continue;
             }
-            let Some(id) = self.conns.id_of_slot(slot) else { continue };
             let Some((key, e)) = self.conns.get_mut(id) else { continue };
             e.ready = false;
             let ep = Endpoints {
@@ -845,7 +848,7 @@ impl<C> Stack<C> {
             if more {
                 if let Some((_, e)) = self.conns.get_mut(id) {
                     e.ready = true;
-                    self.ready.push_back(slot);
+                    self.ready.push(id);
                 }
             }
             // A closing connection gives its storage buffers back (on_closed), and a NIC may
@@ -855,18 +858,19 @@ impl<C> Stack<C> {
             }
             self.after_event(now, id, app);
         }
+        self.ready_spare.clear();
         sent
     }
 
     /// Run the timers due at `now`.
     pub fn poll_timers<A: App<Conn = C>>(&mut self, now: Instant, app: &mut A) {
-        self.wheel.advance(now);
+        self.wheel.expire(now, &mut self.expired);
         let idle = self.cfg.idle_timeout;
         let cfg = self.cfg.tcp.clone();
-        // Re-arming (in after_event) never puts a timer back on the due list: this ends.
-        while let Some(slot) = self.wheel.pop_due() {
-            let Some(id) = self.conns.id_of_slot(slot) else { continue };
+        let mut expired = std::mem::take(&mut self.expired);
+        for &(id, _) in &expired {
             let Some((_, e)) = self.conns.get_mut(id) else { continue };
+            e.timer_at = None;
             let out = e.tcp.on_timer(&cfg, now);
             if out.rto {
                 app.on_rto(&mut e.app);
@@ -891,6 +895,8 @@ impl<C> Stack<C> {
             }
             self.after_event(now, id, app);
         }
+        expired.clear();
+        self.expired = expired;
     }
 }
 
