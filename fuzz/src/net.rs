@@ -455,6 +455,9 @@ fn drain(fz: &mut Fuzz) {
         }
     }
     let server = &fz.h.server;
+    for (_, key, e) in server.stack.connections() {
+        eprintln!("left: {key:?} now {} {:?} next_deadline {:?}", fz.now(), e.tcp, e.tcp.next_deadline());
+    }
     panic!(
         "after 30 minutes of quiet: {} connections left, {} of {BUFFERS} storage buffers free, {} reads in flight",
         server.stack.connection_count(),
