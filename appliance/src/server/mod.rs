@@ -494,8 +494,8 @@ fn run<N: Nic, S: Storage>(
 }
 
 /// One core's loop until the board says stop (or, on the console's core, until the console
-/// asks for power off or reboot). Every millisecond (or when idle) it publishes its counters,
-/// follows a drain, and on the first core polls the console.
+/// asks for power off or reboot). Every millisecond (or when idle) it follows a drain, and
+/// polls the console on the first core or publishes its counters for it on the others.
 fn run_pipeline<N: Nic, S: Storage>(
     pipe: &mut Pipeline<N, S>,
     board: &Board,
@@ -519,7 +519,6 @@ fn run_pipeline<N: Nic, S: Storage>(
             if board.draining() && !pipe.app.draining {
                 pipe.drain();
             }
-            pipe.publish(board, index, core, now);
             if let Some((host, console)) = console.as_mut() {
                 let mut view = host.view(pipe, board);
                 console.poll(&mut view, 8);
@@ -530,8 +529,12 @@ fn run_pipeline<N: Nic, S: Storage>(
                         PowerAction::Reboot => Outcome::Reboot,
                     });
                 }
-            } else if board.stopped() {
-                return None;
+            } else {
+                // The console's own core is read live; the others publish for it.
+                pipe.publish(board, index, core, now);
+                if board.stopped() {
+                    return None;
+                }
             }
         }
         if !busy {
