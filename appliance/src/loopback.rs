@@ -596,6 +596,42 @@ impl<S: Storage> SimHarness<S> {
         true
     }
 
+    /// Ask for `path` again on the finished keep-alive connection from local port `port`
+    /// (over TLS through its client session): its response is a fetch of its own.
+    pub fn request_again(&mut self, port: u16, path: &str, range: Option<(u64, u64)>) -> bool {
+        let Some(id) = self.client.connections().find(|(_, k, _)| k.local_port == port).map(|(id, _, _)| id) else { return false };
+        let Some(e) = self.client.get_mut(id) else { return false };
+        let c = &mut e.app;
+        if !c.done || !c.keep_alive {
+            return false;
+        }
+        c.done = false;
+        c.status = 0;
+        c.head.clear();
+        c.content_length = None;
+        c.received = 0;
+        c.plain_len = 0;
+        c.hasher = Sha256::new();
+        let request = request_bytes(path, range, true);
+        match &mut c.tls {
+            Some(tls) => {
+                if tls.writer().write_all(&request).is_err() {
+                    return false;
+                }
+                while tls.wants_write() {
+                    if tls.write_tls(&mut c.out).is_err() {
+                        return false;
+                    }
+                }
+            }
+            None => c.out.extend_from_slice(&request),
+        }
+        let len = c.out.len() as u64;
+        e.tcp.set_stream_len(len);
+        self.client.wake(id);
+        true
+    }
+
     /// Run both loops for `d` of virtual time.
     pub fn run_for(&mut self, d: Duration) {
         let end = self.now() + d.as_nanos() as u64;

@@ -62,6 +62,9 @@ pub struct Stats {
     pub tls_handshake_failures: u64,
     pub tls_records_sealed: u64,
     pub tls_records_opened: u64,
+    /// AEAD contexts built again for a connection that had been idle (each a C allocation:
+    /// idle connections hold their raw keys only).
+    pub tls_key_contexts_built: u64,
     pub tls_bad_records: u64,
     /// TLS failures by reason (handshakes and records together).
     pub tls_fail_malformed: u64,
@@ -128,7 +131,7 @@ impl AddAssign for Stats {
             http_status_2xx, http_status_206, http_status_304, http_status_400, http_status_404,
             http_status_405, http_status_408, http_status_414, http_status_416, http_status_431, http_status_other,
             http_body_bytes, http_header_timeouts, http_rx_buffer_waits, http_head_evictions, tls_handshakes, tls_handshake_failures,
-            tls_records_sealed, tls_records_opened, tls_bad_records, tls_fail_malformed,
+            tls_records_sealed, tls_records_opened, tls_key_contexts_built, tls_bad_records, tls_fail_malformed,
             tls_fail_incompatible, tls_fail_peer_alert, tls_fail_bad_mac, tls_fail_other, storage_reads,
             storage_read_bytes, storage_errors, storage_in_flight, console_commands, console_errors,
         );

@@ -125,6 +125,7 @@ pub(crate) fn table(
                 ("handshake_failures", Num(s.tls_handshake_failures)),
                 ("records_sealed", Num(s.tls_records_sealed)),
                 ("records_opened", Num(s.tls_records_opened)),
+                ("key_contexts_built", Num(s.tls_key_contexts_built)),
                 ("bad_records", Num(s.tls_bad_records)),
                 (
                     "failures",

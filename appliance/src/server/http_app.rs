@@ -587,6 +587,12 @@ impl<S: Storage> HttpApp<S> {
                 if let Some(b) = s.take_idle_rx_buf() {
                     self.tls_rx_pool.give(b);
                 }
+                // Nothing to seal or open until the peer sends again (which wakes them):
+                // drop the AEAD contexts, 1.2 KB in C per connection.
+                let quiet = c.responses.is_empty() && c.chunks.is_none() && c.rx.is_none() && t.hs_out.is_empty();
+                if quiet && !s.has_rx_buf() {
+                    s.sleep_keys();
+                }
             }
         }
     }
@@ -1058,6 +1064,7 @@ impl<S: Storage> HttpApp<S> {
             return;
         }
         let TlsPhase::Session(s) = &mut t.phase else { return };
+        self.stats.tls_key_contexts_built += u64::from(s.wake_keys());
         if !s.has_rx_buf() {
             // rx_room offered a window only with a buffer to lend.
             if let Some(b) = self.tls_rx_pool.take() {
@@ -1713,6 +1720,38 @@ mod tests {
         assert!(f.complete && f.status == 200 && f.body_len == 100_000, "{f:?}");
         h.run_for(Duration::from_secs(5));
         assert_eq!(h.server.stack.connection_count(), 0);
+    }
+
+    /// An idle HTTPS connection drops its AEAD contexts (keeping only raw keys) and builds
+    /// them again when the peer sends its next request, which is answered byte-exact; nothing
+    /// was sealed or opened with sleeping keys.
+    #[test]
+    fn an_idle_tls_connection_holds_no_aead_context_until_its_next_request() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        let (server, client) = crate::loopback::test_tls_configs().unwrap();
+        h.enable_tls(server, client);
+        assert!(h.start_keep_alive(true, "/a.txt", None));
+        assert!(h.run_until_fetches(1, Duration::from_secs(10)));
+        h.run_for(Duration::from_millis(200));
+        let session_of = |h: &SimHarness<_>| {
+            let (_, _, e) = h.server.stack.connections().next().expect("the connection");
+            let Some(super::ConnTls { phase: super::TlsPhase::Session(s), .. }) = e.app.tls.as_deref() else { panic!("no TLS session") };
+            (s.keys_awake(), s.aead_context_bytes(), s.cold_key_uses(), e.app.foreign_heap_bytes())
+        };
+        assert_eq!(session_of(&h), (false, 0, 0, 0), "idle: keys asleep, no C heap");
+        assert_eq!(h.server.stats().tls_key_contexts_built, 0);
+        let port = h.client.connections().next().map(|(_, k, _)| k.local_port).expect("the client connection");
+        assert!(h.request_again(port, "/a.txt", Some((10, 99_999))));
+        assert!(h.run_until_fetches(2, Duration::from_secs(10)));
+        let f = &h.client_app.fetches[1];
+        assert!(f.complete && f.status == 206 && f.body_len == 99_990, "{f:?}");
+        assert_eq!(f.sha256, <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(vec![b'a'; 99_990])));
+        let s = h.server.stats();
+        assert_eq!((s.http_requests, s.tls_bad_records, h.client_app.tls_failures), (2, 0, 0));
+        assert_eq!(s.tls_key_contexts_built, 2, "receive and transmit keys woken once");
+        h.run_for(Duration::from_millis(200));
+        assert_eq!(session_of(&h), (false, 0, 0, 0), "asleep again, and never used asleep");
     }
 
     /// What an idle keep-alive connection holds, printed as a breakdown (`--nocapture`), and

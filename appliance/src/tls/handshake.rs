@@ -711,9 +711,35 @@ impl RecordSession {
     }
 
     /// Bytes of the keys' AEAD contexts, which aws-lc allocates with C malloc (unseen by
-    /// Rust's global allocator, so memory accounting adds them).
+    /// Rust's global allocator, so memory accounting adds them). Sleeping keys hold none.
     pub fn aead_context_bytes(&self) -> usize {
-        (1 + self.tx.iter().flatten().count()) * super::keys::AEAD_CONTEXT_BYTES
+        self.all_keys().filter(|k| k.is_awake()).count() * super::keys::AEAD_CONTEXT_BYTES
+    }
+
+    fn all_keys(&self) -> impl Iterator<Item = &Keys> {
+        self.tx.iter().flatten().map(|e| &e.keys).chain(std::iter::once(&self.rx_keys))
+    }
+
+    /// Build the AEAD contexts of every key held (the connection has work to do); returns
+    /// how many were built (each a C allocation of [`super::keys::AEAD_CONTEXT_BYTES`]).
+    pub fn wake_keys(&mut self) -> u32 {
+        let tx = self.tx.iter_mut().flatten().map(|e| &mut e.keys);
+        tx.chain(std::iter::once(&mut self.rx_keys)).map(|k| u32::from(k.wake())).sum()
+    }
+
+    /// Drop the AEAD contexts (the connection is idle): the raw keys stay.
+    pub fn sleep_keys(&mut self) {
+        self.tx.iter_mut().flatten().for_each(|e| e.keys.sleep());
+        self.rx_keys.sleep();
+    }
+
+    pub fn keys_awake(&self) -> bool {
+        self.all_keys().all(Keys::is_awake)
+    }
+
+    /// Seals and opens done with sleeping keys (each built a context for itself).
+    pub fn cold_key_uses(&self) -> u64 {
+        self.all_keys().map(|k| u64::from(k.cold_uses())).sum()
     }
 
     /// Free space in the reassembly buffer (what the TCP receive window may offer).

@@ -61,11 +61,27 @@ pub const AEAD_CONTEXT_BYTES: usize = 584 + 8;
 
 /// Key and IV of one direction: the nonce of record `seq` is `iv XOR seq` (TLS 1.3, and the
 /// TLS 1.2 AES-GCM construction rustls uses: 4-byte salt + 8-byte nonce base).
+///
+/// The AEAD context (key schedule and GHASH table, [`AEAD_CONTEXT_BYTES`] in C) exists only
+/// while the connection is busy: [`Keys::sleep`] drops it when the connection goes idle and
+/// [`Keys::wake`] builds it again from the raw key, so that an idle connection holds 32 bytes
+/// of key instead of a context. Sealing or opening with sleeping keys still works: it builds
+/// a context for that one call (counted by [`Keys::cold_uses`]; the server wakes its keys
+/// first so that this does not happen).
 pub struct Keys {
     version: TlsVersion,
     suite: AeadSuite,
-    key: aead::LessSafeKey,
+    raw: [u8; 32],
     iv: [u8; 12],
+    key: Option<aead::LessSafeKey>,
+    cold_uses: std::cell::Cell<u32>,
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        self.raw.fill(0);
+        std::hint::black_box(&self.raw);
+    }
 }
 
 impl std::fmt::Debug for Keys {
@@ -94,12 +110,47 @@ impl Keys {
                 suite,
                 got: key.len(),
             })?;
+        let mut raw = [0u8; 32];
+        raw[..key.len()].copy_from_slice(key);
         Ok(Keys {
             version,
             suite,
-            key: aead::LessSafeKey::new(unbound),
+            raw,
             iv: *iv,
+            key: Some(aead::LessSafeKey::new(unbound)),
+            cold_uses: std::cell::Cell::new(0),
         })
+    }
+
+    /// A context from the raw key (its length was checked when the keys were made).
+    fn build(&self) -> aead::LessSafeKey {
+        let key = &self.raw[..self.suite.key_len()];
+        aead::LessSafeKey::new(
+            aead::UnboundKey::new(self.suite.algorithm(), key).expect("key length checked in Keys::new"),
+        )
+    }
+
+    /// Build the AEAD context if it was dropped; returns whether one was built.
+    pub fn wake(&mut self) -> bool {
+        if self.key.is_some() {
+            return false;
+        }
+        self.key = Some(self.build());
+        true
+    }
+
+    /// Drop the AEAD context (the raw key stays).
+    pub fn sleep(&mut self) {
+        self.key = None;
+    }
+
+    pub fn is_awake(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Seals or opens done while asleep, each with a context built for it alone.
+    pub fn cold_uses(&self) -> u32 {
+        self.cold_uses.get()
     }
 
     /// Keys as rustls hands them over (`ExtractedSecrets`).
@@ -151,8 +202,15 @@ impl Keys {
         nonce
     }
 
-    pub(crate) fn aead(&self) -> &aead::LessSafeKey {
-        &self.key
+    /// Run `f` with the AEAD context: the kept one, or (asleep) one built for this call.
+    pub(crate) fn with_aead<R>(&self, f: impl FnOnce(&aead::LessSafeKey) -> R) -> R {
+        match &self.key {
+            Some(key) => f(key),
+            None => {
+                self.cold_uses.set(self.cold_uses.get().saturating_add(1));
+                f(&self.build())
+            }
+        }
     }
 
     /// First 4 bytes of the IV: the TLS 1.2 GCM salt.

@@ -110,8 +110,7 @@ pub fn seal_in_place(
     write_header(header, CONTENT_APPLICATION_DATA, payload.len() + TAG_LEN);
     let nonce = Nonce::assume_unique_for_key(keys.nonce(seq));
     let sealed = keys
-        .aead()
-        .seal_in_place_separate_tag(nonce, Aad::from(&header[..]), payload)
+        .with_aead(|k| k.seal_in_place_separate_tag(nonce, Aad::from(&header[..]), payload))
         .map_err(|_| RecordError::BadLength(payload.len()))?;
     tag.copy_from_slice(sealed.as_ref());
     Ok(())
@@ -147,14 +146,7 @@ pub fn seal_in_place_split(
         payload.len() + TLS13_TRAILER_LEN,
     );
     let nonce = Nonce::assume_unique_for_key(keys.nonce(seq));
-    keys.aead()
-        .seal_in_place_scatter(
-            nonce,
-            Aad::from(&header[..]),
-            payload,
-            &[inner_type],
-            trailer,
-        )
+    keys.with_aead(|k| k.seal_in_place_scatter(nonce, Aad::from(&header[..]), payload, &[inner_type], trailer))
         .map_err(|_| RecordError::BadLength(payload.len()))
 }
 
@@ -187,12 +179,7 @@ pub fn seal_in_place_tls12(
     header[HEADER_LEN..].copy_from_slice(&nonce[4..]);
     let aad = tls12_aad(seq, content_type, payload.len());
     let sealed = keys
-        .aead()
-        .seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(&aad[..]),
-            payload,
-        )
+        .with_aead(|k| k.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..]), payload))
         .map_err(|_| RecordError::BadLength(payload.len()))?;
     tag.copy_from_slice(sealed.as_ref());
     Ok(())
@@ -295,10 +282,8 @@ fn open_tls13(
     let (head, body) = record.split_at_mut(HEADER_LEN);
     let nonce = Nonce::assume_unique_for_key(keys.nonce(seq));
     let plain_len = keys
-        .aead()
-        .open_in_place(nonce, Aad::from(&head[..]), body)
-        .map_err(|_| RecordError::BadMac)?
-        .len();
+        .with_aead(|k| k.open_in_place(nonce, Aad::from(&head[..]), body).map(|p| p.len()))
+        .map_err(|_| RecordError::BadMac)?;
     // Inner plaintext: content || type || zeros. The type is the last non-zero byte.
     let inner = &body[..plain_len];
     let Some(type_at) = inner.iter().rposition(|&b| b != 0) else {
@@ -335,13 +320,7 @@ fn open_tls12(
     let aad = tls12_aad(seq, header.content_type, plain_len);
     let start = HEADER_LEN + TLS12_EXPLICIT_NONCE_LEN;
     let (body, tag) = record[start..].split_at_mut(plain_len);
-    keys.aead()
-        .open_in_place_separate_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(&aad[..]),
-            tag,
-            body,
-        )
+    keys.with_aead(|k| k.open_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..]), tag, body))
         .map_err(|_| RecordError::BadMac)?;
     Ok(OpenedRecord {
         content_type: header.content_type,
@@ -530,6 +509,25 @@ mod tests {
         .unwrap();
         out.truncate(n);
         out
+    }
+
+    /// Keys that dropped their AEAD context seal the same bytes and open the same records,
+    /// each use building a context of its own (counted); woken, they use theirs again.
+    #[test]
+    fn sleeping_keys_seal_and_open_the_same_bytes() {
+        for version in [TlsVersion::Tls13, TlsVersion::Tls12] {
+            let mut keys = Keys::new(version, AeadSuite::Aes128Gcm, &[1; 16], &[2; 12]).unwrap();
+            let awake = sealed_record(&keys, 7, b"hello\x17");
+            keys.sleep();
+            assert!(!keys.is_awake());
+            assert_eq!(sealed_record(&keys, 7, b"hello\x17"), awake);
+            assert!(open_in_place(&keys, 7, &mut awake.clone()).is_ok());
+            assert_eq!(keys.cold_uses(), 2);
+            assert!(keys.wake());
+            assert!(!keys.wake(), "already awake");
+            assert_eq!(sealed_record(&keys, 7, b"hello\x17"), awake);
+            assert_eq!(keys.cold_uses(), 2);
+        }
     }
 
     #[test]
