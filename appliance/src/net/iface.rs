@@ -181,7 +181,6 @@ pub struct Entry<C> {
     pub app: C,
     pub opened_at: Instant,
     ready: bool,
-    timer_at: Option<Instant>,
     half_open: bool,
 }
 
@@ -206,11 +205,11 @@ pub struct Stack<C> {
     /// Connections the application lets go when the table is full, least recently active
     /// first (TIME-WAIT ones too).
     evictable: SlotList,
+    /// One timer per slot: its connection's earliest deadline.
     wheel: TimerWheel,
     cookies: SynCookies,
     ready: Vec<ConnId>,
     ready_spare: Vec<ConnId>,
-    expired: Vec<(ConnId, Instant)>,
     half_open: usize,
     ip_id: u16,
     iss_key: RandomState,
@@ -228,11 +227,10 @@ impl<C> Stack<C> {
         Stack {
             conns: ConnTable::with_capacity(n),
             evictable: SlotList::with_capacity(n),
-            wheel: TimerWheel::new(1024, super::MS, now, 16.max(n / 64)),
+            wheel: TimerWheel::new(n, super::MS, now),
             cookies: SynCookies::default(),
             ready: Vec::with_capacity(n),
             ready_spare: Vec::with_capacity(n),
-            expired: Vec::with_capacity(n),
             half_open: 0,
             ip_id: 1,
             iss_key: RandomState::new(),
@@ -545,7 +543,7 @@ impl<C> Stack<C> {
                 if self.conns.len() < self.conns.capacity() {
                     if let Some(c) = app.accept(now, rx.dst_port) {
                         let tcp = TcpConn::accept_cookie(&self.cfg.tcp, now, seg, seg.ack.unwrap_or(0).wrapping_sub(1), mss);
-                        let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, timer_at: None, half_open: false };
+                        let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, half_open: false };
                         if let Ok(id) = self.conns.insert(key, entry) {
                             self.stats.tcp_syn_cookies_accepted += 1;
                             self.stats.tcp_connections_opened += 1;
@@ -582,7 +580,7 @@ impl<C> Stack<C> {
         let iss = self.iss_for(&key, now);
         let mut tcp = TcpConn::accept(&self.cfg.tcp, now, &rx.seg, iss);
         tcp.set_receive_window(app.rx_room(&c));
-        let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, timer_at: None, half_open: true };
+        let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, half_open: true };
         match self.conns.insert(key, entry) {
             Ok(id) => {
                 self.half_open += 1;
@@ -658,17 +656,17 @@ impl<C> Stack<C> {
         // The application's clock runs once the handshake is done (half-open entries have TCP's).
         let app_deadline = if matches!(e.tcp.state, State::Established | State::CloseWait) { app.deadline(&e.app) } else { None };
         let deadline = [tcp_deadline, idle_deadline, app_deadline].into_iter().flatten().min();
-        if let Some(d) = deadline {
-            if e.timer_at.is_none_or(|t| d < t) {
-                e.timer_at = Some(d);
-                self.wheel.schedule(id, d.max(now));
-            }
+        match deadline {
+            Some(d) => self.wheel.arm(id.slot, d.max(now)),
+            None => self.wheel.cancel(id.slot),
         }
     }
 
     fn remove<A: App<Conn = C>>(&mut self, id: ConnId, reason: CloseReason, app: &mut A) {
         if let Some((_, e)) = self.conns.remove(id) {
             self.evictable.unlink(id.slot);
+            // The slot's next connection starts without a timer.
+            self.wheel.cancel(id.slot);
             if e.half_open {
                 self.half_open -= 1;
             }
@@ -772,7 +770,7 @@ impl<C> Stack<C> {
         let iss = self.iss_for(&key, now);
         let mut tcp = TcpConn::connect(&self.cfg.tcp, now, iss);
         tcp.set_receive_window(app.rx_room(&c));
-        let entry = Entry { tcp, peer_mac, app: c, opened_at: now, ready: false, timer_at: None, half_open: false };
+        let entry = Entry { tcp, peer_mac, app: c, opened_at: now, ready: false, half_open: false };
         let id = self.conns.insert(key, entry).ok()?;
         self.stats.tcp_connections_opened += 1;
         self.after_event(now, id, app);
@@ -864,13 +862,13 @@ impl<C> Stack<C> {
 
     /// Run the timers due at `now`.
     pub fn poll_timers<A: App<Conn = C>>(&mut self, now: Instant, app: &mut A) {
-        self.wheel.expire(now, &mut self.expired);
+        self.wheel.advance(now);
         let idle = self.cfg.idle_timeout;
         let cfg = self.cfg.tcp.clone();
-        let mut expired = std::mem::take(&mut self.expired);
-        for &(id, _) in &expired {
+        // Re-arming (in after_event) never puts a timer back on the due list: this ends.
+        while let Some(slot) = self.wheel.pop_due() {
+            let Some(id) = self.conns.id_of_slot(slot) else { continue };
             let Some((_, e)) = self.conns.get_mut(id) else { continue };
-            e.timer_at = None;
             let out = e.tcp.on_timer(&cfg, now);
             if out.rto {
                 app.on_rto(&mut e.app);
@@ -895,8 +893,6 @@ impl<C> Stack<C> {
             }
             self.after_event(now, id, app);
         }
-        expired.clear();
-        self.expired = expired;
     }
 }
 
