@@ -14,7 +14,7 @@ use super::arp::ArpCache;
 use super::checksum;
 use super::headers::{self, flags, Endpoints, TcpFields, TcpOptions, MAX_HEADERS_LEN};
 use super::tcp::cookie::SynCookies;
-use super::tcp::table::{ConnId, ConnKey, ConnTable, SlotList};
+use super::tcp::table::{ConnId, ConnKey, ConnTable, SlotList, SlotQueue};
 use super::tcp::timer::TimerWheel;
 use super::tcp::{self, DataSource, SegmentIn, State, TcpConn};
 use super::{Instant, SEC};
@@ -208,8 +208,9 @@ pub struct Stack<C> {
     /// One timer per slot: its connection's earliest deadline.
     wheel: TimerWheel,
     cookies: SynCookies,
-    ready: Vec<ConnId>,
-    ready_spare: Vec<ConnId>,
+    /// Slots with something to send. A slot whose connection went stays queued and is
+    /// skipped (or serves its next connection, which then has a spurious turn).
+    ready: SlotQueue,
     half_open: usize,
     ip_id: u16,
     iss_key: RandomState,
@@ -229,8 +230,7 @@ impl<C> Stack<C> {
             evictable: SlotList::with_capacity(n),
             wheel: TimerWheel::new(n, super::MS, now),
             cookies: SynCookies::default(),
-            ready: Vec::with_capacity(n),
-            ready_spare: Vec::with_capacity(n),
+            ready: SlotQueue::with_capacity(n),
             half_open: 0,
             ip_id: 1,
             iss_key: RandomState::new(),
@@ -275,7 +275,7 @@ impl<C> Stack<C> {
             e.tcp.unblock();
             if !e.ready {
                 e.ready = true;
-                self.ready.push(id);
+                self.ready.push_back(id.slot);
             }
         }
     }
@@ -639,7 +639,7 @@ impl<C> Stack<C> {
         }
         if e.tcp.wants_tx(now) && !e.ready {
             e.ready = true;
-            self.ready.push(id);
+            self.ready.push_back(id.slot);
         }
         let may_evict = match e.tcp.state {
             State::TimeWait => true,
@@ -781,16 +781,15 @@ impl<C> Stack<C> {
     /// Returns how many segments went out.
     pub fn poll_tx<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, app: &mut A, nic: &mut N, budget: usize) -> usize {
         let mut sent = 0;
-        std::mem::swap(&mut self.ready, &mut self.ready_spare);
-        let mut i = 0;
-        while i < self.ready_spare.len() {
-            let id = self.ready_spare[i];
-            i += 1;
+        // This round serves the slots queued now; those queued meanwhile wait for the next.
+        for _ in 0..self.ready.len() {
+            let Some(slot) = self.ready.pop_front() else { break };
             if sent >= budget {
                 // Out of budget: keep the rest for the next round.
-                self.ready.push(id);
+                self.ready.push_back(slot);
                 continue;
             }
+            let Some(id) = self.conns.id_of_slot(slot) else { continue };
             let Some((key, e)) = self.conns.get_mut(id) else { continue };
             e.ready = false;
             let ep = Endpoints {
@@ -846,7 +845,7 @@ impl<C> Stack<C> {
             if more {
                 if let Some((_, e)) = self.conns.get_mut(id) {
                     e.ready = true;
-                    self.ready.push(id);
+                    self.ready.push_back(slot);
                 }
             }
             // A closing connection gives its storage buffers back (on_closed), and a NIC may
@@ -856,7 +855,6 @@ impl<C> Stack<C> {
             }
             self.after_event(now, id, app);
         }
-        self.ready_spare.clear();
         sent
     }
 
