@@ -656,8 +656,11 @@ impl<C> Stack<C> {
         // The application's clock runs once the handshake is done (half-open entries have TCP's).
         let app_deadline = if matches!(e.tcp.state, State::Established | State::CloseWait) { app.deadline(&e.app) } else { None };
         let deadline = [tcp_deadline, idle_deadline, app_deadline].into_iter().flatten().min();
+        // The deadline itself, also when it has passed (the wheel fires it at its next tick):
+        // `d.max(now)` would move a passed deadline to each event's `now`, and events handled
+        // before the round's timers (frames) would then postpone it round after round.
         match deadline {
-            Some(d) => self.wheel.arm(id.slot, d.max(now)),
+            Some(d) => self.wheel.arm(id.slot, d),
             None => self.wheel.cancel(id.slot),
         }
     }
@@ -899,8 +902,11 @@ mod tests {
     use std::time::Duration;
 
     use drivers::nic::sim::SimConfig;
+    use drivers::nic::Nic;
 
-    use crate::loopback::{tiny_volume, SimHarness};
+    use crate::loopback::{tiny_volume, SimHarness, CLIENT_IP, SERVER_IP};
+    use crate::net::headers::{self, flags, Endpoints, TcpFields, TcpOptions, MAX_HEADERS_LEN};
+    use crate::net::{MS, SEC};
 
     #[test]
     fn a_full_table_evicts_the_least_recently_active_idle_connection() {
@@ -954,5 +960,47 @@ mod tests {
         assert_eq!(s.tcp_evicted, 0);
         let ok = h.client_app.fetches.iter().filter(|f| f.status == 200 && f.complete).count();
         assert!(ok >= 2, "both transfers completed: {:?}", h.client_app.fetches);
+    }
+
+    /// The fuzz target's lost timer (fuzz/regressions/net_frames/timer-lost-after-rto-with-
+    /// zero-window): a connection whose deadline has passed keeps getting segments that change
+    /// nothing (out of window: not activity), each handled at a new `now` before the round's
+    /// timers run. Its timer must fire all the same: re-arming it with a deadline already past
+    /// must not move it to the current time, or it slides along with the clock for ever.
+    #[test]
+    fn a_passed_deadline_fires_while_segments_keep_arriving_before_the_timers() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        h.server.stack.cfg.idle_timeout = SEC;
+        assert!(h.start_idle(false));
+        h.run_for(Duration::from_millis(20));
+        let (id, key) = h.server.stack.connections().next().map(|(id, k, _)| (id, *k)).expect("connected");
+        let ep = Endpoints {
+            src_mac: h.client_nic.link().mac,
+            dst_mac: h.server.nic.link().mac,
+            src_ip: CLIENT_IP,
+            dst_ip: SERVER_IP,
+            src_port: key.remote_port,
+            dst_port: key.local_port,
+        };
+        let end = h.now() + 3 * SEC;
+        while h.now() < end && h.server.stats().tcp_idle_timeouts == 0 {
+            let now = h.now();
+            if let Some(e) = h.server.stack.get(id) {
+                // The server's RST fields carry what it expects next: aim far beyond it.
+                let expect = e.tcp.reset_fields();
+                let f = TcpFields { seq: expect.ack.wrapping_add(1 << 30), ack: expect.seq, flags: flags::ACK, window: 65535, options: TcpOptions::default() };
+                let mut frame = [0u8; MAX_HEADERS_LEN];
+                let n = headers::emit_tcp_segment(&mut frame, &ep, &f, 1, &[], true);
+                let p = &mut h.server;
+                p.stack.on_frame(now, &frame[..n], &mut p.app, &mut p.nic);
+            }
+            h.step(false);
+            h.clock.advance(Duration::from_millis(1));
+        }
+        let s = h.server.stats();
+        assert!(s.tcp_out_of_window > 900, "the segments were out of window: {}", s.tcp_out_of_window);
+        assert_eq!(s.tcp_idle_timeouts, 1, "the idle timeout fired (at {} ms)", h.now() / MS);
+        assert!(h.now() <= end - SEC, "about 1 s after the last activity, not {} ms", h.now() / MS);
     }
 }

@@ -77,8 +77,15 @@ impl TimerWheel {
         self.links.get(slot as usize).is_some_and(|l| l.next != NIL)
     }
 
-    /// Arm `slot`'s timer for `deadline`, replacing any it had. A deadline already past fires
-    /// at the next tick; one beyond [`MAX_DELAY_TICKS`] fires there.
+    /// Arm `slot`'s timer for `deadline`, replacing any it had. A deadline before the wheel's
+    /// clock goes to the clock's current tick (it fires at the next [`advance`] that ends it);
+    /// one beyond [`MAX_DELAY_TICKS`] fires there.
+    ///
+    /// Pass the deadline itself, also when it has passed, never `deadline.max(now)`: the wheel's
+    /// clock is the last [`advance`], and an owner that re-arms a passed deadline at each
+    /// event's `now` before the wheel advances to it moves it on every time, so it never fires.
+    ///
+    /// [`advance`]: TimerWheel::advance
     pub fn arm(&mut self, slot: u32, deadline: Instant) {
         assert!(slot < self.cap, "timer slot {slot} beyond capacity {}", self.cap);
         let t = (deadline / self.tick).clamp(self.elapsed, self.elapsed + MAX_DELAY_TICKS);
