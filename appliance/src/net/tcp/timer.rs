@@ -309,54 +309,279 @@ mod tests {
         assert_eq!(w.links.capacity(), 1000 + LEVELS * SLOTS + 1);
     }
 
-    #[derive(Clone, Debug)]
-    enum Op {
-        Arm(u32, u64),
-        Cancel(u32),
-        Advance(u64),
+    #[test]
+    fn a_deadline_at_or_before_the_clock_fires_when_the_current_tick_ends() {
+        let mut w = TimerWheel::new(4, MS, 0);
+        assert!(fired(&mut w, 100 * MS + 300).is_empty());
+        // The wheel's clock is tick 100: before it, in it, at its very start.
+        w.arm(0, 3 * MS);
+        w.arm(1, 100 * MS + MS / 2);
+        w.arm(2, 100 * MS - 1);
+        w.arm(3, 100 * MS);
+        assert!((0..4).all(|s| w.is_armed(s)));
+        assert!(fired(&mut w, 100 * MS + MS - 1).is_empty(), "tick 100 is not over");
+        assert_eq!(fired(&mut w, 101 * MS), vec![0, 1, 2, 3]);
+        // Re-armed for a deadline long past once more: once more the next tick.
+        w.arm(2, 0);
+        assert_eq!(fired(&mut w, 102 * MS), vec![2]);
     }
 
-    fn op() -> impl Strategy<Value = Op> {
+    /// What the stack does (and what net_frames caught it doing wrong): events handled at a
+    /// `now` the wheel has not advanced to yet re-arm a timer whose deadline has passed. With
+    /// the deadline itself, the timer stays in the tick it had and fires at the next advance.
+    /// (Had the owner armed `deadline.max(now)`, each event would move it to that event's
+    /// tick, which the same round's advance leaves for the next round: it would never fire.)
+    #[test]
+    fn re_arming_a_passed_deadline_before_the_wheel_advances_does_not_postpone_it() {
+        let mut w = TimerWheel::new(2, MS, 0);
+        let deadline = 3250 * MS + 700_000;
+        w.arm(0, deadline);
+        w.arm(1, 60_000 * MS);
+        assert!(fired(&mut w, 3251 * MS - 1).is_empty());
+        let mut fired_at = None;
+        for now in [3251 * MS + 100_000, 3501 * MS, 3751 * MS] {
+            // An event at `now`, before the round's timers: the owner re-arms its pending
+            // deadline (until the timer has run) and another one far ahead.
+            if fired_at.is_none() {
+                w.arm(0, deadline);
+            }
+            w.arm(1, 60_000 * MS);
+            match fired(&mut w, now).as_slice() {
+                [] => {}
+                [0] if fired_at.is_none() => fired_at = Some(now),
+                other => panic!("at {now}: {other:?}"),
+            }
+        }
+        assert_eq!(fired_at, Some(3251 * MS + 100_000), "at the first advance past its tick");
+        // Once it has fired, a passed deadline armed again fires at the next tick.
+        w.arm(0, deadline);
+        assert!(fired(&mut w, 3751 * MS + 999_999).is_empty());
+        assert_eq!(fired(&mut w, 3752 * MS), vec![0]);
+    }
+
+    #[test]
+    fn re_arming_and_cancelling_while_the_due_are_popped() {
+        let mut w = TimerWheel::new(5, MS, 0);
+        for s in 0..4 {
+            w.arm(s, 5 * MS);
+        }
+        w.advance(6 * MS);
+        assert_eq!(w.pop_due(), Some(0));
+        assert!(!w.is_armed(0), "popped: disarmed");
+        w.cancel(0); // the one being expired: nothing to do
+        assert!(!w.is_armed(0));
+        w.arm(0, 2 * MS); // re-armed for a deadline passed: the next tick, not this loop
+        w.cancel(1); // due, not popped yet: never pops
+        w.arm(2, 20 * MS); // due, not popped yet: moved to the wheel
+        w.arm(4, 0); // a new timer already passed: the next tick, not this loop
+        assert_eq!(w.pop_due(), Some(3));
+        w.arm(3, 6 * MS); // its tick is the clock's: the next tick
+        assert_eq!(w.pop_due(), None);
+        assert!(w.is_armed(0) && !w.is_armed(1) && w.is_armed(2) && w.is_armed(3) && w.is_armed(4));
+        assert!(fired(&mut w, 7 * MS - 1).is_empty());
+        assert_eq!(fired(&mut w, 7 * MS), vec![0, 4, 3]);
+        assert!(fired(&mut w, 20 * MS).is_empty());
+        assert_eq!(fired(&mut w, 21 * MS), vec![2]);
+        assert!(fired(&mut w, 1000 * MS).is_empty());
+    }
+
+    #[test]
+    fn cascades_at_exact_level_boundaries() {
+        for level in 1..LEVELS as u32 {
+            let b = 1u64 << (BITS * level);
+            // From 0, and from just below the boundary (the deadline then sits one slot
+            // ahead at that level), with one exact step onto it, then one tick at a time.
+            for start in [0, b - 1] {
+                let mut w = TimerWheel::new(3, 1, start);
+                w.arm(0, b - 1);
+                w.arm(1, b);
+                w.arm(2, b + 1);
+                assert_eq!(fired(&mut w, b), vec![0], "level {level} from {start}");
+                assert_eq!(fired(&mut w, b + 1), vec![1], "level {level} from {start}");
+                assert_eq!(fired(&mut w, b + 2), vec![2], "level {level} from {start}");
+            }
+            // Several boundaries of this level in one step: in tick order.
+            let mut w = TimerWheel::new(3, 1, 0);
+            w.arm(2, 2 * b);
+            w.arm(0, b - 1);
+            w.arm(1, b);
+            assert_eq!(fired(&mut w, 3 * b), vec![0, 1, 2]);
+        }
+        // The top level turns over: from its last slot into the next turn.
+        let top = 1u64 << (BITS * LEVELS as u32);
+        let mut w = TimerWheel::new(2, 1, top - 1);
+        w.arm(0, top);
+        w.arm(1, top - 1 + MAX_DELAY_TICKS);
+        assert!(fired(&mut w, top).is_empty());
+        assert_eq!(fired(&mut w, top + 1), vec![0]);
+        assert!(fired(&mut w, top - 1 + MAX_DELAY_TICKS).is_empty());
+        assert_eq!(fired(&mut w, top + MAX_DELAY_TICKS), vec![1]);
+    }
+
+    /// Ticks of 10 ns in the model test, so that deadlines and clocks fall inside ticks too.
+    const TICK: u64 = 10;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Arm a slot for `now` plus this many ticks (negative: a deadline already passed,
+        /// also one before the wheel's clock) plus a part of a tick.
+        Arm(u32, i64, u64),
+        /// Arm a slot for a boundary of a level ahead of the wheel's clock, give or take a tick.
+        ArmAtBoundary(u32, u32, i64),
+        Cancel(u32),
+        /// The events' clock moves on; the wheel's does not (frames handled before timers).
+        Time(u64),
+        /// The wheel advances to `now` plus this many ticks (and a part of one); after each
+        /// due timer it pops, one of the actions, in order, is applied.
+        Advance(u64, Vec<During>),
+        /// The wheel advances to a boundary of a level, give or take a tick.
+        AdvanceToBoundary(u32, i64),
+    }
+
+    #[derive(Clone, Debug)]
+    enum During {
+        Nothing,
+        /// Re-arm the timer just popped (or, when false, the given slot) for `now` plus ticks.
+        Rearm(bool, u32, i64),
+        Cancel(u32),
+    }
+
+    const SLOTS_TESTED: u32 = 16;
+
+    fn offset() -> impl Strategy<Value = i64> {
         prop_oneof![
-            3 => (0..16u32, prop_oneof![0..200u64, 0..10_000u64, 0..5_000_000u64, 0..MAX_DELAY_TICKS]).prop_map(|(s, d)| Op::Arm(s, d)),
-            1 => (0..16u32).prop_map(Op::Cancel),
-            3 => prop_oneof![0..3u64, 0..100u64, 0..100_000u64, 0..10_000_000u64, 0..1u64 << 26].prop_map(Op::Advance),
+            -300..300i64,
+            -10_000..10_000i64,
+            0..5_000_000i64,
+            0..MAX_DELAY_TICKS as i64 + 5,
+            MAX_DELAY_TICKS as i64..1 << 40,
         ]
     }
 
+    fn during() -> impl Strategy<Value = During> {
+        prop_oneof![
+            2 => Just(During::Nothing),
+            2 => (any::<bool>(), 0..SLOTS_TESTED, offset()).prop_map(|(p, s, o)| During::Rearm(p, s, o)),
+            1 => (0..SLOTS_TESTED).prop_map(During::Cancel),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let dt = || prop_oneof![0..3u64, 0..100u64, 0..100_000u64, 0..10_000_000u64, 0..1u64 << 26];
+        prop_oneof![
+            4 => (0..SLOTS_TESTED, offset(), 0..TICK).prop_map(|(s, o, f)| Op::Arm(s, o, f)),
+            1 => (0..SLOTS_TESTED, 1..LEVELS as u32, -1..=1i64).prop_map(|(s, l, d)| Op::ArmAtBoundary(s, l, d)),
+            1 => (0..SLOTS_TESTED).prop_map(Op::Cancel),
+            1 => prop_oneof![0..3u64, 0..1000u64].prop_map(Op::Time),
+            3 => (dt(), proptest::collection::vec(during(), 0..6)).prop_map(|(d, v)| Op::Advance(d, v)),
+            1 => (0..LEVELS as u32 + 1, -1..=1i64).prop_map(|(l, d)| Op::AdvanceToBoundary(l, d)),
+        ]
+    }
+
+    /// The reference: per armed slot its deadline and the tick it must fire at the end of
+    /// (its deadline's tick, but no earlier than the wheel's tick when armed and no later
+    /// than [`MAX_DELAY_TICKS`] past it).
+    struct Model {
+        clock: u64,
+        armed: BTreeMap<u32, (u64, u64)>,
+    }
+
+    impl Model {
+        fn arm(&mut self, s: u32, deadline: u64) {
+            let t = (deadline / TICK).clamp(self.clock, self.clock + MAX_DELAY_TICKS);
+            self.armed.insert(s, (deadline, t));
+        }
+    }
+
+    fn deadline_at(now: u64, ticks: i64, part: u64) -> u64 {
+        (now as i64).saturating_add(ticks.saturating_mul(TICK as i64)).max(0) as u64 + part
+    }
+
     proptest! {
-        /// Against a model: a timer fires at the first advance whose clock has passed the end
-        /// of its deadline's tick, never earlier, never twice for one arming.
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Against a model, over arms (deadlines ahead, in the current tick, passed, beyond the
+        /// span, on level boundaries), cancels, the events' clock running ahead of the wheel's,
+        /// advances (small, large, onto level boundaries) and re-arms and cancels while the due
+        /// are popped. The guarantee: an armed timer fires exactly once, at the first advance
+        /// whose clock has passed the end of its deadline's tick, or of the wheel's tick when
+        /// it was armed if the deadline was before that (so never before its deadline, and at
+        /// most one tick after it when the wheel advances every tick, whatever level it waited
+        /// in); a deadline beyond the span fires at the span's end (early: the owner re-arms).
+        /// A cancelled or re-armed timer does not fire for its old deadline; re-arming while
+        /// popping never puts a timer back on this round's due list.
         #[test]
-        fn matches_a_model(start in prop_oneof![0..1u64 << 40, Just((1 << 24) - 3), Just((1 << 30) - 100_000)], ops in proptest::collection::vec(op(), 1..200)) {
-            const TICK: u64 = 10;
+        fn matches_a_model(
+            start in prop_oneof![0..1u64 << 40, Just((1 << 24) - 3), Just((1 << 30) - 100_000), Just((1 << 32) - 50), Just((1 << 32) * 3 - 7)],
+            ops in proptest::collection::vec(op(), 1..300),
+        ) {
             let mut now = start * TICK + 3;
-            let mut w = TimerWheel::new(16, TICK, now);
-            let mut model: BTreeMap<u32, u64> = BTreeMap::new();
+            let mut w = TimerWheel::new(SLOTS_TESTED as usize, TICK, now);
+            let mut m = Model { clock: now / TICK, armed: BTreeMap::new() };
             for op in ops {
-                match op {
-                    Op::Arm(s, d) => {
-                        let deadline = now + d * TICK;
-                        w.arm(s, deadline);
-                        model.insert(s, deadline);
+                let (target_now, actions) = match op {
+                    Op::Arm(s, o, part) => {
+                        let d = deadline_at(now, o, part);
+                        w.arm(s, d);
+                        m.arm(s, d);
+                        (None, Vec::new())
+                    }
+                    Op::ArmAtBoundary(s, level, delta) => {
+                        let b = 1u64 << (BITS * level);
+                        let t = ((m.clock / b + 1) * b).saturating_add_signed(delta);
+                        w.arm(s, t * TICK);
+                        m.arm(s, t * TICK);
+                        (None, Vec::new())
                     }
                     Op::Cancel(s) => {
                         w.cancel(s);
-                        model.remove(&s);
+                        m.armed.remove(&s);
+                        (None, Vec::new())
                     }
-                    Op::Advance(dt) => {
+                    Op::Time(dt) => {
                         now += dt * TICK + dt % 7;
-                        let mut got = fired(&mut w, now);
-                        got.sort_unstable();
-                        let want: Vec<u32> = model.iter().filter(|&(_, &d)| now / TICK > d / TICK).map(|(&s, _)| s).collect();
-                        for s in &want {
-                            model.remove(s);
-                        }
-                        prop_assert_eq!(got, want, "at {}", now);
+                        (None, Vec::new())
                     }
+                    Op::Advance(dt, actions) => (Some(now + dt * TICK + dt % 7), actions),
+                    Op::AdvanceToBoundary(level, delta) => {
+                        let b = 1u64 << (BITS * level);
+                        let t = ((now / TICK / b + 1) * b).saturating_add_signed(delta);
+                        (Some((t * TICK).max(now)), Vec::new())
+                    }
+                };
+                if let Some(to) = target_now {
+                    now = to;
+                    w.advance(now);
+                    m.clock = m.clock.max(now / TICK);
+                    let mut due: Vec<u32> = m.armed.iter().filter(|&(_, &(_, t))| t < now / TICK).map(|(&s, _)| s).collect();
+                    let mut actions = actions.into_iter();
+                    while let Some(s) = w.pop_due() {
+                        let pos = due.iter().position(|&d| d == s);
+                        prop_assert!(pos.is_some(), "slot {} popped at {} but due are {:?}, armed {:?}", s, now, due, m.armed);
+                        due.swap_remove(pos.unwrap());
+                        let (deadline, t) = m.armed.remove(&s).unwrap();
+                        prop_assert!(now / TICK > t);
+                        prop_assert!(deadline <= now || deadline / TICK > t, "slot {} fired at {} before its deadline {}", s, now, deadline);
+                        match actions.next() {
+                            None | Some(During::Nothing) => {}
+                            Some(During::Rearm(popped, other, o)) => {
+                                let s = if popped { s } else { other };
+                                let d = deadline_at(now, o, 0);
+                                w.arm(s, d);
+                                due.retain(|&x| x != s);
+                                m.arm(s, d);
+                            }
+                            Some(During::Cancel(c)) => {
+                                w.cancel(c);
+                                due.retain(|&x| x != c);
+                                m.armed.remove(&c);
+                            }
+                        }
+                    }
+                    prop_assert!(due.is_empty(), "due at {} and not fired: {:?}", now, due);
                 }
-                for s in 0..16 {
-                    prop_assert_eq!(w.is_armed(s), model.contains_key(&s));
+                for s in 0..SLOTS_TESTED {
+                    prop_assert_eq!(w.is_armed(s), m.armed.contains_key(&s), "slot {}", s);
                 }
             }
         }
