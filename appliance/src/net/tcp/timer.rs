@@ -89,8 +89,12 @@ impl TimerWheel {
     pub fn arm(&mut self, slot: u32, deadline: Instant) {
         assert!(slot < self.cap, "timer slot {slot} beyond capacity {}", self.cap);
         let t = (deadline / self.tick).clamp(self.elapsed, self.elapsed + MAX_DELAY_TICKS);
+        // Armed for the same tick already: nothing to move (the common case, an event that
+        // leaves the deadline as it was). Only while the due list is empty: `at` keeps 32 bits
+        // of the tick, and a due timer 2^32 - MAX_DELAY_TICKS ticks behind the clock (after
+        // one advance that long) has the same `at` as one MAX_DELAY_TICKS ahead of it.
         let l = self.links[slot as usize];
-        if l.next != NIL && l.at == t as u32 && self.in_wheel(l.at) {
+        if l.next != NIL && l.at == t as u32 && self.due_is_empty() {
             return;
         }
         self.unlink(slot);
@@ -151,9 +155,11 @@ impl TimerWheel {
         Some(first)
     }
 
-    /// Whether a timer's `at` lies at or after the clock (in the wheel, not on the due list).
-    fn in_wheel(&self, at: u32) -> bool {
-        u64::from(at.wrapping_sub(self.elapsed as u32)) <= MAX_DELAY_TICKS
+    /// Whether no timer waits on the due list: every armed timer is then in the wheel, at or
+    /// after the clock and at most [`MAX_DELAY_TICKS`] ahead, so 32 bits of its tick locate it.
+    fn due_is_empty(&self) -> bool {
+        let due = self.due_list();
+        self.links[due as usize].next == due
     }
 
     /// The full tick of a timer in the wheel.
@@ -383,6 +389,20 @@ mod tests {
         assert!(fired(&mut w, 20 * MS).is_empty());
         assert_eq!(fired(&mut w, 21 * MS), vec![2]);
         assert!(fired(&mut w, 1000 * MS).is_empty());
+    }
+
+    /// A link keeps the low 32 bits of its tick: a timer on the due list whose tick is equal
+    /// to the new one in those bits (2^32 ticks behind it) is still re-armed, not left due.
+    #[test]
+    fn re_arming_a_due_timer_to_the_same_low_32_bits_moves_it() {
+        let mut w = TimerWheel::new(1, 1, 0);
+        w.arm(0, 5);
+        let elapsed = (1 << 32) - MAX_DELAY_TICKS + 5;
+        w.advance(elapsed);
+        w.arm(0, u64::MAX); // clamped to elapsed + MAX_DELAY_TICKS = 2^32 + 5
+        assert_eq!(w.pop_due(), None);
+        assert!(fired(&mut w, (1 << 32) + 5).is_empty());
+        assert_eq!(fired(&mut w, (1 << 32) + 6), vec![0]);
     }
 
     #[test]
