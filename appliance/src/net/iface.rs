@@ -14,7 +14,7 @@ use super::arp::ArpCache;
 use super::checksum;
 use super::headers::{self, flags, Endpoints, TcpFields, TcpOptions, MAX_HEADERS_LEN};
 use super::tcp::cookie::SynCookies;
-use super::tcp::table::{ConnId, ConnKey, ConnTable, SlotList};
+use super::tcp::table::{ConnId, ConnKey, ConnTable, SlotList, SlotQueue};
 use super::tcp::timer::TimerWheel;
 use super::tcp::{self, DataSource, SegmentIn, State, TcpConn};
 use super::{Instant, SEC};
@@ -181,7 +181,6 @@ pub struct Entry<C> {
     pub app: C,
     pub opened_at: Instant,
     ready: bool,
-    timer_at: Option<Instant>,
     half_open: bool,
 }
 
@@ -206,11 +205,12 @@ pub struct Stack<C> {
     /// Connections the application lets go when the table is full, least recently active
     /// first (TIME-WAIT ones too).
     evictable: SlotList,
+    /// One timer per slot: its connection's earliest deadline.
     wheel: TimerWheel,
     cookies: SynCookies,
-    ready: Vec<ConnId>,
-    ready_spare: Vec<ConnId>,
-    expired: Vec<(ConnId, Instant)>,
+    /// Slots with something to send. A slot whose connection went stays queued and is
+    /// skipped (or serves its next connection, which then has a spurious turn).
+    ready: SlotQueue,
     half_open: usize,
     ip_id: u16,
     iss_key: RandomState,
@@ -228,11 +228,9 @@ impl<C> Stack<C> {
         Stack {
             conns: ConnTable::with_capacity(n),
             evictable: SlotList::with_capacity(n),
-            wheel: TimerWheel::new(1024, super::MS, now, 16.max(n / 64)),
+            wheel: TimerWheel::new(n, super::MS, now),
             cookies: SynCookies::default(),
-            ready: Vec::with_capacity(n),
-            ready_spare: Vec::with_capacity(n),
-            expired: Vec::with_capacity(n),
+            ready: SlotQueue::with_capacity(n),
             half_open: 0,
             ip_id: 1,
             iss_key: RandomState::new(),
@@ -277,7 +275,7 @@ impl<C> Stack<C> {
             e.tcp.unblock();
             if !e.ready {
                 e.ready = true;
-                self.ready.push(id);
+                self.ready.push_back(id.slot);
             }
         }
     }
@@ -545,7 +543,7 @@ impl<C> Stack<C> {
                 if self.conns.len() < self.conns.capacity() {
                     if let Some(c) = app.accept(now, rx.dst_port) {
                         let tcp = TcpConn::accept_cookie(&self.cfg.tcp, now, seg, seg.ack.unwrap_or(0).wrapping_sub(1), mss);
-                        let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, timer_at: None, half_open: false };
+                        let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, half_open: false };
                         if let Ok(id) = self.conns.insert(key, entry) {
                             self.stats.tcp_syn_cookies_accepted += 1;
                             self.stats.tcp_connections_opened += 1;
@@ -582,7 +580,7 @@ impl<C> Stack<C> {
         let iss = self.iss_for(&key, now);
         let mut tcp = TcpConn::accept(&self.cfg.tcp, now, &rx.seg, iss);
         tcp.set_receive_window(app.rx_room(&c));
-        let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, timer_at: None, half_open: true };
+        let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, half_open: true };
         match self.conns.insert(key, entry) {
             Ok(id) => {
                 self.half_open += 1;
@@ -641,7 +639,7 @@ impl<C> Stack<C> {
         }
         if e.tcp.wants_tx(now) && !e.ready {
             e.ready = true;
-            self.ready.push(id);
+            self.ready.push_back(id.slot);
         }
         let may_evict = match e.tcp.state {
             State::TimeWait => true,
@@ -658,17 +656,20 @@ impl<C> Stack<C> {
         // The application's clock runs once the handshake is done (half-open entries have TCP's).
         let app_deadline = if matches!(e.tcp.state, State::Established | State::CloseWait) { app.deadline(&e.app) } else { None };
         let deadline = [tcp_deadline, idle_deadline, app_deadline].into_iter().flatten().min();
-        if let Some(d) = deadline {
-            if e.timer_at.is_none_or(|t| d < t) {
-                e.timer_at = Some(d);
-                self.wheel.schedule(id, d.max(now));
-            }
+        // The deadline itself, also when it has passed (the wheel fires it at its next tick):
+        // `d.max(now)` would move a passed deadline to each event's `now`, and events handled
+        // before the round's timers (frames) would then postpone it round after round.
+        match deadline {
+            Some(d) => self.wheel.arm(id.slot, d),
+            None => self.wheel.cancel(id.slot),
         }
     }
 
     fn remove<A: App<Conn = C>>(&mut self, id: ConnId, reason: CloseReason, app: &mut A) {
         if let Some((_, e)) = self.conns.remove(id) {
             self.evictable.unlink(id.slot);
+            // The slot's next connection starts without a timer.
+            self.wheel.cancel(id.slot);
             if e.half_open {
                 self.half_open -= 1;
             }
@@ -772,7 +773,7 @@ impl<C> Stack<C> {
         let iss = self.iss_for(&key, now);
         let mut tcp = TcpConn::connect(&self.cfg.tcp, now, iss);
         tcp.set_receive_window(app.rx_room(&c));
-        let entry = Entry { tcp, peer_mac, app: c, opened_at: now, ready: false, timer_at: None, half_open: false };
+        let entry = Entry { tcp, peer_mac, app: c, opened_at: now, ready: false, half_open: false };
         let id = self.conns.insert(key, entry).ok()?;
         self.stats.tcp_connections_opened += 1;
         self.after_event(now, id, app);
@@ -783,16 +784,15 @@ impl<C> Stack<C> {
     /// Returns how many segments went out.
     pub fn poll_tx<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, app: &mut A, nic: &mut N, budget: usize) -> usize {
         let mut sent = 0;
-        std::mem::swap(&mut self.ready, &mut self.ready_spare);
-        let mut i = 0;
-        while i < self.ready_spare.len() {
-            let id = self.ready_spare[i];
-            i += 1;
+        // This round serves the slots queued now; those queued meanwhile wait for the next.
+        for _ in 0..self.ready.len() {
+            let Some(slot) = self.ready.pop_front() else { break };
             if sent >= budget {
                 // Out of budget: keep the rest for the next round.
-                self.ready.push(id);
+                self.ready.push_back(slot);
                 continue;
             }
+            let Some(id) = self.conns.id_of_slot(slot) else { continue };
             let Some((key, e)) = self.conns.get_mut(id) else { continue };
             e.ready = false;
             let ep = Endpoints {
@@ -848,7 +848,7 @@ impl<C> Stack<C> {
             if more {
                 if let Some((_, e)) = self.conns.get_mut(id) {
                     e.ready = true;
-                    self.ready.push(id);
+                    self.ready.push_back(slot);
                 }
             }
             // A closing connection gives its storage buffers back (on_closed), and a NIC may
@@ -858,19 +858,18 @@ impl<C> Stack<C> {
             }
             self.after_event(now, id, app);
         }
-        self.ready_spare.clear();
         sent
     }
 
     /// Run the timers due at `now`.
     pub fn poll_timers<A: App<Conn = C>>(&mut self, now: Instant, app: &mut A) {
-        self.wheel.expire(now, &mut self.expired);
+        self.wheel.advance(now);
         let idle = self.cfg.idle_timeout;
         let cfg = self.cfg.tcp.clone();
-        let mut expired = std::mem::take(&mut self.expired);
-        for &(id, _) in &expired {
+        // Re-arming (in after_event) never puts a timer back on the due list: this ends.
+        while let Some(slot) = self.wheel.pop_due() {
+            let Some(id) = self.conns.id_of_slot(slot) else { continue };
             let Some((_, e)) = self.conns.get_mut(id) else { continue };
-            e.timer_at = None;
             let out = e.tcp.on_timer(&cfg, now);
             if out.rto {
                 app.on_rto(&mut e.app);
@@ -895,8 +894,6 @@ impl<C> Stack<C> {
             }
             self.after_event(now, id, app);
         }
-        expired.clear();
-        self.expired = expired;
     }
 }
 
@@ -905,8 +902,11 @@ mod tests {
     use std::time::Duration;
 
     use drivers::nic::sim::SimConfig;
+    use drivers::nic::Nic;
 
-    use crate::loopback::{tiny_volume, SimHarness};
+    use crate::loopback::{tiny_volume, SimHarness, CLIENT_IP, SERVER_IP};
+    use crate::net::headers::{self, flags, Endpoints, TcpFields, TcpOptions, MAX_HEADERS_LEN};
+    use crate::net::{MS, SEC};
 
     #[test]
     fn a_full_table_evicts_the_least_recently_active_idle_connection() {
@@ -960,5 +960,47 @@ mod tests {
         assert_eq!(s.tcp_evicted, 0);
         let ok = h.client_app.fetches.iter().filter(|f| f.status == 200 && f.complete).count();
         assert!(ok >= 2, "both transfers completed: {:?}", h.client_app.fetches);
+    }
+
+    /// The fuzz target's lost timer (fuzz/regressions/net_frames/timer-lost-after-rto-with-
+    /// zero-window): a connection whose deadline has passed keeps getting segments that change
+    /// nothing (out of window: not activity), each handled at a new `now` before the round's
+    /// timers run. Its timer must fire all the same: re-arming it with a deadline already past
+    /// must not move it to the current time, or it slides along with the clock for ever.
+    #[test]
+    fn a_passed_deadline_fires_while_segments_keep_arriving_before_the_timers() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        h.server.stack.cfg.idle_timeout = SEC;
+        assert!(h.start_idle(false));
+        h.run_for(Duration::from_millis(20));
+        let (id, key) = h.server.stack.connections().next().map(|(id, k, _)| (id, *k)).expect("connected");
+        let ep = Endpoints {
+            src_mac: h.client_nic.link().mac,
+            dst_mac: h.server.nic.link().mac,
+            src_ip: CLIENT_IP,
+            dst_ip: SERVER_IP,
+            src_port: key.remote_port,
+            dst_port: key.local_port,
+        };
+        let end = h.now() + 3 * SEC;
+        while h.now() < end && h.server.stats().tcp_idle_timeouts == 0 {
+            let now = h.now();
+            if let Some(e) = h.server.stack.get(id) {
+                // The server's RST fields carry what it expects next: aim far beyond it.
+                let expect = e.tcp.reset_fields();
+                let f = TcpFields { seq: expect.ack.wrapping_add(1 << 30), ack: expect.seq, flags: flags::ACK, window: 65535, options: TcpOptions::default() };
+                let mut frame = [0u8; MAX_HEADERS_LEN];
+                let n = headers::emit_tcp_segment(&mut frame, &ep, &f, 1, &[], true);
+                let p = &mut h.server;
+                p.stack.on_frame(now, &frame[..n], &mut p.app, &mut p.nic);
+            }
+            h.step(false);
+            h.clock.advance(Duration::from_millis(1));
+        }
+        let s = h.server.stats();
+        assert!(s.tcp_out_of_window > 900, "the segments were out of window: {}", s.tcp_out_of_window);
+        assert_eq!(s.tcp_idle_timeouts, 1, "the idle timeout fired (at {} ms)", h.now() / MS);
+        assert!(h.now() <= end - SEC, "about 1 s after the last activity, not {} ms", h.now() / MS);
     }
 }

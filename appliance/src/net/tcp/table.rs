@@ -211,6 +211,70 @@ impl SlotList {
     }
 }
 
+/// A first-in first-out queue of table slots threaded through one array (4 bytes a slot):
+/// the connections with something to send. A slot is in it at most once; pushing and popping
+/// are O(1) and never allocate.
+pub struct SlotQueue {
+    /// Per slot: the next queued slot, [`QUEUE_END`] for the last, [`NIL`] when not queued.
+    next: Vec<u32>,
+    head: u32,
+    tail: u32,
+    len: usize,
+}
+
+const QUEUE_END: u32 = u32::MAX - 1;
+
+impl SlotQueue {
+    pub fn with_capacity(cap: usize) -> Self {
+        assert!(cap < QUEUE_END as usize, "queue capacity");
+        SlotQueue { next: vec![NIL; cap], head: NIL, tail: NIL, len: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn contains(&self, slot: u32) -> bool {
+        self.next.get(slot as usize).is_some_and(|&n| n != NIL)
+    }
+
+    /// Queue `slot` at the back; false (and nothing changes) when it is queued already.
+    pub fn push_back(&mut self, slot: u32) -> bool {
+        if self.contains(slot) {
+            return false;
+        }
+        self.next[slot as usize] = QUEUE_END;
+        if self.tail == NIL {
+            self.head = slot;
+        } else {
+            self.next[self.tail as usize] = slot;
+        }
+        self.tail = slot;
+        self.len += 1;
+        true
+    }
+
+    pub fn pop_front(&mut self) -> Option<u32> {
+        if self.head == NIL {
+            return None;
+        }
+        let slot = self.head;
+        let n = std::mem::replace(&mut self.next[slot as usize], NIL);
+        if n == QUEUE_END {
+            self.head = NIL;
+            self.tail = NIL;
+        } else {
+            self.head = n;
+        }
+        self.len -= 1;
+        Some(slot)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +320,25 @@ mod tests {
         l.push_back(1);
         assert_eq!(l.front(), Some(1));
         assert!(l.contains(1) && !l.contains(2));
+    }
+
+    #[test]
+    fn slot_queue_is_fifo_and_holds_a_slot_once() {
+        let mut q = SlotQueue::with_capacity(4);
+        assert_eq!(q.pop_front(), None);
+        assert!(q.push_back(2));
+        assert!(q.push_back(0));
+        assert!(!q.push_back(2), "queued already");
+        assert!(q.push_back(3));
+        assert_eq!((q.len(), q.contains(2), q.contains(1)), (3, true, false));
+        assert_eq!(q.pop_front(), Some(2));
+        assert!(q.push_back(2), "popped: may queue again, at the back");
+        assert_eq!(q.pop_front(), Some(0));
+        assert_eq!(q.pop_front(), Some(3));
+        assert_eq!(q.pop_front(), Some(2));
+        assert_eq!(q.pop_front(), None);
+        assert!(q.is_empty() && !q.contains(2));
+        assert!(q.push_back(1));
+        assert_eq!(q.pop_front(), Some(1));
     }
 }
