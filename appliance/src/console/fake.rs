@@ -11,6 +11,8 @@ pub struct FakeHost {
     pub power: Option<PowerAction>,
     pub config: Vec<(String, String)>,
     pub conns_total: usize,
+    /// Drives the media is on: 1 (the default) or 2 (the second holds a copy of `/seg1.ts`).
+    pub drives: usize,
 }
 
 impl FakeHost {
@@ -21,6 +23,33 @@ impl FakeHost {
             power: None,
             config: vec![("idle_timeout_s".to_string(), "30".to_string())],
             conns_total: 1500,
+            drives: 1,
+        }
+    }
+}
+
+impl FakeHost {
+    fn media_summary(&self) -> MediaSummary {
+        let one = DriveSummary { backend: "file".to_string(), source: "/tmp/vol".to_string(), objects: 3, bytes: 6000 };
+        if self.drives < 2 {
+            return MediaSummary {
+                backend: "file".to_string(),
+                source: "/tmp/vol".to_string(),
+                objects: 3,
+                bytes: 6000,
+                drives: vec![one],
+                ..Default::default()
+            };
+        }
+        let two = DriveSummary { backend: "nvme-vfio".to_string(), source: "nvme:0000:00:05.0 (model)".to_string(), objects: 1, bytes: 2000 };
+        MediaSummary {
+            backend: "mixed".to_string(),
+            source: "/tmp/vol,nvme:0000:00:05.0".to_string(),
+            objects: 3,
+            bytes: 6000,
+            drives: vec![one, two],
+            shadowed: vec![ShadowedPath { path: "/seg1.ts".to_string(), served_from: 0, hidden_on: 1 }],
+            shadowed_total: 1,
         }
     }
 }
@@ -42,12 +71,7 @@ impl ConsoleHost for FakeHost {
                 offloads: drivers::nic::TxOffloads::default(),
             },
             cores: vec![0, 1],
-            media: MediaSummary {
-                backend: "file".to_string(),
-                source: "/tmp/vol".to_string(),
-                objects: 3,
-                bytes: 6000,
-            },
+            media: self.media_summary(),
             draining: self.draining,
             http_port: 8080,
             https_port: Some(8443),
@@ -81,8 +105,16 @@ impl ConsoleHost for FakeHost {
                 read_bytes: 12 * 4096,
                 errors: 0,
                 timeouts: 0,
+                resets: 0,
             },
             storage_backend: "file".to_string(),
+            drives: (0..self.drives)
+                .map(|i| DriveCounters {
+                    source: ["/tmp/vol", "nvme:0000:00:05.0"][i].to_string(),
+                    backend: ["file", "nvme-vfio"][i].to_string(),
+                    counters: StorageCounters { reads: 6 * (i as u64 + 1), errors: i as u64, timeouts: i as u64, resets: i as u64, ..Default::default() },
+                })
+                .collect(),
             nic_xstats: vec![("rx_good_packets".to_string(), 101), ("sw_tx_dropped".to_string(), 0)],
             per_core: vec![
                 CoreCounters { core: 0, connections_active: 1, http_requests: 6, ..Default::default() },
@@ -119,8 +151,10 @@ impl ConsoleHost for FakeHost {
         let entries = all
             .iter()
             .take(max)
-            .map(|(p, s, t)| MediaEntry {
+            .enumerate()
+            .map(|(i, (p, s, t))| MediaEntry {
                 path: p.to_string(),
+                drive: if self.drives > 1 { i % 2 } else { 0 },
                 size: *s,
                 content_type: t.to_string(),
             })

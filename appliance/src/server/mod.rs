@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drivers::nic::Nic;
-use drivers::storage::Storage;
+use drivers::storage::{Backend, Drives, Storage};
 
 use crate::console::{ConsoleService, PowerAction};
 use crate::net::iface::{IfaceConfig, Stack};
@@ -44,9 +44,17 @@ pub struct ServeArgs {
     /// `nvme:<pci address>` / `nvme:auto` for namespace 1 of an NVMe controller driven by the
     /// userspace driver over vfio (the device must be bound to vfio-pci or to no driver; it
     /// needs an IOMMU group: intel_iommu=on or amd_iommu=on). `nvme:auto` takes the first NVMe
-    /// controller that no kernel driver holds.
-    #[arg(long, value_name = "PATH | nvme:<pci address> | nvme:auto")]
-    pub media: String,
+    /// controller that no kernel driver holds and no other --media names.
+    ///
+    /// Several volumes, one per drive, are served at once: a comma-separated list
+    /// (`--media a.vol,nvme:0000:00:04.0`) or --media given more than once; drive 0 is the
+    /// first listed. A path packed on more than one volume is served from the first listed
+    /// (warned at start-up, shown by the console's `media`). A drive whose reads fail or time
+    /// out ends only the transfers reading from it (counted per drive in `stats json`
+    /// storage.drives); an NVMe controller that stops answering is reset; the other drives
+    /// keep serving.
+    #[arg(long, value_name = "PATH | nvme:<pci address> | nvme:auto", required = true, value_delimiter = ',')]
+    pub media: Vec<String>,
     #[arg(long, default_value_t = 80)]
     pub http_port: u16,
     /// Certificate chain (PEM) for HTTPS.
@@ -97,9 +105,10 @@ pub struct ServeArgs {
     /// aes-128-gcm`. Protects nothing. HTTPS is unaffected. See docs/performance.md.
     #[arg(long)]
     pub tls_emulation: bool,
-    /// What the media turned out to be (the NVMe controller `nvme:auto` found), for `status`.
+    /// What each drive of --media turned out to be (the NVMe controller `nvme:auto` found),
+    /// for `status`.
     #[arg(skip)]
-    pub media_detail: Option<String>,
+    pub media_detail: Vec<Option<String>>,
 }
 
 /// Where `--media` points.
@@ -135,6 +144,27 @@ impl MediaSpec {
     }
 }
 
+/// Every `--media` item (one per drive, in order), each parsed by [`MediaSpec::parse`]. A
+/// file or controller named twice is refused (`nvme:auto` may be: each takes another
+/// controller); so are more drives than reads can be routed to.
+pub fn parse_media(items: &[String]) -> Result<Vec<MediaSpec>, ServeError> {
+    if items.is_empty() {
+        return Err(ServeError::Option("--media: no volume given".into()));
+    }
+    if items.len() > drivers::storage::drives::MAX_DRIVES {
+        return Err(ServeError::Option(format!("--media: {} volumes, at most {}", items.len(), drivers::storage::drives::MAX_DRIVES)));
+    }
+    let mut specs: Vec<MediaSpec> = Vec::with_capacity(items.len());
+    for item in items {
+        let spec = MediaSpec::parse(item.trim())?;
+        if spec != MediaSpec::Nvme("auto".into()) && specs.contains(&spec) {
+            return Err(ServeError::Option(format!("--media: {} is listed twice", item.trim())));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("bad option: {0}")]
@@ -147,6 +177,8 @@ pub enum ServeError {
     Media { spec: String, source: drivers::storage::StorageError },
     #[error("media volume: {0}")]
     Volume(#[from] volume::VolumeError),
+    #[error("media volume {spec}: {source}")]
+    MediaVolume { spec: String, source: volume::VolumeError },
     #[error("console: {0}")]
     Console(#[from] crate::console::ConsoleError),
     #[error("TLS: {0}")]
@@ -263,34 +295,70 @@ struct Net {
 /// thread: queues own per-core pools that never cross threads.
 type QueueFn<'a, T> = dyn Fn(usize) -> Result<T, ServeError> + Sync + 'a;
 
-/// Opens the media's queues (one per core) and runs the pipelines on `nic`'s queues.
+/// Opens the media's queues (one per core on each drive) and runs the pipelines on `nic`'s
+/// queues.
 fn with_media<N: Nic>(args: ServeArgs, nic: &QueueFn<N>, net: Net, cores: Vec<usize>, console: ConsoleService) -> Result<Outcome, ServeError> {
-    let spec_text = args.media.clone();
-    let media_err = |source| ServeError::Media { spec: spec_text.clone(), source };
-    match MediaSpec::parse(&args.media)? {
-        MediaSpec::File(path) => {
-            let storage = |_: usize| drivers::storage::FileStorage::open(&path).map_err(media_err);
-            run(args.clone(), nic, &storage, net, cores, console)
-        }
-        MediaSpec::Nvme(spec) => {
-            let (queues, detail) = open_nvme(&spec, cores.len()).map_err(media_err)?;
-            let queues: Vec<_> = queues.into_iter().map(|q| std::sync::Mutex::new(Some(q))).collect();
-            let storage = |i: usize| {
-                let q = queues.get(i).and_then(|q| q.lock().unwrap_or_else(|e| e.into_inner()).take());
-                q.map(|q| q.into_storage()).ok_or_else(|| media_err(drivers::storage::StorageError::Device(format!("no I/O queue pair for pipeline {i}"))))
-            };
-            let args = ServeArgs { media_detail: Some(detail), ..args };
-            run(args, nic, &storage, net, cores, console)
+    let specs = parse_media(&args.media)?;
+    let names: Vec<String> = args.media.iter().map(|m| m.trim().to_string()).collect();
+    let media_err = |drive: usize, source| ServeError::Media { spec: names[drive].clone(), source };
+    // NVMe drives: one vfio container for all, so that one buffer pool per core serves every
+    // drive; the controllers named first, so that nvme:auto takes another one.
+    let mut nvme: Vec<Option<Vec<std::sync::Mutex<Option<drivers::storage::nvme::NvmeQueue>>>>> = specs.iter().map(|_| None).collect();
+    let mut detail = vec![None; specs.len()];
+    let mut taken: Vec<String> = Vec::new();
+    for spec in &specs {
+        if let MediaSpec::Nvme(pci) = spec {
+            if pci != "auto" {
+                taken.push(pci.clone());
+            }
         }
     }
+    let mut order: Vec<usize> = (0..specs.len()).filter(|&d| matches!(&specs[d], MediaSpec::Nvme(p) if p != "auto")).collect();
+    order.extend((0..specs.len()).filter(|&d| specs[d] == MediaSpec::Nvme("auto".into())));
+    let mut container = None;
+    for d in order {
+        let MediaSpec::Nvme(spec) = &specs[d] else { continue };
+        let container = match &container {
+            Some(c) => c,
+            None => container.insert(drivers::storage::nvme::vfio::Container::open().map_err(|e| media_err(d, e))?),
+        };
+        let (queues, pci, text) = open_nvme(container, spec, cores.len(), &taken).map_err(|e| media_err(d, e))?;
+        if spec == "auto" {
+            taken.push(pci);
+        }
+        nvme[d] = Some(queues.into_iter().map(|q| std::sync::Mutex::new(Some(q))).collect());
+        detail[d] = Some(text);
+    }
+    let storage = |core: usize| -> Result<Drives<Backend>, ServeError> {
+        let mut drives = Vec::with_capacity(specs.len());
+        for (d, spec) in specs.iter().enumerate() {
+            drives.push(match spec {
+                MediaSpec::File(path) => Backend::File(drivers::storage::FileStorage::open(path).map_err(|e| media_err(d, e))?),
+                MediaSpec::Nvme(_) => {
+                    let queue = nvme[d].as_ref().and_then(|qs| qs.get(core)).and_then(|q| q.lock().unwrap_or_else(|e| e.into_inner()).take());
+                    let queue = queue.ok_or_else(|| media_err(d, drivers::storage::StorageError::Device(format!("no I/O queue pair for pipeline {core}"))))?;
+                    Backend::Nvme(queue.into_storage())
+                }
+            });
+        }
+        Drives::new(drives).map_err(|e| ServeError::Option(format!("--media: {e}")))
+    };
+    let args = ServeArgs { media: names.clone(), media_detail: detail, ..args };
+    run(args, nic, &storage, net, cores, console)
 }
 
-/// Namespace 1 of the NVMe controller `spec` ("auto" or a PCI address) with one I/O queue
-/// pair per pipeline, and a description of what was found.
-fn open_nvme(spec: &str, pipelines: usize) -> Result<(Vec<drivers::storage::nvme::NvmeQueue>, String), drivers::storage::StorageError> {
+/// Namespace 1 of the NVMe controller `spec` ("auto": the first free one not in `taken`, or a
+/// PCI address) opened in `container`, with one I/O queue pair per pipeline; its PCI address
+/// and a description of what was found.
+fn open_nvme(
+    container: &std::sync::Arc<drivers::storage::nvme::vfio::Container>,
+    spec: &str,
+    pipelines: usize,
+    taken: &[String],
+) -> Result<(Vec<drivers::storage::nvme::NvmeQueue>, String, String), drivers::storage::StorageError> {
     use drivers::storage::nvme::{self, NvmeConfig};
     let config = NvmeConfig { io_queues: pipelines.max(1), ..NvmeConfig::default() };
-    let ctrl = nvme::open(spec, &config)?;
+    let ctrl = nvme::open_in(container, spec, &config, taken)?;
     let (info, ns) = (ctrl.info().clone(), ctrl.namespace());
     let detail = format!(
         "nvme:{} ({}, serial {}, NVMe {}, namespace {}: {} blocks of {} bytes)",
@@ -307,7 +375,7 @@ fn open_nvme(spec: &str, pipelines: usize) -> Result<(Vec<drivers::storage::nvme
     if queues.len() < pipelines {
         return Err(drivers::storage::StorageError::Device(format!("the controller created {} I/O queue pair(s) for {pipelines} pipeline(s)", queues.len())));
     }
-    Ok((queues, detail))
+    Ok((queues, info.pci, detail))
 }
 
 #[cfg(feature = "dpdk")]
@@ -345,10 +413,10 @@ struct Setup {
 }
 
 impl Setup {
-    fn pipeline<N: Nic, S: Storage>(&self, mut nic: N, storage: S, vol: std::sync::Arc<volume::Volume>) -> Result<Pipeline<N, S>, ServeError> {
+    fn pipeline<N: Nic, S: Storage>(&self, mut nic: N, storage: S, library: std::sync::Arc<volume::Library>) -> Result<Pipeline<N, S>, ServeError> {
         // Every queue is the same port: the first queue's link settings hold for all.
         let stack = Stack::new(self.cfg.clone(), monotonic_ns(self.start));
-        let mut app = HttpApp::new(storage, vol, self.buffers)?;
+        let mut app = HttpApp::new(storage, library, self.buffers)?;
         app.header_timeout = self.header_timeout;
         if let Some(config) = &self.tls {
             app.enable_tls(config.clone(), self.https_port);
@@ -362,6 +430,37 @@ impl Setup {
     }
 }
 
+/// Loads the volume of each drive (`names`: their `--media` items) and merges the indexes.
+fn load_library<B: Storage>(names: &[String], drives: &mut Drives<B>) -> Result<volume::Library, ServeError> {
+    let mut volumes = Vec::with_capacity(drives.len());
+    for (d, name) in names.iter().enumerate().take(drives.len()) {
+        let Some(drive) = drives.drive_mut(d) else { break };
+        let vol = volume::load(drive).map_err(|source| ServeError::MediaVolume { spec: name.clone(), source })?;
+        log::info!("media {name} ({}): {} objects, {} bytes", drive.backend(), vol.objects().len(), vol.data_bytes());
+        volumes.push((name.clone(), vol));
+    }
+    let library = volume::Library::new(volumes);
+    const SHOWN: usize = 20;
+    for p in library.shadowed().iter().take(SHOWN) {
+        log::warn!(
+            "media: {} is on {} (drive {}) and on {} (drive {}): served from {}",
+            p.path,
+            names[p.served_from],
+            p.served_from,
+            names[p.hidden_on],
+            p.hidden_on,
+            names[p.served_from]
+        );
+    }
+    if library.shadowed().len() > SHOWN {
+        log::warn!("media: {} more paths on more than one drive (the console's media lists them)", library.shadowed().len() - SHOWN);
+    }
+    if drives.len() > 1 {
+        log::info!("media: {} drives, {} objects, {} bytes served", drives.len(), library.len(), library.data_bytes());
+    }
+    Ok(library)
+}
+
 /// Pins the calling thread; a failure is logged, not fatal (the pipeline still runs).
 fn pin(core: usize) {
     if let Err(e) = host::pin_to_core(core) {
@@ -369,12 +468,12 @@ fn pin(core: usize) {
     }
 }
 
-/// Loads the volume, then runs one pipeline per core: the first on this thread with the
-/// console, each other on its own pinned thread. Returns when the console asks for it.
-fn run<N: Nic, S: Storage>(
+/// Loads every drive's volume, then runs one pipeline per core: the first on this thread with
+/// the console, each other on its own pinned thread. Returns when the console asks for it.
+fn run<N: Nic, B: Storage>(
     args: ServeArgs,
     nic: &QueueFn<N>,
-    storage: &QueueFn<S>,
+    storage: &QueueFn<Drives<B>>,
     net: Net,
     cores: Vec<usize>,
     mut console: ConsoleService,
@@ -383,14 +482,7 @@ fn run<N: Nic, S: Storage>(
     pin(cores[0]);
     let first_nic = nic(0)?;
     let mut first_storage = storage(0)?;
-    let vol = std::sync::Arc::new(volume::load(&mut first_storage)?);
-    log::info!(
-        "media {} ({}): {} objects, {} bytes",
-        args.media,
-        first_storage.backend(),
-        vol.objects().len(),
-        vol.data_bytes()
-    );
+    let vol = std::sync::Arc::new(load_library(&args.media, &mut first_storage)?);
     let mut link = first_nic.link();
     if args.no_tx_offload {
         link.offloads = drivers::nic::TxOffloads::default();
@@ -561,6 +653,49 @@ mod tests {
             assert!(e.contains("--media"), "{bad:?}: {e}");
         }
         assert!(MediaSpec::parse("nvme:0000:00:04.8").unwrap_err().to_string().contains("nvme:auto"));
+    }
+
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn media_of(argv: &[&str]) -> Result<Vec<String>, clap::Error> {
+        let mut full = vec!["serve", "--nic", "tap:t0", "--ip", "10.0.0.2/24"];
+        full.extend_from_slice(argv);
+        <Serve as clap::Parser>::try_parse_from(full).map(|s| s.args.media)
+    }
+
+    #[test]
+    fn media_is_one_volume_or_a_list() {
+        assert_eq!(media_of(&["--media", "a.vol"]).unwrap(), ["a.vol"]);
+        assert_eq!(media_of(&["--media", "a.vol,nvme:0000:00:04.0"]).unwrap(), ["a.vol", "nvme:0000:00:04.0"]);
+        assert_eq!(media_of(&["--media", "a.vol", "--media", "b.vol,c.vol"]).unwrap(), ["a.vol", "b.vol", "c.vol"]);
+        assert!(media_of(&[]).is_err(), "--media is required");
+        let specs = parse_media(&["a.vol".into(), " nvme:00:04.0".into(), "nvme:auto".into(), "nvme:auto".into()]).unwrap();
+        assert_eq!(
+            specs,
+            [
+                MediaSpec::File("a.vol".into()),
+                MediaSpec::Nvme("0000:00:04.0".into()),
+                MediaSpec::Nvme("auto".into()),
+                MediaSpec::Nvme("auto".into())
+            ],
+            "nvme:auto may be given more than once: each takes another controller"
+        );
+        for (bad, why) in [
+            (vec!["a.vol", "b.vol", "a.vol"], "a.vol is listed twice"),
+            (vec!["nvme:0000:00:04.0", "nvme:00:04.0"], "listed twice"),
+            (vec!["a.vol", ""], "--media: empty"),
+            (vec![], "no volume"),
+        ] {
+            let items: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
+            let e = parse_media(&items).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        let many: Vec<String> = (0..=drivers::storage::drives::MAX_DRIVES).map(|i| format!("{i}.vol")).collect();
+        assert!(parse_media(&many).unwrap_err().to_string().contains("at most 256"));
     }
 
     #[test]
