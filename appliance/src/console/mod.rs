@@ -133,7 +133,7 @@ pub struct Counters {
 /// One drive's storage counters, summed over every core's queue on it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DriveCounters {
-    /// Where its volume is (as [`DriveSummary::source`]).
+    /// Its `--media` item as found: a path, or `nvme:<pci address>` (`nvme:auto` resolved).
     pub source: String,
     pub backend: String,
     pub counters: StorageCounters,

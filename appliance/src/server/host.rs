@@ -42,6 +42,8 @@ pub struct Host {
     media_source: Vec<String>,
     /// What each drive turned out to be (the controller `nvme:auto` found), where known.
     media_detail: Vec<Option<String>>,
+    /// Each drive as found (`nvme:<pci address>` for `nvme:auto`).
+    media_found: Vec<String>,
     nic_spec: String,
     start: std::time::Instant,
     pub power: Option<PowerAction>,
@@ -58,6 +60,7 @@ impl Host {
             https_port: args.tls_cert.is_some().then_some(args.https_port),
             media_source: args.media.clone(),
             media_detail: args.media_detail.clone(),
+            media_found: args.media_found.clone(),
             nic_spec: args.nic.clone(),
             start,
             power: None,
@@ -138,7 +141,7 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
             storage_backend: self.pipe.app.storage.backend().to_string(),
             drives: (0..self.pipe.app.storage.drives())
                 .map(|d| DriveCounters {
-                    source: self.host.media_source.get(d).cloned().unwrap_or_default(),
+                    source: self.host.media_found.get(d).or(self.host.media_source.get(d)).cloned().unwrap_or_default(),
                     backend: self.pipe.app.storage.drive_backend(d).to_string(),
                     counters: self.pipe.app.storage.drive_counters(d),
                 })

@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// for `status`.
     #[arg(skip)]
     pub media_detail: Vec<Option<String>>,
+    /// Each drive of --media as found: `nvme:<pci address>` for `nvme:auto`, else as given
+    /// (`stats json` storage.drives[].source).
+    #[arg(skip)]
+    pub media_found: Vec<String>,
 }
 
 /// Where `--media` points.
@@ -305,6 +309,7 @@ fn with_media<N: Nic>(args: ServeArgs, nic: &QueueFn<N>, net: Net, cores: Vec<us
     // drive; the controllers named first, so that nvme:auto takes another one.
     let mut nvme: Vec<Option<Vec<std::sync::Mutex<Option<drivers::storage::nvme::NvmeQueue>>>>> = specs.iter().map(|_| None).collect();
     let mut detail = vec![None; specs.len()];
+    let mut found = names.clone();
     let mut taken: Vec<String> = Vec::new();
     for spec in &specs {
         if let MediaSpec::Nvme(pci) = spec {
@@ -323,6 +328,7 @@ fn with_media<N: Nic>(args: ServeArgs, nic: &QueueFn<N>, net: Net, cores: Vec<us
             None => container.insert(drivers::storage::nvme::vfio::Container::open().map_err(|e| media_err(d, e))?),
         };
         let (queues, pci, text) = open_nvme(container, spec, cores.len(), &taken).map_err(|e| media_err(d, e))?;
+        found[d] = format!("nvme:{pci}");
         if spec == "auto" {
             taken.push(pci);
         }
@@ -343,7 +349,7 @@ fn with_media<N: Nic>(args: ServeArgs, nic: &QueueFn<N>, net: Net, cores: Vec<us
         }
         Drives::new(drives).map_err(|e| ServeError::Option(format!("--media: {e}")))
     };
-    let args = ServeArgs { media: names.clone(), media_detail: detail, ..args };
+    let args = ServeArgs { media: names.clone(), media_detail: detail, media_found: found, ..args };
     run(args, nic, &storage, net, cores, console)
 }
 
