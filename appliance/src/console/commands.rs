@@ -216,11 +216,24 @@ fn status(host: &mut dyn ConsoleHost, out: &mut String) {
     );
     if s.media.drives.len() > 1 {
         for (i, d) in s.media.drives.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "  drive {i}  {} {}, {} objects, {} bytes",
-                d.backend, d.source, d.objects, d.bytes
-            );
+            match &d.failed {
+                Some(why) => {
+                    let _ = writeln!(
+                        out,
+                        "  drive {i}  {} {}, not served: {}",
+                        d.backend,
+                        d.source,
+                        shown_path(why)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  drive {i}  {} {}, {} objects, {} bytes",
+                        d.backend, d.source, d.objects, d.bytes
+                    );
+                }
+            }
         }
         if s.media.shadowed_total > 0 {
             let _ = writeln!(
@@ -299,13 +312,15 @@ fn media(host: &mut dyn ConsoleHost, max: usize, out: &mut String) {
     );
     if several {
         for (i, d) in summary.drives.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "drive {i}: {} {}, {} objects",
-                d.backend,
-                shown_path(&d.source),
-                d.objects
-            );
+            let _ = write!(out, "drive {i}: {} {}, ", d.backend, shown_path(&d.source));
+            match &d.failed {
+                Some(why) => {
+                    let _ = writeln!(out, "not served: {}", shown_path(why));
+                }
+                None => {
+                    let _ = writeln!(out, "{} objects", d.objects);
+                }
+            }
         }
     }
     if summary.shadowed_total > 0 {
@@ -661,9 +676,10 @@ mod tests {
     fn several_drives_are_listed_by_status_media_and_stats() {
         let out = ok_two_drives("status");
         for want in [
-            "media     mixed /tmp/vol,nvme:0000:00:05.0, 3 objects, 6000 bytes",
+            "media     mixed /tmp/vol,nvme:0000:00:05.0,/gone.vol, 3 objects, 6000 bytes",
             "  drive 0  file /tmp/vol, 3 objects, 6000 bytes",
             "  drive 1  nvme-vfio nvme:0000:00:05.0 (model), 1 objects, 2000 bytes",
+            "  drive 2  unavailable /gone.vol, not served: /gone.vol: No such file or directory",
             "  1 path(s) on more than one drive",
         ] {
             assert!(out.contains(want), "status lacks {want:?}: {out}");
@@ -672,11 +688,13 @@ mod tests {
         assert!(out.starts_with("drive           size content_type"), "{out}");
         assert!(out.lines().any(|l| l.starts_with("    1           2000 video/mp2t") && l.ends_with("/seg1.ts")), "{out}");
         assert!(out.contains("drive 1: nvme-vfio nvme:0000:00:05.0 (model), 1 objects"), "{out}");
+        assert!(out.contains("drive 2: unavailable /gone.vol, not served: /gone.vol: No such file or directory"), "{out}");
         assert!(out.contains("1 path(s) on more than one drive, served from the first listed:\n  /seg1.ts on drive 1 (served from drive 0)"), "{out}");
         let out = ok_two_drives("stats json");
         let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
         let drives = v["storage"]["drives"].as_array().unwrap();
-        assert_eq!(drives.len(), 2);
+        assert_eq!(drives.len(), 3);
+        assert_eq!(drives[2]["backend"], "unavailable");
         assert_eq!(drives[1]["source"], "nvme:0000:00:05.0");
         assert_eq!(drives[1]["backend"], "nvme-vfio");
         assert_eq!((drives[1]["reads"].as_u64(), drives[1]["errors"].as_u64(), drives[1]["timeouts"].as_u64(), drives[1]["resets"].as_u64()), (Some(12), Some(1), Some(1), Some(1)));

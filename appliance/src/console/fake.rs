@@ -11,7 +11,8 @@ pub struct FakeHost {
     pub power: Option<PowerAction>,
     pub config: Vec<(String, String)>,
     pub conns_total: usize,
-    /// Drives the media is on: 1 (the default) or 2 (the second holds a copy of `/seg1.ts`).
+    /// 1 (the default): the media is one volume; more: three drives, the second holding a
+    /// copy of `/seg1.ts`, the third not opened at start.
     pub drives: usize,
 }
 
@@ -30,7 +31,7 @@ impl FakeHost {
 
 impl FakeHost {
     fn media_summary(&self) -> MediaSummary {
-        let one = DriveSummary { backend: "file".to_string(), source: "/tmp/vol".to_string(), objects: 3, bytes: 6000 };
+        let one = DriveSummary { backend: "file".to_string(), source: "/tmp/vol".to_string(), objects: 3, bytes: 6000, failed: None };
         if self.drives < 2 {
             return MediaSummary {
                 backend: "file".to_string(),
@@ -41,13 +42,20 @@ impl FakeHost {
                 ..Default::default()
             };
         }
-        let two = DriveSummary { backend: "nvme-vfio".to_string(), source: "nvme:0000:00:05.0 (model)".to_string(), objects: 1, bytes: 2000 };
+        let two = DriveSummary { backend: "nvme-vfio".to_string(), source: "nvme:0000:00:05.0 (model)".to_string(), objects: 1, bytes: 2000, failed: None };
+        // A third drive that could not be opened at start.
+        let three = DriveSummary {
+            backend: "unavailable".to_string(),
+            source: "/gone.vol".to_string(),
+            failed: Some("/gone.vol: No such file or directory".to_string()),
+            ..DriveSummary::default()
+        };
         MediaSummary {
             backend: "mixed".to_string(),
-            source: "/tmp/vol,nvme:0000:00:05.0".to_string(),
+            source: "/tmp/vol,nvme:0000:00:05.0,/gone.vol".to_string(),
             objects: 3,
             bytes: 6000,
-            drives: vec![one, two],
+            drives: vec![one, two, three],
             shadowed: vec![ShadowedPath { path: "/seg1.ts".to_string(), served_from: 0, hidden_on: 1 }],
             shadowed_total: 1,
         }
@@ -108,11 +116,14 @@ impl ConsoleHost for FakeHost {
                 resets: 0,
             },
             storage_backend: "file".to_string(),
-            drives: (0..self.drives)
+            drives: (0..if self.drives > 1 { 3 } else { 1 })
                 .map(|i| DriveCounters {
-                    source: ["/tmp/vol", "nvme:0000:00:05.0"][i].to_string(),
-                    backend: ["file", "nvme-vfio"][i].to_string(),
-                    counters: StorageCounters { reads: 6 * (i as u64 + 1), errors: i as u64, timeouts: i as u64, resets: i as u64, ..Default::default() },
+                    source: ["/tmp/vol", "nvme:0000:00:05.0", "/gone.vol"][i].to_string(),
+                    backend: ["file", "nvme-vfio", "unavailable"][i].to_string(),
+                    counters: match i {
+                        2 => StorageCounters::default(),
+                        _ => StorageCounters { reads: 6 * (i as u64 + 1), errors: i as u64, timeouts: i as u64, resets: i as u64, ..Default::default() },
+                    },
                 })
                 .collect(),
             nic_xstats: vec![("rx_good_packets".to_string(), 101), ("sw_tx_dropped".to_string(), 0)],

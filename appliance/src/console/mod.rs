@@ -96,6 +96,8 @@ pub struct DriveSummary {
     /// Objects on the volume (shadowed ones included).
     pub objects: u64,
     pub bytes: u64,
+    /// Why the drive serves nothing (it could not be opened, or its volume loaded, at start).
+    pub failed: Option<String>,
 }
 
 /// A path packed on more than one drive: served from `served_from`, hidden on `hidden_on`.

@@ -100,6 +100,7 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
                 source: self.host.drive_source(i),
                 objects: d.objects as u64,
                 bytes: d.data_bytes,
+                failed: d.failed.clone(),
             })
             .collect();
         let source = if drives.len() == 1 { drives[0].source.clone() } else { self.host.media_source.join(",") };

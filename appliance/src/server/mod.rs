@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drivers::nic::Nic;
-use drivers::storage::{Backend, Drives, Storage};
+use drivers::storage::{Backend, Drives, Storage, Unavailable};
 
 use crate::console::{ConsoleService, PowerAction};
 use crate::net::iface::{IfaceConfig, Stack};
@@ -52,7 +52,9 @@ pub struct ServeArgs {
     /// (warned at start-up, shown by the console's `media`). A drive whose reads fail or time
     /// out ends only the transfers reading from it (counted per drive in `stats json`
     /// storage.drives); an NVMe controller that stops answering is reset; the other drives
-    /// keep serving.
+    /// keep serving. A drive that cannot be opened or whose volume does not load at start is
+    /// left out (logged; `status` says why) and the others are served; with a single
+    /// --media, or when no drive loads, serve stops with the error.
     #[arg(long, value_name = "PATH | nvme:<pci address> | nvme:auto", required = true, value_delimiter = ',')]
     pub media: Vec<String>,
     #[arg(long, default_value_t = 80)]
@@ -295,6 +297,13 @@ struct Net {
     mac: Option<[u8; 6]>,
 }
 
+/// Why each drive of `--media` is not served (None: it is), decided at start-up.
+type Failed = std::sync::Mutex<Vec<Option<String>>>;
+
+fn lock_failed(failed: &Failed) -> std::sync::MutexGuard<'_, Vec<Option<String>>> {
+    failed.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Builds pipeline `index`'s NIC queue (or storage queue), called on that pipeline's own
 /// thread: queues own per-core pools that never cross threads.
 type QueueFn<'a, T> = dyn Fn(usize) -> Result<T, ServeError> + Sync + 'a;
@@ -305,6 +314,19 @@ fn with_media<N: Nic>(args: ServeArgs, nic: &QueueFn<N>, net: Net, cores: Vec<us
     let specs = parse_media(&args.media)?;
     let names: Vec<String> = args.media.iter().map(|m| m.trim().to_string()).collect();
     let media_err = |drive: usize, source| ServeError::Media { spec: names[drive].clone(), source };
+    // With several drives, one that cannot be opened (or its volume loaded, in run) is left
+    // out, logged and shown by the console, and the others are served; with one, that ends
+    // serve as it always did.
+    let several = specs.len() > 1;
+    let failed: Failed = std::sync::Mutex::new(vec![None; specs.len()]);
+    let leave_out = |d: usize, e: drivers::storage::StorageError| -> Result<(), ServeError> {
+        if !several {
+            return Err(media_err(d, e));
+        }
+        log::error!("media {}: {e}: this drive is not served", names[d]);
+        lock_failed(&failed)[d] = Some(e.to_string());
+        Ok(())
+    };
     // NVMe drives: one vfio container for all, so that one buffer pool per core serves every
     // drive; the controllers named first, so that nvme:auto takes another one.
     let mut nvme: Vec<Option<Vec<std::sync::Mutex<Option<drivers::storage::nvme::NvmeQueue>>>>> = specs.iter().map(|_| None).collect();
@@ -320,14 +342,21 @@ fn with_media<N: Nic>(args: ServeArgs, nic: &QueueFn<N>, net: Net, cores: Vec<us
     }
     let mut order: Vec<usize> = (0..specs.len()).filter(|&d| matches!(&specs[d], MediaSpec::Nvme(p) if p != "auto")).collect();
     order.extend((0..specs.len()).filter(|&d| specs[d] == MediaSpec::Nvme("auto".into())));
-    let mut container = None;
+    let mut container: Option<std::sync::Arc<drivers::storage::nvme::vfio::Container>> = None;
     for d in order {
         let MediaSpec::Nvme(spec) = &specs[d] else { continue };
-        let container = match &container {
-            Some(c) => c,
-            None => container.insert(drivers::storage::nvme::vfio::Container::open().map_err(|e| media_err(d, e))?),
+        let opened = match &container {
+            Some(c) => Ok(c.clone()),
+            None => drivers::storage::nvme::vfio::Container::open().inspect(|c| container = Some(c.clone())),
+        }
+        .and_then(|c| open_nvme(&c, spec, cores.len(), &taken));
+        let (queues, pci, text) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                leave_out(d, e)?;
+                continue;
+            }
         };
-        let (queues, pci, text) = open_nvme(container, spec, cores.len(), &taken).map_err(|e| media_err(d, e))?;
         found[d] = format!("nvme:{pci}");
         if spec == "auto" {
             taken.push(pci);
@@ -338,8 +367,21 @@ fn with_media<N: Nic>(args: ServeArgs, nic: &QueueFn<N>, net: Net, cores: Vec<us
     let storage = |core: usize| -> Result<Drives<Backend>, ServeError> {
         let mut drives = Vec::with_capacity(specs.len());
         for (d, spec) in specs.iter().enumerate() {
+            if let Some(reason) = lock_failed(&failed)[d].clone() {
+                drives.push(Backend::Unavailable(Unavailable::new(reason)));
+                continue;
+            }
             drives.push(match spec {
-                MediaSpec::File(path) => Backend::File(drivers::storage::FileStorage::open(path).map_err(|e| media_err(d, e))?),
+                MediaSpec::File(path) => match drivers::storage::FileStorage::open(path) {
+                    Ok(f) => Backend::File(f),
+                    // Decided on the first core, before the others start.
+                    Err(e) if several && core == 0 => {
+                        log::error!("media {}: {e}: this drive is not served", names[d]);
+                        lock_failed(&failed)[d] = Some(e.to_string());
+                        Backend::Unavailable(Unavailable::new(e.to_string()))
+                    }
+                    Err(e) => return Err(media_err(d, e)),
+                },
                 MediaSpec::Nvme(_) => {
                     let queue = nvme[d].as_ref().and_then(|qs| qs.get(core)).and_then(|q| q.lock().unwrap_or_else(|e| e.into_inner()).take());
                     let queue = queue.ok_or_else(|| media_err(d, drivers::storage::StorageError::Device(format!("no I/O queue pair for pipeline {core}"))))?;
@@ -350,7 +392,7 @@ fn with_media<N: Nic>(args: ServeArgs, nic: &QueueFn<N>, net: Net, cores: Vec<us
         Drives::new(drives).map_err(|e| ServeError::Option(format!("--media: {e}")))
     };
     let args = ServeArgs { media: names.clone(), media_detail: detail, media_found: found, ..args };
-    run(args, nic, &storage, net, cores, console)
+    run(args, nic, &storage, &failed, net, cores, console)
 }
 
 /// Namespace 1 of the NVMe controller `spec` ("auto": the first free one not in `taken`, or a
@@ -437,15 +479,44 @@ impl Setup {
 }
 
 /// Loads the volume of each drive (`names`: their `--media` items) and merges the indexes.
-fn load_library<B: Storage>(names: &[String], drives: &mut Drives<B>) -> Result<volume::Library, ServeError> {
+/// With several drives, one already `failed` or whose volume does not load is left out
+/// (marked in `failed`, made [`Unavailable`]) as long as another one loads.
+fn load_library(names: &[String], drives: &mut Drives<Backend>, failed: &Failed) -> Result<volume::Library, ServeError> {
+    let several = drives.len() > 1;
     let mut volumes = Vec::with_capacity(drives.len());
+    let mut first_error = None;
     for (d, name) in names.iter().enumerate().take(drives.len()) {
+        if let Some(reason) = lock_failed(failed)[d].clone() {
+            volumes.push((name.clone(), Err(reason)));
+            continue;
+        }
         let Some(drive) = drives.drive_mut(d) else { break };
-        let vol = volume::load(drive).map_err(|source| ServeError::MediaVolume { spec: name.clone(), source })?;
-        log::info!("media {name} ({}): {} objects, {} bytes", drive.backend(), vol.objects().len(), vol.data_bytes());
-        volumes.push((name.clone(), vol));
+        match volume::load(drive) {
+            Ok(vol) => {
+                log::info!("media {name} ({}): {} objects, {} bytes", drive.backend(), vol.objects().len(), vol.data_bytes());
+                volumes.push((name.clone(), Ok(vol)));
+            }
+            Err(source) => {
+                let e = ServeError::MediaVolume { spec: name.clone(), source };
+                if !several {
+                    return Err(e);
+                }
+                log::error!("{e}: this drive is not served");
+                let reason = e.to_string();
+                lock_failed(failed)[d] = Some(reason.clone());
+                drives.replace(d, Backend::Unavailable(Unavailable::new(reason.clone())));
+                first_error.get_or_insert(e);
+                volumes.push((name.clone(), Err(reason)));
+            }
+        }
     }
-    let library = volume::Library::new(volumes);
+    if volumes.iter().all(|(_, v)| v.is_err()) {
+        return Err(first_error.unwrap_or_else(|| {
+            let reasons: Vec<String> = volumes.iter().filter_map(|(_, v)| v.as_ref().err().cloned()).collect();
+            ServeError::Option(format!("--media: no drive can be served: {}", reasons.join("; ")))
+        }));
+    }
+    let library = volume::Library::with_failed(volumes);
     const SHOWN: usize = 20;
     for p in library.shadowed().iter().take(SHOWN) {
         log::warn!(
@@ -461,8 +532,9 @@ fn load_library<B: Storage>(names: &[String], drives: &mut Drives<B>) -> Result<
     if library.shadowed().len() > SHOWN {
         log::warn!("media: {} more paths on more than one drive (the console's media lists them)", library.shadowed().len() - SHOWN);
     }
-    if drives.len() > 1 {
-        log::info!("media: {} drives, {} objects, {} bytes served", drives.len(), library.len(), library.data_bytes());
+    if several {
+        let serving = library.drives().iter().filter(|d| d.failed.is_none()).count();
+        log::info!("media: {serving} of {} drives, {} objects, {} bytes served", drives.len(), library.len(), library.data_bytes());
     }
     Ok(library)
 }
@@ -476,10 +548,11 @@ fn pin(core: usize) {
 
 /// Loads every drive's volume, then runs one pipeline per core: the first on this thread with
 /// the console, each other on its own pinned thread. Returns when the console asks for it.
-fn run<N: Nic, B: Storage>(
+fn run<N: Nic>(
     args: ServeArgs,
     nic: &QueueFn<N>,
-    storage: &QueueFn<Drives<B>>,
+    storage: &QueueFn<Drives<Backend>>,
+    failed: &Failed,
     net: Net,
     cores: Vec<usize>,
     mut console: ConsoleService,
@@ -488,7 +561,7 @@ fn run<N: Nic, B: Storage>(
     pin(cores[0]);
     let first_nic = nic(0)?;
     let mut first_storage = storage(0)?;
-    let vol = std::sync::Arc::new(load_library(&args.media, &mut first_storage)?);
+    let vol = std::sync::Arc::new(load_library(&args.media, &mut first_storage, failed)?);
     let mut link = first_nic.link();
     if args.no_tx_offload {
         link.offloads = drivers::nic::TxOffloads::default();
@@ -702,6 +775,35 @@ mod tests {
         }
         let many: Vec<String> = (0..=drivers::storage::drives::MAX_DRIVES).map(|i| format!("{i}.vol")).collect();
         assert!(parse_media(&many).unwrap_err().to_string().contains("at most 256"));
+    }
+
+    #[test]
+    fn a_drive_whose_volume_does_not_load_is_left_out_when_others_load() {
+        let (_d, _s, _v) = crate::loopback::volume_of(&[("a.txt", b"a")]);
+        let good = _d.path().join("media.vol");
+        let junk = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(junk.path(), vec![0x5a; 3 * 4096]).unwrap();
+        let junk_name = junk.path().display().to_string();
+        let open = |p: &std::path::Path| Backend::File(drivers::storage::FileStorage::open(p).unwrap());
+        let names = vec![good.display().to_string(), junk_name.clone()];
+        let failed: Failed = std::sync::Mutex::new(vec![None, None]);
+        let mut drives = Drives::new(vec![open(&good), open(junk.path())]).unwrap();
+        let library = load_library(&names, &mut drives, &failed).unwrap();
+        assert_eq!(library.lookup("/a.txt").unwrap().drive, 0);
+        let why = library.drives()[1].failed.clone().expect("drive 1 left out");
+        assert!(why.starts_with(&format!("media volume {junk_name}: not a media volume")), "{why}");
+        assert_eq!(lock_failed(&failed)[1].as_deref(), Some(why.as_str()), "the other cores leave it out too");
+        assert_eq!(drives.drive_backend(1), drivers::storage::drives::UNAVAILABLE);
+        assert_eq!(drives.backend(), "file");
+        // One volume that does not load ends serve, as it always did; so do several of them.
+        let failed: Failed = std::sync::Mutex::new(vec![None]);
+        let mut one = Drives::new(vec![open(junk.path())]).unwrap();
+        let e = load_library(&names[1..], &mut one, &failed).unwrap_err();
+        assert!(matches!(e, ServeError::MediaVolume { .. }), "{e}");
+        let failed: Failed = std::sync::Mutex::new(vec![None, Some("no such controller".into())]);
+        let mut two = Drives::new(vec![open(junk.path()), Backend::Unavailable(Unavailable::new("no such controller"))]).unwrap();
+        let e = load_library(&[junk_name.clone(), "nvme:auto".into()], &mut two, &failed).unwrap_err();
+        assert!(e.to_string().contains("not a media volume"), "{e}");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct DriveVolume {
     pub data_bytes: u64,
     /// Length of the volume in bytes.
     pub total_len: u64,
+    /// Why the drive serves nothing (it could not be opened or its volume loaded at start).
+    pub failed: Option<String>,
 }
 
 /// A path found on a later drive too: served from `served_from`, hidden on `hidden_on`.
@@ -57,17 +59,32 @@ impl Library {
     /// Merges `volumes` (drive 0 first) with the name each came from. At most
     /// [`drives::MAX_DRIVES`] volumes.
     pub fn new(volumes: Vec<(String, Volume)>) -> Library {
+        Self::with_failed(volumes.into_iter().map(|(source, v)| (source, Ok(v))).collect())
+    }
+
+    /// [`Library::new`] where some drives have no volume, with why: they keep their drive
+    /// number and serve nothing.
+    pub fn with_failed(volumes: Vec<(String, Result<Volume, String>)>) -> Library {
         assert!(volumes.len() <= drives::MAX_DRIVES, "more volumes than drives can be addressed");
         let mut drives = Vec::with_capacity(volumes.len());
-        let mut objects: Vec<(Object, u8)> = Vec::with_capacity(volumes.iter().map(|(_, v)| v.objects.len()).sum());
-        let mut by_path: HashMap<Box<str>, u32> = HashMap::with_capacity(objects.capacity());
+        let count = volumes.iter().map(|(_, v)| v.as_ref().map_or(0, |v| v.objects.len())).sum();
+        let mut objects: Vec<(Object, u8)> = Vec::with_capacity(count);
+        let mut by_path: HashMap<Box<str>, u32> = HashMap::with_capacity(count);
         let mut shadowed = Vec::new();
         for (drive, (source, volume)) in volumes.into_iter().enumerate() {
+            let volume = match volume {
+                Ok(v) => v,
+                Err(reason) => {
+                    drives.push(DriveVolume { source, objects: 0, data_bytes: 0, total_len: 0, failed: Some(reason) });
+                    continue;
+                }
+            };
             drives.push(DriveVolume {
                 source,
                 objects: volume.objects.len(),
                 data_bytes: volume.data_bytes,
                 total_len: volume.total_len,
+                failed: None,
             });
             for object in volume.objects {
                 if let Some(&first) = by_path.get(object.path.as_str()) {
@@ -162,6 +179,16 @@ mod tests {
         assert_eq!(listed, want.iter().collect::<Vec<_>>());
         assert!(library.lookup("/nope").is_none());
         assert!(library.shadowed().is_empty());
+        assert!(library.drives()[0].failed.is_none());
+    }
+
+    #[test]
+    fn a_drive_without_its_volume_keeps_its_number_and_serves_nothing() {
+        let (_d, _s, v2) = volume_of(&[("two.txt", b"2")]);
+        let library = Library::with_failed(vec![("gone.vol".into(), Err("no such file".into())), ("two.vol".into(), Ok(v2))]);
+        assert_eq!(library.drives()[0].failed.as_deref(), Some("no such file"));
+        assert_eq!((library.drives()[0].objects, library.len()), (0, 1));
+        assert_eq!(library.lookup("/two.txt").unwrap().drive, 1);
     }
 
     #[test]

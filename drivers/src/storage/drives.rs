@@ -51,12 +51,13 @@ pub enum DrivesError {
     TooLarge { drive: usize, capacity: u64 },
 }
 
+/// [`Storage::backend`] of [`Unavailable`].
+pub const UNAVAILABLE: &str = "unavailable";
+
 /// One core's queues on several drives, as one [`Storage`] addressed by [`address`].
 #[derive(Debug)]
 pub struct Drives<S> {
     drives: Vec<S>,
-    /// [`Storage::backend`]: the drives' common backend, or "mixed".
-    backend: &'static str,
 }
 
 impl<S: Storage> Drives<S> {
@@ -71,9 +72,13 @@ impl<S: Storage> Drives<S> {
         if let Some((drive, d)) = drives.iter().enumerate().find(|(_, d)| d.capacity() > MAX_DRIVE_CAPACITY) {
             return Err(DrivesError::TooLarge { drive, capacity: d.capacity() });
         }
-        let first = drives[0].backend();
-        let backend = if drives.iter().all(|d| d.backend() == first) { first } else { "mixed" };
-        Ok(Drives { drives, backend })
+        Ok(Drives { drives })
+    }
+
+    /// Puts `drive` in place of drive `index` (an [`Unavailable`] one for a drive that
+    /// failed at start) and returns the one it replaces.
+    pub fn replace(&mut self, index: usize, drive: S) -> Option<S> {
+        self.drives.get_mut(index).map(|d| std::mem::replace(d, drive))
     }
 
     pub fn len(&self) -> usize {
@@ -103,8 +108,15 @@ impl<S: Storage> Drives<S> {
 }
 
 impl<S: Storage> Storage for Drives<S> {
+    /// The drives' common backend ("mixed" for several kinds), drives that are
+    /// [`UNAVAILABLE`] aside (unless all are).
     fn backend(&self) -> &'static str {
-        self.backend
+        let mut kinds = self.drives.iter().map(Storage::backend).filter(|b| *b != UNAVAILABLE);
+        match kinds.next() {
+            None => UNAVAILABLE,
+            Some(first) if kinds.all(|b| b == first) => first,
+            Some(_) => "mixed",
+        }
     }
 
     /// The end of the addresses in use: the last drive's capacity above its drive number
@@ -171,6 +183,63 @@ impl<S: Storage> Storage for Drives<S> {
     }
 }
 
+/// A drive that could not be opened or whose volume could not be loaded at start: it keeps
+/// its drive number (the other drives' addresses do not move) and refuses every read with
+/// the reason. Nothing is looked up on it, so no read should come.
+#[derive(Debug)]
+pub struct Unavailable {
+    reason: String,
+    counters: StorageCounters,
+}
+
+impl Unavailable {
+    pub fn new(reason: impl Into<String>) -> Unavailable {
+        Unavailable { reason: reason.into(), counters: StorageCounters::default() }
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl Storage for Unavailable {
+    fn backend(&self) -> &'static str {
+        UNAVAILABLE
+    }
+
+    fn capacity(&self) -> u64 {
+        0
+    }
+
+    fn block_size(&self) -> usize {
+        4096
+    }
+
+    fn dma_pool(&mut self, buf_size: usize, count: usize) -> Result<DmaPool, StorageError> {
+        if buf_size == 0 || count == 0 || count > u32::MAX as usize {
+            return Err(StorageError::Device(format!("invalid pool of {count} buffers of {buf_size} bytes")));
+        }
+        Ok(DmaPool::heap(buf_size, count, 4096))
+    }
+
+    fn submit_read(&mut self, _tag: u64, _offset: u64, _len: usize, buf: DmaBuf) -> Result<(), (StorageError, DmaBuf)> {
+        self.counters.errors += 1;
+        Err((StorageError::Device(format!("drive unavailable: {}", self.reason)), buf))
+    }
+
+    fn poll(&mut self, _out: &mut Vec<Completion>) -> usize {
+        0
+    }
+
+    fn in_flight(&self) -> usize {
+        0
+    }
+
+    fn counters(&self) -> StorageCounters {
+        self.counters
+    }
+}
+
 /// One drive's queue, whichever backend drives it: what `appliance serve` puts in [`Drives`]
 /// so that file and NVMe drives mix.
 #[derive(Debug)]
@@ -178,6 +247,7 @@ impl<S: Storage> Storage for Drives<S> {
 pub enum Backend {
     File(FileStorage),
     Nvme(NvmeStorage),
+    Unavailable(Unavailable),
 }
 
 macro_rules! each {
@@ -185,6 +255,7 @@ macro_rules! each {
         match $self {
             Backend::File($d) => $e,
             Backend::Nvme($d) => $e,
+            Backend::Unavailable($d) => $e,
         }
     };
 }
@@ -304,6 +375,26 @@ mod tests {
         assert!(matches!(e, StorageError::OutOfRange { .. }), "{e:?}");
         assert_eq!((d.drive_counters(0).errors, d.drive_counters(1).errors), (1, 0));
         assert_eq!(pool.available(), 8);
+    }
+
+    #[test]
+    fn an_unavailable_drive_refuses_reads_and_keeps_the_others_numbers() {
+        let a = drive_file(0x20, 2);
+        let mut d = Drives::new(vec![Backend::Unavailable(Unavailable::new("no such file")), Backend::File(FileStorage::open(a.path()).unwrap())])
+            .unwrap();
+        assert_eq!((d.backend(), d.drive_backend(0), d.drive_backend(1)), ("file", UNAVAILABLE, "file"));
+        let pool = d.dma_pool(4096, 2).unwrap();
+        let (e, _) = d.submit_read(1, address(0, 0), 4096, pool.alloc().unwrap()).unwrap_err();
+        assert!(matches!(e, StorageError::Device(ref r) if r.contains("no such file")), "{e:?}");
+        d.submit_read(2, address(1, 4096), 4096, pool.alloc().unwrap()).map_err(|(e, _)| e).unwrap();
+        let done = poll_for(&mut d, 1, Duration::from_secs(1));
+        assert_eq!((done[0].tag, done[0].buf.as_slice()[0]), (2, 0x21));
+        assert_eq!((d.drive_counters(0).errors, d.drive_counters(1).reads), (1, 1));
+        drop(done);
+        let old = d.replace(1, Backend::Unavailable(Unavailable::new("gone"))).unwrap();
+        assert_eq!(old.backend(), "file");
+        assert_eq!(d.backend(), UNAVAILABLE);
+        assert!(d.replace(2, Backend::Unavailable(Unavailable::new("x"))).is_none());
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod file;
 pub mod nvme;
 
 pub use dma::{DmaBuf, DmaPool, RegionLease};
-pub use drives::{Backend, Drives};
+pub use drives::{Backend, Drives, Unavailable};
 pub use file::FileStorage;
 
 /// Why a read did not complete.
