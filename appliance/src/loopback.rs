@@ -16,7 +16,7 @@ use crate::net::tcp::TcpConn;
 use crate::net::{Instant, MS};
 use crate::server::http_app::HttpApp;
 use crate::server::pipeline::{Pipeline, RX_BURST, TX_BUDGET};
-use crate::volume::Volume;
+use crate::volume::Library;
 
 /// The result of one client request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -468,7 +468,7 @@ pub fn test_tls_configs() -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::Clie
 
 impl<S: Storage> SimHarness<S> {
     /// `to_client` and `to_server` are the link's two directions.
-    pub fn new(storage: S, volume: Volume, to_client: SimConfig, to_server: SimConfig, buffers: usize) -> Self {
+    pub fn new(storage: S, volume: impl Into<Arc<Library>>, to_client: SimConfig, to_server: SimConfig, buffers: usize) -> Self {
         Self::with_limits(storage, volume, to_client, to_server, buffers, 65536, 65536)
     }
 
@@ -476,7 +476,7 @@ impl<S: Storage> SimHarness<S> {
     /// client's twice that, at least 64) and `syn_backlog` half-open connections before SYN
     /// cookies: small tables make a harness cheap to build (the fuzz targets build one per
     /// input, the simulation one per seed).
-    pub fn with_limits(storage: S, volume: Volume, to_client: SimConfig, to_server: SimConfig, buffers: usize, max_conns: usize, syn_backlog: usize) -> Self {
+    pub fn with_limits(storage: S, volume: impl Into<Arc<Library>>, to_client: SimConfig, to_server: SimConfig, buffers: usize, max_conns: usize, syn_backlog: usize) -> Self {
         let clock = SimClock::new();
         let (server_nic, client_nic) = pair(to_client, to_server, clock.clone());
         let mut scfg = IfaceConfig::new(server_nic.link().mac, SERVER_IP, 24);
@@ -718,9 +718,27 @@ impl<S: Storage> SimHarness<S> {
     }
 }
 
+/// A volume of `files` (path relative to the tree, content) in a temporary directory, for
+/// tests: the directory (the volume file is `media.vol` in it), the volume opened, its index.
+#[cfg(test)]
+pub(crate) fn volume_of(files: &[(&str, &[u8])]) -> (tempfile::TempDir, drivers::storage::FileStorage, crate::volume::Volume) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = dir.path().join("tree");
+    for (rel, data) in files {
+        let path = tree.join(rel);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(path, data).expect("write");
+    }
+    let vol = dir.path().join("media.vol");
+    crate::volume::pack(&tree, &vol).expect("pack");
+    let mut storage = drivers::storage::FileStorage::open(&vol).expect("open");
+    let volume = crate::volume::load(&mut storage).expect("load");
+    (dir, storage, volume)
+}
+
 /// A volume of two small files (`/index.html`, `/a.txt`) in a temporary directory, for tests.
 #[cfg(test)]
-pub(crate) fn tiny_volume() -> (tempfile::TempDir, drivers::storage::FileStorage, Volume) {
+pub(crate) fn tiny_volume() -> (tempfile::TempDir, drivers::storage::FileStorage, crate::volume::Volume) {
     let dir = tempfile::tempdir().expect("tempdir");
     let tree = dir.path().join("tree");
     std::fs::create_dir_all(&tree).expect("mkdir");

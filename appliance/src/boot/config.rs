@@ -48,7 +48,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("mac", "MAC address to use instead of the port's own"),
     ("nic", "data NIC: packet:<ifname>, tap:<ifname> or dpdk"),
     ("dpdk_args", "EAL arguments when nic=dpdk"),
-    ("media", "media volume: nvme:auto or nvme:<pci address> (userspace NVMe driver), or a block device or file path"),
+    ("media", "media volume: nvme:auto or nvme:<pci address> (userspace NVMe driver), or a block device or file path; several, one per drive, comma-separated"),
     ("console", "management console: /dev/ttyXXX, stdio or unix:<path>"),
     ("http_port", "HTTP port (default 80)"),
     ("https_port", "HTTPS port (default 443)"),
@@ -144,9 +144,14 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
             }
         }
         "media" => {
-            if value.starts_with("nvme:") {
-                crate::server::MediaSpec::parse(value).map_err(|_| bad("expected nvme:auto or nvme:<pci address> such as nvme:0000:00:04.0"))?;
+            // One volume, or several (one per drive) separated by commas, as --media takes them.
+            let items: Vec<String> = value.split(',').map(|i| i.trim().to_string()).collect();
+            for item in &items {
+                if item.starts_with("nvme:") {
+                    crate::server::MediaSpec::parse(item).map_err(|_| bad("expected nvme:auto or nvme:<pci address> such as nvme:0000:00:04.0"))?;
+                }
             }
+            crate::server::parse_media(&items).map_err(|e| bad(&e.to_string()))?;
         }
         "tls_cert" | "tls_key" | "dpdk_args" => {}
         other => return Err(ConfigError::UnknownKey(other.to_string())),
@@ -549,6 +554,8 @@ mod tests {
             ("media", "nvme:0000:00:04.0"),
             ("media", "nvme:auto"),
             ("media", "/dev/nvme0n1"),
+            ("media", "nvme:0000:00:04.0,nvme:0000:00:05.0"),
+            ("media", "nvme:auto,nvme:auto,/dev/sdb"),
         ] {
             validate(k, v).unwrap_or_else(|e| panic!("{k}={v}: {e}"));
         }
@@ -568,6 +575,9 @@ mod tests {
             ("media", "a\nb"),
             ("media", "nvme:0000:00:04"),
             ("media", "nvme:"),
+            ("media", "nvme:auto,nvme:0000:00:04"),
+            ("media", "/dev/sdb,/dev/sdb"),
+            ("media", "nvme:0000:00:04.0,,/dev/sdb"),
         ] {
             assert!(validate(k, v).is_err(), "{k}={v} accepted");
         }
@@ -605,6 +615,13 @@ mod tests {
         }
         let parsed = <Serve as clap::Parser>::try_parse_from(&args).expect("serve parses its own arguments");
         assert_eq!(parsed.args.dpdk_args, "-l 0 --vdev net_tap0");
+        assert_eq!(parsed.args.media, ["/dev/nvme0n1"]);
+        // Several volumes, one per drive: one --media with the list, which serve splits.
+        cfg.apply("media", "nvme:0000:00:04.0,nvme:auto", "cmdline").unwrap();
+        let args = serve_args(&cfg);
+        assert!(args.join(" ").contains(" --media nvme:0000:00:04.0,nvme:auto "), "{args:?}");
+        let parsed = <Serve as clap::Parser>::try_parse_from(&args).expect("serve parses its own arguments");
+        assert_eq!(parsed.args.media, ["nvme:0000:00:04.0", "nvme:auto"]);
     }
 
     #[test]

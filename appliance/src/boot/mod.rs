@@ -521,9 +521,11 @@ fn read_config(first: bool) -> (BootConfig, Option<PathBuf>) {
     // configuration partition) goes to the userspace driver; the kernel's block device
     // stays the way when vfio cannot have it, and when configured explicitly.
     let nvme = nvme_controllers();
-    let nvme_spec = cfg.get("media").and_then(|m| m.strip_prefix("nvme:")).map(str::to_string);
+    // media may list several volumes, one per drive (comma-separated).
+    let items: Vec<String> = cfg.get("media").map(|m| m.split(',').map(|i| i.trim().to_string()).collect()).unwrap_or_default();
+    let nvme_specs: Vec<String> = items.iter().filter_map(|m| m.strip_prefix("nvme:")).map(str::to_string).collect();
     if cfg.get("media").is_none() && !nvme.is_empty() {
-        match prepare_userspace_nvme("auto", &nvme, store_path.as_deref(), deadline) {
+        match prepare_userspace_nvme("auto", &nvme, store_path.as_deref(), deadline, &[]) {
             Ok(_) => {
                 let _ = cfg.apply("media", "nvme:auto", "default");
             }
@@ -534,13 +536,22 @@ fn read_config(first: bool) -> (BootConfig, Option<PathBuf>) {
                 }
             }
         }
-    } else if let Some(spec) = nvme_spec {
-        // serve reports the reason too, and the init restarts it.
-        if let Err(e) = prepare_userspace_nvme(&spec, &nvme, store_path.as_deref(), deadline) {
-            say!("media nvme:{spec}: {e}");
+    } else if !nvme_specs.is_empty() {
+        // The controllers named first, so that nvme:auto (each one) takes another, as serve does.
+        let mut taken: Vec<String> =
+            nvme_specs.iter().filter(|s| *s != "auto").filter_map(|s| drivers::storage::nvme::vfio::normalize_pci_address(s)).collect();
+        let mut ordered: Vec<&String> = nvme_specs.iter().filter(|s| *s != "auto").collect();
+        ordered.extend(nvme_specs.iter().filter(|s| *s == "auto"));
+        for spec in ordered {
+            // serve reports the reason too, and the init restarts it.
+            match prepare_userspace_nvme(spec, &nvme, store_path.as_deref(), deadline, &taken) {
+                Ok(pci) if spec == "auto" => taken.push(pci),
+                Ok(_) => {}
+                Err(e) => say!("media nvme:{spec}: {e}"),
+            }
         }
     }
-    if let Some(media) = cfg.get("media").filter(|m| m.starts_with("/dev/")) {
+    for media in items.iter().filter(|m| m.starts_with("/dev/")) {
         wait_for(Path::new(media), Instant::now() + if first { DEVICE_WAIT } else { Duration::ZERO });
     }
     if cfg.get("nic") == Some("dpdk") {
@@ -582,14 +593,17 @@ fn block_device_on(dev: &Path, pci: &str) -> bool {
 }
 
 /// Chooses the controller that `nvme:<spec>` means ("auto": the first of `controllers` that
-/// does not hold the configuration partition `store`) and binds it to vfio-pci for serve,
-/// taking it from the kernel's nvme driver: as PID 1 of the appliance, nothing else uses it.
-/// Returns its PCI address.
-fn prepare_userspace_nvme(spec: &str, controllers: &[String], store: Option<&Path>, deadline: Instant) -> Result<String, String> {
+/// does not hold the configuration partition `store` and is not in `taken`) and binds it to
+/// vfio-pci for serve, taking it from the kernel's nvme driver: as PID 1 of the appliance,
+/// nothing else uses it. Returns its PCI address.
+fn prepare_userspace_nvme(spec: &str, controllers: &[String], store: Option<&Path>, deadline: Instant, taken: &[String]) -> Result<String, String> {
     use drivers::storage::nvme::vfio;
     let holds_store = |pci: &str| store.is_some_and(|s| block_device_on(s, pci));
     let pci = if spec == "auto" {
-        let pci = controllers.iter().find(|p| !holds_store(p)).ok_or("the only NVMe controller holds the configuration partition")?;
+        let pci = controllers
+            .iter()
+            .find(|p| !holds_store(p) && !taken.contains(p))
+            .ok_or("no NVMe controller left (another media item took it, or it holds the configuration partition)")?;
         pci.clone()
     } else {
         let pci = vfio::check_pci_address(spec).map_err(|e| e.to_string())?;

@@ -214,6 +214,35 @@ fn status(host: &mut dyn ConsoleHost, out: &mut String) {
         "media     {} {}, {} objects, {} bytes",
         s.media.backend, s.media.source, s.media.objects, s.media.bytes
     );
+    if s.media.drives.len() > 1 {
+        for (i, d) in s.media.drives.iter().enumerate() {
+            match &d.failed {
+                Some(why) => {
+                    let _ = writeln!(
+                        out,
+                        "  drive {i}  {} {}, not served: {}",
+                        d.backend,
+                        d.source,
+                        shown_path(why)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  drive {i}  {} {}, {} objects, {} bytes",
+                        d.backend, d.source, d.objects, d.bytes
+                    );
+                }
+            }
+        }
+        if s.media.shadowed_total > 0 {
+            let _ = writeln!(
+                out,
+                "  {} path(s) on more than one drive, served from the first listed (see media)",
+                s.media.shadowed_total
+            );
+        }
+    }
     let _ = writeln!(out, "http      port {}", s.http_port);
     match s.https_port {
         Some(p) => {
@@ -255,8 +284,18 @@ fn conns(host: &mut dyn ConsoleHost, max: usize, out: &mut String) {
 
 fn media(host: &mut dyn ConsoleHost, max: usize, out: &mut String) {
     let list = host.media(max);
-    let _ = writeln!(out, "{:>14} {:<28} path", "size", "content_type");
+    let summary = host.status().media;
+    // One volume: the listing as it always was; several: which drive serves each object.
+    let several = summary.drives.len() > 1;
+    if several {
+        let _ = writeln!(out, "{:>5} {:>14} {:<28} path", "drive", "size", "content_type");
+    } else {
+        let _ = writeln!(out, "{:>14} {:<28} path", "size", "content_type");
+    }
     for m in list.entries.iter().take(max) {
+        if several {
+            let _ = write!(out, "{:>5} ", m.drive);
+        }
         let _ = writeln!(
             out,
             "{:>14} {:<28} {}",
@@ -271,6 +310,43 @@ fn media(host: &mut dyn ConsoleHost, max: usize, out: &mut String) {
         list.entries.len().min(max),
         list.total
     );
+    if several {
+        for (i, d) in summary.drives.iter().enumerate() {
+            let _ = write!(out, "drive {i}: {} {}, ", d.backend, shown_path(&d.source));
+            match &d.failed {
+                Some(why) => {
+                    let _ = writeln!(out, "not served: {}", shown_path(why));
+                }
+                None => {
+                    let _ = writeln!(out, "{} objects", d.objects);
+                }
+            }
+        }
+    }
+    if summary.shadowed_total > 0 {
+        let _ = writeln!(
+            out,
+            "{} path(s) on more than one drive, served from the first listed:",
+            summary.shadowed_total
+        );
+        for p in summary.shadowed.iter().take(max) {
+            let _ = writeln!(
+                out,
+                "  {} on drive {} (served from drive {})",
+                shown_path(&p.path),
+                p.hidden_on,
+                p.served_from
+            );
+        }
+        if summary.shadowed_total > max.min(summary.shadowed.len()) {
+            let _ = writeln!(
+                out,
+                "  {} of {} shown",
+                max.min(summary.shadowed.len()),
+                summary.shadowed_total
+            );
+        }
+    }
 }
 
 /// Paths come from the volume; escape control characters so they cannot fake an `ok` line.
@@ -523,7 +599,7 @@ mod tests {
         assert_eq!(v["storage"]["read_bytes"], 49152);
         assert_eq!(v["console"]["commands"], 1);
         // Every Stats field appears: count the numeric leaves fed from Stats (59 fields; the
-        // console pair is merged, storage counters add 4, nic adds 8).
+        // console pair is merged, storage counters add 5, nic adds 8; lists are not counted).
         fn leaves(v: &serde_json::Value) -> usize {
             match v {
                 serde_json::Value::Object(m) => m.values().map(leaves).sum(),
@@ -533,7 +609,12 @@ mod tests {
         }
         // xstats: the driver's own names (two in the fake host).
         assert_eq!(v["nic"]["xstats"]["rx_good_packets"], 101);
-        assert_eq!(leaves(&v), 59 + 4 + 8 + 2);
+        assert_eq!(leaves(&v), 59 + 5 + 8 + 2);
+        // One volume: one drive, the same counts as the totals.
+        let drives = v["storage"]["drives"].as_array().expect("storage.drives is an array");
+        assert_eq!(drives.len(), 1);
+        assert_eq!((drives[0]["drive"].as_u64(), drives[0]["source"].as_str(), drives[0]["backend"].as_str()), (Some(0), Some("/tmp/vol"), Some("file")));
+        assert_eq!(drives[0]["reads"], 6);
         // Each core's share, in core order.
         let cores = v["cores"].as_array().expect("cores is an array");
         assert_eq!(cores.len(), 2);
@@ -571,6 +652,54 @@ mod tests {
         let (out, _) = ok("media 1");
         assert!(out.contains("1 of 3 objects shown"), "{out}");
         err("media many");
+    }
+
+    fn ok_two_drives(line: &str) -> String {
+        let mut c = Console::new();
+        let mut h = FakeHost::new();
+        h.drives = 2;
+        let out = run(&mut c, &mut h, line);
+        assert!(out.ends_with("\nok\n"), "{line:?} failed: {out}");
+        out
+    }
+
+    #[test]
+    fn one_volume_shows_no_drive_lists() {
+        let (status, _) = ok("status");
+        assert!(!status.contains("drive"), "{status}");
+        let (media, _) = ok("media");
+        assert!(media.starts_with("          size content_type"), "{media}");
+        assert!(!media.contains("drive"), "{media}");
+    }
+
+    #[test]
+    fn several_drives_are_listed_by_status_media_and_stats() {
+        let out = ok_two_drives("status");
+        for want in [
+            "media     mixed /tmp/vol,nvme:0000:00:05.0,/gone.vol, 3 objects, 6000 bytes",
+            "  drive 0  file /tmp/vol, 3 objects, 6000 bytes",
+            "  drive 1  nvme-vfio nvme:0000:00:05.0 (model), 1 objects, 2000 bytes",
+            "  drive 2  unavailable /gone.vol, not served: /gone.vol: No such file or directory",
+            "  1 path(s) on more than one drive",
+        ] {
+            assert!(out.contains(want), "status lacks {want:?}: {out}");
+        }
+        let out = ok_two_drives("media");
+        assert!(out.starts_with("drive           size content_type"), "{out}");
+        assert!(out.lines().any(|l| l.starts_with("    1           2000 video/mp2t") && l.ends_with("/seg1.ts")), "{out}");
+        assert!(out.contains("drive 1: nvme-vfio nvme:0000:00:05.0 (model), 1 objects"), "{out}");
+        assert!(out.contains("drive 2: unavailable /gone.vol, not served: /gone.vol: No such file or directory"), "{out}");
+        assert!(out.contains("1 path(s) on more than one drive, served from the first listed:\n  /seg1.ts on drive 1 (served from drive 0)"), "{out}");
+        let out = ok_two_drives("stats json");
+        let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        let drives = v["storage"]["drives"].as_array().unwrap();
+        assert_eq!(drives.len(), 3);
+        assert_eq!(drives[2]["backend"], "unavailable");
+        assert_eq!(drives[1]["source"], "nvme:0000:00:05.0");
+        assert_eq!(drives[1]["backend"], "nvme-vfio");
+        assert_eq!((drives[1]["reads"].as_u64(), drives[1]["errors"].as_u64(), drives[1]["timeouts"].as_u64(), drives[1]["resets"].as_u64()), (Some(12), Some(1), Some(1), Some(1)));
+        let out = ok_two_drives("stats");
+        assert!(out.lines().any(|l| l.starts_with("  drive 1 source nvme:0000:00:05.0 backend nvme-vfio reads 12")), "{out}");
     }
 
     #[test]

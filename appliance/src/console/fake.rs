@@ -11,6 +11,9 @@ pub struct FakeHost {
     pub power: Option<PowerAction>,
     pub config: Vec<(String, String)>,
     pub conns_total: usize,
+    /// 1 (the default): the media is one volume; more: three drives, the second holding a
+    /// copy of `/seg1.ts`, the third not opened at start.
+    pub drives: usize,
 }
 
 impl FakeHost {
@@ -21,6 +24,40 @@ impl FakeHost {
             power: None,
             config: vec![("idle_timeout_s".to_string(), "30".to_string())],
             conns_total: 1500,
+            drives: 1,
+        }
+    }
+}
+
+impl FakeHost {
+    fn media_summary(&self) -> MediaSummary {
+        let one = DriveSummary { backend: "file".to_string(), source: "/tmp/vol".to_string(), objects: 3, bytes: 6000, failed: None };
+        if self.drives < 2 {
+            return MediaSummary {
+                backend: "file".to_string(),
+                source: "/tmp/vol".to_string(),
+                objects: 3,
+                bytes: 6000,
+                drives: vec![one],
+                ..Default::default()
+            };
+        }
+        let two = DriveSummary { backend: "nvme-vfio".to_string(), source: "nvme:0000:00:05.0 (model)".to_string(), objects: 1, bytes: 2000, failed: None };
+        // A third drive that could not be opened at start.
+        let three = DriveSummary {
+            backend: "unavailable".to_string(),
+            source: "/gone.vol".to_string(),
+            failed: Some("/gone.vol: No such file or directory".to_string()),
+            ..DriveSummary::default()
+        };
+        MediaSummary {
+            backend: "mixed".to_string(),
+            source: "/tmp/vol,nvme:0000:00:05.0,/gone.vol".to_string(),
+            objects: 3,
+            bytes: 6000,
+            drives: vec![one, two, three],
+            shadowed: vec![ShadowedPath { path: "/seg1.ts".to_string(), served_from: 0, hidden_on: 1 }],
+            shadowed_total: 1,
         }
     }
 }
@@ -42,12 +79,7 @@ impl ConsoleHost for FakeHost {
                 offloads: drivers::nic::TxOffloads::default(),
             },
             cores: vec![0, 1],
-            media: MediaSummary {
-                backend: "file".to_string(),
-                source: "/tmp/vol".to_string(),
-                objects: 3,
-                bytes: 6000,
-            },
+            media: self.media_summary(),
             draining: self.draining,
             http_port: 8080,
             https_port: Some(8443),
@@ -81,8 +113,19 @@ impl ConsoleHost for FakeHost {
                 read_bytes: 12 * 4096,
                 errors: 0,
                 timeouts: 0,
+                resets: 0,
             },
             storage_backend: "file".to_string(),
+            drives: (0..if self.drives > 1 { 3 } else { 1 })
+                .map(|i| DriveCounters {
+                    source: ["/tmp/vol", "nvme:0000:00:05.0", "/gone.vol"][i].to_string(),
+                    backend: ["file", "nvme-vfio", "unavailable"][i].to_string(),
+                    counters: match i {
+                        2 => StorageCounters::default(),
+                        _ => StorageCounters { reads: 6 * (i as u64 + 1), errors: i as u64, timeouts: i as u64, resets: i as u64, ..Default::default() },
+                    },
+                })
+                .collect(),
             nic_xstats: vec![("rx_good_packets".to_string(), 101), ("sw_tx_dropped".to_string(), 0)],
             per_core: vec![
                 CoreCounters { core: 0, connections_active: 1, http_requests: 6, ..Default::default() },
@@ -119,8 +162,10 @@ impl ConsoleHost for FakeHost {
         let entries = all
             .iter()
             .take(max)
-            .map(|(p, s, t)| MediaEntry {
+            .enumerate()
+            .map(|(i, (p, s, t))| MediaEntry {
                 path: p.to_string(),
+                drive: if self.drives > 1 { i % 2 } else { 0 },
                 size: *s,
                 content_type: t.to_string(),
             })

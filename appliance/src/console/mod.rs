@@ -67,16 +67,45 @@ pub struct StatusInfo {
     pub https_port: Option<u16>,
 }
 
-/// The mounted media volume, in brief.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The mounted media volumes, in brief.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MediaSummary {
-    /// "file" or "nvme-vfio" (the storage backend).
+    /// "file" or "nvme-vfio" (the storage backend; "mixed" for drives of both kinds).
     pub backend: String,
-    /// Where the volume is: a file path or a PCI address.
+    /// Where the volume is: a file path or a PCI address (the drives' sources, comma-separated).
     pub source: String,
+    /// Objects served (a path on several drives counts once).
     pub objects: u64,
-    /// Sum of the objects' sizes.
+    /// Sum of the served objects' sizes.
     pub bytes: u64,
+    /// Each drive's volume, drive 0 first (one entry for a single volume).
+    pub drives: Vec<DriveSummary>,
+    /// Paths on more than one drive (served from the first), at most [`LIST_MAX`] of them.
+    pub shadowed: Vec<ShadowedPath>,
+    /// How many paths are on more than one drive in all.
+    pub shadowed_total: usize,
+}
+
+/// One drive's volume.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriveSummary {
+    /// "file" or "nvme-vfio".
+    pub backend: String,
+    /// What `--media` named for it, or what it turned out to be (the controller found).
+    pub source: String,
+    /// Objects on the volume (shadowed ones included).
+    pub objects: u64,
+    pub bytes: u64,
+    /// Why the drive serves nothing (it could not be opened, or its volume loaded, at start).
+    pub failed: Option<String>,
+}
+
+/// A path packed on more than one drive: served from `served_from`, hidden on `hidden_on`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowedPath {
+    pub path: String,
+    pub served_from: usize,
+    pub hidden_on: usize,
 }
 
 /// What `stats` reports: the per-core [`Stats`] summed over cores plus the drivers' counters.
@@ -91,13 +120,25 @@ pub struct Counters {
     pub nic_driver: String,
     /// Summed over every core's storage queue.
     pub storage: StorageCounters,
-    /// [`drivers::storage::Storage::backend`]: "file" or "nvme-vfio".
+    /// [`drivers::storage::Storage::backend`]: "file" or "nvme-vfio" ("mixed" for both kinds).
     pub storage_backend: String,
+    /// Each drive's counters summed over the cores, drive 0 first (`stats` member
+    /// "storage.drives").
+    pub drives: Vec<DriveCounters>,
     /// Each pipeline's share, in core order (`stats` member "cores").
     pub per_core: Vec<CoreCounters>,
     /// The port's extended statistics (`stats` member "nic.xstats"): DPDK's xstats and the
     /// backend's `sw_*` counters; empty for backends without them.
     pub nic_xstats: Vec<(String, u64)>,
+}
+
+/// One drive's storage counters, summed over every core's queue on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriveCounters {
+    /// Its `--media` item as found: a path, or `nvme:<pci address>` (`nvme:auto` resolved).
+    pub source: String,
+    pub backend: String,
+    pub counters: StorageCounters,
 }
 
 /// What one pipeline (core) carried: enough to see how RSS spread the load.
@@ -137,6 +178,8 @@ pub struct ConnSummary {
 pub struct MediaEntry {
     /// URL path, e.g. "/video/seg1.ts".
     pub path: String,
+    /// The drive it is served from (0 with a single volume).
+    pub drive: usize,
     pub size: u64,
     pub content_type: String,
 }
@@ -161,7 +204,7 @@ pub trait ConsoleHost {
     fn counters(&self) -> Counters;
     /// At most `max` connections (any order the host likes) and the total count.
     fn connections(&self, max: usize) -> Listing<ConnSummary>;
-    /// At most `max` objects (volume order) and the total count.
+    /// At most `max` objects (path order, every drive's) and the total count.
     fn media(&self, max: usize) -> Listing<MediaEntry>;
     fn set_log_level(&mut self, level: log::LevelFilter);
     /// Stop accepting connections; open transfers finish.

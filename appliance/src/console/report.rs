@@ -141,18 +141,41 @@ pub(crate) fn table(
         ),
         (
             "storage",
-            // reads/read_bytes/errors/timeouts are the backend's own counts (the device view);
-            // pipeline_* are what the per-core pipelines counted.
+            // reads/read_bytes/errors/timeouts/resets are the backends' own counts (the device
+            // view), summed over the drives; pipeline_* are what the per-core pipelines counted.
             Group(vec![
                 ("backend", Text(c.storage_backend.clone())),
                 ("reads", Num(c.storage.reads)),
                 ("read_bytes", Num(c.storage.read_bytes)),
                 ("errors", Num(c.storage.errors)),
                 ("timeouts", Num(c.storage.timeouts)),
+                ("resets", Num(c.storage.resets)),
                 ("in_flight", Num(s.storage_in_flight)),
                 ("pipeline_reads", Num(s.storage_reads)),
                 ("pipeline_read_bytes", Num(s.storage_read_bytes)),
                 ("pipeline_errors", Num(s.storage_errors)),
+                (
+                    "drives",
+                    // Each drive's own counts (the members above are their sums), drive 0 first.
+                    List(
+                        c.drives
+                            .iter()
+                            .enumerate()
+                            .map(|(i, d)| {
+                                vec![
+                                    ("drive", Num(i as u64)),
+                                    ("source", Text(d.source.clone())),
+                                    ("backend", Text(d.backend.clone())),
+                                    ("reads", Num(d.counters.reads)),
+                                    ("read_bytes", Num(d.counters.read_bytes)),
+                                    ("errors", Num(d.counters.errors)),
+                                    ("timeouts", Num(d.counters.timeouts)),
+                                    ("resets", Num(d.counters.resets)),
+                                ]
+                            })
+                            .collect(),
+                    ),
+                ),
             ]),
         ),
         (

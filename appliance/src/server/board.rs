@@ -19,6 +19,8 @@ pub struct CoreReport {
     pub stats: Stats,
     pub nic: NicCounters,
     pub storage: StorageCounters,
+    /// Each drive's counters of this core's queue, drive 0 first (`storage` is their sum).
+    pub drives: Vec<StorageCounters>,
     /// Connections listed for the last request this core answered (at most its `max`).
     pub conns: Vec<ConnSummary>,
     /// Live connections when the listing was made.

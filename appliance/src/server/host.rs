@@ -11,7 +11,10 @@ use drivers::storage::Storage;
 use super::board::Board;
 use super::pipeline::Pipeline;
 use super::{monotonic_ns, ServeArgs};
-use crate::console::{ConnSummary, ConsoleHost, Counters, Listing, MediaEntry, MediaSummary, PowerAction, StatusInfo};
+use crate::console::{
+    ConnSummary, ConsoleHost, Counters, DriveCounters, DriveSummary, Listing, MediaEntry, MediaSummary, PowerAction, ShadowedPath,
+    StatusInfo, LIST_MAX,
+};
 
 /// How long `conns` waits for the other cores' listings (they answer within a loop turn).
 const LISTING_WAIT: Duration = Duration::from_millis(200);
@@ -35,8 +38,12 @@ pub struct Host {
     cores: Vec<usize>,
     http_port: u16,
     https_port: Option<u16>,
-    media_source: String,
-    media_detail: Option<String>,
+    /// `--media`: one spec per drive.
+    media_source: Vec<String>,
+    /// What each drive turned out to be (the controller `nvme:auto` found), where known.
+    media_detail: Vec<Option<String>>,
+    /// Each drive as found (`nvme:<pci address>` for `nvme:auto`).
+    media_found: Vec<String>,
     nic_spec: String,
     start: std::time::Instant,
     pub power: Option<PowerAction>,
@@ -53,9 +60,18 @@ impl Host {
             https_port: args.tls_cert.is_some().then_some(args.https_port),
             media_source: args.media.clone(),
             media_detail: args.media_detail.clone(),
+            media_found: args.media_found.clone(),
             nic_spec: args.nic.clone(),
             start,
             power: None,
+        }
+    }
+
+    /// Drive `drive`'s source: what it turned out to be, else its `--media` spec.
+    fn drive_source(&self, drive: usize) -> String {
+        match self.media_detail.get(drive) {
+            Some(Some(detail)) => detail.clone(),
+            _ => self.media_source.get(drive).cloned().unwrap_or_default(),
         }
     }
 
@@ -73,7 +89,21 @@ pub struct View<'a, N: Nic, S: Storage> {
 
 impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
     fn status(&self) -> StatusInfo {
-        let vol = &self.pipe.app.volume;
+        let library = &self.pipe.app.library;
+        let storage = &self.pipe.app.storage;
+        let drives: Vec<DriveSummary> = library
+            .drives()
+            .iter()
+            .enumerate()
+            .map(|(i, d)| DriveSummary {
+                backend: storage.drive_backend(i).to_string(),
+                source: self.host.drive_source(i),
+                objects: d.objects as u64,
+                bytes: d.data_bytes,
+                failed: d.failed.clone(),
+            })
+            .collect();
+        let source = if drives.len() == 1 { drives[0].source.clone() } else { self.host.media_source.join(",") };
         StatusInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime: self.host.start.elapsed(),
@@ -84,10 +114,18 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
             link: self.pipe.nic.link(),
             cores: self.host.cores.clone(),
             media: MediaSummary {
-                backend: self.pipe.app.storage.backend().to_string(),
-                source: self.host.media_detail.clone().unwrap_or_else(|| self.host.media_source.clone()),
-                objects: vol.objects().len() as u64,
-                bytes: vol.data_bytes(),
+                backend: storage.backend().to_string(),
+                source,
+                objects: library.len() as u64,
+                bytes: library.data_bytes(),
+                drives,
+                shadowed: library
+                    .shadowed()
+                    .iter()
+                    .take(LIST_MAX)
+                    .map(|p| ShadowedPath { path: p.path.clone(), served_from: p.served_from, hidden_on: p.hidden_on })
+                    .collect(),
+                shadowed_total: library.shadowed().len(),
             },
             draining: self.pipe.app.draining,
             http_port: self.host.http_port,
@@ -102,6 +140,13 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
             nic_driver: self.pipe.nic.link().driver,
             storage: self.pipe.app.storage.counters(),
             storage_backend: self.pipe.app.storage.backend().to_string(),
+            drives: (0..self.pipe.app.storage.drives())
+                .map(|d| DriveCounters {
+                    source: self.host.media_found.get(d).or(self.host.media_source.get(d)).cloned().unwrap_or_default(),
+                    backend: self.pipe.app.storage.drive_backend(d).to_string(),
+                    counters: self.pipe.app.storage.drive_counters(d),
+                })
+                .collect(),
             per_core: Vec::with_capacity(self.board.pipelines()),
             nic_xstats: self.pipe.nic.xstats(),
         };
@@ -112,6 +157,9 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
             c.stats += r.stats;
             c.nic += r.nic;
             c.storage += r.storage;
+            for (d, counters) in c.drives.iter_mut().zip(&r.drives) {
+                d.counters += *counters;
+            }
             c.per_core.push(r.share(self.board.core_of(i)));
         }
         c
@@ -132,13 +180,13 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
     }
 
     fn media(&self, max: usize) -> Listing<MediaEntry> {
-        let objects = self.pipe.app.volume.objects();
-        let entries = objects
-            .iter()
+        let library = &self.pipe.app.library;
+        let entries = library
+            .objects()
             .take(max)
-            .map(|o| MediaEntry { path: o.path.clone(), size: o.size, content_type: o.content_type.clone() })
+            .map(|(o, drive)| MediaEntry { path: o.path.clone(), drive, size: o.size, content_type: o.content_type.clone() })
             .collect();
-        Listing { total: objects.len(), entries }
+        Listing { total: library.len(), entries }
     }
 
     fn set_log_level(&mut self, level: log::LevelFilter) {
@@ -165,7 +213,7 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
         let mut v = vec![
             ("nic".to_string(), self.host.nic_spec.clone()),
             ("ip".to_string(), format!("{}/{}", self.host.ip, self.host.prefix)),
-            ("media".to_string(), self.host.media_source.clone()),
+            ("media".to_string(), self.host.media_source.join(",")),
             ("http_port".to_string(), self.host.http_port.to_string()),
         ];
         if let Some(g) = self.host.gateway {

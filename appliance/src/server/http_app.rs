@@ -34,7 +34,7 @@ use crate::tls::handshake::{HandshakeDriver, HandshakeProgress, Incoming, Record
 use crate::tls::layout::{RecordFormat, RecordPart, RecordSource, ResponseLayout, RECORD_PLAINTEXT};
 use crate::tls::record::{self, CONTENT_APPLICATION_DATA};
 use crate::tls::{TlsError, TlsVersion};
-use crate::volume::Volume;
+use crate::volume::Library;
 
 /// Bytes of object data per storage read and DMA buffer (a multiple of the record size).
 pub const CHUNK: usize = 64 * 1024;
@@ -63,7 +63,8 @@ pub const DEFAULT_HEADER_TIMEOUT: u64 = 10 * crate::net::SEC;
 
 #[derive(Clone, Copy, Debug)]
 struct Body {
-    /// Volume offset of the object's extent.
+    /// Storage address of the object's extent: its drive and volume offset
+    /// ([`drivers::storage::drives::address`]).
     extent: u64,
     /// Object bytes `[obj_off, obj_off + len)` are sent.
     obj_off: u64,
@@ -248,6 +249,9 @@ pub struct HttpConn {
     waiting: bool,
     /// Queued in [`HttpApp::rx_waiters`].
     rx_waiting: bool,
+    /// A read of its body was refused (a drive that failed): queued in
+    /// [`HttpApp::refused`] to be ended.
+    refused: bool,
     tls: Option<Box<ConnTls>>,
     pub requests: u64,
     /// A request head (or, on a new connection, the TLS handshake and the first head) must
@@ -266,6 +270,7 @@ impl HttpConn {
             read_seq: 0,
             waiting: false,
             rx_waiting: false,
+            refused: false,
             tls,
             requests: 0,
             head_deadline: None,
@@ -472,8 +477,8 @@ fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, buf: &mut Dm
 pub struct HttpApp<S: Storage> {
     pub storage: S,
     pool: DmaPool,
-    /// The index, shared read-only by every core.
-    pub volume: Arc<Volume>,
+    /// The index of every drive's volume, shared read-only by every core.
+    pub library: Arc<Library>,
     limits: Limits,
     pub stats: Stats,
     /// Wall-clock seconds for Date headers, set once per loop iteration.
@@ -484,6 +489,9 @@ pub struct HttpApp<S: Storage> {
     /// Connections waiting for a storage buffer (each once: [`HttpConn::waiting`]), first come
     /// first served; as many are woken as buffers come free.
     buffer_waiters: VecDeque<ConnId>,
+    /// Connections whose read the drive refused (each once: [`HttpConn::refused`]): ended
+    /// at the next storage poll, which has the TCP side at hand.
+    refused: VecDeque<ConnId>,
     pub draining: bool,
     tls_config: Option<Arc<rustls::ServerConfig>>,
     https_port: u16,
@@ -517,12 +525,13 @@ impl<S: Storage> HttpApp<S> {
     }
 
     /// `buffers` DMA chunks of [`CHUNK`] bytes bound what this core has in flight.
-    pub fn new(mut storage: S, volume: impl Into<Arc<Volume>>, buffers: usize) -> Result<Self, drivers::storage::StorageError> {
+    /// Objects are read from `storage` at the addresses `library` gives (drive and offset).
+    pub fn new(mut storage: S, library: impl Into<Arc<Library>>, buffers: usize) -> Result<Self, drivers::storage::StorageError> {
         let pool = storage.dma_pool(CHUNK, buffers)?;
         Ok(HttpApp {
             storage,
             pool,
-            volume: volume.into(),
+            library: library.into(),
             limits: Limits::default(),
             stats: Stats::default(),
             wall_unix: 0,
@@ -530,6 +539,7 @@ impl<S: Storage> HttpApp<S> {
             max_reads_in_flight: buffers,
             completions: Vec::with_capacity(buffers),
             buffer_waiters: VecDeque::with_capacity(1024),
+            refused: VecDeque::with_capacity(64),
             draining: false,
             tls_config: None,
             https_port: 0,
@@ -865,10 +875,11 @@ impl<S: Storage> HttpApp<S> {
                     (Plan::from_error(&e), c.rx_bytes().len())
                 }
                 Parse::Complete { request, consumed } => {
-                    let volume = &self.volume;
+                    let library = &self.library;
                     let plan = http::plan_request(&request, &mut path_buf, |p| {
-                        volume.lookup(p).map(|o| {
-                            extent = o.offset;
+                        library.lookup(p).map(|f| {
+                            extent = f.address;
+                            let o = f.object;
                             ObjectMeta { size: o.size, content_type: &o.content_type, etag: &o.etag, mtime: o.mtime }
                         })
                     });
@@ -1213,9 +1224,15 @@ impl<S: Storage> HttpApp<S> {
                 false
             }
             Err((e, _buf)) => {
-                log::warn!("storage read refused: {e}");
+                // The drive cannot read it (failed, or the request is out of its range):
+                // those bytes will never come, so this transfer ends, like a failed read.
+                log::warn!("storage read refused, closing the connection: {e}");
                 self.stats.storage_errors += 1;
                 self.release_chunks(c);
+                if !c.refused {
+                    c.refused = true;
+                    self.refused.push_back(id);
+                }
                 false
             }
         }
@@ -1224,6 +1241,13 @@ impl<S: Storage> HttpApp<S> {
     /// Poll storage completions (sealing TLS records in place) and wake the connections
     /// they belong to. Returns how many.
     pub fn poll_storage(&mut self, stack: &mut Stack<HttpConn>) -> usize {
+        while let Some(id) = self.refused.pop_front() {
+            // A connection gone since it queued is skipped (its handle no longer resolves).
+            if let Some(e) = stack.get_mut(id) {
+                e.tcp.abort();
+                stack.wake(id);
+            }
+        }
         self.storage.poll(&mut self.completions);
         let n = self.completions.len();
         for comp in self.completions.drain(..) {
@@ -1592,13 +1616,16 @@ mod tests {
         error: drivers::storage::StorageError,
         delay_polls: u32,
         failed: u64,
+        failed_bytes: u64,
+        /// Refuse reads of `bad` at submission instead (a controller that failed for good).
+        refuse: bool,
         /// Completions held back, with the polls left before they are handed out.
         held: Vec<(u32, drivers::storage::Completion)>,
     }
 
     impl FailingReads {
         fn new(inner: drivers::storage::FileStorage, bad: std::ops::Range<u64>, error: drivers::storage::StorageError, delay_polls: u32) -> Self {
-            FailingReads { inner, bad, error, delay_polls, failed: 0, held: Vec::new() }
+            FailingReads { inner, bad, error, delay_polls, failed: 0, failed_bytes: 0, refuse: false, held: Vec::new() }
         }
     }
 
@@ -1616,6 +1643,11 @@ mod tests {
             self.inner.dma_pool(buf_size, count)
         }
         fn submit_read(&mut self, tag: u64, offset: u64, len: usize, buf: drivers::storage::DmaBuf) -> Result<(), (drivers::storage::StorageError, drivers::storage::DmaBuf)> {
+            if self.refuse && self.bad.contains(&offset) {
+                // Counted as the inner backend's refusals are: an error, not a read.
+                self.failed += 1;
+                return Err((self.error.clone(), buf));
+            }
             self.inner.submit_read(tag, offset, len, buf)?;
             if self.bad.contains(&offset) {
                 // Turn the completion just queued into a failure, held back for a while.
@@ -1626,6 +1658,7 @@ mod tests {
                     if c.tag == tag {
                         c.result = Err(self.error.clone());
                         self.failed += 1;
+                        self.failed_bytes += len as u64;
                         delay = self.delay_polls;
                     }
                     self.held.push((delay, c));
@@ -1649,8 +1682,18 @@ mod tests {
         fn in_flight(&self) -> usize {
             self.held.len() + self.inner.in_flight()
         }
+        /// The file's counts with the failed reads moved from reads to errors (timeouts).
         fn counters(&self) -> drivers::storage::StorageCounters {
-            self.inner.counters()
+            let mut c = self.inner.counters();
+            if !self.refuse {
+                c.reads -= self.failed;
+                c.read_bytes -= self.failed_bytes;
+            }
+            c.errors += self.failed;
+            if self.error == drivers::storage::StorageError::Timeout {
+                c.timeouts += self.failed;
+            }
+            c
         }
     }
 
@@ -1690,6 +1733,211 @@ mod tests {
     #[test]
     fn a_timed_out_read_ends_only_its_transfer() {
         a_failing_read_ends_only_its_transfer(drivers::storage::StorageError::Timeout, 2000);
+    }
+
+    /// Bytes that differ at every offset and from drive to drive.
+    fn drive_bytes(drive: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i * 31 + i / 4096 * 7) as u8) ^ drive.wrapping_mul(0x5b).wrapping_add(drive)).collect()
+    }
+
+    fn sha(bytes: &[u8]) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(bytes).into()
+    }
+
+    /// Two drives, every read of drive 1 failing (`error`, after `delay_polls` polls): the
+    /// transfers from drive 1 end, counted on drive 1; those from drive 0 (a path on both
+    /// drives included, served from drive 0, the first listed) complete byte-exact meanwhile
+    /// and after; nothing leaks.
+    fn two_drives_one_failing(error: drivers::storage::StorageError, delay_polls: u32) {
+        use drivers::storage::{Drives, Storage};
+        let (zero, one) = (drive_bytes(0, 300_000), drive_bytes(1, 300_000));
+        let (_d0, s0, v0) = crate::loopback::volume_of(&[("zero.ts", &zero), ("both.txt", b"from drive 0")]);
+        let (_d1, s1, v1) = crate::loopback::volume_of(&[("one.ts", &one), ("both.txt", b"from drive 1 (hidden)"), ("small.txt", b"x")]);
+        // Reads loading the index, before serving.
+        let loaded1 = s1.counters().reads;
+        let drives = Drives::new(vec![
+            FailingReads::new(s0, 0..0, error.clone(), 0),
+            FailingReads::new(s1, 0..u64::MAX, error.clone(), delay_polls),
+        ])
+        .unwrap();
+        let library = crate::volume::Library::new(vec![("zero.vol".into(), v0), ("one.vol".into(), v1)]);
+        assert_eq!(library.shadowed().len(), 1);
+        let mut h = SimHarness::new(drives, library, SimConfig::default(), SimConfig::default(), 16);
+        for path in ["/one.ts", "/zero.ts", "/small.txt", "/both.txt"] {
+            assert!(h.start_fetch(path, None), "{path}");
+        }
+        assert!(h.run_until_fetches(4, Duration::from_secs(60)), "{:?}", h.client_app.fetches);
+        let fetches = h.client_app.fetches.clone();
+        let done = |want: &[u8]| fetches.iter().any(|f| f.complete && f.status == 200 && f.body_len == want.len() as u64 && f.sha256 == sha(want));
+        assert!(done(&zero), "drive 0's large file, byte-exact: {fetches:?}");
+        assert!(done(b"from drive 0"), "the path on both drives comes from drive 0: {fetches:?}");
+        assert_eq!(fetches.iter().filter(|f| !f.complete).count(), 2, "drive 1's two transfers ended: {fetches:?}");
+        let storage = &h.server.app.storage;
+        let (c0, c1) = (storage.drive_counters(0), storage.drive_counters(1));
+        assert_eq!(c0.errors, 0);
+        assert!(c0.reads >= 5, "{c0:?}");
+        assert!(c1.errors >= 2 && c1.reads == loaded1, "{c1:?}");
+        assert_eq!(c1.timeouts, if error == drivers::storage::StorageError::Timeout { c1.errors } else { 0 });
+        assert_eq!(h.server.stats().storage_errors, c1.errors, "every failed read counted by the pipeline too");
+        // Drive 0 keeps serving.
+        assert!(h.start_fetch("/zero.ts", Some((1000, 250_000))));
+        assert!(h.run_until_fetches(5, Duration::from_secs(30)));
+        let last = h.client_app.fetches.last().unwrap();
+        assert!(last.complete && last.status == 206 && last.sha256 == sha(&zero[1000..=250_000]), "{last:?}");
+        h.run_for(Duration::from_secs(5));
+        assert_eq!(h.server.stack.connection_count(), 0, "connections reclaimed");
+        assert_eq!(h.server.app.buffers_free(), 16, "every buffer back");
+        assert_eq!(h.server.app.storage.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_failing_drive_ends_only_its_transfers() {
+        two_drives_one_failing(drivers::storage::StorageError::Device("media error (test)".into()), 0);
+    }
+
+    #[test]
+    fn a_timing_out_drive_ends_only_its_transfers() {
+        two_drives_one_failing(drivers::storage::StorageError::Timeout, 2000);
+    }
+
+    /// A drive whose reads are refused outright (a controller that failed for good) ends the
+    /// transfers that need it at once, rather than leaving them to the idle timeout.
+    #[test]
+    fn a_refused_read_ends_its_transfer() {
+        use drivers::storage::{Drives, Storage};
+        let (_d0, s0, v0) = crate::loopback::volume_of(&[("zero.txt", b"zero")]);
+        let (_d1, s1, v1) = crate::loopback::volume_of(&[("one.txt", b"one")]);
+        let library = crate::volume::Library::new(vec![("zero.vol".into(), v0), ("one.vol".into(), v1)]);
+        let failed = drivers::storage::StorageError::Device("controller failed (test)".into());
+        let mut s1 = FailingReads::new(s1, 0..u64::MAX, failed.clone(), 0);
+        s1.refuse = true;
+        let drives = Drives::new(vec![FailingReads::new(s0, 0..0, failed, 0), s1]).unwrap();
+        let mut h = SimHarness::new(drives, library, SimConfig::default(), SimConfig::default(), 16);
+        assert!(h.start_fetch("/one.txt", None));
+        assert!(h.start_fetch("/zero.txt", None));
+        assert!(h.run_until_fetches(2, Duration::from_secs(5)), "ended within seconds, not at the idle timeout");
+        let f = &h.client_app.fetches;
+        assert!(f.iter().any(|f| f.complete && f.sha256 == sha(b"zero")), "{f:?}");
+        assert!(f.iter().any(|f| !f.complete), "{f:?}");
+        assert!(h.server.app.storage.drive_counters(1).errors >= 1);
+        assert!(h.server.stats().storage_errors >= 1);
+        h.run_for(Duration::from_secs(5));
+        assert_eq!(h.server.stack.connection_count(), 0);
+        assert_eq!(h.server.app.buffers_free(), 16);
+    }
+
+    /// Two NVMe drives (the in-memory controller model, each namespace holding a volume of one
+    /// file, `/zero.ts` and `/one.ts`, one DMA space as one vfio container gives) under the
+    /// whole pipeline; the file bytes and the models.
+    #[allow(clippy::type_complexity)]
+    fn two_nvme_drives(
+        len: usize,
+        model: ModelConfigFn,
+    ) -> (
+        SimHarness<drivers::storage::Drives<drivers::storage::nvme::NvmeStorage>>,
+        [Vec<u8>; 2],
+        [std::sync::Arc<drivers::storage::nvme::model::Model>; 2],
+    ) {
+        use drivers::storage::nvme::model::{FakeDma, Model};
+        use drivers::storage::nvme::{NvmeConfig, NvmeController};
+        let (zero, one) = (drive_bytes(0, len), drive_bytes(1, len));
+        let (d0, _s0, v0) = crate::loopback::volume_of(&[("zero.ts", &zero)]);
+        let (d1, _s1, v1) = crate::loopback::volume_of(&[("one.ts", &one)]);
+        let image = |d: &tempfile::TempDir| std::fs::read(d.path().join("media.vol")).unwrap();
+        let dma = FakeDma::new();
+        let models = [Model::new(dma.clone(), model(&image(&d0))), Model::new(dma.clone(), model(&image(&d1)))];
+        let config = NvmeConfig { queue_depth: 16, command_timeout: Duration::from_millis(50), ..NvmeConfig::default() };
+        let queue = |m: &std::sync::Arc<Model>| {
+            NvmeController::new(m.clone(), std::sync::Arc::new(dma.clone()), &config, "model").unwrap().into_queues().unwrap().remove(0).into_storage()
+        };
+        let drives = drivers::storage::Drives::new(vec![queue(&models[0]), queue(&models[1])]).unwrap();
+        let library = crate::volume::Library::new(vec![("nvme:model0".into(), v0), ("nvme:model1".into(), v1)]);
+        (SimHarness::new(drives, library, SimConfig::default(), SimConfig::default(), 16), [zero, one], models)
+    }
+
+    type ModelConfigFn = fn(&[u8]) -> drivers::storage::nvme::model::ModelConfig;
+
+    /// Run until `n` fetches ended or `stop` holds (bounded by 30 s of real time). The
+    /// virtual clock runs while the controller's command timeout runs in real time: idle
+    /// rounds sleep a little, so that the reset comes long before any TCP or HTTP timeout.
+    fn run_real<S: drivers::storage::Storage>(h: &mut SimHarness<S>, n: usize, stop: &dyn Fn(&SimHarness<S>) -> bool) {
+        let start = std::time::Instant::now();
+        while h.client_app.fetches.len() < n && !stop(h) && start.elapsed() < Duration::from_secs(30) {
+            if !h.step(true) {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    }
+
+    /// Drive 1's controller stops answering in the middle of a transfer. Its read times out,
+    /// the controller is reset (counted on drive 1), that transfer ends; drive 0's transfer
+    /// completes byte-exact meanwhile; after the reset drive 1 serves again.
+    #[test]
+    fn a_silent_nvme_drive_is_reset_and_the_other_keeps_serving() {
+        use drivers::storage::Storage;
+        let (mut h, [zero, one], [m0, m1]) = two_nvme_drives(3_000_000, drivers::storage::nvme::model::ModelConfig::with_image);
+        assert!(h.start_fetch("/one.ts", None));
+        assert!(h.start_fetch("/zero.ts", None));
+        // Drive 1 goes silent once some of its file is out.
+        run_real(&mut h, 2, &|h| h.server.app.storage.drive_counters(1).reads >= 3);
+        assert!(h.server.app.storage.drive_counters(1).reads >= 3, "drive 1 was serving");
+        m1.hang();
+        run_real(&mut h, 2, &|_| false);
+        let fetches = h.client_app.fetches.clone();
+        assert_eq!(fetches.len(), 2, "{fetches:?}");
+        assert!(fetches.iter().any(|f| f.complete && f.sha256 == sha(&zero)), "drive 0's file, byte-exact: {fetches:?}");
+        assert!(fetches.iter().any(|f| !f.complete && f.body_len < one.len() as u64), "drive 1's transfer ended: {fetches:?}");
+        let storage = &h.server.app.storage;
+        let (c0, c1) = (storage.drive_counters(0), storage.drive_counters(1));
+        assert_eq!((c0.errors, c0.timeouts, c0.resets), (0, 0, 0), "{c0:?}");
+        assert!(c1.timeouts >= 1 && c1.errors >= c1.timeouts && c1.resets == 1, "{c1:?}");
+        assert_eq!(h.server.stats().storage_errors, c1.errors);
+        assert_eq!(m1.stats().disables, 1, "drive 1's controller was reset");
+        assert_eq!(m0.stats().disables, 0, "drive 0's was not");
+        assert_eq!(storage.counters().resets, 1);
+        // Reset, drive 1 answers again.
+        assert!(h.start_fetch("/one.ts", None));
+        run_real(&mut h, 3, &|_| false);
+        let last = h.client_app.fetches.last().unwrap();
+        assert!(last.complete && last.sha256 == sha(&one), "{last:?}");
+        h.run_for(Duration::from_secs(5));
+        assert_eq!(h.server.stack.connection_count(), 0);
+        assert_eq!(h.server.app.buffers_free(), 16, "every buffer back");
+    }
+
+    /// Drive 1's controller dies (a reset does not bring it back): its transfer times out
+    /// and ends, later requests for its files are refused at once and end, and drive 0 keeps
+    /// serving byte-exact throughout.
+    #[test]
+    fn a_dead_nvme_drive_ends_its_transfers_and_the_other_keeps_serving() {
+        use drivers::storage::Storage;
+        let short_reset = |image: &[u8]| drivers::storage::nvme::model::ModelConfig { timeout_units: 1, ..drivers::storage::nvme::model::ModelConfig::with_image(image) };
+        let (mut h, [zero, _one], [_m0, m1]) = two_nvme_drives(1_000_000, short_reset);
+        m1.die();
+        assert!(h.start_fetch("/one.ts", None));
+        assert!(h.start_fetch("/zero.ts", None));
+        run_real(&mut h, 2, &|_| false);
+        assert!(m1.dma_stopped(), "the dead controller was cut off the bus");
+        for round in 0..2 {
+            assert!(h.start_fetch("/one.ts", Some((round * 1000, 500_000))));
+            assert!(h.start_fetch("/zero.ts", Some((round * 1000, 500_000))));
+        }
+        run_real(&mut h, 6, &|_| false);
+        let fetches = h.client_app.fetches.clone();
+        assert_eq!(fetches.len(), 6, "{fetches:?}");
+        assert_eq!(fetches.iter().filter(|f| !f.complete).count(), 3, "drive 1's three transfers ended: {fetches:?}");
+        assert!(fetches.iter().any(|f| f.complete && f.sha256 == sha(&zero)));
+        for round in 0..2 {
+            let want = sha(&zero[round * 1000..=500_000]);
+            assert!(fetches.iter().any(|f| f.complete && f.status == 206 && f.sha256 == want), "{fetches:?}");
+        }
+        let c1 = h.server.app.storage.drive_counters(1);
+        assert!(c1.timeouts >= 1 && c1.errors >= 3 && c1.resets == 1, "{c1:?}");
+        assert_eq!(h.server.app.storage.drive_counters(0).errors, 0);
+        h.run_for(Duration::from_secs(5));
+        assert_eq!(h.server.stack.connection_count(), 0);
+        assert_eq!(h.server.app.buffers_free(), 16, "every buffer back");
     }
 
     /// Found by the `net_frames` fuzz target (fuzz/regressions/net_frames/tls-bad-record-after-fin):

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drivers::nic::Nic;
-use drivers::storage::Storage;
+use drivers::storage::{Backend, Drives, Storage, Unavailable};
 
 use crate::console::{ConsoleService, PowerAction};
 use crate::net::iface::{IfaceConfig, Stack};
@@ -44,9 +44,19 @@ pub struct ServeArgs {
     /// `nvme:<pci address>` / `nvme:auto` for namespace 1 of an NVMe controller driven by the
     /// userspace driver over vfio (the device must be bound to vfio-pci or to no driver; it
     /// needs an IOMMU group: intel_iommu=on or amd_iommu=on). `nvme:auto` takes the first NVMe
-    /// controller that no kernel driver holds.
-    #[arg(long, value_name = "PATH | nvme:<pci address> | nvme:auto")]
-    pub media: String,
+    /// controller that no kernel driver holds and no other --media names.
+    ///
+    /// Several volumes, one per drive, are served at once: a comma-separated list
+    /// (`--media a.vol,nvme:0000:00:04.0`) or --media given more than once; drive 0 is the
+    /// first listed. A path packed on more than one volume is served from the first listed
+    /// (warned at start-up, shown by the console's `media`). A drive whose reads fail or time
+    /// out ends only the transfers reading from it (counted per drive in `stats json`
+    /// storage.drives); an NVMe controller that stops answering is reset; the other drives
+    /// keep serving. A drive that cannot be opened or whose volume does not load at start is
+    /// left out (logged; `status` says why) and the others are served; with a single
+    /// --media, or when no drive loads, serve stops with the error.
+    #[arg(long, value_name = "PATH | nvme:<pci address> | nvme:auto", required = true, value_delimiter = ',')]
+    pub media: Vec<String>,
     #[arg(long, default_value_t = 80)]
     pub http_port: u16,
     /// Certificate chain (PEM) for HTTPS.
@@ -97,9 +107,14 @@ pub struct ServeArgs {
     /// aes-128-gcm`. Protects nothing. HTTPS is unaffected. See docs/performance.md.
     #[arg(long)]
     pub tls_emulation: bool,
-    /// What the media turned out to be (the NVMe controller `nvme:auto` found), for `status`.
+    /// What each drive of --media turned out to be (the NVMe controller `nvme:auto` found),
+    /// for `status`.
     #[arg(skip)]
-    pub media_detail: Option<String>,
+    pub media_detail: Vec<Option<String>>,
+    /// Each drive of --media as found: `nvme:<pci address>` for `nvme:auto`, else as given
+    /// (`stats json` storage.drives[].source).
+    #[arg(skip)]
+    pub media_found: Vec<String>,
 }
 
 /// Where `--media` points.
@@ -135,6 +150,27 @@ impl MediaSpec {
     }
 }
 
+/// Every `--media` item (one per drive, in order), each parsed by [`MediaSpec::parse`]. A
+/// file or controller named twice is refused (`nvme:auto` may be: each takes another
+/// controller); so are more drives than reads can be routed to.
+pub fn parse_media(items: &[String]) -> Result<Vec<MediaSpec>, ServeError> {
+    if items.is_empty() {
+        return Err(ServeError::Option("--media: no volume given".into()));
+    }
+    if items.len() > drivers::storage::drives::MAX_DRIVES {
+        return Err(ServeError::Option(format!("--media: {} volumes, at most {}", items.len(), drivers::storage::drives::MAX_DRIVES)));
+    }
+    let mut specs: Vec<MediaSpec> = Vec::with_capacity(items.len());
+    for item in items {
+        let spec = MediaSpec::parse(item.trim())?;
+        if spec != MediaSpec::Nvme("auto".into()) && specs.contains(&spec) {
+            return Err(ServeError::Option(format!("--media: {} is listed twice", item.trim())));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("bad option: {0}")]
@@ -147,6 +183,8 @@ pub enum ServeError {
     Media { spec: String, source: drivers::storage::StorageError },
     #[error("media volume: {0}")]
     Volume(#[from] volume::VolumeError),
+    #[error("media volume {spec}: {source}")]
+    MediaVolume { spec: String, source: volume::VolumeError },
     #[error("console: {0}")]
     Console(#[from] crate::console::ConsoleError),
     #[error("TLS: {0}")]
@@ -259,38 +297,116 @@ struct Net {
     mac: Option<[u8; 6]>,
 }
 
+/// Why each drive of `--media` is not served (None: it is), decided at start-up.
+type Failed = std::sync::Mutex<Vec<Option<String>>>;
+
+fn lock_failed(failed: &Failed) -> std::sync::MutexGuard<'_, Vec<Option<String>>> {
+    failed.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Builds pipeline `index`'s NIC queue (or storage queue), called on that pipeline's own
 /// thread: queues own per-core pools that never cross threads.
 type QueueFn<'a, T> = dyn Fn(usize) -> Result<T, ServeError> + Sync + 'a;
 
-/// Opens the media's queues (one per core) and runs the pipelines on `nic`'s queues.
+/// Opens the media's queues (one per core on each drive) and runs the pipelines on `nic`'s
+/// queues.
 fn with_media<N: Nic>(args: ServeArgs, nic: &QueueFn<N>, net: Net, cores: Vec<usize>, console: ConsoleService) -> Result<Outcome, ServeError> {
-    let spec_text = args.media.clone();
-    let media_err = |source| ServeError::Media { spec: spec_text.clone(), source };
-    match MediaSpec::parse(&args.media)? {
-        MediaSpec::File(path) => {
-            let storage = |_: usize| drivers::storage::FileStorage::open(&path).map_err(media_err);
-            run(args.clone(), nic, &storage, net, cores, console)
+    let specs = parse_media(&args.media)?;
+    let names: Vec<String> = args.media.iter().map(|m| m.trim().to_string()).collect();
+    let media_err = |drive: usize, source| ServeError::Media { spec: names[drive].clone(), source };
+    // With several drives, one that cannot be opened (or its volume loaded, in run) is left
+    // out, logged and shown by the console, and the others are served; with one, that ends
+    // serve as it always did.
+    let several = specs.len() > 1;
+    let failed: Failed = std::sync::Mutex::new(vec![None; specs.len()]);
+    let leave_out = |d: usize, e: drivers::storage::StorageError| -> Result<(), ServeError> {
+        if !several {
+            return Err(media_err(d, e));
         }
-        MediaSpec::Nvme(spec) => {
-            let (queues, detail) = open_nvme(&spec, cores.len()).map_err(media_err)?;
-            let queues: Vec<_> = queues.into_iter().map(|q| std::sync::Mutex::new(Some(q))).collect();
-            let storage = |i: usize| {
-                let q = queues.get(i).and_then(|q| q.lock().unwrap_or_else(|e| e.into_inner()).take());
-                q.map(|q| q.into_storage()).ok_or_else(|| media_err(drivers::storage::StorageError::Device(format!("no I/O queue pair for pipeline {i}"))))
-            };
-            let args = ServeArgs { media_detail: Some(detail), ..args };
-            run(args, nic, &storage, net, cores, console)
+        log::error!("media {}: {e}: this drive is not served", names[d]);
+        lock_failed(&failed)[d] = Some(e.to_string());
+        Ok(())
+    };
+    // NVMe drives: one vfio container for all, so that one buffer pool per core serves every
+    // drive; the controllers named first, so that nvme:auto takes another one.
+    let mut nvme: Vec<Option<Vec<std::sync::Mutex<Option<drivers::storage::nvme::NvmeQueue>>>>> = specs.iter().map(|_| None).collect();
+    let mut detail = vec![None; specs.len()];
+    let mut found = names.clone();
+    let mut taken: Vec<String> = Vec::new();
+    for spec in &specs {
+        if let MediaSpec::Nvme(pci) = spec {
+            if pci != "auto" {
+                taken.push(pci.clone());
+            }
         }
     }
+    let mut order: Vec<usize> = (0..specs.len()).filter(|&d| matches!(&specs[d], MediaSpec::Nvme(p) if p != "auto")).collect();
+    order.extend((0..specs.len()).filter(|&d| specs[d] == MediaSpec::Nvme("auto".into())));
+    let mut container: Option<std::sync::Arc<drivers::storage::nvme::vfio::Container>> = None;
+    for d in order {
+        let MediaSpec::Nvme(spec) = &specs[d] else { continue };
+        let opened = match &container {
+            Some(c) => Ok(c.clone()),
+            None => drivers::storage::nvme::vfio::Container::open().inspect(|c| container = Some(c.clone())),
+        }
+        .and_then(|c| open_nvme(&c, spec, cores.len(), &taken));
+        let (queues, pci, text) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                leave_out(d, e)?;
+                continue;
+            }
+        };
+        found[d] = format!("nvme:{pci}");
+        if spec == "auto" {
+            taken.push(pci);
+        }
+        nvme[d] = Some(queues.into_iter().map(|q| std::sync::Mutex::new(Some(q))).collect());
+        detail[d] = Some(text);
+    }
+    let storage = |core: usize| -> Result<Drives<Backend>, ServeError> {
+        let mut drives = Vec::with_capacity(specs.len());
+        for (d, spec) in specs.iter().enumerate() {
+            if let Some(reason) = lock_failed(&failed)[d].clone() {
+                drives.push(Backend::Unavailable(Unavailable::new(reason)));
+                continue;
+            }
+            drives.push(match spec {
+                MediaSpec::File(path) => match drivers::storage::FileStorage::open(path) {
+                    Ok(f) => Backend::File(f),
+                    // Decided on the first core, before the others start.
+                    Err(e) if several && core == 0 => {
+                        log::error!("media {}: {e}: this drive is not served", names[d]);
+                        lock_failed(&failed)[d] = Some(e.to_string());
+                        Backend::Unavailable(Unavailable::new(e.to_string()))
+                    }
+                    Err(e) => return Err(media_err(d, e)),
+                },
+                MediaSpec::Nvme(_) => {
+                    let queue = nvme[d].as_ref().and_then(|qs| qs.get(core)).and_then(|q| q.lock().unwrap_or_else(|e| e.into_inner()).take());
+                    let queue = queue.ok_or_else(|| media_err(d, drivers::storage::StorageError::Device(format!("no I/O queue pair for pipeline {core}"))))?;
+                    Backend::Nvme(queue.into_storage())
+                }
+            });
+        }
+        Drives::new(drives).map_err(|e| ServeError::Option(format!("--media: {e}")))
+    };
+    let args = ServeArgs { media: names.clone(), media_detail: detail, media_found: found, ..args };
+    run(args, nic, &storage, &failed, net, cores, console)
 }
 
-/// Namespace 1 of the NVMe controller `spec` ("auto" or a PCI address) with one I/O queue
-/// pair per pipeline, and a description of what was found.
-fn open_nvme(spec: &str, pipelines: usize) -> Result<(Vec<drivers::storage::nvme::NvmeQueue>, String), drivers::storage::StorageError> {
+/// Namespace 1 of the NVMe controller `spec` ("auto": the first free one not in `taken`, or a
+/// PCI address) opened in `container`, with one I/O queue pair per pipeline; its PCI address
+/// and a description of what was found.
+fn open_nvme(
+    container: &std::sync::Arc<drivers::storage::nvme::vfio::Container>,
+    spec: &str,
+    pipelines: usize,
+    taken: &[String],
+) -> Result<(Vec<drivers::storage::nvme::NvmeQueue>, String, String), drivers::storage::StorageError> {
     use drivers::storage::nvme::{self, NvmeConfig};
     let config = NvmeConfig { io_queues: pipelines.max(1), ..NvmeConfig::default() };
-    let ctrl = nvme::open(spec, &config)?;
+    let ctrl = nvme::open_in(container, spec, &config, taken)?;
     let (info, ns) = (ctrl.info().clone(), ctrl.namespace());
     let detail = format!(
         "nvme:{} ({}, serial {}, NVMe {}, namespace {}: {} blocks of {} bytes)",
@@ -307,7 +423,7 @@ fn open_nvme(spec: &str, pipelines: usize) -> Result<(Vec<drivers::storage::nvme
     if queues.len() < pipelines {
         return Err(drivers::storage::StorageError::Device(format!("the controller created {} I/O queue pair(s) for {pipelines} pipeline(s)", queues.len())));
     }
-    Ok((queues, detail))
+    Ok((queues, info.pci, detail))
 }
 
 #[cfg(feature = "dpdk")]
@@ -345,10 +461,10 @@ struct Setup {
 }
 
 impl Setup {
-    fn pipeline<N: Nic, S: Storage>(&self, mut nic: N, storage: S, vol: std::sync::Arc<volume::Volume>) -> Result<Pipeline<N, S>, ServeError> {
+    fn pipeline<N: Nic, S: Storage>(&self, mut nic: N, storage: S, library: std::sync::Arc<volume::Library>) -> Result<Pipeline<N, S>, ServeError> {
         // Every queue is the same port: the first queue's link settings hold for all.
         let stack = Stack::new(self.cfg.clone(), monotonic_ns(self.start));
-        let mut app = HttpApp::new(storage, vol, self.buffers)?;
+        let mut app = HttpApp::new(storage, library, self.buffers)?;
         app.header_timeout = self.header_timeout;
         if let Some(config) = &self.tls {
             app.enable_tls(config.clone(), self.https_port);
@@ -362,6 +478,67 @@ impl Setup {
     }
 }
 
+/// Loads the volume of each drive (`names`: their `--media` items) and merges the indexes.
+/// With several drives, one already `failed` or whose volume does not load is left out
+/// (marked in `failed`, made [`Unavailable`]) as long as another one loads.
+fn load_library(names: &[String], drives: &mut Drives<Backend>, failed: &Failed) -> Result<volume::Library, ServeError> {
+    let several = drives.len() > 1;
+    let mut volumes = Vec::with_capacity(drives.len());
+    let mut first_error = None;
+    for (d, name) in names.iter().enumerate().take(drives.len()) {
+        if let Some(reason) = lock_failed(failed)[d].clone() {
+            volumes.push((name.clone(), Err(reason)));
+            continue;
+        }
+        let Some(drive) = drives.drive_mut(d) else { break };
+        match volume::load(drive) {
+            Ok(vol) => {
+                log::info!("media {name} ({}): {} objects, {} bytes", drive.backend(), vol.objects().len(), vol.data_bytes());
+                volumes.push((name.clone(), Ok(vol)));
+            }
+            Err(source) => {
+                let e = ServeError::MediaVolume { spec: name.clone(), source };
+                if !several {
+                    return Err(e);
+                }
+                log::error!("{e}: this drive is not served");
+                let reason = e.to_string();
+                lock_failed(failed)[d] = Some(reason.clone());
+                drives.replace(d, Backend::Unavailable(Unavailable::new(reason.clone())));
+                first_error.get_or_insert(e);
+                volumes.push((name.clone(), Err(reason)));
+            }
+        }
+    }
+    if volumes.iter().all(|(_, v)| v.is_err()) {
+        return Err(first_error.unwrap_or_else(|| {
+            let reasons: Vec<String> = volumes.iter().filter_map(|(_, v)| v.as_ref().err().cloned()).collect();
+            ServeError::Option(format!("--media: no drive can be served: {}", reasons.join("; ")))
+        }));
+    }
+    let library = volume::Library::with_failed(volumes);
+    const SHOWN: usize = 20;
+    for p in library.shadowed().iter().take(SHOWN) {
+        log::warn!(
+            "media: {} is on {} (drive {}) and on {} (drive {}): served from {}",
+            p.path,
+            names[p.served_from],
+            p.served_from,
+            names[p.hidden_on],
+            p.hidden_on,
+            names[p.served_from]
+        );
+    }
+    if library.shadowed().len() > SHOWN {
+        log::warn!("media: {} more paths on more than one drive (the console's media lists them)", library.shadowed().len() - SHOWN);
+    }
+    if several {
+        let serving = library.drives().iter().filter(|d| d.failed.is_none()).count();
+        log::info!("media: {serving} of {} drives, {} objects, {} bytes served", drives.len(), library.len(), library.data_bytes());
+    }
+    Ok(library)
+}
+
 /// Pins the calling thread; a failure is logged, not fatal (the pipeline still runs).
 fn pin(core: usize) {
     if let Err(e) = host::pin_to_core(core) {
@@ -369,12 +546,13 @@ fn pin(core: usize) {
     }
 }
 
-/// Loads the volume, then runs one pipeline per core: the first on this thread with the
-/// console, each other on its own pinned thread. Returns when the console asks for it.
-fn run<N: Nic, S: Storage>(
+/// Loads every drive's volume, then runs one pipeline per core: the first on this thread with
+/// the console, each other on its own pinned thread. Returns when the console asks for it.
+fn run<N: Nic>(
     args: ServeArgs,
     nic: &QueueFn<N>,
-    storage: &QueueFn<S>,
+    storage: &QueueFn<Drives<Backend>>,
+    failed: &Failed,
     net: Net,
     cores: Vec<usize>,
     mut console: ConsoleService,
@@ -383,14 +561,7 @@ fn run<N: Nic, S: Storage>(
     pin(cores[0]);
     let first_nic = nic(0)?;
     let mut first_storage = storage(0)?;
-    let vol = std::sync::Arc::new(volume::load(&mut first_storage)?);
-    log::info!(
-        "media {} ({}): {} objects, {} bytes",
-        args.media,
-        first_storage.backend(),
-        vol.objects().len(),
-        vol.data_bytes()
-    );
+    let vol = std::sync::Arc::new(load_library(&args.media, &mut first_storage, failed)?);
     let mut link = first_nic.link();
     if args.no_tx_offload {
         link.offloads = drivers::nic::TxOffloads::default();
@@ -561,6 +732,78 @@ mod tests {
             assert!(e.contains("--media"), "{bad:?}: {e}");
         }
         assert!(MediaSpec::parse("nvme:0000:00:04.8").unwrap_err().to_string().contains("nvme:auto"));
+    }
+
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn media_of(argv: &[&str]) -> Result<Vec<String>, clap::Error> {
+        let mut full = vec!["serve", "--nic", "tap:t0", "--ip", "10.0.0.2/24"];
+        full.extend_from_slice(argv);
+        <Serve as clap::Parser>::try_parse_from(full).map(|s| s.args.media)
+    }
+
+    #[test]
+    fn media_is_one_volume_or_a_list() {
+        assert_eq!(media_of(&["--media", "a.vol"]).unwrap(), ["a.vol"]);
+        assert_eq!(media_of(&["--media", "a.vol,nvme:0000:00:04.0"]).unwrap(), ["a.vol", "nvme:0000:00:04.0"]);
+        assert_eq!(media_of(&["--media", "a.vol", "--media", "b.vol,c.vol"]).unwrap(), ["a.vol", "b.vol", "c.vol"]);
+        assert!(media_of(&[]).is_err(), "--media is required");
+        let specs = parse_media(&["a.vol".into(), " nvme:00:04.0".into(), "nvme:auto".into(), "nvme:auto".into()]).unwrap();
+        assert_eq!(
+            specs,
+            [
+                MediaSpec::File("a.vol".into()),
+                MediaSpec::Nvme("0000:00:04.0".into()),
+                MediaSpec::Nvme("auto".into()),
+                MediaSpec::Nvme("auto".into())
+            ],
+            "nvme:auto may be given more than once: each takes another controller"
+        );
+        for (bad, why) in [
+            (vec!["a.vol", "b.vol", "a.vol"], "a.vol is listed twice"),
+            (vec!["nvme:0000:00:04.0", "nvme:00:04.0"], "listed twice"),
+            (vec!["a.vol", ""], "--media: empty"),
+            (vec![], "no volume"),
+        ] {
+            let items: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
+            let e = parse_media(&items).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        let many: Vec<String> = (0..=drivers::storage::drives::MAX_DRIVES).map(|i| format!("{i}.vol")).collect();
+        assert!(parse_media(&many).unwrap_err().to_string().contains("at most 256"));
+    }
+
+    #[test]
+    fn a_drive_whose_volume_does_not_load_is_left_out_when_others_load() {
+        let (_d, _s, _v) = crate::loopback::volume_of(&[("a.txt", b"a")]);
+        let good = _d.path().join("media.vol");
+        let junk = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(junk.path(), vec![0x5a; 3 * 4096]).unwrap();
+        let junk_name = junk.path().display().to_string();
+        let open = |p: &std::path::Path| Backend::File(drivers::storage::FileStorage::open(p).unwrap());
+        let names = vec![good.display().to_string(), junk_name.clone()];
+        let failed: Failed = std::sync::Mutex::new(vec![None, None]);
+        let mut drives = Drives::new(vec![open(&good), open(junk.path())]).unwrap();
+        let library = load_library(&names, &mut drives, &failed).unwrap();
+        assert_eq!(library.lookup("/a.txt").unwrap().drive, 0);
+        let why = library.drives()[1].failed.clone().expect("drive 1 left out");
+        assert!(why.starts_with(&format!("media volume {junk_name}: not a media volume")), "{why}");
+        assert_eq!(lock_failed(&failed)[1].as_deref(), Some(why.as_str()), "the other cores leave it out too");
+        assert_eq!(drives.drive_backend(1), drivers::storage::drives::UNAVAILABLE);
+        assert_eq!(drives.backend(), "file");
+        // One volume that does not load ends serve, as it always did; so do several of them.
+        let failed: Failed = std::sync::Mutex::new(vec![None]);
+        let mut one = Drives::new(vec![open(junk.path())]).unwrap();
+        let e = load_library(&names[1..], &mut one, &failed).unwrap_err();
+        assert!(matches!(e, ServeError::MediaVolume { .. }), "{e}");
+        let failed: Failed = std::sync::Mutex::new(vec![None, Some("no such controller".into())]);
+        let mut two = Drives::new(vec![open(junk.path()), Backend::Unavailable(Unavailable::new("no such controller"))]).unwrap();
+        let e = load_library(&[junk_name.clone(), "nvme:auto".into()], &mut two, &failed).unwrap_err();
+        assert!(e.to_string().contains("not a media volume"), "{e}");
     }
 
     #[test]

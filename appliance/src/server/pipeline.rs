@@ -82,6 +82,9 @@ impl<N: Nic, S: Storage> Pipeline<N, S> {
             report.stats = self.stats();
             report.nic = self.nic.counters();
             report.storage = self.app.storage.counters();
+            // Refilled in place: no allocation after the first publication.
+            report.drives.clear();
+            report.drives.extend((0..self.app.storage.drives()).map(|d| self.app.storage.drive_counters(d)));
             if let Some((request, max)) = wanted {
                 report.conns = self.connection_summaries(max, now, core);
                 report.conns_total = self.stack.connection_count();

@@ -18,8 +18,9 @@
 //!
 //! [`format`] parses and emits the header and entries (byte layout there and in
 //! docs/volume-format.md); [`load`] reads and validates header and index through any
-//! [`Storage`] backend into a [`Volume`], the in-memory index the server looks paths up in
-//! (payload is never loaded); [`pack`] writes a volume from a directory tree; [`inspect`]
+//! [`Storage`] backend into a [`Volume`], the in-memory index of one drive (payload is never
+//! loaded), and [`Library`] merges the volumes of several drives into the index the server
+//! looks paths up in; [`pack`] writes a volume from a directory tree; [`inspect`]
 //! lists and verifies one; [`cli`] maps both to the `pack` and `inspect` sub-commands.
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,11 +33,13 @@ pub mod cli;
 mod content_type;
 pub mod format;
 mod inspect;
+mod library;
 mod pack;
 mod read;
 
 pub use content_type::content_type_for;
 pub use inspect::{inspect, InspectReport};
+pub use library::{DriveVolume, Found, Library, Shadowed};
 pub use pack::{pack, PackReport};
 
 use format::{EntryView, HeaderView, BLOCK_SIZE, HEADER_LEN};

@@ -6,10 +6,12 @@
 //! of [`Storage::block_size`].
 pub mod bench;
 pub mod dma;
+pub mod drives;
 pub mod file;
 pub mod nvme;
 
 pub use dma::{DmaBuf, DmaPool, RegionLease};
+pub use drives::{Backend, Drives, Unavailable};
 pub use file::FileStorage;
 
 /// Why a read did not complete.
@@ -42,8 +44,12 @@ pub struct Completion {
 pub struct StorageCounters {
     pub reads: u64,
     pub read_bytes: u64,
+    /// Reads that failed or were refused (timeouts included).
     pub errors: u64,
+    /// Reads that ended because the device did not answer in time.
     pub timeouts: u64,
+    /// Controller resets this queue performed (an NVMe controller that stopped answering).
+    pub resets: u64,
 }
 
 impl std::ops::AddAssign for StorageCounters {
@@ -52,6 +58,7 @@ impl std::ops::AddAssign for StorageCounters {
         self.read_bytes += o.read_bytes;
         self.errors += o.errors;
         self.timeouts += o.timeouts;
+        self.resets += o.resets;
     }
 }
 
@@ -84,5 +91,27 @@ pub trait Storage {
     /// backend's `pread`, when timed for a benchmark); 0 for a real device.
     fn device_ns(&self) -> u64 {
         0
+    }
+    /// Whether reads land by device DMA, so that the buffers must come from this backend's
+    /// own [`Storage::dma_pool`] (mapped for the device); false when the core copies the bytes
+    /// (any aligned memory will do). [`Drives`] takes its pool from such a drive.
+    fn needs_own_pool(&self) -> bool {
+        false
+    }
+    /// Drives behind this queue: 1 for a backend, several for [`Drives`].
+    fn drives(&self) -> usize {
+        1
+    }
+    /// Counters of drive `drive` (0..[`Storage::drives`]).
+    fn drive_counters(&self, drive: usize) -> StorageCounters {
+        if drive == 0 {
+            self.counters()
+        } else {
+            StorageCounters::default()
+        }
+    }
+    /// Backend of drive `drive`, as [`Storage::backend`].
+    fn drive_backend(&self, _drive: usize) -> &'static str {
+        self.backend()
     }
 }

@@ -23,8 +23,8 @@ pub mod queue;
 pub mod regs;
 pub mod vfio;
 
-#[cfg(test)]
-pub(crate) mod model;
+#[cfg(any(test, feature = "nvme-model"))]
+pub mod model;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -107,10 +107,22 @@ pub struct NamespaceInfo {
 /// controller bound to vfio-pci or to no driver). The device is bound to vfio-pci if needed,
 /// reset, identified, and returned ready to hand out queue pairs.
 pub fn open(spec: &str, config: &NvmeConfig) -> Result<NvmeController, StorageError> {
-    let pci = if spec == "auto" { vfio::find_auto()? } else { vfio::check_pci_address(spec)? };
+    open_in(&vfio::Container::open()?, spec, config, &[])
+}
+
+/// [`open`] in `container`: controllers opened in one container share its DMA memory, so
+/// one buffer pool serves them all (several drives read by one core). "auto" skips the
+/// controllers in `taken` (PCI addresses already in use).
+pub fn open_in(
+    container: &Arc<vfio::Container>,
+    spec: &str,
+    config: &NvmeConfig,
+    taken: &[String],
+) -> Result<NvmeController, StorageError> {
+    let pci = if spec == "auto" { vfio::find_auto_except(taken)? } else { vfio::check_pci_address(spec)? };
     vfio::check_nvme_class(&pci)?;
     vfio::ensure_bound_to_vfio(&pci, config.take_from_kernel)?;
-    let device = vfio::VfioDevice::open(&pci)?;
+    let device = vfio::VfioDevice::open_in(container, &pci)?;
     let (regs, dma) = device.into_parts()?;
     NvmeController::new(regs, dma, config, &pci)
 }
@@ -256,15 +268,17 @@ impl Shared {
     }
 
     /// Reset the controller unless another queue already did since `seen_generation`.
-    fn recover(&self, seen_generation: u64, why: &str) {
+    /// Returns whether this call reset it (successfully or not).
+    fn recover(&self, seen_generation: u64, why: &str) -> bool {
         let mut admin = self.lock_admin();
         if self.generation.load(Ordering::Acquire) != seen_generation {
-            return;
+            return false;
         }
         warn!("nvme: {why}: resetting the controller");
         if self.reset_locked(&mut admin).is_ok() {
             info!("nvme: controller reset done");
         }
+        true
     }
 
     fn create_io_queues(&self, qid: u16, sq: &SubmissionQueue, cq: &CompletionQueue) -> Result<(), StorageError> {
@@ -607,7 +621,9 @@ impl NvmeStorage {
     /// Reads in flight on every queue end with an error; this queue is usable again when
     /// this returns Ok, the others re-create their queues on their next call.
     pub fn reset_controller(&mut self) -> Result<(), StorageError> {
-        self.q.shared.recover(self.q.generation, "reset requested");
+        if self.q.shared.recover(self.q.generation, "reset requested") {
+            self.counters.resets += 1;
+        }
         self.follow_resets(Instant::now());
         match &self.q.broken {
             Some(reason) => Err(StorageError::Device(reason.clone())),
@@ -673,7 +689,9 @@ impl NvmeStorage {
             .any(|read| now.duration_since(read.submitted) >= self.q.command_timeout);
         if expired {
             error!("nvme: read on queue {} timed out after {} ms", self.q.qid, self.q.command_timeout.as_millis());
-            self.q.shared.recover(self.q.generation, "a read timed out");
+            if self.q.shared.recover(self.q.generation, "a read timed out") {
+                self.counters.resets += 1;
+            }
             self.follow_resets(now);
         }
     }
@@ -821,6 +839,11 @@ impl Storage for NvmeStorage {
 
     fn counters(&self) -> StorageCounters {
         self.counters
+    }
+
+    /// The device writes the buffers: they must be in its DMA memory.
+    fn needs_own_pool(&self) -> bool {
+        true
     }
 }
 

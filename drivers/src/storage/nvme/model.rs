@@ -1,5 +1,6 @@
 //! A small in-memory NVMe controller behind [`RegisterAccess`], and fake DMA memory with its
-//! own IOVA space, for the unit tests.
+//! own IOVA space, for the unit tests (and, with the cargo feature `nvme-model`, the
+//! appliance's tests: never part of a normal build).
 //!
 //! The model decodes commands and PRPs itself (independently of the driver's encoders),
 //! processes a submission doorbell at once (or holds commands until [`Model::flush`]), and
@@ -129,6 +130,25 @@ pub struct ModelConfig {
     pub max_io_queues: u16,
     /// CSTS reads before RDY follows CC.EN.
     pub ready_delay_reads: u32,
+    /// What namespace 1 holds: these bytes (zeros past their end), or [`pattern`] when None.
+    pub image: Option<Image>,
+}
+
+/// The bytes of a modelled namespace (a media volume, in the appliance's tests).
+#[derive(Clone)]
+pub struct Image(pub Arc<[u8]>);
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Image({} bytes)", self.0.len())
+    }
+}
+
+impl ModelConfig {
+    /// A controller whose namespace 1 holds `bytes` in 512-byte blocks (rounded up).
+    pub fn with_image(bytes: &[u8]) -> ModelConfig {
+        ModelConfig { blocks: (bytes.len() as u64).div_ceil(512).max(1), image: Some(Image(bytes.into())), ..ModelConfig::default() }
+    }
 }
 
 impl Default for ModelConfig {
@@ -143,6 +163,7 @@ impl Default for ModelConfig {
             blocks: 1 << 20,
             max_io_queues: 8,
             ready_delay_reads: 3,
+            image: None,
         }
     }
 }
@@ -572,7 +593,10 @@ impl Model {
             return (0, 2 << 8 | 0x81);
         }
         let start = slba * lba_size as u64;
-        let data: Vec<u8> = (0..len as u64).map(|i| pattern(start + i)).collect();
+        let data: Vec<u8> = match &self.config.image {
+            Some(Image(bytes)) => (start..start + len as u64).map(|p| bytes.get(p as usize).copied().unwrap_or(0)).collect(),
+            None => (0..len as u64).map(|i| pattern(start + i)).collect(),
+        };
         s.stats.reads += 1;
         (0, self.write_data(s, prp1, prp2, &data))
     }

@@ -289,7 +289,7 @@ fn nvme_silent_controller_times_out_resets_and_serves_again() {
     let stats = r.model.stats();
     assert_eq!((stats.enables, stats.disables), (2, 1), "enabled at start, reset once");
     let c = q.counters();
-    assert_eq!((c.timeouts, c.errors), (1, 2));
+    assert_eq!((c.timeouts, c.errors, c.resets), (1, 2, 1));
     // The queue was re-created: reads work again.
     q.submit_read(3, 8192, 4096, pool.alloc().unwrap()).unwrap();
     let done = poll_for(&mut q, 1, Duration::from_secs(1));

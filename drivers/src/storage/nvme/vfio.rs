@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use log::{debug, info, warn};
 
@@ -117,15 +117,85 @@ unsafe fn ioctl(fd: &File, request: u64, arg: libc::c_ulong) -> io::Result<i32> 
     }
 }
 
-/// The IOMMU address space: every DMA mapping of the process for this device lives here.
+/// The IOMMU address space: every DMA mapping of the process for the devices opened in it.
+///
+/// Devices opened into one container ([`VfioDevice::open_in`]) share its mappings: memory
+/// mapped for one of them is reachable by all, so several NVMe drives can read into one
+/// buffer pool. Each device's IOMMU group is attached once, the first attachment choosing
+/// the type 1 v2 IOMMU; the kernel maps what the container already holds for groups that
+/// join later.
 pub struct Container {
     file: File,
     next_iova: AtomicU64,
-    /// Kept open while any mapping exists: closing the group detaches the container.
-    _group: File,
+    /// The attached groups by number, kept open while any mapping exists: closing a group
+    /// detaches it from the container.
+    groups: Mutex<Vec<(String, Arc<File>)>>,
+}
+
+impl std::fmt::Debug for Container {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let groups: Vec<String> = self.groups.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(g, _)| g.clone()).collect();
+        f.debug_struct("Container").field("groups", &groups).finish()
+    }
+}
+
+fn rw() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true);
+    o
 }
 
 impl Container {
+    /// A new, empty container (`/dev/vfio/vfio`) with the type 1 v2 IOMMU available.
+    pub fn open() -> Result<Arc<Container>, StorageError> {
+        let container = rw().open("/dev/vfio/vfio").map_err(|e| err("open /dev/vfio/vfio (is vfio-pci loaded?)", e))?;
+        // SAFETY: VFIO_GET_API_VERSION takes no argument.
+        let version = unsafe { ioctl(&container, VFIO_GET_API_VERSION, 0) }.map_err(|e| err("GET_API_VERSION", e))?;
+        if version != VFIO_API_VERSION {
+            return Err(StorageError::Device(format!("vfio: unknown API version {version}")));
+        }
+        // SAFETY: VFIO_CHECK_EXTENSION takes the extension number as an integer.
+        let type1v2 = unsafe { ioctl(&container, VFIO_CHECK_EXTENSION, VFIO_TYPE1V2_IOMMU as libc::c_ulong) }
+            .map_err(|e| err("CHECK_EXTENSION", e))?;
+        if type1v2 != 1 {
+            return Err(StorageError::Device("vfio: the kernel lacks the type 1 v2 IOMMU backend".into()));
+        }
+        Ok(Arc::new(Container { file: container, next_iova: AtomicU64::new(FIRST_IOVA), groups: Mutex::new(Vec::new()) }))
+    }
+
+    /// IOMMU group `group_id`, attached to this container (opened and attached the first
+    /// time; the first group of the container also sets its IOMMU type).
+    fn group(&self, group_id: &str) -> Result<Arc<File>, StorageError> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, g)) = groups.iter().find(|(id, _)| id == group_id) {
+            return Ok(g.clone());
+        }
+        let group_path = format!("/dev/vfio/{group_id}");
+        let group = rw().open(&group_path).map_err(|e| err(format!("open {group_path}"), e))?;
+        let mut status = GroupStatus { argsz: std::mem::size_of::<GroupStatus>() as u32, flags: 0 };
+        // SAFETY: VFIO_GROUP_GET_STATUS fills a vfio_group_status, which GroupStatus mirrors.
+        unsafe { ioctl(&group, VFIO_GROUP_GET_STATUS, &mut status as *mut GroupStatus as libc::c_ulong) }
+            .map_err(|e| err("GROUP_GET_STATUS", e))?;
+        if status.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
+            return Err(StorageError::Device(format!(
+                "vfio: IOMMU group {group_id} is not viable: bind every device in \
+                 /sys/kernel/iommu_groups/{group_id}/devices to vfio-pci"
+            )));
+        }
+        let container_fd: libc::c_int = self.file.as_raw_fd();
+        // SAFETY: VFIO_GROUP_SET_CONTAINER takes a pointer to the container fd.
+        unsafe { ioctl(&group, VFIO_GROUP_SET_CONTAINER, &container_fd as *const libc::c_int as libc::c_ulong) }
+            .map_err(|e| err(format!("GROUP_SET_CONTAINER of group {group_id}"), e))?;
+        if groups.is_empty() {
+            // SAFETY: VFIO_SET_IOMMU takes the IOMMU type as an integer.
+            unsafe { ioctl(&self.file, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU as libc::c_ulong) }
+                .map_err(|e| err("SET_IOMMU type1v2", e))?;
+        }
+        let group = Arc::new(group);
+        groups.push((group_id.to_string(), group.clone()));
+        Ok(group)
+    }
+
     fn map_dma(&self, vaddr: *mut u8, len: usize) -> Result<u64, StorageError> {
         let iova = self.next_iova.fetch_add(len.div_ceil(HUGEPAGE) as u64 * HUGEPAGE as u64, Ordering::Relaxed);
         let map = DmaMap {
@@ -296,48 +366,17 @@ fn iommu_group(pci: &str) -> Result<String, StorageError> {
 }
 
 impl VfioDevice {
-    /// Open `pci` (already bound to vfio-pci): container with a type 1 v2 IOMMU, group,
-    /// device fd, bus mastering on.
+    /// Open `pci` (already bound to vfio-pci) in a container of its own: container with a
+    /// type 1 v2 IOMMU, group, device fd, bus mastering on.
     pub fn open(pci: &str) -> Result<VfioDevice, StorageError> {
+        Self::open_in(&Container::open()?, pci)
+    }
+
+    /// Open `pci` (already bound to vfio-pci) in `container`, whose DMA mappings it then
+    /// shares with the other devices opened there.
+    pub fn open_in(container: &Arc<Container>, pci: &str) -> Result<VfioDevice, StorageError> {
         let group_id = iommu_group(pci)?;
-        let rw = || {
-            let mut o = OpenOptions::new();
-            o.read(true).write(true);
-            o
-        };
-        let container = rw().open("/dev/vfio/vfio").map_err(|e| err("open /dev/vfio/vfio (is vfio-pci loaded?)", e))?;
-        // SAFETY: VFIO_GET_API_VERSION takes no argument.
-        let version = unsafe { ioctl(&container, VFIO_GET_API_VERSION, 0) }.map_err(|e| err("GET_API_VERSION", e))?;
-        if version != VFIO_API_VERSION {
-            return Err(StorageError::Device(format!("vfio: unknown API version {version}")));
-        }
-        // SAFETY: VFIO_CHECK_EXTENSION takes the extension number as an integer.
-        let type1v2 = unsafe { ioctl(&container, VFIO_CHECK_EXTENSION, VFIO_TYPE1V2_IOMMU as libc::c_ulong) }
-            .map_err(|e| err("CHECK_EXTENSION", e))?;
-        if type1v2 != 1 {
-            return Err(StorageError::Device("vfio: the kernel lacks the type 1 v2 IOMMU backend".into()));
-        }
-
-        let group_path = format!("/dev/vfio/{group_id}");
-        let group = rw().open(&group_path).map_err(|e| err(format!("open {group_path}"), e))?;
-        let mut status = GroupStatus { argsz: std::mem::size_of::<GroupStatus>() as u32, flags: 0 };
-        // SAFETY: VFIO_GROUP_GET_STATUS fills a vfio_group_status, which GroupStatus mirrors.
-        unsafe { ioctl(&group, VFIO_GROUP_GET_STATUS, &mut status as *mut GroupStatus as libc::c_ulong) }
-            .map_err(|e| err("GROUP_GET_STATUS", e))?;
-        if status.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
-            return Err(StorageError::Device(format!(
-                "vfio: IOMMU group {group_id} is not viable: bind every device in \
-                 /sys/kernel/iommu_groups/{group_id}/devices to vfio-pci"
-            )));
-        }
-        let container_fd: libc::c_int = container.as_raw_fd();
-        // SAFETY: VFIO_GROUP_SET_CONTAINER takes a pointer to the container fd.
-        unsafe { ioctl(&group, VFIO_GROUP_SET_CONTAINER, &container_fd as *const libc::c_int as libc::c_ulong) }
-            .map_err(|e| err("GROUP_SET_CONTAINER", e))?;
-        // SAFETY: VFIO_SET_IOMMU takes the IOMMU type as an integer.
-        unsafe { ioctl(&container, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU as libc::c_ulong) }
-            .map_err(|e| err("SET_IOMMU type1v2", e))?;
-
+        let group = container.group(&group_id)?;
         let name = CString::new(pci).map_err(|_| StorageError::Device(format!("bad PCI address {pci:?}")))?;
         // SAFETY: VFIO_GROUP_GET_DEVICE_FD takes a NUL-terminated device name; it returns a new fd.
         let fd = unsafe { ioctl(&group, VFIO_GROUP_GET_DEVICE_FD, name.as_ptr() as libc::c_ulong) }
@@ -345,11 +384,7 @@ impl VfioDevice {
         // SAFETY: fd is a fresh descriptor the kernel gave us and nothing else owns.
         let device = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
 
-        let dev = VfioDevice {
-            pci: pci.to_string(),
-            device,
-            container: Arc::new(Container { file: container, next_iova: AtomicU64::new(FIRST_IOVA), _group: group }),
-        };
+        let dev = VfioDevice { pci: pci.to_string(), device, container: container.clone() };
         dev.enable_bus_master()?;
         info!("vfio: {pci} opened (IOMMU group {group_id})");
         Ok(dev)
@@ -452,6 +487,11 @@ pub fn current_driver(pci: &str) -> Option<String> {
 
 /// The first NVMe controller (PCI class 0x010802) bound to vfio-pci or to no driver.
 pub fn find_auto() -> Result<String, StorageError> {
+    find_auto_except(&[])
+}
+
+/// [`find_auto`], skipping the controllers in `taken` (PCI addresses).
+pub fn find_auto_except(taken: &[String]) -> Result<String, StorageError> {
     let mut candidates: Vec<PathBuf> = std::fs::read_dir(SYSFS_PCI)
         .map_err(|e| err(SYSFS_PCI, e))?
         .flatten()
@@ -465,6 +505,10 @@ pub fn find_auto() -> Result<String, StorageError> {
             continue;
         }
         let pci = dev.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if taken.contains(&pci) {
+            seen.push(format!("{pci} (already in use)"));
+            continue;
+        }
         match current_driver(&pci).as_deref() {
             None | Some("vfio-pci") => return Ok(pci),
             Some(other) => seen.push(format!("{pci} (bound to {other})")),
@@ -473,7 +517,7 @@ pub fn find_auto() -> Result<String, StorageError> {
     Err(StorageError::Device(if seen.is_empty() {
         "nvme:auto: no NVMe controller found".to_string()
     } else {
-        format!("nvme:auto: every NVMe controller is bound to a kernel driver: {}", seen.join(", "))
+        format!("nvme:auto: every NVMe controller is in use or bound to a kernel driver: {}", seen.join(", "))
     }))
 }
 
