@@ -9,7 +9,7 @@ pub mod dma;
 pub mod file;
 pub mod nvme;
 
-pub use dma::{DmaBuf, DmaPool, RegionLease};
+pub use dma::{DeviceHolds, DmaBuf, DmaPool, RegionLease};
 pub use file::FileStorage;
 
 /// Why a read did not complete.
