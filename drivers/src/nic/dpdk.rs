@@ -82,6 +82,9 @@ const ZC_MAX_REFS: u16 = 60_000;
 /// DMA mapping is made for them.
 const NO_DMA_MAP_PMDS: [&str; 2] = ["net_tap", "net_af_packet"];
 
+/// Pages one rte_extmem_register call may take (DPDK's RTE_MAX_MEMSEG_PER_LIST default).
+const MAX_EXTMEM_PAGES: usize = 8192;
+
 /// Most frames taken from or given to the PMD in one call.
 const BURST: usize = 64;
 const ETHERNET_HEADER: usize = 14;
@@ -310,9 +313,9 @@ struct Port {
     /// Whether the device reads caller memory by DMA (not in NO_DMA_MAP_PMDS): storage pools
     /// are mapped for it before it may send from them.
     dma_map_needed: bool,
-    /// Storage pool regions registered and DMA-mapped for the device (kept leased, unmapped
-    /// once the port is stopped).
-    dma_maps: Mutex<Vec<RegionLease>>,
+    /// Storage pool regions registered and DMA-mapped for the device, in pieces (start, len)
+    /// of at most MAX_EXTMEM_PAGES pages (kept leased, unmapped once the port is stopped).
+    dma_maps: Mutex<Vec<(RegionLease, Vec<(usize, usize)>)>>,
     /// Each queue's payload byte counters.
     tx_payload: Vec<PayloadCounters>,
     /// Which queues have a live handle.
@@ -344,19 +347,29 @@ impl Port {
         }
         let page = if start % HUGE == 0 && len % HUGE == 0 { HUGE } else { PAGE };
         let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
-        let mut stage = 0;
-        // SAFETY: the region is `len` bytes of memory the lease keeps allocated (the lease is
-        // kept in `dma_maps` until the mapping is undone in Drop); DPDK records and maps it,
-        // it does not write it. Control-path call under `control`.
-        let ret = unsafe {
-            sys::dpdk_sys_extmem_dma_map(self.id, start as *mut std::ffi::c_void, start as u64, len, page, &mut stage)
-        };
-        if ret != 0 {
-            let what = if stage == 1 { "rte_extmem_register" } else { "rte_dev_dma_map" };
-            let NicError::Config(msg) = dpdk_error(what, ret) else { unreachable!("dpdk_error makes Config") };
-            return Err(msg);
+        // One memseg list holds at most MAX_EXTMEM_PAGES pages: larger regions go in pieces.
+        let mut pieces = Vec::new();
+        let mut at = start;
+        while at < start + len {
+            let n = (start + len - at).min(MAX_EXTMEM_PAGES * page);
+            let mut stage = 0;
+            // SAFETY: the piece is `n` bytes of the region the lease keeps allocated (the
+            // lease is kept in `dma_maps` until the mapping is undone in Drop); DPDK records
+            // and maps it, it does not write it. Control-path call under `control`.
+            let ret = unsafe { sys::dpdk_sys_extmem_dma_map(self.id, at as *mut std::ffi::c_void, at as u64, n, page, &mut stage) };
+            if ret != 0 {
+                for &(p, l) in &pieces {
+                    // SAFETY: undoes the pieces mapped above; the device was never given them.
+                    unsafe { sys::dpdk_sys_extmem_dma_unmap(self.id, p as *mut std::ffi::c_void, p as u64, l) };
+                }
+                let what = if stage == 1 { "rte_extmem_register" } else { "rte_dev_dma_map" };
+                let NicError::Config(msg) = dpdk_error(what, ret) else { unreachable!("dpdk_error makes Config") };
+                return Err(msg);
+            }
+            pieces.push((at, n));
+            at += n;
         }
-        self.dma_maps.lock().unwrap_or_else(|e| e.into_inner()).push(lease.clone());
+        self.dma_maps.lock().unwrap_or_else(|e| e.into_inner()).push((lease.clone(), pieces));
         Ok(start as u64)
     }
 }
@@ -489,13 +502,13 @@ impl Drop for Port {
         // the stack still holds return to it when dropped.
         unsafe { sys::rte_eth_dev_stop(self.id) };
         // The device is stopped: it reads no storage buffer any more.
-        for lease in self.dma_maps.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            // SAFETY: this region was registered and mapped by dpdk_sys_extmem_dma_map at
-            // IOVA = VA for this port's device, which no longer reads it; the lease kept it
-            // allocated until now.
-            unsafe {
-                sys::dpdk_sys_extmem_dma_unmap(self.id, lease.start() as *mut std::ffi::c_void, lease.start() as u64, lease.len())
-            };
+        for (_lease, pieces) in self.dma_maps.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            for (start, len) in pieces {
+                // SAFETY: this piece was registered and mapped by dpdk_sys_extmem_dma_map at
+                // IOVA = VA for this port's device, which no longer reads it; the lease kept
+                // it allocated until now (dropped after this loop).
+                unsafe { sys::dpdk_sys_extmem_dma_unmap(self.id, start as *mut std::ffi::c_void, start as u64, len) };
+            }
         }
         // SAFETY: as above; the port is stopped.
         unsafe { sys::rte_eth_dev_close(self.id) };
