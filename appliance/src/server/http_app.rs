@@ -1704,7 +1704,7 @@ mod tests {
         let a = volume.lookup("/a.txt").unwrap().clone();
         let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
         let holds = std::sync::Arc::new(AllHeld(AtomicBool::new(true), AtomicU64::new(0)));
-        h.server.app.pool().set_device_holds(holds.clone());
+        h.server.app.pool().add_device_holds(holds.clone());
         assert!(h.start_fetch("/a.txt", None));
         h.run_for(Duration::from_millis(300));
         assert_eq!(h.server.stats().storage_reads, 0, "no read into a held buffer");

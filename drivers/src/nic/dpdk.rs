@@ -1759,7 +1759,7 @@ impl Nic for DpdkNic {
             return;
         };
         let holds = Arc::new(holds);
-        pool.set_device_holds(holds.clone());
+        pool.add_device_holds(holds.clone());
         log::info!(
             "dpdk: port {} ({}) queue {} sends payload from {} storage buffers of {} bytes at {:#x} (device address {iova:#x}) without copying",
             self.port.id,

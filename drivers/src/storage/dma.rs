@@ -6,7 +6,7 @@
 //!
 //! The free list is first in, first out: the buffer given back longest ago is handed out
 //! first. A device that reads buffers after their handles came back (a NIC sending payload
-//! from them without copying, see [`RegionLease`]) installs [`DeviceHolds`]: a buffer it
+//! from them without copying, see [`RegionLease`]) adds its [`DeviceHolds`]: a buffer it
 //! still holds stays on the free list, in its place, and is not handed out until the device
 //! lets go of it.
 use std::cell::{Cell, RefCell};
@@ -25,7 +25,7 @@ pub enum Region {
 }
 
 /// What a device that reads a pool's buffers after their handles were dropped tells the pool
-/// ([`DmaPool::set_device_holds`]). Called on the pool's core only; `Send + Sync` so that a
+/// ([`DmaPool::add_device_holds`]). Called on the pool's core only; `Send + Sync` so that a
 /// device backend may share it with its own per-queue state.
 pub trait DeviceHolds: Send + Sync {
     /// Whether the device may still read buffer `index` (the pool then does not hand it out:
@@ -46,8 +46,8 @@ struct PoolInner {
     /// Free buffers, the one given back longest ago first. Room for every buffer: pushing
     /// never allocates.
     free: RefCell<VecDeque<u32>>,
-    /// The device that may still read free buffers, if one was installed.
-    holds: RefCell<Option<Arc<dyn DeviceHolds>>>,
+    /// The devices that may still read free buffers (usually none or one).
+    holds: RefCell<Vec<Arc<dyn DeviceHolds>>>,
     /// Allocations that found free buffers, all held by the device (see [`DmaPool::held_waits`]).
     held_waits: Cell<u64>,
     region: RefCell<Option<Region>>,
@@ -126,7 +126,7 @@ impl DmaPool {
                 count,
                 iova_base,
                 free: RefCell::new(free),
-                holds: RefCell::new(None),
+                holds: RefCell::new(Vec::new()),
                 held_waits: Cell::new(0),
                 region: RefCell::new(Some(region)),
                 leases: Arc::new(()),
@@ -138,16 +138,16 @@ impl DmaPool {
     /// (when there are free buffers but all are held, the device is asked to let go).
     pub fn alloc(&self) -> Option<DmaBuf> {
         let mut free = self.inner.free.borrow_mut();
-        let at = match &*self.inner.holds.borrow() {
-            None => (!free.is_empty()).then_some(0),
-            Some(holds) => {
-                let at = free.iter().position(|&i| !holds.held(i as usize));
-                if at.is_none() && !free.is_empty() {
-                    self.inner.held_waits.set(self.inner.held_waits.get() + 1);
-                    holds.wanted(true);
-                }
-                at
+        let holds = self.inner.holds.borrow();
+        let at = if holds.is_empty() {
+            (!free.is_empty()).then_some(0)
+        } else {
+            let at = free.iter().position(|&i| !holds.iter().any(|h| h.held(i as usize)));
+            if at.is_none() && !free.is_empty() {
+                self.inner.held_waits.set(self.inner.held_waits.get() + 1);
+                holds.iter().for_each(|h| h.wanted(true));
             }
+            at
         }?;
         let idx = free.remove(at).expect("position is inside the free list");
         Some(DmaBuf { pool: self.inner.clone(), idx })
@@ -159,23 +159,21 @@ impl DmaPool {
     /// asked to let go of them (without counting a wait).
     pub fn ready(&self, max: usize) -> usize {
         let free = self.inner.free.borrow();
-        match &*self.inner.holds.borrow() {
-            None => free.len().min(max),
-            Some(_) if max == 0 => 0,
-            Some(holds) => {
-                let n = free.iter().filter(|&&i| !holds.held(i as usize)).take(max).count();
-                if n == 0 && !free.is_empty() {
-                    holds.wanted(false);
-                }
-                n
-            }
+        let holds = self.inner.holds.borrow();
+        if holds.is_empty() || max == 0 {
+            return free.len().min(max);
         }
+        let n = free.iter().filter(|&&i| !holds.iter().any(|h| h.held(i as usize))).take(max).count();
+        if n == 0 && !free.is_empty() {
+            holds.iter().for_each(|h| h.wanted(false));
+        }
+        n
     }
 
-    /// Installs the device that may still read buffers after they were given back (replacing
-    /// any earlier one): from now on a buffer it holds is not handed out.
-    pub fn set_device_holds(&self, holds: Arc<dyn DeviceHolds>) {
-        *self.inner.holds.borrow_mut() = Some(holds);
+    /// Adds a device that may still read buffers after they were given back: from now on a
+    /// buffer it (or any other device added) holds is not handed out.
+    pub fn add_device_holds(&self, holds: Arc<dyn DeviceHolds>) {
+        self.inner.holds.borrow_mut().push(holds);
     }
 
     /// Allocations that found only buffers a device still held (each a read that waited).
@@ -414,7 +412,7 @@ mod tests {
     fn held_buffers_are_skipped_in_place_and_waits_counted() {
         let pool = DmaPool::heap(4096, 4, 4096);
         let holds = Arc::new(FakeHolds::default());
-        pool.set_device_holds(holds.clone());
+        pool.add_device_holds(holds.clone());
         let bufs: Vec<DmaBuf> = (0..4).map(|_| pool.alloc().unwrap()).collect();
         drop(bufs); // free list: 0 1 2 3
         *holds.held.lock().unwrap() = vec![0, 1];
@@ -447,7 +445,7 @@ mod tests {
     fn an_empty_pool_is_not_a_held_wait() {
         let pool = DmaPool::heap(4096, 1, 4096);
         let holds = Arc::new(FakeHolds::default());
-        pool.set_device_holds(holds.clone());
+        pool.add_device_holds(holds.clone());
         let _b = pool.alloc().unwrap();
         assert!(pool.alloc().is_none());
         assert_eq!(pool.ready(4), 0);
