@@ -315,7 +315,7 @@ struct Port {
     dma_map_needed: bool,
     /// Storage pool regions registered and DMA-mapped for the device, in pieces (start, len)
     /// of at most MAX_EXTMEM_PAGES pages (kept leased, unmapped once the port is stopped).
-    dma_maps: Mutex<Vec<(RegionLease, Vec<(usize, usize)>)>>,
+    dma_maps: Mutex<Vec<DmaMapping>>,
     /// Each queue's payload byte counters.
     tx_payload: Vec<PayloadCounters>,
     /// Which queues have a live handle.
@@ -396,6 +396,10 @@ impl PayloadCounters {
         }
     }
 }
+
+/// A storage pool region mapped for the device: its lease and the pieces (start, len) it was
+/// registered and mapped in.
+type DmaMapping = (RegionLease, Vec<(usize, usize)>);
 
 /// One queue's zero-copy state, shared with the [`BufferHolds`] of the pools it sends from.
 #[derive(Default)]
