@@ -304,6 +304,12 @@ struct Port {
     max_frame: usize,
     /// Largest TSO frame `tx_gather_offload` accepts (chained mbufs; 0 without TSO).
     max_tso_frame: usize,
+    /// Whether the PMD has rte_eth_tx_done_cleanup (asked once at start, on the empty ring of
+    /// queue 0): without it, mbufs the device is done with are freed only by later transmit
+    /// bursts, which many PMDs run only when their ring runs low.
+    tx_cleanup: bool,
+    /// Descriptors per TX ring (as the PMD adjusted them).
+    tx_desc: u16,
     /// How `tx_tcp` uses the device's offloads.
     tcp_tx: TcpTxPlan,
     /// Most mbufs of a zero-copy frame (0: zero-copy transmit is off on this port).
@@ -562,7 +568,7 @@ pub struct DpdkNic {
     rx_scratch: [*mut sys::rte_mbuf; BURST],
     /// Storage pool regions payload may be sent from without copying ([`Nic::tx_from_pool`]).
     zc_regions: Vec<ZcRegion>,
-    /// Whether the PMD has rte_eth_tx_done_cleanup (true until it says otherwise).
+    /// Whether to call rte_eth_tx_done_cleanup (the port has it, and it has not refused).
     tx_cleanup: bool,
 }
 
@@ -988,6 +994,12 @@ impl DpdkNic {
             ),
             Some(why) => log::info!("dpdk: port {port} ({pmd}): payload is copied into mbufs: {why}"),
         }
+        // SAFETY: started port; no queue handle exists yet, so no thread drives queue 0, and
+        // its ring is empty (nothing to free).
+        let tx_cleanup = unsafe { sys::dpdk_sys_tx_done_cleanup(port, 0) } != -libc::ENOTSUP;
+        if zc_max_segs > 0 && !tx_cleanup {
+            log::info!("dpdk: port {port} ({pmd}) has no rte_eth_tx_done_cleanup: storage buffers its transmit ring still points at are let go only by its later transmit bursts");
+        }
         let tcp_tx = TcpTxPlan::new(&pmd, &offloads, max_tso_frame, mtu);
         log::info!(
             "dpdk: port {port} driver {pmd} mac {:02x?} mtu {mtu} queues {} rx_desc {rx_desc} tx_desc {tx_desc} mbufs {} offloads {offloads:?}",
@@ -1032,6 +1044,8 @@ impl DpdkNic {
             max_tso_frame,
             tcp_tx,
             zc_max_segs,
+            tx_cleanup,
+            tx_desc,
             zc,
             dma_map_needed,
             dma_maps: Mutex::new(Vec::new()),
@@ -1045,13 +1059,13 @@ impl DpdkNic {
 
     fn handle(port: Arc<Port>, queue: u16, tx_batch: usize) -> DpdkNic {
         DpdkNic {
+            tx_cleanup: port.tx_cleanup,
             port,
             queue,
             tx: Vec::with_capacity(tx_batch),
             tx_batch,
             rx_scratch: [std::ptr::null_mut(); BURST],
             zc_regions: Vec::new(),
-            tx_cleanup: true,
         }
     }
 
@@ -1764,6 +1778,15 @@ impl Nic for DpdkNic {
         };
         let holds = Arc::new(holds);
         pool.add_device_holds(holds.clone());
+        if !self.port.tx_cleanup && lease.buffers() <= usize::from(self.port.tx_desc) {
+            log::warn!(
+                "dpdk: port {} ({}): {} storage buffers for a transmit ring of {} descriptors and no rte_eth_tx_done_cleanup: when the ring holds every free buffer and the queue is idle, reads wait for its next transmit (give more buffers)",
+                self.port.id,
+                self.port.driver,
+                lease.buffers(),
+                self.port.tx_desc
+            );
+        }
         log::info!(
             "dpdk: port {} ({}) queue {} sends payload from {} storage buffers of {} bytes at {:#x} (device address {iova:#x}) without copying",
             self.port.id,
