@@ -1779,8 +1779,10 @@ impl Nic for DpdkNic {
         let holds = Arc::new(holds);
         pool.add_device_holds(holds.clone());
         if !self.port.tx_cleanup && lease.buffers() <= usize::from(self.port.tx_desc) {
-            log::warn!(
-                "dpdk: port {} ({}): {} storage buffers for a transmit ring of {} descriptors and no rte_eth_tx_done_cleanup: when the ring holds every free buffer and the queue is idle, reads wait for its next transmit (give more buffers)",
+            // At most: a frame holds one buffer in the worst case, and a virtio ring is often
+            // shorter than the descriptors asked for. Said once, for an operator sizing pools.
+            log::info!(
+                "dpdk: port {} ({}): {} storage buffers for a transmit ring of up to {} descriptors and no rte_eth_tx_done_cleanup: should the ring ever point at every free buffer while the queue is idle, reads wait for its next transmit (more buffers avoid it)",
                 self.port.id,
                 self.port.driver,
                 lease.buffers(),
