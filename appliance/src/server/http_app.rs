@@ -1304,7 +1304,12 @@ impl<S: Storage> HttpApp<S> {
         }
         // Wake as many waiters as there are buffers to read into (not all of them: with
         // thousands waiting, that would make every completion cost a pass over them all).
-        let mut free = self.pool.available().min(self.max_reads_in_flight.saturating_sub(self.reads_in_flight));
+        // Only buffers no device holds count (DmaPool::ready): with zero-copy transmit a free
+        // buffer may still be on the NIC's ring. This runs on every loop iteration, so while
+        // connections wait they are re-checked until the NIC lets go (the pool asks it to),
+        // with no allocation attempts in between.
+        let room = self.max_reads_in_flight.saturating_sub(self.reads_in_flight);
+        let mut free = if self.buffer_waiters.is_empty() { 0 } else { self.pool.ready(room) };
         while free > 0 {
             let Some(id) = self.buffer_waiters.pop_front() else { break };
             // A connection gone since it queued is skipped (its handle no longer resolves).
@@ -1721,6 +1726,43 @@ mod tests {
         assert_eq!(h.server.stack.connection_count(), 0, "connections reclaimed");
         assert_eq!(h.server.app.buffers_free(), 16, "every buffer back");
         assert_eq!(drivers::storage::Storage::in_flight(&h.server.app.storage), 0);
+    }
+
+    /// With zero-copy transmit the NIC may still point at free storage buffers: a read waits
+    /// until it lets go of one, re-checked on every loop iteration without allocating (one
+    /// held wait counted, however long the wait), and the pool keeps asking the NIC meanwhile.
+    #[test]
+    fn reads_wait_for_buffers_the_nic_still_holds() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+        struct AllHeld(AtomicBool, AtomicU64);
+        impl drivers::storage::DeviceHolds for AllHeld {
+            fn held(&self, _index: usize) -> bool {
+                self.0.load(Relaxed)
+            }
+            fn wanted(&self, _delayed: bool) {
+                self.1.fetch_add(1, Relaxed);
+            }
+        }
+        let (_dir, storage, volume) = tiny_volume();
+        let a = volume.lookup("/a.txt").unwrap().clone();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        let holds = std::sync::Arc::new(AllHeld(AtomicBool::new(true), AtomicU64::new(0)));
+        h.server.app.pool().add_device_holds(holds.clone());
+        assert!(h.start_fetch("/a.txt", None));
+        h.run_for(Duration::from_millis(300));
+        assert_eq!(h.server.stats().storage_reads, 0, "no read into a held buffer");
+        assert!(h.client_app.fetches.is_empty(), "the response waits");
+        // Allocations are tried when the connection runs for other reasons (the request, the
+        // client's segments), not on every loop iteration: those only re-check.
+        let (waits, asked) = (h.server.app.pool().held_waits(), holds.1.load(Relaxed));
+        eprintln!("held waits {waits}, NIC asked to let go {asked} times");
+        assert!((1..=8).contains(&waits), "{waits} allocations failed: no busy allocation");
+        assert!(asked > 10 * waits, "the NIC was asked to let go on every iteration ({asked})");
+        holds.0.store(false, Relaxed);
+        assert!(h.run_until_fetches(1, Duration::from_secs(30)));
+        let f = &h.client_app.fetches[0];
+        assert!(f.complete && f.status == 200 && f.body_len == a.size, "{f:?}");
+        assert_eq!(h.server.app.pool().held_waits(), waits);
     }
 
     #[test]

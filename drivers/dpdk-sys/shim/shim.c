@@ -1,3 +1,6 @@
+/* rte_dev_dma_map/unmap are still experimental in DPDK 22.11. */
+#define ALLOW_EXPERIMENTAL_API 1
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,6 +115,54 @@ struct rte_mbuf_ext_shared_info *dpdk_sys_ext_shinfo_new(void)
 uint16_t dpdk_sys_ext_shinfo_refcnt(const struct rte_mbuf_ext_shared_info *shinfo)
 {
     return rte_mbuf_ext_refcnt_read(shinfo);
+}
+
+int dpdk_sys_tx_done_cleanup(uint16_t port, uint16_t queue)
+{
+    return rte_eth_tx_done_cleanup(port, queue, 0);
+}
+
+int dpdk_sys_iova_is_va(void)
+{
+    return rte_eal_iova_mode() == RTE_IOVA_VA;
+}
+
+static struct rte_device *dpdk_sys_port_device(uint16_t port)
+{
+    struct rte_eth_dev_info info;
+
+    if (rte_eth_dev_info_get(port, &info) != 0)
+        return NULL;
+    return info.device;
+}
+
+int dpdk_sys_extmem_dma_map(uint16_t port, void *addr, uint64_t iova, size_t len, size_t page_sz,
+                            int *stage)
+{
+    struct rte_device *dev = dpdk_sys_port_device(port);
+
+    *stage = 1;
+    if (dev == NULL)
+        return -ENODEV;
+    if (rte_extmem_register(addr, len, NULL, 0, page_sz) != 0 && rte_errno != EEXIST)
+        return -rte_errno;
+    *stage = 2;
+    if (rte_dev_dma_map(dev, addr, iova, len) != 0 && rte_errno != EEXIST) {
+        int err = rte_errno;
+
+        rte_extmem_unregister(addr, len);
+        return err > 0 ? -err : -EIO;
+    }
+    return 0;
+}
+
+void dpdk_sys_extmem_dma_unmap(uint16_t port, void *addr, uint64_t iova, size_t len)
+{
+    struct rte_device *dev = dpdk_sys_port_device(port);
+
+    if (dev != NULL)
+        rte_dev_dma_unmap(dev, addr, iova, len);
+    rte_extmem_unregister(addr, len);
 }
 
 void dpdk_sys_pktmbuf_attach_ext(struct rte_mbuf *m, void *addr, uint64_t iova, uint16_t len,

@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 #include <rte_config.h>
+#include <rte_dev.h>
 #include <rte_eal.h>
 #include <rte_errno.h>
 #include <rte_lcore.h>
@@ -14,6 +15,7 @@
 #include <rte_ether.h>
 #include <rte_ip.h>
 #include <rte_mbuf.h>
+#include <rte_memory.h>
 #include <rte_mempool.h>
 #include <rte_tcp.h>
 #include <rte_version.h>
@@ -69,6 +71,21 @@ int dpdk_sys_pktmbuf_chain(struct rte_mbuf *head, struct rte_mbuf *tail);
  * how many mbufs still point at caller memory through it. NULL when out of memory. */
 struct rte_mbuf_ext_shared_info *dpdk_sys_ext_shinfo_new(void);
 uint16_t dpdk_sys_ext_shinfo_refcnt(const struct rte_mbuf_ext_shared_info *shinfo);
+/* Frees what the device is done with on a TX queue (rte_eth_tx_done_cleanup, free_cnt 0: all
+ * it can): how many packets were freed, or a negative errno (-ENOTSUP: the PMD has no such
+ * call, its next transmit burst frees them). */
+int dpdk_sys_tx_done_cleanup(uint16_t port, uint16_t queue);
+/* 1 when the EAL's IOVA mode is VA (device addresses are virtual addresses), else 0. */
+int dpdk_sys_iova_is_va(void);
+/* Makes len bytes of memory not DPDK's own at addr (aligned to page_sz, len a multiple of it)
+ * known to DPDK (rte_extmem_register, no IOVA table), then maps them for DMA by port's device
+ * at device address iova (rte_dev_dma_map: the vfio container of a PCI device). 0 on success,
+ * else a negative errno; *stage says which step failed (1 register, 2 map). Memory already
+ * registered or mapped (EEXIST) counts as done. */
+int dpdk_sys_extmem_dma_map(uint16_t port, void *addr, uint64_t iova, size_t len, size_t page_sz,
+                            int *stage);
+/* Undoes dpdk_sys_extmem_dma_map (the device must no longer read the memory). */
+void dpdk_sys_extmem_dma_unmap(uint16_t port, void *addr, uint64_t iova, size_t len);
 /* Points the fresh mbuf m (from rte_pktmbuf_alloc) at len bytes of caller memory at addr
  * (device address iova) as an external buffer under shinfo, taking one reference on shinfo,
  * and makes them its data (data_len = pkt_len = len). */

@@ -6,9 +6,10 @@
 //! Received frames are the PMD's mbufs ([`DpdkFrame`]), freed back to the pool on drop.
 //! Transmit copies the gathered parts into one fresh mbuf (chained mbufs for a TSO frame),
 //! except payload that lies in a storage pool handed over with [`Nic::tx_from_pool`]: on
-//! PMDs that are done with a frame's bytes when `rte_eth_tx_burst` returns, payload parts of
-//! at least [`ZC_MIN_PART`] bytes go out as mbufs pointing at that memory (external buffers),
-//! chained behind an mbuf holding the headers and short parts (see "Zero-copy transmit" below).
+//! PMDs with multi-segment transmit, payload parts of at least [`ZC_MIN_PART`] bytes go out
+//! as mbufs pointing at that memory (external buffers, DMA-mapped for the device where it
+//! needs it), chained behind an mbuf holding the headers and short parts; the storage pool
+//! does not reuse a buffer while an mbuf points at it (see "Zero-copy transmit" below).
 //!
 //! TCP transmit offloads ([`Nic::tx_tcp`]): where the PMD reports TCP checksum offload (and
 //! IPv4 checksum offload, TSO and multi-segment transmit for segmentation), the port is set
@@ -26,35 +27,44 @@ use dpdk_sys as sys;
 
 use super::offload::{self, TcpTx, MAX_TSO_PAYLOAD};
 use super::{FrameBuf, LinkInfo, Nic, NicCounters, NicError, TxOffloads};
-use crate::storage::{DmaPool, RegionLease};
+use crate::storage::{DeviceHolds, DmaPool, RegionLease};
 
 // Zero-copy transmit
 //
-// A payload part that lies in a leased storage pool region ([`Nic::tx_from_pool`]) and is at
-// least ZC_MIN_PART bytes long is attached to an mbuf as an external buffer instead of being
-// copied; the headers, the short parts (TLS record headers and trailers) and the odd bytes
-// that keep every piece but the last of even length (net_tap checksums a chain piece by piece
-// with __rte_raw_cksum, which is only right over even-length pieces) are copied into pool
-// mbufs between them. The external buffers share one rte_mbuf_ext_shared_info per queue whose
-// free callback does nothing: the memory is the storage pool's, never ours to free; its
-// reference count (one per attached mbuf, plus our own) says how many still point at it.
+// A payload part that lies inside one buffer of a leased storage pool ([`Nic::tx_from_pool`])
+// and is at least ZC_MIN_PART bytes long is attached to an mbuf as an external buffer instead
+// of being copied; the headers, the short parts (TLS record headers and trailers) and the odd
+// bytes that keep every piece but the last of even length (net_tap checksums a chain piece by
+// piece with __rte_raw_cksum, which is only right over even-length pieces) are copied into
+// pool mbufs between them.
 //
-// When may the storage layer reuse a buffer? It gives buffers back when their data is
-// acknowledged, at a retransmission timeout (the data is read again when resent) and when a
-// connection closes. "The device read a frame before the peer could acknowledge it" holds for
-// the frame the peer acknowledged, not for a retransmitted copy of the same bytes still queued
-// on the device, and a timeout or an abort gives buffers back with no acknowledgement at all:
-// a device that reads the ring later would then send whatever the next read put there
-// (another file's bytes, TLS plaintext before sealing) under a stale sequence number. So
-// zero-copy is used only on PMDs that have read (copied to the kernel) and freed every mbuf
-// they took by the time rte_eth_tx_burst returns, ZERO_COPY_PMDS, and frames queued but not
-// yet flushed are covered by the contract of Nic::tx_from_pool (payload unchanged until the
-// next tx_flush returns; the stack flushes before a closing connection gives its buffers
-// back). After each flush the shared-info count must be back at one: if it is not, the PMD
-// kept an mbuf and this queue copies from then on. Devices that DMA from the ring later (virtio
-// behind vfio, hardware NICs) copy: they would need the storage layer to wait for their
-// transmit completions before reusing a buffer, and the pool registered and DMA-mapped in
-// DPDK's container (rte_extmem_register, rte_dev_dma_map).
+// Each storage buffer of a leased pool has its own rte_mbuf_ext_shared_info, made when the
+// pool is leased and never freed; its free callback does nothing (the memory is the storage
+// pool's) and its reference count is one (ours) plus one for every mbuf that points into the
+// buffer, wherever that mbuf is: queued here, on the device's ring, or sent and not yet
+// freed by the PMD. A buffer is held by the NIC while that count is above one.
+//
+// When may the storage layer reuse a buffer? Only when no mbuf of the NIC points at it any
+// more. The application gives buffers back when their data is acknowledged, at a
+// retransmission timeout and when a connection closes, none of which says that the device
+// has read them: a retransmitted copy may still sit on the ring, a device that DMAs from the
+// ring later (virtio behind vfio, a hardware NIC) reads a frame long after rte_eth_tx_burst
+// returned, and the PMD frees sent mbufs when it likes (often only when its ring runs low).
+// So the NIC installs its holds in the pool (storage::DeviceHolds): the pool's free list is
+// first in, first out, and `alloc` hands out the oldest free buffer whose count is back at
+// one, skipping held ones in place; a read that finds only held buffers waits (counted:
+// sw_tx_zero_copy_buffer_waits), the application re-checks on its loop while it has waiters
+// (DmaPool::ready, no allocation attempts), and the pool asks the NIC to let go: the queue,
+// when it has nothing to send, frees what the device is done with (rte_eth_tx_done_cleanup;
+// on PMDs without it the next transmit burst does). Frames queued but not flushed hold their
+// buffers the same way, and frames the device did not take are freed at the flush.
+//
+// The device must be able to read the memory: for PMDs whose device reads by DMA the pool's
+// region is registered with DPDK (rte_extmem_register) and mapped for the port's device
+// (rte_dev_dma_map: the vfio container, through the IOMMU) at IOVA = VA, which needs the EAL
+// in IOVA-as-VA mode. net_tap and net_af_packet need no mapping: the CPU copies the frame to
+// the kernel in rte_eth_tx_burst (NO_DMA_MAP_PMDS). Where the mapping cannot be made (IOVA as
+// PA, no vfio, a bus without DMA mapping) the queue copies, and says why in the log.
 
 /// Shortest payload part sent from the caller's memory; shorter ones are copied.
 pub const ZC_MIN_PART: usize = 256;
@@ -64,12 +74,16 @@ const ZC_MAX_PIECE: usize = (u16::MAX as usize) & !1;
 /// 1500 bytes of payload, pieces of at least ZC_MIN_PART - 1 bytes each with a copied piece
 /// before and after. The PMD's per-packet limit (`nb_mtu_seg_max`) must not be lower.
 const ZC_MTU_SEGS: u16 = 1 + 2 * (1500 / (ZC_MIN_PART as u16 - 1) + 1) + 1;
-/// Most mbufs that may point at caller memory through one shared-info block at a time (its
-/// count is 16-bit): past it, frames are copied.
+/// Most mbufs that may point at one storage buffer through its shared-info block at a time
+/// (the count is 16-bit): past it, frames are copied.
 const ZC_MAX_REFS: u16 = 60_000;
-/// PMDs that have read, and freed, every mbuf rte_eth_tx_burst took when it returns: net_tap
-/// writes each frame to the TAP with writev, net_af_packet copies it into its socket's ring.
-const ZERO_COPY_PMDS: [&str; 2] = ["net_tap", "net_af_packet"];
+/// PMDs whose device never reads caller memory by DMA: net_tap writes each frame to the TAP
+/// with writev, net_af_packet copies it into its socket's ring, both in rte_eth_tx_burst. No
+/// DMA mapping is made for them.
+const NO_DMA_MAP_PMDS: [&str; 2] = ["net_tap", "net_af_packet"];
+
+/// Pages one rte_extmem_register call may take (DPDK's RTE_MAX_MEMSEG_PER_LIST default).
+const MAX_EXTMEM_PAGES: usize = 8192;
 
 /// Most frames taken from or given to the PMD in one call.
 const BURST: usize = 64;
@@ -290,13 +304,24 @@ struct Port {
     max_frame: usize,
     /// Largest TSO frame `tx_gather_offload` accepts (chained mbufs; 0 without TSO).
     max_tso_frame: usize,
+    /// Whether the PMD has rte_eth_tx_done_cleanup (asked once at start, on the empty ring of
+    /// queue 0): without it, mbufs the device is done with are freed only by later transmit
+    /// bursts, which many PMDs run only when their ring runs low.
+    tx_cleanup: bool,
+    /// Descriptors per TX ring (as the PMD adjusted them).
+    tx_desc: u16,
     /// How `tx_tcp` uses the device's offloads.
     tcp_tx: TcpTxPlan,
     /// Most mbufs of a zero-copy frame (0: zero-copy transmit is off on this port).
     zc_max_segs: usize,
-    /// Each queue's shared-info block for external buffers (empty when zero-copy is off).
-    /// Never freed: an mbuf the PMD frees late may still point at it.
-    zc_shinfo: Vec<NonNull<sys::rte_mbuf_ext_shared_info>>,
+    /// Each queue's zero-copy state shared with the pools it sends from (empty when off).
+    zc: Vec<Arc<ZcQueue>>,
+    /// Whether the device reads caller memory by DMA (not in NO_DMA_MAP_PMDS): storage pools
+    /// are mapped for it before it may send from them.
+    dma_map_needed: bool,
+    /// Storage pool regions registered and DMA-mapped for the device, in pieces (start, len)
+    /// of at most MAX_EXTMEM_PAGES pages (kept leased, unmapped once the port is stopped).
+    dma_maps: Mutex<Vec<DmaMapping>>,
     /// Each queue's payload byte counters.
     tx_payload: Vec<PayloadCounters>,
     /// Which queues have a live handle.
@@ -305,6 +330,54 @@ struct Port {
     /// thread-safe.
     control: Mutex<()>,
     sw: SoftCounters,
+}
+
+impl Port {
+    /// Makes `lease`'s region readable by the device and returns the device address of its
+    /// first byte: for PMDs whose device reads by DMA, registered with DPDK and mapped for the
+    /// port's device at IOVA = VA (kept until the port is stopped); for the others (the CPU
+    /// copies) nothing to do. Err says why the device cannot read it.
+    fn dma_map(&self, lease: &RegionLease) -> Result<u64, String> {
+        if !self.dma_map_needed {
+            return Ok(lease.iova());
+        }
+        // SAFETY: reads the EAL's IOVA mode (EAL is initialised); no other effect.
+        if unsafe { sys::dpdk_sys_iova_is_va() } == 0 {
+            return Err("the EAL runs with IOVA as PA, and memory that is not DPDK's has no physical address table (run with --iova-mode=va behind an IOMMU)".into());
+        }
+        const HUGE: usize = 2 << 20;
+        const PAGE: usize = 4096;
+        let (start, len) = (lease.start(), lease.len());
+        if start % PAGE != 0 || len % PAGE != 0 {
+            return Err(format!("the region is not page-aligned ({len} bytes at {start:#x})"));
+        }
+        let page = if start % HUGE == 0 && len % HUGE == 0 { HUGE } else { PAGE };
+        let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        // One memseg list holds at most MAX_EXTMEM_PAGES pages: larger regions go in pieces.
+        let mut pieces = Vec::new();
+        let mut at = start;
+        while at < start + len {
+            let n = (start + len - at).min(MAX_EXTMEM_PAGES * page);
+            let mut stage = 0;
+            // SAFETY: the piece is `n` bytes of the region the lease keeps allocated (the
+            // lease is kept in `dma_maps` until the mapping is undone in Drop); DPDK records
+            // and maps it, it does not write it. Control-path call under `control`.
+            let ret = unsafe { sys::dpdk_sys_extmem_dma_map(self.id, at as *mut std::ffi::c_void, at as u64, n, page, &mut stage) };
+            if ret != 0 {
+                for &(p, l) in &pieces {
+                    // SAFETY: undoes the pieces mapped above; the device was never given them.
+                    unsafe { sys::dpdk_sys_extmem_dma_unmap(self.id, p as *mut std::ffi::c_void, p as u64, l) };
+                }
+                let what = if stage == 1 { "rte_extmem_register" } else { "rte_dev_dma_map" };
+                let NicError::Config(msg) = dpdk_error(what, ret) else { unreachable!("dpdk_error makes Config") };
+                return Err(msg);
+            }
+            pieces.push((at, n));
+            at += n;
+        }
+        self.dma_maps.lock().unwrap_or_else(|e| e.into_inner()).push((lease.clone(), pieces));
+        Ok(start as u64)
+    }
 }
 
 /// Payload bytes (the parts after the first) one queue sent from the caller's memory and
@@ -330,6 +403,79 @@ impl PayloadCounters {
     }
 }
 
+/// A storage pool region mapped for the device: its lease and the pieces (start, len) it was
+/// registered and mapped in.
+type DmaMapping = (RegionLease, Vec<(usize, usize)>);
+
+/// One queue's zero-copy state, shared with the [`BufferHolds`] of the pools it sends from.
+#[derive(Default)]
+struct ZcQueue {
+    /// Buffer allocations that found only buffers this queue's mbufs still pointed at.
+    buffer_waits: AtomicU64,
+    /// A pool asked for held buffers back: free what the device is done with when idle.
+    release_wanted: AtomicBool,
+}
+
+/// The holds of one queue on one leased storage pool: a shared-info block per buffer, whose
+/// count above one means mbufs still point into the buffer (see "Zero-copy transmit").
+struct BufferHolds {
+    /// Indexed by buffer; the blocks are never freed (an mbuf the PMD frees late may still
+    /// point at one), only this array of pointers to them.
+    shinfo: Box<[NonNull<sys::rte_mbuf_ext_shared_info>]>,
+    queue: Arc<ZcQueue>,
+}
+
+// SAFETY: the blocks live for the rest of the process and are only read here through DPDK's
+// atomic reference count (rte_mbuf_ext_refcnt_read); the rest is atomics.
+unsafe impl Send for BufferHolds {}
+// SAFETY: as for Send: shared access only reads atomic counts or updates atomics.
+unsafe impl Sync for BufferHolds {}
+
+impl BufferHolds {
+    /// Blocks for `buffers` buffers; None when out of memory.
+    fn new(buffers: usize, queue: Arc<ZcQueue>) -> Option<BufferHolds> {
+        let mut shinfo = Vec::with_capacity(buffers);
+        for _ in 0..buffers {
+            // SAFETY: allocates and initialises a block that is never freed; no other effect.
+            shinfo.push(NonNull::new(unsafe { sys::dpdk_sys_ext_shinfo_new() })?);
+        }
+        Some(BufferHolds { shinfo: shinfo.into_boxed_slice(), queue })
+    }
+
+    /// Mbufs pointing into buffer `index` plus one.
+    fn refs(&self, index: usize) -> u16 {
+        match self.shinfo.get(index) {
+            // SAFETY: the block lives for the rest of the process; reading its count has no
+            // other effect.
+            Some(s) => unsafe { sys::dpdk_sys_ext_shinfo_refcnt(s.as_ptr()) },
+            None => 1,
+        }
+    }
+}
+
+impl DeviceHolds for BufferHolds {
+    fn held(&self, index: usize) -> bool {
+        self.refs(index) > 1
+    }
+
+    fn wanted(&self, delayed: bool) {
+        // Called on the queue's own core (the pool is per core): plain load and store.
+        if delayed {
+            let w = &self.queue.buffer_waits;
+            w.store(w.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+        self.queue.release_wanted.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A leased storage pool a queue sends from without copying.
+struct ZcRegion {
+    lease: RegionLease,
+    /// Device address of the region's first byte (its virtual address when DMA-mapped).
+    iova: u64,
+    holds: Arc<BufferHolds>,
+}
+
 /// What the backend itself dropped or refused, beside the device's counters.
 #[derive(Default)]
 struct SoftCounters {
@@ -345,12 +491,14 @@ struct SoftCounters {
     tx_prepare_refused: AtomicU64,
     /// Frames with zero-copy parts that were copied after all (chain too long).
     tx_zero_copy_fallback: AtomicU64,
+    /// Storage pools whose region could not be DMA-mapped for the device (their payload is
+    /// copied).
+    tx_zero_copy_unmapped: AtomicU64,
 }
 
 // SAFETY: the pool pointer refers to a DPDK mempool whose default ops ("ring_mp_mc") are safe
-// for concurrent get/put from any thread; each shared-info block is used by its queue's
-// handle (one thread) and by DPDK's atomic reference counting; everything else in `Port` is
-// plain data or synchronised (Mutex, atomics). Control-path ethdev calls go through `control`.
+// for concurrent get/put from any thread; everything else in `Port` is plain data or
+// synchronised (Mutex, atomics, Arc). Control-path ethdev calls go through `control`.
 unsafe impl Send for Port {}
 // SAFETY: see `Send` above: shared access only reads plain data, uses atomics, takes the
 // `control` lock, or gets/puts mbufs through the MT-safe pool.
@@ -362,10 +510,18 @@ impl Drop for Port {
         // SAFETY: the port was started by `DpdkNic::start` and no queue handle is left (this is
         // the last Arc), so no thread is in rx/tx burst on it. The mempool is not freed: frames
         // the stack still holds return to it when dropped.
-        unsafe {
-            sys::rte_eth_dev_stop(self.id);
-            sys::rte_eth_dev_close(self.id);
+        unsafe { sys::rte_eth_dev_stop(self.id) };
+        // The device is stopped: it reads no storage buffer any more.
+        for (_lease, pieces) in self.dma_maps.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            for (start, len) in pieces {
+                // SAFETY: this piece was registered and mapped by dpdk_sys_extmem_dma_map at
+                // IOVA = VA for this port's device, which no longer reads it; the lease kept
+                // it allocated until now (dropped after this loop).
+                unsafe { sys::dpdk_sys_extmem_dma_unmap(self.id, start as *mut std::ffi::c_void, start as u64, len) };
+            }
         }
+        // SAFETY: as above; the port is stopped.
+        unsafe { sys::rte_eth_dev_close(self.id) };
     }
 }
 
@@ -411,9 +567,9 @@ pub struct DpdkNic {
     tx_batch: usize,
     rx_scratch: [*mut sys::rte_mbuf; BURST],
     /// Storage pool regions payload may be sent from without copying ([`Nic::tx_from_pool`]).
-    zc_regions: Vec<RegionLease>,
-    /// Set when the PMD kept an mbuf pointing at caller memory past a flush: copy from then on.
-    zc_tripped: bool,
+    zc_regions: Vec<ZcRegion>,
+    /// Whether to call rte_eth_tx_done_cleanup (the port has it, and it has not refused).
+    tx_cleanup: bool,
 }
 
 /// Why a zero-copy build stopped.
@@ -820,9 +976,7 @@ impl DpdkNic {
             0
         };
         let zc_why_not = if !cfg.zero_copy {
-            Some("turned off".to_string())
-        } else if !ZERO_COPY_PMDS.contains(&pmd.as_str()) {
-            Some(format!("{pmd} may read a frame after rte_eth_tx_burst returns (zero-copy is only for {ZERO_COPY_PMDS:?})"))
+            Some("turned off (DPDK_ZERO_COPY=0)".to_string())
         } else if !offloads.tx_multi_segs {
             Some("the PMD has no multi-segment transmit".to_string())
         } else if (1..ZC_MTU_SEGS).contains(&info.tx_desc_lim.nb_mtu_seg_max) {
@@ -831,20 +985,20 @@ impl DpdkNic {
             None
         };
         let zc_max_segs = if zc_why_not.is_none() { segs.min(pool_segs).min(usize::from(u16::MAX)) } else { 0 };
-        let mut zc_shinfo = Vec::new();
-        if zc_max_segs > 0 {
-            for _ in 0..cfg.queues {
-                // SAFETY: allocates and initialises a block for this port's lifetime (never
-                // freed); no other effect.
-                let shinfo = unsafe { sys::dpdk_sys_ext_shinfo_new() };
-                zc_shinfo.push(NonNull::new(shinfo).ok_or_else(|| config_error("out of memory for DPDK's shared-info blocks"))?);
-            }
-        }
+        let zc = if zc_max_segs > 0 { (0..cfg.queues).map(|_| Arc::new(ZcQueue::default())).collect() } else { Vec::new() };
+        let dma_map_needed = !NO_DMA_MAP_PMDS.contains(&pmd.as_str());
         match &zc_why_not {
             None => log::info!(
-                "dpdk: port {port} ({pmd}): payload parts of at least {ZC_MIN_PART} bytes in storage buffers are sent without copying (at most {zc_max_segs} mbufs a frame)"
+                "dpdk: port {port} ({pmd}): payload parts of at least {ZC_MIN_PART} bytes in storage buffers are sent without copying (at most {zc_max_segs} mbufs a frame; {})",
+                if dma_map_needed { "each storage pool DMA-mapped for the device first" } else { "the PMD copies to the kernel: no DMA mapping" }
             ),
             Some(why) => log::info!("dpdk: port {port} ({pmd}): payload is copied into mbufs: {why}"),
+        }
+        // SAFETY: started port; no queue handle exists yet, so no thread drives queue 0, and
+        // its ring is empty (nothing to free).
+        let tx_cleanup = unsafe { sys::dpdk_sys_tx_done_cleanup(port, 0) } != -libc::ENOTSUP;
+        if zc_max_segs > 0 && !tx_cleanup {
+            log::info!("dpdk: port {port} ({pmd}) has no rte_eth_tx_done_cleanup: storage buffers its transmit ring still points at are let go only by its later transmit bursts");
         }
         let tcp_tx = TcpTxPlan::new(&pmd, &offloads, max_tso_frame, mtu);
         log::info!(
@@ -890,7 +1044,11 @@ impl DpdkNic {
             max_tso_frame,
             tcp_tx,
             zc_max_segs,
-            zc_shinfo,
+            tx_cleanup,
+            tx_desc,
+            zc,
+            dma_map_needed,
+            dma_maps: Mutex::new(Vec::new()),
             tx_payload: (0..cfg.queues).map(|_| PayloadCounters::default()).collect(),
             claimed: Mutex::new(claimed),
             control: Mutex::new(()),
@@ -901,13 +1059,13 @@ impl DpdkNic {
 
     fn handle(port: Arc<Port>, queue: u16, tx_batch: usize) -> DpdkNic {
         DpdkNic {
+            tx_cleanup: port.tx_cleanup,
             port,
             queue,
             tx: Vec::with_capacity(tx_batch),
             tx_batch,
             rx_scratch: [std::ptr::null_mut(); BURST],
             zc_regions: Vec::new(),
-            zc_tripped: false,
         }
     }
 
@@ -1034,13 +1192,19 @@ impl DpdkNic {
             "sw_tx_zero_copy_fallback".into(),
             sw.tx_zero_copy_fallback.load(Ordering::Relaxed),
         ));
+        let waits = self.port.zc.iter().map(|q| q.buffer_waits.load(Ordering::Relaxed)).sum();
+        out.push(("sw_tx_zero_copy_buffer_waits".into(), waits));
+        out.push((
+            "sw_tx_zero_copy_unmapped_pools".into(),
+            sw.tx_zero_copy_unmapped.load(Ordering::Relaxed),
+        ));
         out
     }
 
     /// Whether this queue sends payload from a storage pool without copying (the port allows
     /// it and a pool was handed over).
     pub fn zero_copy(&self) -> bool {
-        self.port.zc_max_segs > 0 && !self.zc_regions.is_empty() && !self.zc_tripped
+        self.port.zc_max_segs > 0 && !self.zc_regions.is_empty()
     }
 
     /// Like [`Nic::tx_gather`], with a per-packet offload request (checksums, TSO) that the
@@ -1161,32 +1325,30 @@ impl DpdkNic {
         }
     }
 
-    /// The leased region `part` lies in, when it may go out without copying.
-    fn zc_region(&self, part: &[u8]) -> Option<&RegionLease> {
+    /// Where `part` may go out from without copying: the device address of its first byte
+    /// and the shared-info block of the storage buffer it lies in. None when it is short,
+    /// outside every leased pool, across two buffers, or its buffer has references to spare
+    /// no more.
+    fn zc_piece(&self, part: &[u8]) -> Option<(u64, NonNull<sys::rte_mbuf_ext_shared_info>)> {
         if part.len() < ZC_MIN_PART {
             return None;
         }
-        self.zc_regions.iter().find(|r| r.contains(part))
-    }
-
-    /// This queue's shared-info block, when zero-copy is on and it has references to spare.
-    fn zc_shinfo(&self) -> Option<NonNull<sys::rte_mbuf_ext_shared_info>> {
-        if self.zc_regions.is_empty() || self.zc_tripped {
+        let r = self.zc_regions.iter().find(|r| r.lease.contains(part))?;
+        let idx = r.lease.buffer_of(part)?;
+        if r.holds.refs(idx) >= ZC_MAX_REFS {
             return None;
         }
-        let shinfo = *self.port.zc_shinfo.get(usize::from(self.queue))?;
-        // SAFETY: the block lives for the rest of the process; reading its count has no effect.
-        (unsafe { sys::dpdk_sys_ext_shinfo_refcnt(shinfo.as_ptr()) } < ZC_MAX_REFS).then_some(shinfo)
+        let iova = r.iova + (part.as_ptr() as usize - r.lease.start()) as u64;
+        Some((iova, *r.holds.shinfo.get(idx)?))
     }
 
     /// Builds the frame `parts` (at most `limit` bytes) into a fresh mbuf chain owned by the
     /// caller: payload parts from a leased pool by reference where possible
     /// ([`DpdkNic::attach_into_mbufs`]), everything else copied ([`DpdkNic::copy_into_mbuf`]).
     fn build_frame(&mut self, parts: &[&[u8]], limit: usize) -> Result<NonNull<sys::rte_mbuf>, TxRefused> {
-        let shinfo = match self.zc_shinfo() {
-            Some(s) if parts.iter().skip(1).any(|p| self.zc_region(p).is_some()) => s,
-            _ => return self.copy_into_mbuf(parts, limit),
-        };
+        if self.zc_regions.is_empty() || !parts.iter().skip(1).any(|p| self.zc_piece(p).is_some()) {
+            return self.copy_into_mbuf(parts, limit);
+        }
         if self.tx.len() >= self.tx_batch {
             return Err(TxRefused::Full);
         }
@@ -1198,7 +1360,7 @@ impl DpdkNic {
         let head = self.alloc_mbuf()?;
         let mut chain = Chain { head, room: self.port.seg_bytes, last_len: 0, segs: 1 };
         let mut bytes = (0, 0);
-        match self.attach_into_mbufs(parts, shinfo, &mut chain, &mut bytes) {
+        match self.attach_into_mbufs(parts, &mut chain, &mut bytes) {
             Ok(()) => {
                 self.port.tx_payload[usize::from(self.queue)].add(bytes.0, bytes.1);
                 Ok(chain.head)
@@ -1219,35 +1381,30 @@ impl DpdkNic {
     }
 
     /// Fills `chain` (holding one empty mbuf) with `parts`: the headers and short payload
-    /// parts copied, payload parts in a leased region attached as external buffers of at most
-    /// ZC_MAX_PIECE bytes. Every mbuf but the last gets an even length: a byte is copied in
+    /// parts copied, payload parts in a leased pool's buffer attached as external buffers of
+    /// at most ZC_MAX_PIECE bytes, under that buffer's shared-info block. Every mbuf but the last gets an even length: a byte is copied in
     /// front of an attached piece when the copied bytes before it are odd, and an odd last
     /// byte of a part is copied after it. Adds (zero-copy, copied) payload bytes to `bytes`.
     /// On error the caller frees the chain.
-    fn attach_into_mbufs(
-        &self,
-        parts: &[&[u8]],
-        shinfo: NonNull<sys::rte_mbuf_ext_shared_info>,
-        chain: &mut Chain,
-        bytes: &mut (usize, usize),
-    ) -> Result<(), ZcStop> {
+    fn attach_into_mbufs(&self, parts: &[&[u8]], chain: &mut Chain, bytes: &mut (usize, usize)) -> Result<(), ZcStop> {
         for (i, part) in parts.iter().enumerate() {
             let mut part: &[u8] = part;
-            let region = if i > 0 { self.zc_region(part) } else { None };
-            if let Some(region) = region {
+            let piece = if i > 0 { self.zc_piece(part) } else { None };
+            if let Some((mut iova, shinfo)) = piece {
                 if chain.last_len % 2 == 1 {
                     self.chain_copy(chain, &part[..1])?;
                     bytes.1 += 1;
                     part = &part[1..];
+                    iova += 1;
                 }
                 while part.len() >= 2 {
                     let n = part.len().min(ZC_MAX_PIECE) & !1;
-                    // Device address of the piece: for the PMDs that may use this path
-                    // (ZERO_COPY_PMDS) the CPU reads it, and the address is not used.
-                    let iova = region.iova() + (part.as_ptr() as usize - region.start()) as u64;
+                    // The device reads the piece at `iova` (DMA-mapped for it, or unused by
+                    // the PMDs in NO_DMA_MAP_PMDS, whose CPU copies it).
                     self.chain_attach(chain, &part[..n], iova, shinfo)?;
                     bytes.0 += n;
                     part = &part[n..];
+                    iova += n as u64;
                 }
             }
             if i > 0 {
@@ -1305,8 +1462,8 @@ impl DpdkNic {
         Ok(())
     }
 
-    /// Appends an mbuf pointing at `piece` (caller memory in a leased region, at most
-    /// ZC_MAX_PIECE bytes) to `chain`, under the queue's shared-info block.
+    /// Appends an mbuf pointing at `piece` (caller memory in one buffer of a leased pool, at
+    /// most ZC_MAX_PIECE bytes) to `chain`, under that buffer's shared-info block.
     fn chain_attach(
         &self,
         chain: &mut Chain,
@@ -1315,12 +1472,12 @@ impl DpdkNic {
         shinfo: NonNull<sys::rte_mbuf_ext_shared_info>,
     ) -> Result<(), ZcStop> {
         self.chain_mbuf(chain, |seg| {
-            // `piece` lies in a region leased from its pool (kept mapped while the lease,
-            // which this handle holds, lives), and the caller keeps the bytes unchanged until
-            // the next tx_flush returns (Nic::tx_from_pool), by which time the PMDs that may
-            // take this path have read them and freed the mbuf.
+            // `piece` lies in one buffer of a leased pool (kept allocated while the lease, which
+            // this handle or the port holds, lives), and the reference taken on the buffer's
+            // block keeps the pool from handing the buffer out for a new read until the PMD
+            // has freed this mbuf (BufferHolds, installed in the pool).
             // SAFETY: `seg` is a fresh direct mbuf of ours, not yet linked; `piece` stays
-            // valid and unchanged while attached (above); the PMD only reads it.
+            // valid and unchanged while attached (above); the device only reads it.
             unsafe {
                 sys::dpdk_sys_pktmbuf_attach_ext(
                     seg.as_ptr(),
@@ -1412,25 +1569,29 @@ impl DpdkNic {
         })
     }
 
-    /// After a flush no mbuf may point at caller memory any more (ZERO_COPY_PMDS free what
-    /// they take before rte_eth_tx_burst returns, and what they did not take was freed):
-    /// otherwise the PMD is not what we took it for, and this queue copies from now on.
-    fn check_zero_copy_done(&mut self) {
-        let Some(&shinfo) = self.port.zc_shinfo.get(usize::from(self.queue)) else { return };
-        if self.zc_tripped {
+    /// The queue has nothing to send: if a storage pool waits for buffers this queue's mbufs
+    /// still point at, free what the device is done with (rte_eth_tx_done_cleanup; PMDs
+    /// without it free them in their next transmit burst).
+    fn release_held(&mut self) {
+        let Some(zc) = self.port.zc.get(usize::from(self.queue)) else { return };
+        if !zc.release_wanted.load(Ordering::Relaxed) {
             return;
         }
-        // SAFETY: the block lives for the rest of the process; reading its count has no effect.
-        let refs = unsafe { sys::dpdk_sys_ext_shinfo_refcnt(shinfo.as_ptr()) };
-        if refs != 1 {
-            self.zc_tripped = true;
-            log::error!(
-                "dpdk: port {} ({}) queue {}: the PMD still holds {} mbuf(s) pointing at storage buffers after a flush: copying payload from now on",
+        zc.release_wanted.store(false, Ordering::Relaxed);
+        if !self.tx_cleanup {
+            return;
+        }
+        // SAFETY: started port; this handle alone drives this queue (as for tx_burst).
+        let ret = unsafe { sys::dpdk_sys_tx_done_cleanup(self.port.id, self.queue) };
+        if ret == -libc::ENOTSUP || ret == -libc::EOPNOTSUPP {
+            self.tx_cleanup = false;
+            log::info!(
+                "dpdk: port {} ({}) has no rte_eth_tx_done_cleanup: storage buffers its transmit ring still points at are let go at its next transmit burst",
                 self.port.id,
-                self.port.driver,
-                self.queue,
-                refs.wrapping_sub(1)
+                self.port.driver
             );
+        } else if ret < 0 {
+            log::debug!("dpdk: port {} queue {}: rte_eth_tx_done_cleanup: {ret}", self.port.id, self.queue);
         }
     }
 
@@ -1552,6 +1713,10 @@ impl Nic for DpdkNic {
     }
 
     fn tx_flush(&mut self) -> usize {
+        if self.tx.is_empty() {
+            self.release_held();
+            return 0;
+        }
         if self.port.offloads.tx_requests() {
             self.prepare_queued();
         }
@@ -1579,25 +1744,61 @@ impl Nic for DpdkNic {
             };
         }
         self.tx.clear();
-        self.check_zero_copy_done();
         sent
     }
 
+    /// Sends payload in `pool`'s buffers without copying from now on: maps the pool's region
+    /// for the device where it reads by DMA, makes a shared-info block per buffer and installs
+    /// this queue's holds in the pool (see "Zero-copy transmit"). Where the region cannot be
+    /// mapped, says why and copies.
     fn tx_from_pool(&mut self, pool: &DmaPool) {
-        if self.port.zc_max_segs == 0 {
-            return;
-        }
+        let Some(zc) = self.port.zc.get(usize::from(self.queue)) else { return };
         let lease = pool.lease();
-        if lease.is_empty() || self.zc_regions.iter().any(|r| r.start() == lease.start()) {
+        if lease.is_empty() || lease.buffers() == 0 || self.zc_regions.iter().any(|r| r.lease.start() == lease.start()) {
             return;
         }
-        log::debug!(
-            "dpdk: queue {} sends payload from {} bytes at {:#x} without copying",
+        let iova = match self.port.dma_map(&lease) {
+            Ok(iova) => iova,
+            Err(why) => {
+                self.port.sw.tx_zero_copy_unmapped.fetch_add(1, Ordering::Relaxed);
+                log::error!(
+                    "dpdk: port {} ({}) queue {}: cannot map the storage pool ({} bytes at {:#x}) for the device's DMA: {why}; its payload is copied",
+                    self.port.id,
+                    self.port.driver,
+                    self.queue,
+                    lease.len(),
+                    lease.start()
+                );
+                return;
+            }
+        };
+        let Some(holds) = BufferHolds::new(lease.buffers(), zc.clone()) else {
+            log::error!("dpdk: out of memory for the shared-info blocks of {} storage buffers: their payload is copied", lease.buffers());
+            return;
+        };
+        let holds = Arc::new(holds);
+        pool.add_device_holds(holds.clone());
+        if !self.port.tx_cleanup && lease.buffers() <= usize::from(self.port.tx_desc) {
+            // At most: a frame holds one buffer in the worst case, and a virtio ring is often
+            // shorter than the descriptors asked for. Said once, for an operator sizing pools.
+            log::info!(
+                "dpdk: port {} ({}): {} storage buffers for a transmit ring of up to {} descriptors and no rte_eth_tx_done_cleanup: should the ring ever point at every free buffer while the queue is idle, reads wait for its next transmit (more buffers avoid it)",
+                self.port.id,
+                self.port.driver,
+                lease.buffers(),
+                self.port.tx_desc
+            );
+        }
+        log::info!(
+            "dpdk: port {} ({}) queue {} sends payload from {} storage buffers of {} bytes at {:#x} (device address {iova:#x}) without copying",
+            self.port.id,
+            self.port.driver,
             self.queue,
-            lease.len(),
+            lease.buffers(),
+            lease.buf_size(),
             lease.start()
         );
-        self.zc_regions.push(lease);
+        self.zc_regions.push(ZcRegion { lease, iova, holds });
     }
 
     fn wait_rx(&mut self, _timeout: Duration) {

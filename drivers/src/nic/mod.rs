@@ -106,10 +106,13 @@ pub trait Nic {
     fn tx_flush(&mut self) -> usize;
 
     /// Lets this queue send payload that lies in `pool`'s region without copying it (the DPDK
-    /// backend points mbufs at it). Called at start-up with the pool the queue's core reads
-    /// storage into; backends that copy every frame ignore it. The caller's side of the
-    /// bargain: a payload slice given to [`Nic::tx_gather`] or [`Nic::tx_tcp`] stays unchanged
-    /// until the next [`Nic::tx_flush`] returns, which is when such a port reads it.
+    /// backend points mbufs at it, maps the region for its device and installs its
+    /// [`crate::storage::DeviceHolds`] in the pool, so that a buffer is not handed out for a
+    /// new read while the device may still read it). Called at start-up with the pool the
+    /// queue's core reads storage into; backends that copy every frame ignore it. The caller's
+    /// side of the bargain: it does not write a buffer it has sent payload from (buffers are
+    /// written only by the read that follows their allocation, and sealed in place before
+    /// they are sent from).
     fn tx_from_pool(&mut self, _pool: &crate::storage::DmaPool) {}
 
     /// Block for at most `timeout` until a frame may be ready; used only when a whole loop

@@ -3,7 +3,14 @@
 //! One region is allocated (or mapped) at start-up and cut into buffers; a [`DmaBuf`] is a
 //! handle to one of them and goes back to the free list when dropped. The pool is per core
 //! (`Rc`, not `Arc`): no locks on the fast path.
-use std::cell::RefCell;
+//!
+//! The free list is first in, first out: the buffer given back longest ago is handed out
+//! first. A device that reads buffers after their handles came back (a NIC sending payload
+//! from them without copying, see [`RegionLease`]) adds its [`DeviceHolds`]: a buffer it
+//! still holds stays on the free list, in its place, and is not handed out until the device
+//! lets go of it.
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::fmt;
 use std::ptr::NonNull;
 use std::rc::Rc;
@@ -17,13 +24,32 @@ pub enum Region {
     Mapped(Box<dyn FnOnce(NonNull<u8>, usize)>),
 }
 
+/// What a device that reads a pool's buffers after their handles were dropped tells the pool
+/// ([`DmaPool::add_device_holds`]). Called on the pool's core only; `Send + Sync` so that a
+/// device backend may share it with its own per-queue state.
+pub trait DeviceHolds: Send + Sync {
+    /// Whether the device may still read buffer `index` (the pool then does not hand it out:
+    /// a new read into it would change bytes the device has yet to send).
+    fn held(&self, index: usize) -> bool;
+    /// Every free buffer is held while someone needs one: the device should let go of what
+    /// it is done with soon (its queue may be idle). `delayed` is true once for each
+    /// allocation that failed for it (a read that must wait), false for a re-check.
+    fn wanted(&self, delayed: bool);
+}
+
 struct PoolInner {
     base: NonNull<u8>,
     buf_size: usize,
     count: usize,
     /// Device address of `base` (IOVA); equal to the virtual address for heap pools.
     iova_base: u64,
-    free: RefCell<Vec<u32>>,
+    /// Free buffers, the one given back longest ago first. Room for every buffer: pushing
+    /// never allocates.
+    free: RefCell<VecDeque<u32>>,
+    /// The devices that may still read free buffers (usually none or one).
+    holds: RefCell<Vec<Arc<dyn DeviceHolds>>>,
+    /// Allocations that found free buffers, all held by the device (see [`DmaPool::held_waits`]).
+    held_waits: Cell<u64>,
     region: RefCell<Option<Region>>,
     /// Shared with every [`RegionLease`]: more than one holder means a lease is alive.
     leases: Arc<()>,
@@ -92,7 +118,7 @@ impl DmaPool {
         iova_base: u64,
         region: Region,
     ) -> DmaPool {
-        let free = (0..count as u32).rev().collect();
+        let free = (0..count as u32).collect();
         DmaPool {
             inner: Rc::new(PoolInner {
                 base,
@@ -100,15 +126,59 @@ impl DmaPool {
                 count,
                 iova_base,
                 free: RefCell::new(free),
+                holds: RefCell::new(Vec::new()),
+                held_waits: Cell::new(0),
                 region: RefCell::new(Some(region)),
                 leases: Arc::new(()),
             }),
         }
     }
 
+    /// The free buffer given back longest ago that no device holds; None when there is none
+    /// (when there are free buffers but all are held, the device is asked to let go).
     pub fn alloc(&self) -> Option<DmaBuf> {
-        let idx = self.inner.free.borrow_mut().pop()?;
+        let mut free = self.inner.free.borrow_mut();
+        let holds = self.inner.holds.borrow();
+        let at = if holds.is_empty() {
+            (!free.is_empty()).then_some(0)
+        } else {
+            let at = free.iter().position(|&i| !holds.iter().any(|h| h.held(i as usize)));
+            if at.is_none() && !free.is_empty() {
+                self.inner.held_waits.set(self.inner.held_waits.get() + 1);
+                holds.iter().for_each(|h| h.wanted(true));
+            }
+            at
+        }?;
+        let idx = free.remove(at).expect("position is inside the free list");
         Some(DmaBuf { pool: self.inner.clone(), idx })
+    }
+
+    /// How many buffers [`DmaPool::alloc`] could hand out now, counting at most `max`: the
+    /// free ones no device holds. For waking waiters: cheap when buffers are ready, and at
+    /// worst one look at each free buffer. When all free buffers are held, the device is
+    /// asked to let go of them (without counting a wait).
+    pub fn ready(&self, max: usize) -> usize {
+        let free = self.inner.free.borrow();
+        let holds = self.inner.holds.borrow();
+        if holds.is_empty() || max == 0 {
+            return free.len().min(max);
+        }
+        let n = free.iter().filter(|&&i| !holds.iter().any(|h| h.held(i as usize))).take(max).count();
+        if n == 0 && !free.is_empty() {
+            holds.iter().for_each(|h| h.wanted(false));
+        }
+        n
+    }
+
+    /// Adds a device that may still read buffers after they were given back: from now on a
+    /// buffer it (or any other device added) holds is not handed out.
+    pub fn add_device_holds(&self, holds: Arc<dyn DeviceHolds>) {
+        self.inner.holds.borrow_mut().push(holds);
+    }
+
+    /// Allocations that found only buffers a device still held (each a read that waited).
+    pub fn held_waits(&self) -> u64 {
+        self.inner.held_waits.get()
     }
 
     pub fn buf_size(&self) -> usize {
@@ -129,6 +199,7 @@ impl DmaPool {
         RegionLease {
             start: self.inner.base.as_ptr() as usize,
             len: self.inner.buf_size * self.inner.count,
+            buf_size: self.inner.buf_size,
             iova: self.inner.iova_base,
             _held: self.inner.leases.clone(),
         }
@@ -139,11 +210,14 @@ impl DmaPool {
 /// copying (a NIC sending payload straight out of storage buffers: [`crate::nic::Nic::tx_from_pool`]).
 /// While a lease lives, dropping the pool leaks the region instead of releasing it, so the
 /// addresses stay readable. A lease grants no access by itself: it only says where the region
-/// is and keeps it mapped. `Send`: it holds addresses and a shared count, not the pool.
+/// is and keeps it mapped; that the bytes of a buffer stay unchanged while the device reads
+/// them is what [`DeviceHolds`] is for. `Send`: it holds addresses and a shared count, not
+/// the pool.
 #[derive(Clone, Debug)]
 pub struct RegionLease {
     start: usize,
     len: usize,
+    buf_size: usize,
     iova: u64,
     _held: Arc<()>,
 }
@@ -165,6 +239,26 @@ impl RegionLease {
     /// Device address of the region's first byte (equal to the virtual one for heap pools).
     pub fn iova(&self) -> u64 {
         self.iova
+    }
+
+    /// Bytes of each of the pool's buffers.
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+
+    /// Buffers in the region.
+    pub fn buffers(&self) -> usize {
+        self.len.checked_div(self.buf_size).unwrap_or(0)
+    }
+
+    /// Index of the buffer that holds all of `bytes`, if they lie inside one buffer.
+    pub fn buffer_of(&self, bytes: &[u8]) -> Option<usize> {
+        if !self.contains(bytes) || bytes.is_empty() {
+            return None;
+        }
+        let off = bytes.as_ptr() as usize - self.start;
+        let idx = off / self.buf_size;
+        ((off + bytes.len() - 1) / self.buf_size == idx).then_some(idx)
     }
 
     /// Whether `bytes` lie wholly inside the region.
@@ -233,7 +327,7 @@ impl DmaBuf {
 
 impl Drop for DmaBuf {
     fn drop(&mut self) {
-        self.pool.free.borrow_mut().push(self.idx);
+        self.pool.free.borrow_mut().push_back(self.idx);
     }
 }
 
@@ -274,5 +368,103 @@ mod tests {
         // The region is leaked, not released: still readable through the lease's addresses.
         // SAFETY: the region was allocated zeroed and is never released while leased.
         assert_eq!(unsafe { *start.add(8191) }, 0);
+    }
+
+    /// A device's holds for tests: which buffers it holds, and what it was told.
+    #[derive(Default)]
+    struct FakeHolds {
+        held: std::sync::Mutex<Vec<usize>>,
+        wanted: std::sync::Mutex<Vec<bool>>,
+    }
+
+    impl DeviceHolds for FakeHolds {
+        fn held(&self, index: usize) -> bool {
+            self.held.lock().unwrap().contains(&index)
+        }
+        fn wanted(&self, delayed: bool) {
+            self.wanted.lock().unwrap().push(delayed);
+        }
+    }
+
+    #[test]
+    fn the_free_list_is_first_in_first_out() {
+        let pool = DmaPool::heap(4096, 4, 4096);
+        let bufs: Vec<DmaBuf> = (0..4).map(|_| pool.alloc().unwrap()).collect();
+        assert_eq!(bufs.iter().map(|b| b.index()).collect::<Vec<_>>(), [0, 1, 2, 3], "fresh pool: in order");
+        let mut bufs: Vec<Option<DmaBuf>> = bufs.into_iter().map(Some).collect();
+        // Given back 2, 0, 3: handed out again in that order.
+        for i in [2, 0, 3] {
+            bufs[i] = None;
+        }
+        let two = pool.alloc().unwrap();
+        assert_eq!(two.index(), 2);
+        let again = pool.alloc().unwrap();
+        assert_eq!(again.index(), 0);
+        drop(again); // now behind 3
+        let three = pool.alloc().unwrap();
+        assert_eq!(three.index(), 3);
+        assert_eq!(pool.alloc().unwrap().index(), 0);
+        drop((two, three));
+        assert_eq!(pool.held_waits(), 0);
+    }
+
+    #[test]
+    fn held_buffers_are_skipped_in_place_and_waits_counted() {
+        let pool = DmaPool::heap(4096, 4, 4096);
+        let holds = Arc::new(FakeHolds::default());
+        pool.add_device_holds(holds.clone());
+        let bufs: Vec<DmaBuf> = (0..4).map(|_| pool.alloc().unwrap()).collect();
+        drop(bufs); // free list: 0 1 2 3
+        *holds.held.lock().unwrap() = vec![0, 1];
+        assert_eq!(pool.available(), 4, "held buffers are free, just not ready");
+        assert_eq!(pool.ready(10), 2);
+        assert_eq!(pool.ready(1), 1);
+        let b2 = pool.alloc().unwrap();
+        assert_eq!(b2.index(), 2, "the oldest buffer the device let go of");
+        let b3 = pool.alloc().unwrap();
+        assert_eq!(b3.index(), 3);
+        assert!(holds.wanted.lock().unwrap().is_empty(), "not asked while buffers were ready");
+        // Only held buffers left: no buffer, one wait counted, the device asked to let go.
+        assert_eq!(pool.ready(10), 0);
+        assert!(pool.alloc().is_none());
+        assert!(pool.alloc().is_none());
+        assert_eq!(pool.held_waits(), 2);
+        assert_eq!(*holds.wanted.lock().unwrap(), [false, true, true], "a re-check asks without counting");
+        // The device lets go of 1: it is handed out, 0 keeps its place at the front.
+        holds.held.lock().unwrap().retain(|&i| i != 1);
+        assert_eq!(pool.ready(10), 1);
+        let b1 = pool.alloc().unwrap();
+        assert_eq!(b1.index(), 1);
+        drop(b2); // free list: 0 2
+        holds.held.lock().unwrap().clear();
+        assert_eq!(pool.alloc().unwrap().index(), 0, "oldest first once nothing is held");
+        drop((b1, b3));
+    }
+
+    #[test]
+    fn an_empty_pool_is_not_a_held_wait() {
+        let pool = DmaPool::heap(4096, 1, 4096);
+        let holds = Arc::new(FakeHolds::default());
+        pool.add_device_holds(holds.clone());
+        let _b = pool.alloc().unwrap();
+        assert!(pool.alloc().is_none());
+        assert_eq!(pool.ready(4), 0);
+        assert_eq!(pool.held_waits(), 0);
+        assert!(holds.wanted.lock().unwrap().is_empty(), "nothing the device could give back");
+    }
+
+    #[test]
+    fn a_lease_finds_the_buffer_of_a_slice() {
+        let pool = DmaPool::heap(4096, 3, 4096);
+        let lease = pool.lease();
+        assert_eq!((lease.buf_size(), lease.buffers()), (4096, 3));
+        let _a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        assert_eq!(lease.buffer_of(&b.as_slice()[10..4000]), Some(1));
+        assert_eq!(lease.buffer_of(b.as_slice()), Some(1));
+        // SAFETY: the pool's region holds 3 * 4096 bytes; this slice straddles buffers 0 and 1.
+        let across = unsafe { std::slice::from_raw_parts((lease.start() + 4000) as *const u8, 200) };
+        assert_eq!(lease.buffer_of(across), None, "a slice over two buffers has no one buffer");
+        assert_eq!(lease.buffer_of(&[]), None);
     }
 }

@@ -10,7 +10,7 @@ pub mod drives;
 pub mod file;
 pub mod nvme;
 
-pub use dma::{DmaBuf, DmaPool, RegionLease};
+pub use dma::{DeviceHolds, DmaBuf, DmaPool, RegionLease};
 pub use drives::{Backend, Drives, Unavailable};
 pub use file::FileStorage;
 
