@@ -117,15 +117,21 @@ pub struct BenchArgs {
     /// The server does not pace (the default), as `serve --no-pacing`.
     #[arg(long)]
     pub no_pacing: bool,
+    /// 64 KiB storage buffers per core, as `serve --buffers` (they bound the data read and
+    /// not yet acknowledged, and so how much of it the caches must hold).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(4..=65536))]
+    pub buffers: u64,
 }
 
-/// How the server's port and TCP run in a case.
+/// How the server's port, TCP and storage buffers are set up in a case.
 #[derive(Clone, Copy, Debug)]
-pub struct TcpSetup {
+pub struct ServerSetup {
     /// The port's checksum and segmentation offload.
     pub offload: bool,
     pub congestion: CongestionControl,
     pub pacing: bool,
+    /// 64 KiB storage buffers per core, as `serve --buffers`.
+    pub buffers: usize,
 }
 
 /// Bytes per second (10^9) of memcpy of 16 KiB blocks over a 64 MiB working set.
@@ -171,6 +177,8 @@ struct CoreResult {
 pub struct CaseResult {
     pub mode: Mode,
     pub offload: bool,
+    /// Storage buffers per core.
+    pub buffers: usize,
     pub connections: usize,
     pub cores: usize,
     pub ok: bool,
@@ -245,10 +253,11 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
             for &connections in &args.connections {
                 for &offload in offloads {
                     let defaults = TcpConfig::default();
-                    let setup = TcpSetup {
+                    let setup = ServerSetup {
                         offload,
                         congestion: args.congestion.unwrap_or(defaults.congestion),
                         pacing: (defaults.pacing || args.pacing) && !args.no_pacing,
+                        buffers: args.buffers as usize,
                     };
                     let r = run_case(&vol, object_len, total, mode, setup, connections, cores);
                     failed += usize::from(!r.ok);
@@ -300,7 +309,7 @@ fn make_volume(dir: &std::path::Path, len: u64) -> Result<std::path::PathBuf, St
     Ok(vol)
 }
 
-pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, mode: Mode, setup: TcpSetup, connections: usize, cores: usize) -> CaseResult {
+pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, mode: Mode, setup: ServerSetup, connections: usize, cores: usize) -> CaseResult {
     let per_conn = (total / connections as u64).max(MIN_PER_CONN);
     let threads: Vec<_> = (0..cores)
         .map(|core| {
@@ -320,7 +329,7 @@ pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, mode: Mode, 
         .into_iter()
         .map(|t| t.join().unwrap_or_else(|_| CoreResult { error: Some("pipeline thread panicked".into()), ..CoreResult::default() }))
         .collect();
-    combine(mode, setup.offload, connections, cores, &results)
+    CaseResult { buffers: setup.buffers, ..combine(mode, setup.offload, connections, cores, &results) }
 }
 
 fn combine(mode: Mode, offload: bool, connections: usize, cores: usize, results: &[CoreResult]) -> CaseResult {
@@ -338,6 +347,7 @@ fn combine(mode: Mode, offload: bool, connections: usize, cores: usize, results:
     CaseResult {
         mode,
         offload,
+        buffers: 0,
         connections,
         cores,
         ok: results.iter().all(|r| r.ok),
@@ -365,7 +375,7 @@ fn combine(mode: Mode, offload: bool, connections: usize, cores: usize, results:
 
 /// One core: a pipeline and its clients over the simulated link. Connection `first + i`
 /// fetches `per_conn` bytes at its own offset of the object.
-fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize, n: usize, mode: Mode, setup: TcpSetup) -> CoreResult {
+fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize, n: usize, mode: Mode, setup: ServerSetup) -> CoreResult {
     let offload = setup.offload;
     let tls = mode == Mode::Tls;
     let mut out = CoreResult::default();
@@ -379,7 +389,7 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
         let link = SimConfig { queue_frames: 8192, ..SimConfig::default() };
         // With offload the server's port takes 64 KiB TCP frames: fewer of them in flight.
         let to_client = SimConfig { tso: offload, queue_frames: if offload { 1024 } else { 8192 }, ..SimConfig::default() };
-        let mut h = SimHarness::new(storage, volume, to_client, link, 512);
+        let mut h = SimHarness::new(storage, volume, to_client, link, setup.buffers);
         h.server.nic.time_device();
         h.server.app.storage.time_device();
         // The in-process clients are honest but share the core: with thousands of TLS
@@ -506,13 +516,14 @@ fn print_case(r: &CaseResult, seal: f64, memcpy: f64, json: bool) {
     let num = |x: f64| if x.is_finite() { format!("{x:.3}") } else { "null".to_string() };
     if json {
         println!(
-            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{}{}}}",
+            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{}{}}}",
             case_name(r.mode),
             if r.offload { "-offload" } else { "" },
             r.mode.name(),
             r.mode == Mode::Tls,
             r.mode == Mode::TlsEmulation,
             r.offload,
+            r.buffers,
             r.connections,
             r.cores,
             r.ok,
