@@ -299,6 +299,17 @@ impl Direction {
         self.next_seq
     }
 
+    /// Whether the frame at the head of the wire has arrived by `now`.
+    fn head_due(&self, now: u64) -> bool {
+        self.wire.peek().is_some_and(|f| f.due <= now)
+    }
+
+    /// Whether a frame can be received at `now`: one on the wire, or a held one whose time
+    /// came (`settle` puts it there).
+    fn any_due(&self, now: u64) -> bool {
+        self.head_due(now) || self.held.as_ref().is_some_and(|h| h.release_at <= now)
+    }
+
     /// Releases a held frame whose waiting time ran out by `now`.
     fn settle(&mut self, now: u64) {
         if self.held.as_ref().is_some_and(|h| h.release_at <= now) {
@@ -586,8 +597,7 @@ impl SimNic {
     fn rx_due(&self) -> bool {
         let now = self.clock.ns();
         let link = self.link.borrow();
-        let dir = &link.dirs[1 - self.side];
-        dir.wire.peek().is_some_and(|f| f.due <= now) || dir.held.as_ref().is_some_and(|h| h.release_at <= now)
+        link.dirs[1 - self.side].any_due(now)
     }
 
     fn rx_frames(&mut self, out: &mut Vec<PoolFrame>, max: usize) -> usize {
@@ -596,7 +606,7 @@ impl SimNic {
         let dir = &mut link.dirs[1 - self.side];
         dir.settle(now);
         let mut got = 0;
-        while got < max && dir.wire.peek().is_some_and(|f| f.due <= now) {
+        while got < max && dir.head_due(now) {
             let Some(f) = dir.wire.pop() else { break };
             if f.due < dir.partitioned_until {
                 dir.faults.partitioned += 1;
