@@ -329,10 +329,10 @@ pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, mode: Mode, 
         .into_iter()
         .map(|t| t.join().unwrap_or_else(|_| CoreResult { error: Some("pipeline thread panicked".into()), ..CoreResult::default() }))
         .collect();
-    CaseResult { buffers: setup.buffers, ..combine(mode, setup.offload, connections, cores, &results) }
+    combine(mode, setup, connections, cores, &results)
 }
 
-fn combine(mode: Mode, offload: bool, connections: usize, cores: usize, results: &[CoreResult]) -> CaseResult {
+fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, results: &[CoreResult]) -> CaseResult {
     let per = |r: &CoreResult, ns: u64| if ns == 0 { 0.0 } else { r.body_bytes as f64 * 8.0 / ns as f64 };
     let rate = |r: &CoreResult| per(r, r.server_ns.saturating_sub(r.handshake_ns));
     let body_bytes: u64 = results.iter().map(|r| r.body_bytes).sum();
@@ -346,8 +346,8 @@ fn combine(mode: Mode, offload: bool, connections: usize, cores: usize, results:
     let touched: u64 = results.iter().map(|r| r.touched + r.storage_touched).sum();
     CaseResult {
         mode,
-        offload,
-        buffers: 0,
+        offload: setup.offload,
+        buffers: setup.buffers,
         connections,
         cores,
         ok: results.iter().all(|r| r.ok),
