@@ -105,21 +105,21 @@ impl Keys {
         if version == TlsVersion::Tls12 && suite == AeadSuite::ChaCha20Poly1305 {
             return Err(TlsError::UnsupportedSuite);
         }
-        let unbound =
-            aead::UnboundKey::new(suite.algorithm(), key).map_err(|_| TlsError::BadKeyLength {
-                suite,
-                got: key.len(),
-            })?;
+        if key.len() != suite.key_len() {
+            return Err(TlsError::BadKeyLength { suite, got: key.len() });
+        }
         let mut raw = [0u8; 32];
         raw[..key.len()].copy_from_slice(key);
-        Ok(Keys {
+        let mut keys = Keys {
             version,
             suite,
             raw,
             iv: *iv,
-            key: Some(aead::LessSafeKey::new(unbound)),
+            key: None,
             cold_uses: std::cell::Cell::new(0),
-        })
+        };
+        keys.wake();
+        Ok(keys)
     }
 
     /// A context from the raw key (its length was checked when the keys were made).
