@@ -100,6 +100,10 @@ pub trait App {
     /// Stream bytes below `acked_to` are acknowledged: their buffers may go, and a
     /// connection that stopped parsing for want of room may go on.
     fn on_acked(&mut self, now: Instant, id: ConnId, c: &mut Self::Conn, tcp: &mut TcpConn, acked_to: u64);
+    /// Segments went to the NIC this round: every stream byte below `sent_to` has been sent
+    /// at least once (the NIC copied it or holds its buffer), so buffers of those bytes may go
+    /// back before the ACK; a retransmission asks for them again.
+    fn on_sent(&mut self, _c: &mut Self::Conn, _sent_to: u64) {}
     /// A retransmission timeout fired: everything unacknowledged will be asked for again.
     fn on_rto(&mut self, c: &mut Self::Conn);
     /// Nothing was received for the idle timeout.
@@ -844,6 +848,9 @@ impl<C> Stack<C> {
                 if seg.fields.flags & flags::RST != 0 {
                     self.stats.tcp_rst_sent += 1;
                 }
+            }
+            if queued_here {
+                app.on_sent(conn, tcp.sent_offset());
             }
             if more {
                 if let Some((_, e)) = self.conns.get_mut(id) {

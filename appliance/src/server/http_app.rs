@@ -347,6 +347,18 @@ impl HttpConn {
 
 /// Give a connection's chunk slots back to `sets` once none holds a buffer.
 #[allow(clippy::vec_box)] // boxes move between pool and connection without copying
+/// Free the ready chunks whose bytes all lie below stream offset `off`; whether any was.
+fn release_sent_chunks(c: &mut HttpConn, off: u64) -> bool {
+    let mut freed = false;
+    for k in c.chunks.iter_mut().flat_map(|set| set.iter_mut()) {
+        if matches!(k.state, ChunkState::Ready(_)) && k.stream_end <= off {
+            k.state = ChunkState::Free;
+            freed = true;
+        }
+    }
+    freed
+}
+
 fn release_chunks(sets: &mut Vec<Box<ChunkSet>>, c: &mut HttpConn) {
     if c.chunks.as_ref().is_some_and(|set| set.iter().all(|k| matches!(k.state, ChunkState::Free))) {
         if let Some(set) = c.chunks.take() {
@@ -1438,6 +1450,17 @@ impl<S: Storage> App for HttpApp<S> {
         self.release_idle(c);
     }
 
+    fn on_sent(&mut self, c: &mut HttpConn, sent_to: u64) {
+        // Everything below `sent_to` went out at least once: the NIC copied it or holds the
+        // buffer itself (the pool lends no buffer a device holds: DmaPool::ready). Those
+        // chunks go back now, not at the ACK: a core's pool then bounds what it is reading,
+        // sealing and sending, not its bandwidth-delay product, and a small pool stays in
+        // the caches. A retransmission reads them again (no send buffer).
+        if release_sent_chunks(c, sent_to) {
+            self.release_chunks(c);
+        }
+    }
+
     fn on_rto(&mut self, c: &mut HttpConn) {
         // No buffer cache: what is not acknowledged is read (and sealed) again when resent.
         for k in c.chunks.iter_mut().flat_map(|set| set.iter_mut()) {
@@ -2214,6 +2237,38 @@ mod tests {
         h.run_for(Duration::from_secs(5));
         assert_eq!(h.server.stack.connection_count(), 0);
         assert_eq!(h.server.app.buffers_free(), 16, "every buffer back");
+    }
+
+    /// Chunks go back to the pool once sent, not once acknowledged: over a link with a
+    /// round-trip time, 32 transfers keep more bytes in flight than 4 buffers hold (each
+    /// in-process client's window is 64 KiB: a connection holds its read-ahead chunk while
+    /// its sent one is in flight), and every body is byte-exact (a loss would be read
+    /// again, as sim_loss checks).
+    #[test]
+    fn buffers_go_back_once_sent_so_the_pool_does_not_bound_the_bytes_in_flight() {
+        use sha2::{Digest, Sha256};
+        const LEN: usize = 1_000_000;
+        const BUFFERS: usize = 4;
+        const FETCHES: usize = 32;
+        let (_dir, storage, volume, data) = patterned_volume(LEN);
+        let far = SimConfig { delay: Duration::from_millis(5), ..SimConfig::default() };
+        let mut h = SimHarness::new(storage, volume, far.clone(), far, BUFFERS);
+        for _ in 0..FETCHES {
+            assert!(h.start_fetch("/v.ts", None));
+        }
+        let mut most_in_flight = 0;
+        let end = h.now() + Duration::from_secs(60).as_nanos() as u64;
+        while h.client_app.fetches.len() < FETCHES && h.now() < end {
+            h.step(true);
+            let in_flight: u64 = h.server.stack.connections().map(|(_, _, e)| e.tcp.sent_offset() - e.tcp.acked_offset()).sum();
+            most_in_flight = most_in_flight.max(in_flight);
+        }
+        let want: [u8; 32] = Sha256::digest(&data).into();
+        assert_eq!(h.client_app.fetches.len(), FETCHES, "transfers did not finish");
+        assert!(h.client_app.fetches.iter().all(|f| f.complete && f.status == 200 && f.sha256 == want), "{:?}", h.client_app.fetches);
+        assert!(most_in_flight > (BUFFERS * super::CHUNK) as u64, "at most {most_in_flight} bytes in flight: the pool bounds them");
+        h.run_for(Duration::from_secs(5));
+        assert_eq!(h.server.app.buffers_free(), BUFFERS, "every buffer back");
     }
 
     /// With emulation on, HTTPS is real TLS as before, and a 404 is plain text.
