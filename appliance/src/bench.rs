@@ -44,6 +44,9 @@ const OBJECT: &str = "/big.ts";
 /// Volume bytes read and sealed for the drive's sealing reference (the drive is slow here:
 /// a few hundred MB/s through the VM's virtio disk).
 const DEVICE_SEAL_BYTES: u64 = 256 << 20;
+/// The in-process clients' receive window, and the window scale that lets them announce it.
+const CLIENT_WINDOW: usize = 256 << 10;
+const CLIENT_WINDOW_SHIFT: u8 = 3;
 /// Each connection fetches at least this much.
 const MIN_PER_CONN: u64 = 4096;
 /// A case that has not finished after this long is reported as failed.
@@ -448,6 +451,10 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
         h.server.stack.cfg.tcp.congestion = setup.congestion;
         h.server.stack.cfg.tcp.pacing = setup.pacing;
         h.client.cfg.idle_timeout = CASE_LIMIT.as_nanos() as u64;
+        // Clients announce 256 KiB windows, as real ones announce more than 64 KiB: then a
+        // connection's window does not cut the server's segments short of what TSO takes.
+        h.client.cfg.tcp.rcv_window_shift = CLIENT_WINDOW_SHIFT;
+        h.client_app.rx_room = CLIENT_WINDOW;
         if tls {
             let (server, client) = crate::loopback::test_tls_configs()?;
             h.enable_tls(server, client);

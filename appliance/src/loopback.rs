@@ -190,9 +190,11 @@ impl ClientConn {
 }
 
 /// The client side's application: collects finished fetches.
-#[derive(Default)]
 pub struct ClientApp {
     pub fetches: Vec<Fetch>,
+    /// Receive window of every client connection, in bytes (64 KiB unless the client's
+    /// stack announces a window scale: `IfaceConfig::tcp.rcv_window_shift`).
+    pub rx_room: usize,
     /// Body bytes received by all connections (emulated TLS: plaintext opened).
     pub body_bytes: u64,
     /// TLS errors seen by the client (bad records, alerts).
@@ -208,6 +210,12 @@ fn parse_head(head: &[u8]) -> Option<(u16, Option<u64>, bool)> {
     let len = fields().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.trim().parse().ok());
     let emulated = fields().any(|(k, _)| k.eq_ignore_ascii_case(crate::tls::emulation::HEADER_NAME));
     Some((status, len, emulated))
+}
+
+impl Default for ClientApp {
+    fn default() -> ClientApp {
+        ClientApp { fetches: Vec::new(), rx_room: 65535, body_bytes: 0, tls_failures: 0 }
+    }
 }
 
 impl ClientApp {
@@ -310,7 +318,7 @@ impl App for ClientApp {
     }
 
     fn rx_room(&self, _c: &ClientConn) -> usize {
-        65535
+        self.rx_room
     }
 
     fn on_data(&mut self, _now: Instant, _id: ConnId, c: &mut ClientConn, tcp: &mut TcpConn, data: &[u8]) {

@@ -57,8 +57,14 @@ impl State {
 pub struct Config {
     /// MSS we announce (link MTU - 40).
     pub mss: u16,
-    /// Largest window we ever announce (we do not scale our own window: requests are small).
+    /// Receive window before the application says how much room it has (and the window in
+    /// SYNs, which are never scaled).
     pub max_rcv_wnd: u16,
+    /// Window scale we announce (RFC 7323), so that our receive window may exceed 64 KiB.
+    /// 0 for the appliance, which receives requests only; the in-process clients of the
+    /// benchmark announce more, as real clients do, so that their windows do not cap what
+    /// the server may have in flight.
+    pub rcv_window_shift: u8,
     pub init_cwnd_segments: u32,
     pub init_rto: u64,
     pub min_rto: u64,
@@ -89,6 +95,7 @@ impl Default for Config {
         Config {
             mss: 1460,
             max_rcv_wnd: 65535,
+            rcv_window_shift: 0,
             init_cwnd_segments: 10,
             init_rto: SEC,
             min_rto: 200 * MS,
@@ -237,7 +244,12 @@ pub struct TcpConn {
     // Receive side.
     irs: u32,
     rcv_nxt: u32,
-    rcv_wnd: u16,
+    /// Receive window in bytes; announced shifted right by `rcv_shift`.
+    rcv_wnd: u32,
+    /// Our window scale once both sides agreed to scaling (0 before and without).
+    rcv_shift: u8,
+    /// The scale we offer in our SYN or SYN-ACK.
+    offer_shift: u8,
     ts_ok: bool,
     ts_recent: u32,
     sack_ok: bool,
@@ -289,7 +301,9 @@ impl TcpConn {
             retries: 0,
             irs: 0,
             rcv_nxt: 0,
-            rcv_wnd: cfg.max_rcv_wnd,
+            rcv_wnd: u32::from(cfg.max_rcv_wnd),
+            rcv_shift: 0,
+            offer_shift: if cfg.use_window_scale { cfg.rcv_window_shift.min(14) } else { 0 },
             ts_ok: false,
             ts_recent: 0,
             sack_ok: false,
@@ -306,9 +320,10 @@ impl TcpConn {
         let peer_mss = syn.mss.unwrap_or(536) as u32;
         self.mss = peer_mss.min(cfg.mss as u32).max(64);
         if cfg.use_window_scale {
-            // We announce shift 0 (our window is small) but honour the peer's shift.
+            // Scaling applies both ways only if both SYNs carried the option.
             self.snd_shift = syn.window_scale.unwrap_or(0).min(14);
             self.ws_ok = syn.window_scale.is_some();
+            self.rcv_shift = if self.ws_ok { self.offer_shift } else { 0 };
         }
         self.sack_ok = cfg.use_sack && syn.sack_permitted;
         if cfg.use_timestamps {
@@ -431,8 +446,8 @@ impl TcpConn {
     /// The window we announce: the free room of the application's receive buffer (which
     /// shrinks only as bytes arrive, so the window's right edge never moves left).
     pub fn set_receive_window(&mut self, bytes: usize) {
-        let w = bytes.min(u16::MAX as usize) as u16;
-        if w > self.rcv_wnd && self.rcv_wnd < self.mss as u16 {
+        let w = bytes.min((u16::MAX as usize) << self.offer_shift) as u32;
+        if w > self.rcv_wnd && self.rcv_wnd < self.mss {
             // The window re-opened from (nearly) zero: tell the peer at once.
             self.ack_pending = true;
         }
@@ -610,7 +625,12 @@ impl TcpConn {
     }
 
     fn fields(&self, now: Instant, seq: u32, fl: u8) -> TcpFields {
-        TcpFields { seq, ack: self.rcv_nxt, flags: fl, window: self.rcv_wnd, options: self.options_for_data(now) }
+        TcpFields { seq, ack: self.rcv_nxt, flags: fl, window: self.announced_window(), options: self.options_for_data(now) }
+    }
+
+    /// The window field of a segment other than a SYN: the window in units of our scale.
+    fn announced_window(&self) -> u16 {
+        (self.rcv_wnd >> self.rcv_shift).min(u32::from(u16::MAX)) as u16
     }
 
     fn arm_rto(&mut self, now: Instant) {
@@ -654,17 +674,18 @@ impl TcpConn {
                     seq: self.iss,
                     ack: if syn_ack { self.rcv_nxt } else { 0 },
                     flags: flags::SYN | if syn_ack { flags::ACK } else { 0 },
-                    window: self.rcv_wnd,
+                    // Never scaled in a SYN (RFC 7323 2.2).
+                    window: self.rcv_wnd.min(u32::from(u16::MAX)) as u16,
                     options: TcpOptions { mss: Some(self.mss.min(u16::MAX as u32) as u16), ..Default::default() },
                 };
                 if syn_ack {
                     f.options.mss = Some(self.mss as u16);
                     f.options.sack_permitted = self.sack_ok;
-                    f.options.window_scale = self.ws_ok.then_some(0);
+                    f.options.window_scale = self.ws_ok.then_some(self.offer_shift);
                     f.options.timestamp = self.ts_ok.then(|| (ts_now(now), self.ts_recent));
                 } else {
                     f.options.sack_permitted = true;
-                    f.options.window_scale = Some(0);
+                    f.options.window_scale = Some(self.offer_shift);
                     f.options.timestamp = Some((ts_now(now), 0));
                 }
                 return self.emitted(now, Segment { fields: f, payload_off: 0, payload_len: 0, retransmit: false });
@@ -1529,6 +1550,36 @@ mod tests {
         assert_eq!(out.acked, 500, "the ACK of a segment at a zero window's edge is processed");
         assert_eq!(out.deliver, None, "its data is not taken");
         assert!(!out.rejected);
+    }
+
+    /// A window scale of our own (the benchmark's clients announce one): offered in the SYN,
+    /// whose window is never scaled; then a window past 64 KiB is announced in its units and
+    /// data up to it is taken. A peer whose SYN carries no scale gets an unscaled window.
+    #[test]
+    fn our_window_scale_lets_the_receive_window_pass_64_kib() {
+        let cfg = Config { rcv_window_shift: 3, ..Config::default() };
+        let mut c = TcpConn::connect(&cfg, 0, 1000);
+        c.set_receive_window(256 << 10);
+        let syn = c.poll_tx(0, &mut Pattern).unwrap();
+        assert_eq!((syn.fields.options.window_scale, syn.fields.window), (Some(3), 65535));
+        let syn_ack = SegmentIn { seq: 5, ack: Some(1001), flags: flags::SYN | flags::ACK, window: 64240, mss: Some(1460), window_scale: Some(7), ..Default::default() };
+        assert!(c.on_segment(&cfg, 1, &syn_ack, 256 << 10).established);
+        let ack = c.poll_tx(1, &mut Pattern).unwrap();
+        assert_eq!(ack.fields.window, 32768, "256 KiB in units of 8 bytes");
+        let data = vec![7u8; 100_000];
+        let seg = SegmentIn { seq: 6, ack: Some(1001), flags: flags::ACK, window: 500, payload: &data, ..Default::default() };
+        let out = c.on_segment(&cfg, 2, &seg, 256 << 10);
+        assert_eq!(out.deliver.map(|(_, n)| n), Some(100_000), "all of it lies inside the 256 KiB window");
+        // The same shift offered to a peer that does not scale: no scaling either way.
+        let syn = SegmentIn { seq: 5, flags: flags::SYN, window: 64240, mss: Some(1400), ..Default::default() };
+        let mut s = TcpConn::accept(&cfg, 0, &syn, 9);
+        s.set_receive_window(256 << 10);
+        let sa = s.poll_tx(0, &mut Pattern).unwrap();
+        assert_eq!((sa.fields.options.window_scale, sa.fields.window), (None, 65535));
+        let ack = SegmentIn { seq: 6, ack: Some(10), flags: flags::ACK, window: 500, ..Default::default() };
+        assert!(s.on_segment(&cfg, 1, &ack, 256 << 10).established);
+        s.ack_pending = true;
+        assert_eq!(s.poll_tx(1, &mut Pattern).unwrap().fields.window, 65535);
     }
 
     #[test]
