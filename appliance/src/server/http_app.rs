@@ -371,6 +371,9 @@ fn release_chunks(sets: &mut Vec<Box<ChunkSet>>, c: &mut HttpConn) {
 enum Loc<'a> {
     /// Bytes ready to send from here (a prefix may be taken).
     Bytes(&'a [u8]),
+    /// A part of a sealed record of a TLS body: the records after it in the same chunk
+    /// follow on the wire, so a walk goes on there without locating each part again.
+    Record(RecordAt<'a>),
     /// Chunk `index` of response `resp` is not in memory: read it.
     Missing { resp: usize, index: u64 },
     /// A read is under way.
@@ -425,18 +428,96 @@ fn locate(c: &HttpConn, off: u64) -> Loc<'_> {
                 Some(k) => k,
             };
             let ChunkState::Ready(buf) = &k.state else { return Loc::Pending };
-            let j = (rec - k.first_rec) as usize;
-            let format = t.layout.format();
-            let base = index * CHUNK as u64;
-            Loc::Bytes(match part {
-                RecordPart::Header(i) => &k.hdr[j][i as usize..format.header_len as usize],
-                RecordPart::Payload(i) => &buf.as_slice()[(object_start - base) as usize + i as usize..(object_end - base) as usize],
-                RecordPart::InnerType => &k.trl[j][..TRAILER],
-                RecordPart::Tag(i) => {
-                    let tag_at = format.inner_type_len as usize;
-                    &k.trl[j][tag_at + i as usize..tag_at + format.tag_len as usize]
+            Loc::Record(RecordAt { layout: &t.layout, chunk: k, buf: buf.as_slice(), base: index * CHUNK as u64, rec, part, object_start, object_end })
+        }
+    }
+}
+
+/// A part of record `rec`, sealed in chunk `chunk` (buffer `buf`, holding object bytes from
+/// `base`); its plaintext is object bytes `object_start..object_end`.
+struct RecordAt<'a> {
+    layout: &'a ResponseLayout,
+    chunk: &'a Chunk,
+    buf: &'a [u8],
+    base: u64,
+    rec: u64,
+    part: RecordPart,
+    object_start: u64,
+    object_end: u64,
+}
+
+impl<'a> RecordAt<'a> {
+    /// The bytes of this part from its offset to its end.
+    fn bytes(&self) -> &'a [u8] {
+        let (k, j, format) = (self.chunk, (self.rec - self.chunk.first_rec) as usize, self.layout.format());
+        match self.part {
+            RecordPart::Header(i) => &k.hdr[j][i as usize..format.header_len as usize],
+            RecordPart::Payload(i) => &self.buf[(self.object_start - self.base) as usize + i as usize..(self.object_end - self.base) as usize],
+            RecordPart::InnerType => &k.trl[j][..TRAILER],
+            RecordPart::Tag(i) => {
+                let tag_at = format.inner_type_len as usize;
+                &k.trl[j][tag_at + i as usize..tag_at + format.tag_len as usize]
+            }
+        }
+    }
+
+    /// The next part on the wire if it lies in the same chunk (`bytes` gave the trailer
+    /// whole: the inner type and the tag).
+    fn next(self) -> Option<RecordAt<'a>> {
+        let part = match self.part {
+            RecordPart::Header(_) => RecordPart::Payload(0),
+            RecordPart::Payload(_) if self.layout.format().inner_type_len > 0 => RecordPart::InnerType,
+            RecordPart::Payload(_) => RecordPart::Tag(0),
+            RecordPart::InnerType | RecordPart::Tag(_) => {
+                let rec = self.rec + 1;
+                if rec >= self.layout.record_count() {
+                    return None;
                 }
-            })
+                let RecordSource::Body { object_start, object_end } = self.layout.record_source(rec) else { return None };
+                if object_end > self.base + CHUNK as u64 || rec - self.chunk.first_rec >= RECORDS_PER_CHUNK as u64 {
+                    return None; // the next chunk's: located afresh
+                }
+                return Some(RecordAt { rec, part: RecordPart::Header(0), object_start, object_end, ..self });
+            }
+        };
+        Some(RecordAt { part, ..self })
+    }
+}
+
+/// Walk the bytes ready from stream offset `off`: at most `max` of them, in at most
+/// [`MAX_PARTS`](crate::net::iface::MAX_PARTS) slices, each given to `each` in order. Returns
+/// how many bytes, and the chunk to read if a missing one stopped the walk. `available`
+/// and `payload` both walk, so they agree on every slice.
+fn walk_ready<'a>(c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'a [u8])) -> (usize, Option<(usize, u64)>) {
+    let (mut n, mut parts) = (0usize, 0usize);
+    let mut take = |b: &'a [u8], n: &mut usize| {
+        let b = &b[..b.len().min(max - *n)];
+        each(b);
+        *n += b.len();
+        parts += 1;
+        *n < max && parts < crate::net::iface::MAX_PARTS
+    };
+    loop {
+        if n >= max {
+            return (n, None);
+        }
+        match locate(c, off + n as u64) {
+            Loc::Bytes(b) => {
+                if !take(b, &mut n) {
+                    return (n, None);
+                }
+            }
+            Loc::Record(mut at) => loop {
+                if !take(at.bytes(), &mut n) {
+                    return (n, None);
+                }
+                match at.next() {
+                    Some(next) => at = next,
+                    None => break,
+                }
+            },
+            Loc::Missing { resp, index } => return (n, Some((resp, index))),
+            Loc::Pending | Loc::Nothing => return (n, None),
         }
     }
 }
@@ -1515,23 +1596,8 @@ impl<S: Storage> App for HttpApp<S> {
     }
 
     fn available(&mut self, _now: Instant, id: ConnId, c: &mut HttpConn, off: u64, max: usize) -> usize {
-        let mut n = 0usize;
-        let mut parts = 0;
-        let mut missing = None;
         let body_chunk = body_chunk_at(c, off);
-        while n < max && parts < crate::net::iface::MAX_PARTS {
-            match locate(c, off + n as u64) {
-                Loc::Bytes(b) => {
-                    n += b.len().min(max - n);
-                    parts += 1;
-                }
-                Loc::Missing { resp, index } => {
-                    missing = Some((resp, index));
-                    break;
-                }
-                Loc::Pending | Loc::Nothing => break,
-            }
-        }
+        let (n, missing) = walk_ready(c, off, max, |_| {});
         if let Some((resp, index)) = missing {
             self.start_read(id, c, resp, index);
         }
@@ -1549,19 +1615,9 @@ impl<S: Storage> App for HttpApp<S> {
     }
 
     fn payload<'a>(&'a self, c: &'a HttpConn, off: u64, len: usize, parts: &mut Parts<'a>) {
-        let mut n = 0;
-        while n < len {
-            let Loc::Bytes(b) = locate(c, off + n as u64) else {
-                debug_assert!(false, "payload asked for bytes that available() did not promise");
-                return;
-            };
-            let take = b.len().min(len - n);
-            if !parts.push(&b[..take]) {
-                debug_assert!(false, "more parts than available() counted");
-                return;
-            }
-            n += take;
-        }
+        let mut full = false;
+        let (n, _) = walk_ready(c, off, len, |b| full |= !parts.push(b));
+        debug_assert!(n == len && !full, "payload asked for bytes that available() did not promise");
     }
 }
 
