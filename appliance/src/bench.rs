@@ -451,8 +451,8 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
         h.server.stack.cfg.tcp.congestion = setup.congestion;
         h.server.stack.cfg.tcp.pacing = setup.pacing;
         h.client.cfg.idle_timeout = CASE_LIMIT.as_nanos() as u64;
-        // Clients announce 256 KiB windows, as real ones announce more than 64 KiB: then a
-        // connection's window does not cut the server's segments short of what TSO takes.
+        // Clients announce 256 KiB windows, as real ones announce more than 64 KiB: in a
+        // 64 KiB window about one TSO frame fits, and each frame waited for an ACK.
         h.client.cfg.tcp.rcv_window_shift = CLIENT_WINDOW_SHIFT;
         h.client_app.rx_room = CLIENT_WINDOW;
         if tls {
