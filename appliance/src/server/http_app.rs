@@ -347,8 +347,9 @@ impl HttpConn {
 
 /// Give a connection's chunk slots back to `sets` once none holds a buffer.
 #[allow(clippy::vec_box)] // boxes move between pool and connection without copying
-/// Free the ready chunks whose bytes all lie below stream offset `off`; whether any was.
-fn release_sent_chunks(c: &mut HttpConn, off: u64) -> bool {
+/// Free the ready chunks whose bytes all lie below stream offset `off` (sent, or
+/// acknowledged); whether any was.
+fn free_ready_chunks_below(c: &mut HttpConn, off: u64) -> bool {
     let mut freed = false;
     for k in c.chunks.iter_mut().flat_map(|set| set.iter_mut()) {
         if matches!(k.state, ChunkState::Ready(_)) && k.stream_end <= off {
@@ -1502,11 +1503,7 @@ impl<S: Storage> App for HttpApp<S> {
 
     fn on_acked(&mut self, now: Instant, _id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, acked_to: u64) {
         self.clock = now;
-        for k in c.chunks.iter_mut().flat_map(|set| set.iter_mut()) {
-            if matches!(k.state, ChunkState::Ready(_)) && k.stream_end <= acked_to {
-                k.state = ChunkState::Free;
-            }
-        }
+        free_ready_chunks_below(c, acked_to);
         while c.responses.front().is_some_and(|r| r.end <= acked_to) {
             c.responses.pop_front();
         }
@@ -1537,7 +1534,7 @@ impl<S: Storage> App for HttpApp<S> {
         // chunks go back now, not at the ACK: a core's pool then bounds what it is reading,
         // sealing and sending, not its bandwidth-delay product, and a small pool stays in
         // the caches. A retransmission reads them again (no send buffer).
-        if release_sent_chunks(c, sent_to) {
+        if free_ready_chunks_below(c, sent_to) {
             self.release_chunks(c);
         }
     }
