@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Exit code with which `appliance serve` asks the init to reboot the machine.
@@ -138,12 +139,21 @@ fn run_as_pid1() -> ! {
             }
             first = false;
         }
+        take_last_serve_error(); // a line from an earlier run is not this run's reason
         let started = Instant::now();
         let status = run_serve(&args, &cfg, store_path.as_deref());
         let ran = started.elapsed();
-        match &status {
-            Ok(st) => say!("appliance serve ended ({st:?}) after {:.1} s", ran.as_secs_f64()),
-            Err(e) => say!("cannot start appliance serve: {e}"),
+        let why = match &status {
+            Ok(st) => format!("ended ({st:?}) after {:.1} s", ran.as_secs_f64()),
+            Err(e) => format!("could not start ({e})"),
+        };
+        let forwarded = INIT_LINES_FORWARDED.load(Ordering::Acquire);
+        say!("appliance serve {why}");
+        // serve's last lines are ahead of that one in the kmsg pipe: once the thread has
+        // forwarded it, serve's error (if any) has been noted.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while INIT_LINES_FORWARDED.load(Ordering::Acquire) == forwarded && Instant::now() < deadline && kmsg_forwarding() {
+            std::thread::sleep(Duration::from_millis(5));
         }
         match after_serve(status.ok(), ran, backoff) {
             Next::Power(action) => {
@@ -153,10 +163,69 @@ fn run_as_pid1() -> ! {
             }
             Next::Restart(delay) => {
                 say!("restarting appliance serve in {} s", delay.as_secs());
+                // The operator's only view is the serial line, which the kernel log no longer
+                // reaches: say there why nothing answers.
+                let last = take_last_serve_error();
+                let detail = if last.is_empty() { String::new() } else { format!(": {last}") };
+                tell_console(
+                    cfg.get("console"),
+                    &format!("appliance serve {why}{detail}; restarting in {} s", delay.as_secs()),
+                );
                 std::thread::sleep(delay);
                 backoff = (delay * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// The last `error:` line serve wrote (its fatal error), kept by the kmsg thread for
+/// [`tell_console`]; emptied when taken.
+static LAST_SERVE_ERROR: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Lines of the init itself the kmsg thread has forwarded (see [`run_as_pid1`]).
+static INIT_LINES_FORWARDED: AtomicU64 = AtomicU64::new(0);
+static KMSG_FORWARDING: AtomicBool = AtomicBool::new(false);
+
+fn kmsg_forwarding() -> bool {
+    KMSG_FORWARDING.load(Ordering::Acquire)
+}
+
+fn take_last_serve_error() -> String {
+    LAST_SERVE_ERROR.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default()
+}
+
+/// Keeps serve's fatal error for [`tell_console`]: an `error:` line and the lines right after
+/// it up to a blank one (clap lists the missing or bad arguments there), bounded in length.
+fn note_serve_error(line: &[u8], in_error: &mut bool) {
+    const MAX: usize = 300;
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim();
+    let Ok(mut last) = LAST_SERVE_ERROR.lock() else { return };
+    if let Some(err) = text.strip_prefix("error: ") {
+        *last = err.chars().take(MAX).collect();
+        *in_error = true;
+    } else if *in_error && !text.is_empty() && last.len() < MAX {
+        last.push(' ');
+        let room = MAX.saturating_sub(last.len());
+        last.extend(text.chars().take(room));
+    } else {
+        *in_error = false;
+    }
+}
+
+/// One init message written straight to the console device (the kernel log stays off it),
+/// without blocking on a serial line that is not draining and without making it our
+/// controlling terminal.
+fn tell_console(console: Option<&str>, msg: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = console.filter(|p| p.starts_with("/dev/")).unwrap_or("/dev/console");
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path);
+    if let Ok(mut tty) = opened {
+        let _ = writeln!(tty, "\nappliance-init: [{}] {msg}", uptime());
     }
 }
 
@@ -172,13 +241,21 @@ fn log_to_kmsg() -> std::io::Result<()> {
     std::thread::Builder::new().name("kmsg".into()).spawn(move || {
         let mut reader = std::io::BufReader::new(reader);
         let mut line = Vec::with_capacity(1024);
+        let mut in_error = false;
         loop {
             line.clear();
             match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    KMSG_FORWARDING.store(false, Ordering::Release);
+                    return;
+                }
                 Ok(_) => {
                     if line.last() != Some(&b'\n') {
                         line.push(b'\n');
+                    }
+                    note_serve_error(&line, &mut in_error);
+                    if line.starts_with(b"appliance-init:") {
+                        INIT_LINES_FORWARDED.fetch_add(1, Ordering::Release);
                     }
                     // One write is one kernel log record.
                     let _ = (&kmsg).write_all(&line);
@@ -186,6 +263,7 @@ fn log_to_kmsg() -> std::io::Result<()> {
             }
         }
     })?;
+    KMSG_FORWARDING.store(true, Ordering::Release);
     Ok(())
 }
 
@@ -843,6 +921,27 @@ use std::os::unix::process::CommandExt;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serve_fatal_error_is_kept_with_the_lines_that_explain_it() {
+        let mut in_error = false;
+        take_last_serve_error();
+        for line in [
+            "[2026-12-03T18:59:43Z INFO  drivers::nic::dpdk] dpdk: EAL init\n",
+            "error: the following required arguments were not provided:\n",
+            "  --media <MEDIA>\n",
+            "\n",
+            "Usage: appliance serve --media <MEDIA>\n",
+        ] {
+            note_serve_error(line.as_bytes(), &mut in_error);
+        }
+        assert_eq!(take_last_serve_error(), "the following required arguments were not provided: --media <MEDIA>");
+        assert_eq!(take_last_serve_error(), "", "taken once");
+        let long = format!("error: {}\n", "x".repeat(1000));
+        note_serve_error(long.as_bytes(), &mut in_error);
+        note_serve_error(b"more\n", &mut in_error);
+        assert_eq!(take_last_serve_error().len(), 300);
+    }
 
     #[test]
     fn modules_load_after_their_dependencies() {
