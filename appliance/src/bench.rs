@@ -124,8 +124,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_pacing: bool,
     /// 64 KiB storage buffers per core, as `serve --buffers` (they bound the data read and
-    /// not yet acknowledged, and so how much of it the caches must hold).
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(4..=65536))]
+    /// not yet sent, and so how much of it the caches must hold).
+    #[arg(long, default_value_t = crate::server::BUFFERS as u64, value_parser = clap::value_parser!(u64).range(4..=65536))]
     pub buffers: u64,
 }
 

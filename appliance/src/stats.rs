@@ -10,6 +10,9 @@ pub struct Stats {
     pub eth_rx_bad: u64,
     pub arp_requests_answered: u64,
     pub arp_replies: u64,
+    pub arp_announcements_sent: u64,
+    /// ARP packets from another MAC address that claim our IP address.
+    pub arp_address_conflicts: u64,
     pub ip_rx_bad: u64,
     pub ip_rx_not_ours: u64,
     pub icmp_echo_answered: u64,
@@ -122,7 +125,7 @@ macro_rules! add_fields {
 impl AddAssign for Stats {
     fn add_assign(&mut self, o: Stats) {
         add_fields!(self, o;
-            eth_rx_frames, eth_rx_bad, arp_requests_answered, arp_replies, ip_rx_bad, ip_rx_not_ours,
+            eth_rx_frames, eth_rx_bad, arp_requests_answered, arp_replies, arp_announcements_sent, arp_address_conflicts, ip_rx_bad, ip_rx_not_ours,
             icmp_echo_answered, tcp_rx_segments, tcp_tx_segments, tcp_rx_bad, tcp_connections_active,
             tcp_connections_opened, tcp_connections_closed, tcp_connections_reset,
             tcp_connections_refused, tcp_retransmits, tcp_fast_retransmits, tcp_rto_timeouts,

@@ -53,6 +53,8 @@ pub(crate) fn table(
             Group(vec![
                 ("requests_answered", Num(s.arp_requests_answered)),
                 ("replies", Num(s.arp_replies)),
+                ("announcements_sent", Num(s.arp_announcements_sent)),
+                ("address_conflicts", Num(s.arp_address_conflicts)),
             ]),
         ),
         (

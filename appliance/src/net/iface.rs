@@ -222,9 +222,15 @@ pub struct Stack<C> {
     /// simulations.
     iss_seed: Option<(u64, u32, u32)>,
     scratch: Vec<u8>,
+    /// ARP announcements still to send ([`Stack::announce`]) and when the next is due.
+    announcements_left: u8,
+    next_announcement: Instant,
     pub accepting: bool,
     pub stats: Stats,
 }
+
+/// Time between two ARP announcements (RFC 5227's ANNOUNCE_INTERVAL).
+pub const ANNOUNCE_INTERVAL: Instant = 2 * super::SEC;
 
 impl<C> Stack<C> {
     pub fn new(cfg: IfaceConfig, now: Instant) -> Self {
@@ -241,6 +247,8 @@ impl<C> Stack<C> {
             iss_seed: None,
             scratch: vec![0; 2048.max(cfg.mtu + 14)],
             arp: ArpCache::default(),
+            announcements_left: 0,
+            next_announcement: now,
             accepting: true,
             stats: Stats::default(),
             cfg,
@@ -343,6 +351,33 @@ impl<C> Stack<C> {
         None
     }
 
+    /// Announces our address `count` times, [`ANNOUNCE_INTERVAL`] apart, the first at the
+    /// next transmit poll (RFC 5227 ARP announcements: a broadcast request for our own
+    /// address). Neighbours, switches and routers then know where the address is without
+    /// asking: after a boot, or when the address moved here from another machine.
+    pub fn announce(&mut self, now: Instant, count: u8) {
+        self.announcements_left = count;
+        self.next_announcement = now;
+    }
+
+    fn send_announcement_if_due<N: Nic>(&mut self, now: Instant, nic: &mut N) {
+        if self.announcements_left == 0 || now < self.next_announcement {
+            return;
+        }
+        let ours = Ipv4Address::from(self.cfg.ip);
+        let repr = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress(self.cfg.mac),
+            source_protocol_addr: ours,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: ours,
+        };
+        self.send_arp(nic, [0xff; 6], &repr);
+        self.stats.arp_announcements_sent += 1;
+        self.announcements_left -= 1;
+        self.next_announcement = now + ANNOUNCE_INTERVAL;
+    }
+
     fn send_arp<N: Nic>(&mut self, nic: &mut N, dst: [u8; 6], repr: &ArpRepr) {
         let f = &mut self.scratch[..14 + 28];
         headers::emit_ethernet(f, dst, self.cfg.mac, headers::ETHERTYPE_ARP);
@@ -392,6 +427,11 @@ impl<C> Stack<C> {
             return;
         };
         let sender_ip = source_protocol_addr.octets();
+        if sender_ip == self.cfg.ip && source_hardware_addr.0 != self.cfg.mac {
+            // Another machine claims our address (a request, reply or announcement).
+            self.stats.arp_address_conflicts += 1;
+            return;
+        }
         if target_protocol_addr.octets() != self.cfg.ip {
             return;
         }
@@ -787,6 +827,7 @@ impl<C> Stack<C> {
     /// Transmit for connections that have something to send, at most `budget` segments.
     /// Returns how many segments went out.
     pub fn poll_tx<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, app: &mut A, nic: &mut N, budget: usize) -> usize {
+        self.send_announcement_if_due(now, nic);
         let mut sent = 0;
         // This round serves the slots queued now; those queued meanwhile wait for the next.
         for _ in 0..self.ready.len() {
@@ -914,6 +955,69 @@ mod tests {
     use crate::loopback::{tiny_volume, SimHarness, CLIENT_IP, SERVER_IP};
     use crate::net::headers::{self, flags, Endpoints, TcpFields, TcpOptions, MAX_HEADERS_LEN};
     use crate::net::{MS, SEC};
+
+    /// The (sender, target) addresses of the ARP requests in `frames`.
+    fn arp_requests(frames: &[drivers::nic::PoolFrame]) -> Vec<([u8; 4], [u8; 4])> {
+        use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol};
+        frames
+            .iter()
+            .filter_map(|f| {
+                let eth = EthernetFrame::new_checked(drivers::nic::FrameBuf::bytes(f)).ok()?;
+                if eth.ethertype() != EthernetProtocol::Arp || eth.dst_addr().0 != [0xff; 6] {
+                    return None;
+                }
+                match ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).ok()?).ok()? {
+                    ArpRepr::EthernetIpv4 { operation: ArpOperation::Request, source_protocol_addr, target_protocol_addr, .. } => {
+                        Some((source_protocol_addr.octets(), target_protocol_addr.octets()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_address_is_announced_twice_two_seconds_apart_and_a_claim_on_it_is_counted() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        let start = h.now();
+        h.server.stack.announce(start, 2);
+        let mut seen = Vec::new();
+        let mut rx = Vec::new();
+        while h.now() < start + 5 * SEC {
+            h.server.poll(h.now());
+            let now = h.now();
+            h.clock.set(Duration::from_nanos(now + 10 * MS));
+            h.client_nic.rx_burst(&mut rx, 64);
+            for (sender, target) in arp_requests(&rx) {
+                seen.push((sender, target, h.now() / MS));
+            }
+            rx.clear();
+        }
+        let times: Vec<u64> = seen.iter().map(|&(_, _, t)| t - start / MS).collect();
+        assert_eq!(seen.len(), 2, "two announcements: {seen:?}");
+        assert!(seen.iter().all(|&(s, t, _)| s == SERVER_IP && t == SERVER_IP), "{seen:?}");
+        assert!(times[0] <= 20 && (1990..=2030).contains(&(times[1] - times[0])), "{times:?}");
+        assert_eq!(h.server.stats().arp_announcements_sent, 2);
+
+        // Another machine (the client's MAC) announces the server's address: counted, not
+        // learnt, not answered.
+        let claim = smoltcp::wire::ArpRepr::EthernetIpv4 {
+            operation: smoltcp::wire::ArpOperation::Request,
+            source_hardware_addr: smoltcp::wire::EthernetAddress(h.client_nic.link().mac),
+            source_protocol_addr: SERVER_IP.into(),
+            target_hardware_addr: smoltcp::wire::EthernetAddress([0; 6]),
+            target_protocol_addr: SERVER_IP.into(),
+        };
+        let mut frame = [0u8; 14 + 28];
+        headers::emit_ethernet(&mut frame, [0xff; 6], h.client_nic.link().mac, headers::ETHERTYPE_ARP);
+        claim.emit(&mut smoltcp::wire::ArpPacket::new_unchecked(&mut frame[14..]));
+        assert!(h.client_nic.tx_gather(&[&frame]));
+        h.client_nic.tx_flush();
+        h.run_for(Duration::from_millis(50));
+        assert_eq!(h.server.stats().arp_address_conflicts, 1);
+        assert_eq!(h.server.stats().arp_requests_answered, 0);
+    }
 
     #[test]
     fn a_full_table_evicts_the_least_recently_active_idle_connection() {

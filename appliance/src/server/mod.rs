@@ -76,9 +76,12 @@ pub struct ServeArgs {
     /// Most connections per core.
     #[arg(long, default_value_t = 16384)]
     pub max_connections: usize,
-    /// 64 KiB storage buffers per core: bounds the data in flight.
-    #[arg(long, default_value_t = 512)]
-    pub buffers: usize,
+    /// 64 KiB storage buffers per core: bound the data read from storage and not yet sent
+    /// (a buffer goes back once its bytes are sent). Default 64 (4 MiB a core, which stays
+    /// in the caches until it is sealed and sent), 512 with `--nic dpdk`, whose zero-copy
+    /// transmit holds a buffer until the PMD frees its mbufs (late, on some PMDs).
+    #[arg(long)]
+    pub buffers: Option<usize>,
     /// Seconds a connection may stay silent before it is closed.
     #[arg(long, default_value_t = 60)]
     pub idle_timeout: u64,
@@ -449,6 +452,13 @@ fn start_dpdk(_args: &ServeArgs, _net: Net, _cores: Vec<usize>, _console: Consol
     Err(ServeError::Option("--nic dpdk: this binary was built without the `dpdk` feature (cargo build --features dpdk)".into()))
 }
 
+/// Storage buffers per core by default ([`ServeArgs::buffers`]): fewer seal faster (what was
+/// just read is still in the L2 cache; `appliance bench --buffers 64` against 512 at 100 and
+/// 10,000 connections: 1.2x to 1.4x, docs/performance.md).
+pub const BUFFERS: usize = 64;
+/// With DPDK: the PMD may hold sent buffers until its ring runs low.
+pub const DPDK_BUFFERS: usize = 512;
+
 /// What every pipeline is built from.
 struct Setup {
     cfg: IfaceConfig,
@@ -589,7 +599,7 @@ fn run<N: Nic>(
         cfg,
         tls,
         https_port: args.https_port,
-        buffers: args.buffers.max(4),
+        buffers: args.buffers.unwrap_or(if args.nic == "dpdk" { DPDK_BUFFERS } else { BUFFERS }).max(4),
         header_timeout: args.header_timeout * SEC,
         tls_emulation: args.tls_emulation,
         start,
@@ -598,14 +608,15 @@ fn run<N: Nic>(
         log::warn!("--tls-emulation: HTTP bodies are sealed with a public dummy key (benchmarks only, no protection)");
     }
     let board = Board::new(&cores);
-    // The first core's pipeline is built before any other starts, so that no error after
-    // that point can leave other pipelines running.
-    let mut pipe = setup.pipeline(first_nic, first_storage, vol.clone())?;
     std::thread::scope(|scope| {
+        // Every core builds its pipeline at once (mapping its buffer pool is most of a
+        // start-up), and none serves until all are built: a core that cannot start stops the
+        // whole start-up with nothing left running.
         let mut others = Vec::new();
-        // One at a time, so that a core that cannot start stops the whole start-up.
+        let mut failure: Option<ServeError> = None;
         for (index, &core) in cores.iter().enumerate().skip(1) {
-            let (ready, started) = std::sync::mpsc::channel::<Result<(), String>>();
+            let (ready, built_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+            let (go_tx, go) = std::sync::mpsc::channel::<bool>();
             let (setup, board, vol) = (&setup, &board, vol.clone());
             let thread = std::thread::Builder::new().name(format!("pipeline-{core}")).spawn_scoped(scope, move || {
                 pin(core);
@@ -613,7 +624,12 @@ fn run<N: Nic>(
                 match built {
                     Ok(mut pipe) => {
                         let _ = ready.send(Ok(()));
-                        run_pipeline(&mut pipe, board, index, start, None)
+                        // A closed channel (the start-up failed) is a no.
+                        if go.recv() == Ok(true) {
+                            run_pipeline(&mut pipe, board, index, start, None)
+                        } else {
+                            None
+                        }
                     }
                     Err(e) => {
                         let _ = ready.send(Err(e.to_string()));
@@ -621,26 +637,44 @@ fn run<N: Nic>(
                     }
                 }
             });
-            let thread = match thread {
-                Ok(t) => t,
+            match thread {
+                Ok(t) => others.push((core, t, built_rx, go_tx)),
                 Err(e) => {
-                    board.stop();
-                    return Err(ServeError::Option(format!("cannot start the pipeline of core {core}: {e}")));
-                }
-            };
-            others.push(thread);
-            match started.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    board.stop();
-                    return Err(ServeError::Option(format!("pipeline on core {core}: {e}")));
-                }
-                Err(_) => {
-                    board.stop();
-                    return Err(ServeError::Option(format!("the pipeline of core {core} ended while starting")));
+                    failure = Some(ServeError::Option(format!("cannot start the pipeline of core {core}: {e}")));
+                    break;
                 }
             }
         }
+        let first = if failure.is_none() { Some(setup.pipeline(first_nic, first_storage, vol.clone())) } else { None };
+        let pipe = match first {
+            Some(Ok(pipe)) => Some(pipe),
+            Some(Err(e)) => {
+                failure = Some(e);
+                None
+            }
+            None => None,
+        };
+        for (core, _, built, _) in &others {
+            let result = match built.recv() {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => ServeError::Option(format!("pipeline on core {core}: {e}")),
+                Err(_) => ServeError::Option(format!("the pipeline of core {core} ended while starting")),
+            };
+            failure.get_or_insert(result);
+        }
+        let go = failure.is_none();
+        for (_, _, _, go_tx) in &others {
+            let _ = go_tx.send(go);
+        }
+        if let Some(e) = failure {
+            board.stop();
+            return Err(e);
+        }
+        let Some(mut pipe) = pipe else {
+            return Err(ServeError::Option("the first pipeline was not built".into()));
+        };
+        // The port's one address, announced once (by the first core) as soon as it serves.
+        pipe.stack.announce(monotonic_ns(start), 2);
         let mut host = host::Host::new(&args, net.ip, net.prefix, cores.clone(), start);
         log::info!(
             "serving http://{}:{}{} on {} ({}), mac {}, {} pipeline(s) on core(s) {:?}",
@@ -655,7 +689,7 @@ fn run<N: Nic>(
         );
         let outcome = run_pipeline(&mut pipe, &board, 0, start, Some((&mut host, &mut console)));
         board.stop();
-        for t in others {
+        for (_, t, _, _) in others {
             if t.join().is_err() {
                 log::error!("a pipeline thread panicked");
             }
