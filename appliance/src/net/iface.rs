@@ -912,6 +912,9 @@ impl<C> Stack<C> {
     /// Run the timers due at `now`.
     pub fn poll_timers<A: App<Conn = C>>(&mut self, now: Instant, app: &mut A) {
         self.wheel.advance(now);
+        if !self.wheel.has_due() {
+            return;
+        }
         let idle = self.cfg.idle_timeout;
         let cfg = self.cfg.tcp.clone();
         // Re-arming (in after_event) never puts a timer back on the due list: this ends.

@@ -113,6 +113,12 @@ impl TimerWheel {
     /// [`pop_due`]: TimerWheel::pop_due
     pub fn advance(&mut self, now: Instant) {
         let target = now / self.tick;
+        // No tick has ended since the last advance (the clock is at or past `target`): nothing
+        // can be due. Most calls, from a loop that polls far more often than once a tick, end
+        // here without touching the wheel's lists.
+        if target <= self.elapsed {
+            return;
+        }
         while let Some((level, ws, start)) = self.next_slot() {
             let s = self.sentinel(level, ws);
             if level == 0 {
@@ -153,6 +159,11 @@ impl TimerWheel {
         }
         self.unlink(first);
         Some(first)
+    }
+
+    /// Whether a fired timer waits for [`pop_due`](TimerWheel::pop_due).
+    pub fn has_due(&self) -> bool {
+        !self.due_is_empty()
     }
 
     /// Whether no timer waits on the due list: every armed timer is then in the wheel, at or
