@@ -8,7 +8,8 @@
 //! completes; their 5-byte headers and 17-byte trailers live beside the chunk, so storage DMA
 //! lands exactly where the NIC reads. Record boundaries and sequence numbers are a function of
 //! the stream offset ([`ResponseLayout`]), so a chunk released at a retransmission timeout is
-//! read and sealed again to the same bytes. Chunks go back to the pool once acknowledged.
+//! read and sealed again to the same bytes. Chunks go back to the pool once sent (a
+//! retransmission reads and seals them again).
 //!
 //! An idle keep-alive connection holds no buffer: receive buffers (and, under TLS, record
 //! reassembly buffers) are lent by per-core pools made at start-up only while a request is
