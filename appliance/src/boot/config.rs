@@ -55,6 +55,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("tls_cert", "PEM certificate file (enables HTTPS with tls_key)"),
     ("tls_key", "PEM private key file"),
     ("cores", "cores to run pipelines on, e.g. 0-3,6"),
+    ("buffers", "64 KiB storage buffers per core, 4..=65536 (default 64; 512 with nic=dpdk)"),
+    ("max_connections", "most connections per core, 16..=1048576 (default 16384)"),
     ("log", "log level: error, warn, info, debug or trace"),
 ];
 
@@ -119,6 +121,14 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
                 return Err(bad("expected packet:<ifname>, tap:<ifname> or dpdk"));
             }
         }
+        "buffers" => match value.parse::<u32>() {
+            Ok(n) if (4..=65536).contains(&n) => {}
+            _ => return Err(bad("expected a number of buffers 4..=65536")),
+        },
+        "max_connections" => match value.parse::<u32>() {
+            Ok(n) if (16..=1 << 20).contains(&n) => {}
+            _ => return Err(bad("expected a number of connections 16..=1048576")),
+        },
         "http_port" | "https_port" => match value.parse::<u16>() {
             Ok(p) if p > 0 => {}
             _ => return Err(bad("expected a port number 1..=65535")),
@@ -296,6 +306,8 @@ pub fn serve_args(cfg: &BootConfig) -> Vec<String> {
         ("http_port", "--http-port"),
         ("https_port", "--https-port"),
         ("cores", "--cores"),
+        ("buffers", "--buffers"),
+        ("max_connections", "--max-connections"),
     ] {
         if let Some(v) = cfg.get(key) {
             push(flag, v);
@@ -551,6 +563,9 @@ mod tests {
             ("cores", "0-3,6"),
             ("console", "unix:/run/c.sock"),
             ("https_port", "65535"),
+            ("buffers", "4"),
+            ("buffers", "65536"),
+            ("max_connections", "50000"),
             ("media", "nvme:0000:00:04.0"),
             ("media", "nvme:auto"),
             ("media", "/dev/nvme0n1"),
@@ -572,6 +587,11 @@ mod tests {
             ("log", "loud"),
             ("console", "ttyS0"),
             ("http_port", "70000"),
+            ("buffers", "3"),
+            ("buffers", "65537"),
+            ("buffers", "many"),
+            ("max_connections", "15"),
+            ("max_connections", "-1"),
             ("media", "a\nb"),
             ("media", "nvme:0000:00:04"),
             ("media", "nvme:"),
@@ -587,7 +607,8 @@ mod tests {
     fn serve_args_map_every_key() {
         let mut cfg = BootConfig::from_cmdline(
             "appliance.ip=10.0.2.15/24 appliance.gateway=10.0.2.2 appliance.mac=02:00:00:00:00:01 \
-             appliance.media=/dev/nvme0n1 appliance.http_port=8080 appliance.https_port=8443 appliance.cores=0-1",
+             appliance.media=/dev/nvme0n1 appliance.http_port=8080 appliance.https_port=8443 appliance.cores=0-1 \
+             appliance.buffers=128 appliance.max_connections=50000",
         );
         cfg.apply("tls_cert", "/c.pem", "partition").unwrap();
         assert_eq!(
@@ -595,7 +616,7 @@ mod tests {
             [
                 "serve", "--nic", "packet:eth0", "--ip", "10.0.2.15/24", "--gateway", "10.0.2.2", "--mac",
                 "02:00:00:00:00:01", "--media", "/dev/nvme0n1", "--http-port", "8080", "--https-port", "8443",
-                "--cores", "0-1", "--console", "/dev/ttyS0"
+                "--cores", "0-1", "--buffers", "128", "--max-connections", "50000", "--console", "/dev/ttyS0"
             ]
         );
         cfg.apply("tls_key", "/k.pem", "partition").unwrap();
@@ -616,6 +637,7 @@ mod tests {
         let parsed = <Serve as clap::Parser>::try_parse_from(&args).expect("serve parses its own arguments");
         assert_eq!(parsed.args.dpdk_args, "-l 0 --vdev net_tap0");
         assert_eq!(parsed.args.media, ["/dev/nvme0n1"]);
+        assert_eq!((parsed.args.buffers, parsed.args.max_connections), (Some(128), 50000));
         // Several volumes, one per drive: one --media with the list, which serve splits.
         cfg.apply("media", "nvme:0000:00:04.0,nvme:auto", "cmdline").unwrap();
         let args = serve_args(&cfg);

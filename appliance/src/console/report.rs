@@ -153,6 +153,7 @@ pub(crate) fn table(
                 ("timeouts", Num(c.storage.timeouts)),
                 ("resets", Num(c.storage.resets)),
                 ("in_flight", Num(s.storage_in_flight)),
+                ("buffer_waits", Num(s.storage_buffer_waits)),
                 ("pipeline_reads", Num(s.storage_reads)),
                 ("pipeline_read_bytes", Num(s.storage_read_bytes)),
                 ("pipeline_errors", Num(s.storage_errors)),

@@ -1265,6 +1265,7 @@ impl<S: Storage> HttpApp<S> {
         if !c.waiting {
             c.waiting = true;
             self.buffer_waiters.push_back(id);
+            self.stats.storage_buffer_waits += 1;
         }
     }
 
@@ -2323,6 +2324,8 @@ mod tests {
         assert!(most_in_flight > (BUFFERS * super::CHUNK) as u64, "at most {most_in_flight} bytes in flight: the pool bounds them");
         h.run_for(Duration::from_secs(5));
         assert_eq!(h.server.app.buffers_free(), BUFFERS, "every buffer back");
+        // 32 transfers on 4 buffers: connections waited their turn, and the console says so.
+        assert!(h.server.stats().storage_buffer_waits > 0, "waits counted");
     }
 
     /// With emulation on, HTTPS is real TLS as before, and a 404 is plain text.
