@@ -613,7 +613,7 @@ fn run<N: Nic>(
         // start-up), and none serves until all are built: a core that cannot start stops the
         // whole start-up with nothing left running.
         let mut others = Vec::new();
-        let mut failure: Option<ServeError> = None;
+        let mut failure = None;
         for (index, &core) in cores.iter().enumerate().skip(1) {
             let (ready, built_rx) = std::sync::mpsc::channel::<Result<(), String>>();
             let (go_tx, go) = std::sync::mpsc::channel::<bool>();
@@ -645,33 +645,30 @@ fn run<N: Nic>(
                 }
             }
         }
-        let first = if failure.is_none() { Some(setup.pipeline(first_nic, first_storage, vol.clone())) } else { None };
-        let pipe = match first {
-            Some(Ok(pipe)) => Some(pipe),
-            Some(Err(e)) => {
-                failure = Some(e);
-                None
-            }
-            None => None,
+        // The first core's pipeline, built here meanwhile; then the start-up's first error.
+        let mut first = match failure {
+            Some(e) => Err(e),
+            None => setup.pipeline(first_nic, first_storage, vol.clone()),
         };
         for (core, _, built, _) in &others {
-            let result = match built.recv() {
+            let error = match built.recv() {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => ServeError::Option(format!("pipeline on core {core}: {e}")),
                 Err(_) => ServeError::Option(format!("the pipeline of core {core} ended while starting")),
             };
-            failure.get_or_insert(result);
+            if first.is_ok() {
+                first = Err(error);
+            }
         }
-        let go = failure.is_none();
         for (_, _, _, go_tx) in &others {
-            let _ = go_tx.send(go);
+            let _ = go_tx.send(first.is_ok());
         }
-        if let Some(e) = failure {
-            board.stop();
-            return Err(e);
-        }
-        let Some(mut pipe) = pipe else {
-            return Err(ServeError::Option("the first pipeline was not built".into()));
+        let mut pipe = match first {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                board.stop();
+                return Err(e);
+            }
         };
         // The port's one address, announced once (by the first core) as soon as it serves.
         pipe.stack.announce(monotonic_ns(start), 2);
