@@ -807,7 +807,7 @@ impl TcpConn {
         // [RCV.NXT, RCV.NXT + RCV.WND]. A segment starting at the right edge of a zero window
         // is acceptable so that its ACK is processed; its data is not taken.
         let seg_len = seg.seq_len();
-        let wnd = self.rcv_wnd as u32;
+        let wnd = self.rcv_wnd;
         let start_ok = seq::le(self.rcv_nxt, seg.seq) && seq::lt(seg.seq, self.rcv_nxt.wrapping_add(wnd.max(1)));
         let acceptable = seq::le(seg.seq, self.rcv_nxt.wrapping_add(wnd)) && seq::ge(seg.seq.wrapping_add(seg_len), self.rcv_nxt);
         if seg.has(flags::RST) {
