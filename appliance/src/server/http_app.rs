@@ -346,8 +346,6 @@ impl HttpConn {
     }
 }
 
-/// Give a connection's chunk slots back to `sets` once none holds a buffer.
-#[allow(clippy::vec_box)] // boxes move between pool and connection without copying
 /// Free the ready chunks whose bytes all lie below stream offset `off` (sent, or
 /// acknowledged); whether any was.
 fn free_ready_chunks_below(c: &mut HttpConn, off: u64) -> bool {
@@ -361,6 +359,8 @@ fn free_ready_chunks_below(c: &mut HttpConn, off: u64) -> bool {
     freed
 }
 
+/// Give a connection's chunk slots back to `sets` once none holds a buffer.
+#[allow(clippy::vec_box)] // boxes move between pool and connection without copying
 fn release_chunks(sets: &mut Vec<Box<ChunkSet>>, c: &mut HttpConn) {
     if c.chunks.as_ref().is_some_and(|set| set.iter().all(|k| matches!(k.state, ChunkState::Free))) {
         if let Some(set) = c.chunks.take() {
