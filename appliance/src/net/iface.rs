@@ -339,16 +339,22 @@ impl<C> Stack<C> {
             return Some(mac);
         }
         if self.arp.should_request(hop, now) {
-            let repr = ArpRepr::EthernetIpv4 {
-                operation: ArpOperation::Request,
-                source_hardware_addr: EthernetAddress(self.cfg.mac),
-                source_protocol_addr: Ipv4Address::from(self.cfg.ip),
-                target_hardware_addr: EthernetAddress([0; 6]),
-                target_protocol_addr: Ipv4Address::from(hop),
-            };
-            self.send_arp(nic, [0xff; 6], &repr);
+            self.send_arp_request(nic, hop);
         }
         None
+    }
+
+    /// A broadcast ARP request for `target` from our address (for our own address: an
+    /// announcement).
+    fn send_arp_request<N: Nic>(&mut self, nic: &mut N, target: [u8; 4]) {
+        let repr = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress(self.cfg.mac),
+            source_protocol_addr: Ipv4Address::from(self.cfg.ip),
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: Ipv4Address::from(target),
+        };
+        self.send_arp(nic, [0xff; 6], &repr);
     }
 
     /// Announces our address `count` times, [`ANNOUNCE_INTERVAL`] apart, the first at the
@@ -364,15 +370,7 @@ impl<C> Stack<C> {
         if self.announcements_left == 0 || now < self.next_announcement {
             return;
         }
-        let ours = Ipv4Address::from(self.cfg.ip);
-        let repr = ArpRepr::EthernetIpv4 {
-            operation: ArpOperation::Request,
-            source_hardware_addr: EthernetAddress(self.cfg.mac),
-            source_protocol_addr: ours,
-            target_hardware_addr: EthernetAddress([0; 6]),
-            target_protocol_addr: ours,
-        };
-        self.send_arp(nic, [0xff; 6], &repr);
+        self.send_arp_request(nic, self.cfg.ip);
         self.stats.arp_announcements_sent += 1;
         self.announcements_left -= 1;
         self.next_announcement = now + ANNOUNCE_INTERVAL;
