@@ -862,6 +862,9 @@ impl TcpConn {
             self.state = State::Established;
             self.rto_deadline = None;
             self.retries = 0;
+            // A SYN-ACK queued again (its timer fired, or the peer repeated its SYN) is moot
+            // now; left set, it would keep the connection wanting to send for ever.
+            self.syn_pending = false;
             self.snd_wnd = (seg.window as u64) << self.snd_shift;
             self.snd_wl1 = seg.seq;
             self.snd_wl2 = 0;
@@ -1194,6 +1197,7 @@ impl TcpConn {
         self.state = State::Established;
         self.rto_deadline = None;
         self.retries = 0;
+        self.syn_pending = false; // a SYN queued again by its timer is moot now
         self.ack_pending = true;
         self.last_rx = now;
         out.established = true;
@@ -1580,6 +1584,34 @@ mod tests {
         assert!(s.on_segment(&cfg, 1, &ack, 256 << 10).established);
         s.ack_pending = true;
         assert_eq!(s.poll_tx(1, &mut Pattern).unwrap().fields.window, 65535);
+    }
+
+    #[test]
+    fn a_syn_queued_again_is_dropped_once_the_handshake_completes() {
+        let cfg = Config::default();
+        // Server: the SYN-ACK's timer fires, then the client's ACK arrives before the SYN-ACK
+        // went out again.
+        let syn = SegmentIn { seq: 5, flags: flags::SYN, window: 64240, mss: Some(1400), ..Default::default() };
+        let mut s = TcpConn::accept(&cfg, 0, &syn, 9);
+        s.poll_tx(0, &mut Pattern).unwrap();
+        let rto = s.next_deadline().unwrap();
+        assert!(!s.on_timer(&cfg, rto).closed);
+        assert!(s.wants_tx(rto), "the SYN-ACK is due again");
+        let ack = SegmentIn { seq: 6, ack: Some(10), flags: flags::ACK, window: 500, ..Default::default() };
+        assert!(s.on_segment(&cfg, rto + 1, &ack, 1000).established);
+        assert!(!s.wants_tx(rto + 1), "established with nothing to send");
+        assert!(s.poll_tx(rto + 1, &mut Pattern).is_none());
+        // Client: the SYN's timer fires, then the SYN-ACK arrives: one ACK, then nothing.
+        let mut c = TcpConn::connect(&cfg, 0, 100);
+        c.poll_tx(0, &mut Pattern).unwrap();
+        let rto = c.next_deadline().unwrap();
+        assert!(!c.on_timer(&cfg, rto).closed);
+        let syn_ack = SegmentIn { seq: 700, ack: Some(101), flags: flags::SYN | flags::ACK, window: 500, mss: Some(1400), ..Default::default() };
+        assert!(c.on_segment(&cfg, rto + 1, &syn_ack, 1000).established);
+        let sent = c.poll_tx(rto + 1, &mut Pattern).unwrap();
+        assert_eq!(sent.fields.flags, flags::ACK);
+        assert!(!c.wants_tx(rto + 1));
+        assert!(c.poll_tx(rto + 1, &mut Pattern).is_none());
     }
 
     #[test]
