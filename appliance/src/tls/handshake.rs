@@ -155,8 +155,10 @@ pub enum HandshakeProgress {
 /// offset, until acknowledged, since the stack has no send buffer).
 pub struct HandshakeDriver {
     conn: UnbufferedServerConnection,
+    /// Received bytes rustls has not discarded yet. Grows with what the peer sends (a
+    /// ClientHello is a few hundred bytes) up to `MAX_HANDSHAKE_INPUT`, so that thousands of
+    /// handshakes under way do not each hold (and zero) the largest size.
     incoming: Vec<u8>,
-    incoming_len: usize,
     /// Handshake bytes not yet acknowledged; `outgoing[0]` is at stream offset `out_base`.
     outgoing: Vec<u8>,
     out_base: u64,
@@ -183,8 +185,7 @@ impl HandshakeDriver {
     pub fn new(config: Arc<ServerConfig>) -> Result<HandshakeDriver, TlsError> {
         Ok(HandshakeDriver {
             conn: UnbufferedServerConnection::new(config)?,
-            incoming: vec![0; MAX_HANDSHAKE_INPUT],
-            incoming_len: 0,
+            incoming: Vec::new(),
             outgoing: Vec::with_capacity(4096),
             out_base: 0,
             plaintext: Vec::new(),
@@ -220,12 +221,16 @@ impl HandshakeDriver {
     }
 
     fn buffer(&mut self, bytes: &[u8]) -> Result<(), TlsError> {
-        let end = self.incoming_len + bytes.len();
-        if end > self.incoming.len() {
-            return Err(TlsError::HandshakeBufferFull(self.incoming.len()));
+        let end = self.incoming.len() + bytes.len();
+        if end > MAX_HANDSHAKE_INPUT {
+            return Err(TlsError::HandshakeBufferFull(MAX_HANDSHAKE_INPUT));
         }
-        self.incoming[self.incoming_len..end].copy_from_slice(bytes);
-        self.incoming_len = end;
+        if end > self.incoming.capacity() {
+            // Powers of two, capped: never more than the largest input is reserved.
+            let capacity = end.next_power_of_two().clamp(1024, MAX_HANDSHAKE_INPUT);
+            self.incoming.reserve_exact(capacity - self.incoming.len());
+        }
+        self.incoming.extend_from_slice(bytes);
         Ok(())
     }
 
@@ -246,13 +251,13 @@ impl HandshakeDriver {
         loop {
             let UnbufferedStatus { mut discard, state } = self
                 .conn
-                .process_tls_records(&mut self.incoming[..self.incoming_len]);
+                .process_tls_records(&mut self.incoming);
             let mut write_traffic = false;
             let mut blocked = false;
             let mut peer_closed = false;
             match state {
                 Err(e) => {
-                    drop_front(&mut self.incoming, &mut self.incoming_len, discard);
+                    drop_front(&mut self.incoming, discard);
                     return Err(e.into());
                 }
                 Ok(ConnectionState::EncodeTlsData(mut s)) => {
@@ -280,7 +285,7 @@ impl HandshakeDriver {
                     )))
                 }
             }
-            drop_front(&mut self.incoming, &mut self.incoming_len, discard);
+            drop_front(&mut self.incoming, discard);
             if peer_closed {
                 return Ok(HandshakeProgress::PeerClosed);
             }
@@ -303,7 +308,7 @@ impl HandshakeDriver {
     fn flush_alert(&mut self) {
         let status = self
             .conn
-            .process_tls_records(&mut self.incoming[..self.incoming_len]);
+            .process_tls_records(&mut self.incoming);
         if let Ok(ConnectionState::EncodeTlsData(mut s)) = status.state {
             // The connection is being closed: failing to encode only loses the alert.
             let _ = encode_into(&mut self.outgoing, |buf| s.encode(buf));
@@ -390,7 +395,7 @@ impl HandshakeDriver {
             secrets.rx.0,
         );
         // Bytes that came after the last record rustls consumed (a partial record).
-        session.receive(&self.incoming[..self.incoming_len])?;
+        session.receive(&self.incoming)?;
         Ok(Handover {
             session,
             early_plaintext: self.plaintext,
@@ -400,10 +405,8 @@ impl HandshakeDriver {
     }
 }
 
-fn drop_front(buf: &mut [u8], len: &mut usize, n: usize) {
-    let n = n.min(*len);
-    buf.copy_within(n..*len, 0);
-    *len -= n;
+fn drop_front(buf: &mut Vec<u8>, n: usize) {
+    buf.drain(..n.min(buf.len()));
 }
 
 fn encode_into(

@@ -532,6 +532,39 @@ fn plain_http_to_tls_port_fails_the_handshake_with_an_alert() {
 }
 
 #[test]
+fn a_handshake_message_larger_than_the_input_bound_ends_the_handshake() {
+    // A ClientHello announced at 60,000 bytes, sent in full 16 KiB records: rustls keeps
+    // every fragment until the message is whole, so the input grows to its bound and the
+    // next record is refused instead of buffered.
+    let pki = make_pki("bound", false);
+    let config = load_server_config(&pki.dir.join("cert.pem"), &pki.dir.join("key.pem")).unwrap();
+    let mut driver = HandshakeDriver::new(config).unwrap();
+    let record = |first: bool| {
+        let mut r = vec![22u8, 3, 1, 0x40, 0x00];
+        let mut body = vec![0u8; 16384];
+        if first {
+            body[..4].copy_from_slice(&[1, 0x00, 0xea, 0x60]);
+        }
+        r.extend_from_slice(&body);
+        r
+    };
+    let mut outcome = Ok(HandshakeProgress::NeedMoreInput);
+    let mut fed = 0;
+    for i in 0..4 {
+        outcome = driver.receive(&record(i == 0));
+        fed += 1;
+        if outcome.is_err() {
+            break;
+        }
+        assert_eq!(outcome.as_ref().ok(), Some(&HandshakeProgress::NeedMoreInput));
+    }
+    let err = outcome.unwrap_err();
+    assert!(matches!(err, TlsError::HandshakeBufferFull(n) if n == handshake::MAX_HANDSHAKE_INPUT), "{err:?}");
+    assert_eq!(err.reason(), "buffer_full");
+    assert_eq!(fed, 3, "two records fit within the bound, the third does not");
+}
+
+#[test]
 fn pem_errors_are_typed() {
     let pki = make_pki("pem", false);
     let missing = pki.dir.join("missing.pem");
