@@ -1291,6 +1291,8 @@ mod tests {
                     wire.push(Wire { at: now + one_way + (rng.next() * jitter) as u64, to_server: true, seg, payload: vec![] });
                 }
             }
+            // Nothing left to send means not wanting to: the stack would visit it on every poll.
+            assert!(!client.wants_tx(now), "the client wants to send but poll_tx gave nothing");
             if let Some(s) = server.as_mut() {
                 while let Some(seg) = s.poll_tx(now, &mut Pattern) {
                     let payload: Vec<u8> = (seg.payload_off..seg.payload_off + seg.payload_len as u64).map(byte_at).collect();
@@ -1298,6 +1300,7 @@ mod tests {
                         wire.push(Wire { at: now + one_way + (rng.next() * jitter) as u64, to_server: false, seg, payload });
                     }
                 }
+                assert!(!s.wants_tx(now), "the server wants to send but poll_tx gave nothing");
             }
             // Advance to the next event.
             let next_wire = wire.iter().map(|w| w.at).min();
