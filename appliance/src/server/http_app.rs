@@ -1908,7 +1908,7 @@ mod tests {
         h.run_for(Duration::from_secs(5));
         assert_eq!(h.server.stack.connection_count(), 0, "connections reclaimed");
         assert_eq!(h.server.app.buffers_free(), 16, "every buffer back");
-        assert_eq!(h.server.app.storage.in_flight(), 0);
+        assert_eq!(drivers::storage::Storage::in_flight(&h.server.app.storage), 0);
     }
 
     #[test]
@@ -2326,6 +2326,38 @@ mod tests {
         assert_eq!(h.server.app.buffers_free(), BUFFERS, "every buffer back");
         // 32 transfers on 4 buffers: connections waited their turn, and the console says so.
         assert!(h.server.stats().storage_buffer_waits > 0, "waits counted");
+    }
+
+    /// The RTO gives the unacknowledged chunks back, so the retransmission reads its bytes
+    /// again: the poll that started that read says it is busy, and the retransmission goes
+    /// out on the next turn, at the same instant, not after the loop waited for the NIC.
+    #[test]
+    fn a_retransmission_that_reads_again_goes_out_without_waiting() {
+        let (_dir, storage, volume, _data) = patterned_volume(1_000_000);
+        let far = SimConfig { delay: Duration::from_millis(5), ..SimConfig::default() };
+        let mut h = SimHarness::new(storage, volume, far.clone(), far, 16);
+        assert!(h.start_fetch("/v.ts", None));
+        // Well into the body (the head is held in memory, not read again).
+        let acked = |h: &SimHarness<drivers::storage::FileStorage>| h.server.stack.connections().map(|(_, _, e)| e.tcp.acked_offset()).sum::<u64>();
+        while acked(&h) < 200_000 {
+            h.step(true);
+        }
+        // Everything sent from now on is lost for a while: the RTO fires.
+        h.server.nic.partition_until(Duration::from_nanos(h.now()) + Duration::from_millis(150));
+        let counters = |h: &SimHarness<drivers::storage::FileStorage>| h.server.stack.connections().map(|(_, _, e)| (e.tcp.counters.rto_timeouts, e.tcp.counters.retransmits)).next().unwrap();
+        let end = h.now() + Duration::from_secs(10).as_nanos() as u64;
+        let mut fired_at = h.now();
+        while counters(&h).0 == 0 && h.now() < end {
+            fired_at = h.now();
+            h.step(true);
+        }
+        let (rtos, retransmits) = counters(&h);
+        assert_eq!((rtos, retransmits), (1, 0), "the RTO fired, its retransmission waits for a read");
+        while counters(&h).1 == retransmits && h.now() < end {
+            h.step(true);
+        }
+        assert!(counters(&h).1 > retransmits, "retransmitted");
+        assert_eq!(h.now(), fired_at, "the retransmission waited {} ns after the RTO", h.now() - fired_at);
     }
 
     /// With emulation on, HTTPS is real TLS as before, and a 404 is plain text.

@@ -30,7 +30,10 @@ impl<N: Nic, S: Storage> Pipeline<N, S> {
         Pipeline { nic, stack, app, rx: Vec::with_capacity(RX_BURST) }
     }
 
-    /// One iteration of the loop at monotonic time `now`. Returns whether anything happened.
+    /// One iteration of the loop at monotonic time `now`. Returns whether anything happened,
+    /// or storage reads are under way: their completions are polled next turn, so the loop
+    /// must not wait for the NIC meanwhile (a retransmission that had to read its bytes
+    /// again would go out up to a wait later).
     pub fn poll(&mut self, now: Instant) -> bool {
         let got = self.nic.rx_burst(&mut self.rx, RX_BURST);
         for frame in self.rx.drain(..) {
@@ -40,7 +43,7 @@ impl<N: Nic, S: Storage> Pipeline<N, S> {
         self.stack.poll_timers(now, &mut self.app);
         let sent = self.stack.poll_tx(now, &mut self.app, &mut self.nic, TX_BUDGET);
         self.nic.tx_flush();
-        got > 0 || done > 0 || sent > 0
+        got > 0 || done > 0 || sent > 0 || self.app.storage.in_flight() > 0
     }
 
     /// Stop accepting connections: those between requests close now, the others after
