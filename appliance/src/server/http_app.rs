@@ -1908,7 +1908,7 @@ mod tests {
         h.run_for(Duration::from_secs(5));
         assert_eq!(h.server.stack.connection_count(), 0, "connections reclaimed");
         assert_eq!(h.server.app.buffers_free(), 16, "every buffer back");
-        assert_eq!(drivers::storage::Storage::in_flight(&h.server.app.storage), 0);
+        assert_eq!(h.server.app.storage.in_flight(), 0);
     }
 
     #[test]
