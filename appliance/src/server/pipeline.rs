@@ -43,7 +43,7 @@ impl<N: Nic, S: Storage> Pipeline<N, S> {
         self.stack.poll_timers(now, &mut self.app);
         let sent = self.stack.poll_tx(now, &mut self.app, &mut self.nic, TX_BUDGET);
         self.nic.tx_flush();
-        got > 0 || done > 0 || sent > 0 || self.app.storage.in_flight() > 0
+        got > 0 || done > 0 || sent > 0 || self.app.reads_in_flight() > 0
     }
 
     /// Stop accepting connections: those between requests close now, the others after
