@@ -421,6 +421,9 @@ impl TcpConn {
             self.rst_pending = true;
         }
         self.state = State::Closed;
+        // Nothing is left to time: a past deadline would make the connection due for ever.
+        self.rto_deadline = None;
+        self.time_wait_deadline = None;
     }
 
     /// The fields of a RST that ends this connection at once (for eviction: the caller
@@ -907,7 +910,13 @@ impl TcpConn {
                 fin_in_order = false;
             }
         }
-        if fin_in_order && seg.seq.wrapping_add(seg.payload.len() as u32) == self.rcv_nxt {
+        let fin_taken = fin_in_order && seg.seq.wrapping_add(seg.payload.len() as u32) == self.rcv_nxt;
+        if seg.has(flags::FIN) && !fin_taken {
+            // A FIN again (our ACK of it was lost: the peer retransmits it until we answer)
+            // or one ahead of a hole: ACK what we have.
+            self.ack_pending = true;
+        }
+        if fin_taken {
             self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
             self.ack_pending = true;
             out.peer_fin = true;
@@ -1557,6 +1566,45 @@ mod tests {
         assert_eq!(out.acked, 500, "the ACK of a segment at a zero window's edge is processed");
         assert_eq!(out.deliver, None, "its data is not taken");
         assert!(!out.rejected);
+    }
+
+    /// The peer's FIN arrives again because our ACK of it was lost: it is ACKed again, or
+    /// the peer retransmits it until it gives up. A FIN ahead of a hole is ACKed too.
+    #[test]
+    fn a_fin_received_again_is_acked_again() {
+        let cfg = Config::default();
+        let syn = SegmentIn { seq: 5, flags: flags::SYN, window: 1000, mss: Some(1000), ..Default::default() };
+        let mut s = TcpConn::accept(&cfg, 0, &syn, 9);
+        s.poll_tx(0, &mut Pattern);
+        let ack = SegmentIn { seq: 6, ack: Some(10), flags: flags::ACK, window: 1000, ..Default::default() };
+        assert!(s.on_segment(&cfg, 1, &ack, 1000).established);
+        let ahead = SegmentIn { seq: 9, ack: Some(10), flags: flags::ACK | flags::FIN, window: 1000, ..Default::default() };
+        assert!(!s.on_segment(&cfg, 2, &ahead, 1000).peer_fin);
+        assert_eq!(s.poll_tx(2, &mut Pattern).map(|a| a.fields.ack), Some(6), "a FIN past a hole: duplicate ACK");
+        let fin = SegmentIn { seq: 6, ack: Some(10), flags: flags::ACK | flags::FIN, window: 1000, ..Default::default() };
+        assert!(s.on_segment(&cfg, 3, &fin, 1000).peer_fin);
+        assert_eq!(s.state, State::CloseWait);
+        assert_eq!(s.poll_tx(3, &mut Pattern).map(|a| a.fields.ack), Some(7));
+        assert!(!s.wants_tx(3));
+        // Our ACK was lost; the FIN comes again.
+        assert!(!s.on_segment(&cfg, 4, &fin, 1000).peer_fin);
+        assert_eq!(s.poll_tx(4, &mut Pattern).map(|a| a.fields.ack), Some(7), "the FIN is ACKed again");
+        assert_eq!(s.state, State::CloseWait);
+    }
+
+    #[test]
+    fn an_aborted_connection_has_nothing_left_to_time() {
+        let cfg = Config::default();
+        let mut s = established(&cfg, 0, 100_000);
+        drain(&mut s, 20 * MS);
+        assert!(s.next_deadline().is_some(), "data in flight: the RTO runs");
+        let mut now = 20 * MS;
+        while s.state != State::Closed {
+            now = s.next_deadline().expect("a deadline until the connection gives up");
+            s.on_timer(&cfg, now);
+            drain(&mut s, now);
+        }
+        assert_eq!(s.next_deadline(), None, "a closed connection is never due again");
     }
 
     /// A window scale of our own (the benchmark's clients announce one): offered in the SYN,
