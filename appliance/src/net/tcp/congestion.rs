@@ -3,7 +3,7 @@
 //! connection passes in the bytes acknowledged, the flight size, its MSS, SRTT and `now`.
 //! Which bytes to resend (the SACK scoreboard, recovery) stays in the connection.
 //!
-//! Both share slow start (with appropriate byte counting, L = 2) and the recovery exit
+//! Both share slow start (byte counting, stretch ACKs counted in full) and the recovery exit
 //! (cwnd = ssthresh); they differ in congestion avoidance and in how far a loss cuts.
 use std::str::FromStr;
 
@@ -142,17 +142,27 @@ impl Congestion {
     }
 
     /// `acked` new bytes were acknowledged outside recovery.
-    pub fn on_ack(&mut self, now: Instant, acked: u64, mss: u64, srtt: u64) {
+    pub fn on_ack(&mut self, now: Instant, mut acked: u64, mss: u64, srtt: u64) {
         if self.cwnd < self.ssthresh {
-            // Slow start; a stretch ACK counts for two segments at most (RFC 3465).
-            self.cwnd += acked.min(2 * mss);
-        } else {
+            // Slow start grows by every byte acknowledged, up to ssthresh; the rest of the
+            // ACK goes to congestion avoidance (as Linux since 3.18). A stretch ACK counts
+            // as the segments it covers: receivers with GRO or LRO acknowledge a 64 KiB TSO
+            // frame at once, and RFC 3465's limit of two segments per ACK would then grow
+            // the window by a few percent per round trip instead of doubling it. No more
+            // than per-segment ACKs would give: the growth is bounded by the bytes acked.
+            let grow = acked.min(self.ssthresh - self.cwnd);
+            self.cwnd += grow;
+            acked -= grow;
+        }
+        if acked > 0 && self.cwnd >= self.ssthresh {
             match self.algo {
                 CongestionControl::NewReno => {
+                    // One MSS per window acknowledged, however the ACKs split it.
                     self.ca_acked += acked;
                     if self.ca_acked >= self.cwnd {
-                        self.ca_acked -= self.cwnd;
-                        self.cwnd += mss;
+                        let windows = self.ca_acked / self.cwnd;
+                        self.ca_acked -= windows * self.cwnd;
+                        self.cwnd += windows * mss;
                     }
                 }
                 CongestionControl::Cubic => self.cubic_ack(now, acked, mss, srtt),
@@ -402,6 +412,32 @@ mod tests {
         let mut c = after_loss(CongestionControl::NewReno, 100);
         round(&mut c, SEC, 10 * MS);
         assert_eq!(c.cwnd, 51 * MSS);
+    }
+
+    #[test]
+    fn a_stretch_ack_in_slow_start_counts_every_segment_it_covers() {
+        // A receiver with GRO acknowledges a whole TSO frame at once: slow start still
+        // doubles the window per round trip, as one ACK per segment would.
+        for algo in [CongestionControl::NewReno, CongestionControl::Cubic] {
+            let mut c = Congestion::new(algo);
+            c.init(10 * MSS);
+            c.on_ack(0, 10 * MSS, MSS, 10 * MS);
+            assert_eq!(c.cwnd, 20 * MSS, "{algo:?}");
+            // Up to ssthresh only; the rest of the ACK is congestion avoidance.
+            c.ssthresh = 25 * MSS;
+            c.on_ack(0, 20 * MSS, MSS, 10 * MS);
+            assert!(c.cwnd >= 25 * MSS && c.cwnd < 27 * MSS, "{algo:?}: {}", c.cwnd / MSS);
+        }
+    }
+
+    #[test]
+    fn newreno_counts_every_window_a_stretch_ack_covers() {
+        let mut c = after_loss(CongestionControl::NewReno, 100);
+        // One ACK for two and a half windows: two segments, and the half window carries over.
+        c.on_ack(SEC, 125 * MSS, MSS, 10 * MS);
+        assert_eq!(c.cwnd, 52 * MSS);
+        c.on_ack(SEC, 27 * MSS, MSS, 10 * MS);
+        assert_eq!(c.cwnd, 53 * MSS);
     }
 
     #[test]
