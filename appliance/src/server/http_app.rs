@@ -1646,7 +1646,7 @@ mod tests {
     use drivers::nic::sim::SimConfig;
 
     use crate::loopback::{tiny_volume, SimHarness};
-    use crate::net::SEC;
+    use crate::net::{MS, SEC};
 
     #[test]
     fn a_partial_head_gets_408_after_the_header_timeout() {
@@ -2327,6 +2327,29 @@ mod tests {
         assert_eq!(h.server.app.buffers_free(), BUFFERS, "every buffer back");
         // 32 transfers on 4 buffers: connections waited their turn, and the console says so.
         assert!(h.server.stats().storage_buffer_waits > 0, "waits counted");
+    }
+
+    /// The client acknowledges each 64 KiB TSO frame with one ACK, as a receiver with GRO
+    /// does; slow start still doubles the window per round trip, so 8 MB over a 20 ms round
+    /// trip (a 1 MiB receive window) arrive in about 15 round trips. Counting two segments per
+    /// ACK (RFC 3465's limit) took 72: the window grew by a few percent per round trip.
+    #[test]
+    fn stretch_acks_of_tso_frames_let_slow_start_double_the_window() {
+        use sha2::{Digest, Sha256};
+        const LEN: usize = 8_000_000;
+        let (_dir, storage, volume, data) = patterned_volume(LEN);
+        let far = SimConfig { delay: Duration::from_millis(10), ..SimConfig::default() };
+        let to_client = SimConfig { tso: true, queue_frames: 1024, ..far.clone() };
+        let mut h = SimHarness::new(storage, volume, to_client, far, 16);
+        h.client.cfg.tcp.rcv_window_shift = 5;
+        h.client_app.rx_room = 1 << 20;
+        let start = h.now();
+        assert!(h.start_fetch("/v.ts", None));
+        assert!(h.run_until_fetches(1, Duration::from_secs(60)));
+        let f = &h.client_app.fetches[0];
+        assert!(f.complete && f.status == 200 && f.sha256 == <[u8; 32]>::from(Sha256::digest(&data)), "{f:?}");
+        let round_trips = (h.now() - start) / (20 * MS);
+        assert!(round_trips <= 25, "{round_trips} round trips for 8 MB");
     }
 
     /// The RTO gives the unacknowledged chunks back, so the retransmission reads its bytes
