@@ -435,6 +435,9 @@ pub struct SimHarness<S: Storage> {
     pub server_heap_bytes: i64,
     /// Payload bytes the server loop's CPU read or wrote ([`crate::accounting`]).
     pub server_touched: u64,
+    /// Wall-clock nanoseconds spent in the in-process clients' part of [`step`](Self::step)
+    /// (receiving, TLS, checking bodies, sending): the benchmark's clock leaves them out.
+    pub client_ns: u64,
     /// Heap bytes the server's stack reserved at start-up for its connection table, timers
     /// and queues (counted as `server_heap_bytes` is).
     pub server_stack_bytes: i64,
@@ -512,6 +515,7 @@ impl<S: Storage> SimHarness<S> {
             rx: Vec::with_capacity(RX_BURST),
             next_port: 10000,
             server_ns: 0,
+            client_ns: 0,
             server_device_ns: 0,
             server_handshake_ns: 0,
             server_handshake_allocs: 0,
@@ -697,6 +701,7 @@ impl<S: Storage> SimHarness<S> {
             self.server_ns += (t0.elapsed().as_nanos() as u64).saturating_sub(device);
             self.server_device_ns += device;
         }
+        let t1 = std::time::Instant::now();
         let got = self.client_nic.rx_burst(&mut self.rx, RX_BURST);
         for f in self.rx.drain(..) {
             self.client.on_frame(now, f.bytes(), &mut self.client_app, &mut self.client_nic);
@@ -704,6 +709,7 @@ impl<S: Storage> SimHarness<S> {
         self.client.poll_timers(now, &mut self.client_app);
         let sent = self.client.poll_tx(now, &mut self.client_app, &mut self.client_nic, TX_BUDGET);
         self.client_nic.tx_flush();
+        self.client_ns += t1.elapsed().as_nanos() as u64;
         let busy = server_busy || got > 0 || sent > 0;
         if advance && !busy {
             let due = [self.client_nic.next_due(), self.server.nic.next_due()].into_iter().flatten().min();
