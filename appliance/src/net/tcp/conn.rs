@@ -1548,14 +1548,21 @@ mod tests {
         assert_eq!(s.snd_una, 200_000, "the whole stream went out and was acknowledged");
     }
 
+    /// A server connection past the handshake at time 1, without TCP options: the peer's
+    /// next sequence number is 6, ours 10, windows of 1000 bytes.
+    fn established_plain(cfg: &Config) -> TcpConn {
+        let syn = SegmentIn { seq: 5, flags: flags::SYN, window: 1000, mss: Some(1000), ..Default::default() };
+        let mut s = TcpConn::accept(cfg, 0, &syn, 9);
+        s.poll_tx(0, &mut Pattern);
+        let ack = SegmentIn { seq: 6, ack: Some(10), flags: flags::ACK, window: 1000, ..Default::default() };
+        assert!(s.on_segment(cfg, 1, &ack, 1000).established);
+        s
+    }
+
     #[test]
     fn a_zero_window_still_takes_acks() {
         let cfg = Config::default();
-        let syn = SegmentIn { seq: 5, flags: flags::SYN, window: 1000, mss: Some(1000), ..Default::default() };
-        let mut s = TcpConn::accept(&cfg, 0, &syn, 9);
-        s.poll_tx(0, &mut Pattern);
-        let ack = SegmentIn { seq: 6, ack: Some(10), flags: flags::ACK, window: 1000, ..Default::default() };
-        assert!(s.on_segment(&cfg, 1, &ack, 1000).established);
+        let mut s = established_plain(&cfg);
         s.set_stream_len(500);
         let data = s.poll_tx(2, &mut Pattern).unwrap();
         assert_eq!(data.payload_len, 500);
@@ -1573,11 +1580,7 @@ mod tests {
     #[test]
     fn a_fin_received_again_is_acked_again() {
         let cfg = Config::default();
-        let syn = SegmentIn { seq: 5, flags: flags::SYN, window: 1000, mss: Some(1000), ..Default::default() };
-        let mut s = TcpConn::accept(&cfg, 0, &syn, 9);
-        s.poll_tx(0, &mut Pattern);
-        let ack = SegmentIn { seq: 6, ack: Some(10), flags: flags::ACK, window: 1000, ..Default::default() };
-        assert!(s.on_segment(&cfg, 1, &ack, 1000).established);
+        let mut s = established_plain(&cfg);
         let ahead = SegmentIn { seq: 9, ack: Some(10), flags: flags::ACK | flags::FIN, window: 1000, ..Default::default() };
         assert!(!s.on_segment(&cfg, 2, &ahead, 1000).peer_fin);
         assert_eq!(s.poll_tx(2, &mut Pattern).map(|a| a.fields.ack), Some(6), "a FIN past a hole: duplicate ACK");
