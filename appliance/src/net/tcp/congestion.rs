@@ -154,7 +154,7 @@ impl Congestion {
             self.cwnd += grow;
             acked -= grow;
         }
-        if acked > 0 && self.cwnd >= self.ssthresh {
+        if acked > 0 {
             match self.algo {
                 CongestionControl::NewReno => {
                     // One MSS per window acknowledged, however the ACKs split it.

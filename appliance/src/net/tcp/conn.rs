@@ -910,15 +910,13 @@ impl TcpConn {
                 fin_in_order = false;
             }
         }
-        let fin_taken = fin_in_order && seg.seq.wrapping_add(seg.payload.len() as u32) == self.rcv_nxt;
-        if seg.has(flags::FIN) && !fin_taken {
-            // A FIN again (our ACK of it was lost: the peer retransmits it until we answer)
-            // or one ahead of a hole: ACK what we have.
+        if seg.has(flags::FIN) {
+            // Taken or not, a FIN is answered: one received again (our ACK of it was lost)
+            // is retransmitted until we do, and one ahead of a hole gets a duplicate ACK.
             self.ack_pending = true;
         }
-        if fin_taken {
+        if fin_in_order && seg.seq.wrapping_add(seg.payload.len() as u32) == self.rcv_nxt {
             self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
-            self.ack_pending = true;
             out.peer_fin = true;
             self.state = match self.state {
                 State::Established | State::SynReceived => State::CloseWait,
