@@ -1599,9 +1599,8 @@ mod tests {
         let mut s = established(&cfg, 0, 100_000);
         drain(&mut s, 20 * MS);
         assert!(s.next_deadline().is_some(), "data in flight: the RTO runs");
-        let mut now = 20 * MS;
         while s.state != State::Closed {
-            now = s.next_deadline().expect("a deadline until the connection gives up");
+            let now = s.next_deadline().expect("a deadline until the connection gives up");
             s.on_timer(&cfg, now);
             drain(&mut s, now);
         }
