@@ -685,7 +685,7 @@ impl<S: Storage> SimHarness<S> {
         let touched0 = crate::accounting::touched();
         let (hs_ns0, hs_allocs0) = crate::accounting::handshake_work();
         let server = &mut self.server;
-        let server_busy = crate::accounting::counting(|| server.poll(now));
+        let turn = crate::accounting::counting(|| server.poll(now));
         let (allocs1, heap1) = crate::accounting::allocations();
         self.server_allocs += allocs1 - allocs0;
         self.server_heap_bytes += heap1 - heap0;
@@ -693,10 +693,11 @@ impl<S: Storage> SimHarness<S> {
         let (hs_ns1, hs_allocs1) = crate::accounting::handshake_work();
         self.server_handshake_ns += hs_ns1 - hs_ns0;
         self.server_handshake_allocs += hs_allocs1 - hs_allocs0;
-        // Server work only: an iteration that found nothing to do is waiting on the client.
-        // What the emulated devices did (copying frames onto the link, reading the file) is
-        // kept apart: on hardware the NIC's and the drive's DMA do it.
-        if server_busy {
+        // Server work only: an iteration that found nothing to do is waiting on the client,
+        // or on the drive when reads are under way. What the emulated devices did (copying
+        // frames onto the link, reading the file) is kept apart: on hardware the NIC's and
+        // the drive's DMA do it.
+        if turn.worked {
             let device = self.server.nic.device_ns() + self.server.app.storage.device_ns() - device0;
             self.server_ns += (t0.elapsed().as_nanos() as u64).saturating_sub(device);
             self.server_device_ns += device;
@@ -710,7 +711,8 @@ impl<S: Storage> SimHarness<S> {
         let sent = self.client.poll_tx(now, &mut self.client_app, &mut self.client_nic, TX_BUDGET);
         self.client_nic.tx_flush();
         self.client_ns += t1.elapsed().as_nanos() as u64;
-        let busy = server_busy || got > 0 || sent > 0;
+        // Virtual time stands still while reads are under way, as they take no virtual time.
+        let busy = turn.busy() || got > 0 || sent > 0;
         if advance && !busy {
             let due = [self.client_nic.next_due(), self.server.nic.next_due()].into_iter().flatten().min();
             let next = due.map_or(now + MS, |d| (d.as_nanos() as u64).clamp(now + 1, now + MS));

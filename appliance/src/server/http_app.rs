@@ -1689,7 +1689,6 @@ mod tests {
         assert_eq!(h.server.stats().http_status_2xx, 1);
     }
 
-    /// File storage whose reads inside `bad` fail (a drive's media error).
     /// File storage whose reads of `bad` fail with `error`, `delay_polls` polls after they
     /// were submitted (a media error at once; a command timeout, as the NVMe driver reports
     /// one after resetting a silent controller, late).
@@ -1704,11 +1703,13 @@ mod tests {
         refuse: bool,
         /// Completions held back, with the polls left before they are handed out.
         held: Vec<(u32, drivers::storage::Completion)>,
+        /// Reads of `bad` in flight in `inner`: tag and length.
+        bad_tags: Vec<(u64, usize)>,
     }
 
     impl FailingReads {
         fn new(inner: drivers::storage::FileStorage, bad: std::ops::Range<u64>, error: drivers::storage::StorageError, delay_polls: u32) -> Self {
-            FailingReads { inner, bad, error, delay_polls, failed: 0, failed_bytes: 0, refuse: false, held: Vec::new() }
+            FailingReads { inner, bad, error, delay_polls, failed: 0, failed_bytes: 0, refuse: false, held: Vec::new(), bad_tags: Vec::new() }
         }
     }
 
@@ -1733,19 +1734,8 @@ mod tests {
             }
             self.inner.submit_read(tag, offset, len, buf)?;
             if self.bad.contains(&offset) {
-                // Turn the completion just queued into a failure, held back for a while.
-                let mut done = Vec::with_capacity(64);
-                self.inner.poll(&mut done);
-                for mut c in done {
-                    let mut delay = 0;
-                    if c.tag == tag {
-                        c.result = Err(self.error.clone());
-                        self.failed += 1;
-                        self.failed_bytes += len as u64;
-                        delay = self.delay_polls;
-                    }
-                    self.held.push((delay, c));
-                }
+                // Its completion becomes a failure when it arrives (see poll).
+                self.bad_tags.push((tag, len));
             }
             Ok(())
         }
@@ -1760,7 +1750,25 @@ mod tests {
                     i += 1;
                 }
             }
-            (out.len() - before) + self.inner.poll(out)
+            let mut done = Vec::with_capacity(64);
+            self.inner.poll(&mut done);
+            for mut c in done {
+                let Some(at) = self.bad_tags.iter().position(|&(tag, _)| tag == c.tag) else {
+                    out.push(c);
+                    continue;
+                };
+                // A failure, held back for a while.
+                let (_, len) = self.bad_tags.swap_remove(at);
+                c.result = Err(self.error.clone());
+                self.failed += 1;
+                self.failed_bytes += len as u64;
+                if self.delay_polls == 0 {
+                    out.push(c);
+                } else {
+                    self.held.push((self.delay_polls - 1, c));
+                }
+            }
+            out.len() - before
         }
         fn in_flight(&self) -> usize {
             self.held.len() + self.inner.in_flight()

@@ -714,7 +714,7 @@ fn run_pipeline<N: Nic, S: Storage>(
             pipe.app.wall_unix = wall_unix();
         }
         iter += 1;
-        let busy = pipe.poll(now);
+        let busy = pipe.poll(now).busy();
         // Cheap when idle but not free: once a millisecond.
         if !busy || now - last_tick > crate::net::MS {
             last_tick = now;

@@ -18,6 +18,24 @@ pub const RX_BURST: usize = 64;
 /// Segments sent per iteration at most (the rest wait for the next round).
 pub const TX_BUDGET: usize = 256;
 
+/// What one iteration of the loop did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Turn {
+    /// Frames came in, reads finished, or segments went out.
+    pub worked: bool,
+    /// Storage reads are under way.
+    pub reads_in_flight: bool,
+}
+
+impl Turn {
+    /// Whether the loop must go round again at once: it worked, or reads are under way,
+    /// whose completions are polled next turn, so it must not wait for the NIC meanwhile
+    /// (a retransmission that had to read its bytes again would go out up to a wait later).
+    pub fn busy(self) -> bool {
+        self.worked || self.reads_in_flight
+    }
+}
+
 pub struct Pipeline<N: Nic, S: Storage> {
     pub nic: N,
     pub stack: Stack<HttpConn>,
@@ -30,11 +48,8 @@ impl<N: Nic, S: Storage> Pipeline<N, S> {
         Pipeline { nic, stack, app, rx: Vec::with_capacity(RX_BURST) }
     }
 
-    /// One iteration of the loop at monotonic time `now`. Returns whether anything happened,
-    /// or storage reads are under way: their completions are polled next turn, so the loop
-    /// must not wait for the NIC meanwhile (a retransmission that had to read its bytes
-    /// again would go out up to a wait later).
-    pub fn poll(&mut self, now: Instant) -> bool {
+    /// One iteration of the loop at monotonic time `now`: what it did.
+    pub fn poll(&mut self, now: Instant) -> Turn {
         let got = self.nic.rx_burst(&mut self.rx, RX_BURST);
         for frame in self.rx.drain(..) {
             self.stack.on_frame(now, drivers::nic::FrameBuf::bytes(&frame), &mut self.app, &mut self.nic);
@@ -43,7 +58,7 @@ impl<N: Nic, S: Storage> Pipeline<N, S> {
         self.stack.poll_timers(now, &mut self.app);
         let sent = self.stack.poll_tx(now, &mut self.app, &mut self.nic, TX_BUDGET);
         self.nic.tx_flush();
-        got > 0 || done > 0 || sent > 0 || self.app.reads_in_flight() > 0
+        Turn { worked: got > 0 || done > 0 || sent > 0, reads_in_flight: self.app.reads_in_flight() > 0 }
     }
 
     /// Stop accepting connections: those between requests close now, the others after

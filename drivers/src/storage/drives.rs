@@ -334,15 +334,7 @@ mod tests {
         f
     }
 
-    fn poll_for<S: Storage>(s: &mut S, n: usize, limit: Duration) -> Vec<Completion> {
-        let mut out = Vec::with_capacity(64);
-        let start = Instant::now();
-        while out.len() < n && start.elapsed() < limit {
-            s.poll(&mut out);
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        out
-    }
+    use crate::storage::poll_for;
 
     #[test]
     fn reads_are_routed_by_drive_and_counted_per_drive() {
@@ -357,8 +349,8 @@ mod tests {
             d.submit_read(tag, addr, 4096, pool.alloc().unwrap()).map_err(|(e, _)| e).unwrap();
         }
         assert_eq!(d.in_flight(), 3);
-        let mut out = Vec::with_capacity(8);
-        assert_eq!(d.poll(&mut out), 3);
+        let out = poll_for(&mut d, 3, Duration::from_secs(10));
+        assert_eq!(out.len(), 3);
         assert_eq!(d.in_flight(), 0);
         let first_byte = |tag: u64| out.iter().find(|c| c.tag == tag).map(|c| c.buf.as_slice()[0]).unwrap();
         assert_eq!((first_byte(1), first_byte(2), first_byte(3)), (0x81, 0x13, 0x80));

@@ -1,21 +1,35 @@
-//! The file backend: a volume in a regular file or on a block device, read with `pread`.
+//! The file backend: a volume in a regular file or on a block device.
 //!
-//! Reads are done synchronously at submission and their completions queued, so the caller
-//! drives it exactly like an asynchronous device (submit, then poll). The file is opened
-//! read-only with `O_DIRECT` so reads bypass the page cache like the NVMe driver does; file
-//! systems that refuse `O_DIRECT` (tmpfs) fall back to buffered reads with a warning.
+//! Reads go through io_uring ([`super::uring`]): queued at submission, handed to the kernel
+//! together at the next poll and reaped there, so the core goes on while the medium works,
+//! as with the NVMe driver. Where io_uring is missing or refused it falls back, with a
+//! warning, to a synchronous `pread` at submission whose completion is queued, which the
+//! caller drives the same way (submit, then poll). The file is opened read-only with
+//! `O_DIRECT` so reads bypass the page cache like the NVMe driver does; file systems that
+//! refuse `O_DIRECT` fall back to buffered reads with a warning.
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+use super::uring::UringReads;
 use super::{Completion, DmaBuf, DmaPool, Storage, StorageCounters, StorageError};
 
 /// Read granularity and alignment of the file backend.
 pub const FILE_BLOCK_SIZE: usize = 4096;
-/// Completions queued and not yet polled, at most.
+/// Reads in flight (or, with `pread`, completions not yet polled), at most.
 pub const FILE_QUEUE_DEPTH: usize = 64;
+
+/// How the file backend reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileIo {
+    /// io_uring, falling back to `pread` where the kernel refuses it.
+    Async,
+    /// `pread` at submission: every read finished before `submit_read` returns.
+    Synchronous,
+}
 
 /// A volume file or block device opened for block reads.
 ///
@@ -23,10 +37,14 @@ pub const FILE_QUEUE_DEPTH: usize = 64;
 /// (unaligned, out of range) and failed reads. A full queue is back-pressure, not an error.
 #[derive(Debug)]
 pub struct FileStorage {
+    /// The io_uring reads, or `None` for `pread`. Declared before `file` so that it drops
+    /// first: dropping waits for reads in flight, whose queued entries name the descriptor.
+    ring: Option<UringReads>,
     file: File,
     /// Bytes in the file (or on the device) when it was opened.
     capacity: u64,
     direct: bool,
+    /// With `pread`: finished reads not yet polled.
     done: VecDeque<Completion>,
     counters: StorageCounters,
     /// With [`FileStorage::time_device`]: nanoseconds spent in `pread`, the part that stands
@@ -35,8 +53,14 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
-    /// Opens `path` (a regular file or a block device) read-only.
+    /// Opens `path` (a regular file or a block device) read-only, for reads through
+    /// io_uring where the kernel allows it.
     pub fn open(path: &Path) -> Result<FileStorage, StorageError> {
+        FileStorage::open_with(path, FileIo::Async)
+    }
+
+    /// Opens `path` read-only, reading as `io` says.
+    pub fn open_with(path: &Path, io: FileIo) -> Result<FileStorage, StorageError> {
         // Check the type first: O_DIRECT on a directory also fails with EINVAL.
         let file_type = std::fs::metadata(path).map_err(|e| open_error(path, e))?.file_type();
         if !file_type.is_file() && !file_type.is_block_device() {
@@ -60,14 +84,39 @@ impl FileStorage {
         } else {
             return Err(not_a_medium(path));
         };
+        let ring = match io {
+            FileIo::Synchronous => None,
+            // A read of a file in memory is a copy by the core whichever way it goes, and
+            // io_uring cannot do it without blocking (tmpfs has no non-blocking reads): it
+            // hands each one to a kernel worker thread, which shares the pinned core with
+            // the pipeline. pread copies in place, without the two context switches.
+            FileIo::Async if in_memory(&file) => None,
+            FileIo::Async => match UringReads::new(file.as_raw_fd(), FILE_QUEUE_DEPTH) {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    log::warn!("{}: io_uring unavailable ({e}), reading with pread, one read at a time", path.display());
+                    None
+                }
+            },
+        };
         Ok(FileStorage {
             file,
             capacity,
             direct,
+            ring,
             done: VecDeque::with_capacity(FILE_QUEUE_DEPTH),
             counters: StorageCounters::default(),
             device_ns: None,
         })
+    }
+
+    /// How reads are done: [`FileIo::Async`] when through io_uring.
+    pub fn io(&self) -> FileIo {
+        if self.ring.is_some() {
+            FileIo::Async
+        } else {
+            FileIo::Synchronous
+        }
     }
 
     /// Whether reads bypass the page cache (`O_DIRECT`).
@@ -108,6 +157,22 @@ impl FileStorage {
 fn open_read_only(path: &Path, direct: bool) -> io::Result<File> {
     let flags = if direct { libc::O_DIRECT } else { 0 };
     OpenOptions::new().read(true).custom_flags(flags | libc::O_CLOEXEC).open(path)
+}
+
+/// Whether `file` lives on a file system kept in memory (tmpfs, ramfs).
+fn in_memory(file: &File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs writes at most one statfs into the pointer it is given, which points
+    // at one; the descriptor is open for the call.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs returned 0, so it filled the struct (and zeroed() made every byte valid).
+    let kind = unsafe { st.assume_init() }.f_type as i64;
+    kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
 }
 
 fn not_a_medium(path: &Path) -> StorageError {
@@ -158,6 +223,9 @@ impl Storage for FileStorage {
             self.counters.errors += 1;
             return Err((StorageError::OutOfRange { offset, len, capacity: self.capacity }, buf));
         }
+        if let Some(ring) = &mut self.ring {
+            return ring.submit(tag, offset, len, buf);
+        }
         if self.done.len() >= FILE_QUEUE_DEPTH {
             return Err((StorageError::QueueFull, buf));
         }
@@ -181,13 +249,43 @@ impl Storage for FileStorage {
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
-        let n = self.done.len();
-        out.extend(self.done.drain(..));
-        n
+        let Some(ring) = &mut self.ring else {
+            let n = self.done.len();
+            out.extend(self.done.drain(..));
+            return n;
+        };
+        // The system call stands for the device: for a file in memory the kernel copies the
+        // bytes in it, as a drive's DMA would.
+        let t0 = self.device_ns.map(|_| std::time::Instant::now());
+        let submitted = ring.submit_queued();
+        if let (Some(t0), Some(d)) = (t0, &mut self.device_ns) {
+            *d += t0.elapsed().as_nanos() as u64;
+        }
+        if let Err(e) = submitted {
+            // EAGAIN/EBUSY (the kernel short of memory or of completion room) or EINTR:
+            // the reads stay queued and go with the next poll.
+            log::debug!("file storage: io_uring submission deferred: {e}");
+        }
+        let n = out.len();
+        let counters = &mut self.counters;
+        ring.reap(self.capacity, |c, len| {
+            match &c.result {
+                Ok(()) => {
+                    counters.reads += 1;
+                    counters.read_bytes += len as u64;
+                }
+                Err(e) => {
+                    log::warn!("file storage: {e}");
+                    counters.errors += 1;
+                }
+            }
+            out.push(c);
+        });
+        out.len() - n
     }
 
     fn in_flight(&self) -> usize {
-        self.done.len()
+        self.ring.as_ref().map_or(self.done.len(), UringReads::in_flight)
     }
 
     fn counters(&self) -> StorageCounters {
@@ -216,119 +314,136 @@ mod tests {
         (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
     }
 
+    /// Both ways of reading: every test that reads runs with each.
+    const BOTH: [FileIo; 2] = [FileIo::Async, FileIo::Synchronous];
+
     fn read_one(s: &mut FileStorage, pool: &DmaPool, offset: u64, len: usize) -> Completion {
         let buf = pool.alloc().unwrap();
         s.submit_read(9, offset, len, buf).map_err(|(e, _)| e).unwrap();
         assert_eq!(s.in_flight(), 1);
-        let mut out = Vec::with_capacity(4);
-        assert_eq!(s.poll(&mut out), 1);
+        let mut out = crate::storage::poll_for(s, 1, std::time::Duration::from_secs(10));
+        assert_eq!(out.len(), 1);
         assert_eq!(s.in_flight(), 0);
         out.pop().unwrap()
     }
 
     #[test]
     fn aligned_reads_return_the_bytes() {
-        let data = pattern(5 * 4096);
-        let f = file_with(&data);
-        let mut s = FileStorage::open(f.path()).unwrap();
-        assert_eq!(s.backend(), "file");
-        assert_eq!(s.block_size(), 4096);
-        assert_eq!(s.capacity(), data.len() as u64);
-        let pool = s.dma_pool(3 * 4096, 2).unwrap();
-        let c = read_one(&mut s, &pool, 4096, 2 * 4096);
-        assert_eq!(c.tag, 9);
-        c.result.unwrap();
-        assert_eq!(&c.buf.as_slice()[..8192], &data[4096..3 * 4096]);
-        let counters = s.counters();
-        assert_eq!((counters.reads, counters.read_bytes, counters.errors), (1, 8192, 0));
+        for io in BOTH {
+            let data = pattern(5 * 4096);
+            let f = file_with(&data);
+            let mut s = FileStorage::open_with(f.path(), io).unwrap();
+            assert_eq!(s.backend(), "file");
+            assert_eq!(s.block_size(), 4096);
+            assert_eq!(s.capacity(), data.len() as u64);
+            let pool = s.dma_pool(3 * 4096, 2).unwrap();
+            let c = read_one(&mut s, &pool, 4096, 2 * 4096);
+            assert_eq!(c.tag, 9);
+            c.result.unwrap();
+            assert_eq!(&c.buf.as_slice()[..8192], &data[4096..3 * 4096]);
+            let counters = s.counters();
+            assert_eq!((counters.reads, counters.read_bytes, counters.errors), (1, 8192, 0));
+        }
     }
 
     #[test]
     fn unaligned_reads_are_refused() {
-        let f = file_with(&pattern(4 * 4096));
-        let mut s = FileStorage::open(f.path()).unwrap();
-        let pool = s.dma_pool(8192, 1).unwrap();
-        for (offset, len) in [(1u64, 4096usize), (4096, 100), (0, 3 * 4096)] {
-            let buf = pool.alloc().unwrap();
-            let (e, buf) = s.submit_read(1, offset, len, buf).unwrap_err();
-            assert!(matches!(e, StorageError::Unaligned { .. }), "{offset} {len}: {e:?}");
-            drop(buf);
+        for io in BOTH {
+            let f = file_with(&pattern(4 * 4096));
+            let mut s = FileStorage::open_with(f.path(), io).unwrap();
+            let pool = s.dma_pool(8192, 1).unwrap();
+            for (offset, len) in [(1u64, 4096usize), (4096, 100), (0, 3 * 4096)] {
+                let buf = pool.alloc().unwrap();
+                let (e, buf) = s.submit_read(1, offset, len, buf).unwrap_err();
+                assert!(matches!(e, StorageError::Unaligned { .. }), "{offset} {len}: {e:?}");
+                drop(buf);
+            }
+            assert_eq!(s.in_flight(), 0);
+            assert_eq!(s.counters().errors, 3);
+            assert_eq!(pool.available(), 1, "refused buffers come back");
         }
-        assert_eq!(s.in_flight(), 0);
-        assert_eq!(s.counters().errors, 3);
-        assert_eq!(pool.available(), 1, "refused buffers come back");
     }
 
     #[test]
     fn reads_past_the_end_are_refused() {
-        let f = file_with(&pattern(2 * 4096));
-        let mut s = FileStorage::open(f.path()).unwrap();
-        let pool = s.dma_pool(8192, 1).unwrap();
-        for (offset, len) in [(2 * 4096u64, 4096usize), (4096, 8192), (u64::MAX - 4095, 4096)] {
-            let (e, buf) = s.submit_read(1, offset, len, pool.alloc().unwrap()).unwrap_err();
-            assert!(matches!(e, StorageError::OutOfRange { .. }), "{offset} {len}: {e:?}");
-            drop(buf);
+        for io in BOTH {
+            let f = file_with(&pattern(2 * 4096));
+            let mut s = FileStorage::open_with(f.path(), io).unwrap();
+            let pool = s.dma_pool(8192, 1).unwrap();
+            for (offset, len) in [(2 * 4096u64, 4096usize), (4096, 8192), (u64::MAX - 4095, 4096)] {
+                let (e, buf) = s.submit_read(1, offset, len, pool.alloc().unwrap()).unwrap_err();
+                assert!(matches!(e, StorageError::OutOfRange { .. }), "{offset} {len}: {e:?}");
+                drop(buf);
+            }
+            assert_eq!(s.in_flight(), 0);
         }
-        assert_eq!(s.in_flight(), 0);
     }
 
     #[test]
     fn tail_of_a_partial_last_block_reads_as_zeros() {
-        let data = pattern(4096 + 100);
-        let f = file_with(&data);
-        let mut s = FileStorage::open(f.path()).unwrap();
-        let pool = s.dma_pool(8192, 1).unwrap();
-        {
-            // Dirty the buffer first so the zeros must come from the read.
-            let mut b = pool.alloc().unwrap();
-            b.as_mut_slice().fill(0xAA);
+        for io in BOTH {
+            let data = pattern(4096 + 100);
+            let f = file_with(&data);
+            let mut s = FileStorage::open_with(f.path(), io).unwrap();
+            let pool = s.dma_pool(8192, 1).unwrap();
+            {
+                // Dirty the buffer first so the zeros must come from the read.
+                let mut b = pool.alloc().unwrap();
+                b.as_mut_slice().fill(0xAA);
+            }
+            let c = read_one(&mut s, &pool, 0, 8192);
+            c.result.as_ref().unwrap();
+            let got = c.buf.as_slice();
+            assert_eq!(&got[..data.len()], &data[..]);
+            assert!(got[data.len()..8192].iter().all(|&b| b == 0));
+            // A block wholly past the end is still refused.
+            drop(c);
+            let (e, _) = s.submit_read(1, 8192, 4096, pool.alloc().unwrap()).unwrap_err();
+            assert!(matches!(e, StorageError::OutOfRange { .. }));
         }
-        let c = read_one(&mut s, &pool, 0, 8192);
-        c.result.as_ref().unwrap();
-        let got = c.buf.as_slice();
-        assert_eq!(&got[..data.len()], &data[..]);
-        assert!(got[data.len()..8192].iter().all(|&b| b == 0));
-        // A block wholly past the end is still refused.
-        drop(c);
-        let (e, _) = s.submit_read(1, 8192, 4096, pool.alloc().unwrap()).unwrap_err();
-        assert!(matches!(e, StorageError::OutOfRange { .. }));
     }
 
     #[test]
     fn queue_is_bounded() {
-        let f = file_with(&pattern(4096));
-        let mut s = FileStorage::open(f.path()).unwrap();
-        let pool = s.dma_pool(4096, FILE_QUEUE_DEPTH + 1).unwrap();
-        for tag in 0..FILE_QUEUE_DEPTH as u64 {
-            s.submit_read(tag, 0, 4096, pool.alloc().unwrap()).map_err(|(e, _)| e).unwrap();
+        for io in BOTH {
+            let f = file_with(&pattern(4096));
+            let mut s = FileStorage::open_with(f.path(), io).unwrap();
+            let pool = s.dma_pool(4096, FILE_QUEUE_DEPTH + 1).unwrap();
+            for tag in 0..FILE_QUEUE_DEPTH as u64 {
+                s.submit_read(tag, 0, 4096, pool.alloc().unwrap()).map_err(|(e, _)| e).unwrap();
+            }
+            assert_eq!(s.in_flight(), FILE_QUEUE_DEPTH);
+            let (e, buf) = s.submit_read(99, 0, 4096, pool.alloc().unwrap()).unwrap_err();
+            assert_eq!(e, StorageError::QueueFull);
+            drop(buf);
+            assert_eq!(pool.available(), 1);
+            let mut out = crate::storage::poll_for(&mut s, FILE_QUEUE_DEPTH, std::time::Duration::from_secs(10));
+            assert_eq!(out.len(), FILE_QUEUE_DEPTH);
+            // io_uring may finish them in any order.
+            let mut tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
+            tags.sort_unstable();
+            assert_eq!(tags, (0..FILE_QUEUE_DEPTH as u64).collect::<Vec<_>>());
+            assert!(out.iter().all(|c| c.result.is_ok()));
+            out.clear();
+            s.submit_read(100, 0, 4096, pool.alloc().unwrap()).map_err(|(e, _)| e).unwrap();
         }
-        assert_eq!(s.in_flight(), FILE_QUEUE_DEPTH);
-        let (e, buf) = s.submit_read(99, 0, 4096, pool.alloc().unwrap()).unwrap_err();
-        assert_eq!(e, StorageError::QueueFull);
-        drop(buf);
-        assert_eq!(pool.available(), 1);
-        let mut out = Vec::with_capacity(FILE_QUEUE_DEPTH);
-        assert_eq!(s.poll(&mut out), FILE_QUEUE_DEPTH);
-        let tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
-        assert_eq!(tags, (0..FILE_QUEUE_DEPTH as u64).collect::<Vec<_>>());
-        assert!(out.iter().all(|c| c.result.is_ok()));
-        out.clear();
-        s.submit_read(100, 0, 4096, pool.alloc().unwrap()).map_err(|(e, _)| e).unwrap();
     }
 
     #[test]
     fn a_file_that_shrinks_after_open_gives_an_error_completion() {
-        let f = file_with(&pattern(3 * 4096));
-        let mut s = FileStorage::open(f.path()).unwrap();
-        f.as_file().set_len(4096).unwrap();
-        let pool = s.dma_pool(8192, 1).unwrap();
-        let c = read_one(&mut s, &pool, 4096, 8192);
-        assert!(matches!(c.result, Err(StorageError::Short { got: 0, want: 8192 })), "{:?}", c.result);
-        assert_eq!(s.counters().errors, 1);
-        assert_eq!(s.counters().reads, 0);
-        drop(c);
-        assert!(s.dma_pool(usize::MAX / 2, 4).is_err());
-        assert!(s.dma_pool(4096, 0).is_err());
+        for io in BOTH {
+            let f = file_with(&pattern(3 * 4096));
+            let mut s = FileStorage::open_with(f.path(), io).unwrap();
+            f.as_file().set_len(4096).unwrap();
+            let pool = s.dma_pool(8192, 1).unwrap();
+            let c = read_one(&mut s, &pool, 4096, 8192);
+            assert!(matches!(c.result, Err(StorageError::Short { got: 0, want: 8192 })), "{:?}", c.result);
+            assert_eq!(s.counters().errors, 1);
+            assert_eq!(s.counters().reads, 0);
+            drop(c);
+            assert!(s.dma_pool(usize::MAX / 2, 4).is_err());
+            assert!(s.dma_pool(4096, 0).is_err());
+        }
     }
 
     #[test]
@@ -340,17 +455,89 @@ mod tests {
 
     #[test]
     fn tmpfs_files_are_readable() {
-        let shm = Path::new("/dev/shm");
-        if !shm.is_dir() {
-            return;
+        for io in BOTH {
+            let shm = Path::new("/dev/shm");
+            if !shm.is_dir() {
+                return;
+            }
+            let data = pattern(4096);
+            let mut f = tempfile::NamedTempFile::new_in(shm).unwrap();
+            f.write_all(&data).unwrap();
+            let mut s = FileStorage::open_with(f.path(), io).unwrap();
+            let pool = s.dma_pool(4096, 1).unwrap();
+            let c = read_one(&mut s, &pool, 0, 4096);
+            c.result.unwrap();
+            assert_eq!(c.buf.as_slice(), &data[..]);
         }
-        let data = pattern(4096);
-        let mut f = tempfile::NamedTempFile::new_in(shm).unwrap();
-        f.write_all(&data).unwrap();
-        let mut s = FileStorage::open(f.path()).unwrap();
-        let pool = s.dma_pool(4096, 1).unwrap();
-        let c = read_one(&mut s, &pool, 0, 4096);
-        c.result.unwrap();
-        assert_eq!(c.buf.as_slice(), &data[..]);
+    }
+
+    /// Whether this kernel lets processes use io_uring (`kernel.io_uring_disabled` 0).
+    fn io_uring_allowed() -> bool {
+        std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "0")
+    }
+
+    #[test]
+    fn disk_files_are_read_through_io_uring_and_files_in_memory_with_pread() {
+        let f = file_with(&pattern(4096));
+        let s = FileStorage::open(f.path()).unwrap();
+        if io_uring_allowed() && !in_memory(f.as_file()) {
+            assert_eq!(s.io(), FileIo::Async);
+        }
+        assert_eq!(FileStorage::open_with(f.path(), FileIo::Synchronous).unwrap().io(), FileIo::Synchronous);
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            let g = tempfile::NamedTempFile::new_in(shm).unwrap();
+            assert!(in_memory(g.as_file()));
+            assert_eq!(FileStorage::open(g.path()).unwrap().io(), FileIo::Synchronous);
+        }
+    }
+
+    /// A full queue of 64 KiB reads at scattered offsets: every buffer holds its own bytes,
+    /// and the next round reuses the buffers (nothing held back by the ring).
+    #[test]
+    fn a_full_queue_of_scattered_reads_returns_each_its_bytes() {
+        const LEN: usize = 64 << 10;
+        let blocks = 1024;
+        let data = pattern(blocks * 4096);
+        let f = file_with(&data);
+        for io in BOTH {
+            let mut s = FileStorage::open_with(f.path(), io).unwrap();
+            let pool = s.dma_pool(LEN, FILE_QUEUE_DEPTH).unwrap();
+            for round in 0..3u64 {
+                let offset = |tag: u64| (tag * 37 + round * 11) % (blocks as u64 - 16) * 4096;
+                for tag in 0..FILE_QUEUE_DEPTH as u64 {
+                    s.submit_read(tag, offset(tag), LEN, pool.alloc().unwrap()).map_err(|(e, _)| e).unwrap();
+                }
+                let out = crate::storage::poll_for(&mut s, FILE_QUEUE_DEPTH, std::time::Duration::from_secs(10));
+                assert_eq!(out.len(), FILE_QUEUE_DEPTH, "{io:?}");
+                for c in &out {
+                    c.result.as_ref().unwrap();
+                    let at = offset(c.tag) as usize;
+                    assert!(c.buf.as_slice()[..LEN] == data[at..at + LEN], "{io:?}: read {} at {at}", c.tag);
+                }
+            }
+            assert_eq!(s.counters().reads, 3 * FILE_QUEUE_DEPTH as u64);
+            assert_eq!(pool.available(), FILE_QUEUE_DEPTH);
+        }
+    }
+
+    /// Dropping the backend with reads in flight waits for them: the buffers come back and
+    /// the kernel writes into none after that.
+    #[test]
+    fn dropping_the_backend_with_reads_in_flight_gives_the_buffers_back() {
+        let f = file_with(&pattern(256 * 4096));
+        for io in BOTH {
+            let mut s = FileStorage::open_with(f.path(), io).unwrap();
+            let pool = s.dma_pool(64 << 10, FILE_QUEUE_DEPTH).unwrap();
+            for tag in 0..FILE_QUEUE_DEPTH as u64 {
+                s.submit_read(tag, tag % 16 * (64 << 10), 64 << 10, pool.alloc().unwrap()).map_err(|(e, _)| e).unwrap();
+            }
+            // Handed to the kernel by one poll; most still in flight when dropped.
+            let mut out = Vec::with_capacity(FILE_QUEUE_DEPTH);
+            s.poll(&mut out);
+            drop(out);
+            drop(s);
+            assert_eq!(pool.available(), FILE_QUEUE_DEPTH, "{io:?}");
+        }
     }
 }

@@ -9,10 +9,11 @@ pub mod dma;
 pub mod drives;
 pub mod file;
 pub mod nvme;
+mod uring;
 
 pub use dma::{DeviceHolds, DmaBuf, DmaPool, RegionLease};
 pub use drives::{Backend, Drives, Unavailable};
-pub use file::FileStorage;
+pub use file::{FileIo, FileStorage};
 
 /// Why a read did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,4 +115,17 @@ pub trait Storage {
     fn drive_backend(&self, _drive: usize) -> &'static str {
         self.backend()
     }
+}
+
+/// Poll `s` until `n` reads finished or `limit` passed; what finished (tests).
+#[cfg(test)]
+pub(crate) fn poll_for<S: Storage>(s: &mut S, n: usize, limit: std::time::Duration) -> Vec<Completion> {
+    let mut out = Vec::with_capacity(64);
+    let start = std::time::Instant::now();
+    while out.len() < n && start.elapsed() < limit {
+        if s.poll(&mut out) == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    out
 }
