@@ -171,6 +171,7 @@ fn in_memory(file: &File) -> bool {
         return false;
     }
     // SAFETY: fstatfs returned 0, so it filled the struct (and zeroed() made every byte valid).
+    #[allow(clippy::unnecessary_cast)] // f_type is i64 here, narrower on other targets
     let kind = unsafe { st.assume_init() }.f_type as i64;
     kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
 }
