@@ -255,17 +255,18 @@ impl Storage for FileStorage {
             out.extend(self.done.drain(..));
             return n;
         };
-        // The system call stands for the device: for a file in memory the kernel copies the
-        // bytes in it, as a drive's DMA would.
-        let t0 = self.device_ns.map(|_| std::time::Instant::now());
-        let submitted = ring.submit_queued();
-        if let (Some(t0), Some(d)) = (t0, &mut self.device_ns) {
-            *d += t0.elapsed().as_nanos() as u64;
-        }
-        if let Err(e) = submitted {
-            // EAGAIN/EBUSY (the kernel short of memory or of completion room) or EINTR:
-            // the reads stay queued and go with the next poll.
-            log::debug!("file storage: io_uring submission deferred: {e}");
+        if ring.has_queued() {
+            // The system call stands for the device's doorbell and command processing.
+            let t0 = self.device_ns.map(|_| std::time::Instant::now());
+            let submitted = ring.submit_queued();
+            if let (Some(t0), Some(d)) = (t0, &mut self.device_ns) {
+                *d += t0.elapsed().as_nanos() as u64;
+            }
+            if let Err(e) = submitted {
+                // EAGAIN/EBUSY (the kernel short of memory or of completion room) or EINTR:
+                // the reads stay queued and go with the next poll.
+                log::debug!("file storage: io_uring submission deferred: {e}");
+            }
         }
         let n = out.len();
         let counters = &mut self.counters;

@@ -62,6 +62,11 @@ impl UringReads {
         })
     }
 
+    /// Whether reads wait in the submission ring for [`UringReads::submit_queued`].
+    pub(crate) fn has_queued(&self) -> bool {
+        self.queued > 0
+    }
+
     pub(crate) fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len()
     }
