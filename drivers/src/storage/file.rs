@@ -255,7 +255,7 @@ impl Storage for FileStorage {
             out.extend(self.done.drain(..));
             return n;
         };
-        if ring.has_queued() {
+        if ring.needs_enter() {
             // The system call stands for the device's doorbell and command processing.
             let t0 = self.device_ns.map(|_| std::time::Instant::now());
             let submitted = ring.submit_queued();

@@ -51,7 +51,11 @@ impl UringReads {
     /// A ring for reads of `fd`, which must stay open while this lives. Fails where the
     /// kernel has no io_uring or refuses it (`kernel.io_uring_disabled`, seccomp).
     pub(crate) fn new(fd: RawFd, depth: usize) -> std::io::Result<UringReads> {
-        let ring = IoUring::new(depth.next_power_of_two() as u32)?;
+        let entries = depth.next_power_of_two() as u32;
+        // Completions are not pushed at the core by interrupting it: the kernel raises a flag
+        // in the ring instead and the next poll collects them (Linux 5.19 and later; older
+        // kernels interrupt the task as by default).
+        let ring = IoUring::builder().setup_coop_taskrun().setup_taskrun_flag().build(entries).or_else(|_| IoUring::new(entries))?;
         Ok(UringReads {
             ring,
             fd,
@@ -62,9 +66,10 @@ impl UringReads {
         })
     }
 
-    /// Whether reads wait in the submission ring for [`UringReads::submit_queued`].
-    pub(crate) fn has_queued(&self) -> bool {
-        self.queued > 0
+    /// Whether there is work for [`UringReads::submit_queued`]: reads queued in the
+    /// submission ring, or finished reads the kernel will post on the next entry.
+    pub(crate) fn needs_enter(&mut self) -> bool {
+        self.queued > 0 || self.ring.submission().taskrun()
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -102,12 +107,9 @@ impl UringReads {
         self.queued += 1;
     }
 
-    /// Hand queued reads to the kernel. Returns the error of the system call, if any; the
-    /// entries then stay queued and go with the next call.
+    /// Hand queued reads to the kernel and let it post finished ones. Returns the error of
+    /// the system call, if any; the entries then stay queued and go with the next call.
     pub(crate) fn submit_queued(&mut self) -> std::io::Result<()> {
-        if self.queued == 0 {
-            return Ok(());
-        }
         let taken = self.ring.submit()?;
         self.queued -= taken.min(self.queued);
         Ok(())
