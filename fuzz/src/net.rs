@@ -117,7 +117,7 @@ impl Fuzz {
     /// client's stack does not reset them. Returns whether anything happened.
     fn step(&mut self, advance: bool) -> bool {
         let now = self.now();
-        let busy_server = self.h.server.poll(now);
+        let busy_server = self.h.server.poll(now).busy();
         let got = self.h.client_nic.rx_burst(&mut self.rx, RX_BURST);
         for f in self.rx.drain(..) {
             let bytes = f.bytes();
