@@ -2,9 +2,9 @@
 //!
 //! Reads go through io_uring ([`super::uring`]): queued at submission, handed to the kernel
 //! together at the next poll and reaped there, so the core goes on while the medium works,
-//! as with the NVMe driver. Where io_uring is missing or refused it falls back, with a
-//! warning, to a synchronous `pread` at submission whose completion is queued, which the
-//! caller drives the same way (submit, then poll). The file is opened read-only with
+//! as with the NVMe driver. Files in memory (tmpfs, ramfs), and any file where io_uring is
+//! missing or refused (with a warning), are read with a synchronous `pread` at submission
+//! whose completion is queued, which the caller drives the same way (submit, then poll). The file is opened read-only with
 //! `O_DIRECT` so reads bypass the page cache like the NVMe driver does; file systems that
 //! refuse `O_DIRECT` fall back to buffered reads with a warning.
 use std::collections::VecDeque;
@@ -25,7 +25,7 @@ pub const FILE_QUEUE_DEPTH: usize = 64;
 /// How the file backend reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileIo {
-    /// io_uring, falling back to `pread` where the kernel refuses it.
+    /// io_uring; `pread` where the kernel refuses it, and for files on tmpfs or ramfs.
     Async,
     /// `pread` at submission: every read finished before `submit_read` returns.
     Synchronous,
@@ -47,8 +47,9 @@ pub struct FileStorage {
     /// With `pread`: finished reads not yet polled.
     done: VecDeque<Completion>,
     counters: StorageCounters,
-    /// With [`FileStorage::time_device`]: nanoseconds spent in `pread`, the part that stands
-    /// for the device (an NVMe drive moves the bytes by DMA while the core goes on).
+    /// With [`FileStorage::time_device`]: nanoseconds spent in `pread` or in handing reads to
+    /// io_uring, the part that stands for the device (an NVMe drive moves the bytes by DMA
+    /// while the core goes on).
     device_ns: Option<u64>,
 }
 
@@ -176,6 +177,20 @@ fn in_memory(file: &File) -> bool {
     kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
 }
 
+/// A finished read of `len` bytes in the counters (and a failed one in the log).
+fn count_read(counters: &mut StorageCounters, result: &Result<(), StorageError>, len: usize) {
+    match result {
+        Ok(()) => {
+            counters.reads += 1;
+            counters.read_bytes += len as u64;
+        }
+        Err(e) => {
+            log::warn!("file storage: {e}");
+            counters.errors += 1;
+        }
+    }
+}
+
 fn not_a_medium(path: &Path) -> StorageError {
     StorageError::Device(format!("{}: not a regular file or block device", path.display()))
 }
@@ -235,16 +250,7 @@ impl Storage for FileStorage {
         if let (Some(t0), Some(d)) = (t0, &mut self.device_ns) {
             *d += t0.elapsed().as_nanos() as u64;
         }
-        match &result {
-            Ok(()) => {
-                self.counters.reads += 1;
-                self.counters.read_bytes += len as u64;
-            }
-            Err(e) => {
-                log::warn!("file storage: {e}");
-                self.counters.errors += 1;
-            }
-        }
+        count_read(&mut self.counters, &result, len);
         self.done.push_back(Completion { tag, buf, result });
         Ok(())
     }
@@ -271,16 +277,7 @@ impl Storage for FileStorage {
         let n = out.len();
         let counters = &mut self.counters;
         ring.reap(self.capacity, |c, len| {
-            match &c.result {
-                Ok(()) => {
-                    counters.reads += 1;
-                    counters.read_bytes += len as u64;
-                }
-                Err(e) => {
-                    log::warn!("file storage: {e}");
-                    counters.errors += 1;
-                }
-            }
+            count_read(counters, &c.result, len);
             out.push(c);
         });
         out.len() - n
@@ -294,7 +291,8 @@ impl Storage for FileStorage {
         self.counters
     }
 
-    /// Nanoseconds spent reading since [`FileStorage::time_device`] (0 before).
+    /// Nanoseconds spent reading (or handing reads to io_uring) since
+    /// [`FileStorage::time_device`] (0 before).
     fn device_ns(&self) -> u64 {
         self.device_ns.unwrap_or(0)
     }
