@@ -8,7 +8,10 @@
 //! up to a few seconds, then healed), and clients that walk away mid-transfer (RST, or FIN and
 //! ignore the rest) and then fetch again on a new connection. Initial sequence numbers come
 //! from the seed too, half the seeds just below 2^32 so that every stream wraps. Both stacks
-//! run CUBIC on even seeds and NewReno on odd ones, paced except on one seed in four.
+//! run CUBIC on even seeds and NewReno on odd ones, paced except on one seed in four. Storage
+//! reads finish in the next poll, or up to 2 or 8 polls late and out of order (a third of the
+//! seeds each), as through io_uring or NVMe; on one seed in four the storage queue takes two
+//! reads at a time and refuses more (`QueueFull`).
 //!
 //! Checked per seed: every fetch finishes; every finished one is byte-exact (SHA-256 of the
 //! expected slice, status 200/206/404/416 as due); every aborted one got exactly the prefix it
@@ -32,10 +35,69 @@ use std::time::Duration;
 use appliance::loopback::{Abort, Fetch, FetchRequest, SimHarness};
 use appliance::net::tcp::CongestionControl;
 use drivers::nic::sim::SimConfig;
-use drivers::storage::FileStorage;
+use drivers::storage::{Completion, DmaBuf, DmaPool, FileIo, FileStorage, Storage, StorageCounters, StorageError};
 use sha2::{Digest, Sha256};
 
 const MS: Duration = Duration::from_millis(1);
+
+/// The file backend read synchronously (so that a seed stays a pure function of its number),
+/// with each completion held back for a seeded number of polls, 0 to `max_delay`: reads
+/// finish late and out of order, as through io_uring or NVMe, the same way every time.
+struct DelayedReads {
+    inner: FileStorage,
+    rng: Rng,
+    max_delay: u64,
+    /// Reads in flight at most: more are refused with `QueueFull`, as a full device queue.
+    queue_depth: usize,
+    /// Completions held back, with the polls left before they are handed out.
+    held: Vec<(u64, Completion)>,
+}
+
+impl Storage for DelayedReads {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    fn capacity(&self) -> u64 {
+        self.inner.capacity()
+    }
+    fn block_size(&self) -> usize {
+        self.inner.block_size()
+    }
+    fn dma_pool(&mut self, buf_size: usize, count: usize) -> Result<DmaPool, StorageError> {
+        self.inner.dma_pool(buf_size, count)
+    }
+    fn submit_read(&mut self, tag: u64, offset: u64, len: usize, buf: DmaBuf) -> Result<(), (StorageError, DmaBuf)> {
+        if self.in_flight() >= self.queue_depth {
+            return Err((StorageError::QueueFull, buf));
+        }
+        self.inner.submit_read(tag, offset, len, buf)
+    }
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        let before = out.len();
+        let mut done = Vec::new();
+        self.inner.poll(&mut done);
+        for c in done {
+            let delay = if self.max_delay == 0 { 0 } else { self.rng.range(0, self.max_delay) };
+            self.held.push((delay, c));
+        }
+        let mut i = 0;
+        while i < self.held.len() {
+            if self.held[i].0 == 0 {
+                out.push(self.held.swap_remove(i).1);
+            } else {
+                self.held[i].0 -= 1;
+                i += 1;
+            }
+        }
+        out.len() - before
+    }
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight() + self.held.len()
+    }
+    fn counters(&self) -> StorageCounters {
+        self.inner.counters()
+    }
+}
 
 /// The files of the volume: name and size (record and block boundaries, empty, one byte).
 const FILES: &[(&str, usize)] = &[
@@ -212,7 +274,7 @@ fn sha(data: &[u8]) -> [u8; 32] {
 
 /// Moves the clock to the next thing that can happen: a frame falling due, a connection
 /// timer (rounded up past its wheel tick), or a scheduled event of the scenario.
-fn idle_advance(h: &mut SimHarness<FileStorage>, extra: Option<Duration>) {
+fn idle_advance(h: &mut SimHarness<DelayedReads>, extra: Option<Duration>) {
     let now = h.clock.now();
     let tick = |ns: u64| Duration::from_nanos((ns / 1_000_000 + 1) * 1_000_000);
     let mut next = [h.client_nic.next_due(), h.server.nic.next_due(), extra].into_iter().flatten().min();
@@ -254,8 +316,13 @@ fn run_seed(seed: u64, verbose: bool) -> Result<SeedReport, String> {
     let wrap = rng.chance(0.5);
     let (iss_seed_s, iss_seed_c) = (rng.next(), rng.next());
 
-    let mut storage = FileStorage::open(&sh.vol).map_err(|e| e.to_string())?;
+    let mut storage = FileStorage::open_with(&sh.vol, FileIo::Synchronous).map_err(|e| e.to_string())?;
     let volume = appliance::volume::load(&mut storage).map_err(|e| e.to_string())?;
+    // Reads finish up to 0, 2 or 8 polls late, from the seed's low bits like the choices below.
+    let max_delay = [0, 2, 8][(seed / 8 % 3) as usize];
+    // And the queue is full at 64 reads, or at 2 on one seed in four.
+    let queue_depth = if (seed / 24).is_multiple_of(4) { 2 } else { 64 };
+    let storage = DelayedReads { inner: storage, rng: Rng(seed ^ 0xde1a_7ed0), max_delay, queue_depth, held: Vec::new() };
     // ARP on a clean link; the faults start with the first connection.
     let mut h = SimHarness::with_limits(storage, volume, SimConfig::default(), SimConfig::default(), buffers, 256, 256);
     h.enable_tls(sh.tls.0.clone(), sh.tls.1.clone());
@@ -384,7 +451,7 @@ fn run_seed(seed: u64, verbose: bool) -> Result<SeedReport, String> {
 
     // Let TIME-WAIT and the timeouts pass; then nothing may be left anywhere.
     let drain_end = h.clock.now() + Duration::from_secs(300);
-    let clean = |h: &SimHarness<FileStorage>| {
+    let clean = |h: &SimHarness<DelayedReads>| {
         h.server.stack.connection_count() == 0 && h.client.connection_count() == 0 && h.server.app.buffers_free() == buffers && h.server.app.reads_in_flight() == 0
     };
     while !clean(&h) && h.clock.now() < drain_end {
