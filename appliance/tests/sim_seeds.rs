@@ -26,6 +26,7 @@
 //!   APL_SIM_SEEDS=N       run seeds 0..N (default 1000), e.g. 100000 for a long soak
 //!   APL_SIM_FIRST=K       start at seed K instead of 0
 //!   APL_SIM_THREADS=T     worker threads (default: available parallelism)
+//!   APL_SIM_DELAYS=A,B,C  largest storage completion delays in polls (default 0,2,8)
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -319,7 +320,7 @@ fn run_seed(seed: u64, verbose: bool) -> Result<SeedReport, String> {
     let mut storage = FileStorage::open_with(&sh.vol, FileIo::Synchronous).map_err(|e| e.to_string())?;
     let volume = appliance::volume::load(&mut storage).map_err(|e| e.to_string())?;
     // Reads finish up to 0, 2 or 8 polls late, from the seed's low bits like the choices below.
-    let max_delay = [0, 2, 8][(seed / 8 % 3) as usize];
+    let max_delay = delays()[(seed / 8 % 3) as usize];
     // And the queue is full at 64 reads, or at 2 on one seed in four.
     let queue_depth = if (seed / 24).is_multiple_of(4) { 2 } else { 64 };
     let storage = DelayedReads { inner: storage, rng: Rng(seed ^ 0xde1a_7ed0), max_delay, queue_depth, held: Vec::new() };
@@ -482,6 +483,19 @@ fn run_seed(seed: u64, verbose: bool) -> Result<SeedReport, String> {
     report.retransmits = h.server.stats().tcp_retransmits;
     report.virtual_secs = h.clock.now().as_secs_f64();
     Ok(report)
+}
+
+/// The three largest completion delays, in polls, that seeds draw from: `APL_SIM_DELAYS`
+/// (three comma-separated numbers), 0, 2 and 8 by default.
+fn delays() -> [u64; 3] {
+    static D: OnceLock<[u64; 3]> = OnceLock::new();
+    *D.get_or_init(|| match std::env::var("APL_SIM_DELAYS") {
+        Err(_) => [0, 2, 8],
+        Ok(v) => {
+            let n: Vec<u64> = v.split(',').map(|x| x.trim().parse().unwrap_or_else(|_| panic!("APL_SIM_DELAYS={v:?}: three numbers"))).collect();
+            n.try_into().unwrap_or_else(|_| panic!("APL_SIM_DELAYS={v:?}: three numbers"))
+        }
+    })
 }
 
 fn env_u64(name: &str) -> Option<u64> {
