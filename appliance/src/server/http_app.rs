@@ -260,6 +260,30 @@ pub struct HttpConn {
     head_deadline: Option<Instant>,
 }
 
+/// For diagnostics (the simulation's per-second dumps): spans and states, no bytes.
+impl std::fmt::Debug for HttpConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = |k: &Chunk| match k.state {
+            ChunkState::Free => "free",
+            ChunkState::Pending(_) => "reading",
+            ChunkState::Ready(_) => "ready",
+        };
+        let chunks: Vec<(&str, u64, u64)> = self.chunks.as_deref().map_or_else(Vec::new, |set| set.iter().map(|k| (state(k), k.resp_start, k.index)).collect());
+        let responses: Vec<(u64, u64, usize)> = self.responses.iter().map(|r| (r.start, r.end, r.head_len)).collect();
+        f.debug_struct("HttpConn")
+            .field("rx", &self.rx.as_ref().map(|b| b.len))
+            .field("responses", &responses)
+            .field("chunks", &chunks)
+            .field("stream_len", &self.stream_len)
+            .field("closing", &self.closing)
+            .field("waiting", &self.waiting)
+            .field("rx_waiting", &self.rx_waiting)
+            .field("refused", &self.refused)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
 impl HttpConn {
     fn new(tls: Option<Box<ConnTls>>) -> Self {
         HttpConn {

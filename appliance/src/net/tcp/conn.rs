@@ -238,6 +238,9 @@ pub struct TcpConn {
     tso_max: u32,
     /// The application had no bytes ready at the last try; cleared by [`TcpConn::unblock`].
     app_blocked: bool,
+    /// The segment timed for an RTT sample without timestamps: (stream offset that
+    /// completes it, when it went). During the handshake: (copies of our SYN or SYN-ACK
+    /// sent, when the last went).
     rtt_probe: Option<(u64, Instant)>,
     rto_deadline: Option<Instant>,
     retries: u32,
@@ -681,6 +684,8 @@ impl TcpConn {
                     window: self.rcv_wnd.min(u32::from(u16::MAX)) as u16,
                     options: TcpOptions { mss: Some(self.mss.min(u16::MAX as u32) as u16), ..Default::default() },
                 };
+                let copies = self.rtt_probe.map_or(0, |(n, _)| n);
+                self.rtt_probe = Some((copies + 1, now));
                 if syn_ack {
                     f.options.mss = Some(self.mss as u16);
                     f.options.sack_permitted = self.sack_ok;
@@ -793,6 +798,33 @@ impl TcpConn {
         self.rto = self.srtt + (4 * self.rttvar).max(MS);
     }
 
+    /// The handshake's round trip, taken when it completes (RFC 6298 2.2, RFC 7323 4.1).
+    /// Without it the RTO stays where the SYN's back-off left it, the same for every
+    /// connection that came in together, so their retransmissions would go out in lockstep
+    /// and a short queue would drop the same ones each time. Karn's rule holds: with our SYN
+    /// sent more than once, only an echoed timestamp of its last copy times it (an older echo
+    /// can answer the last copy, as a peer repeats its own SYN-ACK to an old SYN: that
+    /// "sample" would span our back-off). With no sample after a repeated SYN the RTO
+    /// restarts at 3 s (RFC 6298 5.7).
+    fn handshake_rtt(&mut self, cfg: &Config, now: Instant, seg: &SegmentIn) {
+        let Some((copies, last)) = self.rtt_probe.take() else { return };
+        let echoed = if self.ts_ok { seg.timestamp.map(|(_, ecr)| ecr).filter(|&ecr| ecr != 0) } else { None };
+        let sample = match echoed {
+            Some(ecr) if ecr.wrapping_sub(ts_now(last)) as i32 >= 0 => Some(ts_now(now).wrapping_sub(ecr) as u64 * MS).filter(|&r| r < 60 * SEC),
+            Some(_) => None,
+            None if copies == 1 => Some(now.saturating_sub(last)),
+            None => None,
+        };
+        match sample {
+            Some(r) => {
+                self.rtt_sample(r);
+                self.clamp_rto(cfg);
+            }
+            None if self.rto > cfg.init_rto => self.rto = (3 * SEC).max(cfg.init_rto).min(cfg.max_rto),
+            None => {}
+        }
+    }
+
     fn clamp_rto(&mut self, cfg: &Config) {
         self.rto = self.rto.clamp(cfg.min_rto, cfg.max_rto);
     }
@@ -865,6 +897,7 @@ impl TcpConn {
             self.state = State::Established;
             self.rto_deadline = None;
             self.retries = 0;
+            self.handshake_rtt(cfg, now, seg);
             // A SYN-ACK queued again (its timer fired, or the peer repeated its SYN) is moot
             // now; left set, it would keep the connection wanting to send for ever.
             self.syn_pending = false;
@@ -1204,6 +1237,7 @@ impl TcpConn {
         self.state = State::Established;
         self.rto_deadline = None;
         self.retries = 0;
+        self.handshake_rtt(cfg, now, seg);
         self.syn_pending = false; // a SYN queued again by its timer is moot now
         self.ack_pending = true;
         self.last_rx = now;
@@ -1408,6 +1442,20 @@ mod tests {
         std::iter::from_fn(|| s.poll_tx(now, &mut Pattern)).filter(|g| g.payload_len > 0).collect()
     }
 
+    /// Sends from `now` at each pacing deadline until the windows stop it; returns the
+    /// bytes sent (plus `already`, sent before) and when the last went.
+    fn send_window(s: &mut TcpConn, now: Instant, already: usize) -> (usize, Instant) {
+        let mut sent = already;
+        let mut t = now;
+        loop {
+            sent += drain(s, t).iter().map(|g| g.payload_len).sum::<usize>();
+            match s.pacing_deadline() {
+                Some(next) => t = next,
+                None => return (sent, t),
+            }
+        }
+    }
+
     /// ACK everything sent so far in steps of two segments, echoing `sent_at`'s timestamp.
     fn ack_all(s: &mut TcpConn, cfg: &Config, now: Instant, sent_at: Instant) {
         let step = 2 * s.wire_payload() as u64;
@@ -1425,9 +1473,13 @@ mod tests {
         for pacing in [false, true] {
             let cfg = Config { pacing, ..Config::default() };
             let mut s = established(&cfg, t0, 10 << 20);
-            // No RTT sample yet: the initial window goes at once either way.
+            // The handshake gave an RTT sample: paced, the initial window is spread too.
+            assert_eq!(s.srtt, 10 * MS);
             let t1 = t0 + 10 * MS;
-            assert_eq!(drain(&mut s, t1).len(), 10);
+            let first = drain(&mut s, t1);
+            assert_eq!(first.len() == 10, !pacing, "{} of the initial window at once", first.len());
+            let (sent, _) = send_window(&mut s, t1, first.iter().map(|g| g.payload_len).sum());
+            assert_eq!(sent as u64, s.cc.cwnd.min(10 * s.wire_payload() as u64));
             // Its ACKs, 10 ms later: SRTT 10 ms, the window about 20 segments.
             let t2 = t1 + 10 * MS;
             ack_all(&mut s, &cfg, t2, t1);
@@ -1466,9 +1518,9 @@ mod tests {
         let cfg = Config { tso_max_payload: 65535, pacing: true, ..Config::default() };
         let mut s = established(&cfg, t0, 10 << 20);
         let t1 = t0 + 10 * MS;
-        let first = drain(&mut s, t1);
-        assert_eq!(first.len(), 1, "unpaced: the initial window in one offloaded segment");
-        assert_eq!(first[0].payload_len as u64, s.cc.cwnd);
+        let (sent, _) = send_window(&mut s, t1, 0);
+        assert_eq!(sent as u64, s.snd_nxt, "the initial window, paced");
+        assert!(s.snd_nxt >= s.cc.cwnd - s.wire_payload() as u64);
         let t2 = t1 + 10 * MS;
         ack_all(&mut s, &cfg, t2, t1);
         // About 5.8 MB/s: 1 ms is 4 segments.
@@ -1479,7 +1531,9 @@ mod tests {
         // Without pacing the window goes as one segment as large as the port takes.
         let cfg = Config { pacing: false, ..cfg };
         let mut s = established(&cfg, t0, 10 << 20);
-        drain(&mut s, t1);
+        let first = drain(&mut s, t1);
+        assert_eq!(first.len(), 1, "unpaced: the initial window in one offloaded segment");
+        assert_eq!(first[0].payload_len as u64, s.cc.cwnd);
         ack_all(&mut s, &cfg, t2, t1);
         let segs = drain(&mut s, t2);
         assert_eq!(segs.len(), 1);
@@ -1635,6 +1689,73 @@ mod tests {
         assert!(s.on_segment(&cfg, 1, &ack, 256 << 10).established);
         s.ack_pending = true;
         assert_eq!(s.poll_tx(1, &mut Pattern).unwrap().fields.window, 65535);
+    }
+
+    /// The handshake is the first RTT sample, so that connections opened together do not
+    /// share one back-off schedule: from the echoed timestamp even when the SYN-ACK went out
+    /// twice; without timestamps only from a SYN sent once (Karn), else the RTO restarts at
+    /// 3 s (RFC 6298 5.7).
+    #[test]
+    fn the_handshake_is_the_first_rtt_sample() {
+        let cfg = Config::default();
+        let t0 = SEC;
+        // Passive open with timestamps; the ACK echoes the second SYN-ACK, 30 ms after it.
+        let syn = SegmentIn { seq: 5, flags: flags::SYN, window: 65535, mss: Some(1460), timestamp: Some((100, 0)), ..Default::default() };
+        let mut s = TcpConn::accept(&cfg, t0, &syn, 9);
+        s.poll_tx(t0, &mut Pattern).unwrap();
+        let again = s.next_deadline().unwrap();
+        assert!(!s.on_timer(&cfg, again).closed);
+        s.poll_tx(again, &mut Pattern).unwrap();
+        assert_eq!(s.rto, 2 * cfg.init_rto, "backed off");
+        let ack = SegmentIn { seq: 6, ack: Some(10), flags: flags::ACK, window: 65535, timestamp: Some((101, ts_now(again))), ..Default::default() };
+        assert!(s.on_segment(&cfg, again + 30 * MS, &ack, 1000).established);
+        assert_eq!(s.srtt, 30 * MS);
+        assert_eq!(s.rto, cfg.min_rto, "30 ms + 4 x 15 ms, raised to the floor");
+        // The same, but the ACK echoes the first copy: it may answer the second, so no
+        // sample (it would span the back-off), and the RTO restarts at 3 s.
+        let mut s = TcpConn::accept(&cfg, t0, &syn, 9);
+        s.poll_tx(t0, &mut Pattern).unwrap();
+        let again = s.next_deadline().unwrap();
+        assert!(!s.on_timer(&cfg, again).closed);
+        s.poll_tx(again, &mut Pattern).unwrap();
+        let ack = SegmentIn { seq: 6, ack: Some(10), flags: flags::ACK, window: 65535, timestamp: Some((101, ts_now(t0))), ..Default::default() };
+        assert!(s.on_segment(&cfg, again + 30 * MS, &ack, 1000).established);
+        assert_eq!((s.srtt, s.rto), (0, 3 * SEC));
+        // Without timestamps, a SYN-ACK sent once: timed from when it went.
+        let syn = SegmentIn { seq: 5, flags: flags::SYN, window: 65535, mss: Some(1460), ..Default::default() };
+        let mut s = TcpConn::accept(&cfg, t0, &syn, 9);
+        s.poll_tx(t0, &mut Pattern).unwrap();
+        let ack = SegmentIn { seq: 6, ack: Some(10), flags: flags::ACK, window: 65535, ..Default::default() };
+        assert!(s.on_segment(&cfg, t0 + 25 * MS, &ack, 1000).established);
+        assert_eq!(s.srtt, 25 * MS);
+        // Sent twice: the ACK may answer either, so no sample, and the RTO restarts at 3 s.
+        let mut s = TcpConn::accept(&cfg, t0, &syn, 9);
+        s.poll_tx(t0, &mut Pattern).unwrap();
+        let again = s.next_deadline().unwrap();
+        assert!(!s.on_timer(&cfg, again).closed);
+        s.poll_tx(again, &mut Pattern).unwrap();
+        assert!(s.on_segment(&cfg, again + 25 * MS, &ack, 1000).established);
+        assert_eq!((s.srtt, s.rto), (0, 3 * SEC));
+        // Active open: the SYN-ACK 20 ms after the SYN.
+        let mut c = TcpConn::connect(&cfg, t0, 1000);
+        c.poll_tx(t0, &mut Pattern).unwrap();
+        let syn_ack = SegmentIn { seq: 5, ack: Some(1001), flags: flags::SYN | flags::ACK, window: 64240, mss: Some(1460), ..Default::default() };
+        assert!(c.on_segment(&cfg, t0 + 20 * MS, &syn_ack, 1000).established);
+        assert_eq!(c.srtt, 20 * MS);
+        assert_eq!(c.rto, cfg.min_rto);
+        // Our SYN sent four times across a partition; the SYN-ACK that finally comes echoes
+        // the first (the peer repeated its SYN-ACK without taking the later copies' stamps).
+        let mut c = TcpConn::connect(&cfg, t0, 1000);
+        c.poll_tx(t0, &mut Pattern).unwrap();
+        let mut now = t0;
+        for _ in 0..3 {
+            now = c.next_deadline().unwrap();
+            assert!(!c.on_timer(&cfg, now).closed);
+            c.poll_tx(now, &mut Pattern).unwrap();
+        }
+        let syn_ack = SegmentIn { timestamp: Some((7, ts_now(t0))), ..syn_ack };
+        assert!(c.on_segment(&cfg, now + 20 * MS, &syn_ack, 1000).established);
+        assert_eq!((c.srtt, c.rto), (0, 3 * SEC), "not a 7-second sample");
     }
 
     #[test]
