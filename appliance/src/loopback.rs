@@ -34,6 +34,10 @@ pub struct Fetch {
     pub tag: u64,
     /// The client gave up on purpose ([`FetchRequest::abort`]) before the end.
     pub aborted: bool,
+    /// The server answered at all: sent bytes, or acknowledged ours. False when the link
+    /// lost every copy of the handshake (or of the request and its ACKs) until the client
+    /// gave up.
+    pub reached_server: bool,
 }
 
 /// How a client walks away from a response mid-transfer.
@@ -79,6 +83,8 @@ pub struct ClientConn {
     tag: u64,
     abort: Option<(u64, Abort)>,
     aborted: bool,
+    /// The server sent bytes or acknowledged ours ([`Fetch::reached_server`]).
+    reached_server: bool,
     /// Keep the connection open (and quiet) once the response arrived.
     keep_alive: bool,
 }
@@ -140,6 +146,7 @@ impl ClientConn {
             tag: 0,
             abort: None,
             aborted: false,
+            reached_server: false,
             keep_alive: false,
         }
     }
@@ -185,6 +192,7 @@ impl ClientConn {
             emulated: self.opener.is_some(),
             tag: self.tag,
             aborted: self.aborted,
+            reached_server: self.reached_server,
         }
     }
 }
@@ -322,6 +330,7 @@ impl App for ClientApp {
     }
 
     fn on_data(&mut self, _now: Instant, _id: ConnId, c: &mut ClientConn, tcp: &mut TcpConn, data: &[u8]) {
+        c.reached_server = true;
         if c.done {
             // Finished or walked away: the rest is not read (a FIN-aborted client still ACKs).
             return;
@@ -377,7 +386,9 @@ impl App for ClientApp {
         tcp.close();
     }
 
-    fn on_acked(&mut self, _now: Instant, _id: ConnId, _c: &mut ClientConn, _tcp: &mut TcpConn, _to: u64) {}
+    fn on_acked(&mut self, _now: Instant, _id: ConnId, c: &mut ClientConn, _tcp: &mut TcpConn, to: u64) {
+        c.reached_server |= to > 0;
+    }
 
     fn on_rto(&mut self, _c: &mut ClientConn) {}
 

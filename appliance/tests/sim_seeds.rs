@@ -13,7 +13,9 @@
 //! seeds each), as through io_uring or NVMe; on one seed in four the storage queue takes two
 //! reads at a time and refuses more (`QueueFull`).
 //!
-//! Checked per seed: every fetch finishes; every finished one is byte-exact (SHA-256 of the
+//! Checked per seed: every fetch finishes (one that heard nothing from the server, every
+//! copy of its handshake lost, is tried again on a new connection as a client would, and
+//! counted: it must stay rare); every finished one is byte-exact (SHA-256 of the
 //! expected slice, status 200/206/404/416 as due); every aborted one got exactly the prefix it
 //! read before walking away, and its replacement completes; the link faults really happened;
 //! and after TIME-WAIT and timeouts pass in virtual time nothing is left: no connection on
@@ -199,6 +201,8 @@ struct Planned {
 struct SeedReport {
     fetches: usize,
     aborted: usize,
+    /// Fetches of which nothing got through either way (tried again on a new connection).
+    unreachable: usize,
     tls: usize,
     body_bytes: u64,
     partitions: usize,
@@ -393,7 +397,10 @@ fn run_seed(seed: u64, delays: [u64; 3], verbose: bool) -> Result<SeedReport, St
             if verbose {
                 eprintln!("{:>10.3}s {} -> {} {} bytes complete {} aborted {}", now.as_secs_f64(), describe(&requests[i].0), f.status, f.body_len, f.complete, f.aborted);
             }
-            if f.aborted {
+            // Nothing of the server's reached the client (say six SYNs lost to partitions,
+            // loss and corruption): a client tries again, as after walking away.
+            let unreachable = !f.aborted && !f.reached_server && f.status == 0;
+            if f.aborted || unreachable {
                 // Reconnect: the same request again on a new connection, read to the end.
                 let mut again = requests[i].0.clone();
                 again.tag = next_replacement;
@@ -428,6 +435,10 @@ fn run_seed(seed: u64, delays: [u64; 3], verbose: bool) -> Result<SeedReport, St
     for ((req, exp), got) in requests.iter().zip(&results) {
         let got = got.as_ref().unwrap();
         let what = describe(req);
+        if !got.aborted && !got.reached_server && got.status == 0 {
+            report.unreachable += 1; // and its replacement is checked like any request
+            continue;
+        }
         if got.status != exp.status {
             return Err(format!("{what}: status {} (want {}), {got:?}", got.status, exp.status));
         }
@@ -584,6 +595,7 @@ fn soak(first: u64, count: u64, delays: [u64; 3]) {
                         let mut t = total.lock().unwrap();
                         t.fetches += r.fetches;
                         t.aborted += r.aborted;
+                        t.unreachable += r.unreachable;
                         t.tls += r.tls;
                         t.body_bytes += r.body_bytes;
                         t.partitions += r.partitions;
@@ -614,6 +626,9 @@ fn soak(first: u64, count: u64, delays: [u64; 3]) {
             list.join("\n")
         );
     }
+    // Giving up unanswered is the link's doing only when rare (a server that ignored SYNs
+    // would make it common).
+    assert!(t.unreachable * 1000 <= t.fetches.max(1), "{} of {} fetches never reached the server", t.unreachable, t.fetches);
     // The faults must have happened for the run to mean anything.
     if count >= 100 {
         for (what, n) in [("lost", t.lost), ("corrupted", t.corrupted), ("duplicated", t.duplicated), ("reordered", t.reordered), ("partitioned", t.partitioned), ("queue drops", t.queue_drops), ("aborted", t.aborted as u64), ("tls", t.tls as u64)] {
