@@ -178,6 +178,9 @@ struct CoreResult {
     handshake_allocs: u64,
     segments_sent: u64,
     retransmits: u64,
+    rto_timeouts: u64,
+    /// Bytes the storage backend read during the transfers.
+    read_bytes: u64,
 }
 
 /// One case's figures (what a JSON line prints).
@@ -215,6 +218,12 @@ pub struct CaseResult {
     /// the transfers.
     pub segments_sent: u64,
     pub retransmits: u64,
+    /// Retransmission timeouts (each sends a segment again, and a retransmission reads and
+    /// seals its 64 KiB chunk again).
+    pub rto_timeouts: u64,
+    /// Bytes read from storage per body byte served: 1 plus what retransmissions read again
+    /// (and the rounding of ranges to blocks).
+    pub storage_read_per_byte: f64,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
@@ -430,6 +439,8 @@ fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, res
         handshakes: results.iter().map(|r| r.handshakes).sum(),
         segments_sent: results.iter().map(|r| r.segments_sent).sum(),
         retransmits: results.iter().map(|r| r.retransmits).sum(),
+        rto_timeouts: results.iter().map(|r| r.rto_timeouts).sum(),
+        storage_read_per_byte: if body_bytes == 0 { f64::NAN } else { results.iter().map(|r| r.read_bytes).sum::<u64>() as f64 / body_bytes as f64 },
     }
 }
 
@@ -530,6 +541,8 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
     let tcp1 = h.server.stats();
     out.segments_sent = tcp1.tcp_tx_segments - tcp0.tcp_tx_segments;
     out.retransmits = tcp1.tcp_retransmits - tcp0.tcp_retransmits;
+    out.rto_timeouts = tcp1.tcp_rto_timeouts - tcp0.tcp_rto_timeouts;
+    out.read_bytes = read;
     let bad = h.client_app.fetches.iter().filter(|f| !(f.complete && f.status == 206 && f.body_len == per_conn)).count();
     if bad > 0 {
         out.error = Some(format!("{bad} of {n} transfers incomplete or not 206"));
@@ -603,7 +616,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
     let num = |x: f64| if x.is_finite() { format!("{x:.3}") } else { "null".to_string() };
     if json {
         println!(
-            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_retransmits\":{}{}}}",
+            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{}{}}}",
             case_name(r.mode),
             if r.offload { "-offload" } else { "" },
             r.mode.name(),
@@ -640,6 +653,8 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             r.handshakes,
             r.segments_sent,
             r.retransmits,
+            r.rto_timeouts,
+            num(r.storage_read_per_byte),
             r.error.as_ref().map_or(String::new(), |e| format!(",\"error\":{e:?}")),
         );
     } else {

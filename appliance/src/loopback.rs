@@ -410,7 +410,7 @@ impl App for ClientApp {
         }
     }
 
-    fn available(&mut self, _now: Instant, _id: ConnId, c: &mut ClientConn, off: u64, max: usize) -> usize {
+    fn available(&mut self, _now: Instant, _id: ConnId, c: &mut ClientConn, off: u64, max: usize, _resend: bool) -> usize {
         (c.out.len() as u64).saturating_sub(off).min(max as u64) as usize
     }
 

@@ -213,6 +213,9 @@ struct SeedReport {
     queue_drops: u64,
     partitioned: u64,
     retransmits: u64,
+    /// Bytes the server read from storage (against `body_bytes`: what retransmissions read
+    /// again, and whole chunks read for ranges that end inside them).
+    read_bytes: u64,
     virtual_secs: f64,
 }
 
@@ -500,6 +503,7 @@ fn run_seed(seed: u64, delays: [u64; 3], verbose: bool) -> Result<SeedReport, St
     }
     report.partitions = partitions.len();
     report.retransmits = h.server.stats().tcp_retransmits;
+    report.read_bytes = h.server.stats().storage_read_bytes;
     report.virtual_secs = h.clock.now().as_secs_f64();
     Ok(report)
 }
@@ -606,6 +610,7 @@ fn soak(first: u64, count: u64, delays: [u64; 3]) {
                         t.queue_drops += r.queue_drops;
                         t.partitioned += r.partitioned;
                         t.retransmits += r.retransmits;
+                        t.read_bytes += r.read_bytes;
                         t.virtual_secs += r.virtual_secs;
                     }
                     Err(e) => failures.lock().unwrap().push((seed, e)),

@@ -130,7 +130,7 @@ pub trait App {
         let _ = (now, c, tcp);
     }
     /// See [`DataSource::available`]. The bytes may lie in up to [`MAX_PARTS`] places.
-    fn available(&mut self, now: Instant, id: ConnId, c: &mut Self::Conn, off: u64, max: usize) -> usize;
+    fn available(&mut self, now: Instant, id: ConnId, c: &mut Self::Conn, off: u64, max: usize, resend: bool) -> usize;
     /// The `len` bytes from `off` promised by `available`, as slices in order.
     fn payload<'a>(&'a self, c: &'a Self::Conn, off: u64, len: usize, parts: &mut Parts<'a>);
 }
@@ -197,8 +197,8 @@ struct Source<'a, A: App> {
 }
 
 impl<A: App> DataSource for Source<'_, A> {
-    fn available(&mut self, off: u64, max: usize) -> usize {
-        self.app.available(self.now, self.id, self.conn, off, max)
+    fn available(&mut self, off: u64, max: usize, resend: bool) -> usize {
+        self.app.available(self.now, self.id, self.conn, off, max, resend)
     }
 }
 

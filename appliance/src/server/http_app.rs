@@ -383,6 +383,25 @@ fn free_ready_chunks_below(c: &mut HttpConn, off: u64) -> bool {
     freed
 }
 
+/// Free the ready chunk furthest ahead of chunk `index` of response `resp`, read ahead of
+/// a retransmission that now needs its slot; whether there was one. (A chunk being read
+/// keeps its slot: its completion finds it.)
+fn yield_read_ahead(c: &mut HttpConn, resp: usize, index: u64) -> bool {
+    let Some(start) = c.responses.get(resp).map(|r| r.start) else { return false };
+    let Some(set) = c.chunks.as_deref_mut() else { return false };
+    let later = set
+        .iter_mut()
+        .filter(|k| matches!(k.state, ChunkState::Ready(_)) && (k.resp_start, k.index) > (start, index))
+        .max_by_key(|k| (k.resp_start, k.index));
+    match later {
+        Some(k) => {
+            k.state = ChunkState::Free;
+            true
+        }
+        None => false,
+    }
+}
+
 /// Give a connection's chunk slots back to `sets` once none holds a buffer.
 #[allow(clippy::vec_box)] // boxes move between pool and connection without copying
 fn release_chunks(sets: &mut Vec<Box<ChunkSet>>, c: &mut HttpConn) {
@@ -1294,7 +1313,9 @@ impl<S: Storage> HttpApp<S> {
     }
 
     fn start_read(&mut self, id: ConnId, c: &mut HttpConn, resp: usize, index: u64) -> bool {
-        if c.chunks.as_ref().is_some_and(|set| set.iter().all(|k| !matches!(k.state, ChunkState::Free))) {
+        if c.chunks.as_ref().is_some_and(|set| set.iter().all(|k| !matches!(k.state, ChunkState::Free))) && !yield_read_ahead(c, resp, index) {
+            // Every slot is being read or holds bytes due before these: a completion or
+            // the sending of those frees one, and wakes the connection.
             return false;
         }
         if self.reads_in_flight >= self.max_reads_in_flight {
@@ -1302,7 +1323,11 @@ impl<S: Storage> HttpApp<S> {
             return false;
         }
         let Some(b) = c.responses[resp].body else { return false };
-        let Some(buf) = self.pool.alloc() else {
+        // With the pool empty, a chunk this connection read ahead gives its buffer to the
+        // retransmission that must go first (else every connection could hold read-ahead
+        // while waiting for a buffer to resend what precedes it).
+        let buf = self.pool.alloc().or_else(|| if yield_read_ahead(c, resp, index) { self.pool.alloc() } else { None });
+        let Some(buf) = buf else {
             self.wait_for_buffer(id, c);
             return false;
         };
@@ -1565,14 +1590,12 @@ impl<S: Storage> App for HttpApp<S> {
         }
     }
 
-    fn on_rto(&mut self, c: &mut HttpConn) {
-        // No buffer cache: what is not acknowledged is read (and sealed) again when resent.
-        for k in c.chunks.iter_mut().flat_map(|set| set.iter_mut()) {
-            if matches!(k.state, ChunkState::Ready(_)) {
-                k.state = ChunkState::Free;
-            }
-        }
-        self.release_chunks(c);
+    fn on_rto(&mut self, _c: &mut HttpConn) {
+        // No buffer cache: what went out and is not acknowledged is read (and sealed) again
+        // when resent (its chunks went back at `on_sent`). Chunks still ready hold bytes not
+        // yet sent, or not all: they stay, as a retransmission would read the same bytes
+        // again; one read ahead gives its slot up if the retransmission needs it
+        // (`start_read`).
     }
 
     fn on_idle(&mut self, _now: Instant, c: &mut HttpConn, tcp: &mut TcpConn) {
@@ -1618,14 +1641,16 @@ impl<S: Storage> App for HttpApp<S> {
         self.release_all(&mut c);
     }
 
-    fn available(&mut self, _now: Instant, id: ConnId, c: &mut HttpConn, off: u64, max: usize) -> usize {
+    fn available(&mut self, _now: Instant, id: ConnId, c: &mut HttpConn, off: u64, max: usize, resend: bool) -> usize {
         let body_chunk = body_chunk_at(c, off);
         let (n, missing) = walk_ready(c, off, max, |_| {});
         if let Some((resp, index)) = missing {
             self.start_read(id, c, resp, index);
         }
-        // Read ahead: the next chunk of this response, so the wire never waits on it.
-        if let Some((resp, index)) = body_chunk {
+        // Read ahead: the next chunk of this response, so the wire never waits on it. Not
+        // for a retransmission: after a timeout most of what follows usually arrived (the
+        // ACK will say), and reading it again would be wasted.
+        if let Some((resp, index)) = body_chunk.filter(|_| !resend) {
             let start = c.responses[resp].start;
             if let Some(b) = c.responses[resp].body {
                 let next = index + 1;
@@ -2384,9 +2409,10 @@ mod tests {
         assert!(round_trips <= 25, "{round_trips} round trips for 8 MB");
     }
 
-    /// The RTO gives the unacknowledged chunks back, so the retransmission reads its bytes
-    /// again: the poll that started that read says it is busy, and the retransmission goes
-    /// out on the next turn, at the same instant, not after the loop waited for the NIC.
+    /// Sent chunks went back when they were sent, so the retransmission after an RTO reads
+    /// its bytes again: the poll that started that read says it is busy, and the
+    /// retransmission goes out on the next turn, at the same instant, not after the loop
+    /// waited for the NIC.
     #[test]
     fn a_retransmission_that_reads_again_goes_out_without_waiting() {
         let (_dir, storage, volume, _data) = patterned_volume(1_000_000);
@@ -2414,6 +2440,41 @@ mod tests {
         }
         assert!(counters(&h).1 > retransmits, "retransmitted");
         assert_eq!(h.now(), fired_at, "the retransmission waited {} ns after the RTO", h.now() - fired_at);
+    }
+
+    /// A timeout reads again only what it resends: the one chunk the retransmission needs,
+    /// not the next one too (after a timeout most of what follows has usually arrived, as
+    /// the ACK will say), and a chunk read ahead of the lost bytes stays for when sending
+    /// goes on. (Before, the RTO dropped ready chunks and the retransmission read ahead: in
+    /// 2,000 seeds of `sim_seeds` the server read 10.1 GB for 1.47 GB of bodies; now 5.8.)
+    #[test]
+    fn a_timeout_reads_again_only_what_it_resends() {
+        let (_dir, storage, volume, data) = patterned_volume(1_000_000);
+        let far = SimConfig { delay: Duration::from_millis(5), ..SimConfig::default() };
+        let mut h = SimHarness::new(storage, volume, far.clone(), far, 16);
+        assert!(h.start_fetch("/v.ts", None));
+        let acked = |h: &SimHarness<drivers::storage::FileStorage>| h.server.stack.connections().map(|(_, _, e)| e.tcp.acked_offset()).sum::<u64>();
+        while acked(&h) < 200_000 {
+            h.step(true);
+        }
+        h.server.nic.partition_until(Duration::from_nanos(h.now()) + Duration::from_millis(150));
+        let counters = |h: &SimHarness<drivers::storage::FileStorage>| h.server.stack.connections().map(|(_, _, e)| (e.tcp.counters.rto_timeouts, e.tcp.counters.retransmits)).next().unwrap();
+        let end = h.now() + Duration::from_secs(10).as_nanos() as u64;
+        let mut reads = h.server.app.stats.storage_reads;
+        while counters(&h).0 == 0 && h.now() < end {
+            reads = h.server.app.stats.storage_reads;
+            h.step(true);
+        }
+        assert_eq!(counters(&h).0, 1, "the RTO fired");
+        while counters(&h).1 == 0 && h.now() < end {
+            h.step(true);
+        }
+        assert!(counters(&h).1 > 0, "retransmitted");
+        assert_eq!(h.server.app.stats.storage_reads - reads, 1, "one chunk read again for the retransmission, none ahead");
+        // And the transfer completes byte-exact.
+        assert!(h.run_until_fetches(1, Duration::from_secs(30)));
+        let f = &h.client_app.fetches[0];
+        assert!(f.complete && f.sha256 == sha(&data), "{f:?}");
     }
 
     /// With emulation on, HTTPS is real TLS as before, and a 404 is plain text.

@@ -153,7 +153,9 @@ pub struct Segment {
 pub trait DataSource {
     /// How many bytes from stream offset `off` (at most `max`) can be gathered right now. Zero
     /// means "not yet" (a storage read is under way); the connection tries again later.
-    fn available(&mut self, off: u64, max: usize) -> usize;
+    /// `resend`: the bytes went out before (a retransmission), so what follows them may
+    /// have arrived and need not be prepared ahead.
+    fn available(&mut self, off: u64, max: usize, resend: bool) -> usize;
 }
 
 /// What one received segment did.
@@ -705,7 +707,7 @@ impl TcpConn {
             // Retransmissions first.
             if self.pipe() < self.cc.cwnd {
                 if let Some((off, max)) = self.next_rexmit() {
-                    let n = src.available(off, max as usize);
+                    let n = src.available(off, max as usize, true);
                     self.app_blocked = n == 0;
                     if n > 0 {
                         self.rexmit_next = off + n as u64;
@@ -731,7 +733,7 @@ impl TcpConn {
                 let len = self.new_data_len();
                 if len > 0 && self.pace_ready(now) {
                     let off = self.snd_nxt;
-                    let n = src.available(off, len as usize);
+                    let n = src.available(off, len as usize, false);
                     self.app_blocked = n == 0;
                     if n > 0 {
                         self.cc.on_send(now, self.snd_nxt == self.snd_una);
@@ -1261,7 +1263,7 @@ mod tests {
 
     struct Pattern;
     impl DataSource for Pattern {
-        fn available(&mut self, _off: u64, max: usize) -> usize {
+        fn available(&mut self, _off: u64, max: usize, _resend: bool) -> usize {
             max
         }
     }
