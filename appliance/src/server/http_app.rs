@@ -2409,24 +2409,35 @@ mod tests {
         assert!(round_trips <= 25, "{round_trips} round trips for 8 MB");
     }
 
+    /// One fetch of a 1 MB object over a 5 ms link, well into its body (the head is held in
+    /// memory, not read again), when everything the server sends starts being lost for
+    /// 150 ms: its RTO will fire.
+    fn cut_off_mid_transfer() -> (tempfile::TempDir, SimHarness<drivers::storage::FileStorage>, Vec<u8>) {
+        let (dir, storage, volume, data) = patterned_volume(1_000_000);
+        let far = SimConfig { delay: Duration::from_millis(5), ..SimConfig::default() };
+        let mut h = SimHarness::new(storage, volume, far.clone(), far, 16);
+        assert!(h.start_fetch("/v.ts", None));
+        let acked = |h: &SimHarness<drivers::storage::FileStorage>| h.server.stack.connections().map(|(_, _, e)| e.tcp.acked_offset()).sum::<u64>();
+        while acked(&h) < 200_000 {
+            h.step(true);
+        }
+        h.server.nic.partition_until(Duration::from_nanos(h.now()) + Duration::from_millis(150));
+        (dir, h, data)
+    }
+
+    /// The one server connection's (RTO timeouts, retransmissions).
+    fn rto_counters(h: &SimHarness<drivers::storage::FileStorage>) -> (u64, u64) {
+        h.server.stack.connections().map(|(_, _, e)| (e.tcp.counters.rto_timeouts, e.tcp.counters.retransmits)).next().unwrap()
+    }
+
     /// Sent chunks went back when they were sent, so the retransmission after an RTO reads
     /// its bytes again: the poll that started that read says it is busy, and the
     /// retransmission goes out on the next turn, at the same instant, not after the loop
     /// waited for the NIC.
     #[test]
     fn a_retransmission_that_reads_again_goes_out_without_waiting() {
-        let (_dir, storage, volume, _data) = patterned_volume(1_000_000);
-        let far = SimConfig { delay: Duration::from_millis(5), ..SimConfig::default() };
-        let mut h = SimHarness::new(storage, volume, far.clone(), far, 16);
-        assert!(h.start_fetch("/v.ts", None));
-        // Well into the body (the head is held in memory, not read again).
-        let acked = |h: &SimHarness<drivers::storage::FileStorage>| h.server.stack.connections().map(|(_, _, e)| e.tcp.acked_offset()).sum::<u64>();
-        while acked(&h) < 200_000 {
-            h.step(true);
-        }
-        // Everything sent from now on is lost for a while: the RTO fires.
-        h.server.nic.partition_until(Duration::from_nanos(h.now()) + Duration::from_millis(150));
-        let counters = |h: &SimHarness<drivers::storage::FileStorage>| h.server.stack.connections().map(|(_, _, e)| (e.tcp.counters.rto_timeouts, e.tcp.counters.retransmits)).next().unwrap();
+        let (_dir, mut h, _data) = cut_off_mid_transfer();
+        let counters = rto_counters;
         let end = h.now() + Duration::from_secs(10).as_nanos() as u64;
         let mut fired_at = h.now();
         while counters(&h).0 == 0 && h.now() < end {
@@ -2449,16 +2460,8 @@ mod tests {
     /// 2,000 seeds of `sim_seeds` the server read 10.1 GB for 1.47 GB of bodies; now 5.8.)
     #[test]
     fn a_timeout_reads_again_only_what_it_resends() {
-        let (_dir, storage, volume, data) = patterned_volume(1_000_000);
-        let far = SimConfig { delay: Duration::from_millis(5), ..SimConfig::default() };
-        let mut h = SimHarness::new(storage, volume, far.clone(), far, 16);
-        assert!(h.start_fetch("/v.ts", None));
-        let acked = |h: &SimHarness<drivers::storage::FileStorage>| h.server.stack.connections().map(|(_, _, e)| e.tcp.acked_offset()).sum::<u64>();
-        while acked(&h) < 200_000 {
-            h.step(true);
-        }
-        h.server.nic.partition_until(Duration::from_nanos(h.now()) + Duration::from_millis(150));
-        let counters = |h: &SimHarness<drivers::storage::FileStorage>| h.server.stack.connections().map(|(_, _, e)| (e.tcp.counters.rto_timeouts, e.tcp.counters.retransmits)).next().unwrap();
+        let (_dir, mut h, data) = cut_off_mid_transfer();
+        let counters = rto_counters;
         let end = h.now() + Duration::from_secs(10).as_nanos() as u64;
         let mut reads = h.server.app.stats.storage_reads;
         while counters(&h).0 == 0 && h.now() < end {
