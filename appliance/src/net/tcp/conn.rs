@@ -270,6 +270,12 @@ fn ts_now(now: Instant) -> u32 {
     (now / MS) as u32
 }
 
+/// The round trip an echoed timestamp `ecr` (our clock, in ms) gives at `now`; none from an
+/// echo a minute or more old (a stale or wrapped stamp).
+fn echo_rtt(now: Instant, ecr: u32) -> Option<u64> {
+    Some(ts_now(now).wrapping_sub(ecr) as u64 * MS).filter(|&r| r < 60 * SEC)
+}
+
 impl TcpConn {
     fn blank(cfg: &Config, now: Instant, iss: u32) -> TcpConn {
         TcpConn {
@@ -810,21 +816,29 @@ impl TcpConn {
     /// restarts at 3 s (RFC 6298 5.7).
     fn handshake_rtt(&mut self, cfg: &Config, now: Instant, seg: &SegmentIn) {
         let Some((copies, last)) = self.rtt_probe.take() else { return };
-        let echoed = if self.ts_ok { seg.timestamp.map(|(_, ecr)| ecr).filter(|&ecr| ecr != 0) } else { None };
+        let echoed = if self.ts_ok { self.echoed(seg) } else { None };
         let sample = match echoed {
-            Some(ecr) if ecr.wrapping_sub(ts_now(last)) as i32 >= 0 => Some(ts_now(now).wrapping_sub(ecr) as u64 * MS).filter(|&r| r < 60 * SEC),
+            Some(ecr) if ecr.wrapping_sub(ts_now(last)) as i32 >= 0 => echo_rtt(now, ecr),
             Some(_) => None,
             None if copies == 1 => Some(now.saturating_sub(last)),
             None => None,
         };
         match sample {
-            Some(r) => {
-                self.rtt_sample(r);
-                self.clamp_rto(cfg);
-            }
+            Some(r) => self.take_rtt(cfg, r),
             None if self.rto > cfg.init_rto => self.rto = (3 * SEC).max(cfg.init_rto).min(cfg.max_rto),
             None => {}
         }
+    }
+
+    /// The timestamp a segment echoes, if any (0: the peer had none to echo).
+    fn echoed(&self, seg: &SegmentIn) -> Option<u32> {
+        seg.timestamp.map(|(_, ecr)| ecr).filter(|&ecr| ecr != 0)
+    }
+
+    /// One RTT sample, and the RTO it gives within the configured bounds.
+    fn take_rtt(&mut self, cfg: &Config, r: u64) {
+        self.rtt_sample(r);
+        self.clamp_rto(cfg);
     }
 
     fn clamp_rto(&mut self, cfg: &Config) {
@@ -1093,19 +1107,12 @@ impl TcpConn {
         self.prune_sack();
         // RTT: timestamps where both sides use them, else one timed segment at a time (Karn).
         if self.ts_ok {
-            if let Some((_, ecr)) = seg.timestamp {
-                if ecr != 0 {
-                    let r = ts_now(now).wrapping_sub(ecr) as u64 * MS;
-                    if r < 60 * SEC {
-                        self.rtt_sample(r);
-                        self.clamp_rto(cfg);
-                    }
-                }
+            if let Some(r) = self.echoed(seg).and_then(|ecr| echo_rtt(now, ecr)) {
+                self.take_rtt(cfg, r);
             }
         } else if let Some((o, t)) = self.rtt_probe {
             if ack_off >= o {
-                self.rtt_sample(now.saturating_sub(t));
-                self.clamp_rto(cfg);
+                self.take_rtt(cfg, now.saturating_sub(t));
                 self.rtt_probe = None;
             }
         }
@@ -1445,15 +1452,15 @@ mod tests {
     }
 
     /// Sends from `now` at each pacing deadline until the windows stop it; returns the
-    /// bytes sent (plus `already`, sent before) and when the last went.
-    fn send_window(s: &mut TcpConn, now: Instant, already: usize) -> (usize, Instant) {
+    /// bytes sent, plus `already` (sent before).
+    fn send_window(s: &mut TcpConn, now: Instant, already: usize) -> usize {
         let mut sent = already;
         let mut t = now;
         loop {
             sent += drain(s, t).iter().map(|g| g.payload_len).sum::<usize>();
             match s.pacing_deadline() {
                 Some(next) => t = next,
-                None => return (sent, t),
+                None => return sent,
             }
         }
     }
@@ -1480,7 +1487,7 @@ mod tests {
             let t1 = t0 + 10 * MS;
             let first = drain(&mut s, t1);
             assert_eq!(first.len() == 10, !pacing, "{} of the initial window at once", first.len());
-            let (sent, _) = send_window(&mut s, t1, first.iter().map(|g| g.payload_len).sum());
+            let sent = send_window(&mut s, t1, first.iter().map(|g| g.payload_len).sum());
             assert_eq!(sent as u64, s.cc.cwnd.min(10 * s.wire_payload() as u64));
             // Its ACKs, 10 ms later: SRTT 10 ms, the window about 20 segments.
             let t2 = t1 + 10 * MS;
@@ -1520,7 +1527,7 @@ mod tests {
         let cfg = Config { tso_max_payload: 65535, pacing: true, ..Config::default() };
         let mut s = established(&cfg, t0, 10 << 20);
         let t1 = t0 + 10 * MS;
-        let (sent, _) = send_window(&mut s, t1, 0);
+        let sent = send_window(&mut s, t1, 0);
         assert_eq!(sent as u64, s.snd_nxt, "the initial window, paced");
         assert!(s.snd_nxt >= s.cc.cwnd - s.wire_payload() as u64);
         let t2 = t1 + 10 * MS;
