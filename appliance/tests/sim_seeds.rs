@@ -293,14 +293,14 @@ fn idle_advance(h: &mut SimHarness<DelayedReads>, extra: Option<Duration>) {
         if let Some(d) = e.tcp.next_deadline() {
             consider(tick(d));
         }
-        consider(tick(e.tcp.last_rx() + idle));
+        consider(tick(e.tcp.last_progress() + idle));
     }
     let idle = h.client.cfg.idle_timeout;
     for (_, _, e) in h.client.connections() {
         if let Some(d) = e.tcp.next_deadline() {
             consider(tick(d));
         }
-        consider(tick(e.tcp.last_rx() + idle));
+        consider(tick(e.tcp.last_progress() + idle));
     }
     // Never more than a second at once, so a deadline this misses fires at most that late.
     let target = next.unwrap_or(now + 1000 * MS).clamp(now + Duration::from_nanos(1), now + 1000 * MS);

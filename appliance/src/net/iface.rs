@@ -33,7 +33,9 @@ pub struct IfaceConfig {
     pub max_conns: usize,
     /// Half-open connections kept before answering SYNs with cookies.
     pub syn_backlog: usize,
-    /// A connection that received nothing for this long is closed.
+    /// A connection on which the peer made no progress for this long is closed (no new
+    /// data or FIN from it, less than a segment of ours acknowledged: see
+    /// `TcpConn::last_progress`).
     pub idle_timeout: u64,
     pub tcp: tcp::Config,
     /// What the port does for TCP frames (checksum, segmentation): see [`IfaceConfig::use_link`].
@@ -694,7 +696,7 @@ impl<C> Stack<C> {
             self.evictable.push_back(id.slot);
         }
         let tcp_deadline = e.tcp.next_deadline();
-        let idle_deadline = if e.tcp.state == State::TimeWait { None } else { Some(e.tcp.last_rx() + idle) };
+        let idle_deadline = if e.tcp.state == State::TimeWait { None } else { Some(e.tcp.last_progress() + idle) };
         // The application's clock runs once the handshake is done (half-open entries have TCP's).
         let app_deadline = if matches!(e.tcp.state, State::Established | State::CloseWait) { app.deadline(&e.app) } else { None };
         let deadline = [tcp_deadline, idle_deadline, app_deadline].into_iter().flatten().min();
@@ -927,7 +929,7 @@ impl<C> Stack<C> {
             if !out.closed && matches!(e.tcp.state, State::Established | State::CloseWait) && app.deadline(&e.app).is_some_and(|d| now >= d) {
                 app.on_deadline(now, &mut e.app, &mut e.tcp);
             }
-            if !out.closed && !matches!(e.tcp.state, State::TimeWait | State::Closed) && now >= e.tcp.last_rx() + idle {
+            if !out.closed && !matches!(e.tcp.state, State::TimeWait | State::Closed) && now >= e.tcp.last_progress() + idle {
                 self.stats.tcp_idle_timeouts += 1;
                 if matches!(e.tcp.state, State::Established | State::CloseWait) && !e.tcp.fin_queued() {
                     app.on_idle(now, &mut e.app, &mut e.tcp);

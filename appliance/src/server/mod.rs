@@ -82,7 +82,9 @@ pub struct ServeArgs {
     /// transmit holds a buffer until the PMD frees its mbufs (late, on some PMDs).
     #[arg(long)]
     pub buffers: Option<usize>,
-    /// Seconds a connection may stay silent before it is closed.
+    /// Seconds a connection may go without progress before it is closed: no new data from
+    /// the peer, and less than a segment of ours acknowledged (a peer that holds a zero
+    /// window, or takes a byte per probe, is closed after it).
     #[arg(long, default_value_t = 60)]
     pub idle_timeout: u64,
     /// Seconds a request head may take to arrive whole (from the connection's start for the

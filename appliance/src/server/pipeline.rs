@@ -86,7 +86,7 @@ impl<N: Nic, S: Storage> Pipeline<N, S> {
                 state: e.tcp.state.name(),
                 bytes_sent: e.tcp.counters.bytes_sent,
                 age: Duration::from_nanos(now.saturating_sub(e.opened_at)),
-                idle: Duration::from_nanos(now.saturating_sub(e.tcp.last_rx())),
+                idle: Duration::from_nanos(now.saturating_sub(e.tcp.last_progress())),
                 tls: e.app.is_tls(),
                 core,
             })

@@ -224,7 +224,7 @@ pub struct TcpConn {
     pacing: bool,
     /// When new data may go out next (while pacing).
     pacer: Pacer,
-    dupacks: u32,
+    dupacks: u16,
     /// In recovery until `snd_una` reaches this offset.
     recover: Option<u64>,
     rexmit_next: u64,
@@ -245,7 +245,7 @@ pub struct TcpConn {
     /// sent, when the last went).
     rtt_probe: Option<(u64, Instant)>,
     rto_deadline: Option<Instant>,
-    retries: u32,
+    retries: u16,
     // Receive side.
     irs: u32,
     rcv_nxt: u32,
@@ -262,7 +262,10 @@ pub struct TcpConn {
     syn_pending: bool,
     rst_pending: bool,
     time_wait_deadline: Option<Instant>,
-    last_rx: Instant,
+    /// When the peer last moved the connection on (see [`TcpConn::note_progress`]).
+    last_progress: Instant,
+    /// `snd_una` then (its low 32 bits: no ACK moves it further than that).
+    progress_una: u32,
     pub counters: TcpCounters,
 }
 
@@ -322,7 +325,8 @@ impl TcpConn {
             syn_pending: false,
             rst_pending: false,
             time_wait_deadline: None,
-            last_rx: now,
+            last_progress: now,
+            progress_una: 0,
             counters: TcpCounters::default(),
         }
     }
@@ -440,21 +444,43 @@ impl TcpConn {
     /// The fields of a RST that ends this connection at once (for eviction: the caller
     /// sends it and forgets the connection).
     pub fn reset_fields(&self) -> TcpFields {
-        TcpFields { seq: self.seq_of(self.snd_nxt), ack: self.rcv_nxt, flags: flags::RST | flags::ACK, window: 0, options: TcpOptions::default() }
+        TcpFields { seq: self.seq_of(self.reset_offset()), ack: self.rcv_nxt, flags: flags::RST | flags::ACK, window: 0, options: TcpOptions::default() }
+    }
+
+    /// Where a RST of ours goes in the sequence space: SND.NXT, unless that lies beyond the
+    /// peer's window (a zero window it dropped our probe into), then the window's right edge.
+    /// A peer checks RSTs as RFC 5961 says (exactly RCV.NXT, or else only a challenge ACK,
+    /// which it may rate-limit): past a closed window the RST would never end its side.
+    fn reset_offset(&self) -> u64 {
+        self.snd_nxt.min(self.snd_una + self.snd_wnd)
     }
 
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed && !self.rst_pending
     }
 
-    pub fn last_rx(&self) -> Instant {
-        self.last_rx
+    /// When the peer last moved the connection on: the idle clock runs from here.
+    pub fn last_progress(&self) -> Instant {
+        self.last_progress
     }
 
     /// Restart the idle clock (e.g. after closing an idle connection, to give the close
     /// itself time before the connection is aborted).
     pub fn note_activity(&mut self, now: Instant) {
-        self.last_rx = now;
+        self.last_progress = now;
+    }
+
+    /// Restart the idle clock if the peer has acknowledged a segment's worth of our stream
+    /// since it last ran, or all of it. A segment that carries nothing new (a bare or
+    /// duplicate ACK, a window update, a keep-alive) does not: else a peer that holds a zero
+    /// window for ever, or takes one byte per zero-window probe, would hold the connection
+    /// and its buffers for ever.
+    fn note_acked_progress(&mut self, now: Instant) {
+        let acked = (self.snd_una as u32).wrapping_sub(self.progress_una);
+        if acked >= self.mss || (acked > 0 && self.snd_una >= self.stream_len) {
+            self.last_progress = now;
+            self.progress_una = self.snd_una as u32;
+        }
     }
 
     /// The window we announce: the free room of the application's receive buffer (which
@@ -668,7 +694,7 @@ impl TcpConn {
         if self.rst_pending {
             self.rst_pending = false;
             let seg = Segment {
-                fields: TcpFields { seq: self.seq_of(self.snd_nxt), ack: self.rcv_nxt, flags: flags::RST | flags::ACK, window: 0, options: TcpOptions::default() },
+                fields: self.reset_fields(),
                 payload_off: 0,
                 payload_len: 0,
                 retransmit: false,
@@ -903,7 +929,6 @@ impl TcpConn {
             out.rejected = true;
             return out;
         };
-        self.last_rx = now;
         if self.state == State::SynReceived {
             if ack != self.iss.wrapping_add(1) {
                 self.rst_pending = true; // an ACK for a SYN we never sent
@@ -918,8 +943,9 @@ impl TcpConn {
             // now; left set, it would keep the connection wanting to send for ever.
             self.syn_pending = false;
             self.snd_wnd = (seg.window as u64) << self.snd_shift;
-            self.snd_wl1 = seg.seq;
+            self.snd_wl1 = self.window_seq(seg);
             self.snd_wl2 = 0;
+            self.last_progress = now;
             out.established = true;
         }
         if self.ts_ok {
@@ -932,6 +958,7 @@ impl TcpConn {
         if !self.process_ack(cfg, now, seg, ack, &mut out) {
             return out;
         }
+        self.note_acked_progress(now);
         // Payload.
         let mut fin_in_order = seg.has(flags::FIN);
         if !seg.payload.is_empty() {
@@ -947,6 +974,7 @@ impl TcpConn {
                     if take > 0 {
                         out.deliver = Some((skip, take));
                         self.rcv_nxt = self.rcv_nxt.wrapping_add(take as u32);
+                        self.last_progress = now;
                     }
                     if skip + take < seg.payload.len() {
                         fin_in_order = false;
@@ -966,6 +994,7 @@ impl TcpConn {
         }
         if fin_in_order && seg.seq.wrapping_add(seg.payload.len() as u32) == self.rcv_nxt {
             self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+            self.last_progress = now;
             out.peer_fin = true;
             self.state = match self.state {
                 State::Established | State::SynReceived => State::CloseWait,
@@ -1006,15 +1035,13 @@ impl TcpConn {
             return false;
         }
         let ack_off = ack_off.max(0) as u64;
-        // Window update (RFC 793 SND.WL1/WL2 rule).
+        // Window update: the RFC 793 SND.WL1/WL2 rule, and (as Linux does) any ACK of new
+        // data, so that a SND.WL1 left ahead of the peer's sequence numbers cannot freeze
+        // the window for as long as data is acknowledged.
         let wnd = (seg.window as u64) << self.snd_shift;
         let window_changed = wnd != self.snd_wnd;
-        // A segment from beyond RCV.NXT (out of order) counts as at RCV.NXT: else one such
-        // segment (lost data, or injected by a peer that knows the sequence numbers) would
-        // move SND.WL1 ahead and make every later in-order ACK's window be ignored, freezing
-        // the window it carried (found by fuzz net_frames: a 1-byte window for ever).
-        let wl_seq = if seq::lt(self.rcv_nxt, seg.seq) { self.rcv_nxt } else { seg.seq };
-        if seq::lt(self.snd_wl1, wl_seq) || (self.snd_wl1 == wl_seq && ack_off >= self.snd_wl2) {
+        let wl_seq = self.window_seq(seg);
+        if ack_off > self.snd_una || seq::lt(self.snd_wl1, wl_seq) || (self.snd_wl1 == wl_seq && ack_off >= self.snd_wl2) {
             self.snd_wnd = wnd;
             self.snd_wl1 = wl_seq;
             self.snd_wl2 = ack_off;
@@ -1049,6 +1076,20 @@ impl TcpConn {
             }
         }
         true
+    }
+
+    /// The sequence number a segment's window is dated by (SND.WL1): a segment from beyond
+    /// RCV.NXT (out of order) counts as at RCV.NXT. Else one such segment (lost data, or
+    /// injected by a peer that knows the sequence numbers) would move SND.WL1 ahead and make
+    /// every later in-order ACK's window be ignored, freezing the window it carried (found
+    /// by fuzz net_frames twice: a 1-byte window, and a zero window set by the segment that
+    /// completed the handshake).
+    fn window_seq(&self, seg: &SegmentIn) -> u32 {
+        if seq::lt(self.rcv_nxt, seg.seq) {
+            self.rcv_nxt
+        } else {
+            seg.seq
+        }
     }
 
     fn update_sack(&mut self, seg: &SegmentIn) {
@@ -1141,7 +1182,7 @@ impl TcpConn {
     }
 
     fn on_dup_ack(&mut self, _cfg: &Config) {
-        self.dupacks += 1;
+        self.dupacks = self.dupacks.saturating_add(1);
         if self.recover.is_some() {
             self.extend_rexmit_to_sacked();
             return;
@@ -1180,9 +1221,9 @@ impl TcpConn {
         if now < t {
             return out;
         }
-        self.retries += 1;
+        self.retries = self.retries.saturating_add(1);
         let limit = if matches!(self.state, State::SynSent | State::SynReceived) { cfg.max_syn_retries } else { cfg.max_retries };
-        if self.retries > limit {
+        if u32::from(self.retries) > limit {
             self.abort();
             out.closed = true;
             return out;
@@ -1249,7 +1290,7 @@ impl TcpConn {
         self.handshake_rtt(cfg, now, seg);
         self.syn_pending = false; // a SYN queued again by its timer is moot now
         self.ack_pending = true;
-        self.last_rx = now;
+        self.last_progress = now;
         out.established = true;
         out
     }
@@ -1634,6 +1675,107 @@ mod tests {
         assert_eq!(out.acked, 500, "the ACK of a segment at a zero window's edge is processed");
         assert_eq!(out.deliver, None, "its data is not taken");
         assert!(!out.rejected);
+    }
+
+    /// A peer that answers each zero-window probe by taking its one byte and announcing a
+    /// zero window again moves less than a segment per probe: the idle clock keeps running
+    /// (else it would hold the connection, and the response's storage buffer, for ever).
+    /// Data from the peer, or a segment's worth of ours acknowledged, restart it.
+    #[test]
+    fn a_byte_per_zero_window_probe_is_not_progress() {
+        let cfg = Config::default();
+        let mut s = established_plain(&cfg);
+        s.set_stream_len(100_000);
+        let first = s.poll_tx(2, &mut Pattern).unwrap();
+        assert_eq!(first.payload_len, 1000);
+        let ack = |s: &TcpConn, off: u64, window: u16, payload: &'static [u8]| SegmentIn { seq: 6, ack: Some(s.seq_of(off)), flags: flags::ACK, window, payload, ..Default::default() };
+        // The whole first segment is acknowledged, with a zero window: progress.
+        let seg = ack(&s, 1000, 0, b"");
+        s.on_segment(&cfg, 10 * MS, &seg, 1000);
+        assert_eq!(s.last_progress(), 10 * MS);
+        let mut now = 10 * MS;
+        for _ in 0..400 {
+            assert!(s.poll_tx(now, &mut Pattern).is_none(), "zero window: the probe timer starts, nothing goes");
+            now = s.next_deadline().expect("the probe timer runs");
+            assert!(!s.on_timer(&cfg, now).closed, "a probe answered is never a retry");
+            let probe = s.poll_tx(now, &mut Pattern).expect("a probe");
+            assert_eq!(probe.payload_len, 1);
+            let seg = ack(&s, s.snd_nxt, 0, b"");
+            assert_eq!(s.on_segment(&cfg, now + MS, &seg, 1000).acked, 1);
+        }
+        assert_eq!(s.snd_una, 1400);
+        assert!(now > 60 * SEC, "400 probes took {} s", now / SEC);
+        assert_eq!(s.last_progress(), 10 * MS, "400 one-byte probes moved nothing on");
+        // A bare ACK, a window update, a duplicate of old data: nothing either.
+        for seg in [ack(&s, 1400, 0, b""), ack(&s, 1400, 1, b"")] {
+            s.on_segment(&cfg, now + 2 * MS, &seg, 1000);
+        }
+        let old = SegmentIn { seq: 5, ..ack(&s, 1400, 0, b"G") };
+        s.on_segment(&cfg, now + 2 * MS, &old, 1000);
+        assert_eq!(s.last_progress(), 10 * MS);
+        // A request byte taken is.
+        let seg = ack(&s, 1400, 0, b"G");
+        assert!(s.on_segment(&cfg, now + 3 * MS, &seg, 1000).deliver.is_some());
+        assert_eq!(s.last_progress(), now + 3 * MS);
+        // So is a segment's worth of ours acknowledged since the last progress, however it
+        // comes: 400 bytes by the probes, then 600 of a segment.
+        s.set_receive_window(0);
+        let seg = SegmentIn { seq: 7, ..ack(&s, 1400, 1000, b"") };
+        s.on_segment(&cfg, now + 4 * MS, &seg, 0);
+        assert_eq!(s.poll_tx(now + 4 * MS, &mut Pattern).map(|g| g.payload_len), Some(1000), "the window opened");
+        let seg = SegmentIn { seq: 7, ..ack(&s, 1999, 1000, b"") };
+        assert_eq!(s.on_segment(&cfg, now + 5 * MS, &seg, 0).acked, 599);
+        assert_eq!(s.last_progress(), now + 3 * MS, "999 bytes since the last mark");
+        let seg = SegmentIn { seq: 7, ..ack(&s, 2000, 1000, b"") };
+        s.on_segment(&cfg, now + 6 * MS, &seg, 0);
+        assert_eq!(s.last_progress(), now + 6 * MS, "1000 bytes since the last mark");
+    }
+
+    /// A RST ending a connection whose peer closed its window lands on the window's edge
+    /// (what the peer expects next), not on SND.NXT past it; with the window open, on SND.NXT.
+    #[test]
+    fn a_reset_past_a_closed_window_lands_on_its_edge() {
+        let cfg = Config::default();
+        let mut s = established_plain(&cfg);
+        s.set_stream_len(5000);
+        assert_eq!(s.poll_tx(2, &mut Pattern).map(|g| g.payload_len), Some(1000));
+        let closed = SegmentIn { seq: 6, ack: Some(s.seq_of(400)), flags: flags::ACK, window: 0, ..Default::default() };
+        s.on_segment(&cfg, 3, &closed, 1000);
+        s.abort();
+        let rst = s.poll_tx(4, &mut Pattern).expect("a RST");
+        assert_eq!(rst.fields.flags, flags::RST | flags::ACK);
+        assert_eq!(rst.fields.seq, s.seq_of(400), "the peer took 400 bytes and no more");
+        let mut s = established_plain(&cfg);
+        s.set_stream_len(5000);
+        s.poll_tx(2, &mut Pattern).unwrap();
+        s.abort();
+        assert_eq!(s.poll_tx(4, &mut Pattern).map(|g| g.fields.seq), Some(s.seq_of(1000)));
+    }
+
+    /// The segment that completes the handshake can come from beyond RCV.NXT (the peer's
+    /// first data segment arrived before the lost one ahead of it, or an injection): the
+    /// window it carries must not be frozen by it. Later ACKs update it, and so does any
+    /// ACK of new data (found by fuzz net_frames: a zero window for ever, probed a byte at a
+    /// time).
+    #[test]
+    fn a_handshake_ack_from_beyond_rcv_nxt_does_not_freeze_the_window() {
+        let cfg = Config::default();
+        let syn = SegmentIn { seq: 5, flags: flags::SYN, window: 1000, mss: Some(1000), ..Default::default() };
+        let mut s = TcpConn::accept(&cfg, 0, &syn, 9);
+        s.poll_tx(0, &mut Pattern);
+        let ahead = SegmentIn { seq: 6 + 88, ack: Some(10), flags: flags::ACK, window: 0, payload: b"later", ..Default::default() };
+        assert!(s.on_segment(&cfg, 1, &ahead, 1000).established);
+        assert_eq!(s.snd_wnd, 0);
+        let update = SegmentIn { seq: 6, ack: Some(10), flags: flags::ACK, window: 1000, ..Default::default() };
+        s.on_segment(&cfg, 2, &update, 1000);
+        assert_eq!(s.snd_wnd, 1000, "an in-order window update is taken");
+        // SND.WL1 ahead of the peer by any other way: an ACK of new data still moves it.
+        s.set_stream_len(10_000);
+        s.poll_tx(3, &mut Pattern).unwrap();
+        s.snd_wl1 = 6 + 88;
+        let acked = SegmentIn { seq: 6, ack: Some(s.seq_of(500)), flags: flags::ACK, window: 700, ..Default::default() };
+        s.on_segment(&cfg, 4, &acked, 1000);
+        assert_eq!(s.snd_wnd, 700);
     }
 
     /// The peer's FIN arrives again because our ACK of it was lost: it is ACKed again, or
