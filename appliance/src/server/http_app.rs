@@ -1345,8 +1345,10 @@ impl<S: Storage> HttpApp<S> {
         let r = &c.responses[resp];
         let chunk_obj = index * CHUNK as u64;
         let valid = (b.size - chunk_obj).min(CHUNK as u64);
-        let read_len = valid.div_ceil(BLOCK) * BLOCK;
         let hi = (chunk_obj + valid).min(b.obj_off + b.len);
+        // Up to the block holding the body's last byte in this chunk: a range that ends
+        // inside the chunk reads no more (nothing past it is sealed or sent).
+        let read_len = (hi - chunk_obj).div_ceil(BLOCK) * BLOCK;
         c.read_seq = c.read_seq.wrapping_add(1);
         let tag = (id.slot as u64) << 32 | (id.gen as u16 as u64) << 16 | c.read_seq as u64;
         let k = &mut set[slot];
@@ -2478,6 +2480,26 @@ mod tests {
         assert!(h.run_until_fetches(1, Duration::from_secs(30)));
         let f = &h.client_app.fetches[0];
         assert!(f.complete && f.sha256 == sha(&data), "{f:?}");
+    }
+
+    /// A range that ends inside a chunk reads up to the block holding its last byte, not the
+    /// rest of the chunk (over HTTP and HTTPS, whose last record ends there too).
+    #[test]
+    fn a_range_reads_no_further_than_the_block_of_its_last_byte() {
+        let (_dir, storage, volume, data) = patterned_volume(300_000);
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        let (server, client) = crate::loopback::test_tls_configs().unwrap();
+        h.enable_tls(server, client);
+        // Chunk 0 whole, then chunk 1 up to byte 70,000 (block 17 of the volume's object).
+        assert!(h.start_fetch("/v.ts", Some((10, 70_000))));
+        assert!(h.run_until_fetches(1, Duration::from_secs(30)));
+        assert_eq!(h.server.app.stats.storage_read_bytes, 65_536 + 8_192, "64 KiB, then 70,001 - 65,536 bytes in two blocks");
+        assert!(h.start_fetch_tls("/v.ts", Some((131_072, 140_000))));
+        assert!(h.run_until_fetches(2, Duration::from_secs(30)));
+        assert_eq!(h.server.app.stats.storage_read_bytes, 65_536 + 8_192 + 12_288, "8,929 bytes of chunk 2 in three blocks");
+        for (f, (lo, hi)) in h.client_app.fetches.iter().zip([(10, 70_000), (131_072, 140_000)]) {
+            assert!(f.complete && f.status == 206 && f.sha256 == sha(&data[lo..=hi]), "{f:?}");
+        }
     }
 
     /// With emulation on, HTTPS is real TLS as before, and a 404 is plain text.
