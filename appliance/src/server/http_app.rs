@@ -116,12 +116,16 @@ enum ChunkState {
     Ready(DmaBuf),
 }
 
-/// A DMA buffer holding object bytes `[index * CHUNK, (index + 1) * CHUNK)` of one response,
+/// A DMA buffer holding the object bytes of `[index * CHUNK, (index + 1) * CHUNK)` that one
+/// response sends (read from the block holding the first to the block holding the last),
 /// and under TLS the headers and trailers of the records sealed in it.
 struct Chunk {
     state: ChunkState,
     resp_start: u64,
     index: u64,
+    /// Bytes of the chunk before the first block read: the buffer's first byte is object
+    /// byte `index * CHUNK + skip` (a range that starts inside the chunk).
+    skip: u32,
     /// Stream offset just past this chunk's last byte on the wire (released once ACKed).
     stream_end: u64,
     first_rec: u64,
@@ -134,11 +138,17 @@ impl Chunk {
         state: ChunkState::Free,
         resp_start: 0,
         index: 0,
+        skip: 0,
         stream_end: 0,
         first_rec: 0,
         hdr: [[0; HEADER_MAX]; RECORDS_PER_CHUNK],
         trl: [[0; TRAILER]; RECORDS_PER_CHUNK],
     };
+
+    /// The object offset of the buffer's first byte.
+    fn buf_base(&self) -> u64 {
+        self.index * CHUNK as u64 + u64::from(self.skip)
+    }
 }
 
 enum TlsPhase {
@@ -454,10 +464,10 @@ fn locate(c: &HttpConn, off: u64) -> Loc<'_> {
             let index = obj_pos / CHUNK as u64;
             match c.find_chunk(r.start, index) {
                 None => Loc::Missing { resp, index },
-                Some(Chunk { state: ChunkState::Ready(buf), .. }) => {
-                    let base = index * CHUNK as u64;
-                    let end = (base + CHUNK as u64).min(b.obj_off + b.len);
-                    Loc::Bytes(&buf.as_slice()[(obj_pos - base) as usize..(end - base) as usize])
+                Some(k @ Chunk { state: ChunkState::Ready(buf), .. }) => {
+                    let end = ((index + 1) * CHUNK as u64).min(b.obj_off + b.len);
+                    let at = k.buf_base();
+                    Loc::Bytes(&buf.as_slice()[(obj_pos - at) as usize..(end - at) as usize])
                 }
                 Some(_) => Loc::Pending,
             }
@@ -473,7 +483,7 @@ fn locate(c: &HttpConn, off: u64) -> Loc<'_> {
                 Some(k) => k,
             };
             let ChunkState::Ready(buf) = &k.state else { return Loc::Pending };
-            Loc::Record(RecordAt { layout: &t.layout, chunk: k, buf: buf.as_slice(), base: index * CHUNK as u64, rec, part, object_start, object_end })
+            Loc::Record(RecordAt { layout: &t.layout, chunk: k, buf: buf.as_slice(), base: k.buf_base(), rec, part, object_start, object_end })
         }
     }
 }
@@ -484,6 +494,7 @@ struct RecordAt<'a> {
     layout: &'a ResponseLayout,
     chunk: &'a Chunk,
     buf: &'a [u8],
+    /// The object offset of `buf`'s first byte.
     base: u64,
     rec: u64,
     part: RecordPart,
@@ -519,7 +530,7 @@ impl<'a> RecordAt<'a> {
                     return None;
                 }
                 let RecordSource::Body { object_start, object_end } = self.layout.record_source(rec) else { return None };
-                if object_end > self.base + CHUNK as u64 || rec - self.chunk.first_rec >= RECORDS_PER_CHUNK as u64 {
+                if object_end > (self.chunk.index + 1) * CHUNK as u64 || rec - self.chunk.first_rec >= RECORDS_PER_CHUNK as u64 {
                     return None; // the next chunk's: located afresh
                 }
                 return Some(RecordAt { rec, part: RecordPart::Header(0), object_start, object_end, ..self });
@@ -582,6 +593,7 @@ fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, buf: &mut Dm
     let base = k.index * CHUNK as u64;
     let lo = base.max(b.obj_off);
     let hi = (base + CHUNK as u64).min(b.obj_off + b.len);
+    let at = k.buf_base();
     let keys = session.tx_keys(t.epoch)?;
     let first = r.record_of(&t, &b, lo);
     let last = r.record_of(&t, &b, hi - 1);
@@ -592,7 +604,7 @@ fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, buf: &mut Dm
         };
         debug_assert!(object_start >= lo && object_end <= hi);
         let j = (rec - first) as usize;
-        let payload = &mut buf.as_mut_slice()[(object_start - base) as usize..(object_end - base) as usize];
+        let payload = &mut buf.as_mut_slice()[(object_start - at) as usize..(object_end - at) as usize];
         // Sealing in place is one pass over each payload byte (read, then written back where
         // it lies): one byte touched, where a copy would touch two (docs/performance.md).
         crate::accounting::add_touched(payload.len());
@@ -1346,17 +1358,20 @@ impl<S: Storage> HttpApp<S> {
         let chunk_obj = index * CHUNK as u64;
         let valid = (b.size - chunk_obj).min(CHUNK as u64);
         let hi = (chunk_obj + valid).min(b.obj_off + b.len);
-        // Up to the block holding the body's last byte in this chunk: a range that ends
-        // inside the chunk reads no more (nothing past it is sealed or sent).
-        let read_len = (hi - chunk_obj).div_ceil(BLOCK) * BLOCK;
+        // From the block holding the body's first byte in this chunk to the block holding
+        // its last: a range that starts or ends inside the chunk reads no more (nothing
+        // outside it is sealed or sent).
+        let lo = chunk_obj.max(b.obj_off) / BLOCK * BLOCK;
+        let read_len = (hi - lo).div_ceil(BLOCK) * BLOCK;
         c.read_seq = c.read_seq.wrapping_add(1);
         let tag = (id.slot as u64) << 32 | (id.gen as u16 as u64) << 16 | c.read_seq as u64;
         let k = &mut set[slot];
         k.resp_start = r.start;
         k.index = index;
+        k.skip = (lo - chunk_obj) as u32;
         // Plain: the last body byte of the chunk; TLS: set when the chunk is sealed.
         k.stream_end = r.start + r.head_len as u64 + (hi - b.obj_off);
-        match self.storage.submit_read(tag, b.extent + chunk_obj, read_len as usize, buf) {
+        match self.storage.submit_read(tag, b.extent + lo, read_len as usize, buf) {
             Ok(()) => {
                 k.state = ChunkState::Pending(tag);
                 self.reads_in_flight += 1;
@@ -2482,22 +2497,28 @@ mod tests {
         assert!(f.complete && f.sha256 == sha(&data), "{f:?}");
     }
 
-    /// A range that ends inside a chunk reads up to the block holding its last byte, not the
-    /// rest of the chunk (over HTTP and HTTPS, whose last record ends there too).
+    /// A range reads only the blocks that hold its bytes: from the block of its first byte
+    /// in a chunk to the block of its last, not the whole 64 KiB chunk (over HTTP and HTTPS,
+    /// whose first and last records start and end at the range's edges too).
     #[test]
-    fn a_range_reads_no_further_than_the_block_of_its_last_byte() {
+    fn a_range_reads_only_the_blocks_that_hold_it() {
         let (_dir, storage, volume, data) = patterned_volume(300_000);
         let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
         let (server, client) = crate::loopback::test_tls_configs().unwrap();
         h.enable_tls(server, client);
-        // Chunk 0 whole, then chunk 1 up to byte 70,000 (block 17 of the volume's object).
-        assert!(h.start_fetch("/v.ts", Some((10, 70_000))));
-        assert!(h.run_until_fetches(1, Duration::from_secs(30)));
-        assert_eq!(h.server.app.stats.storage_read_bytes, 65_536 + 8_192, "64 KiB, then 70,001 - 65,536 bytes in two blocks");
-        assert!(h.start_fetch_tls("/v.ts", Some((131_072, 140_000))));
-        assert!(h.run_until_fetches(2, Duration::from_secs(30)));
-        assert_eq!(h.server.app.stats.storage_read_bytes, 65_536 + 8_192 + 12_288, "8,929 bytes of chunk 2 in three blocks");
-        for (f, (lo, hi)) in h.client_app.fetches.iter().zip([(10, 70_000), (131_072, 140_000)]) {
+        let cases: [(bool, usize, usize, u64, &str); 4] = [
+            (false, 10, 70_000, 65_536 + 8_192, "chunk 0 whole, then 70,001 - 65,536 bytes of chunk 1 in two blocks"),
+            (true, 131_072, 140_000, 12_288, "8,929 bytes at the start of chunk 2 in three blocks"),
+            (false, 205_000, 210_000, 8_192, "inside chunk 3: from block 50 (204,800) to block 51"),
+            (true, 225_000, 299_999, 40_960 + 40_960, "chunk 3 from block 54, then chunk 4 to the object's end"),
+        ];
+        for (i, &(tls, lo, hi, read, why)) in cases.iter().enumerate() {
+            let before = h.server.app.stats.storage_read_bytes;
+            let range = Some((lo as u64, hi as u64));
+            assert!(if tls { h.start_fetch_tls("/v.ts", range) } else { h.start_fetch("/v.ts", range) });
+            assert!(h.run_until_fetches(i + 1, Duration::from_secs(30)));
+            assert_eq!(h.server.app.stats.storage_read_bytes - before, read, "{why}");
+            let f = &h.client_app.fetches[i];
             assert!(f.complete && f.status == 206 && f.sha256 == sha(&data[lo..=hi]), "{f:?}");
         }
     }
