@@ -469,7 +469,9 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
         let volume = crate::volume::load(&mut storage).map_err(|e| e.to_string())?;
         let link = SimConfig { queue_frames: 8192, ..SimConfig::default() };
         // With offload the server's port takes 64 KiB TCP frames: fewer of them in flight.
-        let to_client = SimConfig { tso: offload, queue_frames: if offload { 1024 } else { 8192 }, ..SimConfig::default() };
+        // The port's queue is its transmit ring: full, it refuses frames (as a NIC does) and
+        // the stack sends them later; it does not drop them as a router's queue would.
+        let to_client = SimConfig { tso: offload, queue_frames: if offload { 1024 } else { 8192 }, backpressure: true, ..SimConfig::default() };
         let mut h = SimHarness::new(storage, volume, to_client, link, setup.buffers);
         h.server.nic.time_device();
         h.server.app.storage.time_device();

@@ -126,7 +126,7 @@ impl ConsoleHost for FakeHost {
                     },
                 })
                 .collect(),
-            nic_xstats: vec![("rx_good_packets".to_string(), 101), ("sw_tx_dropped".to_string(), 0)],
+            nic_xstats: vec![("rx_good_packets".to_string(), 101), ("sw_tx_ring_full".to_string(), 0)],
             per_core: vec![
                 CoreCounters { core: 0, connections_active: 1, http_requests: 6, ..Default::default() },
                 CoreCounters { core: 1, connections_active: 1, http_requests: 5, ..Default::default() },

@@ -91,6 +91,7 @@ pub(crate) fn table(
                 ("idle_timeouts", Num(s.tcp_idle_timeouts)),
                 ("table_full", Num(s.tcp_table_full)),
                 ("evicted", Num(s.tcp_evicted)),
+                ("tx_ring_full", Num(s.tcp_tx_ring_full)),
             ]),
         ),
         (

@@ -829,11 +829,12 @@ impl<C> Stack<C> {
     pub fn poll_tx<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, app: &mut A, nic: &mut N, budget: usize) -> usize {
         self.send_announcement_if_due(now, nic);
         let mut sent = 0;
+        let mut ring_full = false;
         // This round serves the slots queued now; those queued meanwhile wait for the next.
         for _ in 0..self.ready.len() {
             let Some(slot) = self.ready.pop_front() else { break };
-            if sent >= budget {
-                // Out of budget: keep the rest for the next round.
+            if sent >= budget || ring_full {
+                // Out of budget or of ring: keep the rest for the next round.
                 self.ready.push_back(slot);
                 continue;
             }
@@ -858,6 +859,7 @@ impl<C> Stack<C> {
                     break;
                 }
                 let mut src = Source { app, conn, id, now };
+                let before = tcp.clone();
                 let Some(seg) = tcp.poll_tx(now, &mut src) else { break };
                 let mut parts = Parts::default();
                 app.payload(conn, seg.payload_off, seg.payload_len, &mut parts);
@@ -878,8 +880,14 @@ impl<C> Stack<C> {
                     nic.tx_gather(frame)
                 };
                 if !queued {
-                    // Ring full: the segment counts as lost; TCP recovers it.
+                    // Ring full: the segment did not go. Take it back (the connection is as
+                    // it was before it, and sends it first next round: a full ring is not a
+                    // loss to recover from by timeout) and end the round, as the ring takes
+                    // nothing more until the device drains it.
+                    *tcp = before;
+                    self.stats.tcp_tx_ring_full += 1;
                     nic.tx_flush();
+                    ring_full = true;
                     more = true;
                     break;
                 }
@@ -1074,6 +1082,28 @@ mod tests {
         assert_eq!(s.tcp_evicted, 0);
         let ok = h.client_app.fetches.iter().filter(|f| f.status == 200 && f.complete).count();
         assert!(ok >= 2, "both transfers completed: {:?}", h.client_app.fetches);
+    }
+
+    /// A NIC whose transmit ring is full refuses a frame: the segment did not go, so the
+    /// stack takes it back and sends it in a later round. Not a loss: no retransmission and
+    /// no timeout (before, each refused segment waited for an RTO, 200 ms or more, and
+    /// the whole flight behind it went again).
+    #[test]
+    fn a_full_transmit_ring_delays_segments_but_loses_none() {
+        let (_dir, storage, volume) = tiny_volume();
+        let ring = SimConfig { backpressure: true, queue_frames: 4, ..SimConfig::default() };
+        let mut h = SimHarness::new(storage, volume, ring, SimConfig::default(), 16);
+        for _ in 0..40 {
+            assert!(h.start_fetch("/a.txt", None));
+        }
+        assert!(h.run_until_fetches(40, Duration::from_secs(60)));
+        for f in &h.client_app.fetches {
+            assert!(f.complete && f.status == 200 && f.body_len == 100_000, "{f:?}");
+        }
+        let s = h.server.stats();
+        assert!(s.tcp_tx_ring_full > 0, "the ring was full at times");
+        assert_eq!((s.tcp_retransmits, s.tcp_rto_timeouts), (0, 0), "{} refusals", s.tcp_tx_ring_full);
+        assert_eq!(h.server.nic.fault_counters().queue_drops, 0);
     }
 
     /// The fuzz target's lost timer (fuzz/regressions/net_frames/timer-lost-after-rto-with-

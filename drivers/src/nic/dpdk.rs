@@ -274,7 +274,6 @@ fn port_share(stats: &sys::rte_eth_stats, sw: &SoftCounters, queue: u16, queues:
     };
     if queue == 0 {
         c.rx_dropped = stats.imissed + stats.rx_nombuf + sw.rx_multi_seg.load(Ordering::Relaxed);
-        c.tx_dropped = sw.tx_dropped.load(Ordering::Relaxed);
         c.rx_errors = stats.ierrors;
         c.tx_errors = stats.oerrors + sw.tx_bad_length.load(Ordering::Relaxed) + sw.tx_prepare_refused.load(Ordering::Relaxed);
     }
@@ -479,8 +478,9 @@ struct ZcRegion {
 /// What the backend itself dropped or refused, beside the device's counters.
 #[derive(Default)]
 struct SoftCounters {
-    /// Queued frames the device did not take at flush time (freed).
-    tx_dropped: AtomicU64,
+    /// Flushes that found the ring full: the frames it did not take stay queued for the next
+    /// (and a full batch refuses new ones, which the stack takes back and sends later).
+    tx_ring_full: AtomicU64,
     /// Empty frames or frames larger than one mbuf given to `tx_gather` (dropped).
     tx_bad_length: AtomicU64,
     /// `tx_gather` found the pool empty (refused, caller retries).
@@ -562,8 +562,11 @@ impl std::fmt::Debug for DpdkFrame {
 pub struct DpdkNic {
     port: Arc<Port>,
     queue: u16,
-    /// Frames queued by `tx_gather`, owned here until `tx_flush` hands them to the PMD.
+    /// Frames queued by `tx_gather`, owned here until `tx_flush` hands them to the PMD (those
+    /// a full ring did not take stay, in order, for the next flush).
     tx: Vec<NonNull<sys::rte_mbuf>>,
+    /// How many of `tx`, from the front, `rte_eth_tx_prepare` has seen already.
+    tx_prepared: usize,
     tx_batch: usize,
     rx_scratch: [*mut sys::rte_mbuf; BURST],
     /// Storage pool regions payload may be sent from without copying ([`Nic::tx_from_pool`]).
@@ -1063,6 +1066,7 @@ impl DpdkNic {
             port,
             queue,
             tx: Vec::with_capacity(tx_batch),
+            tx_prepared: 0,
             tx_batch,
             rx_scratch: [std::ptr::null_mut(); BURST],
             zc_regions: Vec::new(),
@@ -1164,8 +1168,8 @@ impl DpdkNic {
         }
         let sw = &self.port.sw;
         out.push((
-            "sw_tx_dropped".into(),
-            sw.tx_dropped.load(Ordering::Relaxed),
+            "sw_tx_ring_full".into(),
+            sw.tx_ring_full.load(Ordering::Relaxed),
         ));
         out.push((
             "sw_tx_bad_length".into(),
@@ -1301,7 +1305,7 @@ impl DpdkNic {
     /// Lets the PMD check the queued frames' offload requests and fix up what its device needs
     /// (`rte_eth_tx_prepare`); a frame it refuses is dropped and counted.
     fn prepare_queued(&mut self) {
-        let mut from = 0;
+        let mut from = self.tx_prepared;
         while from < self.tx.len() {
             let (n, ok) = self.burst_queued(from, sys::dpdk_sys_tx_prepare);
             if ok >= n {
@@ -1323,6 +1327,7 @@ impl DpdkNic {
             unsafe { sys::dpdk_sys_pktmbuf_free(refused.as_ptr()) };
             from += ok;
         }
+        self.tx_prepared = self.tx.len();
     }
 
     /// Where `part` may go out from without copying: the device address of its first byte
@@ -1729,21 +1734,14 @@ impl Nic for DpdkNic {
             }
             sent += taken;
         }
-        let unsent = self.tx.len() - sent;
-        if unsent > 0 {
-            self.port
-                .sw
-                .tx_dropped
-                .fetch_add(unsent as u64, Ordering::Relaxed);
-            // SAFETY: the mbufs from `sent` on were not taken by the PMD: still ours to free.
-            unsafe {
-                sys::rte_pktmbuf_free_bulk(
-                    self.tx.as_mut_ptr().add(sent) as *mut *mut sys::rte_mbuf,
-                    unsent as u32,
-                )
-            };
+        // The PMD owns the first `sent`. The rest (a full ring) stay queued for the next
+        // flush: the batch has that much less room meanwhile, and a full batch refuses new
+        // frames, which the stack takes back (a full ring is back-pressure, not loss).
+        self.tx.drain(..sent);
+        self.tx_prepared = self.tx.len();
+        if !self.tx.is_empty() {
+            self.port.sw.tx_ring_full.fetch_add(1, Ordering::Relaxed);
         }
-        self.tx.clear();
         sent
     }
 

@@ -93,8 +93,13 @@ pub struct SimConfig {
     pub jitter: Duration,
     /// Serialisation rate in bits per second of frame bytes; None: infinitely fast.
     pub rate_bps: Option<u64>,
-    /// Frames in flight (sent, not yet received) beyond which new frames are tail-dropped.
+    /// Frames in flight (sent, not yet received) beyond which new frames are tail-dropped
+    /// (or refused, with `backpressure`).
     pub queue_frames: usize,
+    /// Model the sending port's transmit ring rather than a router's queue: with
+    /// `queue_frames` in flight the port refuses a frame (its transmit call returns false,
+    /// as a NIC's full ring does) instead of the link dropping it.
+    pub backpressure: bool,
     /// Largest IP packet; frames up to mtu + 14 bytes pass.
     pub mtu: usize,
     /// The sending port offers TCP checksum and segmentation offload (frames of up to
@@ -116,6 +121,7 @@ impl Default for SimConfig {
             jitter: Duration::ZERO,
             rate_bps: None,
             queue_frames: 1024,
+            backpressure: false,
             mtu: 1500,
             tso: false,
         }
@@ -292,6 +298,12 @@ impl Direction {
 
     fn in_flight(&self) -> usize {
         self.wire.len() + usize::from(self.held.is_some())
+    }
+
+    /// Whether `queue_frames` frames are in flight at `now`.
+    fn full(&mut self, now: u64) -> bool {
+        self.settle(now);
+        self.in_flight() >= self.cfg.queue_frames
     }
 
     fn seq(&mut self) -> u64 {
@@ -635,7 +647,12 @@ impl SimNic {
             log::debug!("sim: refused a {len}-byte frame (mtu {})", dir.cfg.mtu);
             return false;
         }
-        dir.send(self.clock.ns(), parts, len, tcp);
+        let now = self.clock.ns();
+        if dir.cfg.backpressure && dir.full(now) {
+            // Not counted as dropped: the frame is still the caller's to send again.
+            return false;
+        }
+        dir.send(now, parts, len, tcp);
         self.counters.tx_packets += 1;
         self.counters.tx_bytes += len as u64;
         self.tx_since_flush += 1;

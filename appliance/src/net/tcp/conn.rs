@@ -198,7 +198,9 @@ pub struct TcpCounters {
     pub out_of_window: u64,
 }
 
-#[derive(Debug)]
+/// One connection's TCP state. `Clone` so that the stack can take back a segment the NIC's
+/// ring refused (it restores the state from before [`TcpConn::poll_tx`]).
+#[derive(Clone, Debug)]
 pub struct TcpConn {
     pub state: State,
     // Send side, as offsets into our outgoing stream: seq(off) = iss + 1 + off.
