@@ -87,8 +87,10 @@ pub trait Nic {
     fn rx_burst(&mut self, out: &mut Vec<Self::Rx>, max: usize) -> usize;
 
     /// Queue one frame made of `parts` in order (total at most mtu + 14 bytes). Returns false
-    /// when the transmit ring is full; the frame is then not queued and the caller retries
-    /// after a flush (TCP treats it as a lost segment).
+    /// only when the transmit ring is full: the frame is then not queued and the caller
+    /// sends it again after a flush (the stack takes the segment back). A frame that could
+    /// never be sent (bad length, refused offload, a write error) is dropped and counted in
+    /// `tx_errors`, and returns true: retrying it would block the queue for ever.
     fn tx_gather(&mut self, parts: &[&[u8]]) -> bool;
 
     /// Queue one TCP/IPv4 frame whose headers are complete but for the TCP checksum (left
@@ -97,7 +99,8 @@ pub trait Nic {
     /// `parts[0]` is the Ethernet, IPv4 and TCP headers, the rest the payload. Ports without
     /// the offloads do it in software ([`offload::segment`]) and queue each segment with
     /// [`Nic::tx_gather`]. Returns false when the ring is full (segments queued before that
-    /// stay queued: TCP sees the rest as lost).
+    /// stay queued, and go again with the rest when the caller retries: the receiver drops
+    /// the duplicates); a frame that could never be sent is dropped and counted, as above.
     fn tx_tcp(&mut self, parts: &[&[u8]], tcp: TcpTx) -> bool {
         offload::segment(parts, tcp, |frame| self.tx_gather(&[frame]))
     }

@@ -644,8 +644,8 @@ impl SimNic {
         };
         if !(ETH_HLEN..=max).contains(&len) {
             self.counters.tx_errors += 1;
-            log::debug!("sim: refused a {len}-byte frame (mtu {})", dir.cfg.mtu);
-            return false;
+            log::debug!("sim: dropped a {len}-byte frame (mtu {})", dir.cfg.mtu);
+            return true; // never sendable: dropped, not retried
         }
         let now = self.clock.ns();
         if dir.cfg.backpressure && dir.full(now) {
@@ -1037,8 +1037,9 @@ mod tests {
     #[test]
     fn bad_frames_and_configs_are_refused() {
         let (mut a, _b) = pair(SimConfig::default(), SimConfig::default(), SimClock::new());
-        assert!(!a.tx_gather(&[&[0u8; 13]]));
-        assert!(!a.tx_gather(&[&[0u8; 1500], &[0u8; 15]]));
+        // Never sendable: dropped and counted, not refused (a refusal means "ring full, retry").
+        assert!(a.tx_gather(&[&[0u8; 13]]));
+        assert!(a.tx_gather(&[&[0u8; 1500], &[0u8; 15]]));
         assert!(a.tx_gather(&[&[0u8; 1500], &[0u8; 14]]));
         assert_eq!(a.counters().tx_errors, 2);
         assert_eq!(a.counters().tx_packets, 1);

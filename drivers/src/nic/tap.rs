@@ -321,14 +321,13 @@ impl TapNic {
                 self.tx_since_flush += 1;
                 true
             }
-            Ok(false) => {
-                self.counters.tx_dropped += 1;
-                false
-            }
+            // The device queue is full: the caller sends it again later.
+            Ok(false) => false,
             Err(err) => {
+                // Dropped and counted: the same write would fail again.
                 self.counters.tx_errors += 1;
                 log::warn!("tap {}: write: {err}", self.ifname);
-                false
+                true
             }
         }
     }
@@ -453,11 +452,11 @@ impl Nic for TapNic {
         if !(ETH_HLEN..=self.mtu + ETH_HLEN).contains(&total) {
             self.counters.tx_errors += 1;
             log::debug!(
-                "tap {}: refused a {total}-byte frame (mtu {})",
+                "tap {}: dropped a {total}-byte frame (mtu {})",
                 self.ifname,
                 self.mtu
             );
-            return false;
+            return true; // never sendable: dropped, not retried
         }
         self.send(&[0; VNET_HDR_LEN], parts, total)
     }
@@ -468,13 +467,13 @@ impl Nic for TapNic {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let hdr_len = tcp.l4_offset + tcp.l4_len;
         let payload = total.saturating_sub(hdr_len);
-        let Some(&hdr) = parts.first() else { return false };
+        let Some(&hdr) = parts.first() else { return true };
         // Each segment the kernel cuts must fit the MTU, as must a frame it does not cut.
         let largest = if payload > tcp.mss { hdr_len + tcp.mss } else { total };
         if hdr.len() != hdr_len || hdr_len < 54 || payload > MAX_TSO_PAYLOAD || tcp.mss == 0 || largest > self.mtu + ETH_HLEN {
             self.counters.tx_errors += 1;
-            log::debug!("tap {}: refused a TCP frame of {total} bytes ({tcp:?})", self.ifname);
-            return false;
+            log::debug!("tap {}: dropped a TCP frame of {total} bytes ({tcp:?})", self.ifname);
+            return true; // never sendable: dropped, not retried
         }
         // The TCP checksum field holds the pseudo-header sum (not complemented), as Linux's
         // own stack leaves it for CHECKSUM_PARTIAL; the kernel adds the segment to it.
@@ -490,7 +489,7 @@ impl Nic for TapNic {
         let mut list: [&[u8]; MAX_IOVECS] = [&[]; MAX_IOVECS];
         if parts.len() > MAX_IOVECS {
             self.counters.tx_errors += 1;
-            return false;
+            return true; // never sendable: dropped, not retried
         }
         list[0] = &first[..hdr_len];
         list[1..parts.len()].copy_from_slice(&parts[1..]);
@@ -756,10 +755,11 @@ mod tests {
         assert_eq!(&reply[38..42], &[0x12, 0x34, 0, 1], "echo id and sequence");
         assert_eq!(&reply[42..42 + payload.len()], payload);
 
-        // Oversized frames are refused and counted, not written.
+        // Oversized frames are dropped and counted, not written (nor refused: a refusal
+        // means "full, send it again").
         let before = nic.counters();
         let big = vec![0u8; 1500 + 15];
-        assert!(!nic.tx_gather(&[&big]));
+        assert!(nic.tx_gather(&[&big]));
         let after = nic.counters();
         assert_eq!(after.tx_errors, before.tx_errors + 1);
         assert_eq!(after.tx_packets, before.tx_packets);

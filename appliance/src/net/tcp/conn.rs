@@ -264,7 +264,7 @@ pub struct TcpConn {
     syn_pending: bool,
     rst_pending: bool,
     time_wait_deadline: Option<Instant>,
-    /// When the peer last moved the connection on (see [`TcpConn::note_progress`]).
+    /// When the peer last moved the connection on (see [`TcpConn::note_acked_progress`]).
     last_progress: Instant,
     /// `snd_una` then (its low 32 bits: no ACK moves it further than that).
     progress_una: u32,
