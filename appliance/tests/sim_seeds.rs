@@ -4,7 +4,8 @@
 //! (a few over HTTPS, a few 404s and unsatisfiable ranges), over loss, reordering,
 //! duplication, corruption (frames with bad checksums, which the stacks must drop), delay,
 //! jitter, a rate limit with a short queue (tail drops), ports with segmentation offload (64 KiB
-//! TCP frames meeting the same faults), partitions (the link cut both ways for
+//! TCP frames meeting the same faults), ports whose full queue refuses frames as a NIC's
+//! transmit ring does (one seed in four each way), partitions (the link cut both ways for
 //! up to a few seconds, then healed), and clients that walk away mid-transfer (RST, or FIN and
 //! ignore the rest) and then fetch again on a new connection. Initial sequence numbers come
 //! from the seed too, half the seeds just below 2^32 so that every stream wraps. Both stacks
@@ -282,10 +283,13 @@ fn sha(data: &[u8]) -> [u8; 32] {
 }
 
 /// Moves the clock to the next thing that can happen: a frame falling due, a connection
-/// timer (rounded up past its wheel tick), or a scheduled event of the scenario.
+/// timer (rounded up past its wheel tick), or a scheduled event of the scenario. A deadline
+/// already past counts as the next tick: a connection that could not act on it (its segment
+/// refused by a full transmit ring) would otherwise hold the clock to nanosecond steps.
 fn idle_advance(h: &mut SimHarness<DelayedReads>, extra: Option<Duration>) {
     let now = h.clock.now();
-    let tick = |ns: u64| Duration::from_nanos((ns / 1_000_000 + 1) * 1_000_000);
+    let next_tick = |ns: u64| Duration::from_nanos((ns / 1_000_000 + 1) * 1_000_000);
+    let tick = |ns: u64| next_tick(ns.max(now.as_nanos() as u64));
     let mut next = [h.client_nic.next_due(), h.server.nic.next_due(), extra].into_iter().flatten().min();
     let mut consider = |d: Duration| next = Some(next.map_or(d, |n| n.min(d)));
     let idle = h.server.stack.cfg.idle_timeout;
@@ -310,8 +314,12 @@ fn idle_advance(h: &mut SimHarness<DelayedReads>, extra: Option<Duration>) {
 fn run_seed(seed: u64, delays: [u64; 3], verbose: bool) -> Result<SeedReport, String> {
     let sh = shared();
     let mut rng = Rng(seed ^ 0x5eed_5eed_0000_0000);
-    let to_client = link(&mut rng, seed.wrapping_mul(2));
-    let to_server = link(&mut rng, seed.wrapping_mul(2) + 1);
+    // On one seed in four the server's port is a transmit ring that refuses frames when its
+    // queue is full (the stack takes the segment back) instead of the link dropping them, and
+    // on another the client's; decided from the seed's number, not drawn, so that the other
+    // seeds keep their scenarios.
+    let to_client = SimConfig { backpressure: seed % 4 == 1, ..link(&mut rng, seed.wrapping_mul(2)) };
+    let to_server = SimConfig { backpressure: seed % 4 == 2, ..link(&mut rng, seed.wrapping_mul(2) + 1) };
     let buffers = rng.range(4, 64) as usize;
     let tls_share = if rng.chance(0.5) { 0.0 } else { rng.range(5, 25) as f64 / 100.0 };
     let mut planned = plan(&mut rng, tls_share);
