@@ -336,8 +336,7 @@ impl Direction {
     /// Puts one frame on the wire, applying this direction's faults. With `tcp`, the port
     /// fills in the TCP checksum first (checksum offload).
     fn send(&mut self, now: u64, parts: &[&[u8]], len: usize, tcp: Option<TcpTx>) {
-        self.settle(now);
-        if self.in_flight() >= self.cfg.queue_frames {
+        if self.full(now) {
             self.faults.queue_drops += 1;
             return;
         }
