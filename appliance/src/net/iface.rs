@@ -588,12 +588,16 @@ impl<C> Stack<C> {
                     if let Some(c) = app.accept(now, rx.dst_port) {
                         let tcp = TcpConn::accept_cookie(&self.cfg.tcp, now, seg, seg.ack.unwrap_or(0).wrapping_sub(1), mss);
                         let entry = Entry { tcp, peer_mac: rx.src_mac, app: c, opened_at: now, ready: false, half_open: false };
-                        if let Ok(id) = self.conns.insert(key, entry) {
-                            self.stats.tcp_syn_cookies_accepted += 1;
-                            self.stats.tcp_connections_opened += 1;
-                            self.on_conn_segment(now, id, rx, app);
-                            self.after_event(now, id, app);
-                            return;
+                        match self.conns.insert(key, entry) {
+                            Ok(id) => {
+                                self.stats.tcp_syn_cookies_accepted += 1;
+                                self.stats.tcp_connections_opened += 1;
+                                self.on_conn_segment(now, id, rx, app);
+                                self.after_event(now, id, app);
+                                return;
+                            }
+                            // Not reached (room was made above); the application frees what it made.
+                            Err(entry) => app.on_closed(entry.app, CloseReason::Reset),
                         }
                     }
                 }
@@ -631,7 +635,10 @@ impl<C> Stack<C> {
                 self.stats.tcp_connections_opened += 1;
                 self.after_event(now, id, app);
             }
-            Err(_) => self.stats.tcp_table_full += 1,
+            Err(entry) => {
+                self.stats.tcp_table_full += 1;
+                app.on_closed(entry.app, CloseReason::Reset);
+            }
         }
     }
 
@@ -818,7 +825,13 @@ impl<C> Stack<C> {
         let mut tcp = TcpConn::connect(&self.cfg.tcp, now, iss);
         tcp.set_receive_window(app.rx_room(&c));
         let entry = Entry { tcp, peer_mac, app: c, opened_at: now, ready: false, half_open: false };
-        let id = self.conns.insert(key, entry).ok()?;
+        let id = match self.conns.insert(key, entry) {
+            Ok(id) => id,
+            Err(entry) => {
+                app.on_closed(entry.app, CloseReason::Reset);
+                return None;
+            }
+        };
         self.stats.tcp_connections_opened += 1;
         self.after_event(now, id, app);
         Some(id)

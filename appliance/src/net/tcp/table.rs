@@ -32,9 +32,6 @@ pub struct ConnId {
     pub gen: u32,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub struct TableFull;
-
 pub struct ConnTable<T> {
     slots: Vec<Option<(ConnKey, T)>>,
     gens: Vec<u32>,
@@ -72,8 +69,9 @@ impl<T> ConnTable<T> {
         self.index.is_empty()
     }
 
-    pub fn insert(&mut self, key: ConnKey, value: T) -> Result<ConnId, TableFull> {
-        let slot = self.free.pop().ok_or(TableFull)?;
+    /// Add an entry; a full table gives `value` back (its owner may hold resources to free).
+    pub fn insert(&mut self, key: ConnKey, value: T) -> Result<ConnId, T> {
+        let Some(slot) = self.free.pop() else { return Err(value) };
         self.slots[slot as usize] = Some((key, value));
         self.gens[slot as usize] = self.gens[slot as usize].wrapping_add(1);
         self.index.insert(key.packed(), slot);
@@ -276,7 +274,7 @@ mod tests {
         let mut t = ConnTable::with_capacity(2);
         let a = t.insert(key(1), "a").unwrap();
         let b = t.insert(key(2), "b").unwrap();
-        assert_eq!(t.insert(key(3), "c"), Err(TableFull));
+        assert_eq!(t.insert(key(3), "c"), Err("c"));
         assert_eq!(t.find(&key(2)), Some(b));
         assert_eq!(t.remove(a).map(|(_, v)| v), Some("a"));
         assert!(t.get_mut(a).is_none());
