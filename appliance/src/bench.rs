@@ -13,8 +13,10 @@
 //!   the sum of the stack's start-up reservation per table slot (the table, its index, the
 //!   timer wheel and queues: everything `Stack::new` allocates, over its capacity,
 //!   `mem_table_per_conn_bytes`), the server's heap growth over the idle connections per
-//!   connection (`mem_heap_per_conn_bytes`), and what C code holds for them (aws-lc's AEAD
-//!   contexts, unseen by the counting allocator: `mem_c_heap_per_conn_bytes`). The per-core
+//!   connection (`mem_heap_per_conn_bytes`), what C code holds for them (aws-lc's AEAD
+//!   contexts, unseen by the counting allocator: `mem_c_heap_per_conn_bytes`), and the
+//!   entries they hold in the per-core slabs reserved at start-up (TLS sessions, queued
+//!   responses: `mem_slab_per_conn_bytes`, also unseen by the allocator). The per-core
 //!   pools that connections borrow from only while busy are reported apart
 //!   (`pool_bytes_per_core`): an idle connection holds none of them.
 //! - `bytes_touched_per_byte`: payload bytes the server's CPU read or wrote per body byte:
@@ -169,6 +171,7 @@ struct CoreResult {
     idle_conns: usize,
     idle_heap_bytes: i64,
     idle_c_heap_bytes: u64,
+    idle_slab_bytes: u64,
     table_bytes_per_slot: f64,
     pool_bytes: u64,
     handshakes: u64,
@@ -208,6 +211,7 @@ pub struct CaseResult {
     pub mem_table_per_conn_bytes: f64,
     pub mem_heap_per_conn_bytes: f64,
     pub mem_c_heap_per_conn_bytes: f64,
+    pub mem_slab_per_conn_bytes: f64,
     pub pool_bytes_per_core: f64,
     pub bytes_touched_per_byte: f64,
     pub allocs_on_packet_path: Option<u64>,
@@ -407,6 +411,7 @@ fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, res
     let idle_conns: usize = results.iter().map(|r| r.idle_conns).sum();
     let idle_heap: i64 = results.iter().map(|r| r.idle_heap_bytes).sum();
     let idle_c_heap: u64 = results.iter().map(|r| r.idle_c_heap_bytes).sum();
+    let idle_slab: u64 = results.iter().map(|r| r.idle_slab_bytes).sum();
     // Without the counting allocator only the slot itself is known.
     let slot = results.iter().map(|r| r.table_bytes_per_slot).fold(ConnTable::<Entry<HttpConn>>::slot_bytes() as f64, f64::max);
     let per_idle = |b: f64| if idle_conns == 0 { f64::NAN } else { b / idle_conns as f64 };
@@ -427,10 +432,11 @@ fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, res
         device_seconds: results.iter().map(|r| r.device_ns).max().unwrap_or(0) as f64 / 1e9,
         handshake_seconds: results.iter().map(|r| r.handshake_ns).max().unwrap_or(0) as f64 / 1e9,
         allocs_in_handshakes: accounting::allocator_installed().then(|| results.iter().map(|r| r.handshake_allocs).sum()),
-        mem_per_conn_bytes: slot + per_idle(idle_heap as f64) + per_idle(idle_c_heap as f64),
+        mem_per_conn_bytes: slot + per_idle(idle_heap as f64) + per_idle(idle_c_heap as f64) + per_idle(idle_slab as f64),
         mem_table_per_conn_bytes: slot,
         mem_heap_per_conn_bytes: per_idle(idle_heap as f64),
         mem_c_heap_per_conn_bytes: per_idle(idle_c_heap as f64),
+        mem_slab_per_conn_bytes: per_idle(idle_slab as f64),
         pool_bytes_per_core: results.iter().map(|r| r.pool_bytes).sum::<u64>() as f64 / cores as f64,
         bytes_touched_per_byte: if body_bytes == 0 { f64::NAN } else { touched as f64 / body_bytes as f64 },
         allocs_on_packet_path: accounting::allocator_installed().then(|| results.iter().map(|r| r.allocs - r.handshake_allocs).sum()),
@@ -579,7 +585,7 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
     }
     // Until the server has every response acknowledged (the client has its bytes before the
     // server has the ACKs): only then is a connection idle.
-    let busy = |h: &SimHarness<FileStorage>| h.server.stack.connections().any(|(_, _, e)| e.app.holds_buffers());
+    let busy = |h: &SimHarness<FileStorage>| h.server.stack.connections().any(|(_, _, e)| h.server.app.holds_buffers(&e.app));
     while busy(&h) && Instant::now() < deadline {
         for _ in 0..64 {
             server_clock(&h, start);
@@ -597,7 +603,8 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
     }
     out.idle_conns = n;
     out.idle_heap_bytes = h.server_heap_bytes - heap0;
-    out.idle_c_heap_bytes = h.server.stack.connections().map(|(_, _, e)| e.app.foreign_heap_bytes() as u64).sum();
+    out.idle_c_heap_bytes = h.server.stack.connections().map(|(_, _, e)| h.server.app.foreign_heap_bytes(&e.app) as u64).sum();
+    out.idle_slab_bytes = h.server.stack.connections().map(|(_, _, e)| h.server.app.slab_bytes(&e.app) as u64).sum();
     out.table_bytes_per_slot = h.server_stack_bytes as f64 / h.server.stack.cfg.max_conns as f64;
     out.pool_bytes = h.server.app.pool_reserved_bytes() as u64;
     out.ok = true;
@@ -618,7 +625,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
     let num = |x: f64| if x.is_finite() { format!("{x:.3}") } else { "null".to_string() };
     if json {
         println!(
-            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{}{}}}",
+            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{}{}}}",
             case_name(r.mode),
             if r.offload { "-offload" } else { "" },
             r.mode.name(),
@@ -647,6 +654,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             num(r.mem_table_per_conn_bytes),
             num(r.mem_heap_per_conn_bytes),
             num(r.mem_c_heap_per_conn_bytes),
+            num(r.mem_slab_per_conn_bytes),
             num(r.pool_bytes_per_core),
             num(r.bytes_touched_per_byte),
             r.allocs_on_packet_path.map_or("null".to_string(), |a| a.to_string()),

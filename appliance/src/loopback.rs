@@ -509,7 +509,7 @@ impl<S: Storage> SimHarness<S> {
         let heap0 = crate::accounting::allocations().1;
         let server_stack = crate::accounting::counting(|| Stack::new(scfg, 0));
         let server_stack_bytes = crate::accounting::allocations().1 - heap0;
-        let app = HttpApp::new(storage, volume, buffers).expect("storage pool");
+        let app = HttpApp::new(storage, volume, buffers, max_conns).expect("storage pool");
         let server = Pipeline::new(server_nic, server_stack, app);
         let mut ccfg = IfaceConfig::new(client_nic.link().mac, CLIENT_IP, 24);
         ccfg.use_link(&client_nic.link());
@@ -605,7 +605,12 @@ impl<S: Storage> SimHarness<S> {
     /// Open a connection that sends `bytes` to port 80 and waits (see [`ClientConn::raw`]).
     /// Returns its client-side port.
     pub fn start_raw(&mut self, bytes: &[u8]) -> Option<u16> {
-        self.open(ClientConn::raw(bytes), 80).then_some(self.next_port)
+        self.start_raw_to(80, bytes)
+    }
+
+    /// As [`SimHarness::start_raw`], to the server's `port` (e.g. plain bytes to HTTPS).
+    pub fn start_raw_to(&mut self, port: u16, bytes: &[u8]) -> Option<u16> {
+        self.open(ClientConn::raw(bytes), port).then_some(self.next_port)
     }
 
     /// Send `bytes` more on the client connection from local port `port`.

@@ -13,8 +13,10 @@
 //!
 //! An idle keep-alive connection holds no buffer: receive buffers (and, under TLS, record
 //! reassembly buffers) are lent by per-core pools made at start-up only while a request is
-//! being received, the chunk bookkeeping only while storage buffers are held, and response
-//! queues come from a recycled spare list. A connection that finds a pool empty stops
+//! being received, the chunk bookkeeping only while storage buffers are held. Queued
+//! responses, TLS handshakes and TLS sessions live in per-core slabs sized at start-up for
+//! every connection ([`Slab`]), so accepting a connection or answering a request allocates
+//! nothing. A connection that finds a pool empty stops
 //! reading (zero window) and waits in line for a buffer ([`Stats::http_rx_buffer_waits`]).
 //!
 //! With TLS emulation on ([`HttpApp::enable_tls_emulation`], benchmarks only) a plain HTTP
@@ -30,6 +32,7 @@ use crate::net::iface::{App, CloseReason, Parts, Stack};
 use crate::net::tcp::table::ConnId;
 use crate::net::tcp::TcpConn;
 use crate::net::Instant;
+use crate::server::slab::{Slab, SlabKey};
 use crate::stats::Stats;
 use crate::tls::handshake::{HandshakeDriver, HandshakeProgress, Incoming, RecordSession};
 use crate::tls::layout::{RecordFormat, RecordPart, RecordSource, ResponseLayout, RECORD_PLAINTEXT};
@@ -49,7 +52,6 @@ const MAX_RX_BUFFERS: usize = 256;
 /// ([`HttpApp::evict_oldest_head`]); a client that is not stalling sends its head faster.
 const HEAD_EVICT_AFTER: Instant = crate::net::SEC;
 /// Emptied response queues kept for reuse, at most (beyond that they are freed).
-const SPARE_QUEUES: usize = 1024;
 const MAX_PIPELINED: usize = 16;
 const BLOCK: u64 = 4096;
 /// Room for a response head plus an error body, sealed as one record (or a control record).
@@ -110,6 +112,135 @@ impl Response {
     }
 }
 
+/// Most responses one connection queues: [`MAX_PIPELINED`] answers and room for control
+/// records (close_notify, an alert, KeyUpdate) behind them.
+const QUEUE_CAP: usize = MAX_PIPELINED + 4;
+
+/// A connection's queued responses, oldest first: their places in [`Held::responses`].
+#[derive(Default)]
+struct RespQueue {
+    keys: [SlabKey; QUEUE_CAP],
+    head: u8,
+    len: u8,
+}
+
+impl RespQueue {
+    fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn key(&self, i: usize) -> Option<SlabKey> {
+        (i < self.len()).then(|| self.keys[(self.head as usize + i) % QUEUE_CAP])
+    }
+
+    /// Response `i` (0: the oldest).
+    fn get<'a>(&self, slab: &'a Slab<Response>, i: usize) -> Option<&'a Response> {
+        slab.get(self.key(i)?)
+    }
+
+    fn iter<'a>(&'a self, slab: &'a Slab<Response>) -> impl Iterator<Item = &'a Response> + 'a {
+        (0..self.len()).filter_map(move |i| self.get(slab, i))
+    }
+
+    fn front<'a>(&self, slab: &'a Slab<Response>) -> Option<&'a Response> {
+        self.get(slab, 0)
+    }
+}
+
+/// Per-connection state that not every connection holds, in slabs sized at start-up for
+/// every connection the table can hold.
+struct Held {
+    responses: Slab<Response>,
+    /// HTTPS only (empty until TLS is enabled).
+    handshakes: Slab<HandshakeDriver>,
+    sessions: Slab<RecordSession>,
+    /// Connections the table holds at most.
+    max_conns: usize,
+    /// Connections with at least one response queued.
+    busy_queues: usize,
+}
+
+impl Held {
+    fn new(max_conns: usize) -> Self {
+        // A first response for every connection, and as many again queued behind others
+        // (pipelined requests, control records).
+        Held { responses: Slab::with_capacity(2 * max_conns), handshakes: Slab::with_capacity(0), sessions: Slab::with_capacity(0), max_conns, busy_queues: 0 }
+    }
+
+    fn enable_tls(&mut self) {
+        if self.sessions.capacity() == 0 {
+            self.handshakes = Slab::with_capacity(self.max_conns);
+            self.sessions = Slab::with_capacity(self.max_conns);
+        }
+    }
+
+    /// Whether `q` can queue one more response: always its first; one behind others while
+    /// fewer than `max_conns` such wait in the whole core (so the first of every other
+    /// connection still finds a place).
+    fn has_room(&self, q: &RespQueue) -> bool {
+        if q.len() >= QUEUE_CAP {
+            return false;
+        }
+        q.is_empty() || self.responses.len() - self.busy_queues < self.max_conns
+    }
+
+    fn push(&mut self, q: &mut RespQueue, r: Response) -> bool {
+        if !self.has_room(q) {
+            return false;
+        }
+        let Ok(key) = self.responses.insert(r) else { return false };
+        if q.is_empty() {
+            self.busy_queues += 1;
+        }
+        q.keys[(q.head as usize + q.len()) % QUEUE_CAP] = key;
+        q.len += 1;
+        true
+    }
+
+    fn pop_front(&mut self, q: &mut RespQueue) {
+        let Some(key) = q.key(0) else { return };
+        self.responses.remove(key);
+        q.head = ((q.head as usize + 1) % QUEUE_CAP) as u8;
+        q.len -= 1;
+        if q.is_empty() {
+            self.busy_queues -= 1;
+        }
+    }
+
+    fn clear(&mut self, q: &mut RespQueue) {
+        while !q.is_empty() {
+            self.pop_front(q);
+        }
+    }
+
+    /// Give back a connection's TLS state.
+    fn drop_tls(&mut self, t: &mut ConnTls) {
+        match std::mem::replace(&mut t.phase, TlsPhase::Dead) {
+            TlsPhase::Handshake(k) => drop(self.handshakes.remove(k)),
+            TlsPhase::Session(k) => drop(self.sessions.remove(k)),
+            TlsPhase::Dead => {}
+        }
+    }
+
+    fn session(&self, c: &HttpConn) -> Option<&RecordSession> {
+        match c.tls.as_ref()?.phase {
+            TlsPhase::Session(k) => self.sessions.get(k),
+            _ => None,
+        }
+    }
+
+    fn session_mut(&mut self, c: &HttpConn) -> Option<&mut RecordSession> {
+        match c.tls.as_ref()?.phase {
+            TlsPhase::Session(k) => self.sessions.get_mut(k),
+            _ => None,
+        }
+    }
+}
+
 enum ChunkState {
     Free,
     Pending(u64),
@@ -151,9 +282,12 @@ impl Chunk {
     }
 }
 
+#[derive(Clone, Copy)]
 enum TlsPhase {
-    Handshake(Box<HandshakeDriver>),
-    Session(Box<RecordSession>),
+    /// In [`Held::handshakes`].
+    Handshake(SlabKey),
+    /// In [`Held::sessions`].
+    Session(SlabKey),
     /// The handover failed: nothing more is sent or received.
     Dead,
 }
@@ -249,12 +383,14 @@ impl BufPool {
 pub struct HttpConn {
     /// Lent only while unparsed request bytes are held (or a waiter was granted one).
     rx: Option<RxBuf>,
-    responses: VecDeque<Response>,
+    responses: RespQueue,
     /// Lent only while a chunk is not free (a read pending or bytes unacknowledged).
     chunks: Option<Box<ChunkSet>>,
     stream_len: u64,
     /// No more requests are parsed (close after the queued responses).
     closing: bool,
+    /// The peer sent its FIN: close once its requests are answered.
+    peer_fin: bool,
     read_seq: u16,
     /// Queued in [`HttpApp::buffer_waiters`].
     waiting: bool,
@@ -263,7 +399,7 @@ pub struct HttpConn {
     /// A read of its body was refused (a drive that failed): queued in
     /// [`HttpApp::refused`] to be ended.
     refused: bool,
-    tls: Option<Box<ConnTls>>,
+    tls: Option<ConnTls>,
     pub requests: u64,
     /// A request head (or, on a new connection, the TLS handshake and the first head) must
     /// be complete by then; `None` between requests (the idle timeout applies there).
@@ -279,7 +415,7 @@ impl std::fmt::Debug for HttpConn {
             ChunkState::Ready(_) => "ready",
         };
         let chunks: Vec<(&str, u64, u64)> = self.chunks.as_deref().map_or_else(Vec::new, |set| set.iter().map(|k| (state(k), k.resp_start, k.index)).collect());
-        let responses: Vec<(u64, u64, usize)> = self.responses.iter().map(|r| (r.start, r.end, r.head_len)).collect();
+        let responses = self.responses.len();
         f.debug_struct("HttpConn")
             .field("rx", &self.rx.as_ref().map(|b| b.len))
             .field("responses", &responses)
@@ -295,13 +431,14 @@ impl std::fmt::Debug for HttpConn {
 }
 
 impl HttpConn {
-    fn new(tls: Option<Box<ConnTls>>) -> Self {
+    fn new(tls: Option<ConnTls>) -> Self {
         HttpConn {
             rx: None,
-            responses: VecDeque::new(),
+            responses: RespQueue::default(),
             chunks: None,
             stream_len: 0,
             closing: false,
+            peer_fin: false,
             read_seq: 0,
             waiting: false,
             rx_waiting: false,
@@ -329,53 +466,24 @@ impl HttpConn {
     fn rx_bytes(&self) -> &[u8] {
         self.rx.as_ref().map_or(&[], RxBuf::bytes)
     }
+}
 
-    /// Whether this connection holds a pooled buffer of any kind (tests, the console).
-    pub fn holds_buffers(&self) -> bool {
-        self.rx.is_some()
-            || self.chunks.is_some()
-            || self.responses.capacity() > 0
-            || self.tls.as_ref().is_some_and(|t| matches!(&t.phase, TlsPhase::Session(s) if s.has_rx_buf()))
-    }
-
-    /// Bytes this connection holds outside the connection table: its boxes and buffers, and
-    /// the AEAD contexts of its TLS keys (aws-lc allocates them with C malloc, which the
-    /// counting allocator does not see).
-    pub fn heap_bytes(&self) -> usize {
-        let rx = self.rx.as_ref().map_or(0, |b| b.buf.len());
-        let chunks = if self.chunks.is_some() { std::mem::size_of::<ChunkSet>() } else { 0 };
-        let responses = self.responses.capacity() * std::mem::size_of::<Response>();
-        let tls = self.tls.as_ref().map_or(0, |t| {
-            std::mem::size_of::<ConnTls>()
-                + t.hs_out.capacity()
-                + match &t.phase {
-                    TlsPhase::Handshake(_) => std::mem::size_of::<HandshakeDriver>(),
-                    TlsPhase::Session(s) => std::mem::size_of::<RecordSession>() + s.heap_bytes(),
-                    TlsPhase::Dead => 0,
-                }
-        });
-        rx + chunks + responses + tls
-    }
-
-    /// Of [`HttpConn::heap_bytes`], what C code allocated (aws-lc's AEAD contexts).
-    pub fn foreign_heap_bytes(&self) -> usize {
-        match self.tls.as_deref() {
-            Some(ConnTls { phase: TlsPhase::Session(s), .. }) => s.aead_context_bytes(),
-            _ => 0,
-        }
-    }
-
+impl Held {
     /// Queue a sealed control record (alert, KeyUpdate) at the end of the stream. Nothing
     /// goes after our FIN: once it is queued the record is dropped (the peer learns of the
-    /// end from the FIN, and the alert or close_notify already sent).
-    fn push_control(&mut self, tcp: &mut TcpConn, bytes: &[u8]) -> bool {
+    /// end from the FIN, and the alert or close_notify already sent). False also when the
+    /// queue is full (a peer asking for KeyUpdates faster than it reads).
+    fn push_control(&mut self, c: &mut HttpConn, tcp: &mut TcpConn, bytes: &[u8]) -> bool {
         if tcp.fin_queued() {
             return false;
         }
-        let r = Response::control(self.stream_len, bytes);
-        self.stream_len = r.end;
-        self.responses.push_back(r);
-        tcp.set_stream_len(self.stream_len);
+        let r = Response::control(c.stream_len, bytes);
+        let end = r.end;
+        if !self.push(&mut c.responses, r) {
+            return false;
+        }
+        c.stream_len = end;
+        tcp.set_stream_len(c.stream_len);
         true
     }
 }
@@ -393,11 +501,10 @@ fn free_ready_chunks_below(c: &mut HttpConn, off: u64) -> bool {
     freed
 }
 
-/// Free the ready chunk furthest ahead of chunk `index` of response `resp`, read ahead of
-/// a retransmission that now needs its slot; whether there was one. (A chunk being read
-/// keeps its slot: its completion finds it.)
-fn yield_read_ahead(c: &mut HttpConn, resp: usize, index: u64) -> bool {
-    let Some(start) = c.responses.get(resp).map(|r| r.start) else { return false };
+/// Free the ready chunk furthest ahead of chunk `index` of the response starting at stream
+/// offset `start`, read ahead of a retransmission that now needs its slot; whether there
+/// was one. (A chunk being read keeps its slot: its completion finds it.)
+fn yield_read_ahead(c: &mut HttpConn, start: u64, index: u64) -> bool {
     let Some(set) = c.chunks.as_deref_mut() else { return false };
     let later = set
         .iter_mut()
@@ -437,10 +544,10 @@ enum Loc<'a> {
     Nothing,
 }
 
-fn locate(c: &HttpConn, off: u64) -> Loc<'_> {
+fn locate<'a>(held: &'a Held, c: &'a HttpConn, off: u64) -> Loc<'a> {
     if let Some(t) = &c.tls {
-        match &t.phase {
-            TlsPhase::Handshake(d) => return bytes_or_nothing(d.tx_bytes(off)),
+        match t.phase {
+            TlsPhase::Handshake(d) => return held.handshakes.get(d).map_or(Loc::Nothing, |d| bytes_or_nothing(d.tx_bytes(off))),
             TlsPhase::Session(_) if off < t.hs_base + t.hs_out.len() as u64 => {
                 return match off.checked_sub(t.hs_base) {
                     Some(at) => Loc::Bytes(&t.hs_out[at as usize..]),
@@ -451,8 +558,8 @@ fn locate(c: &HttpConn, off: u64) -> Loc<'_> {
             TlsPhase::Dead => return Loc::Nothing,
         }
     }
-    let Some(resp) = c.responses.iter().position(|r| off >= r.start && off < r.end) else { return Loc::Nothing };
-    let r = &c.responses[resp];
+    let Some(resp) = c.responses.iter(&held.responses).position(|r| off >= r.start && off < r.end) else { return Loc::Nothing };
+    let Some(r) = c.responses.get(&held.responses, resp) else { return Loc::Nothing };
     let rel = off - r.start;
     if rel < r.head_len as u64 {
         return Loc::Bytes(&r.head[rel as usize..r.head_len]);
@@ -544,7 +651,7 @@ impl<'a> RecordAt<'a> {
 /// [`MAX_PARTS`](crate::net::iface::MAX_PARTS) slices, each given to `each` in order. Returns
 /// how many bytes, and the chunk to read if a missing one stopped the walk. `available`
 /// and `payload` both walk, so they agree on every slice.
-fn walk_ready<'a>(c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'a [u8])) -> (usize, Option<(usize, u64)>) {
+fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'a [u8])) -> (usize, Option<(usize, u64)>) {
     let (mut n, mut parts) = (0usize, 0usize);
     let mut take = |b: &'a [u8], n: &mut usize| {
         let b = &b[..b.len().min(max - *n)];
@@ -557,7 +664,7 @@ fn walk_ready<'a>(c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'
         if n >= max {
             return (n, None);
         }
-        match locate(c, off + n as u64) {
+        match locate(held, c, off + n as u64) {
             Loc::Bytes(b) => {
                 if !take(b, &mut n) {
                     return (n, None);
@@ -637,7 +744,8 @@ pub struct HttpApp<S: Storage> {
     max_reads_in_flight: usize,
     completions: Vec<Completion>,
     /// Connections waiting for a storage buffer (each once: [`HttpConn::waiting`]), first come
-    /// first served; as many are woken as buffers come free.
+    /// first served; as many are woken as buffers come free. Each queue of connections that
+    /// wait at most once has room for every connection: it never grows.
     buffer_waiters: VecDeque<ConnId>,
     /// Connections whose read the drive refused (each once: [`HttpConn::refused`]): ended
     /// at the next storage poll, which has the TCP side at hand.
@@ -660,8 +768,8 @@ pub struct HttpApp<S: Storage> {
     /// connection that gets a storage buffer always finds a set.
     #[allow(clippy::vec_box)] // boxes move between pool and connection without copying
     chunk_sets: Vec<Box<ChunkSet>>,
-    /// Emptied response queues (their allocation kept), for the next busy connection.
-    spare_queues: Vec<VecDeque<Response>>,
+    /// Queued responses and TLS state, in slabs.
+    held: Held,
     /// The latest time a callback was given (storage polling has none of its own).
     clock: Instant,
     /// Emulated TLS on plain HTTP connections: the dummy-key session bodies are sealed with.
@@ -676,7 +784,9 @@ impl<S: Storage> HttpApp<S> {
 
     /// `buffers` DMA chunks of [`CHUNK`] bytes bound what this core has in flight.
     /// Objects are read from `storage` at the addresses `library` gives (drive and offset).
-    pub fn new(mut storage: S, library: impl Into<Arc<Library>>, buffers: usize) -> Result<Self, drivers::storage::StorageError> {
+    /// The slabs of per-connection state have room for `max_conns` connections (the
+    /// connection table's capacity).
+    pub fn new(mut storage: S, library: impl Into<Arc<Library>>, buffers: usize, max_conns: usize) -> Result<Self, drivers::storage::StorageError> {
         let pool = storage.dma_pool(CHUNK, buffers)?;
         Ok(HttpApp {
             storage,
@@ -688,18 +798,18 @@ impl<S: Storage> HttpApp<S> {
             reads_in_flight: 0,
             max_reads_in_flight: buffers,
             completions: Vec::with_capacity(buffers),
-            buffer_waiters: VecDeque::with_capacity(1024),
-            refused: VecDeque::with_capacity(64),
+            buffer_waiters: VecDeque::with_capacity(max_conns),
+            refused: VecDeque::with_capacity(max_conns),
             draining: false,
             tls_config: None,
             https_port: 0,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             rx_pool: BufPool::new(buffers.clamp(16, MAX_RX_BUFFERS), RX_BUF),
             tls_rx_pool: BufPool::new(0, RECORD_RX_BUF),
-            rx_waiters: VecDeque::with_capacity(1024),
+            rx_waiters: VecDeque::with_capacity(max_conns),
             rx_holders: VecDeque::with_capacity(4 * MAX_RX_BUFFERS + 1),
             chunk_sets: (0..buffers).map(|_| Box::new([Chunk::FREE, Chunk::FREE, Chunk::FREE, Chunk::FREE])).collect(),
-            spare_queues: Vec::with_capacity(SPARE_QUEUES),
+            held: Held::new(max_conns),
             clock: 0,
             emulation: None,
         })
@@ -709,16 +819,56 @@ impl<S: Storage> HttpApp<S> {
     pub fn enable_tls(&mut self, config: Arc<rustls::ServerConfig>, port: u16) {
         self.tls_config = Some(config);
         self.https_port = port;
+        self.held.enable_tls();
         if self.tls_rx_pool.count() == 0 {
             self.tls_rx_pool = BufPool::new(self.rx_pool.count(), RECORD_RX_BUF);
         }
     }
 
     /// Bytes of this core's pools of connection state (receive and record buffers, chunk
-    /// slots, spare response queues): shared by all connections, held by none while idle.
+    /// slots): shared by all connections, held by none while idle. (The slabs' entries are
+    /// counted by the connections that hold them: [`HttpApp::heap_bytes`].)
     pub fn pool_reserved_bytes(&self) -> usize {
-        let spares: usize = self.spare_queues.iter().map(|q| q.capacity() * std::mem::size_of::<Response>()).sum();
-        self.rx_pool.reserved_bytes() + self.tls_rx_pool.reserved_bytes() + self.chunk_sets.capacity() * std::mem::size_of::<ChunkSet>() + spares
+        self.rx_pool.reserved_bytes() + self.tls_rx_pool.reserved_bytes() + self.chunk_sets.capacity() * std::mem::size_of::<ChunkSet>()
+    }
+
+    /// Whether connection `c` holds a pooled buffer or a queued response (tests, the bench).
+    pub fn holds_buffers(&self, c: &HttpConn) -> bool {
+        c.rx.is_some() || c.chunks.is_some() || !c.responses.is_empty() || self.held.session(c).is_some_and(|s| s.has_rx_buf())
+    }
+
+    /// Bytes connection `c` holds outside the connection table: buffers and slab entries,
+    /// and the AEAD contexts of its TLS keys (aws-lc allocates them with C malloc, which
+    /// the counting allocator does not see).
+    pub fn heap_bytes(&self, c: &HttpConn) -> usize {
+        let rx = c.rx.as_ref().map_or(0, |b| b.buf.len());
+        let chunks = if c.chunks.is_some() { std::mem::size_of::<ChunkSet>() } else { 0 };
+        let responses = c.responses.len() * Slab::<Response>::entry_bytes();
+        let tls = c.tls.as_ref().map_or(0, |t| {
+            t.hs_out.capacity()
+                + match t.phase {
+                    TlsPhase::Handshake(_) => Slab::<HandshakeDriver>::entry_bytes(),
+                    TlsPhase::Session(k) => Slab::<RecordSession>::entry_bytes() + self.held.sessions.get(k).map_or(0, |s| s.heap_bytes()),
+                    TlsPhase::Dead => 0,
+                }
+        });
+        rx + chunks + responses + tls
+    }
+
+    /// Of [`HttpApp::heap_bytes`], what C code allocated (aws-lc's AEAD contexts).
+    pub fn foreign_heap_bytes(&self, c: &HttpConn) -> usize {
+        self.held.session(c).map_or(0, |s| s.aead_context_bytes())
+    }
+
+    /// Of [`HttpApp::heap_bytes`], what lies in this core's slabs (reserved at start-up,
+    /// so the counting allocator does not see it either).
+    pub fn slab_bytes(&self, c: &HttpConn) -> usize {
+        let tls = match c.tls.as_ref().map(|t| &t.phase) {
+            Some(TlsPhase::Handshake(_)) => Slab::<HandshakeDriver>::entry_bytes(),
+            Some(TlsPhase::Session(_)) => Slab::<RecordSession>::entry_bytes(),
+            _ => 0,
+        };
+        c.responses.len() * Slab::<Response>::entry_bytes() + tls
     }
 
     /// Free receive buffers (plain, TLS records).
@@ -736,23 +886,17 @@ impl<S: Storage> HttpApp<S> {
             }
         }
         self.release_chunks(c);
-        if c.responses.is_empty() && c.responses.capacity() > 0 {
-            let q = std::mem::take(&mut c.responses);
-            if self.spare_queues.len() < SPARE_QUEUES {
-                self.spare_queues.push(q);
+        let quiet = c.responses.is_empty() && c.chunks.is_none() && c.rx.is_none() && c.tls.as_ref().is_some_and(|t| t.hs_out.is_empty());
+        if let Some(s) = self.held.session_mut(c) {
+            if let Some(b) = s.take_idle_rx_buf() {
+                self.tls_rx_pool.give(b);
             }
-        }
-        if let Some(t) = &mut c.tls {
-            if let TlsPhase::Session(s) = &mut t.phase {
-                if let Some(b) = s.take_idle_rx_buf() {
-                    self.tls_rx_pool.give(b);
-                }
-                // Nothing to seal or open until the peer sends again (which wakes them):
-                // drop the AEAD contexts, 1.2 KB in C per connection.
-                let quiet = c.responses.is_empty() && c.chunks.is_none() && c.rx.is_none() && t.hs_out.is_empty();
-                if quiet && !s.has_rx_buf() {
-                    s.sleep_keys();
-                }
+            // Nothing to seal or open until the peer sends again (which wakes them):
+            // drop the AEAD contexts, 1.2 KB in C per connection. Not before the first
+            // request, which follows the handshake at once (the header timeout bounds the
+            // wait): building them again then would be an allocation per connection.
+            if quiet && c.requests > 0 && !s.has_rx_buf() {
+                s.sleep_keys();
             }
         }
     }
@@ -773,15 +917,14 @@ impl<S: Storage> HttpApp<S> {
             }
         }
         self.release_chunks(c);
-        c.responses.clear();
+        self.held.clear(&mut c.responses);
         c.rx_waiting = false;
         self.release_idle(c);
+        if let Some(b) = self.held.session_mut(c).and_then(|s| s.take_rx_buf()) {
+            self.tls_rx_pool.give(b);
+        }
         if let Some(t) = &mut c.tls {
-            if let TlsPhase::Session(s) = &mut t.phase {
-                if let Some(b) = s.take_rx_buf() {
-                    self.tls_rx_pool.give(b);
-                }
-            }
+            self.held.drop_tls(t);
         }
     }
 
@@ -798,9 +941,9 @@ impl<S: Storage> HttpApp<S> {
     /// Whether a connection holding no buffer of a kind it needs could take one now.
     fn can_lend(&self, c: &HttpConn) -> bool {
         let rx = c.rx.is_some() || self.rx_pool.available() > 0;
-        let record = match c.tls.as_deref() {
-            Some(ConnTls { phase: TlsPhase::Session(s), .. }) => s.has_rx_buf() || self.tls_rx_pool.available() > 0,
-            _ => true,
+        let record = match self.held.session(c) {
+            Some(s) => s.has_rx_buf() || self.tls_rx_pool.available() > 0,
+            None => true,
         };
         rx && record
     }
@@ -864,12 +1007,8 @@ impl<S: Storage> HttpApp<S> {
             if let Some(b) = c.rx.take() {
                 self.rx_pool.give(b.buf);
             }
-            if let Some(t) = &mut c.tls {
-                if let TlsPhase::Session(s) = &mut t.phase {
-                    if let Some(b) = s.take_rx_buf() {
-                        self.tls_rx_pool.give(b);
-                    }
-                }
+            if let Some(b) = self.held.session_mut(c).and_then(|s| s.take_rx_buf()) {
+                self.tls_rx_pool.give(b);
             }
             stack.wake(id);
             return true;
@@ -906,12 +1045,10 @@ impl<S: Storage> HttpApp<S> {
                 let Some(buf) = self.rx_pool.take() else { break };
                 c.rx = Some(RxBuf { buf, len: 0 });
             }
-            if let Some(t) = &mut c.tls {
-                if let TlsPhase::Session(s) = &mut t.phase {
-                    if !s.has_rx_buf() {
-                        if let Some(b) = self.tls_rx_pool.take() {
-                            s.lend_rx_buf(b);
-                        }
+            if let Some(s) = self.held.session_mut(c) {
+                if !s.has_rx_buf() {
+                    if let Some(b) = self.tls_rx_pool.take() {
+                        s.lend_rx_buf(b);
                     }
                 }
             }
@@ -953,14 +1090,16 @@ impl<S: Storage> HttpApp<S> {
         if let Some(b) = &mut c.rx {
             b.len = 0;
         }
-        if let Some(t) = &mut c.tls {
-            if let (TlsPhase::Session(s), false) = (&t.phase, t.failed) {
-                let mut rec = [0u8; 64];
-                if let Ok(n) = s.seal_close_notify(t.epoch, t.next_seq, &mut rec) {
+        let mut rec = [0u8; 64];
+        let sealed = match (&c.tls, self.held.session(c)) {
+            (Some(t), Some(s)) if !t.failed => s.seal_close_notify(t.epoch, t.next_seq, &mut rec).ok(),
+            _ => None,
+        };
+        if let Some(n) = sealed {
+            if self.held.push_control(c, tcp, &rec[..n]) {
+                self.stats.tls_records_sealed += 1;
+                if let Some(t) = &mut c.tls {
                     t.next_seq += 1;
-                    if c.push_control(tcp, &rec[..n]) {
-                        self.stats.tls_records_sealed += 1;
-                    }
                 }
             }
         }
@@ -973,12 +1112,14 @@ impl<S: Storage> HttpApp<S> {
         log::debug!("TLS connection failed: {err}");
         self.stats.tls_bad_records += 1;
         self.stats.count_tls_failure(err.reason());
-        let Some(t) = &mut c.tls else { return };
-        if let TlsPhase::Session(s) = &t.phase {
-            let mut rec = [0u8; 64];
-            if let Ok(n) = s.seal_fatal_alert_for(err, t.epoch, t.next_seq, &mut rec) {
-                t.next_seq += 1;
-                let _ = c.push_control(tcp, &rec[..n]);
+        let Some(t) = &c.tls else { return };
+        let mut rec = [0u8; 64];
+        let sealed = self.held.session(c).and_then(|s| s.seal_fatal_alert_for(err, t.epoch, t.next_seq, &mut rec).ok());
+        if let Some(n) = sealed {
+            if self.held.push_control(c, tcp, &rec[..n]) {
+                if let Some(t) = &mut c.tls {
+                    t.next_seq += 1;
+                }
             }
         }
         if let Some(t) = &mut c.tls {
@@ -996,6 +1137,17 @@ impl<S: Storage> HttpApp<S> {
     /// Parse and plan every complete request in the receive buffer that fits the queue.
     fn parse_requests(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn) {
         self.answer(now, c, tcp, None);
+        // After the peer's FIN: close once every request it sent is answered (what is left
+        // is nothing, or a head that cannot complete); while queued responses hold requests
+        // back, later (an acknowledgement parses again).
+        if c.peer_fin && !c.closing && (c.rx_bytes().is_empty() || self.may_queue(c)) {
+            self.close_after_queued(c, tcp);
+        }
+    }
+
+    /// Whether a parsed request could be queued now.
+    fn may_queue(&self, c: &HttpConn) -> bool {
+        c.responses.len() < MAX_PIPELINED && self.held.has_room(&c.responses)
     }
 
     /// Answer `status` (an error that closes the connection) in place of the partial head
@@ -1005,7 +1157,9 @@ impl<S: Storage> HttpApp<S> {
     }
 
     fn answer(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn, mut forced: Option<u16>) {
-        while !c.closing && c.responses.len() < MAX_PIPELINED && (!c.rx_bytes().is_empty() || forced.is_some()) {
+        // Past MAX_PIPELINED queued responses (or with the core's slab of responses queued
+        // behind others full) requests wait in the buffer until responses are acknowledged.
+        while !c.closing && self.may_queue(c) && (!c.rx_bytes().is_empty() || forced.is_some()) {
             let mut path_buf = [0u8; 4096];
             let mut extent = 0u64;
             let parsed = match forced.take() {
@@ -1088,7 +1242,8 @@ impl<S: Storage> HttpApp<S> {
                     }
                 }
                 Some(t) => {
-                    let TlsPhase::Session(s) = &t.phase else { break };
+                    let TlsPhase::Session(key) = t.phase else { break };
+                    let Some(s) = self.held.sessions.get(key) else { break };
                     let (obj_off, len) = body.map_or((0, 0), |b| (b.obj_off, b.len));
                     let layout = match ResponseLayout::new(RecordFormat::for_version(s.version()), text_len, obj_off, len, t.next_seq) {
                         Ok(l) => l,
@@ -1117,12 +1272,8 @@ impl<S: Storage> HttpApp<S> {
             self.stats.http_body_bytes += body.map_or(0, |b| b.len);
             c.requests += 1;
             c.stream_len = resp.end;
-            if c.responses.capacity() == 0 {
-                if let Some(q) = self.spare_queues.pop() {
-                    c.responses = q;
-                }
-            }
-            c.responses.push_back(resp);
+            // Room was checked above: the push cannot fail.
+            self.held.push(&mut c.responses, resp);
             tcp.set_stream_len(c.stream_len);
             if let Some(b) = &mut c.rx {
                 b.consume(consumed);
@@ -1158,7 +1309,8 @@ impl<S: Storage> HttpApp<S> {
         if t.failed {
             return;
         }
-        if let TlsPhase::Handshake(d) = &mut t.phase {
+        if let TlsPhase::Handshake(key) = t.phase {
+            let Some(d) = self.held.handshakes.get_mut(key) else { return };
             // Closed mid-handshake (header timeout, idle, drain): our FIN is queued, so no
             // handshake flight can follow it; the rest of the peer's is not read (found by
             // fuzz net_frames).
@@ -1187,21 +1339,31 @@ impl<S: Storage> HttpApp<S> {
                 }
                 Ok(HandshakeProgress::Complete) => {}
             }
-            let TlsPhase::Handshake(d) = std::mem::replace(&mut t.phase, TlsPhase::Dead) else { return };
-            match crate::accounting::handshake(|| d.into_session()) {
-                Ok(h) => {
+            t.phase = TlsPhase::Dead;
+            let Some(d) = self.held.handshakes.remove(key) else { return };
+            // Each connection holds one handshake or one session, and the slabs have room
+            // for every connection: the insert cannot fail (if it did, the handover would).
+            let handover = crate::accounting::handshake(|| d.into_session()).and_then(|h| {
+                let (seq, epoch) = (h.session.tx_seq_start(), h.session.tx_epoch());
+                match self.held.sessions.insert(h.session) {
+                    Ok(key) => Ok((h.handshake_tx_base, h.handshake_tx, h.early_plaintext, seq, epoch, key)),
+                    Err(_) => Err(TlsError::NoRoom("session")),
+                }
+            });
+            match handover {
+                Ok((hs_base, hs_out, early_plaintext, seq, epoch, key)) => {
                     self.stats.tls_handshakes += 1;
-                    t.next_seq = h.session.tx_seq_start();
-                    t.epoch = h.session.tx_epoch();
-                    t.hs_base = h.handshake_tx_base;
-                    t.hs_out = h.handshake_tx;
-                    t.phase = TlsPhase::Session(Box::new(h.session));
+                    t.next_seq = seq;
+                    t.epoch = epoch;
+                    t.hs_base = hs_base;
+                    t.hs_out = hs_out;
+                    t.phase = TlsPhase::Session(key);
                     c.stream_len = t.hs_base + t.hs_out.len() as u64;
                     tcp.set_stream_len(c.stream_len);
-                    if !h.early_plaintext.is_empty() {
+                    if !early_plaintext.is_empty() {
                         match self.rx_buf(c) {
                             Some(b) => {
-                                b.push(&h.early_plaintext);
+                                b.push(&early_plaintext);
                             }
                             None => {
                                 // The request came with the handshake and the pool is empty:
@@ -1224,7 +1386,8 @@ impl<S: Storage> HttpApp<S> {
             }
             return;
         }
-        let TlsPhase::Session(s) = &mut t.phase else { return };
+        let TlsPhase::Session(key) = t.phase else { return };
+        let Some(s) = self.held.sessions.get_mut(key) else { return };
         self.stats.tls_key_contexts_built += u64::from(s.wake_keys());
         if !s.has_rx_buf() {
             // rx_room offered a window only with a buffer to lend.
@@ -1243,8 +1406,11 @@ impl<S: Storage> HttpApp<S> {
     /// Open the buffered records of a session and act on them.
     fn on_tls_session_data(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn) {
         loop {
+            // A control record we answer with needs a place in the queue.
+            let room = self.held.has_room(&c.responses);
             let Some(t) = &mut c.tls else { return };
-            let TlsPhase::Session(s) = &mut t.phase else { return };
+            let TlsPhase::Session(key) = t.phase else { return };
+            let Some(s) = self.held.sessions.get_mut(key) else { return };
             let mut control = [0u8; 64];
             let mut control_len = 0;
             match s.next_incoming() {
@@ -1277,6 +1443,11 @@ impl<S: Storage> HttpApp<S> {
                 Ok(Some(Incoming::KeyUpdated { update_requested })) => {
                     // After our FIN no KeyUpdate can follow, so our keys stay as they are.
                     if update_requested && !tcp.fin_queued() {
+                        if !room {
+                            // Our keys would change with no record to tell the peer.
+                            self.tls_fail(c, tcp, &TlsError::NoRoom("KeyUpdate"));
+                            return;
+                        }
                         match s.seal_key_update(t.next_seq, false, &mut control) {
                             Ok(n) => {
                                 control_len = n;
@@ -1292,6 +1463,9 @@ impl<S: Storage> HttpApp<S> {
                 }
                 Ok(Some(Incoming::RenegotiationRefused)) => {
                     let (level, desc) = crate::tls::handshake::NO_RENEGOTIATION_ALERT;
+                    if !room {
+                        continue; // the refusal is not said; the peer's renegotiation waits for ever
+                    }
                     if let Ok(n) = s.seal_alert(t.epoch, t.next_seq, level, desc, &mut control) {
                         t.next_seq += 1;
                         control_len = n;
@@ -1306,7 +1480,7 @@ impl<S: Storage> HttpApp<S> {
             let opened = s.records_opened;
             self.stats.tls_records_opened += opened - t.records_opened_seen;
             t.records_opened_seen = opened;
-            if control_len > 0 && c.push_control(tcp, &control[..control_len]) {
+            if control_len > 0 && self.held.push_control(c, tcp, &control[..control_len]) {
                 self.stats.tls_records_sealed += 1;
             }
         }
@@ -1325,7 +1499,9 @@ impl<S: Storage> HttpApp<S> {
     }
 
     fn start_read(&mut self, id: ConnId, c: &mut HttpConn, resp: usize, index: u64) -> bool {
-        if c.chunks.as_ref().is_some_and(|set| set.iter().all(|k| !matches!(k.state, ChunkState::Free))) && !yield_read_ahead(c, resp, index) {
+        let Some(r) = c.responses.get(&self.held.responses, resp) else { return false };
+        let (start, head_len, body) = (r.start, r.head_len, r.body);
+        if c.chunks.as_ref().is_some_and(|set| set.iter().all(|k| !matches!(k.state, ChunkState::Free))) && !yield_read_ahead(c, start, index) {
             // Every slot is being read or holds bytes due before these: a completion or
             // the sending of those frees one, and wakes the connection.
             return false;
@@ -1334,11 +1510,11 @@ impl<S: Storage> HttpApp<S> {
             self.wait_for_buffer(id, c);
             return false;
         }
-        let Some(b) = c.responses[resp].body else { return false };
+        let Some(b) = body else { return false };
         // With the pool empty, a chunk this connection read ahead gives its buffer to the
         // retransmission that must go first (else every connection could hold read-ahead
         // while waiting for a buffer to resend what precedes it).
-        let buf = self.pool.alloc().or_else(|| if yield_read_ahead(c, resp, index) { self.pool.alloc() } else { None });
+        let buf = self.pool.alloc().or_else(|| if yield_read_ahead(c, start, index) { self.pool.alloc() } else { None });
         let Some(buf) = buf else {
             self.wait_for_buffer(id, c);
             return false;
@@ -1354,7 +1530,6 @@ impl<S: Storage> HttpApp<S> {
         }
         let Some(set) = c.chunks.as_deref_mut() else { return false };
         let Some(slot) = set.iter().position(|k| matches!(k.state, ChunkState::Free)) else { return false };
-        let r = &c.responses[resp];
         let chunk_obj = index * CHUNK as u64;
         let valid = (b.size - chunk_obj).min(CHUNK as u64);
         let hi = (chunk_obj + valid).min(b.obj_off + b.len);
@@ -1366,11 +1541,11 @@ impl<S: Storage> HttpApp<S> {
         c.read_seq = c.read_seq.wrapping_add(1);
         let tag = (id.slot as u64) << 32 | (id.gen as u16 as u64) << 16 | c.read_seq as u64;
         let k = &mut set[slot];
-        k.resp_start = r.start;
+        k.resp_start = start;
         k.index = index;
         k.skip = (lo - chunk_obj) as u32;
         // Plain: the last body byte of the chunk; TLS: set when the chunk is sealed.
-        k.stream_end = r.start + r.head_len as u64 + (hi - b.obj_off);
+        k.stream_end = start + head_len as u64 + (hi - b.obj_off);
         match self.storage.submit_read(tag, b.extent + lo, read_len as usize, buf) {
             Ok(()) => {
                 k.state = ChunkState::Pending(tag);
@@ -1432,15 +1607,15 @@ impl<S: Storage> HttpApp<S> {
             match comp.result {
                 Ok(()) => {
                     let session = match tls {
-                        Some(t) => match &t.phase {
-                            TlsPhase::Session(s) => Some(&**s),
+                        Some(t) => match t.phase {
+                            TlsPhase::Session(k) => self.held.sessions.get(k),
                             _ => None,
                         },
                         // A plain connection's records are emulated TLS (only made when on).
                         None => self.emulation.as_deref(),
                     };
                     let resp_start = chunks[ki].resp_start;
-                    let sealed = match (session, responses.iter().find(|r| r.start == resp_start)) {
+                    let sealed = match (session, responses.iter(&self.held.responses).find(|r| r.start == resp_start)) {
                         (Some(s), Some(r)) if r.tls.is_some() => seal_chunk(s, r, &mut chunks[ki], &mut buf),
                         _ => Ok(0),
                     };
@@ -1501,15 +1676,16 @@ impl<S: Storage> App for HttpApp<S> {
         }
         let tls = match &self.tls_config {
             Some(cfg) if local_port == self.https_port => match crate::accounting::handshake(|| HandshakeDriver::new(cfg.clone())) {
-                Ok(d) => Some(Box::new(ConnTls {
-                    phase: TlsPhase::Handshake(Box::new(d)),
-                    hs_out: Vec::new(),
-                    hs_base: 0,
-                    next_seq: 0,
-                    epoch: 0,
-                    failed: false,
-                    records_opened_seen: 0,
-                })),
+                Ok(d) => match self.held.handshakes.insert(d) {
+                    Ok(key) => Some(ConnTls { phase: TlsPhase::Handshake(key), hs_out: Vec::new(), hs_base: 0, next_seq: 0, epoch: 0, failed: false, records_opened_seen: 0 }),
+                    Err(_) => {
+                        // Cannot happen: the slab has room for every connection the table holds.
+                        log::warn!("no room for a TLS handshake");
+                        self.stats.tls_handshake_failures += 1;
+                        self.stats.count_tls_failure(TlsError::NoRoom("handshake").reason());
+                        return None;
+                    }
+                },
                 Err(e) => {
                     log::warn!("cannot start a TLS handshake: {e}");
                     self.stats.tls_handshake_failures += 1;
@@ -1537,14 +1713,15 @@ impl<S: Storage> App for HttpApp<S> {
             None if self.rx_pool.available() > 0 => RX_BUF,
             None => 0,
         };
-        match c.tls.as_deref() {
+        match c.tls.as_ref().map(|t| t.phase) {
             None => rx,
-            Some(ConnTls { phase: TlsPhase::Handshake(_), .. }) => RX_BUF,
-            Some(ConnTls { phase: TlsPhase::Session(s), .. }) => {
+            Some(TlsPhase::Handshake(_)) => RX_BUF,
+            Some(TlsPhase::Session(k)) => {
+                let Some(s) = self.held.sessions.get(k) else { return 0 };
                 let record = if s.has_rx_buf() || self.tls_rx_pool.available() > 0 { s.rx_space() } else { 0 };
                 record.min(rx)
             }
-            Some(ConnTls { phase: TlsPhase::Dead, .. }) => 0,
+            Some(TlsPhase::Dead) => 0,
         }
     }
 
@@ -1568,20 +1745,26 @@ impl<S: Storage> App for HttpApp<S> {
         self.rx_waiters.push_back(id);
     }
 
-    fn on_peer_fin(&mut self, _now: Instant, c: &mut HttpConn, tcp: &mut TcpConn) {
-        // Half-close: answer what was asked, then close.
-        self.close_after_queued(c, tcp);
+    fn on_peer_fin(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn) {
+        // Half-close: answer what was asked (requests still waiting for room in the queue
+        // included), then close.
+        c.peer_fin = true;
+        self.parse_requests(now, c, tcp);
     }
 
     fn on_acked(&mut self, now: Instant, _id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, acked_to: u64) {
         self.clock = now;
         free_ready_chunks_below(c, acked_to);
-        while c.responses.front().is_some_and(|r| r.end <= acked_to) {
-            c.responses.pop_front();
+        while c.responses.front(&self.held.responses).is_some_and(|r| r.end <= acked_to) {
+            self.held.pop_front(&mut c.responses);
         }
         if let Some(t) = &mut c.tls {
-            match &mut t.phase {
-                TlsPhase::Handshake(d) => d.ack(acked_to),
+            match t.phase {
+                TlsPhase::Handshake(k) => {
+                    if let Some(d) = self.held.handshakes.get_mut(k) {
+                        d.ack(acked_to);
+                    }
+                }
                 TlsPhase::Session(_) => {
                     let upto = acked_to.clamp(t.hs_base, t.hs_base + t.hs_out.len() as u64);
                     t.hs_out.drain(..(upto - t.hs_base) as usize);
@@ -1641,7 +1824,7 @@ impl<S: Storage> App for HttpApp<S> {
         if c.closing {
             return;
         }
-        if c.responses.len() >= MAX_PIPELINED {
+        if !self.may_queue(c) {
             // The parser waits for us, not for the peer: give the head more time.
             c.head_deadline = self.head_deadline_from(now);
             return;
@@ -1663,8 +1846,8 @@ impl<S: Storage> App for HttpApp<S> {
     }
 
     fn available(&mut self, _now: Instant, id: ConnId, c: &mut HttpConn, off: u64, max: usize, resend: bool) -> usize {
-        let body_chunk = body_chunk_at(c, off);
-        let (n, missing) = walk_ready(c, off, max, |_| {});
+        let body_chunk = body_chunk_at(&self.held, c, off);
+        let (n, missing) = walk_ready(&self.held, c, off, max, |_| {});
         if let Some((resp, index)) = missing {
             self.start_read(id, c, resp, index);
         }
@@ -1672,8 +1855,9 @@ impl<S: Storage> App for HttpApp<S> {
         // for a retransmission: after a timeout most of what follows usually arrived (the
         // ACK will say), and reading it again would be wasted.
         if let Some((resp, index)) = body_chunk.filter(|_| !resend) {
-            let start = c.responses[resp].start;
-            if let Some(b) = c.responses[resp].body {
+            let Some(r) = c.responses.get(&self.held.responses, resp) else { return n };
+            let (start, body) = (r.start, r.body);
+            if let Some(b) = body {
                 let next = index + 1;
                 if next * (CHUNK as u64) < b.obj_off + b.len && c.find_chunk(start, next).is_none() {
                     self.start_read(id, c, resp, next);
@@ -1685,15 +1869,15 @@ impl<S: Storage> App for HttpApp<S> {
 
     fn payload<'a>(&'a self, c: &'a HttpConn, off: u64, len: usize, parts: &mut Parts<'a>) {
         let mut full = false;
-        let (n, _) = walk_ready(c, off, len, |b| full |= !parts.push(b));
+        let (n, _) = walk_ready(&self.held, c, off, len, |b| full |= !parts.push(b));
         debug_assert!(n == len && !full, "payload asked for bytes that available() did not promise");
     }
 }
 
 /// The (response, chunk) whose body holds stream offset `off`, if any.
-fn body_chunk_at(c: &HttpConn, off: u64) -> Option<(usize, u64)> {
-    let resp = c.responses.iter().position(|r| off >= r.start && off < r.end)?;
-    let r = &c.responses[resp];
+fn body_chunk_at(held: &Held, c: &HttpConn, off: u64) -> Option<(usize, u64)> {
+    let resp = c.responses.iter(&held.responses).position(|r| off >= r.start && off < r.end)?;
+    let r = c.responses.get(&held.responses, resp)?;
     let b = r.body?;
     let rel = off - r.start;
     if rel < r.head_len as u64 {
@@ -2186,8 +2370,8 @@ mod tests {
         h.run_for(Duration::from_millis(200));
         let session_of = |h: &SimHarness<_>| {
             let (_, _, e) = h.server.stack.connections().next().expect("the connection");
-            let Some(super::ConnTls { phase: super::TlsPhase::Session(s), .. }) = e.app.tls.as_deref() else { panic!("no TLS session") };
-            (s.keys_awake(), s.aead_context_bytes(), s.cold_key_uses(), e.app.foreign_heap_bytes())
+            let s = h.server.app.held.session(&e.app).expect("a TLS session");
+            (s.keys_awake(), s.aead_context_bytes(), s.cold_key_uses(), h.server.app.foreign_heap_bytes(&e.app))
         };
         assert_eq!(session_of(&h), (false, 0, 0, 0), "idle: keys asleep, no C heap");
         assert_eq!(h.server.stats().tls_key_contexts_built, 0);
@@ -2227,8 +2411,12 @@ mod tests {
             size_of::<RecordSession>(),
             2 * crate::tls::keys::AEAD_CONTEXT_BYTES,
         );
-        assert!(size_of::<HttpConn>() <= 128, "HttpConn is {} bytes", size_of::<HttpConn>());
-        assert!(slot <= 584, "a table slot is {slot} bytes");
+        // The response queue (slab keys) and the TLS state are held in the slot, so that a
+        // connection needs no allocation of its own (HTTP must stay under 1 KiB an idle
+        // connection, HTTPS under 2 KiB with its session).
+        assert!(size_of::<HttpConn>() <= 224, "HttpConn is {} bytes", size_of::<HttpConn>());
+        assert!(slot <= 696, "a table slot is {slot} bytes");
+        assert!(slot + crate::server::slab::Slab::<RecordSession>::entry_bytes() <= 1280, "an idle HTTPS connection (keys asleep)");
     }
 
     /// After a keep-alive request the connection holds no pooled buffer, and every buffer is
@@ -2249,8 +2437,9 @@ mod tests {
         h.run_for(Duration::from_millis(100));
         assert_eq!(h.server.stack.connection_count(), 1, "keep-alive: still open");
         let (_, _, e) = h.server.stack.connections().next().expect("the connection");
-        assert!(!e.app.holds_buffers(), "an idle connection holds no pooled buffer");
-        assert_eq!(e.app.heap_bytes(), 0);
+        assert!(!h.server.app.holds_buffers(&e.app), "an idle connection holds no pooled buffer");
+        assert_eq!(h.server.app.heap_bytes(&e.app), 0);
+        assert_eq!(h.server.app.slab_bytes(&e.app), 0, "no response queued");
         assert_eq!(h.server.app.rx_buffers_free(), free0);
         assert_eq!(h.server.app.buffers_free(), 16, "storage buffers back");
         // A head in two pieces holds a buffer in between, then gives it back.
@@ -2261,6 +2450,65 @@ mod tests {
         h.run_for(Duration::from_millis(500));
         assert_eq!(h.server.stats().http_requests, 4);
         assert_eq!(h.server.app.rx_buffers_free(), free0);
+    }
+
+    /// The core's slab of responses has a place for every connection's first response and
+    /// as many again for responses queued behind others. Three connections pipelining 16
+    /// requests each (then closing their side) into a server sized for 16 connections want
+    /// 45 places behind others (the slab has 16): the rest wait in the receive buffers, and
+    /// every request is answered. A response dropped from a queue would leave its bytes
+    /// unsendable, and its connection could not close.
+    #[test]
+    fn pipelined_requests_past_the_response_slab_wait_and_are_all_answered() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::with_limits(storage, volume, SimConfig::default(), SimConfig::default(), 16, 16, 16);
+        assert_eq!(h.server.app.held.responses.capacity(), 32);
+        let sixteen = b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n".repeat(super::MAX_PIPELINED);
+        for _ in 0..3 {
+            h.start_raw(&sixteen).expect("connect");
+        }
+        let (mut most, mut held_back) = (0, false);
+        for _ in 0..20_000 {
+            h.step(true);
+            let app = &h.server.app;
+            most = most.max(app.held.responses.len());
+            held_back |= h.server.stack.connections().any(|(_, _, e)| !e.app.rx_bytes().is_empty() && e.app.responses.len() < super::MAX_PIPELINED && !app.held.has_room(&e.app.responses));
+        }
+        assert!(held_back, "requests waited for room in the slab");
+        assert!(most > 16 && most <= 32, "at most {most} responses queued at once");
+        let s = h.server.stats();
+        assert_eq!((s.http_requests, s.http_status_2xx), (48, 48));
+        h.run_for(Duration::from_secs(5)); // TIME-WAIT
+        assert_eq!(h.server.stack.connection_count(), 0, "every stream sent whole, then closed");
+        assert_eq!((h.server.app.held.responses.len(), h.server.app.held.busy_queues), (0, 0));
+    }
+
+    /// However an HTTPS connection ends (a whole fetch, a client that gives up mid-body, a
+    /// handshake and then nothing until the header timeout, plain HTTP to the HTTPS port),
+    /// its handshake, session and queued responses go back to the slabs.
+    #[test]
+    fn connections_that_end_any_way_leave_the_slabs_empty() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        let (server, client) = crate::loopback::test_tls_configs().unwrap();
+        h.enable_tls(server, client);
+        h.server.app.header_timeout = 2 * SEC;
+        for _ in 0..4 {
+            assert!(h.start_fetch_tls("/a.txt", None));
+        }
+        for (tag, how) in [(8, crate::loopback::Abort::Rst), (9, crate::loopback::Abort::Fin)] {
+            let give_up = crate::loopback::FetchRequest { path: "/a.txt".into(), range: None, tls: true, tag, abort: Some((5_000, how)) };
+            assert!(h.open_fetch(&give_up));
+        }
+        assert!(h.start_idle(true));
+        h.start_raw_to(crate::loopback::HTTPS_PORT, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("connect");
+        h.run_for(Duration::from_millis(50));
+        let held = |h: &SimHarness<_>| (h.server.app.held.handshakes.len(), h.server.app.held.sessions.len(), h.server.app.held.responses.len(), h.server.app.held.busy_queues);
+        assert!(held(&h).0 + held(&h).1 > 0, "held while the connections are open");
+        h.run_for(Duration::from_secs(120));
+        assert_eq!(h.server.stack.connection_count(), 0);
+        assert!(h.server.stats().tls_handshakes >= 6 && h.server.stats().tls_handshake_failures >= 1);
+        assert_eq!(held(&h), (0, 0, 0, 0));
     }
 
     /// With every receive buffer held by slow heads, a new request waits (zero window,

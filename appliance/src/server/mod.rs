@@ -5,6 +5,7 @@ pub mod board;
 pub mod host;
 pub mod http_app;
 pub mod pipeline;
+pub mod slab;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -476,7 +477,7 @@ impl Setup {
     fn pipeline<N: Nic, S: Storage>(&self, mut nic: N, storage: S, library: std::sync::Arc<volume::Library>) -> Result<Pipeline<N, S>, ServeError> {
         // Every queue is the same port: the first queue's link settings hold for all.
         let stack = Stack::new(self.cfg.clone(), monotonic_ns(self.start));
-        let mut app = HttpApp::new(storage, library, self.buffers)?;
+        let mut app = HttpApp::new(storage, library, self.buffers, self.cfg.max_conns)?;
         app.header_timeout = self.header_timeout;
         if let Some(config) = &self.tls {
             app.enable_tls(config.clone(), self.https_port);

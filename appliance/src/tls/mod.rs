@@ -65,6 +65,8 @@ pub enum TlsError {
     Closed,
     #[error("no transmit keys for epoch {0} (released or not yet made)")]
     NoSuchEpoch(u32),
+    #[error("no room for its {0} in the core's slab")]
+    NoRoom(&'static str),
 }
 
 impl TlsError {
@@ -91,6 +93,7 @@ impl TlsError {
             TlsError::Malformed(_) | TlsError::UnexpectedContent(_) => "unexpected_message",
             TlsError::PeerAlert(_) => "peer_alert",
             TlsError::Closed => "closed",
+            TlsError::NoRoom(_) => "no_room",
         }
     }
 }
