@@ -116,6 +116,10 @@ impl Response {
 /// records (close_notify, an alert, KeyUpdate) behind them.
 const QUEUE_CAP: usize = MAX_PIPELINED + 4;
 
+/// TLS handshake steps (rustls: curve arithmetic and signing for a ClientHello) one loop
+/// iteration runs at most; the rest wait for the next ([`HttpApp::poll_handshakes`]).
+const HANDSHAKE_STEPS_PER_POLL: usize = 4;
+
 /// A connection's queued responses, oldest first: their places in [`Held::responses`].
 #[derive(Default)]
 struct RespQueue {
@@ -303,6 +307,8 @@ struct ConnTls {
     epoch: u32,
     /// The connection failed (alert queued or sent): nothing more is parsed.
     failed: bool,
+    /// Its next handshake step waits in [`HttpApp::hs_queue`].
+    hs_queued: bool,
     records_opened_seen: u64,
 }
 
@@ -770,6 +776,11 @@ pub struct HttpApp<S: Storage> {
     chunk_sets: Vec<Box<ChunkSet>>,
     /// Queued responses and TLS state, in slabs.
     held: Held,
+    /// Connections whose handshake step waits for the next iteration (each once:
+    /// [`ConnTls::hs_queued`]).
+    hs_queue: VecDeque<ConnId>,
+    /// Handshake steps run in this iteration so far.
+    hs_steps: usize,
     /// The latest time a callback was given (storage polling has none of its own).
     clock: Instant,
     /// Emulated TLS on plain HTTP connections: the dummy-key session bodies are sealed with.
@@ -810,6 +821,8 @@ impl<S: Storage> HttpApp<S> {
             rx_holders: VecDeque::with_capacity(4 * MAX_RX_BUFFERS + 1),
             chunk_sets: (0..buffers).map(|_| Box::new([Chunk::FREE, Chunk::FREE, Chunk::FREE, Chunk::FREE])).collect(),
             held: Held::new(max_conns),
+            hs_queue: VecDeque::with_capacity(max_conns),
+            hs_steps: 0,
             clock: 0,
             emulation: None,
         })
@@ -949,10 +962,10 @@ impl<S: Storage> HttpApp<S> {
     }
 
     /// Bytes received on a connection: TLS records, or request bytes into its buffer.
-    fn receive(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
+    fn receive(&mut self, now: Instant, id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
         self.clock = now;
         if c.tls.is_some() {
-            self.on_tls_data(now, c, tcp, data);
+            self.on_tls_data(now, id, c, tcp, data);
             return;
         }
         if c.closing {
@@ -1303,21 +1316,63 @@ impl<S: Storage> HttpApp<S> {
         }
     }
 
-    /// Feed received bytes to the TLS layer; returns false when the connection failed.
-    fn on_tls_data(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
+    /// Feed received bytes to the TLS layer. A handshake step waits in line when this
+    /// iteration's steps are used up ([`HANDSHAKE_STEPS_PER_POLL`]).
+    fn on_tls_data(&mut self, now: Instant, id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
         let Some(t) = &mut c.tls else { return };
         if t.failed {
             return;
         }
         if let TlsPhase::Handshake(key) = t.phase {
-            let Some(d) = self.held.handshakes.get_mut(key) else { return };
             // Closed mid-handshake (header timeout, idle, drain): our FIN is queued, so no
             // handshake flight can follow it; the rest of the peer's is not read (found by
             // fuzz net_frames).
             if tcp.fin_queued() {
                 return;
             }
-            let progress = crate::accounting::handshake(|| d.receive(data));
+            let Some(d) = self.held.handshakes.get_mut(key) else { return };
+            // The handshake's own input buffer (it grows with the flight): handshake work.
+            let buffered = crate::accounting::handshake(|| d.buffer(data));
+            if buffered.is_ok() && (t.hs_queued || !self.hs_queue.is_empty() || self.hs_steps >= HANDSHAKE_STEPS_PER_POLL) {
+                if !t.hs_queued {
+                    t.hs_queued = true;
+                    self.hs_queue.push_back(id);
+                }
+                return;
+            }
+            self.step_handshake(now, c, tcp, buffered);
+            return;
+        }
+        let TlsPhase::Session(key) = t.phase else { return };
+        let Some(s) = self.held.sessions.get_mut(key) else { return };
+        self.stats.tls_key_contexts_built += u64::from(s.wake_keys());
+        if !s.has_rx_buf() {
+            // rx_room offered a window only with a buffer to lend.
+            if let Some(b) = self.tls_rx_pool.take() {
+                s.lend_rx_buf(b);
+            }
+        }
+        c.rx_waiting = false;
+        if let Err(e) = s.receive(data) {
+            self.tls_fail(c, tcp, &e);
+            return;
+        }
+        self.on_tls_session_data(now, c, tcp);
+    }
+
+    /// Run a connection's handshake over what it has buffered (`buffered`: whether the last
+    /// bytes fitted); once done, hand its keys to a record session.
+    fn step_handshake(&mut self, now: Instant, c: &mut HttpConn, tcp: &mut TcpConn, buffered: Result<(), TlsError>) {
+        let Some(t) = &mut c.tls else { return };
+        let TlsPhase::Handshake(key) = t.phase else { return };
+        // Closed while it waited in line.
+        if t.failed || tcp.fin_queued() {
+            return;
+        }
+        let Some(d) = self.held.handshakes.get_mut(key) else { return };
+        self.hs_steps += 1;
+        {
+            let progress = buffered.and_then(|()| crate::accounting::handshake(|| d.receive(&[])));
             c.stream_len = d.tx_end();
             tcp.set_stream_len(c.stream_len);
             match progress {
@@ -1384,23 +1439,36 @@ impl<S: Storage> HttpApp<S> {
                     tcp.abort();
                 }
             }
-            return;
         }
-        let TlsPhase::Session(key) = t.phase else { return };
-        let Some(s) = self.held.sessions.get_mut(key) else { return };
-        self.stats.tls_key_contexts_built += u64::from(s.wake_keys());
-        if !s.has_rx_buf() {
-            // rx_room offered a window only with a buffer to lend.
-            if let Some(b) = self.tls_rx_pool.take() {
-                s.lend_rx_buf(b);
+    }
+
+    /// Run the handshake steps that waited in line, as many as this iteration has left
+    /// ([`HANDSHAKE_STEPS_PER_POLL`]), oldest first; returns how many ran. Acknowledgements
+    /// and requests of established connections are then never queued behind a flood of
+    /// handshakes: a step costs tens of microseconds of curve arithmetic, and with
+    /// thousands in one receive queue, ACKs waited long enough for retransmission timers
+    /// to fire on data that had arrived.
+    pub fn poll_handshakes(&mut self, now: Instant, stack: &mut Stack<HttpConn>) -> usize {
+        let mut ran = 0;
+        while self.hs_steps < HANDSHAKE_STEPS_PER_POLL {
+            let Some(id) = self.hs_queue.pop_front() else { break };
+            let Some(e) = stack.get_mut(id) else { continue }; // gone since it queued
+            if let Some(t) = &mut e.app.tls {
+                t.hs_queued = false;
             }
+            self.step_handshake(now, &mut e.app, &mut e.tcp, Ok(()));
+            let room = self.rx_room(&e.app);
+            e.tcp.set_receive_window(room);
+            stack.wake(id);
+            ran += 1;
         }
-        c.rx_waiting = false;
-        if let Err(e) = s.receive(data) {
-            self.tls_fail(c, tcp, &e);
-            return;
-        }
-        self.on_tls_session_data(now, c, tcp);
+        self.hs_steps = 0;
+        ran
+    }
+
+    /// Handshake steps waiting in line.
+    pub fn handshakes_queued(&self) -> usize {
+        self.hs_queue.len()
     }
 
     /// Open the buffered records of a session and act on them.
@@ -1677,7 +1745,7 @@ impl<S: Storage> App for HttpApp<S> {
         let tls = match &self.tls_config {
             Some(cfg) if local_port == self.https_port => match crate::accounting::handshake(|| HandshakeDriver::new(cfg.clone())) {
                 Ok(d) => match self.held.handshakes.insert(d) {
-                    Ok(key) => Some(ConnTls { phase: TlsPhase::Handshake(key), hs_out: Vec::new(), hs_base: 0, next_seq: 0, epoch: 0, failed: false, records_opened_seen: 0 }),
+                    Ok(key) => Some(ConnTls { phase: TlsPhase::Handshake(key), hs_out: Vec::new(), hs_base: 0, next_seq: 0, epoch: 0, failed: false, hs_queued: false, records_opened_seen: 0 }),
                     Err(_) => {
                         // Cannot happen: the slab has room for every connection the table holds.
                         log::warn!("no room for a TLS handshake");
@@ -1727,7 +1795,7 @@ impl<S: Storage> App for HttpApp<S> {
 
     fn on_data(&mut self, now: Instant, id: ConnId, c: &mut HttpConn, tcp: &mut TcpConn, data: &[u8]) {
         let held = c.rx.is_some();
-        self.receive(now, c, tcp, data);
+        self.receive(now, id, c, tcp, data);
         if !held && c.rx.is_some() {
             self.note_rx_holder(id);
         }
@@ -2481,6 +2549,34 @@ mod tests {
         h.run_for(Duration::from_secs(5)); // TIME-WAIT
         assert_eq!(h.server.stack.connection_count(), 0, "every stream sent whole, then closed");
         assert_eq!((h.server.app.held.responses.len(), h.server.app.held.busy_queues), (0, 0));
+    }
+
+    /// 24 TLS clients connecting at once: four handshake steps run per loop iteration and
+    /// the rest wait in line (so frames of established connections behind them are not held
+    /// up), and every handshake completes with its fetch byte-exact.
+    #[test]
+    fn a_burst_of_handshakes_waits_in_line_and_every_one_completes() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        let (server, client) = crate::loopback::test_tls_configs().unwrap();
+        h.enable_tls(server, client);
+        for _ in 0..24 {
+            assert!(h.start_fetch_tls("/a.txt", None));
+        }
+        let mut most = 0;
+        for _ in 0..20_000 {
+            h.step(true);
+            most = most.max(h.server.app.handshakes_queued());
+            if h.client_app.fetches.len() == 24 {
+                break;
+            }
+        }
+        assert!(most >= 24 - 2 * super::HANDSHAKE_STEPS_PER_POLL, "at most {most} handshake steps waited");
+        let want = sha(&[b'a'; 100_000]);
+        let fetches = &h.client_app.fetches;
+        assert_eq!(fetches.iter().filter(|f| f.complete && f.status == 200 && f.sha256 == want).count(), 24, "{fetches:?}");
+        assert_eq!(h.server.stats().tls_handshakes, 24);
+        assert_eq!(h.server.app.handshakes_queued(), 0);
     }
 
     /// However an HTTPS connection ends (a whole fetch, a client that gives up mid-body, a

@@ -25,6 +25,8 @@ pub struct Turn {
     pub worked: bool,
     /// Storage reads are under way.
     pub reads_in_flight: bool,
+    /// TLS handshake steps wait for the next iteration.
+    pub handshakes_queued: bool,
 }
 
 impl Turn {
@@ -32,7 +34,7 @@ impl Turn {
     /// whose completions are polled next turn, so it must not wait for the NIC meanwhile
     /// (a retransmission that had to read its bytes again would go out up to a wait later).
     pub fn busy(self) -> bool {
-        self.worked || self.reads_in_flight
+        self.worked || self.reads_in_flight || self.handshakes_queued
     }
 }
 
@@ -54,11 +56,12 @@ impl<N: Nic, S: Storage> Pipeline<N, S> {
         for frame in self.rx.drain(..) {
             self.stack.on_frame(now, drivers::nic::FrameBuf::bytes(&frame), &mut self.app, &mut self.nic);
         }
+        let handshakes = self.app.poll_handshakes(now, &mut self.stack);
         let done = self.app.poll_storage(&mut self.stack);
         self.stack.poll_timers(now, &mut self.app);
         let sent = self.stack.poll_tx(now, &mut self.app, &mut self.nic, TX_BUDGET);
         self.nic.tx_flush();
-        Turn { worked: got > 0 || done > 0 || sent > 0, reads_in_flight: self.app.reads_in_flight() > 0 }
+        Turn { worked: got > 0 || handshakes > 0 || done > 0 || sent > 0, reads_in_flight: self.app.reads_in_flight() > 0, handshakes_queued: self.app.handshakes_queued() > 0 }
     }
 
     /// Stop accepting connections: those between requests close now, the others after

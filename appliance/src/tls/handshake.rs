@@ -220,7 +220,9 @@ impl HandshakeDriver {
         result
     }
 
-    fn buffer(&mut self, bytes: &[u8]) -> Result<(), TlsError> {
+    /// Keep `bytes` for the next step without running the handshake (see
+    /// [`HandshakeDriver::receive`], which also runs it).
+    pub fn buffer(&mut self, bytes: &[u8]) -> Result<(), TlsError> {
         let end = self.incoming.len() + bytes.len();
         if end > MAX_HANDSHAKE_INPUT {
             return Err(TlsError::HandshakeBufferFull(MAX_HANDSHAKE_INPUT));
