@@ -286,6 +286,11 @@ impl Chunk {
     }
 }
 
+/// The object offset just past chunk `index`'s bytes (the object may end before).
+fn chunk_end(index: u64) -> u64 {
+    (index + 1) * CHUNK as u64
+}
+
 #[derive(Clone, Copy)]
 enum TlsPhase {
     /// In [`Held::handshakes`].
@@ -578,7 +583,7 @@ fn locate<'a>(held: &'a Held, c: &'a HttpConn, off: u64) -> Loc<'a> {
             match c.find_chunk(r.start, index) {
                 None => Loc::Missing { resp, index },
                 Some(k @ Chunk { state: ChunkState::Ready(buf), .. }) => {
-                    let end = ((index + 1) * CHUNK as u64).min(b.obj_off + b.len);
+                    let end = chunk_end(index).min(b.obj_off + b.len);
                     let at = k.buf_base();
                     Loc::Bytes(&buf.as_slice()[(obj_pos - at) as usize..(end - at) as usize])
                 }
@@ -643,7 +648,7 @@ impl<'a> RecordAt<'a> {
                     return None;
                 }
                 let RecordSource::Body { object_start, object_end } = self.layout.record_source(rec) else { return None };
-                if object_end > (self.chunk.index + 1) * CHUNK as u64 || rec - self.chunk.first_rec >= RECORDS_PER_CHUNK as u64 {
+                if object_end > chunk_end(self.chunk.index) || rec - self.chunk.first_rec >= RECORDS_PER_CHUNK as u64 {
                     return None; // the next chunk's: located afresh
                 }
                 return Some(RecordAt { rec, part: RecordPart::Header(0), object_start, object_end, ..self });
@@ -705,7 +710,7 @@ fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, buf: &mut Dm
     let (Some(t), Some(b)) = (r.tls, r.body) else { return Ok(0) };
     let base = k.index * CHUNK as u64;
     let lo = base.max(b.obj_off);
-    let hi = (base + CHUNK as u64).min(b.obj_off + b.len);
+    let hi = chunk_end(k.index).min(b.obj_off + b.len);
     let at = k.buf_base();
     let keys = session.tx_keys(t.epoch)?;
     let first = r.record_of(&t, &b, lo);
@@ -2193,6 +2198,15 @@ mod tests {
         (0..len).map(|i| ((i * 31 + i / 4096 * 7) as u8) ^ drive.wrapping_mul(0x5b).wrapping_add(drive)).collect()
     }
 
+    /// The tiny volume served over HTTP and HTTPS, with 16 storage buffers.
+    fn tiny_tls_harness() -> (tempfile::TempDir, SimHarness<drivers::storage::FileStorage>) {
+        let (dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        let (server, client) = crate::loopback::test_tls_configs().unwrap();
+        h.enable_tls(server, client);
+        (dir, h)
+    }
+
     fn sha(bytes: &[u8]) -> [u8; 32] {
         use sha2::Digest;
         sha2::Sha256::digest(bytes).into()
@@ -2399,10 +2413,7 @@ mod tests {
     /// Now the record is counted, nothing is sent after the FIN, and the response completes.
     #[test]
     fn a_bad_record_after_our_fin_is_counted_and_sends_nothing_more() {
-        let (_dir, storage, volume) = tiny_volume();
-        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
-        let (server, client) = crate::loopback::test_tls_configs().unwrap();
-        h.enable_tls(server, client);
+        let (_dir, mut h) = tiny_tls_harness();
         assert!(h.start_fetch_tls("/a.txt", None));
         while h.client_app.body_bytes == 0 {
             assert!(h.now() < 10 * SEC, "no response");
@@ -2429,10 +2440,7 @@ mod tests {
     /// was sealed or opened with sleeping keys.
     #[test]
     fn an_idle_tls_connection_holds_no_aead_context_until_its_next_request() {
-        let (_dir, storage, volume) = tiny_volume();
-        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
-        let (server, client) = crate::loopback::test_tls_configs().unwrap();
-        h.enable_tls(server, client);
+        let (_dir, mut h) = tiny_tls_harness();
         assert!(h.start_keep_alive(true, "/a.txt", None));
         assert!(h.run_until_fetches(1, Duration::from_secs(10)));
         h.run_for(Duration::from_millis(200));
@@ -2556,10 +2564,7 @@ mod tests {
     /// up), and every handshake completes with its fetch byte-exact.
     #[test]
     fn a_burst_of_handshakes_waits_in_line_and_every_one_completes() {
-        let (_dir, storage, volume) = tiny_volume();
-        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
-        let (server, client) = crate::loopback::test_tls_configs().unwrap();
-        h.enable_tls(server, client);
+        let (_dir, mut h) = tiny_tls_harness();
         for _ in 0..24 {
             assert!(h.start_fetch_tls("/a.txt", None));
         }
@@ -2584,10 +2589,7 @@ mod tests {
     /// its handshake, session and queued responses go back to the slabs.
     #[test]
     fn connections_that_end_any_way_leave_the_slabs_empty() {
-        let (_dir, storage, volume) = tiny_volume();
-        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
-        let (server, client) = crate::loopback::test_tls_configs().unwrap();
-        h.enable_tls(server, client);
+        let (_dir, mut h) = tiny_tls_harness();
         h.server.app.header_timeout = 2 * SEC;
         for _ in 0..4 {
             assert!(h.start_fetch_tls("/a.txt", None));
