@@ -861,16 +861,9 @@ impl<S: Storage> HttpApp<S> {
     pub fn heap_bytes(&self, c: &HttpConn) -> usize {
         let rx = c.rx.as_ref().map_or(0, |b| b.buf.len());
         let chunks = if c.chunks.is_some() { std::mem::size_of::<ChunkSet>() } else { 0 };
-        let responses = c.responses.len() * Slab::<Response>::entry_bytes();
-        let tls = c.tls.as_ref().map_or(0, |t| {
-            t.hs_out.capacity()
-                + match t.phase {
-                    TlsPhase::Handshake(_) => Slab::<HandshakeDriver>::entry_bytes(),
-                    TlsPhase::Session(k) => Slab::<RecordSession>::entry_bytes() + self.held.sessions.get(k).map_or(0, |s| s.heap_bytes()),
-                    TlsPhase::Dead => 0,
-                }
-        });
-        rx + chunks + responses + tls
+        let handshake_out = c.tls.as_ref().map_or(0, |t| t.hs_out.capacity());
+        let session = self.held.session(c).map_or(0, |s| s.heap_bytes());
+        rx + chunks + handshake_out + session + self.slab_bytes(c)
     }
 
     /// Of [`HttpApp::heap_bytes`], what C code allocated (aws-lc's AEAD contexts).
@@ -1376,73 +1369,71 @@ impl<S: Storage> HttpApp<S> {
         }
         let Some(d) = self.held.handshakes.get_mut(key) else { return };
         self.hs_steps += 1;
-        {
-            let progress = buffered.and_then(|()| crate::accounting::handshake(|| d.receive(&[])));
-            c.stream_len = d.tx_end();
-            tcp.set_stream_len(c.stream_len);
-            match progress {
-                Ok(HandshakeProgress::NeedMoreInput) => return,
-                Ok(HandshakeProgress::PeerClosed) => {
-                    t.failed = true;
-                    c.closing = true;
-                    tcp.close();
-                    return;
-                }
-                Err(e) => {
-                    log::debug!("TLS handshake failed: {e}");
-                    self.stats.tls_handshake_failures += 1;
-                    self.stats.count_tls_failure(e.reason());
-                    t.failed = true;
-                    c.closing = true;
-                    tcp.close(); // after the alert rustls left in the output
-                    return;
-                }
-                Ok(HandshakeProgress::Complete) => {}
+        let progress = buffered.and_then(|()| crate::accounting::handshake(|| d.receive(&[])));
+        c.stream_len = d.tx_end();
+        tcp.set_stream_len(c.stream_len);
+        match progress {
+            Ok(HandshakeProgress::NeedMoreInput) => return,
+            Ok(HandshakeProgress::PeerClosed) => {
+                t.failed = true;
+                c.closing = true;
+                tcp.close();
+                return;
             }
-            t.phase = TlsPhase::Dead;
-            let Some(d) = self.held.handshakes.remove(key) else { return };
-            // Each connection holds one handshake or one session, and the slabs have room
-            // for every connection: the insert cannot fail (if it did, the handover would).
-            let handover = crate::accounting::handshake(|| d.into_session()).and_then(|h| {
-                let (seq, epoch) = (h.session.tx_seq_start(), h.session.tx_epoch());
-                match self.held.sessions.insert(h.session) {
-                    Ok(key) => Ok((h.handshake_tx_base, h.handshake_tx, h.early_plaintext, seq, epoch, key)),
-                    Err(_) => Err(TlsError::NoRoom("session")),
-                }
-            });
-            match handover {
-                Ok((hs_base, hs_out, early_plaintext, seq, epoch, key)) => {
-                    self.stats.tls_handshakes += 1;
-                    t.next_seq = seq;
-                    t.epoch = epoch;
-                    t.hs_base = hs_base;
-                    t.hs_out = hs_out;
-                    t.phase = TlsPhase::Session(key);
-                    c.stream_len = t.hs_base + t.hs_out.len() as u64;
-                    tcp.set_stream_len(c.stream_len);
-                    if !early_plaintext.is_empty() {
-                        match self.rx_buf(c) {
-                            Some(b) => {
-                                b.push(&early_plaintext);
-                            }
-                            None => {
-                                // The request came with the handshake and the pool is empty:
-                                // it is lost; the header clock closes the connection.
-                                self.stats.http_rx_buffer_waits += 1;
-                            }
+            Err(e) => {
+                log::debug!("TLS handshake failed: {e}");
+                self.stats.tls_handshake_failures += 1;
+                self.stats.count_tls_failure(e.reason());
+                t.failed = true;
+                c.closing = true;
+                tcp.close(); // after the alert rustls left in the output
+                return;
+            }
+            Ok(HandshakeProgress::Complete) => {}
+        }
+        t.phase = TlsPhase::Dead;
+        let Some(d) = self.held.handshakes.remove(key) else { return };
+        // Each connection holds one handshake or one session, and the slabs have room
+        // for every connection: the insert cannot fail (if it did, the handover would).
+        let handover = crate::accounting::handshake(|| d.into_session()).and_then(|h| {
+            let (seq, epoch) = (h.session.tx_seq_start(), h.session.tx_epoch());
+            match self.held.sessions.insert(h.session) {
+                Ok(key) => Ok((h.handshake_tx_base, h.handshake_tx, h.early_plaintext, seq, epoch, key)),
+                Err(_) => Err(TlsError::NoRoom("session")),
+            }
+        });
+        match handover {
+            Ok((hs_base, hs_out, early_plaintext, seq, epoch, key)) => {
+                self.stats.tls_handshakes += 1;
+                t.next_seq = seq;
+                t.epoch = epoch;
+                t.hs_base = hs_base;
+                t.hs_out = hs_out;
+                t.phase = TlsPhase::Session(key);
+                c.stream_len = t.hs_base + t.hs_out.len() as u64;
+                tcp.set_stream_len(c.stream_len);
+                if !early_plaintext.is_empty() {
+                    match self.rx_buf(c) {
+                        Some(b) => {
+                            b.push(&early_plaintext);
+                        }
+                        None => {
+                            // The request came with the handshake and the pool is empty:
+                            // it is lost; the header clock closes the connection.
+                            self.stats.http_rx_buffer_waits += 1;
                         }
                     }
-                    // Records that came with the last flight, then the requests.
-                    self.on_tls_session_data(now, c, tcp);
                 }
-                Err(e) => {
-                    log::debug!("TLS handover failed: {e}");
-                    self.stats.tls_handshake_failures += 1;
-                    self.stats.count_tls_failure(e.reason());
-                    t.failed = true;
-                    c.closing = true;
-                    tcp.abort();
-                }
+                // Records that came with the last flight, then the requests.
+                self.on_tls_session_data(now, c, tcp);
+            }
+            Err(e) => {
+                log::debug!("TLS handover failed: {e}");
+                self.stats.tls_handshake_failures += 1;
+                self.stats.count_tls_failure(e.reason());
+                t.failed = true;
+                c.closing = true;
+                tcp.abort();
             }
         }
     }
@@ -1537,7 +1528,7 @@ impl<S: Storage> HttpApp<S> {
                 Ok(Some(Incoming::RenegotiationRefused)) => {
                     let (level, desc) = crate::tls::handshake::NO_RENEGOTIATION_ALERT;
                     if !room {
-                        continue; // the refusal is not said; the peer's renegotiation waits for ever
+                        continue; // the refusal is not said: the peer waits, and the idle timeout ends it
                     }
                     if let Ok(n) = s.seal_alert(t.epoch, t.next_seq, level, desc, &mut control) {
                         t.next_seq += 1;
