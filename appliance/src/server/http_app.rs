@@ -30,7 +30,7 @@ use drivers::storage::{Completion, DmaBuf, DmaPool, Storage};
 use crate::http::{self, Limits, ObjectMeta, Parse, Plan, MAX_HEAD_LEN};
 use crate::net::iface::{App, CloseReason, Parts, Stack};
 use crate::net::tcp::table::ConnId;
-use crate::net::tcp::TcpConn;
+use crate::net::tcp::{State, TcpConn};
 use crate::net::Instant;
 use crate::server::slab::{Slab, SlabKey};
 use crate::stats::Stats;
@@ -119,6 +119,10 @@ const QUEUE_CAP: usize = MAX_PIPELINED + 4;
 /// TLS handshake steps (rustls: curve arithmetic and signing for a ClientHello) one loop
 /// iteration runs at most; the rest wait for the next ([`HttpApp::poll_handshakes`]).
 const HANDSHAKE_STEPS_PER_POLL: usize = 4;
+
+/// Room in the handshake queue beyond two entries a connection: one receive burst's worth of
+/// new entries (at most one a frame) between compactions.
+const HS_QUEUE_SLACK: usize = crate::server::pipeline::RX_BURST;
 
 /// A connection's queued responses, oldest first: their places in [`Held::responses`].
 #[derive(Default)]
@@ -786,6 +790,8 @@ pub struct HttpApp<S: Storage> {
     hs_queue: VecDeque<ConnId>,
     /// Handshake steps run in this iteration so far.
     hs_steps: usize,
+    /// Entries of `hs_queue` whose connection closed while it waited (skipped when reached).
+    hs_stale: usize,
     /// The latest time a callback was given (storage polling has none of its own).
     clock: Instant,
     /// Emulated TLS on plain HTTP connections: the dummy-key session bodies are sealed with.
@@ -826,8 +832,11 @@ impl<S: Storage> HttpApp<S> {
             rx_holders: VecDeque::with_capacity(4 * MAX_RX_BUFFERS + 1),
             chunk_sets: (0..buffers).map(|_| Box::new([Chunk::FREE, Chunk::FREE, Chunk::FREE, Chunk::FREE])).collect(),
             held: Held::new(max_conns),
-            hs_queue: VecDeque::with_capacity(max_conns),
+            // Every connection once, entries of closed ones until a compaction (at half as
+            // many again: `poll_handshakes`), and one receive burst's worth: it never grows.
+            hs_queue: VecDeque::with_capacity(2 * max_conns + HS_QUEUE_SLACK),
             hs_steps: 0,
+            hs_stale: 0,
             clock: 0,
             emulation: None,
         })
@@ -1364,7 +1373,7 @@ impl<S: Storage> HttpApp<S> {
         let Some(t) = &mut c.tls else { return };
         let TlsPhase::Handshake(key) = t.phase else { return };
         // Closed while it waited in line.
-        if t.failed || tcp.fin_queued() {
+        if t.failed || tcp.fin_queued() || tcp.state == State::Closed {
             return;
         }
         let Some(d) = self.held.handshakes.get_mut(key) else { return };
@@ -1445,10 +1454,19 @@ impl<S: Storage> HttpApp<S> {
     /// thousands in one receive queue, ACKs waited long enough for retransmission timers
     /// to fire on data that had arrived.
     pub fn poll_handshakes(&mut self, now: Instant, stack: &mut Stack<HttpConn>) -> usize {
+        if self.hs_stale >= self.held.max_conns / 2 {
+            // Entries of connections that closed while waiting (a flood the header timeout
+            // cuts short): dropped in one pass, so the queue stays within its reservation.
+            self.hs_queue.retain(|&id| stack.get(id).is_some());
+            self.hs_stale = 0;
+        }
         let mut ran = 0;
         while self.hs_steps < HANDSHAKE_STEPS_PER_POLL {
             let Some(id) = self.hs_queue.pop_front() else { break };
-            let Some(e) = stack.get_mut(id) else { continue }; // gone since it queued
+            let Some(e) = stack.get_mut(id) else {
+                self.hs_stale = self.hs_stale.saturating_sub(1); // gone since it queued
+                continue;
+            };
             if let Some(t) = &mut e.app.tls {
                 t.hs_queued = false;
             }
@@ -1905,6 +1923,9 @@ impl<S: Storage> App for HttpApp<S> {
     }
 
     fn on_closed(&mut self, mut c: HttpConn, _reason: CloseReason) {
+        if c.tls.as_ref().is_some_and(|t| t.hs_queued) {
+            self.hs_stale += 1;
+        }
         // Chunks return their storage buffers; pending reads complete into nothing.
         self.release_all(&mut c);
     }
@@ -2573,6 +2594,56 @@ mod tests {
         assert_eq!(fetches.iter().filter(|f| f.complete && f.status == 200 && f.sha256 == want).count(), 24, "{fetches:?}");
         assert_eq!(h.server.stats().tls_handshakes, 24);
         assert_eq!(h.server.app.handshakes_queued(), 0);
+    }
+
+    /// Clients that give up (RST) while their handshakes wait in line leave entries of
+    /// closed connections in the queue; at half as many as the table holds they are dropped
+    /// in one pass (not only when the line reaches them), and the queue never grows past
+    /// what it reserved at start-up.
+    #[test]
+    fn handshakes_of_closed_connections_leave_the_line() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::with_limits(storage, volume, SimConfig::default(), SimConfig::default(), 16, 32, 32);
+        let (server, client) = crate::loopback::test_tls_configs().unwrap();
+        h.enable_tls(server, client);
+        let reserved = h.server.app.hs_queue.capacity();
+        for _ in 0..32 {
+            assert!(h.start_fetch_tls("/a.txt", None));
+        }
+        for _ in 0..10_000 {
+            h.step(true);
+            if h.server.app.handshakes_queued() >= 26 {
+                break;
+            }
+        }
+        assert!(h.server.app.handshakes_queued() >= 26, "{} waiting", h.server.app.handshakes_queued());
+        // The clients of 16 in the middle of the line reset their connections: the next
+        // round runs the first 4, and when the RSTs arrive 4 live ones are ahead of the 16
+        // closed ones (they use up that round's steps) and more behind them.
+        let line: Vec<_> = h.server.app.hs_queue.iter().copied().collect();
+        let ports: Vec<u16> = line[8..24].iter().filter_map(|&id| h.server.stack.connections().find(|(i, _, _)| *i == id).map(|(_, k, _)| k.remote_port)).collect();
+        assert_eq!(ports.len(), 16);
+        let ids: Vec<_> = h.client.connections().filter(|(_, k, _)| ports.contains(&k.local_port)).map(|(id, _, _)| id).collect();
+        for id in ids {
+            if let Some(e) = h.client.get_mut(id) {
+                e.tcp.abort();
+            }
+            h.client.wake(id);
+        }
+        h.step(false); // the server runs 4 steps; the clients send their RSTs
+        h.step(false); // the server takes the RSTs, then runs its line
+        let live = h.server.stack.connections().filter(|(_, _, e)| e.app.tls.as_ref().is_some_and(|t| t.hs_queued)).count();
+        assert!(live > 0, "live connections still wait");
+        assert_eq!(h.server.stack.connection_count(), 16, "the other 16 are still there");
+        assert_eq!((h.server.app.handshakes_queued(), h.server.app.hs_stale), (live, 0), "only live connections wait");
+        for _ in 0..10_000 {
+            h.step(true);
+            if h.client_app.fetches.len() == 32 {
+                break;
+            }
+        }
+        assert_eq!(h.client_app.fetches.iter().filter(|f| f.complete && f.status == 200).count(), 16);
+        assert_eq!(h.server.app.hs_queue.capacity(), reserved);
     }
 
     /// However an HTTPS connection ends (a whole fetch, a client that gives up mid-body, a
