@@ -732,6 +732,22 @@ mod tests {
         }
     }
 
+    /// One connection, 8 MB: in TSO segments almost all full (a chunk's tail waits for the
+    /// next chunk's read instead of going alone: that was nearly two segments a chunk).
+    #[test]
+    fn a_large_file_goes_in_full_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = 8_000_000;
+        let vol = make_volume(dir.path(), 16 << 20).unwrap();
+        for mode in [Mode::Tls, Mode::Plain] {
+            let setup = ServerSetup { offload: true, congestion: CongestionControl::Cubic, pacing: false, buffers: 16 };
+            let r = run_case(&vol, 16 << 20, total, mode, setup, 1, 1);
+            assert!(r.ok, "{mode:?}: {:?}", r.error);
+            let most = total * 10 / (MAX_SEGMENT * 9) + 10;
+            assert!(r.segments_sent <= most, "{mode:?}: {} segments for {total} bytes, at most {most}", r.segments_sent);
+        }
+    }
+
     /// The largest TCP payload the simulated port takes with offload.
     const MAX_SEGMENT: u64 = 65_535;
 }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::net::iface::{App, CloseReason, IfaceConfig, Parts, Stack};
 use crate::net::tcp::table::ConnId;
-use crate::net::tcp::TcpConn;
+use crate::net::tcp::{Ready, TcpConn};
 use crate::net::{Instant, MS};
 use crate::server::http_app::HttpApp;
 use crate::server::pipeline::{Pipeline, RX_BURST, TX_BUDGET};
@@ -410,8 +410,8 @@ impl App for ClientApp {
         }
     }
 
-    fn available(&mut self, _now: Instant, _id: ConnId, c: &mut ClientConn, off: u64, max: usize, _resend: bool) -> usize {
-        (c.out.len() as u64).saturating_sub(off).min(max as u64) as usize
+    fn available(&mut self, _now: Instant, _id: ConnId, c: &mut ClientConn, off: u64, max: usize, _resend: bool) -> Ready {
+        Ready::now((c.out.len() as u64).saturating_sub(off).min(max as u64) as usize)
     }
 
     fn payload<'a>(&'a self, c: &'a ClientConn, off: u64, len: usize, parts: &mut Parts<'a>) {

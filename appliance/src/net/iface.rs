@@ -16,7 +16,7 @@ use super::headers::{self, flags, Endpoints, TcpFields, TcpOptions, MAX_HEADERS_
 use super::tcp::cookie::SynCookies;
 use super::tcp::table::{ConnId, ConnKey, ConnTable, SlotList, SlotQueue};
 use super::tcp::timer::TimerWheel;
-use super::tcp::{self, DataSource, SegmentIn, State, TcpConn};
+use super::tcp::{self, DataSource, Ready, SegmentIn, State, TcpConn};
 use super::{Instant, SEC};
 use crate::stats::Stats;
 
@@ -132,7 +132,7 @@ pub trait App {
         let _ = (now, c, tcp);
     }
     /// See [`DataSource::available`]. The bytes may lie in up to [`MAX_PARTS`] places.
-    fn available(&mut self, now: Instant, id: ConnId, c: &mut Self::Conn, off: u64, max: usize, resend: bool) -> usize;
+    fn available(&mut self, now: Instant, id: ConnId, c: &mut Self::Conn, off: u64, max: usize, resend: bool) -> Ready;
     /// The `len` bytes from `off` promised by `available`, as slices in order.
     fn payload<'a>(&'a self, c: &'a Self::Conn, off: u64, len: usize, parts: &mut Parts<'a>);
 }
@@ -199,7 +199,7 @@ struct Source<'a, A: App> {
 }
 
 impl<A: App> DataSource for Source<'_, A> {
-    fn available(&mut self, off: u64, max: usize, resend: bool) -> usize {
+    fn available(&mut self, off: u64, max: usize, resend: bool) -> Ready {
         self.app.available(self.now, self.id, self.conn, off, max, resend)
     }
 }

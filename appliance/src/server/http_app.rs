@@ -30,7 +30,7 @@ use drivers::storage::{Completion, DmaBuf, DmaPool, Storage};
 use crate::http::{self, Limits, ObjectMeta, Parse, Plan, MAX_HEAD_LEN};
 use crate::net::iface::{App, CloseReason, Parts, Stack};
 use crate::net::tcp::table::ConnId;
-use crate::net::tcp::{State, TcpConn};
+use crate::net::tcp::{Ready, State, TcpConn};
 use crate::net::Instant;
 use crate::server::slab::{Slab, SlabKey};
 use crate::stats::Stats;
@@ -662,11 +662,21 @@ impl<'a> RecordAt<'a> {
     }
 }
 
+/// Why [`walk_ready`] stopped.
+enum Stop {
+    /// At `max`, at the part limit, or where nothing more is held.
+    Done,
+    /// At a chunk not read yet: (response, chunk index) to read.
+    Missing { resp: usize, index: u64 },
+    /// At a chunk whose read is under way.
+    Pending,
+}
+
 /// Walk the bytes ready from stream offset `off`: at most `max` of them, in at most
 /// [`MAX_PARTS`](crate::net::iface::MAX_PARTS) slices, each given to `each` in order. Returns
-/// how many bytes, and the chunk to read if a missing one stopped the walk. `available`
-/// and `payload` both walk, so they agree on every slice.
-fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'a [u8])) -> (usize, Option<(usize, u64)>) {
+/// how many bytes, and why the walk stopped. `available` and `payload` both walk, so they
+/// agree on every slice.
+fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'a [u8])) -> (usize, Stop) {
     let (mut n, mut parts) = (0usize, 0usize);
     let mut take = |b: &'a [u8], n: &mut usize| {
         let b = &b[..b.len().min(max - *n)];
@@ -677,25 +687,26 @@ fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, mut eac
     };
     loop {
         if n >= max {
-            return (n, None);
+            return (n, Stop::Done);
         }
         match locate(held, c, off + n as u64) {
             Loc::Bytes(b) => {
                 if !take(b, &mut n) {
-                    return (n, None);
+                    return (n, Stop::Done);
                 }
             }
             Loc::Record(mut at) => loop {
                 if !take(at.bytes(), &mut n) {
-                    return (n, None);
+                    return (n, Stop::Done);
                 }
                 match at.next() {
                     Some(next) => at = next,
                     None => break,
                 }
             },
-            Loc::Missing { resp, index } => return (n, Some((resp, index))),
-            Loc::Pending | Loc::Nothing => return (n, None),
+            Loc::Missing { resp, index } => return (n, Stop::Missing { resp, index }),
+            Loc::Pending => return (n, Stop::Pending),
+            Loc::Nothing => return (n, Stop::Done),
         }
     }
 }
@@ -1930,17 +1941,22 @@ impl<S: Storage> App for HttpApp<S> {
         self.release_all(&mut c);
     }
 
-    fn available(&mut self, _now: Instant, id: ConnId, c: &mut HttpConn, off: u64, max: usize, resend: bool) -> usize {
+    fn available(&mut self, _now: Instant, id: ConnId, c: &mut HttpConn, off: u64, max: usize, resend: bool) -> Ready {
         let body_chunk = body_chunk_at(&self.held, c, off);
-        let (n, missing) = walk_ready(&self.held, c, off, max, |_| {});
-        if let Some((resp, index)) = missing {
-            self.start_read(id, c, resp, index);
-        }
+        let (len, stop) = walk_ready(&self.held, c, off, max, |_| {});
+        // A read under way, or started now, wakes the connection when it completes: what
+        // follows is on its way. (One that could not start is not counted.)
+        let more_soon = match stop {
+            Stop::Missing { resp, index } => self.start_read(id, c, resp, index),
+            Stop::Pending => true,
+            Stop::Done => false,
+        };
+        let ready = Ready { len, more_soon };
         // Read ahead: the next chunk of this response, so the wire never waits on it. Not
         // for a retransmission: after a timeout most of what follows usually arrived (the
         // ACK will say), and reading it again would be wasted.
         if let Some((resp, index)) = body_chunk.filter(|_| !resend) {
-            let Some(r) = c.responses.get(&self.held.responses, resp) else { return n };
+            let Some(r) = c.responses.get(&self.held.responses, resp) else { return ready };
             let (start, body) = (r.start, r.body);
             if let Some(b) = body {
                 let next = index + 1;
@@ -1949,7 +1965,7 @@ impl<S: Storage> App for HttpApp<S> {
                 }
             }
         }
-        n
+        ready
     }
 
     fn payload<'a>(&'a self, c: &'a HttpConn, off: u64, len: usize, parts: &mut Parts<'a>) {

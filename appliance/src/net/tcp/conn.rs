@@ -155,7 +155,24 @@ pub trait DataSource {
     /// means "not yet" (a storage read is under way); the connection tries again later.
     /// `resend`: the bytes went out before (a retransmission), so what follows them may
     /// have arrived and need not be prepared ahead.
-    fn available(&mut self, off: u64, max: usize, resend: bool) -> usize;
+    fn available(&mut self, off: u64, max: usize, resend: bool) -> Ready;
+}
+
+/// What [`DataSource::available`] found at an offset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Bytes that can be gathered now.
+    pub len: usize,
+    /// The bytes after them are being prepared (a storage read is under way) and the
+    /// application wakes the connection once they are: a short tail may wait for them.
+    pub more_soon: bool,
+}
+
+impl Ready {
+    /// `len` bytes, and nothing after them on the way.
+    pub fn now(len: usize) -> Ready {
+        Ready { len, more_soon: false }
+    }
 }
 
 /// What one received segment did.
@@ -653,6 +670,25 @@ impl TcpConn {
         self.max_payload() as usize
     }
 
+    /// Of `got` new bytes ready where `asked` were, those to send now. While the rest is being
+    /// prepared (it wakes the connection when it is), a short tail waits to go with it in a
+    /// full segment, and a long one goes in whole MSS. A storage chunk with its TLS records is
+    /// a little longer than one TSO segment holds: sending whatever was ready sent each chunk
+    /// as a full segment and one of a few hundred bytes, twice the segments (and ACKs, and
+    /// per-segment work, and on a TAP system calls) per byte. A long tail is not held: on
+    /// hardware the read may take longer than the wire needs for the tail.
+    fn sendable(&self, got: Ready, asked: u64) -> usize {
+        let len = got.len as u64;
+        if !got.more_soon || len >= asked {
+            return got.len;
+        }
+        if len < asked / 2 {
+            return 0;
+        }
+        let mss = self.max_payload();
+        (len / mss * mss) as usize
+    }
+
     /// Most new payload one segment carries: one MSS, or with segmentation offload as many
     /// whole MSS as the port takes (the port cuts it on MSS boundaries), while pacing no more
     /// than about 1 ms of the pacing rate (at least two MSS).
@@ -741,7 +777,7 @@ impl TcpConn {
             // Retransmissions first.
             if self.pipe() < self.cc.cwnd {
                 if let Some((off, max)) = self.next_rexmit() {
-                    let n = src.available(off, max as usize, true);
+                    let n = src.available(off, max as usize, true).len;
                     self.app_blocked = n == 0;
                     if n > 0 {
                         self.rexmit_next = off + n as u64;
@@ -767,7 +803,7 @@ impl TcpConn {
                 let len = self.new_data_len();
                 if len > 0 && self.pace_ready(now) {
                     let off = self.snd_nxt;
-                    let n = src.available(off, len as usize, false);
+                    let n = self.sendable(src.available(off, len as usize, false), len);
                     self.app_blocked = n == 0;
                     if n > 0 {
                         self.cc.on_send(now, self.snd_nxt == self.snd_una);
@@ -1313,8 +1349,8 @@ mod tests {
 
     struct Pattern;
     impl DataSource for Pattern {
-        fn available(&mut self, _off: u64, max: usize, _resend: bool) -> usize {
-            max
+        fn available(&mut self, _off: u64, max: usize, _resend: bool) -> Ready {
+            Ready::now(max)
         }
     }
 
@@ -1590,6 +1626,53 @@ mod tests {
         let segs = drain(&mut s, t2);
         assert_eq!(segs.len(), 1);
         assert!(segs[0].payload_len > 10 * mss);
+    }
+
+    /// A source whose bytes are ready up to `ready_to`, and being prepared after it when
+    /// `reading`.
+    struct Partial {
+        ready_to: u64,
+        reading: bool,
+    }
+    impl DataSource for Partial {
+        fn available(&mut self, off: u64, max: usize, _resend: bool) -> Ready {
+            let len = self.ready_to.saturating_sub(off).min(max as u64) as usize;
+            Ready { len, more_soon: self.reading && len < max }
+        }
+    }
+
+    #[test]
+    fn a_short_tail_waits_for_the_bytes_being_read_after_it() {
+        let t0 = SEC;
+        let cfg = Config { tso_max_payload: 65535, ..Config::default() };
+        let mut s = established(&cfg, t0, 10 << 20);
+        let mss = s.wire_payload() as u64;
+        let t1 = t0 + 10 * MS;
+        // Less than half a segment ready and the rest on its way: nothing goes, and the
+        // connection waits to be woken (it does not ask to be polled meanwhile).
+        let short = mss * 3 + 100;
+        let mut src = Partial { ready_to: short, reading: true };
+        assert!(s.poll_tx(t1, &mut src).is_none());
+        assert!(!s.wants_tx(t1), "waits for the wake, not polled in a loop");
+        // The read completes: the tail goes with what follows, in one segment.
+        src.ready_to = 1 << 20;
+        s.unblock();
+        let g = s.poll_tx(t1, &mut src).expect("a segment");
+        assert_eq!(g.payload_off, 0);
+        assert!(g.payload_len as u64 > short, "the tail went with the next bytes: {}", g.payload_len);
+        // Nothing being read after the ready bytes (the end of what the application has
+        // now, or a read that could not start): they go at once, short or not.
+        let mut s = established(&cfg, t0, 10 << 20);
+        let mut src = Partial { ready_to: short, reading: false };
+        assert_eq!(s.poll_tx(t1, &mut src).map(|g| g.payload_len as u64), Some(short));
+        // More than half a segment ready: whole MSS go now, the rest waits.
+        let mut s = established(&cfg, t0, 10 << 20);
+        let asked = s.cc.cwnd.min(s.send_quantum());
+        let long = asked * 3 / 4 + 10;
+        let mut src = Partial { ready_to: long, reading: true };
+        let g = s.poll_tx(t1, &mut src).expect("a segment");
+        assert_eq!(g.payload_len as u64, long / mss * mss);
+        assert!(s.poll_tx(t1, &mut src).is_none(), "the sub-MSS rest waits");
     }
 
     #[test]

@@ -15,4 +15,4 @@ pub mod table;
 pub mod timer;
 
 pub use congestion::CongestionControl;
-pub use conn::{Config, DataSource, RxOutcome, Segment, SegmentIn, State, TcpConn, TcpCounters};
+pub use conn::{Config, DataSource, Ready, RxOutcome, Segment, SegmentIn, State, TcpConn, TcpCounters};
