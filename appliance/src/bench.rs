@@ -129,6 +129,12 @@ pub struct BenchArgs {
     /// not yet sent, and so how much of it the caches must hold).
     #[arg(long, default_value_t = crate::server::BUFFERS as u64, value_parser = clap::value_parser!(u64).range(4..=65536))]
     pub buffers: u64,
+    /// Runs of every case: all cases run once, then again, N times in all (so that a slow
+    /// spell of the machine falls on every case alike), and each case is reported once, by
+    /// its median run (the sealing reference too: measured before every round). The lines
+    /// come at the end.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=25))]
+    pub repeat: u32,
 }
 
 /// How the server's port, TCP and storage buffers are set up in a case.
@@ -228,6 +234,8 @@ pub struct CaseResult {
     /// Bytes read from storage per body byte served: 1 plus what retransmissions read again
     /// (and the rounding of ranges to blocks).
     pub storage_read_per_byte: f64,
+    /// `gbps_per_core` of every run of the case, in the order they ran (`--repeat`).
+    pub gbps_per_core_runs: Vec<f64>,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
@@ -247,10 +255,11 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
     let object_len = total.max(max_conns * MIN_PER_CONN).max(16 << 20);
     let vol = make_volume(dir, object_len)?;
     // References, measured in this run on this core.
-    let seal = measure_seal_gbps(AeadProvider::AwsLcRs, 16 * 1024, Duration::from_secs(1)) * 8.0;
+    let seal_now = || measure_seal_gbps(AeadProvider::AwsLcRs, 16 * 1024, Duration::from_secs(1)) * 8.0;
+    let seal = seal_now();
     let memcpy = memcpy_gbps(Duration::from_secs(1)) * 8.0;
     let device_seal = measure_device_seal_gbps(&vol, args.buffers as usize, object_len.min(DEVICE_SEAL_BYTES))?;
-    let refs = References { seal, device_seal, memcpy };
+    let mut refs = References { seal, device_seal, memcpy, seal_runs: vec![seal] };
     if !args.json {
         println!("references on one core: AES-128-GCM sealing of 16 KiB records (aws-lc-rs) {seal:.2} Gb/s, of records the drive just read {device_seal:.2} Gb/s, memcpy {memcpy:.2} Gb/s");
         println!("allocation counting: {}", if accounting::allocator_installed() { "on" } else { "off (not the appliance binary)" });
@@ -274,23 +283,44 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
         Offload::Off => &[false],
         Offload::Both => &[false, true],
     };
-    let mut failed = 0;
+    let defaults = TcpConfig::default();
+    let setup_for = |offload| ServerSetup {
+        offload,
+        congestion: args.congestion.unwrap_or(defaults.congestion),
+        pacing: (defaults.pacing || args.pacing) && !args.no_pacing,
+        buffers: args.buffers as usize,
+    };
+    let mut cases = Vec::new();
     for &mode in &modes {
         for &cores in &args.cores {
             for &connections in &args.connections {
                 for &offload in offloads {
-                    let defaults = TcpConfig::default();
-                    let setup = ServerSetup {
-                        offload,
-                        congestion: args.congestion.unwrap_or(defaults.congestion),
-                        pacing: (defaults.pacing || args.pacing) && !args.no_pacing,
-                        buffers: args.buffers as usize,
-                    };
-                    let r = run_case(&vol, object_len, total, mode, setup, connections, cores);
-                    failed += usize::from(!r.ok);
-                    print_case(&r, &refs, args.json);
+                    cases.push((mode, setup_for(offload), connections, cores));
                 }
             }
+        }
+    }
+    let mut failed = 0;
+    let mut runs: Vec<Vec<CaseResult>> = cases.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.repeat {
+        if round > 0 {
+            refs.seal_runs.push(seal_now());
+        }
+        for (case, &(mode, setup, connections, cores)) in cases.iter().enumerate() {
+            let r = run_case(&vol, object_len, total, mode, setup, connections, cores);
+            if args.repeat == 1 {
+                failed += usize::from(!r.ok);
+                print_case(&r, &refs, args.json);
+            } else {
+                runs[case].push(r);
+            }
+        }
+    }
+    if args.repeat > 1 {
+        refs.seal = median(&refs.seal_runs);
+        for r in runs.into_iter().filter_map(median_run) {
+            failed += usize::from(!r.ok);
+            print_case(&r, &refs, args.json);
         }
     }
     if failed > 0 {
@@ -447,7 +477,33 @@ fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, res
         retransmits: results.iter().map(|r| r.retransmits).sum(),
         rto_timeouts: results.iter().map(|r| r.rto_timeouts).sum(),
         storage_read_per_byte: if body_bytes == 0 { f64::NAN } else { results.iter().map(|r| r.read_bytes).sum::<u64>() as f64 / body_bytes as f64 },
+        gbps_per_core_runs: vec![gbps_total / cores as f64],
     }
+}
+
+/// The run to report of a case's runs: the first that failed (a failure is never hidden by
+/// a median), else the median by `gbps_per_core` (the upper one of an even count), with
+/// every run's figure attached.
+fn median_run(mut runs: Vec<CaseResult>) -> Option<CaseResult> {
+    let all: Vec<f64> = runs.iter().map(|r| r.gbps_per_core).collect();
+    let pick = match runs.iter().position(|r| !r.ok) {
+        Some(failed) => failed,
+        None => {
+            let mut order: Vec<usize> = (0..runs.len()).collect();
+            order.sort_by(|&a, &b| runs[a].gbps_per_core.total_cmp(&runs[b].gbps_per_core));
+            *order.get(order.len() / 2)?
+        }
+    };
+    let mut r = runs.swap_remove(pick);
+    r.gbps_per_core_runs = all;
+    Some(r)
+}
+
+/// The median of `xs` (the upper one of an even count); NaN when empty.
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Sets the link's clock to the wall time since `start` less the time the in-process
@@ -618,14 +674,17 @@ struct References {
     /// Sealing records the storage backend has just read ([`measure_device_seal_gbps`]).
     device_seal: f64,
     memcpy: f64,
+    /// The sealing reference measured before each round (`--repeat`); `seal` is their median.
+    seal_runs: Vec<f64>,
 }
 
 fn print_case(r: &CaseResult, refs: &References, json: bool) {
-    let References { seal, device_seal, memcpy } = *refs;
+    let References { seal, device_seal, memcpy, .. } = *refs;
     let num = |x: f64| if x.is_finite() { format!("{x:.3}") } else { "null".to_string() };
+    let list = |xs: &[f64]| xs.iter().map(|&x| num(x)).collect::<Vec<_>>().join(",");
     if json {
         println!(
-            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{}{}}}",
+            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{},\"repeats\":{},\"gbps_per_core_runs\":[{}],\"ref_seal_gbps_runs\":[{}]{}}}",
             case_name(r.mode),
             if r.offload { "-offload" } else { "" },
             r.mode.name(),
@@ -665,11 +724,14 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             r.retransmits,
             r.rto_timeouts,
             num(r.storage_read_per_byte),
+            r.gbps_per_core_runs.len(),
+            list(&r.gbps_per_core_runs),
+            list(&refs.seal_runs),
             r.error.as_ref().map_or(String::new(), |e| format!(",\"error\":{e:?}")),
         );
     } else {
         println!(
-            "{:<9} {:<7} {:>6} conns {} core(s): {:>7.2} Gb/s per core ({:.0}% of sealing, {:.0}% of sealing what the drive read; {:.2} with handshakes, {:.2} with devices), {:>7.2} total; {:.0} B per idle conn; {:.2} bytes touched per byte; {} allocations (+{} in handshakes); {:.1} MB in {:.2} s{}",
+            "{:<9} {:<7} {:>6} conns {} core(s): {:>7.2} Gb/s per core ({:.0}% of sealing, {:.0}% of sealing what the drive read; {:.2} with handshakes, {:.2} with devices), {:>7.2} total; {:.0} B per idle conn; {:.2} bytes touched per byte; {} allocations (+{} in handshakes); {:.1} MB in {:.2} s{}{}",
             case_name(r.mode),
             if r.offload { "offload" } else { "-" },
             r.connections,
@@ -686,6 +748,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             r.allocs_in_handshakes.map_or("?".to_string(), |a| a.to_string()),
             r.body_bytes as f64 / 1e6,
             r.wall_seconds,
+            if r.gbps_per_core_runs.len() > 1 { format!(" (median of {} runs: {} Gb/s per core)", r.gbps_per_core_runs.len(), r.gbps_per_core_runs.iter().map(|g| format!("{g:.2}")).collect::<Vec<_>>().join(", ")) } else { String::new() },
             r.error.as_ref().map_or(String::new(), |e| format!("  FAILED: {e}")),
         );
     }
@@ -746,6 +809,27 @@ mod tests {
             let most = total * 10 / (MAX_SEGMENT * 9) + 10;
             assert!(r.segments_sent <= most, "{mode:?}: {} segments for {total} bytes, at most {most}", r.segments_sent);
         }
+    }
+
+    fn run_of(gbps: f64, ok: bool) -> CaseResult {
+        let mut r = combine(Mode::Plain, ServerSetup { offload: true, congestion: CongestionControl::Cubic, pacing: false, buffers: 16 }, 1, 1, &[]);
+        r.gbps_per_core = gbps;
+        r.ok = ok;
+        r
+    }
+
+    #[test]
+    fn repeated_runs_report_the_median_or_the_failure() {
+        let r = median_run(vec![run_of(3.0, true), run_of(1.0, true), run_of(2.0, true)]).unwrap();
+        assert_eq!(r.gbps_per_core, 2.0);
+        assert_eq!(r.gbps_per_core_runs, [3.0, 1.0, 2.0], "every run, in the order they ran");
+        let r = median_run(vec![run_of(1.0, true), run_of(4.0, true)]).unwrap();
+        assert_eq!(r.gbps_per_core, 4.0, "the upper median of an even count");
+        let r = median_run(vec![run_of(5.0, true), run_of(0.5, false), run_of(6.0, true)]).unwrap();
+        assert!(!r.ok, "a failed run is reported, not hidden by the median");
+        assert!(median_run(Vec::new()).is_none());
+        assert_eq!(median(&[90.0, 88.0, 91.0]), 90.0);
+        assert!(median(&[]).is_nan());
     }
 
     /// The largest TCP payload the simulated port takes with offload.
