@@ -778,14 +778,22 @@ mod tests {
     /// A small case end to end, HTTPS and plain: every body byte-exact (run_core checks each
     /// against the object), and over a link that loses nothing nothing is retransmitted,
     /// which spurious timeouts (the clients' time taken for round trips) would break.
+    /// The test cases' server: offload, CUBIC, 16 buffers.
+    const TEST_SETUP: ServerSetup = ServerSetup { offload: true, congestion: CongestionControl::Cubic, pacing: false, buffers: 16 };
+
+    /// `total` bytes of a 16 MiB object over `connections` on one core, in a volume made in
+    /// a temporary directory.
+    fn small_case(mode: Mode, total: u64, connections: usize) -> CaseResult {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = make_volume(dir.path(), 16 << 20).unwrap();
+        run_case(&vol, 16 << 20, total, mode, TEST_SETUP, connections, 1)
+    }
+
     #[test]
     fn a_small_case_serves_every_byte_once() {
-        let dir = tempfile::tempdir().unwrap();
         let total = 8_000_000;
-        let vol = make_volume(dir.path(), 16 << 20).unwrap();
         for mode in [Mode::Tls, Mode::Plain] {
-            let setup = ServerSetup { offload: true, congestion: CongestionControl::Cubic, pacing: false, buffers: 16 };
-            let r = run_case(&vol, 16 << 20, total, mode, setup, 50, 1);
+            let r = small_case(mode, total, 50);
             assert!(r.ok, "{mode:?}: {:?}", r.error);
             assert_eq!(r.body_bytes, total, "{mode:?}");
             assert_eq!(r.retransmits, 0, "{mode:?}");
@@ -799,12 +807,9 @@ mod tests {
     /// next chunk's read instead of going alone: that was nearly two segments a chunk).
     #[test]
     fn a_large_file_goes_in_full_segments() {
-        let dir = tempfile::tempdir().unwrap();
         let total = 8_000_000;
-        let vol = make_volume(dir.path(), 16 << 20).unwrap();
         for mode in [Mode::Tls, Mode::Plain] {
-            let setup = ServerSetup { offload: true, congestion: CongestionControl::Cubic, pacing: false, buffers: 16 };
-            let r = run_case(&vol, 16 << 20, total, mode, setup, 1, 1);
+            let r = small_case(mode, total, 1);
             assert!(r.ok, "{mode:?}: {:?}", r.error);
             let most = total * 10 / (MAX_SEGMENT * 9) + 10;
             assert!(r.segments_sent <= most, "{mode:?}: {} segments for {total} bytes, at most {most}", r.segments_sent);
@@ -812,7 +817,7 @@ mod tests {
     }
 
     fn run_of(gbps: f64, ok: bool) -> CaseResult {
-        let mut r = combine(Mode::Plain, ServerSetup { offload: true, congestion: CongestionControl::Cubic, pacing: false, buffers: 16 }, 1, 1, &[]);
+        let mut r = combine(Mode::Plain, TEST_SETUP, 1, 1, &[]);
         r.gbps_per_core = gbps;
         r.ok = ok;
         r
