@@ -2801,10 +2801,13 @@ mod tests {
     }
 
     /// Chunks go back to the pool once sent, not once acknowledged: over a link with a
-    /// round-trip time, 32 transfers keep more bytes in flight than 4 buffers hold (each
-    /// in-process client's window is 64 KiB: a connection holds its read-ahead chunk while
-    /// its sent one is in flight), and every body is byte-exact (a loss would be read
-    /// again, as sim_loss checks).
+    /// round-trip time, 32 transfers keep more bytes in flight than 4 buffers hold, and
+    /// every body is byte-exact (a loss would be read again, as sim_loss checks). The
+    /// clients announce 256 KiB windows: with 64 KiB ones a connection could not send its
+    /// read-ahead chunk before the ACK, held it and its unsent tail, and the bytes in flight
+    /// came out only about a tenth above the pool's (once, under load, below it).
+    /// Released at the ACK, the pool would bound them at 256 KiB; released once sent, they
+    /// reach several MB.
     #[test]
     fn buffers_go_back_once_sent_so_the_pool_does_not_bound_the_bytes_in_flight() {
         use sha2::{Digest, Sha256};
@@ -2814,6 +2817,8 @@ mod tests {
         let (_dir, storage, volume, data) = patterned_volume(LEN);
         let far = SimConfig { delay: Duration::from_millis(5), ..SimConfig::default() };
         let mut h = SimHarness::new(storage, volume, far.clone(), far, BUFFERS);
+        h.client.cfg.tcp.rcv_window_shift = 3;
+        h.client_app.rx_room = 256 << 10;
         for _ in 0..FETCHES {
             assert!(h.start_fetch("/v.ts", None));
         }
