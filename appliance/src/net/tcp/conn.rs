@@ -175,6 +175,20 @@ impl Ready {
     }
 }
 
+/// An ACK owed to the peer, and whether it may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AckOwed {
+    No,
+    /// With the next segment, or alone now.
+    Yes,
+    /// For one in-order data segment: it may wait for the answer's bytes to carry it.
+    ForData,
+    /// Waiting for bytes being read (`poll_tx` found them so): their read wakes the
+    /// connection ([`TcpConn::unblock`]) and the ACK goes with them. A request's ACK then
+    /// rides on its response instead of going alone a moment before it.
+    Waiting,
+}
+
 /// What one received segment did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RxOutcome {
@@ -277,7 +291,7 @@ pub struct TcpConn {
     ts_ok: bool,
     ts_recent: u32,
     sack_ok: bool,
-    ack_pending: bool,
+    ack: AckOwed,
     syn_pending: bool,
     rst_pending: bool,
     time_wait_deadline: Option<Instant>,
@@ -340,7 +354,7 @@ impl TcpConn {
             ts_ok: false,
             ts_recent: 0,
             sack_ok: false,
-            ack_pending: false,
+            ack: AckOwed::No,
             syn_pending: false,
             rst_pending: false,
             time_wait_deadline: None,
@@ -508,7 +522,7 @@ impl TcpConn {
         let w = bytes.min((u16::MAX as usize) << self.offer_shift) as u32;
         if w > self.rcv_wnd && self.rcv_wnd < self.mss {
             // The window re-opened from (nearly) zero: tell the peer at once.
-            self.ack_pending = true;
+            self.ack = AckOwed::Yes;
         }
         self.rcv_wnd = w;
     }
@@ -522,7 +536,7 @@ impl TcpConn {
     /// brings it back. (Polling every connection with unsent data each round costs a pass
     /// over thousands of them.)
     pub fn wants_tx(&self, now: Instant) -> bool {
-        if self.ack_pending || self.syn_pending || self.rst_pending {
+        if matches!(self.ack, AckOwed::Yes | AckOwed::ForData) || self.syn_pending || self.rst_pending {
             return true;
         }
         if !(self.state.can_send_data() || matches!(self.state, State::FinWait1 | State::Closing | State::LastAck)) {
@@ -544,6 +558,10 @@ impl TcpConn {
     /// The application has bytes ready again after [`TcpConn::poll_tx`] found none.
     pub fn unblock(&mut self) {
         self.app_blocked = false;
+        // The bytes an ACK waited for are ready: it goes with them, or alone if they cannot go.
+        if self.ack == AckOwed::Waiting {
+            self.ack = AckOwed::Yes;
+        }
     }
 
     /// New bytes the windows allow in one segment now (0 while sender-side silly window
@@ -716,7 +734,7 @@ impl TcpConn {
     }
 
     fn emitted(&mut self, now: Instant, seg: Segment) -> Option<Segment> {
-        self.ack_pending = false;
+        self.ack = AckOwed::No;
         self.counters.segments_sent += 1;
         self.counters.bytes_sent += seg.payload_len as u64;
         if seg.payload_len > 0 || seg.fields.flags & (flags::SYN | flags::FIN) != 0 {
@@ -803,8 +821,14 @@ impl TcpConn {
                 let len = self.new_data_len();
                 if len > 0 && self.pace_ready(now) {
                     let off = self.snd_nxt;
-                    let n = self.sendable(src.available(off, len as usize, false), len);
+                    let got = src.available(off, len as usize, false);
+                    let n = self.sendable(got, len);
                     self.app_blocked = n == 0;
+                    if n == 0 && got.more_soon && self.ack == AckOwed::ForData {
+                        // The bytes being read will carry the ACK (their read wakes us).
+                        self.ack = AckOwed::Waiting;
+                        return None;
+                    }
                     if n > 0 {
                         self.cc.on_send(now, self.snd_nxt == self.snd_una);
                         self.snd_nxt += n as u64;
@@ -847,12 +871,12 @@ impl TcpConn {
     }
 
     fn pure_ack(&mut self, now: Instant) -> Option<Segment> {
-        if !self.ack_pending {
+        if self.ack == AckOwed::No {
             return None;
         }
         let seq = self.seq_of(self.snd_max_off());
         let f = self.fields(now, seq, flags::ACK);
-        self.ack_pending = false;
+        self.ack = AckOwed::No;
         self.counters.segments_sent += 1;
         Some(Segment { fields: f, payload_off: 0, payload_len: 0, retransmit: false })
     }
@@ -942,7 +966,7 @@ impl TcpConn {
         if self.state == State::TimeWait {
             if seg.has(flags::FIN) {
                 // The peer lost our ACK of its FIN: ACK again and restart TIME-WAIT.
-                self.ack_pending = true;
+                self.ack = AckOwed::Yes;
                 self.time_wait_deadline = Some(now + cfg.time_wait);
             }
             return out;
@@ -950,7 +974,7 @@ impl TcpConn {
         if !acceptable {
             self.counters.out_of_window += 1;
             out.rejected = true;
-            self.ack_pending = true;
+            self.ack = AckOwed::Yes;
             return out;
         }
         if seg.has(flags::SYN) {
@@ -1005,7 +1029,7 @@ impl TcpConn {
                 if seq::gt(seg.seq, self.rcv_nxt) {
                     // Out of order: we keep no reassembly queue (requests are small); the
                     // duplicate ACK makes the peer resend.
-                    self.ack_pending = true;
+                    self.ack = AckOwed::Yes;
                     fin_in_order = false;
                 } else if skip < seg.payload.len() {
                     let take = (seg.payload.len() - skip).min(app_room).min(self.rcv_wnd as usize);
@@ -1017,9 +1041,11 @@ impl TcpConn {
                     if skip + take < seg.payload.len() {
                         fin_in_order = false;
                     }
-                    self.ack_pending = true;
+                    // One segment's ACK may wait for the response to carry it; a second is
+                    // acknowledged at once (RFC 9293 3.8.6.3: at least every second segment).
+                    self.ack = if self.ack == AckOwed::No { AckOwed::ForData } else { AckOwed::Yes };
                 } else {
-                    self.ack_pending = true; // a duplicate: re-ACK
+                    self.ack = AckOwed::Yes; // a duplicate: re-ACK
                 }
             } else {
                 fin_in_order = false;
@@ -1028,7 +1054,7 @@ impl TcpConn {
         if seg.has(flags::FIN) {
             // Taken or not, a FIN is answered: one received again (our ACK of it was lost)
             // is retransmitted until we do, and one ahead of a hole gets a duplicate ACK.
-            self.ack_pending = true;
+            self.ack = AckOwed::Yes;
         }
         if fin_in_order && seg.seq.wrapping_add(seg.payload.len() as u32) == self.rcv_nxt {
             self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
@@ -1048,7 +1074,7 @@ impl TcpConn {
     }
 
     fn challenge(&mut self, out: &mut RxOutcome) {
-        self.ack_pending = true;
+        self.ack = AckOwed::Yes;
         self.counters.challenge_acks += 1;
         out.challenge_ack = true;
         out.rejected = true;
@@ -1327,7 +1353,7 @@ impl TcpConn {
         self.retries = 0;
         self.handshake_rtt(cfg, now, seg);
         self.syn_pending = false; // a SYN queued again by its timer is moot now
-        self.ack_pending = true;
+        self.ack = AckOwed::Yes;
         self.last_progress = now;
         out.established = true;
         out
@@ -1676,6 +1702,60 @@ mod tests {
     }
 
     #[test]
+    fn a_requests_ack_rides_on_the_response_being_read() {
+        let t0 = SEC;
+        let cfg = Config { tso_max_payload: 65535, ..Config::default() };
+        let request = |seq: u32| SegmentIn { seq, ack: Some(10), flags: flags::ACK | flags::PSH, window: 65535, timestamp: Some((105, 0)), payload: b"GET / HTTP/1.1\r\n\r\n", ..Default::default() };
+        let fresh = || {
+            let mut s = established(&cfg, t0, 0);
+            while s.poll_tx(t0, &mut Pattern).is_some() {}
+            s
+        };
+        let t1 = t0 + 10 * MS;
+        // One request; its response's head is ready and its body being read: no segment yet,
+        // not even the ACK, and the connection waits to be woken.
+        let mut s = fresh();
+        let rcv_nxt = s.on_segment(&cfg, t1, &request(6), 1000).deliver.map(|(_, n)| 6 + n as u32).unwrap();
+        s.set_stream_len(300_000);
+        let mut src = Partial { ready_to: 200, reading: true };
+        assert!(s.poll_tx(t1, &mut src).is_none(), "the ACK waits for the response");
+        assert!(!s.wants_tx(t1));
+        // The read completes: the response goes, carrying the ACK.
+        src.ready_to = 300_000;
+        s.unblock();
+        let g = s.poll_tx(t1, &mut src).expect("the response");
+        assert!(g.payload_len > 200);
+        assert_eq!(g.fields.ack, rcv_nxt, "the response acknowledges the request");
+        // Woken while the bytes still cannot go (no window): the ACK goes alone.
+        let mut s = fresh();
+        s.on_segment(&cfg, t1, &request(6), 1000);
+        s.set_stream_len(300_000);
+        let mut src = Partial { ready_to: 200, reading: true };
+        assert!(s.poll_tx(t1, &mut src).is_none());
+        s.snd_wnd = 0;
+        s.unblock();
+        let g = s.poll_tx(t1, &mut src).expect("the ACK");
+        assert_eq!((g.payload_len, g.fields.flags), (0, flags::ACK));
+        // A second segment before the answer: acknowledged at once (every second segment).
+        let mut s = fresh();
+        s.on_segment(&cfg, t1, &request(6), 1000);
+        s.set_stream_len(300_000);
+        let mut src = Partial { ready_to: 200, reading: true };
+        assert!(s.poll_tx(t1, &mut src).is_none());
+        let next = 6 + request(6).payload.len() as u32;
+        s.on_segment(&cfg, t1, &request(next), 1000);
+        assert!(s.wants_tx(t1));
+        let g = s.poll_tx(t1, &mut src).expect("the ACK");
+        assert_eq!(g.payload_len, 0);
+        // Nothing being read: the ready bytes go at once, with the ACK.
+        let mut s = fresh();
+        s.on_segment(&cfg, t1, &request(6), 1000);
+        s.set_stream_len(300_000);
+        let g = s.poll_tx(t1, &mut Partial { ready_to: 200, reading: false }).expect("the head");
+        assert_eq!(g.payload_len, 200);
+    }
+
+    #[test]
     fn retransmissions_are_not_paced() {
         let t0 = SEC;
         let cfg = Config { pacing: true, ..Config::default() };
@@ -1923,7 +2003,7 @@ mod tests {
         assert_eq!((sa.fields.options.window_scale, sa.fields.window), (None, 65535));
         let ack = SegmentIn { seq: 6, ack: Some(10), flags: flags::ACK, window: 500, ..Default::default() };
         assert!(s.on_segment(&cfg, 1, &ack, 256 << 10).established);
-        s.ack_pending = true;
+        s.ack = AckOwed::Yes;
         assert_eq!(s.poll_tx(1, &mut Pattern).unwrap().fields.window, 65535);
     }
 
