@@ -104,6 +104,12 @@ impl Stats {
         *c += 1;
     }
 
+    /// Count a TLS handshake (or its handover to a record session) that failed, by reason.
+    pub fn count_handshake_failure(&mut self, reason: &str) {
+        self.tls_handshake_failures += 1;
+        self.count_tls_failure(reason);
+    }
+
     /// Count an HTTP response by status.
     pub fn count_status(&mut self, status: u16) {
         let c = match status {

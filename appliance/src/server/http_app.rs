@@ -1402,8 +1402,7 @@ impl<S: Storage> HttpApp<S> {
             }
             Err(e) => {
                 log::debug!("TLS handshake failed: {e}");
-                self.stats.tls_handshake_failures += 1;
-                self.stats.count_tls_failure(e.reason());
+                self.stats.count_handshake_failure(e.reason());
                 t.failed = true;
                 c.closing = true;
                 tcp.close(); // after the alert rustls left in the output
@@ -1449,8 +1448,7 @@ impl<S: Storage> HttpApp<S> {
             }
             Err(e) => {
                 log::debug!("TLS handover failed: {e}");
-                self.stats.tls_handshake_failures += 1;
-                self.stats.count_tls_failure(e.reason());
+                self.stats.count_handshake_failure(e.reason());
                 t.failed = true;
                 c.closing = true;
                 tcp.abort();
@@ -1774,8 +1772,7 @@ impl<S: Storage> App for HttpApp<S> {
                     Err(_) => {
                         // Cannot happen: the slab has room for every connection the table holds.
                         log::warn!("no room for a TLS handshake");
-                        self.stats.tls_handshake_failures += 1;
-                        self.stats.count_tls_failure(TlsError::NoRoom("handshake").reason());
+                        self.stats.count_handshake_failure(TlsError::NoRoom("handshake").reason());
                         return None;
                     }
                 },
