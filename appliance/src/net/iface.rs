@@ -661,7 +661,7 @@ impl<C> Stack<C> {
             let acked_to = e.tcp.acked_offset();
             app.on_acked(now, id, &mut e.app, &mut e.tcp, acked_to);
             // Released buffers may let the application read what it could not before.
-            e.tcp.unblock();
+            e.tcp.on_buffers_released();
         }
         if let Some((start, len)) = out.deliver {
             app.on_data(now, id, &mut e.app, &mut e.tcp, &rx.seg.payload[start..start + len]);

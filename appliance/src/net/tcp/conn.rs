@@ -273,6 +273,12 @@ pub struct TcpConn {
     tso_max: u32,
     /// The application had no bytes ready at the last try; cleared by [`TcpConn::unblock`].
     app_blocked: bool,
+    /// Waiting for a read: `poll_tx` sent all it could of the bytes the application had
+    /// ready (up to `snd_nxt`, which only moves by sending; a short tail may be held) while the
+    /// application was reading what follows, and that read wakes the connection
+    /// ([`TcpConn::unblock`]). Until then nothing more can go, and asking again (after each
+    /// segment, and at each ACK) would walk the application's buffers for nothing.
+    dry: bool,
     /// The segment timed for an RTT sample without timestamps: (stream offset that
     /// completes it, when it went). During the handshake: (copies of our SYN or SYN-ACK
     /// sent, when the last went).
@@ -343,6 +349,7 @@ impl TcpConn {
             rto: cfg.init_rto,
             tso_max: cfg.tso_max_payload,
             app_blocked: false,
+            dry: false,
             rtt_probe: None,
             rto_deadline: None,
             retries: 0,
@@ -435,6 +442,7 @@ impl TcpConn {
         debug_assert!(len >= self.stream_len && self.fin_at.is_none());
         self.stream_len = len;
         self.app_blocked = false;
+        self.dry = false;
     }
 
     pub fn stream_len(&self) -> u64 {
@@ -551,13 +559,22 @@ impl TcpConn {
         let rexmit = self.rexmit_next < self.rexmit_end && self.pipe() < self.cc.cwnd;
         let new_data = self.stream_len > self.snd_nxt
             && self.state.can_send_data()
-            && ((self.new_data_len() > 0 && self.pace_ready(now)) || self.zero_window_probe_due());
+            && ((!self.dry && self.new_data_len() > 0 && self.pace_ready(now)) || self.zero_window_probe_due());
         rexmit || new_data
+    }
+
+    /// An ACK released some of the application's buffers: what it could not prepare for want
+    /// of them may be ready now. Not the bytes it is reading: their read wakes the connection.
+    pub fn on_buffers_released(&mut self) {
+        if !self.dry {
+            self.unblock();
+        }
     }
 
     /// The application has bytes ready again after [`TcpConn::poll_tx`] found none.
     pub fn unblock(&mut self) {
         self.app_blocked = false;
+        self.dry = false;
         // The bytes an ACK waited for are ready: it goes with them, or alone if they cannot go.
         if self.ack == AckOwed::Waiting {
             self.ack = AckOwed::Yes;
@@ -821,9 +838,14 @@ impl TcpConn {
                 let len = self.new_data_len();
                 if len > 0 && self.pace_ready(now) {
                     let off = self.snd_nxt;
-                    let got = src.available(off, len as usize, false);
+                    let got = if self.dry {
+                        Ready { len: 0, more_soon: true }
+                    } else {
+                        src.available(off, len as usize, false)
+                    };
                     let n = self.sendable(got, len);
                     self.app_blocked = n == 0;
+                    self.dry = got.more_soon && (got.len as u64) < len;
                     if n == 0 && got.more_soon && self.ack == AckOwed::ForData {
                         // The bytes being read will carry the ACK (their read wakes us).
                         self.ack = AckOwed::Waiting;
@@ -1699,6 +1721,66 @@ mod tests {
         let g = s.poll_tx(t1, &mut src).expect("a segment");
         assert_eq!(g.payload_len as u64, long / mss * mss);
         assert!(s.poll_tx(t1, &mut src).is_none(), "the sub-MSS rest waits");
+    }
+
+    #[test]
+    fn once_all_that_is_ready_went_the_source_is_not_asked_again_until_woken() {
+        /// [`Partial`], counting the times it is asked.
+        struct Counted {
+            inner: Partial,
+            asked: usize,
+        }
+        impl DataSource for Counted {
+            fn available(&mut self, off: u64, max: usize, resend: bool) -> Ready {
+                self.asked += 1;
+                self.inner.available(off, max, resend)
+            }
+        }
+        let t0 = SEC;
+        let cfg = Config { tso_max_payload: 65535, ..Config::default() };
+        let mut s = established(&cfg, t0, 10 << 20);
+        let t1 = t0 + 10 * MS;
+        let asked = s.cc.cwnd.min(s.send_quantum());
+        // A chunk's worth ready (more than half a segment), the rest being read.
+        let ready = asked * 3 / 4 + 10;
+        let mut src = Counted { inner: Partial { ready_to: ready, reading: true }, asked: 0 };
+        let g = s.poll_tx(t1, &mut src).expect("a segment");
+        assert_eq!(src.asked, 1);
+        let sent = g.payload_len as u64;
+        // Nothing new until the read wakes the connection: neither polled nor asked, also
+        // when an ACK releases buffers (the bytes are being read, not waiting for a buffer).
+        assert!(s.poll_tx(t1, &mut src).is_none());
+        s.on_buffers_released();
+        assert!(!s.wants_tx(t1));
+        assert!(s.poll_tx(t1, &mut src).is_none());
+        assert_eq!(src.asked, 1, "asked again although nothing could have changed");
+        // The read completes: asked again, and what was held goes with what follows.
+        src.inner.ready_to = 1 << 20;
+        s.unblock();
+        assert!(s.wants_tx(t1));
+        let g = s.poll_tx(t1, &mut src).expect("the next segment");
+        assert_eq!((g.payload_off, src.asked), (sent, 2));
+        // Ready bytes that the window cuts short: not dry (the source is asked again once the
+        // window opens).
+        let mut s = established(&cfg, t0, 10 << 20);
+        let mut src = Counted { inner: Partial { ready_to: 1 << 20, reading: true }, asked: 0 };
+        s.poll_tx(t1, &mut src).expect("a segment");
+        assert!(!s.dry);
+        // Nothing ready and nothing being read (a buffer to read into is wanting): an ACK
+        // that releases buffers makes the connection ask again.
+        let mut s = established(&cfg, t0, 10 << 20);
+        let mut src = Counted { inner: Partial { ready_to: 0, reading: false }, asked: 0 };
+        assert!(s.poll_tx(t1, &mut src).is_none());
+        assert!(!s.wants_tx(t1));
+        s.on_buffers_released();
+        assert!(s.wants_tx(t1));
+        // Bytes the application appends (a new response) end the wait as well.
+        let mut s = established(&cfg, t0, 1 << 20);
+        let mut src = Counted { inner: Partial { ready_to: ready, reading: true }, asked: 0 };
+        s.poll_tx(t1, &mut src).expect("a segment");
+        s.set_stream_len(2 << 20);
+        s.poll_tx(t1, &mut src);
+        assert_eq!(src.asked, 2);
     }
 
     #[test]
