@@ -564,9 +564,12 @@ impl TcpConn {
     }
 
     /// An ACK released some of the application's buffers: what it could not prepare for want
-    /// of them may be ready now. Not the bytes it is reading: their read wakes the connection.
+    /// of them may be ready now. Not the new bytes it is reading (their read wakes the
+    /// connection, and an ACK waiting for them keeps waiting); a retransmission may go.
     pub fn on_buffers_released(&mut self) {
-        if !self.dry {
+        if self.dry {
+            self.app_blocked = false;
+        } else {
             self.unblock();
         }
     }
@@ -1774,6 +1777,18 @@ mod tests {
         assert!(!s.wants_tx(t1));
         s.on_buffers_released();
         assert!(s.wants_tx(t1));
+        // Waiting for a read with nothing sent meanwhile (a held tail), and a retransmission
+        // due: an ACK that releases buffers lets it go, the wait for the read stays.
+        let mut s = established(&cfg, t0, 10 << 20);
+        let mss = s.wire_payload() as u64;
+        let mut src = Counted { inner: Partial { ready_to: mss, reading: true }, asked: 0 };
+        assert!(s.poll_tx(t1, &mut src).is_none());
+        assert!(s.dry && !s.wants_tx(t1));
+        (s.rexmit_next, s.rexmit_end) = (s.snd_una, s.snd_una + mss);
+        assert!(!s.wants_tx(t1), "blocked until something changes");
+        s.on_buffers_released();
+        assert!(s.wants_tx(t1), "the retransmission may go");
+        assert!(s.dry, "still waiting for the read");
         // Bytes the application appends (a new response) end the wait as well.
         let mut s = established(&cfg, t0, 1 << 20);
         let mut src = Counted { inner: Partial { ready_to: ready, reading: true }, asked: 0 };
