@@ -281,18 +281,7 @@ impl ClientApp {
                 self.fetches.push(f);
                 match how {
                     Abort::Rst => tcp.abort(),
-                    Abort::Fin => {
-                        if let Some(tls) = &mut c.tls {
-                            tls.send_close_notify();
-                            while tls.wants_write() {
-                                if tls.write_tls(&mut c.out).is_err() {
-                                    break;
-                                }
-                            }
-                            tcp.set_stream_len(c.out.len() as u64);
-                        }
-                        tcp.close();
-                    }
+                    Abort::Fin => close(c, tcp),
                 }
                 return;
             }
@@ -304,18 +293,23 @@ impl ClientApp {
             if c.keep_alive {
                 return; // open and quiet: an idle keep-alive connection
             }
-            if let Some(tls) = &mut c.tls {
-                tls.send_close_notify();
-                while tls.wants_write() {
-                    if tls.write_tls(&mut c.out).is_err() {
-                        break;
-                    }
-                }
-                tcp.set_stream_len(c.out.len() as u64);
-            }
-            tcp.close();
+            close(c, tcp);
         }
     }
+}
+
+/// Close a client connection: TLS close_notify first (flushed into its stream), then FIN.
+fn close(c: &mut ClientConn, tcp: &mut TcpConn) {
+    if let Some(tls) = &mut c.tls {
+        tls.send_close_notify();
+        while tls.wants_write() {
+            if tls.write_tls(&mut c.out).is_err() {
+                break;
+            }
+        }
+        tcp.set_stream_len(c.out.len() as u64);
+    }
+    tcp.close();
 }
 
 impl App for ClientApp {

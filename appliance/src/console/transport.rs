@@ -623,6 +623,28 @@ mod tests {
         }
     }
 
+    /// Send `input` as one client, half-close, and return all it reads until the service
+    /// closes its side.
+    fn send_and_read_to_eof(svc: &mut ConsoleService, host: &mut FakeHost, path: &std::path::Path, input: &[u8]) -> String {
+        let mut c = UnixStream::connect(path).unwrap();
+        c.write_all(input).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        c.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut eof = false;
+        pump(svc, host, || {
+            let mut buf = [0u8; 512];
+            match c.read(&mut buf) {
+                Ok(0) => eof = true,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            eof
+        });
+        String::from_utf8(got).unwrap()
+    }
+
     /// Read one answer (up to and including its `ok`/`error:` line) from a client.
     fn read_answer(
         svc: &mut ConsoleService,
@@ -744,24 +766,8 @@ mod tests {
         let mut svc = ConsoleService::open(&format!("unix:{}", path.display())).unwrap();
         let mut host = FakeHost::new();
         for round in 0..2 {
-            let mut c = UnixStream::connect(&path).unwrap();
             // No newline at the end: the last line still runs at EOF.
-            c.write_all(b"version\nuptime").unwrap();
-            c.shutdown(std::net::Shutdown::Write).unwrap();
-            c.set_nonblocking(true).unwrap();
-            let mut got = Vec::new();
-            let mut eof = false;
-            pump(&mut svc, &mut host, || {
-                let mut buf = [0u8; 512];
-                match c.read(&mut buf) {
-                    Ok(0) => eof = true,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(e) => panic!("round {round}: {e}"),
-                }
-                eof
-            });
-            let text = String::from_utf8(got).unwrap();
+            let text = send_and_read_to_eof(&mut svc, &mut host, &path, b"version\nuptime");
             assert_eq!(
                 text, "appliance 9.8.7\nok\nup 1d 01:01:01 (90061 s)\nok\n",
                 "round {round}"
@@ -908,24 +914,8 @@ mod tests {
         let path = sock_path("echo");
         let mut svc = ConsoleService::open(&format!("unix:{},echo", path.display())).unwrap();
         let mut host = FakeHost::new();
-        let mut c = UnixStream::connect(&path).unwrap();
-        c.write_all(b"versiox\x7fn\r\n").unwrap();
-        c.shutdown(std::net::Shutdown::Write).unwrap();
-        c.set_nonblocking(true).unwrap();
-        let mut got = Vec::new();
-        let mut eof = false;
-        pump(&mut svc, &mut host, || {
-            let mut buf = [0u8; 512];
-            match c.read(&mut buf) {
-                Ok(0) => eof = true,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => panic!("{e}"),
-            }
-            eof
-        });
         assert_eq!(
-            String::from_utf8(got).unwrap(),
+            send_and_read_to_eof(&mut svc, &mut host, &path, b"versiox\x7fn\r\n"),
             "versiox\x08 \x08n\nappliance 9.8.7\nok\n"
         );
     }

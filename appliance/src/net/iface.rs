@@ -738,14 +738,7 @@ impl<C> Stack<C> {
         let Some(id) = self.evictable.front().and_then(|slot| self.conns.id_of_slot(slot)) else { return false };
         let Some((key, e)) = self.conns.get(id) else { return false };
         if e.tcp.state != State::TimeWait {
-            let ep = Endpoints {
-                src_mac: self.cfg.mac,
-                dst_mac: e.peer_mac,
-                src_ip: self.cfg.ip,
-                dst_ip: key.remote_ip,
-                src_port: key.local_port,
-                dst_port: key.remote_port,
-            };
+            let ep = toward_peer(&self.cfg, key, e.peer_mac);
             let f = e.tcp.reset_fields();
             let mut hdr = [0u8; MAX_HEADERS_LEN];
             let ip_id = self.next_ip_id();
@@ -854,14 +847,7 @@ impl<C> Stack<C> {
             let Some(id) = self.conns.id_of_slot(slot) else { continue };
             let Some((key, e)) = self.conns.get_mut(id) else { continue };
             e.ready = false;
-            let ep = Endpoints {
-                src_mac: self.cfg.mac,
-                dst_mac: e.peer_mac,
-                src_ip: self.cfg.ip,
-                dst_ip: key.remote_ip,
-                src_port: key.local_port,
-                dst_port: key.remote_port,
-            };
+            let ep = toward_peer(&self.cfg, key, e.peer_mac);
             let Entry { tcp, app: conn, .. } = e;
             let mut hdr = [0u8; MAX_HEADERS_LEN];
             let mut more = false;
@@ -966,6 +952,18 @@ impl<C> Stack<C> {
             }
             self.after_event(now, id, app);
         }
+    }
+}
+
+/// The addresses of a segment from this port to a connection's peer.
+fn toward_peer(cfg: &IfaceConfig, key: &ConnKey, peer_mac: [u8; 6]) -> Endpoints {
+    Endpoints {
+        src_mac: cfg.mac,
+        dst_mac: peer_mac,
+        src_ip: cfg.ip,
+        dst_ip: key.remote_ip,
+        src_port: key.local_port,
+        dst_port: key.remote_port,
     }
 }
 
