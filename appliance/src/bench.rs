@@ -40,7 +40,7 @@ use crate::net::iface::Entry;
 use crate::net::tcp::{Config as TcpConfig, CongestionControl};
 use crate::net::tcp::table::ConnTable;
 use crate::server::http_app::HttpConn;
-use crate::tls::bench::{measure_seal_gbps, AeadProvider};
+use crate::tls::bench::{measure_seal_gbps, openssl_speed_gbps, AeadProvider};
 
 const OBJECT: &str = "/big.ts";
 /// Volume bytes read and sealed for the drive's sealing reference (the drive is slow here:
@@ -254,14 +254,24 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
     // One object big enough that every connection of the largest case has its own range.
     let object_len = total.max(max_conns * MIN_PER_CONN).max(16 << 20);
     let vol = make_volume(dir, object_len)?;
-    // References, measured in this run on this core.
+    // References, measured in this run on the core the one-core cases run on.
     let seal_now = || measure_seal_gbps(AeadProvider::AwsLcRs, 16 * 1024, Duration::from_secs(1)) * 8.0;
-    let seal = seal_now();
-    let memcpy = memcpy_gbps(Duration::from_secs(1)) * 8.0;
-    let device_seal = measure_device_seal_gbps(&vol, args.buffers as usize, object_len.min(DEVICE_SEAL_BYTES))?;
-    let mut refs = References { seal, device_seal, memcpy, seal_runs: vec![seal] };
+    let openssl_now = || openssl_speed_gbps(1).map(|(gbps, version)| (gbps * 8.0, version));
+    let (seal, memcpy, device_seal, openssl) = on_first_core(|| {
+        let seal = seal_now();
+        let memcpy = memcpy_gbps(Duration::from_secs(1)) * 8.0;
+        let device_seal = measure_device_seal_gbps(&vol, args.buffers as usize, object_len.min(DEVICE_SEAL_BYTES));
+        (seal, memcpy, device_seal, openssl_now())
+    });
+    let device_seal = device_seal?;
+    let openssl_text = match &openssl {
+        Ok((gbps, version)) => format!("{gbps:.2} Gb/s ({version})"),
+        Err(e) => format!("not measured ({e}; apt-get install openssl)"),
+    };
+    let openssl = openssl.ok().map(|(gbps, _)| gbps);
+    let mut refs = References { seal, device_seal, memcpy, seal_runs: vec![seal], openssl, openssl_runs: openssl.into_iter().collect() };
     if !args.json {
-        println!("references on one core: AES-128-GCM sealing of 16 KiB records (aws-lc-rs) {seal:.2} Gb/s, of records the drive just read {device_seal:.2} Gb/s, memcpy {memcpy:.2} Gb/s");
+        println!("references on one core: AES-128-GCM sealing of 16 KiB records (aws-lc-rs) {seal:.2} Gb/s, of records the drive just read {device_seal:.2} Gb/s, `openssl speed -evp aes-128-gcm -bytes 16384` {openssl_text}, memcpy {memcpy:.2} Gb/s");
         println!("allocation counting: {}", if accounting::allocator_installed() { "on" } else { "off (not the appliance binary)" });
     }
     let mut modes: Vec<Mode> = Vec::new();
@@ -304,7 +314,9 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
     let mut runs: Vec<Vec<CaseResult>> = cases.iter().map(|_| Vec::new()).collect();
     for round in 0..args.repeat {
         if round > 0 {
-            refs.seal_runs.push(seal_now());
+            let (seal, openssl) = on_first_core(|| (seal_now(), refs.openssl.and_then(|_| openssl_now().ok())));
+            refs.seal_runs.push(seal);
+            refs.openssl_runs.extend(openssl.map(|(gbps, _)| gbps));
         }
         for (case, &(mode, setup, connections, cores)) in cases.iter().enumerate() {
             let r = run_case(&vol, object_len, total, mode, setup, connections, cores);
@@ -318,6 +330,7 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
     }
     if args.repeat > 1 {
         refs.seal = median(&refs.seal_runs);
+        refs.openssl = refs.openssl.map(|_| median(&refs.openssl_runs));
         for r in runs.into_iter().filter_map(median_run) {
             failed += usize::from(!r.ok);
             print_case(&r, &refs, args.json);
@@ -327,6 +340,21 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
         return Err(format!("{failed} case(s) did not complete"));
     }
     Ok(())
+}
+
+/// Runs `f` on a thread pinned to the first case core (where the one-core cases run), so that
+/// the references are measured on that core; a child process it starts inherits the pinning.
+fn on_first_core<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Err(e) = crate::sys::pin_to_core(0) {
+                log::debug!("bench: cannot pin the references to core 0: {e}");
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// AES-128-GCM sealing of 16 KiB TLS 1.3 records, in place, over data the storage backend
@@ -676,15 +704,19 @@ struct References {
     memcpy: f64,
     /// The sealing reference measured before each round (`--repeat`); `seal` is their median.
     seal_runs: Vec<f64>,
+    /// OpenSSL's AES-128-GCM over 16 KiB buffers (`openssl speed`), when openssl is there;
+    /// with `--repeat`, the median of `openssl_runs`.
+    openssl: Option<f64>,
+    openssl_runs: Vec<f64>,
 }
 
 fn print_case(r: &CaseResult, refs: &References, json: bool) {
-    let References { seal, device_seal, memcpy, .. } = *refs;
+    let References { seal, device_seal, memcpy, openssl, .. } = *refs;
     let num = |x: f64| if x.is_finite() { format!("{x:.3}") } else { "null".to_string() };
     let list = |xs: &[f64]| xs.iter().map(|&x| num(x)).collect::<Vec<_>>().join(",");
     if json {
         println!(
-            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{},\"repeats\":{},\"gbps_per_core_runs\":[{}],\"ref_seal_gbps_runs\":[{}]{}}}",
+            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_openssl_gbps\":{},\"ratio_to_openssl\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{},\"repeats\":{},\"gbps_per_core_runs\":[{}],\"ref_seal_gbps_runs\":[{}]{}}}",
             case_name(r.mode),
             if r.offload { "-offload" } else { "" },
             r.mode.name(),
@@ -707,6 +739,8 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             num(r.gbps_per_core / seal),
             num(device_seal),
             num(r.gbps_per_core / device_seal),
+            openssl.map_or("null".to_string(), num),
+            openssl.map_or("null".to_string(), |o| num(r.gbps_per_core / o)),
             num(memcpy),
             num(r.gbps_per_core / memcpy),
             num(r.mem_per_conn_bytes),
@@ -731,7 +765,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
         );
     } else {
         println!(
-            "{:<9} {:<7} {:>6} conns {} core(s): {:>7.2} Gb/s per core ({:.0}% of sealing, {:.0}% of sealing what the drive read; {:.2} with handshakes, {:.2} with devices), {:>7.2} total; {:.0} B per idle conn; {:.2} bytes touched per byte; {} allocations (+{} in handshakes); {:.1} MB in {:.2} s{}{}",
+            "{:<9} {:<7} {:>6} conns {} core(s): {:>7.2} Gb/s per core ({:.0}% of sealing, {:.0}% of sealing what the drive read{}; {:.2} with handshakes, {:.2} with devices), {:>7.2} total; {:.0} B per idle conn; {:.2} bytes touched per byte; {} allocations (+{} in handshakes); {:.1} MB in {:.2} s{}{}",
             case_name(r.mode),
             if r.offload { "offload" } else { "-" },
             r.connections,
@@ -739,6 +773,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             r.gbps_per_core,
             100.0 * r.gbps_per_core / seal,
             100.0 * r.gbps_per_core / device_seal,
+            openssl.map_or(String::new(), |o| format!(", {:.2}x openssl speed", r.gbps_per_core / o)),
             r.gbps_per_core_with_handshakes,
             r.gbps_per_core_with_devices,
             r.gbps_total,

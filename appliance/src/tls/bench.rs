@@ -1,6 +1,7 @@
 //! AES-128-GCM sealing speed of the candidate implementations, one core, in-place records
-//! with a separate tag as the fast path seals them. Used by `benches/aead.rs`,
-//! `ci/bench-aead` and, later, `appliance bench`, to print ratios measured side by side.
+//! with a separate tag as the fast path seals them, and of OpenSSL (`openssl speed`). Used by
+//! `benches/aead.rs`, `ci/bench-aead` and `appliance bench`, to print ratios measured side by
+//! side.
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -175,6 +176,43 @@ pub fn measure_record_seal_gbps(
     }
 }
 
+/// OpenSSL's AES-128-GCM over 16 KiB buffers: `openssl speed -evp aes-128-gcm -bytes 16384
+/// -seconds N`, run as a child process (it inherits the calling thread's CPU affinity, so a
+/// pinned caller measures its own core). Returns GB/s and `openssl version`'s line.
+pub fn openssl_speed_gbps(seconds: u32) -> Result<(f64, String), String> {
+    let run = |args: &[&str]| -> Result<String, String> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("openssl: {e}"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(format!("openssl {}: {}, {}", args[0], out.status, err.lines().last().unwrap_or("")));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let secs = seconds.max(1).to_string();
+    let out = run(&["speed", "-evp", "aes-128-gcm", "-bytes", "16384", "-seconds", &secs])?;
+    let gbps = parse_openssl_speed(&out)?;
+    // "OpenSSL 3.0.19 27 Jan 2026 (Library: OpenSSL 3.0.19 27 Jan 2026)": the first part.
+    let version = run(&["version"]).map(|v| v.split(" (").next().unwrap_or("").trim().to_string()).unwrap_or_default();
+    Ok((gbps, version))
+}
+
+/// GB/s from `openssl speed` output: its last line is `<cipher> <N>k`, N in thousands of
+/// bytes per second.
+pub fn parse_openssl_speed(out: &str) -> Result<f64, String> {
+    let last = out.lines().rev().find(|l| !l.trim().is_empty()).ok_or("openssl speed printed nothing")?;
+    let field = last.split_whitespace().last().unwrap_or("");
+    let kbytes: f64 = field
+        .strip_suffix('k')
+        .and_then(|n| n.parse().ok())
+        .filter(|n: &f64| n.is_finite() && *n > 0.0)
+        .ok_or_else(|| format!("openssl speed: no figure in its last line {last:?}"))?;
+    Ok(kbytes * 1000.0 / 1e9)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +248,15 @@ mod tests {
             Duration::from_millis(20),
         );
         assert!(gbps > 0.0 && gbps.is_finite());
+    }
+
+    #[test]
+    fn openssl_speed_output_is_parsed_and_garbage_refused() {
+        let out = "CPUINFO: OPENSSL_ia32cap=0x0:0x0\nThe 'numbers' are in 1000s of bytes per second processed.\ntype          16384 bytes\nAES-128-GCM    4247560.27k\n\n";
+        let gbps = parse_openssl_speed(out).unwrap();
+        assert!((gbps - 4.24756027).abs() < 1e-9, "{gbps}");
+        for bad in ["", "\n\n", "type 16384 bytes", "AES-128-GCM 12.5", "AES-128-GCM -3k", "AES-128-GCM nank", "AES-128-GCM k"] {
+            assert!(parse_openssl_speed(bad).is_err(), "{bad:?}");
+        }
     }
 }
