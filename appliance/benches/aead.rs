@@ -1,9 +1,12 @@
 //! AES-128-GCM sealing of 16 KiB records on one core: aws-lc-rs, ring, RustCrypto aes-gcm.
 //! `cargo bench -p appliance --bench aead -- --table` prints a side-by-side table from
-//! `measure_seal_gbps` (what ci/bench-aead runs); without `--table`, criterion runs.
+//! `measure_seal_gbps` and `openssl speed` (what ci/bench-aead runs); without `--table`,
+//! criterion runs.
 use std::time::Duration;
 
-use appliance::tls::bench::{measure_record_seal_gbps, measure_seal_gbps, AeadProvider, Sealer};
+use appliance::tls::bench::{
+    measure_record_seal_gbps, measure_seal_gbps, openssl_speed_gbps, AeadProvider, Sealer,
+};
 use appliance::tls::AeadSuite;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 
@@ -52,6 +55,16 @@ fn main() {
         let best = results.iter().map(|r| r.1).fold(0.0, f64::max);
         for (p, g) in &results {
             println!("{:<22} {:>8.2} {:>9.0}%", p.name(), g, 100.0 * g / best);
+        }
+        // OpenSSL in the same run: `openssl speed -evp aes-128-gcm -bytes 16384`.
+        match openssl_speed_gbps(secs.ceil() as u32) {
+            Ok((g, version)) => println!(
+                "{:<22} {:>8.2} {:>9.0}%   ({version})",
+                "openssl speed (EVP)",
+                g,
+                100.0 * g / best
+            ),
+            Err(e) => println!("openssl speed (EVP): not measured ({e})"),
         }
         println!();
         println!(
