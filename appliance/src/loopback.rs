@@ -731,16 +731,23 @@ impl<S: Storage> SimHarness<S> {
         busy
     }
 
-    /// Run until `n` fetches finished or `limit` of virtual time passed.
-    pub fn run_until_fetches(&mut self, n: usize, limit: Duration) -> bool {
+    /// Run until `done` holds or `limit` of virtual time passed; whether it holds. Bounded
+    /// by virtual time, not by a count of rounds: the clock stands still while reads are
+    /// under way, and a loaded machine takes more rounds to finish the same reads.
+    pub fn run_until(&mut self, limit: Duration, done: impl Fn(&Self) -> bool) -> bool {
         let end = self.now() + limit.as_nanos() as u64;
-        while self.client_app.fetches.len() < n {
+        while !done(self) {
             if self.now() > end {
                 return false;
             }
             self.step(true);
         }
         true
+    }
+
+    /// Run until `n` fetches finished or `limit` of virtual time passed.
+    pub fn run_until_fetches(&mut self, n: usize, limit: Duration) -> bool {
+        self.run_until(limit, |h| h.client_app.fetches.len() >= n)
     }
 }
 

@@ -1080,12 +1080,7 @@ mod tests {
         // Two connections that each have a response under way: nothing may be evicted.
         assert!(h.start_fetch("/a.txt", None));
         assert!(h.start_fetch("/a.txt", None));
-        for _ in 0..100_000 {
-            h.step(true);
-            if h.server.stack.connections().filter(|(_, _, e)| !e.app.idle()).count() == 2 {
-                break;
-            }
-        }
+        h.run_until(Duration::from_secs(10), |h| h.server.stack.connections().filter(|(_, _, e)| !e.app.idle()).count() == 2);
         assert_eq!(h.server.stack.connections().filter(|(_, _, e)| !e.app.idle()).count(), 2);
         assert!(h.start_fetch("/index.html", None));
         assert!(h.run_until_fetches(3, Duration::from_secs(10)), "fetches: {:?}", h.client_app.fetches);
