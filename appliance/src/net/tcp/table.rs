@@ -1,7 +1,5 @@
 //! The fixed-capacity connection table: a slab of entries sized at start-up and an index by
 //! 4-tuple, so that every segment finds its connection in O(1) and nothing grows per packet.
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 
 /// Remote address, remote port and local port; the local address is the stack's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -17,13 +15,6 @@ impl ConnKey {
     }
 }
 
-/// The index hashes keys with SipHash under a key drawn at start-up. Every key a server
-/// sees shares its local port, and the peer picks the rest: a hash whose low bits follow the
-/// key's low bits (a bare multiply did) put every connection to one port in the same probe
-/// sequence, so each lookup at 10,000 connections scanned hundreds of entries, and a peer
-/// that knows the hash can do the same on purpose.
-type KeyHasher = RandomState;
-
 /// Handle of an entry: slot index and the slot's generation, so a stale handle (timer,
 /// storage completion) never reaches a newer connection in the same slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,93 +23,197 @@ pub struct ConnId {
     pub gen: u32,
 }
 
+/// A slot keeps its generation beside its entry: checking a handle reads the line the
+/// entry starts on, which its user reads next anyway.
+struct Slot<T> {
+    gen: u32,
+    live: Option<(ConnKey, T)>,
+}
+
 pub struct ConnTable<T> {
-    slots: Vec<Option<(ConnKey, T)>>,
-    gens: Vec<u32>,
+    slots: Vec<Slot<T>>,
     free: Vec<u32>,
-    index: HashMap<u64, u32, KeyHasher>,
+    index: Index,
 }
 
 impl<T> ConnTable<T> {
     pub fn with_capacity(cap: usize) -> Self {
         let mut slots = Vec::with_capacity(cap);
-        slots.resize_with(cap, || None);
-        ConnTable {
-            slots,
-            gens: vec![0; cap],
-            free: (0..cap as u32).rev().collect(),
-            index: HashMap::with_capacity_and_hasher(cap, Default::default()),
-        }
+        slots.resize_with(cap, || Slot { gen: 0, live: None });
+        ConnTable { slots, free: (0..cap as u32).rev().collect(), index: Index::with_capacity(cap) }
     }
 
     pub fn capacity(&self) -> usize {
         self.slots.len()
     }
 
-    /// Bytes reserved at start-up for each connection the table can hold: the slot, its
-    /// generation, its place on the free list and its index entry (key and slot number).
+    /// Bytes reserved at start-up for each connection the table can hold: the slot with its
+    /// generation, its place on the free list and its index places (at most four a slot).
     pub const fn slot_bytes() -> usize {
-        std::mem::size_of::<Option<(ConnKey, T)>>() + 2 * std::mem::size_of::<u32>() + std::mem::size_of::<(u64, u32)>()
+        std::mem::size_of::<Slot<T>>() + std::mem::size_of::<u32>() + 4 * std::mem::size_of::<Place>()
     }
 
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.index.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.index.len == 0
     }
 
-    /// Add an entry; a full table gives `value` back (its owner may hold resources to free).
+    /// Add an entry for a key the table does not hold; a full table gives `value` back (its
+    /// owner may hold resources to free).
     pub fn insert(&mut self, key: ConnKey, value: T) -> Result<ConnId, T> {
+        debug_assert!(self.find(&key).is_none(), "{key:?} is in the table already");
         let Some(slot) = self.free.pop() else { return Err(value) };
-        self.slots[slot as usize] = Some((key, value));
-        self.gens[slot as usize] = self.gens[slot as usize].wrapping_add(1);
+        let s = &mut self.slots[slot as usize];
+        s.live = Some((key, value));
+        s.gen = s.gen.wrapping_add(1);
         self.index.insert(key.packed(), slot);
-        Ok(ConnId { slot, gen: self.gens[slot as usize] })
+        Ok(ConnId { slot, gen: s.gen })
     }
 
     pub fn find(&self, key: &ConnKey) -> Option<ConnId> {
-        let slot = *self.index.get(&key.packed())?;
-        Some(ConnId { slot, gen: self.gens[slot as usize] })
+        let slots = &self.slots;
+        let slot = self.index.find(key.packed(), |slot| slots[slot as usize].live.as_ref().is_some_and(|(k, _)| k == key))?;
+        Some(ConnId { slot, gen: slots[slot as usize].gen })
     }
 
     /// The handle of the live entry in `slot`, if any.
     pub fn id_of_slot(&self, slot: u32) -> Option<ConnId> {
-        self.slots.get(slot as usize)?.as_ref()?;
-        Some(ConnId { slot, gen: self.gens[slot as usize] })
+        let s = self.slots.get(slot as usize)?;
+        s.live.as_ref()?;
+        Some(ConnId { slot, gen: s.gen })
     }
 
     pub fn get_mut(&mut self, id: ConnId) -> Option<(&ConnKey, &mut T)> {
-        if self.gens.get(id.slot as usize) != Some(&id.gen) {
-            return None;
-        }
-        self.slots[id.slot as usize].as_mut().map(|(k, v)| (&*k, v))
+        let s = self.slots.get_mut(id.slot as usize).filter(|s| s.gen == id.gen)?;
+        s.live.as_mut().map(|(k, v)| (&*k, v))
     }
 
     pub fn get(&self, id: ConnId) -> Option<(&ConnKey, &T)> {
-        if self.gens.get(id.slot as usize) != Some(&id.gen) {
-            return None;
-        }
-        self.slots[id.slot as usize].as_ref().map(|(k, v)| (k, v))
+        let s = self.slots.get(id.slot as usize).filter(|s| s.gen == id.gen)?;
+        s.live.as_ref().map(|(k, v)| (k, v))
     }
 
     pub fn remove(&mut self, id: ConnId) -> Option<(ConnKey, T)> {
-        if self.gens.get(id.slot as usize) != Some(&id.gen) {
-            return None;
-        }
-        let (key, value) = self.slots[id.slot as usize].take()?;
-        self.index.remove(&key.packed());
-        self.gens[id.slot as usize] = self.gens[id.slot as usize].wrapping_add(1);
+        let s = self.slots.get_mut(id.slot as usize).filter(|s| s.gen == id.gen)?;
+        let (key, value) = s.live.take()?;
+        s.gen = s.gen.wrapping_add(1);
+        self.index.remove(key.packed(), id.slot);
         self.free.push(id.slot);
         Some((key, value))
     }
 
     /// Every live entry, for the console (never on the packet path).
     pub fn iter(&self) -> impl Iterator<Item = (ConnId, &ConnKey, &T)> {
-        self.slots.iter().enumerate().filter_map(move |(i, s)| {
-            s.as_ref().map(|(k, v)| (ConnId { slot: i as u32, gen: self.gens[i] }, k, v))
-        })
+        self.slots.iter().enumerate().filter_map(|(i, s)| s.live.as_ref().map(|(k, v)| (ConnId { slot: i as u32, gen: s.gen }, k, v)))
+    }
+}
+
+/// One place of the index: the low half of a key's hash and its slot ([`EMPTY`]: no key).
+#[derive(Clone, Copy)]
+struct Place {
+    hash: u32,
+    slot: u32,
+}
+
+const EMPTY: u32 = u32::MAX;
+
+/// The index: open addressing with linear probing over at least twice as many places as
+/// the table has slots (so probe runs stay short), 8 bytes a place: a lookup reads one or two
+/// lines of the index and then the slot it names, where the key is checked. Removal shifts
+/// the run's later places back instead of leaving tombstones, so that the churn of
+/// connections opening and closing never lengthens the runs.
+///
+/// Keys are hashed under four words drawn at start-up. Every key a server sees shares its
+/// local port, and the peer picks the rest: a hash whose low bits follow the key's low bits
+/// (a bare multiply did) put every connection to one port in the same probe sequence, so
+/// each lookup at 10,000 connections scanned hundreds of entries, and a peer that knows the
+/// hash can do the same on purpose.
+struct Index {
+    places: Vec<Place>,
+    mask: usize,
+    len: usize,
+    key: [u64; 4],
+}
+
+/// The 128-bit product's two halves xored: every bit of the result depends on every bit of
+/// both factors.
+fn fold(a: u64, b: u64) -> u64 {
+    let p = a as u128 * b as u128;
+    p as u64 ^ (p >> 64) as u64
+}
+
+impl Index {
+    fn with_capacity(cap: usize) -> Self {
+        use std::hash::BuildHasher;
+        let n = (2 * cap).next_power_of_two().max(8);
+        // std's RandomState is seeded from the OS's random source; odd multipliers.
+        let seed = std::collections::hash_map::RandomState::new();
+        let key = std::array::from_fn(|i| seed.hash_one(i) | 1);
+        Index { places: vec![Place { hash: 0, slot: EMPTY }; n], mask: n - 1, len: 0, key }
+    }
+
+    fn hash(&self, packed: u64) -> u32 {
+        let k = self.key;
+        fold(fold(packed ^ k[0], k[1]) ^ k[2], k[3]) as u32
+    }
+
+    /// The slot of the key hashing to `packed` for which `is_key` holds.
+    fn find(&self, packed: u64, is_key: impl Fn(u32) -> bool) -> Option<u32> {
+        let h = self.hash(packed);
+        let mut i = h as usize & self.mask;
+        loop {
+            let p = self.places[i];
+            if p.slot == EMPTY {
+                return None;
+            }
+            if p.hash == h && is_key(p.slot) {
+                return Some(p.slot);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// The table holds fewer keys than half the places: there is always an empty one.
+    fn insert(&mut self, packed: u64, slot: u32) {
+        let h = self.hash(packed);
+        let mut i = h as usize & self.mask;
+        while self.places[i].slot != EMPTY {
+            i = (i + 1) & self.mask;
+        }
+        self.places[i] = Place { hash: h, slot };
+        self.len += 1;
+    }
+
+    fn remove(&mut self, packed: u64, slot: u32) {
+        let mut i = self.hash(packed) as usize & self.mask;
+        while self.places[i].slot != slot {
+            if self.places[i].slot == EMPTY {
+                debug_assert!(false, "slot {slot} is not in the index");
+                return;
+            }
+            i = (i + 1) & self.mask;
+        }
+        // Backward shift: a later place of the run moves into the hole when the hole lies
+        // between its home place and it (it would not be found past an empty place).
+        let mut hole = i;
+        let mut j = i;
+        loop {
+            j = (j + 1) & self.mask;
+            let p = self.places[j];
+            if p.slot == EMPTY {
+                break;
+            }
+            let home = p.hash as usize & self.mask;
+            if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
+                self.places[hole] = p;
+                hole = j;
+            }
+        }
+        self.places[hole].slot = EMPTY;
+        self.len -= 1;
     }
 }
 
@@ -285,18 +380,60 @@ mod tests {
         assert_eq!(t.len(), 2);
     }
 
-    /// hashbrown places a key by the low bits of its hash. Keys that differ only in what a
+    /// The index places a key by the low bits of its hash. Keys that differ only in what a
     /// peer picks (address and port) must spread over them: 4,096 keys to one local port
     /// fill about 2,600 of 4,096 places at random; a multiply-only hash put them all in one.
     #[test]
     fn keys_to_one_port_spread_over_the_index() {
-        use std::hash::BuildHasher;
         let t = ConnTable::<()>::with_capacity(1);
-        let places: std::collections::HashSet<u64> = (0..4096u32)
+        let places: std::collections::HashSet<u32> = (0..4096u32)
             .map(|i| ConnKey { remote_ip: [10, 0, (i >> 10) as u8, 1], remote_port: 20000 + (i & 1023) as u16, local_port: 443 })
-            .map(|k| t.index.hasher().hash_one(k.packed()) & 4095)
+            .map(|k| t.index.hash(k.packed()) & 4095)
             .collect();
         assert!(places.len() > 2000, "{} places for 4,096 keys", places.len());
+    }
+
+    /// Two tables draw different hash keys: where a key lands cannot be learnt from another
+    /// appliance (or another start of this one).
+    #[test]
+    fn each_table_hashes_under_its_own_key() {
+        let (a, b) = (ConnTable::<()>::with_capacity(1), ConnTable::<()>::with_capacity(1));
+        let same = (0..64u64).filter(|&x| a.index.hash(x) == b.index.hash(x)).count();
+        assert!(same < 4, "{same} of 64 hashes equal");
+    }
+
+    proptest::proptest! {
+        /// Any run of inserts and removes (of keys crowded into one port, so that probe runs
+        /// meet and removals shift places back) leaves the table agreeing with a map: every
+        /// key held is found at its handle, every key removed is gone, and the index holds
+        /// as many places as the table holds entries.
+        #[test]
+        fn inserts_and_removes_agree_with_a_map(ops in proptest::collection::vec((proptest::bool::ANY, 0u16..48), 1..400)) {
+            let cap = 24;
+            let mut t = ConnTable::with_capacity(cap);
+            let mut model: std::collections::HashMap<u16, ConnId> = std::collections::HashMap::new();
+            for (add, p) in ops {
+                let k = key(p);
+                if add && !model.contains_key(&p) {
+                    match t.insert(k, p) {
+                        Ok(id) => { model.insert(p, id); }
+                        Err(v) => proptest::prop_assert!(v == p && model.len() == cap),
+                    }
+                } else if let Some(id) = model.remove(&p) {
+                    proptest::prop_assert_eq!(t.remove(id), Some((k, p)));
+                    proptest::prop_assert!(t.get(id).is_none());
+                }
+                proptest::prop_assert_eq!(t.len(), model.len());
+                proptest::prop_assert_eq!(t.index.places.iter().filter(|pl| pl.slot != EMPTY).count(), model.len());
+                for q in 0u16..48 {
+                    let found = t.find(&key(q));
+                    proptest::prop_assert_eq!(found, model.get(&q).copied(), "key {}", q);
+                    if let Some(id) = found {
+                        proptest::prop_assert_eq!(t.get(id).map(|(_, v)| *v), Some(q));
+                    }
+                }
+            }
+        }
     }
 
     #[test]
