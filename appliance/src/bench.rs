@@ -544,6 +544,19 @@ fn server_clock(h: &SimHarness<FileStorage>, start: Instant) {
     h.clock.set(t.max(h.clock.now()));
 }
 
+/// With `APL_BENCH_PERF_CTL` naming `perf record --control=fifo:PATH`'s FIFO, switch perf's
+/// sampling on and off around each case's transfer phase (`perf record -D -1` starts with it
+/// off): a profile of what the figures measure, without the set-up, the idle connections'
+/// handshakes or the references. For one-core cases (each core's thread switches it); used by
+/// `ci/profile-bench`.
+fn perf_control(command: &str) {
+    if let Some(fifo) = std::env::var_os("APL_BENCH_PERF_CTL") {
+        if let Err(e) = std::fs::write(&fifo, format!("{command}\n")) {
+            log::warn!("APL_BENCH_PERF_CTL {}: {e}", std::path::Path::new(&fifo).display());
+        }
+    }
+}
+
 /// One core: a pipeline and its clients over the simulated link. Connection `first + i`
 /// fetches `per_conn` bytes at its own offset of the object.
 fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize, n: usize, mode: Mode, setup: ServerSetup) -> CoreResult {
@@ -610,14 +623,17 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
     let reads0 = drivers::storage::Storage::counters(&h.server.app.storage).read_bytes;
     let woken0 = h.server.app.stats.tls_key_contexts_built;
     let tcp0 = h.server.stats();
+    perf_control("enable");
     while h.client_app.fetches.len() < n {
         server_clock(&h, start);
         h.step(false);
         if start.elapsed() > CASE_LIMIT {
+            perf_control("disable");
             out.error = Some(format!("transfers did not finish in {} s", CASE_LIMIT.as_secs()));
             return out;
         }
     }
+    perf_control("disable");
     out.wall = start.elapsed().as_secs_f64();
     out.body_bytes = h.client_app.body_bytes;
     out.server_ns = h.server_ns - ns0;

@@ -53,6 +53,7 @@ impl<N: Nic, S: Storage> Pipeline<N, S> {
     /// One iteration of the loop at monotonic time `now`: what it did.
     pub fn poll(&mut self, now: Instant) -> Turn {
         let got = self.nic.rx_burst(&mut self.rx, RX_BURST);
+        self.stack.warm(self.rx.iter().map(drivers::nic::FrameBuf::bytes));
         for frame in self.rx.drain(..) {
             self.stack.on_frame(now, drivers::nic::FrameBuf::bytes(&frame), &mut self.app, &mut self.nic);
         }
