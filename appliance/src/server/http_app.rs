@@ -559,32 +559,37 @@ enum Loc<'a> {
     Nothing,
 }
 
-fn locate<'a>(held: &'a Held, c: &'a HttpConn, off: u64) -> Loc<'a> {
+/// A body chunk: (response index in the connection's queue, chunk index of its object).
+type BodyChunk = (usize, u64);
+
+/// What lies at stream offset `off`, and the body chunk that holds it when it is body bytes
+/// (what the read-ahead starts from).
+fn locate<'a>(held: &'a Held, c: &'a HttpConn, off: u64) -> (Loc<'a>, Option<BodyChunk>) {
     if let Some(t) = &c.tls {
         match t.phase {
-            TlsPhase::Handshake(d) => return held.handshakes.get(d).map_or(Loc::Nothing, |d| bytes_or_nothing(d.tx_bytes(off))),
+            TlsPhase::Handshake(d) => return (held.handshakes.get(d).map_or(Loc::Nothing, |d| bytes_or_nothing(d.tx_bytes(off))), None),
             TlsPhase::Session(_) if off < t.hs_base + t.hs_out.len() as u64 => {
                 return match off.checked_sub(t.hs_base) {
-                    Some(at) => Loc::Bytes(&t.hs_out[at as usize..]),
-                    None => Loc::Nothing,
+                    Some(at) => (Loc::Bytes(&t.hs_out[at as usize..]), None),
+                    None => (Loc::Nothing, None),
                 };
             }
             TlsPhase::Session(_) => {}
-            TlsPhase::Dead => return Loc::Nothing,
+            TlsPhase::Dead => return (Loc::Nothing, None),
         }
     }
-    let Some(resp) = c.responses.iter(&held.responses).position(|r| off >= r.start && off < r.end) else { return Loc::Nothing };
-    let Some(r) = c.responses.get(&held.responses, resp) else { return Loc::Nothing };
+    let Some(resp) = c.responses.iter(&held.responses).position(|r| off >= r.start && off < r.end) else { return (Loc::Nothing, None) };
+    let Some(r) = c.responses.get(&held.responses, resp) else { return (Loc::Nothing, None) };
     let rel = off - r.start;
     if rel < r.head_len as u64 {
-        return Loc::Bytes(&r.head[rel as usize..r.head_len]);
+        return (Loc::Bytes(&r.head[rel as usize..r.head_len]), None);
     }
-    let Some(b) = r.body else { return Loc::Nothing };
+    let Some(b) = r.body else { return (Loc::Nothing, None) };
     match &r.tls {
         None => {
             let obj_pos = b.obj_off + (rel - r.head_len as u64);
             let index = obj_pos / CHUNK as u64;
-            match c.find_chunk(r.start, index) {
+            let loc = match c.find_chunk(r.start, index) {
                 None => Loc::Missing { resp, index },
                 Some(k @ Chunk { state: ChunkState::Ready(buf), .. }) => {
                     let end = chunk_end(index).min(b.obj_off + b.len);
@@ -592,20 +597,22 @@ fn locate<'a>(held: &'a Held, c: &'a HttpConn, off: u64) -> Loc<'a> {
                     Loc::Bytes(&buf.as_slice()[(obj_pos - at) as usize..(end - at) as usize])
                 }
                 Some(_) => Loc::Pending,
-            }
+            };
+            (loc, Some((resp, index)))
         }
         Some(t) => {
-            let Some((rec, part)) = t.layout.locate(rel - t.clear_head) else { return Loc::Nothing };
+            let Some((rec, part)) = t.layout.locate(rel - t.clear_head) else { return (Loc::Nothing, None) };
             let RecordSource::Body { object_start, object_end } = t.layout.record_source(rec) else {
-                return Loc::Nothing; // the head record lies in `head`, handled above
+                return (Loc::Nothing, None); // the head record lies in `head`, handled above
             };
             let index = object_start / CHUNK as u64;
+            let chunk = Some((resp, index));
             let k = match c.find_chunk(r.start, index) {
-                None => return Loc::Missing { resp, index },
+                None => return (Loc::Missing { resp, index }, chunk),
                 Some(k) => k,
             };
-            let ChunkState::Ready(buf) = &k.state else { return Loc::Pending };
-            Loc::Record(RecordAt { layout: &t.layout, chunk: k, buf: buf.as_slice(), base: k.buf_base(), rec, part, object_start, object_end })
+            let ChunkState::Ready(buf) = &k.state else { return (Loc::Pending, chunk) };
+            (Loc::Record(RecordAt { layout: &t.layout, chunk: k, buf: buf.as_slice(), base: k.buf_base(), rec, part, object_start, object_end }), chunk)
         }
     }
 }
@@ -674,9 +681,9 @@ enum Stop {
 
 /// Walk the bytes ready from stream offset `off`: at most `max` of them, in at most
 /// [`MAX_PARTS`](crate::net::iface::MAX_PARTS) slices, each given to `each` in order. Returns
-/// how many bytes, and why the walk stopped. `available` and `payload` both walk, so they
-/// agree on every slice.
-fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'a [u8])) -> (usize, Stop) {
+/// how many bytes, why the walk stopped, and the body chunk holding `off` (if `max` > 0 and
+/// it is body bytes). `available` and `payload` both walk, so they agree on every slice.
+fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'a [u8])) -> (usize, Stop, Option<BodyChunk>) {
     let (mut n, mut parts) = (0usize, 0usize);
     let mut take = |b: &'a [u8], n: &mut usize| {
         let b = &b[..b.len().min(max - *n)];
@@ -685,28 +692,33 @@ fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, mut eac
         parts += 1;
         *n < max && parts < crate::net::iface::MAX_PARTS
     };
+    let mut first = None;
     loop {
         if n >= max {
-            return (n, Stop::Done);
+            return (n, Stop::Done, first);
         }
-        match locate(held, c, off + n as u64) {
+        let (loc, chunk) = locate(held, c, off + n as u64);
+        if n == 0 {
+            first = chunk;
+        }
+        match loc {
             Loc::Bytes(b) => {
                 if !take(b, &mut n) {
-                    return (n, Stop::Done);
+                    return (n, Stop::Done, first);
                 }
             }
             Loc::Record(mut at) => loop {
                 if !take(at.bytes(), &mut n) {
-                    return (n, Stop::Done);
+                    return (n, Stop::Done, first);
                 }
                 match at.next() {
                     Some(next) => at = next,
                     None => break,
                 }
             },
-            Loc::Missing { resp, index } => return (n, Stop::Missing { resp, index }),
-            Loc::Pending => return (n, Stop::Pending),
-            Loc::Nothing => return (n, Stop::Done),
+            Loc::Missing { resp, index } => return (n, Stop::Missing { resp, index }, first),
+            Loc::Pending => return (n, Stop::Pending, first),
+            Loc::Nothing => return (n, Stop::Done, first),
         }
     }
 }
@@ -1939,8 +1951,7 @@ impl<S: Storage> App for HttpApp<S> {
     }
 
     fn available(&mut self, _now: Instant, id: ConnId, c: &mut HttpConn, off: u64, max: usize, resend: bool) -> Ready {
-        let body_chunk = body_chunk_at(&self.held, c, off);
-        let (len, stop) = walk_ready(&self.held, c, off, max, |_| {});
+        let (len, stop, body_chunk) = walk_ready(&self.held, c, off, max, |_| {});
         // A read under way, or started now, wakes the connection when it completes: what
         // follows is on its way. (One that could not start is not counted.)
         let more_soon = match stop {
@@ -1967,28 +1978,9 @@ impl<S: Storage> App for HttpApp<S> {
 
     fn payload<'a>(&'a self, c: &'a HttpConn, off: u64, len: usize, parts: &mut Parts<'a>) {
         let mut full = false;
-        let (n, _) = walk_ready(&self.held, c, off, len, |b| full |= !parts.push(b));
+        let (n, _, _) = walk_ready(&self.held, c, off, len, |b| full |= !parts.push(b));
         debug_assert!(n == len && !full, "payload asked for bytes that available() did not promise");
     }
-}
-
-/// The (response, chunk) whose body holds stream offset `off`, if any.
-fn body_chunk_at(held: &Held, c: &HttpConn, off: u64) -> Option<(usize, u64)> {
-    let resp = c.responses.iter(&held.responses).position(|r| off >= r.start && off < r.end)?;
-    let r = c.responses.get(&held.responses, resp)?;
-    let b = r.body?;
-    let rel = off - r.start;
-    if rel < r.head_len as u64 {
-        return None;
-    }
-    let obj_pos = match &r.tls {
-        None => b.obj_off + (rel - r.head_len as u64),
-        Some(t) => match t.layout.locate(rel - t.clear_head).map(|(rec, _)| t.layout.record_source(rec)) {
-            Some(RecordSource::Body { object_start, .. }) => object_start,
-            _ => return None,
-        },
-    };
-    Some((resp, obj_pos / CHUNK as u64))
 }
 
 #[cfg(test)]
