@@ -397,7 +397,6 @@ struct Rx<'a> {
 }
 
 impl<C> Stack<C> {
-    /// Handle one received frame.
     /// Start loading the connection state the TCP frames of a burst need (see
     /// [`ConnTable::warm`]), before [`Stack::on_frame`] handles them one by one. Frames that
     /// are not TCP over IPv4 are passed over; nothing is checked or counted here.
@@ -410,6 +409,7 @@ impl<C> Stack<C> {
         std::hint::black_box(acc);
     }
 
+    /// Handle one received frame.
     pub fn on_frame<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, frame: &[u8], app: &mut A, nic: &mut N) {
         self.stats.eth_rx_frames += 1;
         let Ok(eth) = EthernetFrame::new_checked(frame) else {

@@ -24,7 +24,8 @@ pub struct ConnId {
 }
 
 /// A slot keeps its generation beside its entry: checking a handle reads the line the
-/// entry starts on, which its user reads next anyway.
+/// entry starts on, which its user reads next anyway (`repr(C)`: the generation first).
+#[repr(C)]
 struct Slot<T> {
     gen: u32,
     live: Option<(ConnKey, T)>,
@@ -79,8 +80,8 @@ impl<T> ConnTable<T> {
         Some(ConnId { slot, gen: slots[slot as usize].gen })
     }
 
-    /// Start the loads a lookup of `key` makes (its index place, then the first line of the
-    /// slot it names) without waiting for them. Given the keys of a whole burst of frames
+    /// Start the loads a lookup of `key` makes (its index place, then the generation on the
+    /// first line of the slot it names) without waiting for them. Given the keys of a whole burst of frames
     /// before any is handled, the misses of its lookups overlap instead of each lookup
     /// waiting for its own; the result only keeps the loads from being optimised away.
     pub fn warm(&self, key: &ConnKey) -> u32 {
