@@ -11,7 +11,7 @@ use drivers::storage::Storage;
 use sha2::{Digest, Sha256};
 
 use crate::net::iface::{App, CloseReason, IfaceConfig, Parts, Stack};
-use crate::net::tcp::table::ConnId;
+use crate::net::tcp::table::{ConnId, ConnKey};
 use crate::net::tcp::{Ready, TcpConn};
 use crate::net::{Instant, MS};
 use crate::server::http_app::HttpApp;
@@ -677,7 +677,7 @@ impl<S: Storage> SimHarness<S> {
         self.next_port = self.next_port.wrapping_add(1).max(10000);
         let len = c.out.len() as u64;
         let now = self.now();
-        let Some(id) = self.client.connect(now, SERVER_IP, port, self.next_port, mac, c, &mut self.client_app) else { return false };
+        let Some(id) = self.client.connect(now, ConnKey { remote_ip: SERVER_IP, remote_port: port, local_port: self.next_port }, mac, c, &mut self.client_app) else { return false };
         if let Some(e) = self.client.get_mut(id) {
             e.tcp.set_stream_len(len);
         }

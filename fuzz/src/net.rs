@@ -45,8 +45,7 @@ struct Fuzz {
     /// Connections by client port, in the order first seen.
     order: Vec<u16>,
     seen: HashMap<u16, Seen>,
-    /// Ports the in-process client owns (its real fetches).
-    client_ports: std::ops::RangeInclusive<u16>,
+    /// The in-process client's real fetches: it owns ports 10001 to 10000 + `fetches`.
     fetches: usize,
     tls: bool,
     ip_id: u16,
@@ -105,7 +104,7 @@ impl Fuzz {
             let (server, client) = tls_configs();
             h.enable_tls(server, client);
         }
-        Fuzz { h, rx: Vec::with_capacity(RX_BURST), order: Vec::new(), seen: HashMap::new(), client_ports: 10001..=10000, fetches: 0, tls, ip_id: 1 }
+        Fuzz { h, rx: Vec::with_capacity(RX_BURST), order: Vec::new(), seen: HashMap::new(), fetches: 0, tls, ip_id: 1 }
     }
 
     fn now(&self) -> u64 {
@@ -141,7 +140,7 @@ impl Fuzz {
                 if let Some(ts) = ts_option(tcp) {
                     s.ts_val = Some(ts);
                 }
-                if !self.client_ports.contains(&dport) {
+                if !(10001..=10000 + self.fetches as u16).contains(&dport) {
                     continue;
                 }
             }
@@ -179,7 +178,6 @@ impl Fuzz {
         let ok = if self.tls && which & 0x20 != 0 { self.h.start_fetch_tls(path, range) } else { self.h.start_fetch(path, range) };
         if ok {
             self.fetches += 1;
-            self.client_ports = 10001..=10000 + self.fetches as u16;
         }
     }
 
@@ -187,7 +185,7 @@ impl Fuzz {
     #[allow(clippy::too_many_arguments)]
     fn segment(&mut self, sport: u16, dport: u16, seq: u32, ack: u32, flags: u8, window: u16, options: &[u8], payload: &[u8]) -> Vec<u8> {
         let mut opts = options[..options.len().min(40)].to_vec();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0);
         }
         let tcp_len = 20 + opts.len() + payload.len();

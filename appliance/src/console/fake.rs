@@ -16,6 +16,12 @@ pub struct FakeHost {
     pub drives: usize,
 }
 
+impl Default for FakeHost {
+    fn default() -> Self {
+        FakeHost::new()
+    }
+}
+
 impl FakeHost {
     pub fn new() -> Self {
         FakeHost {

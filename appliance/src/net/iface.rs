@@ -819,10 +819,9 @@ impl<C> Stack<C> {
         }
     }
 
-    /// Open a connection to `remote` (active open); the next hop's MAC must be resolved
-    /// (see [`Stack::resolve`]).
-    pub fn connect<A: App<Conn = C>>(&mut self, now: Instant, remote_ip: [u8; 4], remote_port: u16, local_port: u16, peer_mac: [u8; 6], c: C, app: &mut A) -> Option<ConnId> {
-        let key = ConnKey { remote_ip, remote_port, local_port };
+    /// Open the connection `key` (active open, to its remote address from its local port);
+    /// the next hop's MAC must be resolved (see [`Stack::resolve`]).
+    pub fn connect<A: App<Conn = C>>(&mut self, now: Instant, key: ConnKey, peer_mac: [u8; 6], c: C, app: &mut A) -> Option<ConnId> {
         if self.conns.find(&key).is_some() {
             return None;
         }

@@ -757,10 +757,8 @@ impl TcpConn {
         self.ack = AckOwed::No;
         self.counters.segments_sent += 1;
         self.counters.bytes_sent += seg.payload_len as u64;
-        if seg.payload_len > 0 || seg.fields.flags & (flags::SYN | flags::FIN) != 0 {
-            if self.rto_deadline.is_none() {
-                self.arm_rto(now);
-            }
+        if (seg.payload_len > 0 || seg.fields.flags & (flags::SYN | flags::FIN) != 0) && self.rto_deadline.is_none() {
+            self.arm_rto(now);
         }
         Some(seg)
     }
@@ -1425,8 +1423,8 @@ mod tests {
     fn to_in<'a>(w: &'a Wire) -> SegmentIn<'a> {
         let o = w.seg.fields.options;
         let mut sack = [None; 3];
-        for i in 0..o.sack_len as usize {
-            sack[i] = Some(o.sack[i]);
+        for (place, block) in sack.iter_mut().zip(&o.sack[..o.sack_len as usize]) {
+            *place = Some(*block);
         }
         SegmentIn {
             seq: w.seg.fields.seq,

@@ -49,8 +49,9 @@ impl TimerWheel {
     pub fn new(capacity: usize, tick: u64, now: Instant) -> Self {
         let cap = u32::try_from(capacity).ok().filter(|&c| c < NIL - (LEVELS * SLOTS + 1) as u32).expect("timer capacity");
         let mut links = vec![Link { prev: NIL, next: NIL, at: 0 }; capacity + LEVELS * SLOTS + 1];
-        for s in capacity..links.len() {
-            links[s] = Link { prev: s as u32, next: s as u32, at: 0 };
+        // Each wheel slot's list head starts empty: linked to itself.
+        for (s, head) in links.iter_mut().enumerate().skip(capacity) {
+            *head = Link { prev: s as u32, next: s as u32, at: 0 };
         }
         TimerWheel { links, occupied: [0; LEVELS], elapsed: now / tick, tick, cap }
     }
