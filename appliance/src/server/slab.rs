@@ -1,9 +1,8 @@
 //! A slab of fixed capacity: per-connection state that not every connection holds (TLS
 //! sessions and handshakes, queued responses) lives here instead of in a box of its own, so
 //! that accepting a connection or answering a request allocates nothing. The capacity is
-//! reserved, and its pages touched, at start-up: the kernel gives a page on its first write,
-//! and a page fault on the fast path costs as much as a few segments (with 10,000 handshakes
-//! starting at once, a tenth of the server's own time went to faults on the handshake slab).
+//! reserved at start-up; entries are written (and their pages touched) only when first used,
+//! so a slab sized for every connection costs memory for those that use it.
 
 /// Where an entry lives in its slab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,13 +32,7 @@ pub struct Slab<T> {
 
 impl<T> Slab<T> {
     pub fn with_capacity(capacity: usize) -> Self {
-        let mut entries = Vec::with_capacity(capacity.min(NONE as usize));
-        // Touch every page of the reserved room now (an entry's first bytes are on each
-        // page while entries are smaller than a page); `len` stays 0, `insert` writes them.
-        for place in entries.spare_capacity_mut() {
-            place.write(Entry::Free(NONE));
-        }
-        Slab { entries, free_head: NONE, used: 0 }
+        Slab { entries: Vec::with_capacity(capacity.min(NONE as usize)), free_head: NONE, used: 0 }
     }
 
     /// Store `value`; when the slab is full, `value` comes back. Never allocates.
