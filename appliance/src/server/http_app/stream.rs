@@ -1,0 +1,277 @@
+//! Where each byte of a connection's response stream lies: the response heads, the
+//! storage chunks read for bodies and the TLS records sealed in them. `available` and
+//! `payload` walk the same way ([`walk_ready`]), so what one promises the other gives.
+
+use drivers::storage::DmaBuf;
+
+use super::{chunk_end, Chunk, ChunkSet, ChunkState, HttpConn, Held, Response, TlsPhase, CHUNK, RECORDS_PER_CHUNK, TRAILER};
+use crate::tls::handshake::RecordSession;
+use crate::tls::layout::{RecordPart, RecordSource, ResponseLayout};
+use crate::tls::record::{self, CONTENT_APPLICATION_DATA};
+use crate::tls::{TlsError, TlsVersion};
+
+/// Free the ready chunks whose bytes all lie below stream offset `off` (sent, or
+/// acknowledged); whether any was.
+pub(super) fn free_ready_chunks_below(c: &mut HttpConn, off: u64) -> bool {
+    let mut freed = false;
+    for k in c.chunks.iter_mut().flat_map(|set| set.iter_mut()) {
+        if matches!(k.state, ChunkState::Ready(_)) && k.stream_end <= off {
+            k.state = ChunkState::Free;
+            freed = true;
+        }
+    }
+    freed
+}
+
+/// Free the ready chunk furthest ahead of chunk `index` of the response starting at stream
+/// offset `start`, read ahead of a retransmission that now needs its slot; whether there
+/// was one. (A chunk being read keeps its slot: its completion finds it.)
+pub(super) fn yield_read_ahead(c: &mut HttpConn, start: u64, index: u64) -> bool {
+    let Some(set) = c.chunks.as_deref_mut() else { return false };
+    let later = set
+        .iter_mut()
+        .filter(|k| matches!(k.state, ChunkState::Ready(_)) && (k.resp_start, k.index) > (start, index))
+        .max_by_key(|k| (k.resp_start, k.index));
+    match later {
+        Some(k) => {
+            k.state = ChunkState::Free;
+            true
+        }
+        None => false,
+    }
+}
+
+/// Give a connection's chunk slots back to `sets` once none holds a buffer.
+#[allow(clippy::vec_box)] // boxes move between pool and connection without copying
+pub(super) fn release_chunks(sets: &mut Vec<Box<ChunkSet>>, c: &mut HttpConn) {
+    if c.chunks.as_ref().is_some_and(|set| set.iter().all(|k| matches!(k.state, ChunkState::Free))) {
+        if let Some(set) = c.chunks.take() {
+            sets.push(set);
+        }
+    }
+}
+
+/// What lies at a stream offset.
+enum Loc<'a> {
+    /// Bytes ready to send from here (a prefix may be taken).
+    Bytes(&'a [u8]),
+    /// A part of a sealed record of a TLS body: the records after it in the same chunk
+    /// follow on the wire, so a walk goes on there without locating each part again.
+    Record(RecordAt<'a>),
+    /// Chunk `index` of response `resp` is not in memory: read it.
+    Missing { resp: usize, index: u64 },
+    /// A read is under way.
+    Pending,
+    /// Nothing is held there (beyond the stream, or acknowledged already).
+    Nothing,
+}
+
+/// A body chunk: (response index in the connection's queue, chunk index of its object).
+type BodyChunk = (usize, u64);
+
+/// What lies at stream offset `off`, and the body chunk that holds it when it is body bytes
+/// (what the read-ahead starts from).
+fn locate<'a>(held: &'a Held, c: &'a HttpConn, off: u64) -> (Loc<'a>, Option<BodyChunk>) {
+    if let Some(t) = &c.tls {
+        match t.phase {
+            TlsPhase::Handshake(d) => return (held.handshakes.get(d).map_or(Loc::Nothing, |d| bytes_or_nothing(d.tx_bytes(off))), None),
+            TlsPhase::Session(_) if off < t.hs_base + t.hs_out.len() as u64 => {
+                return match off.checked_sub(t.hs_base) {
+                    Some(at) => (Loc::Bytes(&t.hs_out[at as usize..]), None),
+                    None => (Loc::Nothing, None),
+                };
+            }
+            TlsPhase::Session(_) => {}
+            TlsPhase::Dead => return (Loc::Nothing, None),
+        }
+    }
+    let Some(resp) = c.responses.iter(&held.responses).position(|r| off >= r.start && off < r.end) else { return (Loc::Nothing, None) };
+    let Some(r) = c.responses.get(&held.responses, resp) else { return (Loc::Nothing, None) };
+    let rel = off - r.start;
+    if rel < r.head_len as u64 {
+        return (Loc::Bytes(&r.head[rel as usize..r.head_len]), None);
+    }
+    let Some(b) = r.body else { return (Loc::Nothing, None) };
+    match &r.tls {
+        None => {
+            let obj_pos = b.obj_off + (rel - r.head_len as u64);
+            let index = obj_pos / CHUNK as u64;
+            let loc = match c.find_chunk(r.start, index) {
+                None => Loc::Missing { resp, index },
+                Some(k @ Chunk { state: ChunkState::Ready(buf), .. }) => {
+                    let end = chunk_end(index).min(b.obj_off + b.len);
+                    let at = k.buf_base();
+                    Loc::Bytes(&buf.as_slice()[(obj_pos - at) as usize..(end - at) as usize])
+                }
+                Some(_) => Loc::Pending,
+            };
+            (loc, Some((resp, index)))
+        }
+        Some(t) => {
+            let Some((rec, part)) = t.layout.locate(rel - t.clear_head) else { return (Loc::Nothing, None) };
+            let RecordSource::Body { object_start, object_end } = t.layout.record_source(rec) else {
+                return (Loc::Nothing, None); // the head record lies in `head`, handled above
+            };
+            let index = object_start / CHUNK as u64;
+            let chunk = Some((resp, index));
+            let k = match c.find_chunk(r.start, index) {
+                None => return (Loc::Missing { resp, index }, chunk),
+                Some(k) => k,
+            };
+            let ChunkState::Ready(buf) = &k.state else { return (Loc::Pending, chunk) };
+            (Loc::Record(RecordAt { layout: &t.layout, chunk: k, buf: buf.as_slice(), base: k.buf_base(), rec, part, object_start, object_end }), chunk)
+        }
+    }
+}
+
+/// A part of record `rec`, sealed in chunk `chunk` (buffer `buf`, holding object bytes from
+/// `base`); its plaintext is object bytes `object_start..object_end`.
+struct RecordAt<'a> {
+    layout: &'a ResponseLayout,
+    chunk: &'a Chunk,
+    buf: &'a [u8],
+    /// The object offset of `buf`'s first byte.
+    base: u64,
+    rec: u64,
+    part: RecordPart,
+    object_start: u64,
+    object_end: u64,
+}
+
+impl<'a> RecordAt<'a> {
+    /// The bytes of this part from its offset to its end.
+    fn bytes(&self) -> &'a [u8] {
+        let (k, j, format) = (self.chunk, (self.rec - self.chunk.first_rec) as usize, self.layout.format());
+        match self.part {
+            RecordPart::Header(i) => &k.hdr[j][i as usize..format.header_len as usize],
+            RecordPart::Payload(i) => &self.buf[(self.object_start - self.base) as usize + i as usize..(self.object_end - self.base) as usize],
+            RecordPart::InnerType => &k.trl[j][..TRAILER],
+            RecordPart::Tag(i) => {
+                let tag_at = format.inner_type_len as usize;
+                &k.trl[j][tag_at + i as usize..tag_at + format.tag_len as usize]
+            }
+        }
+    }
+
+    /// The next part on the wire if it lies in the same chunk (`bytes` gave the trailer
+    /// whole: the inner type and the tag).
+    fn next(self) -> Option<RecordAt<'a>> {
+        let part = match self.part {
+            RecordPart::Header(_) => RecordPart::Payload(0),
+            RecordPart::Payload(_) if self.layout.format().inner_type_len > 0 => RecordPart::InnerType,
+            RecordPart::Payload(_) => RecordPart::Tag(0),
+            RecordPart::InnerType | RecordPart::Tag(_) => {
+                let rec = self.rec + 1;
+                if rec >= self.layout.record_count() {
+                    return None;
+                }
+                let RecordSource::Body { object_start, object_end } = self.layout.record_source(rec) else { return None };
+                if object_end > chunk_end(self.chunk.index) || rec - self.chunk.first_rec >= RECORDS_PER_CHUNK as u64 {
+                    return None; // the next chunk's: located afresh
+                }
+                return Some(RecordAt { rec, part: RecordPart::Header(0), object_start, object_end, ..self });
+            }
+        };
+        Some(RecordAt { part, ..self })
+    }
+}
+
+/// Why [`walk_ready`] stopped.
+pub(super) enum Stop {
+    /// At `max`, at the part limit, or where nothing more is held.
+    Done,
+    /// At a chunk not read yet: (response, chunk index) to read.
+    Missing { resp: usize, index: u64 },
+    /// At a chunk whose read is under way.
+    Pending,
+}
+
+/// Walk the bytes ready from stream offset `off`: at most `max` of them, in at most
+/// [`MAX_PARTS`](crate::net::iface::MAX_PARTS) slices, each given to `each` in order. Returns
+/// how many bytes, why the walk stopped, and the body chunk holding `off` (if `max` > 0 and
+/// it is body bytes). `available` and `payload` both walk, so they agree on every slice.
+pub(super) fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'a [u8])) -> (usize, Stop, Option<BodyChunk>) {
+    let (mut n, mut parts) = (0usize, 0usize);
+    let mut take = |b: &'a [u8], n: &mut usize| {
+        let b = &b[..b.len().min(max - *n)];
+        each(b);
+        *n += b.len();
+        parts += 1;
+        *n < max && parts < crate::net::iface::MAX_PARTS
+    };
+    let mut first = None;
+    loop {
+        if n >= max {
+            return (n, Stop::Done, first);
+        }
+        let (loc, chunk) = locate(held, c, off + n as u64);
+        if n == 0 {
+            first = chunk;
+        }
+        match loc {
+            Loc::Bytes(b) => {
+                if !take(b, &mut n) {
+                    return (n, Stop::Done, first);
+                }
+            }
+            Loc::Record(mut at) => loop {
+                if !take(at.bytes(), &mut n) {
+                    return (n, Stop::Done, first);
+                }
+                match at.next() {
+                    Some(next) => at = next,
+                    None => break,
+                }
+            },
+            Loc::Missing { resp, index } => return (n, Stop::Missing { resp, index }, first),
+            Loc::Pending => return (n, Stop::Pending, first),
+            Loc::Nothing => return (n, Stop::Done, first),
+        }
+    }
+}
+
+fn bytes_or_nothing(b: &[u8]) -> Loc<'_> {
+    if b.is_empty() {
+        Loc::Nothing
+    } else {
+        Loc::Bytes(b)
+    }
+}
+
+/// Seal, in place, the records of `resp` whose plaintext lies in chunk `k` (buffer `buf`).
+/// Returns how many records were sealed.
+pub(super) fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, buf: &mut DmaBuf) -> Result<u64, TlsError> {
+    let (Some(t), Some(b)) = (r.tls, r.body) else { return Ok(0) };
+    let base = k.index * CHUNK as u64;
+    let lo = base.max(b.obj_off);
+    let hi = chunk_end(k.index).min(b.obj_off + b.len);
+    let at = k.buf_base();
+    let keys = session.tx_keys(t.epoch)?;
+    let first = r.record_of(&t, &b, lo);
+    let last = r.record_of(&t, &b, hi - 1);
+    k.first_rec = first;
+    for rec in first..=last {
+        let RecordSource::Body { object_start, object_end } = t.layout.record_source(rec) else {
+            return Err(TlsError::Malformed("record layout"));
+        };
+        debug_assert!(object_start >= lo && object_end <= hi);
+        let j = (rec - first) as usize;
+        let payload = &mut buf.as_mut_slice()[(object_start - at) as usize..(object_end - at) as usize];
+        // Sealing in place is one pass over each payload byte (read, then written back where
+        // it lies): one byte touched, where a copy would touch two (docs/performance.md).
+        crate::accounting::add_touched(payload.len());
+        let seq = t.layout.seq(rec);
+        match keys.version() {
+            TlsVersion::Tls13 => {
+                let hdr: &mut [u8; 5] = (&mut k.hdr[j][..5]).try_into().expect("5-byte header");
+                record::seal_in_place_split(keys, seq, hdr, payload, CONTENT_APPLICATION_DATA, &mut k.trl[j])?
+            }
+            TlsVersion::Tls12 => {
+                let tag: &mut [u8; 16] = (&mut k.trl[j][..16]).try_into().expect("16-byte tag");
+                record::seal_in_place_tls12(keys, seq, CONTENT_APPLICATION_DATA, &mut k.hdr[j], payload, tag)?
+            }
+        }
+    }
+    k.stream_end = r.start + t.clear_head + t.layout.record_wire_range(last).end;
+    Ok(last - first + 1)
+}
