@@ -57,7 +57,7 @@ pub enum InitError {
 }
 
 /// The process arguments, rewritten to `appliance init` when the binary runs as `/init`
-/// (argv[0] ends in "init"). The kernel may pass stray boot words as arguments; they are
+/// (`argv[0]` ends in "init"). The kernel may pass stray boot words as arguments; they are
 /// dropped, since the init reads /proc/cmdline itself.
 pub fn command_line_args() -> Vec<OsString> {
     let args: Vec<OsString> = std::env::args_os().collect();

@@ -116,7 +116,7 @@ pub struct Counters {
     pub stats: Stats,
     /// Summed over every queue of the port.
     pub nic: NicCounters,
-    /// [`LinkInfo::driver`]: "tap", "sim" or "dpdk:<pmd>".
+    /// [`LinkInfo::driver`]: `"tap"`, `"sim"` or `"dpdk:<pmd>"`.
     pub nic_driver: String,
     /// Summed over every core's storage queue.
     pub storage: StorageCounters,

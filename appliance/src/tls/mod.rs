@@ -1,7 +1,7 @@
 //! TLS for the fast path, sans-IO: rustls runs the handshake ([`handshake`]), then the
 //! connection's traffic keys move here and application-data records are sealed in place in the
 //! buffers storage filled ([`record`]) at boundaries that are a pure function of the stream
-//! offset ([`layout`]), so a retransmission re-seals to the same bytes. [`bench`] measures the
+//! offset ([`layout`]), so a retransmission re-seals to the same bytes. [`bench`](mod@bench) measures the
 //! AEAD implementations this choice rests on.
 pub mod bench;
 pub mod emulation;

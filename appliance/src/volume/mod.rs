@@ -16,7 +16,7 @@
 //! - Each extent starts on a 4096-byte boundary in the data region; the volume's length is a
 //!   multiple of 4096. Padding is zeros.
 //!
-//! [`format`] parses and emits the header and entries (byte layout there and in
+//! [`format`](mod@format) parses and emits the header and entries (byte layout there and in
 //! docs/volume-format.md); [`load`] reads and validates header and index through any
 //! [`Storage`] backend into a [`Volume`], the in-memory index of one drive (payload is never
 //! loaded), and [`Library`] merges the volumes of several drives into the index the server

@@ -1673,7 +1673,7 @@ impl Nic for DpdkNic {
 
     /// With the PMD's TCP checksum offload the frame goes to the device as one mbuf chain
     /// asking for the checksum and, when its payload is longer than `tcp.mss`, segmentation
-    /// (TSO; in segments cut to fit the PMD's limits, see [`TcpTxPlan::new`]). Frames the
+    /// (TSO; in segments cut to fit the PMD's limits, see `TcpTxPlan::new`). Frames the
     /// device cannot take whole, and every frame on ports without the offloads, are cut and
     /// checksummed in software into [`Nic::tx_gather`]. A malformed frame is dropped and
     /// counted (true: a retry could never succeed).

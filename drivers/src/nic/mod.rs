@@ -35,7 +35,7 @@ pub struct LinkInfo {
     /// Largest IP packet the link carries (1500 for Ethernet).
     pub mtu: usize,
     pub up: bool,
-    /// "tap", "sim", or "dpdk:<pmd name>": reported as `nic.driver`.
+    /// `"tap"`, `"sim"`, or `"dpdk:<pmd name>"`: reported as `nic.driver`.
     pub driver: String,
     /// What the port does for TCP frames given to [`Nic::tx_tcp`].
     pub offloads: TxOffloads,

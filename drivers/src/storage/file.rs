@@ -1,6 +1,6 @@
 //! The file backend: a volume in a regular file or on a block device.
 //!
-//! Reads go through io_uring ([`super::uring`]): queued at submission, handed to the kernel
+//! Reads go through io_uring (`storage::uring`): queued at submission, handed to the kernel
 //! together at the next poll and reaped there, so the core goes on while the medium works,
 //! as with the NVMe driver. Files in memory (tmpfs, ramfs), and any file where io_uring is
 //! missing or refused (with a warning), are read with a synchronous `pread` at submission
