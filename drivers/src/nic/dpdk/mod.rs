@@ -9,13 +9,19 @@
 //! PMDs with multi-segment transmit, payload parts of at least [`ZC_MIN_PART`] bytes go out
 //! as mbufs pointing at that memory (external buffers, DMA-mapped for the device where it
 //! needs it), chained behind an mbuf holding the headers and short parts; the storage pool
-//! does not reuse a buffer while an mbuf points at it (see "Zero-copy transmit" below).
+//! does not reuse a buffer while an mbuf points at it (see `zerocopy.rs`).
 //!
 //! TCP transmit offloads ([`Nic::tx_tcp`]): where the PMD reports TCP checksum offload (and
 //! IPv4 checksum offload, TSO and multi-segment transmit for segmentation), the port is set
 //! up with them and [`Nic::link`] advertises them; each TCP frame then goes to the device as
 //! one mbuf chain with its offload request. Without them the frame is cut and checksummed in
 //! software ([`offload::segment`]), as before.
+//!
+//! One file per concept: the EAL (`eal.rs`), the port shared by the queue handles (`port.rs`),
+//! transmit offloads and how a TCP frame is cut for the PMD (`offloads.rs`), zero-copy
+//! transmit and the building of mbuf chains (`zerocopy.rs`); this file sets the port up and
+//! drives a queue (receive, queue and flush transmit).
+
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int};
 use std::ptr::NonNull;
@@ -29,61 +35,18 @@ use super::offload::{self, TcpTx, MAX_TSO_PAYLOAD};
 use super::{FrameBuf, LinkInfo, Nic, NicCounters, NicError, TxOffloads};
 use crate::storage::{DeviceHolds, DmaPool, RegionLease};
 
-// Zero-copy transmit
-//
-// A payload part that lies inside one buffer of a leased storage pool ([`Nic::tx_from_pool`])
-// and is at least ZC_MIN_PART bytes long is attached to an mbuf as an external buffer instead
-// of being copied; the headers, the short parts (TLS record headers and trailers) and the odd
-// bytes that keep every piece but the last of even length (net_tap checksums a chain piece by
-// piece with __rte_raw_cksum, which is only right over even-length pieces) are copied into
-// pool mbufs between them.
-//
-// Each storage buffer of a leased pool has its own rte_mbuf_ext_shared_info, made when the
-// pool is leased and never freed; its free callback does nothing (the memory is the storage
-// pool's) and its reference count is one (ours) plus one for every mbuf that points into the
-// buffer, wherever that mbuf is: queued here, on the device's ring, or sent and not yet
-// freed by the PMD. A buffer is held by the NIC while that count is above one.
-//
-// When may the storage layer reuse a buffer? Only when no mbuf of the NIC points at it any
-// more. The application gives buffers back when their data is acknowledged, at a
-// retransmission timeout and when a connection closes, none of which says that the device
-// has read them: a retransmitted copy may still sit on the ring, a device that DMAs from the
-// ring later (virtio behind vfio, a hardware NIC) reads a frame long after rte_eth_tx_burst
-// returned, and the PMD frees sent mbufs when it likes (often only when its ring runs low).
-// So the NIC installs its holds in the pool (storage::DeviceHolds): the pool's free list is
-// first in, first out, and `alloc` hands out the oldest free buffer whose count is back at
-// one, skipping held ones in place; a read that finds only held buffers waits (counted:
-// sw_tx_zero_copy_buffer_waits), the application re-checks on its loop while it has waiters
-// (DmaPool::ready, no allocation attempts), and the pool asks the NIC to let go: the queue,
-// when it has nothing to send, frees what the device is done with (rte_eth_tx_done_cleanup;
-// on PMDs without it the next transmit burst does). Frames queued but not flushed hold their
-// buffers the same way, and frames the device did not take are freed at the flush.
-//
-// The device must be able to read the memory: for PMDs whose device reads by DMA the pool's
-// region is registered with DPDK (rte_extmem_register) and mapped for the port's device
-// (rte_dev_dma_map: the vfio container, through the IOMMU) at IOVA = VA, which needs the EAL
-// in IOVA-as-VA mode. net_tap and net_af_packet need no mapping: the CPU copies the frame to
-// the kernel in rte_eth_tx_burst (NO_DMA_MAP_PMDS). Where the mapping cannot be made (IOVA as
-// PA, no vfio, a bus without DMA mapping) the queue copies, and says why in the log.
+mod eal;
+mod offloads;
+mod port;
+mod zerocopy;
 
-/// Shortest payload part sent from the caller's memory; shorter ones are copied.
-pub const ZC_MIN_PART: usize = 256;
-/// Longest piece one external-buffer mbuf points at (its lengths are 16-bit), kept even.
-const ZC_MAX_PIECE: usize = (u16::MAX as usize) & !1;
-/// Mbufs one wire segment of a zero-copy frame may touch, at most: the headers' and, in up to
-/// 1500 bytes of payload, pieces of at least ZC_MIN_PART - 1 bytes each with a copied piece
-/// before and after. The PMD's per-packet limit (`nb_mtu_seg_max`) must not be lower.
-const ZC_MTU_SEGS: u16 = 1 + 2 * (1500 / (ZC_MIN_PART as u16 - 1) + 1) + 1;
-/// Most mbufs that may point at one storage buffer through its shared-info block at a time
-/// (the count is 16-bit): past it, frames are copied.
-const ZC_MAX_REFS: u16 = 60_000;
-/// PMDs whose device never reads caller memory by DMA: net_tap writes each frame to the TAP
-/// with writev, net_af_packet copies it into its socket's ring, both in rte_eth_tx_burst. No
-/// DMA mapping is made for them.
-const NO_DMA_MAP_PMDS: [&str; 2] = ["net_tap", "net_af_packet"];
-
-/// Pages one rte_extmem_register call may take (DPDK's RTE_MAX_MEMSEG_PER_LIST default).
-const MAX_EXTMEM_PAGES: usize = 8192;
+pub use eal::split_eal_args;
+pub use offloads::{DpdkOffloads, TxOffload};
+pub use zerocopy::ZC_MIN_PART;
+use eal::*;
+use offloads::*;
+use port::*;
+use zerocopy::*;
 
 /// Most frames taken from or given to the PMD in one call.
 const BURST: usize = 64;
@@ -98,9 +61,6 @@ const TSO_MBUFS_PER_SEGMENT: u16 = 3;
 /// net_tap's software TSO (DPDK's GSO library) cuts a frame into at most this many segments
 /// (MAX_GSO_MBUFS in drivers/net/tap/rte_eth_tap.h) and refuses the frame otherwise.
 const NET_TAP_MAX_TSO_SEGMENTS: usize = 64;
-
-/// Set once `rte_eal_init` has been called: DPDK allows one initialisation per process.
-static EAL_STARTED: AtomicBool = AtomicBool::new(false);
 
 /// How the port is set up. Sizes are fixed at start-up; nothing grows afterwards.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,7 +84,7 @@ pub struct DpdkConfig {
     /// Frames `tx_gather` may queue before `tx_flush` hands them to the device.
     pub tx_batch: usize,
     /// Send payload from storage pools handed over with [`Nic::tx_from_pool`] without copying
-    /// it, where the PMD allows (see "Zero-copy transmit" in the source).
+    /// it, where the PMD allows (see `zerocopy.rs`).
     pub zero_copy: bool,
 }
 
@@ -147,382 +107,12 @@ impl Default for DpdkConfig {
     }
 }
 
-/// The offloads this backend enabled on the port: those it wants that the PMD reported.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DpdkOffloads {
-    /// RSS over IP and TCP spreads connections over the queues (only with more than one).
-    pub rss: bool,
-    pub rx_ipv4_cksum: bool,
-    pub rx_tcp_cksum: bool,
-    pub rx_udp_cksum: bool,
-    pub tx_ipv4_cksum: bool,
-    pub tx_tcp_cksum: bool,
-    pub tx_udp_cksum: bool,
-    pub tx_tcp_tso: bool,
-    /// Chained (multi-segment) transmit, needed for header + payload mbufs.
-    pub tx_multi_segs: bool,
-}
-
-impl DpdkOffloads {
-    /// Whether frames may carry transmit offload requests (checksums, TSO) for the PMD.
-    fn tx_requests(&self) -> bool {
-        self.tx_ipv4_cksum || self.tx_tcp_cksum || self.tx_udp_cksum || self.tx_tcp_tso
-    }
-}
-
-/// Per-packet transmit offload request for [`DpdkNic::tx_gather_offload`]: header lengths of the
-/// frame and what the device should compute. Honoured only where [`DpdkNic::offloads`] says so.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TxOffload {
-    pub l2_len: u16,
-    pub l3_len: u16,
-    pub l4_len: u16,
-    /// IPv4 header checksum (the frame's field may hold anything).
-    pub ipv4_cksum: bool,
-    /// TCP checksum: the frame's field must hold the pseudo-header checksum, as DPDK requires.
-    pub tcp_cksum: bool,
-    /// Segment the TCP payload into this many bytes per packet (0: no TSO).
-    pub tso_segsz: u16,
-}
-
-/// What `tx_tcp` asks of the device, fixed at start-up from what the PMD reported.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct TcpTxPlan {
-    /// The device fills in TCP checksums (the stack leaves them zero).
-    checksum: bool,
-    /// Largest TCP payload of one frame the device cuts into segments (0: no TSO).
-    tso_max_payload: usize,
-    /// Largest segment the device's TSO emits, Ethernet header included: the segment size
-    /// asked of it is the frame's MSS cut to fit.
-    tso_max_segment_frame: usize,
-    /// Most segments the device cuts one frame into; a frame that needs more is segmented in
-    /// software.
-    tso_max_segments: usize,
-    /// Ask for even segment sizes only.
-    tso_even_segments: bool,
-}
-
-impl TcpTxPlan {
-    /// The plan for a port with these enabled offloads, TSO frames of at most `max_tso_frame`
-    /// bytes (0: none) and this MTU, with the PMD's own limits.
-    ///
-    /// net_tap (22.11) segments in software with DPDK's GSO library, and two of its limits are
-    /// not in `rte_eth_dev_info`: it refuses a TSO frame whose segments, Ethernet header
-    /// included, exceed the MTU (it compares `tso_segsz + l2_len + l3_len + l4_len` with the
-    /// MTU), and it checksums each segment over its mbuf pieces with `__rte_raw_cksum`, which
-    /// is only right when every piece but the last has even length: segments of an even size
-    /// (with headers of even length and full mbufs of even size before them) keep them even.
-    fn new(pmd: &str, offloads: &DpdkOffloads, max_tso_frame: usize, mtu: usize) -> TcpTxPlan {
-        let checksum = offloads.tx_tcp_cksum;
-        let tso_max_payload = if checksum && offloads.tx_tcp_tso && max_tso_frame > MAX_TCP_HEADERS
-        {
-            (max_tso_frame - MAX_TCP_HEADERS).min(MAX_TSO_PAYLOAD)
-        } else {
-            0
-        };
-        let net_tap = pmd == "net_tap";
-        TcpTxPlan {
-            checksum,
-            tso_max_payload,
-            tso_max_segment_frame: if net_tap { mtu } else { mtu + ETHERNET_HEADER },
-            tso_max_segments: if net_tap {
-                NET_TAP_MAX_TSO_SEGMENTS
-            } else {
-                usize::MAX
-            },
-            tso_even_segments: net_tap,
-        }
-    }
-
-    /// The segment size to ask of the device for a frame of `payload` bytes shaped `tcp`: 0
-    /// when it needs no segmenting, None when the device cannot segment it (software must).
-    fn tso_segsz(&self, tcp: TcpTx, payload: usize) -> Option<u16> {
-        if payload <= tcp.mss {
-            return Some(0);
-        }
-        let room = self
-            .tso_max_segment_frame
-            .saturating_sub(tcp.l4_offset + tcp.l4_len);
-        let mut segsz = tcp.mss.min(room).min(usize::from(u16::MAX));
-        if self.tso_even_segments {
-            segsz &= !1;
-        }
-        let fits = segsz > 0
-            && payload <= self.tso_max_payload
-            && payload.div_ceil(segsz) <= self.tso_max_segments;
-        fits.then_some(segsz as u16)
-    }
-}
-
-/// This queue's part of the port's counters, so that the cores' counters add up to the
-/// port's: its own packets and bytes (the PMD's per-queue counts, which cover the first 16
-/// queues), and on queue 0 the port-wide drops and errors and the software counters.
-fn port_share(stats: &sys::rte_eth_stats, sw: &SoftCounters, queue: u16, queues: u16) -> NicCounters {
-    let q = usize::from(queue);
-    let mut c = if queues == 1 {
-        NicCounters { rx_packets: stats.ipackets, rx_bytes: stats.ibytes, tx_packets: stats.opackets, tx_bytes: stats.obytes, ..Default::default() }
-    } else if q < stats.q_ipackets.len() {
-        NicCounters {
-            rx_packets: stats.q_ipackets[q],
-            rx_bytes: stats.q_ibytes[q],
-            tx_packets: stats.q_opackets[q],
-            tx_bytes: stats.q_obytes[q],
-            ..Default::default()
-        }
-    } else {
-        NicCounters::default()
-    };
-    if queue == 0 {
-        c.rx_dropped = stats.imissed + stats.rx_nombuf + sw.rx_multi_seg.load(Ordering::Relaxed);
-        c.rx_errors = stats.ierrors;
-        c.tx_errors = stats.oerrors + sw.tx_bad_length.load(Ordering::Relaxed) + sw.tx_prepare_refused.load(Ordering::Relaxed);
-    }
-    c
-}
-
 /// Why a frame was not queued.
 enum TxRefused {
     /// Batch full or pool empty: flush and retry.
     Full,
     /// Empty or larger than one mbuf: dropped and counted, never worth a retry.
     BadLength,
-}
-
-/// The port, shared by its queue handles; stopped and closed when the last one goes.
-struct Port {
-    id: u16,
-    pool: NonNull<sys::rte_mempool>,
-    driver: String,
-    mac: [u8; 6],
-    mtu: usize,
-    queues: u16,
-    offloads: DpdkOffloads,
-    /// Bytes one mbuf holds.
-    seg_bytes: usize,
-    /// Largest frame `tx_gather` accepts: MTU plus the Ethernet header.
-    max_frame: usize,
-    /// Largest TSO frame `tx_gather_offload` accepts (chained mbufs; 0 without TSO).
-    max_tso_frame: usize,
-    /// Whether the PMD has rte_eth_tx_done_cleanup (asked once at start, on the empty ring of
-    /// queue 0): without it, mbufs the device is done with are freed only by later transmit
-    /// bursts, which many PMDs run only when their ring runs low.
-    tx_cleanup: bool,
-    /// Descriptors per TX ring (as the PMD adjusted them).
-    tx_desc: u16,
-    /// How `tx_tcp` uses the device's offloads.
-    tcp_tx: TcpTxPlan,
-    /// Most mbufs of a zero-copy frame (0: zero-copy transmit is off on this port).
-    zc_max_segs: usize,
-    /// Each queue's zero-copy state shared with the pools it sends from (empty when off).
-    zc: Vec<Arc<ZcQueue>>,
-    /// Whether the device reads caller memory by DMA (not in NO_DMA_MAP_PMDS): storage pools
-    /// are mapped for it before it may send from them.
-    dma_map_needed: bool,
-    /// Storage pool regions registered and DMA-mapped for the device, in pieces (start, len)
-    /// of at most MAX_EXTMEM_PAGES pages (kept leased, unmapped once the port is stopped).
-    dma_maps: Mutex<Vec<DmaMapping>>,
-    /// Each queue's payload byte counters.
-    tx_payload: Vec<PayloadCounters>,
-    /// Which queues have a live handle.
-    claimed: Mutex<Vec<bool>>,
-    /// Serialises control-path calls (stats, xstats, link), which DPDK does not make
-    /// thread-safe.
-    control: Mutex<()>,
-    sw: SoftCounters,
-}
-
-impl Port {
-    /// Makes `lease`'s region readable by the device and returns the device address of its
-    /// first byte: for PMDs whose device reads by DMA, registered with DPDK and mapped for the
-    /// port's device at IOVA = VA (kept until the port is stopped); for the others (the CPU
-    /// copies) nothing to do. Err says why the device cannot read it.
-    fn dma_map(&self, lease: &RegionLease) -> Result<u64, String> {
-        if !self.dma_map_needed {
-            return Ok(lease.iova());
-        }
-        // SAFETY: reads the EAL's IOVA mode (EAL is initialised); no other effect.
-        if unsafe { sys::dpdk_sys_iova_is_va() } == 0 {
-            return Err("the EAL runs with IOVA as PA, and memory that is not DPDK's has no physical address table (run with --iova-mode=va behind an IOMMU)".into());
-        }
-        const HUGE: usize = 2 << 20;
-        const PAGE: usize = 4096;
-        let (start, len) = (lease.start(), lease.len());
-        if start % PAGE != 0 || len % PAGE != 0 {
-            return Err(format!("the region is not page-aligned ({len} bytes at {start:#x})"));
-        }
-        let page = if start % HUGE == 0 && len % HUGE == 0 { HUGE } else { PAGE };
-        let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
-        // One memseg list holds at most MAX_EXTMEM_PAGES pages: larger regions go in pieces.
-        let mut pieces = Vec::new();
-        let mut at = start;
-        while at < start + len {
-            let n = (start + len - at).min(MAX_EXTMEM_PAGES * page);
-            let mut stage = 0;
-            // SAFETY: the piece is `n` bytes of the region the lease keeps allocated (the
-            // lease is kept in `dma_maps` until the mapping is undone in Drop); DPDK records
-            // and maps it, it does not write it. Control-path call under `control`.
-            let ret = unsafe { sys::dpdk_sys_extmem_dma_map(self.id, at as *mut std::ffi::c_void, at as u64, n, page, &mut stage) };
-            if ret != 0 {
-                for &(p, l) in &pieces {
-                    // SAFETY: undoes the pieces mapped above; the device was never given them.
-                    unsafe { sys::dpdk_sys_extmem_dma_unmap(self.id, p as *mut std::ffi::c_void, p as u64, l) };
-                }
-                let what = if stage == 1 { "rte_extmem_register" } else { "rte_dev_dma_map" };
-                let NicError::Config(msg) = dpdk_error(what, ret) else { unreachable!("dpdk_error makes Config") };
-                return Err(msg);
-            }
-            pieces.push((at, n));
-            at += n;
-        }
-        self.dma_maps.lock().unwrap_or_else(|e| e.into_inner()).push((lease.clone(), pieces));
-        Ok(start as u64)
-    }
-}
-
-/// Payload bytes (the parts after the first) one queue sent from the caller's memory and
-/// copied. Written by the queue's thread only, read by the console's.
-#[derive(Default)]
-#[repr(align(64))]
-struct PayloadCounters {
-    zero_copy: AtomicU64,
-    copied: AtomicU64,
-}
-
-impl PayloadCounters {
-    fn add(&self, zero_copy: usize, copied: usize) {
-        // One writer: a plain load and store is enough (and no locked instruction per frame).
-        if zero_copy > 0 {
-            let v = self.zero_copy.load(Ordering::Relaxed);
-            self.zero_copy.store(v + zero_copy as u64, Ordering::Relaxed);
-        }
-        if copied > 0 {
-            let v = self.copied.load(Ordering::Relaxed);
-            self.copied.store(v + copied as u64, Ordering::Relaxed);
-        }
-    }
-}
-
-/// A storage pool region mapped for the device: its lease and the pieces (start, len) it was
-/// registered and mapped in.
-type DmaMapping = (RegionLease, Vec<(usize, usize)>);
-
-/// One queue's zero-copy state, shared with the [`BufferHolds`] of the pools it sends from.
-#[derive(Default)]
-struct ZcQueue {
-    /// Buffer allocations that found only buffers this queue's mbufs still pointed at.
-    buffer_waits: AtomicU64,
-    /// A pool asked for held buffers back: free what the device is done with when idle.
-    release_wanted: AtomicBool,
-}
-
-/// The holds of one queue on one leased storage pool: a shared-info block per buffer, whose
-/// count above one means mbufs still point into the buffer (see "Zero-copy transmit").
-struct BufferHolds {
-    /// Indexed by buffer; the blocks are never freed (an mbuf the PMD frees late may still
-    /// point at one), only this array of pointers to them.
-    shinfo: Box<[NonNull<sys::rte_mbuf_ext_shared_info>]>,
-    queue: Arc<ZcQueue>,
-}
-
-// SAFETY: the blocks live for the rest of the process and are only read here through DPDK's
-// atomic reference count (rte_mbuf_ext_refcnt_read); the rest is atomics.
-unsafe impl Send for BufferHolds {}
-// SAFETY: as for Send: shared access only reads atomic counts or updates atomics.
-unsafe impl Sync for BufferHolds {}
-
-impl BufferHolds {
-    /// Blocks for `buffers` buffers; None when out of memory.
-    fn new(buffers: usize, queue: Arc<ZcQueue>) -> Option<BufferHolds> {
-        let mut shinfo = Vec::with_capacity(buffers);
-        for _ in 0..buffers {
-            // SAFETY: allocates and initialises a block that is never freed; no other effect.
-            shinfo.push(NonNull::new(unsafe { sys::dpdk_sys_ext_shinfo_new() })?);
-        }
-        Some(BufferHolds { shinfo: shinfo.into_boxed_slice(), queue })
-    }
-
-    /// Mbufs pointing into buffer `index` plus one.
-    fn refs(&self, index: usize) -> u16 {
-        match self.shinfo.get(index) {
-            // SAFETY: the block lives for the rest of the process; reading its count has no
-            // other effect.
-            Some(s) => unsafe { sys::dpdk_sys_ext_shinfo_refcnt(s.as_ptr()) },
-            None => 1,
-        }
-    }
-}
-
-impl DeviceHolds for BufferHolds {
-    fn held(&self, index: usize) -> bool {
-        self.refs(index) > 1
-    }
-
-    fn wanted(&self, delayed: bool) {
-        // Called on the queue's own core (the pool is per core): plain load and store.
-        if delayed {
-            let w = &self.queue.buffer_waits;
-            w.store(w.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        }
-        self.queue.release_wanted.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A leased storage pool a queue sends from without copying.
-struct ZcRegion {
-    lease: RegionLease,
-    /// Device address of the region's first byte (its virtual address when DMA-mapped).
-    iova: u64,
-    holds: Arc<BufferHolds>,
-}
-
-/// What the backend itself dropped or refused, beside the device's counters.
-#[derive(Default)]
-struct SoftCounters {
-    /// Flushes that found the ring full: the frames it did not take stay queued for the next
-    /// (and a full batch refuses new ones, which the stack takes back and sends later).
-    tx_ring_full: AtomicU64,
-    /// Empty frames or frames larger than one mbuf given to `tx_gather` (dropped).
-    tx_bad_length: AtomicU64,
-    /// `tx_gather` found the pool empty (refused, caller retries).
-    tx_no_mbuf: AtomicU64,
-    /// Received frames spread over several mbufs (dropped: scatter is not enabled).
-    rx_multi_seg: AtomicU64,
-    /// Frames whose offload request the PMD's `rte_eth_tx_prepare` refused (dropped).
-    tx_prepare_refused: AtomicU64,
-    /// Frames with zero-copy parts that were copied after all (chain too long).
-    tx_zero_copy_fallback: AtomicU64,
-    /// Storage pools whose region could not be DMA-mapped for the device (their payload is
-    /// copied).
-    tx_zero_copy_unmapped: AtomicU64,
-}
-
-// SAFETY: the pool pointer refers to a DPDK mempool whose default ops ("ring_mp_mc") are safe
-// for concurrent get/put from any thread; everything else in `Port` is plain data or
-// synchronised (Mutex, atomics, Arc). Control-path ethdev calls go through `control`.
-unsafe impl Send for Port {}
-// SAFETY: see `Send` above: shared access only reads plain data, uses atomics, takes the
-// `control` lock, or gets/puts mbufs through the MT-safe pool.
-unsafe impl Sync for Port {}
-
-impl Drop for Port {
-    fn drop(&mut self) {
-        let _guard = self.control.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: the port was started by `DpdkNic::start` and no queue handle is left (this is
-        // the last Arc), so no thread is in rx/tx burst on it. The mempool is not freed: frames
-        // the stack still holds return to it when dropped.
-        unsafe { sys::rte_eth_dev_stop(self.id) };
-        // The device is stopped: it reads no storage buffer any more.
-        for (_lease, pieces) in self.dma_maps.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            for (start, len) in pieces {
-                // SAFETY: this piece was registered and mapped by dpdk_sys_extmem_dma_map at
-                // IOVA = VA for this port's device, which no longer reads it; the lease kept
-                // it allocated until now (dropped after this loop).
-                unsafe { sys::dpdk_sys_extmem_dma_unmap(self.id, start as *mut std::ffi::c_void, start as u64, len) };
-            }
-        }
-        // SAFETY: as above; the port is stopped.
-        unsafe { sys::rte_eth_dev_close(self.id) };
-    }
 }
 
 /// A received frame: the PMD's mbuf, returned to the pool when dropped.
@@ -575,22 +165,6 @@ pub struct DpdkNic {
     tx_cleanup: bool,
 }
 
-/// Why a zero-copy build stopped.
-enum ZcStop {
-    Refused(TxRefused),
-    /// More mbufs than the port allows: copy the frame instead.
-    TooLong,
-}
-
-/// A frame's mbuf chain being built: its head, the tailroom of its last mbuf (0 when that one
-/// points at caller memory), that mbuf's length, and the chain's length.
-struct Chain {
-    head: NonNull<sys::rte_mbuf>,
-    room: usize,
-    last_len: usize,
-    segs: usize,
-}
-
 // SAFETY: a queue handle is used by one thread at a time (`&mut self` for bursts), which is
 // all DPDK asks of a queue; the mbufs it holds are exclusively its own.
 unsafe impl Send for DpdkNic {}
@@ -621,103 +195,6 @@ fn dpdk_error(what: &str, ret: c_int) -> NicError {
         .to_string_lossy()
         .into_owned();
     NicError::Config(format!("{what}: {msg} ({errnum})"))
-}
-
-/// Splits the EAL argument string like a POSIX shell would (quotes, backslashes).
-pub fn split_eal_args(eal_args: &str) -> Result<Vec<String>, NicError> {
-    shlex::split(eal_args).ok_or_else(|| {
-        config_error(format!(
-            "cannot split DPDK EAL arguments {eal_args:?}: unbalanced quote"
-        ))
-    })
-}
-
-fn eal_init(eal_args: &str) -> Result<(), NicError> {
-    let mut args = vec!["appliance".to_string()];
-    args.extend(split_eal_args(eal_args)?);
-    let args: Vec<CString> = args
-        .into_iter()
-        .map(|a| CString::new(a).map_err(|_| config_error("DPDK EAL argument holds a NUL byte")))
-        .collect::<Result<_, _>>()?;
-    if EAL_STARTED.swap(true, Ordering::SeqCst) {
-        return Err(config_error(
-            "DPDK EAL is already initialised in this process (once only)",
-        ));
-    }
-    // EAL keeps pointers into argv (and permutes it): both live for the rest of the process.
-    let args: &'static [CString] = Box::leak(args.into_boxed_slice());
-    let argv: &'static mut [*mut c_char] = Box::leak(
-        args.iter()
-            .map(|a| a.as_ptr() as *mut c_char)
-            .collect::<Vec<_>>()
-            .into_boxed_slice(),
-    );
-    log::info!("dpdk: EAL init with {:?}", args);
-    // SAFETY: sets DPDK's global log stream to the process's stderr (valid for its whole
-    // life); allowed before EAL init. Keeps EAL and PMD messages off a stdio console.
-    if unsafe { sys::dpdk_sys_log_to_stderr() } != 0 {
-        log::warn!("dpdk: cannot send DPDK's log to stderr");
-    }
-    let affinity = thread_affinity();
-    // SAFETY: argv holds argc valid NUL-terminated strings that are never freed; EAL init
-    // runs at most once per process (guarded by EAL_STARTED).
-    let ret = unsafe { sys::rte_eal_init(argv.len() as c_int, argv.as_mut_ptr()) };
-    if ret < 0 {
-        return Err(dpdk_error("DPDK EAL initialisation failed", 0));
-    }
-    // EAL pins the calling thread to its main lcore; the appliance places its own threads
-    // (and those they spawn inherit this mask), so give the caller its mask back.
-    if let Some(set) = affinity {
-        // SAFETY: `set` is a cpu_set_t filled by sched_getaffinity for this same thread.
-        if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0
-        {
-            log::warn!(
-                "dpdk: cannot restore the CPU affinity EAL changed: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// The calling thread's CPU affinity mask, if the kernel tells it.
-fn thread_affinity() -> Option<libc::cpu_set_t> {
-    // SAFETY: cpu_set_t is a plain bit array for which all-zero is valid; sched_getaffinity
-    // writes at most its size into it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
-            .then_some(set)
-    }
-}
-
-/// The TX offload flags of `flags` by DPDK's names (lower case, without the prefix), and the
-/// bits this backend has no name for in hex.
-fn tx_offload_names(flags: u64) -> String {
-    let c = sys::consts();
-    let known = [
-        (c.tx_offload_ipv4_cksum, "ipv4_cksum"),
-        (c.tx_offload_tcp_cksum, "tcp_cksum"),
-        (c.tx_offload_udp_cksum, "udp_cksum"),
-        (c.tx_offload_tcp_tso, "tcp_tso"),
-        (c.tx_offload_multi_segs, "multi_segs"),
-        (c.tx_offload_mbuf_fast_free, "mbuf_fast_free"),
-        (c.tx_offload_vlan_insert, "vlan_insert"),
-    ];
-    let mut names: Vec<String> = known
-        .iter()
-        .filter(|(f, _)| flags & f != 0)
-        .map(|(_, n)| n.to_string())
-        .collect();
-    let other = known.iter().fold(flags, |rest, (f, _)| rest & !f);
-    if other != 0 {
-        names.push(format!("other {other:#x}"));
-    }
-    if names.is_empty() {
-        "none".to_string()
-    } else {
-        names.join(",")
-    }
 }
 
 /// A Toeplitz key whose 16-bit period makes the hash symmetric: swapping source and
@@ -1330,241 +807,6 @@ impl DpdkNic {
         self.tx_prepared = self.tx.len();
     }
 
-    /// Where `part` may go out from without copying: the device address of its first byte
-    /// and the shared-info block of the storage buffer it lies in. None when it is short,
-    /// outside every leased pool, across two buffers, or its buffer has references to spare
-    /// no more.
-    fn zc_piece(&self, part: &[u8]) -> Option<(u64, NonNull<sys::rte_mbuf_ext_shared_info>)> {
-        if part.len() < ZC_MIN_PART {
-            return None;
-        }
-        let r = self.zc_regions.iter().find(|r| r.lease.contains(part))?;
-        let idx = r.lease.buffer_of(part)?;
-        if r.holds.refs(idx) >= ZC_MAX_REFS {
-            return None;
-        }
-        let iova = r.iova + (part.as_ptr() as usize - r.lease.start()) as u64;
-        Some((iova, *r.holds.shinfo.get(idx)?))
-    }
-
-    /// Builds the frame `parts` (at most `limit` bytes) into a fresh mbuf chain owned by the
-    /// caller: payload parts from a leased pool by reference where possible
-    /// ([`DpdkNic::attach_into_mbufs`]), everything else copied ([`DpdkNic::copy_into_mbuf`]).
-    fn build_frame(&mut self, parts: &[&[u8]], limit: usize) -> Result<NonNull<sys::rte_mbuf>, TxRefused> {
-        if self.zc_regions.is_empty() || !parts.iter().skip(1).any(|p| self.zc_piece(p).is_some()) {
-            return self.copy_into_mbuf(parts, limit);
-        }
-        if self.tx.len() >= self.tx_batch {
-            return Err(TxRefused::Full);
-        }
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        if total > limit {
-            // The copy path refuses it and counts it.
-            return self.copy_into_mbuf(parts, limit);
-        }
-        let head = self.alloc_mbuf()?;
-        let mut chain = Chain { head, room: self.port.seg_bytes, last_len: 0, segs: 1 };
-        let mut bytes = (0, 0);
-        match self.attach_into_mbufs(parts, &mut chain, &mut bytes) {
-            Ok(()) => {
-                self.port.tx_payload[usize::from(self.queue)].add(bytes.0, bytes.1);
-                Ok(chain.head)
-            }
-            Err(stop) => {
-                // SAFETY: the chain is ours and not queued; freeing it drops the references
-                // its external-buffer mbufs took.
-                unsafe { sys::dpdk_sys_pktmbuf_free(chain.head.as_ptr()) };
-                match stop {
-                    ZcStop::Refused(r) => Err(r),
-                    ZcStop::TooLong => {
-                        self.port.sw.tx_zero_copy_fallback.fetch_add(1, Ordering::Relaxed);
-                        self.copy_into_mbuf(parts, limit)
-                    }
-                }
-            }
-        }
-    }
-
-    /// Fills `chain` (holding one empty mbuf) with `parts`: the headers and short payload
-    /// parts copied, payload parts in a leased pool's buffer attached as external buffers of
-    /// at most ZC_MAX_PIECE bytes, under that buffer's shared-info block. Every mbuf but the last gets an even length: a byte is copied in
-    /// front of an attached piece when the copied bytes before it are odd, and an odd last
-    /// byte of a part is copied after it. Adds (zero-copy, copied) payload bytes to `bytes`.
-    /// On error the caller frees the chain.
-    fn attach_into_mbufs(&self, parts: &[&[u8]], chain: &mut Chain, bytes: &mut (usize, usize)) -> Result<(), ZcStop> {
-        for (i, part) in parts.iter().enumerate() {
-            let mut part: &[u8] = part;
-            let piece = if i > 0 { self.zc_piece(part) } else { None };
-            if let Some((mut iova, shinfo)) = piece {
-                if chain.last_len % 2 == 1 {
-                    self.chain_copy(chain, &part[..1])?;
-                    bytes.1 += 1;
-                    part = &part[1..];
-                    iova += 1;
-                }
-                while part.len() >= 2 {
-                    let n = part.len().min(ZC_MAX_PIECE) & !1;
-                    // The device reads the piece at `iova` (DMA-mapped for it, or unused by
-                    // the PMDs in NO_DMA_MAP_PMDS, whose CPU copies it).
-                    self.chain_attach(chain, &part[..n], iova, shinfo)?;
-                    bytes.0 += n;
-                    part = &part[n..];
-                    iova += n as u64;
-                }
-            }
-            if i > 0 {
-                bytes.1 += part.len();
-            }
-            self.chain_copy(chain, part)?;
-        }
-        Ok(())
-    }
-
-    /// Appends a fresh mbuf to `chain`, after `fill` has set its data (one more mbuf than the
-    /// port allows is TooLong).
-    fn chain_mbuf(&self, chain: &mut Chain, fill: impl FnOnce(NonNull<sys::rte_mbuf>)) -> Result<(), ZcStop> {
-        if chain.segs >= self.port.zc_max_segs {
-            return Err(ZcStop::TooLong);
-        }
-        let seg = self.alloc_mbuf().map_err(ZcStop::Refused)?;
-        fill(seg);
-        // SAFETY: both are ours; `seg` is a single mbuf whose pkt_len is its data_len (chain
-        // adds it to the head's). On failure (chain too long) they are not linked: `seg` is
-        // freed here (dropping any reference it took), the chain by the caller.
-        if unsafe { sys::dpdk_sys_pktmbuf_chain(chain.head.as_ptr(), seg.as_ptr()) } != 0 {
-            // SAFETY: as above.
-            unsafe { sys::dpdk_sys_pktmbuf_free(seg.as_ptr()) };
-            return Err(ZcStop::TooLong);
-        }
-        chain.segs += 1;
-        Ok(())
-    }
-
-    /// Copies `bytes` to the end of `chain`, in new mbufs where the last has no room.
-    fn chain_copy(&self, chain: &mut Chain, mut bytes: &[u8]) -> Result<(), ZcStop> {
-        while !bytes.is_empty() {
-            if chain.room == 0 {
-                self.chain_mbuf(chain, |_| {})?;
-                chain.room = self.port.seg_bytes;
-                chain.last_len = 0;
-            }
-            let n = chain.room.min(bytes.len());
-            // SAFETY: the chain is ours; its last mbuf is a pool mbuf with `room` >= n bytes of
-            // tailroom (tracked since it was allocated), so append returns where they start.
-            let dst = unsafe { sys::dpdk_sys_pktmbuf_append(chain.head.as_ptr(), n as u16) } as *mut u8;
-            if dst.is_null() {
-                // Cannot happen while `room` tracks the tailroom; refuse rather than write.
-                self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
-                return Err(ZcStop::Refused(TxRefused::BadLength));
-            }
-            // SAFETY: `dst` has `n` writable bytes inside a pool mbuf, which cannot overlap the
-            // caller's slices.
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, n) };
-            chain.room -= n;
-            chain.last_len += n;
-            bytes = &bytes[n..];
-        }
-        Ok(())
-    }
-
-    /// Appends an mbuf pointing at `piece` (caller memory in one buffer of a leased pool, at
-    /// most ZC_MAX_PIECE bytes) to `chain`, under that buffer's shared-info block.
-    fn chain_attach(
-        &self,
-        chain: &mut Chain,
-        piece: &[u8],
-        iova: u64,
-        shinfo: NonNull<sys::rte_mbuf_ext_shared_info>,
-    ) -> Result<(), ZcStop> {
-        self.chain_mbuf(chain, |seg| {
-            // `piece` lies in one buffer of a leased pool (kept allocated while the lease, which
-            // this handle or the port holds, lives), and the reference taken on the buffer's
-            // block keeps the pool from handing the buffer out for a new read until the PMD
-            // has freed this mbuf (BufferHolds, installed in the pool).
-            // SAFETY: `seg` is a fresh direct mbuf of ours, not yet linked; `piece` stays
-            // valid and unchanged while attached (above); the device only reads it.
-            unsafe {
-                sys::dpdk_sys_pktmbuf_attach_ext(
-                    seg.as_ptr(),
-                    piece.as_ptr() as *mut std::ffi::c_void,
-                    iova,
-                    piece.len() as u16,
-                    shinfo.as_ptr(),
-                )
-            }
-        })?;
-        chain.room = 0;
-        chain.last_len = piece.len();
-        Ok(())
-    }
-
-    /// Copies `parts` into a fresh mbuf owned by the caller, chaining more mbufs when the
-    /// frame is larger than one (only allowed up to `limit`).
-    fn copy_into_mbuf(
-        &mut self,
-        parts: &[&[u8]],
-        limit: usize,
-    ) -> Result<NonNull<sys::rte_mbuf>, TxRefused> {
-        if self.tx.len() >= self.tx_batch {
-            return Err(TxRefused::Full);
-        }
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        if total > limit || total == 0 {
-            self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
-            log::debug!("dpdk: dropping a {total}-byte frame (at most {limit} allowed)");
-            return Err(TxRefused::BadLength);
-        }
-        let head = self.alloc_mbuf()?;
-        let mut room = self.port.seg_bytes;
-        for part in parts {
-            let mut part: &[u8] = part;
-            while !part.is_empty() {
-                if room == 0 {
-                    let seg = match self.alloc_mbuf() {
-                        Ok(seg) => seg,
-                        Err(refused) => {
-                            // SAFETY: `head` (and what is chained to it) is ours, not queued.
-                            unsafe { sys::dpdk_sys_pktmbuf_free(head.as_ptr()) };
-                            return Err(refused);
-                        }
-                    };
-                    // SAFETY: both are ours; `seg` is a fresh empty mbuf. On failure (chain
-                    // too long) neither is linked, so both are freed separately.
-                    if unsafe { sys::dpdk_sys_pktmbuf_chain(head.as_ptr(), seg.as_ptr()) } != 0 {
-                        // SAFETY: as above: both still ours, not linked.
-                        unsafe {
-                            sys::dpdk_sys_pktmbuf_free(seg.as_ptr());
-                            sys::dpdk_sys_pktmbuf_free(head.as_ptr());
-                        }
-                        self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
-                        return Err(TxRefused::BadLength);
-                    }
-                    room = self.port.seg_bytes;
-                }
-                let n = room.min(part.len());
-                // SAFETY: `head` is ours; append grows its last segment, which has `room` >= n
-                // bytes of tailroom, and returns where they start.
-                let dst =
-                    unsafe { sys::dpdk_sys_pktmbuf_append(head.as_ptr(), n as u16) } as *mut u8;
-                if dst.is_null() {
-                    // Cannot happen while `room` tracks the tailroom; refuse rather than write.
-                    // SAFETY: `head` and its chain are ours, not queued.
-                    unsafe { sys::dpdk_sys_pktmbuf_free(head.as_ptr()) };
-                    self.port.sw.tx_bad_length.fetch_add(1, Ordering::Relaxed);
-                    return Err(TxRefused::BadLength);
-                }
-                // SAFETY: `dst` has `n` writable bytes inside the mbuf, which cannot overlap the
-                // caller's slices (it was just taken from the pool).
-                unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), dst, n) };
-                room -= n;
-                part = &part[n..];
-            }
-        }
-        let payload: usize = parts.iter().skip(1).map(|p| p.len()).sum();
-        self.port.tx_payload[usize::from(self.queue)].add(0, payload);
-        Ok(head)
-    }
-
     fn alloc_mbuf(&self) -> Result<NonNull<sys::rte_mbuf>, TxRefused> {
         // SAFETY: the pool lives for the rest of the process and is MT-safe.
         let m = unsafe { sys::dpdk_sys_pktmbuf_alloc(self.port.pool.as_ptr()) };
@@ -1747,7 +989,7 @@ impl Nic for DpdkNic {
 
     /// Sends payload in `pool`'s buffers without copying from now on: maps the pool's region
     /// for the device where it reads by DMA, makes a shared-info block per buffer and installs
-    /// this queue's holds in the pool (see "Zero-copy transmit"). Where the region cannot be
+    /// this queue's holds in the pool (see `zerocopy.rs`). Where the region cannot be
     /// mapped, says why and copies.
     fn tx_from_pool(&mut self, pool: &DmaPool) {
         let Some(zc) = self.port.zc.get(usize::from(self.queue)) else { return };
