@@ -644,41 +644,23 @@ impl DpdkNic {
             }
         }
         let sw = &self.port.sw;
-        out.push((
-            "sw_tx_ring_full".into(),
-            sw.tx_ring_full.load(Ordering::Relaxed),
-        ));
-        out.push((
-            "sw_tx_bad_length".into(),
-            sw.tx_bad_length.load(Ordering::Relaxed),
-        ));
-        out.push((
-            "sw_tx_no_mbuf".into(),
-            sw.tx_no_mbuf.load(Ordering::Relaxed),
-        ));
-        out.push((
-            "sw_rx_multi_seg".into(),
-            sw.rx_multi_seg.load(Ordering::Relaxed),
-        ));
-        out.push((
-            "sw_tx_prepare_refused".into(),
-            sw.tx_prepare_refused.load(Ordering::Relaxed),
-        ));
+        let counters = [
+            ("sw_tx_ring_full", &sw.tx_ring_full),
+            ("sw_tx_bad_length", &sw.tx_bad_length),
+            ("sw_tx_no_mbuf", &sw.tx_no_mbuf),
+            ("sw_rx_multi_seg", &sw.rx_multi_seg),
+            ("sw_tx_prepare_refused", &sw.tx_prepare_refused),
+        ];
+        out.extend(counters.iter().map(|(name, n)| (name.to_string(), n.load(Ordering::Relaxed))));
         let (zc, copied) = self.port.tx_payload.iter().fold((0, 0), |(z, c), q| {
             (z + q.zero_copy.load(Ordering::Relaxed), c + q.copied.load(Ordering::Relaxed))
         });
         out.push(("sw_tx_payload_zero_copy_bytes".into(), zc));
         out.push(("sw_tx_payload_copied_bytes".into(), copied));
-        out.push((
-            "sw_tx_zero_copy_fallback".into(),
-            sw.tx_zero_copy_fallback.load(Ordering::Relaxed),
-        ));
+        out.push(("sw_tx_zero_copy_fallback".into(), sw.tx_zero_copy_fallback.load(Ordering::Relaxed)));
         let waits = self.port.zc.iter().map(|q| q.buffer_waits.load(Ordering::Relaxed)).sum();
         out.push(("sw_tx_zero_copy_buffer_waits".into(), waits));
-        out.push((
-            "sw_tx_zero_copy_unmapped_pools".into(),
-            sw.tx_zero_copy_unmapped.load(Ordering::Relaxed),
-        ));
+        out.push(("sw_tx_zero_copy_unmapped_pools".into(), sw.tx_zero_copy_unmapped.load(Ordering::Relaxed)));
         out
     }
 
