@@ -85,7 +85,7 @@ impl<T> ConnTable<T> {
     /// before any is handled, the misses of its lookups overlap instead of each lookup
     /// waiting for its own; the result only keeps the loads from being optimised away.
     pub fn warm(&self, key: &ConnKey) -> u32 {
-        let p = self.index.places[self.index.hash(key.packed()) as usize & self.index.mask];
+        let p = self.index.places[self.index.home(self.index.hash(key.packed()))];
         match self.slots.get(p.slot as usize) {
             Some(s) => s.gen,
             None => p.slot,
@@ -164,10 +164,15 @@ impl Index {
         self.key.hash_one(packed) as u32
     }
 
+    /// Where a probe for a key of this hash starts.
+    fn home(&self, hash: u32) -> usize {
+        hash as usize & self.mask
+    }
+
     /// The slot of the key hashing to `packed` for which `is_key` holds.
     fn find(&self, packed: u64, is_key: impl Fn(u32) -> bool) -> Option<u32> {
         let h = self.hash(packed);
-        let mut i = h as usize & self.mask;
+        let mut i = self.home(h);
         loop {
             let p = self.places[i];
             if p.slot == EMPTY {
@@ -183,7 +188,7 @@ impl Index {
     /// The table holds fewer keys than half the places: there is always an empty one.
     fn insert(&mut self, packed: u64, slot: u32) {
         let h = self.hash(packed);
-        let mut i = h as usize & self.mask;
+        let mut i = self.home(h);
         while self.places[i].slot != EMPTY {
             i = (i + 1) & self.mask;
         }
@@ -192,7 +197,7 @@ impl Index {
     }
 
     fn remove(&mut self, packed: u64, slot: u32) {
-        let mut i = self.hash(packed) as usize & self.mask;
+        let mut i = self.home(self.hash(packed));
         while self.places[i].slot != slot {
             if self.places[i].slot == EMPTY {
                 debug_assert!(false, "slot {slot} is not in the index");
@@ -210,7 +215,7 @@ impl Index {
             if p.slot == EMPTY {
                 break;
             }
-            let home = p.hash as usize & self.mask;
+            let home = self.home(p.hash);
             if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
                 self.places[hole] = p;
                 hole = j;
