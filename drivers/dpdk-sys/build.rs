@@ -40,6 +40,7 @@ fn main() {
         .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))
         .allowlist_function("dpdk_sys_.*")
         .allowlist_var("dpdk_sys_.*")
+        .allowlist_var("DPDK_SYS_.*")
         .allowlist_function("rte_eal_init")
         .allowlist_function("rte_eal_cleanup")
         .allowlist_function("rte_strerror")

@@ -67,6 +67,34 @@ uint16_t dpdk_sys_pktmbuf_data_len(const struct rte_mbuf *m)
     return rte_pktmbuf_data_len(m);
 }
 
+uint8_t dpdk_sys_rx_cksum_verdicts(const struct rte_mbuf *m)
+{
+    uint8_t v = DPDK_SYS_CKSUM_UNCHECKED;
+    switch (m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK) {
+    case RTE_MBUF_F_RX_IP_CKSUM_GOOD:
+    case RTE_MBUF_F_RX_IP_CKSUM_NONE:
+        v |= DPDK_SYS_CKSUM_GOOD;
+        break;
+    case RTE_MBUF_F_RX_IP_CKSUM_BAD:
+        v |= DPDK_SYS_CKSUM_BAD;
+        break;
+    default: /* unknown: not checked */
+        break;
+    }
+    switch (m->ol_flags & RTE_MBUF_F_RX_L4_CKSUM_MASK) {
+    case RTE_MBUF_F_RX_L4_CKSUM_GOOD:
+    case RTE_MBUF_F_RX_L4_CKSUM_NONE:
+        v |= DPDK_SYS_CKSUM_GOOD << 2;
+        break;
+    case RTE_MBUF_F_RX_L4_CKSUM_BAD:
+        v |= DPDK_SYS_CKSUM_BAD << 2;
+        break;
+    default:
+        break;
+    }
+    return v;
+}
+
 uint32_t dpdk_sys_pktmbuf_pkt_len(const struct rte_mbuf *m)
 {
     return rte_pktmbuf_pkt_len(m);

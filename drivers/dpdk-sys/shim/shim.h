@@ -60,6 +60,14 @@ void *dpdk_sys_pktmbuf_mtod(struct rte_mbuf *m);
 uint16_t dpdk_sys_pktmbuf_data_len(const struct rte_mbuf *m);
 uint32_t dpdk_sys_pktmbuf_pkt_len(const struct rte_mbuf *m);
 uint16_t dpdk_sys_pktmbuf_nb_segs(const struct rte_mbuf *m);
+/* Receive checksum offload verdicts of a received mbuf: bits 0-1 the IPv4 header checksum's,
+ * bits 2-3 the L4 checksum's, each DPDK_SYS_CKSUM_UNCHECKED, _GOOD or _BAD. DPDK's "none"
+ * (the checksum in the packet is not filled in, but the data is intact: a virtio peer on the
+ * same host left it to offload) counts as good. */
+#define DPDK_SYS_CKSUM_UNCHECKED 0
+#define DPDK_SYS_CKSUM_GOOD 1
+#define DPDK_SYS_CKSUM_BAD 2
+uint8_t dpdk_sys_rx_cksum_verdicts(const struct rte_mbuf *m);
 uint16_t dpdk_sys_pktmbuf_tailroom(const struct rte_mbuf *m);
 /* Grows the last segment by len bytes; NULL when it has not the room. */
 char *dpdk_sys_pktmbuf_append(struct rte_mbuf *m, uint16_t len);

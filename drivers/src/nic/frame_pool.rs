@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
 
-use super::FrameBuf;
+use super::{FrameBuf, RxChecksums};
 
 struct PoolInner {
     free: Vec<Box<[u8]>>,
@@ -55,6 +55,7 @@ impl FramePool {
         Some(PoolFrame {
             buf: Some(buf),
             len: 0,
+            checksums: RxChecksums::UNCHECKED,
             home: Rc::clone(&self.inner),
         })
     }
@@ -80,6 +81,8 @@ pub struct PoolFrame {
     /// Always Some until Drop takes it.
     buf: Option<Box<[u8]>>,
     len: usize,
+    /// What the port found of its checksums (set by a driver with receive offload).
+    checksums: RxChecksums,
     home: Rc<RefCell<PoolInner>>,
 }
 
@@ -113,6 +116,11 @@ impl PoolFrame {
         }
     }
 
+    /// Records what the port found of the frame's checksums.
+    pub(crate) fn set_rx_checksums(&mut self, checksums: RxChecksums) {
+        self.checksums = checksums;
+    }
+
     /// Sets the frame length (clamped to the buffer size).
     pub(crate) fn set_len(&mut self, len: usize) {
         let cap = self.buf.as_ref().map_or(0, |b| b.len());
@@ -142,6 +150,10 @@ impl FrameBuf for PoolFrame {
             Some(buf) => &buf[..self.len],
             None => &[],
         }
+    }
+
+    fn rx_checksums(&self) -> RxChecksums {
+        self.checksums
     }
 }
 

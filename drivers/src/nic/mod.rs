@@ -25,6 +25,36 @@ pub use offload::{TcpTx, TxOffloads};
 pub trait FrameBuf {
     /// The whole Ethernet frame (no FCS).
     fn bytes(&self) -> &[u8];
+
+    /// What the port found of the frame's checksums (receive checksum offload); by default
+    /// nothing, and the stack verifies them itself.
+    fn rx_checksums(&self) -> RxChecksums {
+        RxChecksums::UNCHECKED
+    }
+}
+
+/// A port's verdict on one checksum of a received frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RxVerdict {
+    /// Not looked at (no offload, another protocol): the stack verifies it.
+    #[default]
+    Unchecked,
+    /// Verified correct by the port, or the data is intact without one: a virtio peer on the
+    /// same host hands over a TCP frame whose checksum it left for offload to fill in.
+    Good,
+    /// Verified wrong: the frame is dropped and counted as bad.
+    Bad,
+}
+
+/// Receive checksum offload results of one frame: its IPv4 header and its TCP checksum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxChecksums {
+    pub ipv4: RxVerdict,
+    pub l4: RxVerdict,
+}
+
+impl RxChecksums {
+    pub const UNCHECKED: RxChecksums = RxChecksums { ipv4: RxVerdict::Unchecked, l4: RxVerdict::Unchecked };
 }
 
 /// What the stack needs to know about the port.

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use super::frame_pool::{FramePool, PoolFrame};
 use super::offload::{self, TcpTx, TxOffloads, MAX_TSO_PAYLOAD};
-use super::{LinkInfo, Nic, NicCounters, NicError};
+use super::{FrameBuf, LinkInfo, Nic, NicCounters, NicError};
 
 const ETH_HLEN: usize = 14;
 /// Longest a reordered frame waits for a later frame to overtake it, past its own due time.
@@ -107,6 +107,10 @@ pub struct SimConfig {
     /// such a frame over whole, as a NIC with receive coalescing (LRO/GRO) would. Faults then
     /// apply to the whole frame. Slab buffers are 64 KiB each instead of one MTU.
     pub tso: bool,
+    /// The receiving port verifies the IPv4 and TCP checksums of this direction's frames and
+    /// hands each over with its verdicts ([`super::FrameBuf::rx_checksums`]), as a NIC's
+    /// receive checksum offload does; the verifying is the device's work, timed as such.
+    pub rx_checksum: bool,
 }
 
 impl Default for SimConfig {
@@ -124,6 +128,7 @@ impl Default for SimConfig {
             backpressure: false,
             mtu: 1500,
             tso: false,
+            rx_checksum: false,
         }
     }
 }
@@ -625,7 +630,11 @@ impl SimNic {
             }
             self.counters.rx_packets += 1;
             self.counters.rx_bytes += f.frame.len() as u64;
-            out.push(f.frame);
+            let mut frame = f.frame;
+            if dir.cfg.rx_checksum {
+                frame.set_rx_checksums(super::checksum::verify_ipv4_tcp(frame.bytes()));
+            }
+            out.push(frame);
             got += 1;
         }
         got

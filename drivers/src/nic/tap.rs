@@ -10,8 +10,11 @@
 //! direction is preceded by a 10-byte `struct virtio_net_hdr`. On transmit it carries the
 //! offloads ([`Nic::tx_tcp`]): the kernel fills in TCP checksums and takes TCP frames of up to
 //! 64 KiB, which it treats like a frame its own receive coalescing made (one write(2) for up
-//! to 45 segments). Receive offloads stay off (`TUNSETOFFLOAD` 0), so the kernel hands over
-//! whole, checksummed frames of at most one MTU and the header is read and ignored.
+//! to 45 segments). On receive only checksum offload is on (`TUNSETOFFLOAD` `TUN_F_CSUM`):
+//! the kernel hands over whole frames of at most one MTU, and leaves the TCP checksum of its
+//! own segments unfilled (`VIRTIO_NET_HDR_F_NEEDS_CSUM`; they never crossed a wire) or says
+//! it verified it (`VIRTIO_NET_HDR_F_DATA_VALID`): the frame's [`super::FrameBuf::rx_checksums`]
+//! tells the stack, which then does not sum it again.
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -20,7 +23,7 @@ use std::time::Duration;
 use super::frame_pool::{FramePool, PoolFrame};
 use super::checksum;
 use super::offload::{TcpTx, MAX_TSO_PAYLOAD};
-use super::{LinkInfo, Nic, NicCounters, NicError, TxOffloads};
+use super::{LinkInfo, Nic, NicCounters, NicError, RxChecksums, RxVerdict, TxOffloads};
 
 /// Receive buffers per TAP port.
 pub const TAP_RX_BUFFERS: usize = 512;
@@ -34,9 +37,14 @@ const MAX_IOVECS: usize = 32;
 /// `struct virtio_net_hdr` (without the mergeable-buffers count): the TAP default size.
 const VNET_HDR_LEN: usize = 10;
 const VNET_HDR_F_NEEDS_CSUM: u8 = 1;
+const VNET_HDR_F_DATA_VALID: u8 = 2;
+/// Where a TCP header keeps its checksum (a partial checksum's `csum_offset`).
+const TCP_CSUM_OFFSET: u16 = 16;
+/// TUNSETOFFLOAD flag: the reader takes frames with partial checksums.
+const TUN_F_CSUM: libc::c_ulong = 0x01;
 const VNET_HDR_GSO_NONE: u8 = 0;
 const VNET_HDR_GSO_TCPV4: u8 = 1;
-/// TUNSETOFFLOAD (_IOW('T', 208, unsigned int)): what the kernel may hand us; 0 = nothing.
+/// TUNSETOFFLOAD (_IOW('T', 208, unsigned int)): what the kernel may hand us.
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// Largest frame written: headers and the largest TCP payload of one offloaded frame.
 const MAX_TX_FRAME: usize = ETH_HLEN + 65535;
@@ -52,6 +60,18 @@ fn vnet_header(flags: u8, gso_type: u8, hdr_len: u16, gso_size: u16, csum_start:
     h[6..8].copy_from_slice(&csum_start.to_le_bytes());
     h[8..10].copy_from_slice(&csum_offset.to_le_bytes());
     h
+}
+
+/// What a received frame's virtio-net header says of its checksums: the kernel verified the
+/// TCP checksum, or left it unfilled because the segment comes from its own stack on this
+/// host (a partial checksum at the TCP header's checksum field): either way the data is
+/// intact. Anything else (and always the IPv4 header) is for the stack to check.
+fn rx_checksums_of(vnet: &[u8; VNET_HDR_LEN]) -> RxChecksums {
+    let flags = vnet[0];
+    let csum_offset = u16::from_le_bytes([vnet[8], vnet[9]]);
+    let tcp_partial = flags & VNET_HDR_F_NEEDS_CSUM != 0 && csum_offset == TCP_CSUM_OFFSET;
+    let l4 = if tcp_partial || flags & VNET_HDR_F_DATA_VALID != 0 { RxVerdict::Good } else { RxVerdict::Unchecked };
+    RxChecksums { ipv4: RxVerdict::Unchecked, l4 }
 }
 
 /// `struct ifreq` with the union read as interface flags.
@@ -235,9 +255,10 @@ impl TapNic {
         };
         ifreq_ioctl(&fd, libc::TUNSETIFF as _, &mut req)
             .map_err(|e| open_error(TUNSETIFF_WHAT, ifname, e))?;
-        // No receive offloads: frames from the kernel come whole and checksummed.
+        // Receive checksum offload only: frames from the kernel come whole (no GSO), their
+        // TCP checksums possibly left unfilled ([`rx_checksums_of`]).
         // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD as _, 0 as libc::c_ulong) } < 0 {
+        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD as _, TUN_F_CSUM) } < 0 {
             return Err(open_error("TUNSETOFFLOAD", ifname, io::Error::last_os_error()));
         }
 
@@ -426,8 +447,8 @@ impl Nic for TapNic {
                 }
                 break;
             }
-            // What follows the virtio-net header; receive offloads are off, so it says nothing
-            // we need (at most that the checksum was verified).
+            // What follows the virtio-net header, which says whether the TCP checksum needs
+            // checking (no GSO: receive segmentation offload is off).
             let n = (n as usize).saturating_sub(VNET_HDR_LEN);
             if n < ETH_HLEN || n > max_frame || n > buf.len() {
                 // Truncated or runt frame; the buffer goes back to the pool.
@@ -439,6 +460,7 @@ impl Nic for TapNic {
                 continue;
             }
             frame.set_len(n);
+            frame.set_rx_checksums(rx_checksums_of(&vnet));
             self.counters.rx_packets += 1;
             self.counters.rx_bytes += n as u64;
             out.push(frame);
@@ -537,6 +559,17 @@ mod tests {
     use super::*;
     use crate::nic::FrameBuf;
     use std::time::Instant;
+
+    #[test]
+    fn vnet_header_checksum_flags_become_verdicts() {
+        let good = RxChecksums { ipv4: RxVerdict::Unchecked, l4: RxVerdict::Good };
+        // The kernel's own TCP segment, checksum left to offload.
+        assert_eq!(rx_checksums_of(&vnet_header(VNET_HDR_F_NEEDS_CSUM, 0, 0, 0, 34, 16)), good);
+        assert_eq!(rx_checksums_of(&vnet_header(VNET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0)), good);
+        // A partial UDP checksum says nothing of TCP; no flag: the stack checks.
+        assert_eq!(rx_checksums_of(&vnet_header(VNET_HDR_F_NEEDS_CSUM, 0, 0, 0, 34, 6)), RxChecksums::UNCHECKED);
+        assert_eq!(rx_checksums_of(&[0; VNET_HDR_LEN]), RxChecksums::UNCHECKED);
+    }
 
     #[test]
     fn mac_is_stable_local_unicast() {

@@ -32,7 +32,7 @@ use std::time::Duration;
 use dpdk_sys as sys;
 
 use super::offload::{self, TcpTx, MAX_TSO_PAYLOAD};
-use super::{FrameBuf, LinkInfo, Nic, NicCounters, NicError, TxOffloads};
+use super::{FrameBuf, LinkInfo, Nic, NicCounters, NicError, RxChecksums, RxVerdict, TxOffloads};
 use crate::storage::{DeviceHolds, DmaPool, RegionLease};
 
 mod eal;
@@ -120,6 +120,7 @@ pub struct DpdkFrame {
     mbuf: NonNull<sys::rte_mbuf>,
     data: NonNull<u8>,
     len: usize,
+    checksums: RxChecksums,
 }
 
 // SAFETY: the frame exclusively owns its mbuf; freeing it from another thread is safe with the
@@ -133,6 +134,20 @@ impl FrameBuf for DpdkFrame {
         // the PMD) until drop, so the bytes stay valid for the borrow of `self`.
         unsafe { std::slice::from_raw_parts(self.data.as_ptr(), self.len) }
     }
+
+    fn rx_checksums(&self) -> RxChecksums {
+        self.checksums
+    }
+}
+
+/// The verdicts of [`sys::dpdk_sys_rx_cksum_verdicts`], two bits each.
+fn rx_checksums_of(verdicts: u8) -> RxChecksums {
+    let one = |bits: u8| match u32::from(bits & 3) {
+        sys::DPDK_SYS_CKSUM_GOOD => RxVerdict::Good,
+        sys::DPDK_SYS_CKSUM_BAD => RxVerdict::Bad,
+        _ => RxVerdict::Unchecked,
+    };
+    RxChecksums { ipv4: one(verdicts), l4: one(verdicts >> 2) }
 }
 
 impl Drop for DpdkFrame {
@@ -844,6 +859,7 @@ impl Nic for DpdkNic {
     type Rx = DpdkFrame;
 
     fn rx_burst(&mut self, out: &mut Vec<DpdkFrame>, max: usize) -> usize {
+        let rx_offload = self.port.offloads.rx_ipv4_cksum || self.port.offloads.rx_tcp_cksum;
         let mut appended = 0;
         let mut asked = 0;
         while asked < max {
@@ -861,19 +877,23 @@ impl Nic for DpdkNic {
             } as usize;
             for &m in &self.rx_scratch[..n] {
                 // SAFETY: the PMD returned `m` as a valid received mbuf now owned by us.
-                let (segs, data, len) = unsafe {
+                let (segs, data, len, verdicts) = unsafe {
                     (
                         sys::dpdk_sys_pktmbuf_nb_segs(m),
                         sys::dpdk_sys_pktmbuf_mtod(m) as *mut u8,
                         sys::dpdk_sys_pktmbuf_data_len(m),
+                        sys::dpdk_sys_rx_cksum_verdicts(m),
                     )
                 };
+                // Verdicts are read only where the port was set up to give them.
+                let checksums = if rx_offload { rx_checksums_of(verdicts) } else { RxChecksums::UNCHECKED };
                 match (NonNull::new(m), NonNull::new(data)) {
                     (Some(mbuf), Some(data)) if segs == 1 => {
                         out.push(DpdkFrame {
                             mbuf,
                             data,
                             len: usize::from(len),
+                            checksums,
                         });
                         appended += 1;
                     }
@@ -1070,6 +1090,15 @@ pub use super::bench::{bench_rx, bench_tx, BENCH_RX_IDLE};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checksum_verdict_bits_are_read_per_checksum() {
+        let (u, g, b) = (sys::DPDK_SYS_CKSUM_UNCHECKED as u8, sys::DPDK_SYS_CKSUM_GOOD as u8, sys::DPDK_SYS_CKSUM_BAD as u8);
+        assert_eq!(rx_checksums_of(u | u << 2), RxChecksums::UNCHECKED);
+        assert_eq!(rx_checksums_of(g | b << 2), RxChecksums { ipv4: RxVerdict::Good, l4: RxVerdict::Bad });
+        assert_eq!(rx_checksums_of(b | g << 2), RxChecksums { ipv4: RxVerdict::Bad, l4: RxVerdict::Good });
+        assert_eq!(rx_checksums_of(3 | 3 << 2), RxChecksums::UNCHECKED, "no such verdict");
+    }
 
     #[test]
     fn eal_args_split_like_a_shell() {
