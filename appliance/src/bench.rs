@@ -106,8 +106,9 @@ pub struct BenchArgs {
     /// both plain and TLS; comma-separated for several, e.g. `plain,tls,tls-emulation`.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Modes::Both])]
     pub mode: Vec<Modes>,
-    /// The simulated port's TCP checksum and segmentation offload: on, off, or both (each
-    /// case measured both ways, side by side).
+    /// The simulated ports' offloads (TCP checksum and segmentation on transmit, IPv4 and TCP
+    /// checksum verification on receive): on, off, or both (each case measured both ways,
+    /// side by side).
     #[arg(long, value_enum, default_value = "both")]
     pub offload: Offload,
     /// Print one JSON line per case instead of text.
@@ -140,7 +141,7 @@ pub struct BenchArgs {
 /// How the server's port, TCP and storage buffers are set up in a case.
 #[derive(Clone, Copy, Debug)]
 pub struct ServerSetup {
-    /// The port's checksum and segmentation offload.
+    /// The ports' checksum and segmentation offloads (transmit and receive).
     pub offload: bool,
     pub congestion: CongestionControl,
     pub pacing: bool,
@@ -570,11 +571,12 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
     let setup = || -> Result<SimHarness<FileStorage>, String> {
         let mut storage = FileStorage::open(vol).map_err(|e| e.to_string())?;
         let volume = crate::volume::load(&mut storage).map_err(|e| e.to_string())?;
-        let link = SimConfig { queue_frames: 8192, ..SimConfig::default() };
+        // With offload both ports also verify received checksums (receive offload).
+        let link = SimConfig { queue_frames: 8192, rx_checksum: offload, ..SimConfig::default() };
         // With offload the server's port takes 64 KiB TCP frames: fewer of them in flight.
         // The port's queue is its transmit ring: full, it refuses frames (as a NIC does) and
         // the stack sends them later; it does not drop them as a router's queue would.
-        let to_client = SimConfig { tso: offload, queue_frames: if offload { 1024 } else { 8192 }, backpressure: true, ..SimConfig::default() };
+        let to_client = SimConfig { tso: offload, queue_frames: if offload { 1024 } else { 8192 }, backpressure: true, rx_checksum: offload, ..SimConfig::default() };
         let mut h = SimHarness::new(storage, volume, to_client, link, setup.buffers);
         h.server.nic.time_device();
         h.server.app.storage.time_device();

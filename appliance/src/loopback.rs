@@ -715,7 +715,7 @@ impl<S: Storage> SimHarness<S> {
         let t1 = std::time::Instant::now();
         let got = self.client_nic.rx_burst(&mut self.rx, RX_BURST);
         for f in self.rx.drain(..) {
-            self.client.on_frame(now, f.bytes(), &mut self.client_app, &mut self.client_nic);
+            self.client.on_frame(now, f.bytes(), f.rx_checksums(), &mut self.client_app, &mut self.client_nic);
         }
         self.client.poll_timers(now, &mut self.client_app);
         let sent = self.client.poll_tx(now, &mut self.client_app, &mut self.client_nic, TX_BUDGET);

@@ -20,6 +20,9 @@ pub struct Stats {
     pub tcp_rx_segments: u64,
     pub tcp_tx_segments: u64,
     pub tcp_rx_bad: u64,
+    /// Received segments whose checksum the port verified (receive checksum offload): the
+    /// stack did not sum them again.
+    pub tcp_rx_checksum_offloaded: u64,
     /// Gauge: connections in the table.
     pub tcp_connections_active: u64,
     pub tcp_connections_opened: u64,
@@ -137,7 +140,7 @@ impl AddAssign for Stats {
     fn add_assign(&mut self, o: Stats) {
         add_fields!(self, o;
             eth_rx_frames, eth_rx_bad, arp_requests_answered, arp_replies, arp_announcements_sent, arp_address_conflicts, ip_rx_bad, ip_rx_not_ours,
-            icmp_echo_answered, tcp_rx_segments, tcp_tx_segments, tcp_rx_bad, tcp_connections_active,
+            icmp_echo_answered, tcp_rx_segments, tcp_tx_segments, tcp_rx_bad, tcp_rx_checksum_offloaded, tcp_connections_active,
             tcp_connections_opened, tcp_connections_closed, tcp_connections_reset,
             tcp_connections_refused, tcp_retransmits, tcp_fast_retransmits, tcp_rto_timeouts,
             tcp_syn_cookies_sent, tcp_syn_cookies_accepted, tcp_syn_dropped, tcp_rst_sent,

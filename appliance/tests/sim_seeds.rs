@@ -236,6 +236,8 @@ fn link(rng: &mut Rng, seed: u64) -> SimConfig {
         queue_frames: if limited { rng.range(16, 256) as usize } else { 1024 },
         // Some ports offer checksum and segmentation offload: 64 KiB frames meet the faults.
         tso: rng.chance(0.3),
+        // Some verify received checksums: corrupted frames meet the port's verdicts.
+        rx_checksum: rng.chance(0.5),
         ..SimConfig::default()
     }
 }

@@ -79,6 +79,7 @@ pub(crate) fn table(
                 ("rx_segments", Num(s.tcp_rx_segments)),
                 ("tx_segments", Num(s.tcp_tx_segments)),
                 ("rx_bad", Num(s.tcp_rx_bad)),
+                ("rx_checksum_offloaded", Num(s.tcp_rx_checksum_offloaded)),
                 ("retransmits", Num(s.tcp_retransmits)),
                 ("fast_retransmits", Num(s.tcp_fast_retransmits)),
                 ("rto_timeouts", Num(s.tcp_rto_timeouts)),

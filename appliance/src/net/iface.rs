@@ -4,7 +4,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 
-use drivers::nic::{LinkInfo, Nic, TcpTx, TxOffloads};
+use drivers::nic::{LinkInfo, Nic, RxChecksums, RxVerdict, TcpTx, TxOffloads};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpAddress,
     IpProtocol, Ipv4Address, Ipv4Packet, TcpControl, TcpPacket, TcpRepr,
@@ -409,8 +409,9 @@ impl<C> Stack<C> {
         std::hint::black_box(acc);
     }
 
-    /// Handle one received frame.
-    pub fn on_frame<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, frame: &[u8], app: &mut A, nic: &mut N) {
+    /// Handle one received frame; `checks` says which of its checksums the port verified
+    /// already (receive offload): those are not computed again.
+    pub fn on_frame<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, frame: &[u8], checks: RxChecksums, app: &mut A, nic: &mut N) {
         self.stats.eth_rx_frames += 1;
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
             self.stats.eth_rx_bad += 1;
@@ -424,7 +425,7 @@ impl<C> Stack<C> {
         let src_mac = eth.src_addr().0;
         match eth.ethertype() {
             EthernetProtocol::Arp => self.on_arp(now, src_mac, eth.payload(), nic),
-            EthernetProtocol::Ipv4 if dst == self.cfg.mac => self.on_ipv4(now, src_mac, eth.payload(), app, nic),
+            EthernetProtocol::Ipv4 if dst == self.cfg.mac => self.on_ipv4(now, src_mac, eth.payload(), checks, app, nic),
             _ => self.stats.ip_rx_not_ours += 1,
         }
     }
@@ -465,12 +466,17 @@ impl<C> Stack<C> {
         }
     }
 
-    fn on_ipv4<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, src_mac: [u8; 6], payload: &[u8], app: &mut A, nic: &mut N) {
+    fn on_ipv4<A: App<Conn = C>, N: Nic>(&mut self, now: Instant, src_mac: [u8; 6], payload: &[u8], checks: RxChecksums, app: &mut A, nic: &mut N) {
         let Ok(ip) = Ipv4Packet::new_checked(payload) else {
             self.stats.ip_rx_bad += 1;
             return;
         };
-        if ip.version() != 4 || !ip.verify_checksum() {
+        let ip_sum_ok = match checks.ipv4 {
+            RxVerdict::Good => true,
+            RxVerdict::Bad => false,
+            RxVerdict::Unchecked => ip.verify_checksum(),
+        };
+        if ip.version() != 4 || !ip_sum_ok {
             self.stats.ip_rx_bad += 1;
             return;
         }
@@ -491,12 +497,21 @@ impl<C> Stack<C> {
                     self.stats.tcp_rx_bad += 1;
                     return;
                 };
-                let Ok(repr) = TcpRepr::parse(
-                    &pkt,
-                    &IpAddress::Ipv4(ip.src_addr()),
-                    &IpAddress::Ipv4(ip.dst_addr()),
-                    &smoltcp::phy::ChecksumCapabilities::default(),
-                ) else {
+                // A checksum the port verified is not summed again (smoltcp checks it on
+                // receive unless told the device does).
+                let mut caps = smoltcp::phy::ChecksumCapabilities::default();
+                match checks.l4 {
+                    RxVerdict::Good => {
+                        caps.tcp = smoltcp::phy::Checksum::Tx;
+                        self.stats.tcp_rx_checksum_offloaded += 1;
+                    }
+                    RxVerdict::Bad => {
+                        self.stats.tcp_rx_bad += 1;
+                        return;
+                    }
+                    RxVerdict::Unchecked => {}
+                }
+                let Ok(repr) = TcpRepr::parse(&pkt, &IpAddress::Ipv4(ip.src_addr()), &IpAddress::Ipv4(ip.dst_addr()), &caps) else {
                     self.stats.tcp_rx_bad += 1;
                     return;
                 };
@@ -998,7 +1013,7 @@ mod tests {
     use std::time::Duration;
 
     use drivers::nic::sim::SimConfig;
-    use drivers::nic::Nic;
+    use drivers::nic::{Nic, RxChecksums, RxVerdict};
 
     use crate::loopback::{tiny_volume, SimHarness, CLIENT_IP, SERVER_IP};
     use crate::net::headers::{self, flags, Endpoints, TcpFields, TcpOptions, MAX_HEADERS_LEN};
@@ -1169,7 +1184,7 @@ mod tests {
                 let mut frame = [0u8; MAX_HEADERS_LEN];
                 let n = headers::emit_tcp_segment(&mut frame, &ep, &f, 1, &[], true);
                 let p = &mut h.server;
-                p.stack.on_frame(now, &frame[..n], &mut p.app, &mut p.nic);
+                p.stack.on_frame(now, &frame[..n], RxChecksums::UNCHECKED, &mut p.app, &mut p.nic);
             }
             h.step(false);
             h.clock.advance(Duration::from_millis(1));
@@ -1178,6 +1193,55 @@ mod tests {
         assert!(s.tcp_out_of_window > 900, "the segments were out of window: {}", s.tcp_out_of_window);
         assert_eq!(s.tcp_idle_timeouts, 1, "the idle timeout fired (at {} ms)", h.now() / MS);
         assert!(h.now() <= end - SEC, "about 1 s after the last activity, not {} ms", h.now() / MS);
+    }
+
+    /// Checksums the port verified are not summed again, and a port's bad verdict drops the
+    /// frame as a wrong checksum would: the verdict decides, not the bytes.
+    #[test]
+    fn receive_checksum_verdicts_of_the_port_are_trusted() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        let ep = Endpoints {
+            src_mac: h.client_nic.link().mac,
+            dst_mac: h.server.nic.link().mac,
+            src_ip: CLIENT_IP,
+            dst_ip: SERVER_IP,
+            src_port: 40000,
+            dst_port: 80,
+        };
+        let mut frame = [0u8; MAX_HEADERS_LEN];
+        let mut syn = |port: u16| {
+            let f = TcpFields { seq: 7, ack: 0, flags: flags::SYN, window: 65535, options: TcpOptions::default() };
+            let n = headers::emit_tcp_segment(&mut frame, &Endpoints { src_port: port, ..ep }, &f, 1, &[], true);
+            frame[..n].to_vec()
+        };
+        let (good, ip_bad, tcp_bad, unchecked) = (
+            RxChecksums { ipv4: RxVerdict::Good, l4: RxVerdict::Good },
+            RxChecksums { ipv4: RxVerdict::Bad, l4: RxVerdict::Unchecked },
+            RxChecksums { ipv4: RxVerdict::Good, l4: RxVerdict::Bad },
+            RxChecksums::UNCHECKED,
+        );
+        let mut feed = |h: &mut SimHarness<_>, frame: &[u8], checks| {
+            let before = h.server.stats();
+            let now = h.now();
+            let p = &mut h.server;
+            p.stack.on_frame(now, frame, checks, &mut p.app, &mut p.nic);
+            let after = h.server.stats();
+            (after.ip_rx_bad - before.ip_rx_bad, after.tcp_rx_bad - before.tcp_rx_bad, after.tcp_rx_segments - before.tcp_rx_segments)
+        };
+        // Both checksums wrong: refused when the stack checks, taken on the port's word.
+        let mut wrong = syn(40001);
+        wrong[14 + 10] ^= 0x5a; // IPv4 header checksum
+        wrong[14 + 20 + 16] ^= 0x5a; // TCP checksum
+        assert_eq!(feed(&mut h, &wrong, unchecked), (1, 0, 0));
+        let mut tcp_wrong = syn(40002);
+        tcp_wrong[14 + 20 + 16] ^= 0x5a;
+        assert_eq!(feed(&mut h, &tcp_wrong, unchecked), (0, 1, 0));
+        assert_eq!(feed(&mut h, &wrong, good), (0, 0, 1));
+        // Right bytes, bad verdicts: dropped and counted.
+        assert_eq!(feed(&mut h, &syn(40003), ip_bad), (1, 0, 0));
+        assert_eq!(feed(&mut h, &syn(40004), tcp_bad), (0, 1, 0));
+        assert_eq!(feed(&mut h, &syn(40005), unchecked), (0, 0, 1));
     }
 
     /// The burst warm-up finds the key a TCP frame is looked up by, and passes over what is

@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use drivers::nic::Nic;
+use drivers::nic::{FrameBuf, Nic};
 use drivers::storage::Storage;
 
 use super::board::Board;
@@ -53,9 +53,10 @@ impl<N: Nic, S: Storage> Pipeline<N, S> {
     /// One iteration of the loop at monotonic time `now`: what it did.
     pub fn poll(&mut self, now: Instant) -> Turn {
         let got = self.nic.rx_burst(&mut self.rx, RX_BURST);
-        self.stack.warm(self.rx.iter().map(drivers::nic::FrameBuf::bytes));
+        self.stack.warm(self.rx.iter().map(FrameBuf::bytes));
         for frame in self.rx.drain(..) {
-            self.stack.on_frame(now, drivers::nic::FrameBuf::bytes(&frame), &mut self.app, &mut self.nic);
+            let checks = FrameBuf::rx_checksums(&frame);
+            self.stack.on_frame(now, FrameBuf::bytes(&frame), checks, &mut self.app, &mut self.nic);
         }
         let handshakes = self.app.poll_handshakes(now, &mut self.stack);
         let done = self.app.poll_storage(&mut self.stack);
