@@ -16,7 +16,7 @@ use appliance::net::headers::{ETHERTYPE_ARP, ETHERTYPE_IPV4, IP_PROTO_ICMP, IP_P
 use appliance::net::{MS, SEC};
 use appliance::server::pipeline::{RX_BURST, TX_BUDGET};
 use drivers::nic::sim::{SimConfig, SimNic};
-use drivers::nic::{FrameBuf, Nic};
+use drivers::nic::{FrameBuf, Nic, RxChecksums};
 
 use crate::{fixture_volume, Fault, Input, MemStorage};
 
@@ -120,6 +120,7 @@ impl Fuzz {
         let got = self.h.client_nic.rx_burst(&mut self.rx, RX_BURST);
         for f in self.rx.drain(..) {
             let bytes = f.bytes();
+            let checks = f.rx_checksums();
             if let Some((_, tcp)) = tcp_view(bytes) {
                 let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
                 let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
@@ -144,7 +145,7 @@ impl Fuzz {
                     continue;
                 }
             }
-            self.h.client.on_frame(now, bytes, &mut self.h.client_app, &mut self.h.client_nic);
+            self.h.client.on_frame(now, bytes, checks, &mut self.h.client_app, &mut self.h.client_nic);
         }
         self.h.client.poll_timers(now, &mut self.h.client_app);
         let sent = self.h.client.poll_tx(now, &mut self.h.client_app, &mut self.h.client_nic, TX_BUDGET);
@@ -161,7 +162,7 @@ impl Fuzz {
     fn inject(&mut self, frame: &[u8]) {
         let now = self.now();
         let p = &mut self.h.server;
-        p.stack.on_frame(now, frame, &mut p.app, &mut p.nic);
+        p.stack.on_frame(now, frame, RxChecksums::UNCHECKED, &mut p.app, &mut p.nic);
     }
 
     fn server_mac(&self) -> [u8; 6] {

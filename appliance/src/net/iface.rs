@@ -1221,7 +1221,7 @@ mod tests {
             RxChecksums { ipv4: RxVerdict::Good, l4: RxVerdict::Bad },
             RxChecksums::UNCHECKED,
         );
-        let mut feed = |h: &mut SimHarness<_>, frame: &[u8], checks| {
+        let feed = |h: &mut SimHarness<_>, frame: &[u8], checks| {
             let before = h.server.stats();
             let now = h.now();
             let p = &mut h.server;
