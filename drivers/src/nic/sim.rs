@@ -996,6 +996,62 @@ mod tests {
         assert_eq!(slab.available(), total);
     }
 
+    /// A TCP/IPv4 frame from A to B with both checksums right.
+    fn tcp_frame(payload_len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 20 + payload_len];
+        f[..6].copy_from_slice(&SIM_MAC_B);
+        f[6..12].copy_from_slice(&SIM_MAC_A);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&((40 + payload_len) as u16).to_be_bytes());
+        f[22] = 64;
+        f[23] = 6;
+        f[26..34].copy_from_slice(&[10, 0, 0, 2, 10, 0, 0, 1]);
+        let ip_sum = super::super::checksum::finish(super::super::checksum::accumulate(0, &f[14..34]));
+        f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+        f[46] = 5 << 4;
+        for (i, b) in f[54..].iter_mut().enumerate() {
+            *b = (i * 13 + 1) as u8;
+        }
+        assert!(offload::fill_tcp_checksum(&mut f, TcpTx { l4_offset: 34, l4_len: 20, mss: 1460 }));
+        f
+    }
+
+    /// With receive offload on, the port passes every intact frame and no corrupted one (one
+    /// byte flipped after the Ethernet header breaks the IPv4 header's checksum or the TCP
+    /// one; a flip that leaves the lengths or the version unreadable leaves the frame
+    /// unchecked, for the stack to refuse); without it, no verdict is given.
+    #[test]
+    fn receive_offload_verdicts_never_pass_a_corrupted_frame() {
+        use crate::nic::{RxChecksums, RxVerdict};
+        let good = RxChecksums { ipv4: RxVerdict::Good, l4: RxVerdict::Good };
+        for (corrupt, rx_checksum) in [(0.0, true), (1.0, true), (1.0, false)] {
+            let clock = SimClock::new();
+            let cfg = SimConfig { seed: 11, corrupt, rx_checksum, ..SimConfig::default() };
+            let (mut a, mut b) = pair(cfg, SimConfig::default(), clock.clone());
+            let mut out = Vec::new();
+            let mut verdicts = Vec::new();
+            for i in 0..500 {
+                assert!(a.tx_gather(&[&tcp_frame(i % 97)]));
+                clock.advance(US);
+                b.rx_burst(&mut out, 64);
+                verdicts.extend(out.drain(..).map(|f| f.rx_checksums()));
+            }
+            assert_eq!(verdicts.len(), 500);
+            let bad = verdicts.iter().filter(|v| v.ipv4 == RxVerdict::Bad || v.l4 == RxVerdict::Bad).count();
+            for v in &verdicts {
+                match (corrupt > 0.0, rx_checksum) {
+                    (false, true) => assert_eq!(*v, good),
+                    (true, true) => assert_ne!(*v, good),
+                    _ => assert_eq!(*v, RxChecksums::UNCHECKED),
+                }
+            }
+            if corrupt > 0.0 && rx_checksum {
+                assert!(bad > 450, "{bad} of 500 corrupted frames flagged bad");
+            }
+        }
+    }
+
     #[test]
     fn corruption_flips_one_byte_after_the_ethernet_header() {
         let clock = SimClock::new();
