@@ -97,6 +97,11 @@ pub struct ServeArgs {
     /// virtio-net header): one MSS a frame, checksummed by the core. For comparisons.
     #[arg(long)]
     pub no_tx_offload: bool,
+    /// Do not take the port's receive checksum verdicts (DPDK's checksum flags, the TAP's
+    /// virtio-net header): every received IPv4 header and TCP checksum is summed by the core.
+    /// For comparisons, or a port whose verification is not to be trusted.
+    #[arg(long)]
+    pub no_rx_offload: bool,
     /// TCP congestion control: `cubic` (RFC 9438) or `newreno` (default: cubic).
     #[arg(long, value_name = "cubic|newreno")]
     pub congestion: Option<crate::net::tcp::CongestionControl>,
@@ -572,6 +577,15 @@ fn run<N: Nic>(
 ) -> Result<Outcome, ServeError> {
     let cores = if cores.is_empty() { vec![0] } else { cores };
     pin(cores[0]);
+    // Every core's queue takes the port's receive checksum verdicts, or with
+    // --no-rx-offload leaves every checksum to its core.
+    let rx_offload = !args.no_rx_offload;
+    let with_rx_offload = |i: usize| -> Result<N, ServeError> {
+        let mut queue = nic(i)?;
+        queue.set_rx_checksum_offload(rx_offload);
+        Ok(queue)
+    };
+    let nic = &with_rx_offload;
     let first_nic = nic(0)?;
     let mut first_storage = storage(0)?;
     let vol = std::sync::Arc::new(load_library(&args.media, &mut first_storage, failed)?);

@@ -148,6 +148,14 @@ pub trait Nic {
     /// they are sent from).
     fn tx_from_pool(&mut self, _pool: &crate::storage::DmaPool) {}
 
+    /// Whether received frames carry the port's checksum verdicts ([`FrameBuf::rx_checksums`]):
+    /// on by default where the backend has them. Off, every frame is left unchecked and the
+    /// stack verifies its checksums itself (`serve --no-rx-offload`: for comparisons, or a
+    /// port whose verification is not to be trusted). Backends without verdicts ignore it.
+    fn set_rx_checksum_offload(&mut self, on: bool) {
+        let _ = on;
+    }
+
     /// Block for at most `timeout` until a frame may be ready; used only when a whole loop
     /// iteration found no work. Poll-mode drivers return at once.
     fn wait_rx(&mut self, timeout: Duration);

@@ -464,6 +464,8 @@ pub struct SimNic {
     /// With [`SimNic::time_device`]: nanoseconds of real time spent in this port's emulation
     /// of the device (copying frames onto the wire, offloaded checksums, handing frames over).
     device_ns: Option<u64>,
+    /// Hand over the port's checksum verdicts (when the direction's config verifies them).
+    rx_verdicts: bool,
 }
 
 impl std::fmt::Debug for SimNic {
@@ -494,6 +496,7 @@ pub fn try_pair(
         counters: NicCounters::default(),
         tx_since_flush: 0,
         device_ns: None,
+        rx_verdicts: true,
     };
     Ok((end(0, SIM_MAC_A), end(1, SIM_MAC_B)))
 }
@@ -631,7 +634,7 @@ impl SimNic {
             self.counters.rx_packets += 1;
             self.counters.rx_bytes += f.frame.len() as u64;
             let mut frame = f.frame;
-            if dir.cfg.rx_checksum {
+            if dir.cfg.rx_checksum && self.rx_verdicts {
                 frame.set_rx_checksums(super::checksum::verify_ipv4_tcp(frame.bytes()));
             }
             out.push(frame);
@@ -698,6 +701,10 @@ impl Nic for SimNic {
 
     /// Virtual time: the test advances the clock, so there is nothing to wait for.
     fn wait_rx(&mut self, _timeout: Duration) {}
+
+    fn set_rx_checksum_offload(&mut self, on: bool) {
+        self.rx_verdicts = on;
+    }
 
     fn link(&self) -> LinkInfo {
         let (mtu, tso) = {
@@ -1025,10 +1032,13 @@ mod tests {
     fn receive_offload_verdicts_never_pass_a_corrupted_frame() {
         use crate::nic::{RxChecksums, RxVerdict};
         let good = RxChecksums { ipv4: RxVerdict::Good, l4: RxVerdict::Good };
-        for (corrupt, rx_checksum) in [(0.0, true), (1.0, true), (1.0, false)] {
+        // (corrupt, the link verifies, the receiving port hands the verdicts over)
+        for (corrupt, rx_checksum, taken) in [(0.0, true, true), (1.0, true, true), (1.0, false, true), (0.0, true, false)] {
             let clock = SimClock::new();
             let cfg = SimConfig { seed: 11, corrupt, rx_checksum, ..SimConfig::default() };
             let (mut a, mut b) = pair(cfg, SimConfig::default(), clock.clone());
+            b.set_rx_checksum_offload(taken);
+            let rx_checksum = rx_checksum && taken;
             let mut out = Vec::new();
             let mut verdicts = Vec::new();
             for i in 0..500 {

@@ -62,6 +62,15 @@ fn vnet_header(flags: u8, gso_type: u8, hdr_len: u16, gso_size: u16, csum_start:
     h
 }
 
+/// TUNSETOFFLOAD: which offloads the kernel may use in the frames it hands us.
+fn set_offload(fd: &OwnedFd, flags: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD as _, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// What a received frame's virtio-net header says of its checksums: the kernel verified the
 /// TCP checksum, or left it unfilled because the segment comes from its own stack on this
 /// host (a partial checksum at the TCP header's checksum field): either way the data is
@@ -197,6 +206,9 @@ pub struct TapNic {
     /// Frames written since the last tx_flush.
     tx_since_flush: usize,
     counters: NicCounters,
+    /// The kernel may leave TCP checksums unfilled (`TUN_F_CSUM`) and each frame carries
+    /// what its virtio-net header says of them; off, the kernel fills them all in.
+    rx_verdicts: bool,
 }
 
 impl std::fmt::Debug for TapNic {
@@ -257,10 +269,7 @@ impl TapNic {
             .map_err(|e| open_error(TUNSETIFF_WHAT, ifname, e))?;
         // Receive checksum offload only: frames from the kernel come whole (no GSO), their
         // TCP checksums possibly left unfilled ([`rx_checksums_of`]).
-        // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD as _, TUN_F_CSUM) } < 0 {
-            return Err(open_error("TUNSETOFFLOAD", ifname, io::Error::last_os_error()));
-        }
+        set_offload(&fd, TUN_F_CSUM).map_err(|e| open_error("TUNSETOFFLOAD", ifname, e))?;
 
         // Interface ioctls go through any socket of the current network namespace.
         let sock = control_socket().map_err(|e| open_error("control socket", ifname, e))?;
@@ -320,6 +329,7 @@ impl TapNic {
             tx_scratch: vec![0u8; VNET_HDR_LEN + MAX_TX_FRAME].into_boxed_slice(),
             tx_since_flush: 0,
             counters: NicCounters::default(),
+            rx_verdicts: true,
         })
     }
 
@@ -460,7 +470,9 @@ impl Nic for TapNic {
                 continue;
             }
             frame.set_len(n);
-            frame.set_rx_checksums(rx_checksums_of(&vnet));
+            if self.rx_verdicts {
+                frame.set_rx_checksums(rx_checksums_of(&vnet));
+            }
             self.counters.rx_packets += 1;
             self.counters.rx_bytes += n as u64;
             out.push(frame);
@@ -520,6 +532,16 @@ impl Nic for TapNic {
 
     fn tx_flush(&mut self) -> usize {
         std::mem::take(&mut self.tx_since_flush)
+    }
+
+    /// Off, the kernel fills in every checksum (no `TUN_F_CSUM`) and the stack verifies them;
+    /// should the kernel refuse the change, verdicts stay on (frames with unfilled checksums
+    /// would otherwise all be refused).
+    fn set_rx_checksum_offload(&mut self, on: bool) {
+        match set_offload(&self.fd, if on { TUN_F_CSUM } else { 0 }) {
+            Ok(()) => self.rx_verdicts = on,
+            Err(e) => log::warn!("tap {}: TUNSETOFFLOAD: {e}; receive checksum offload stays {}", self.ifname, if self.rx_verdicts { "on" } else { "off" }),
+        }
     }
 
     fn wait_rx(&mut self, timeout: Duration) {

@@ -178,6 +178,8 @@ pub struct DpdkNic {
     zc_regions: Vec<ZcRegion>,
     /// Whether to call rte_eth_tx_done_cleanup (the port has it, and it has not refused).
     tx_cleanup: bool,
+    /// Hand over the PMD's receive checksum verdicts (where the port was set up for them).
+    rx_verdicts: bool,
 }
 
 // SAFETY: a queue handle is used by one thread at a time (`&mut self` for bursts), which is
@@ -555,6 +557,7 @@ impl DpdkNic {
     fn handle(port: Arc<Port>, queue: u16, tx_batch: usize) -> DpdkNic {
         DpdkNic {
             tx_cleanup: port.tx_cleanup,
+            rx_verdicts: true,
             port,
             queue,
             tx: Vec::with_capacity(tx_batch),
@@ -859,7 +862,7 @@ impl Nic for DpdkNic {
     type Rx = DpdkFrame;
 
     fn rx_burst(&mut self, out: &mut Vec<DpdkFrame>, max: usize) -> usize {
-        let rx_offload = self.port.offloads.rx_ipv4_cksum || self.port.offloads.rx_tcp_cksum;
+        let rx_offload = self.rx_verdicts && (self.port.offloads.rx_ipv4_cksum || self.port.offloads.rx_tcp_cksum);
         let mut appended = 0;
         let mut asked = 0;
         while asked < max {
@@ -1041,6 +1044,10 @@ impl Nic for DpdkNic {
             lease.start()
         );
         self.zc_regions.push(ZcRegion { lease, iova, holds });
+    }
+
+    fn set_rx_checksum_offload(&mut self, on: bool) {
+        self.rx_verdicts = on;
     }
 
     fn wait_rx(&mut self, _timeout: Duration) {
