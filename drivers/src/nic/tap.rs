@@ -519,7 +519,7 @@ impl Nic for TapNic {
         let pseudo = !checksum::finish(checksum::pseudo_header(src, dst, 6, seg_len));
         first[tcp.l4_offset + 16..tcp.l4_offset + 18].copy_from_slice(&pseudo.to_be_bytes());
         let gso = if payload > tcp.mss { VNET_HDR_GSO_TCPV4 } else { VNET_HDR_GSO_NONE };
-        let vnet = vnet_header(VNET_HDR_F_NEEDS_CSUM, gso, hdr_len as u16, tcp.mss as u16, tcp.l4_offset as u16, 16);
+        let vnet = vnet_header(VNET_HDR_F_NEEDS_CSUM, gso, hdr_len as u16, tcp.mss as u16, tcp.l4_offset as u16, TCP_CSUM_OFFSET);
         let mut list: [&[u8]; MAX_IOVECS] = [&[]; MAX_IOVECS];
         if parts.len() > MAX_IOVECS {
             self.counters.tx_errors += 1;
