@@ -126,9 +126,9 @@ pub struct BenchArgs {
     /// The server does not pace (the default), as `serve --no-pacing`.
     #[arg(long)]
     pub no_pacing: bool,
-    /// 64 KiB storage buffers per core, as `serve --buffers` (they bound the data read and
+    /// 256 KiB storage buffers per core, as `serve --buffers` (they bound the data read and
     /// not yet sent, and so how much of it the caches must hold).
-    #[arg(long, default_value_t = crate::server::BUFFERS as u64, value_parser = clap::value_parser!(u64).range(4..=65536))]
+    #[arg(long, default_value_t = crate::server::BUFFERS as u64, value_parser = clap::value_parser!(u64).range(4..=16384))]
     pub buffers: u64,
     /// Runs of every case: all cases run once, then again, N times in all (so that a slow
     /// spell of the machine falls on every case alike), and each case is reported once, by
@@ -145,7 +145,7 @@ pub struct ServerSetup {
     pub offload: bool,
     pub congestion: CongestionControl,
     pub pacing: bool,
-    /// 64 KiB storage buffers per core, as `serve --buffers`.
+    /// 256 KiB storage buffers per core, as `serve --buffers`.
     pub buffers: usize,
 }
 
@@ -230,7 +230,7 @@ pub struct CaseResult {
     pub segments_sent: u64,
     pub retransmits: u64,
     /// Retransmission timeouts (each sends a segment again, and a retransmission reads and
-    /// seals its 64 KiB chunk again).
+    /// seals its 256 KiB chunk again).
     pub rto_timeouts: u64,
     /// Bytes read from storage per body byte served: 1 plus what retransmissions read again
     /// (and the rounding of ranges to blocks).
@@ -359,9 +359,9 @@ fn on_first_core<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// AES-128-GCM sealing of 16 KiB TLS 1.3 records, in place, over data the storage backend
-/// has just read into its buffers: what the pipeline seals. Reads of 64 KiB go through the
+/// has just read into its buffers: what the pipeline seals. Reads of 256 KiB go through the
 /// same backend and pool size as the cases (`buffers` of them in flight, then each completed
-/// buffer sealed as four records with the fast path's record function); only the sealing is
+/// buffer sealed as sixteen records with the fast path's record function); only the sealing is
 /// timed, over about `bytes` of the volume. On this VM the drive's "DMA" is the hypervisor
 /// writing guest memory, so the bytes are not in this core's caches when sealed, as after a
 /// real drive's DMA; [`measure_seal_gbps`] seals one hot buffer over and over. Returns Gb/s.

@@ -55,7 +55,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("tls_cert", "PEM certificate file (enables HTTPS with tls_key)"),
     ("tls_key", "PEM private key file"),
     ("cores", "cores to run pipelines on, e.g. 0-3,6"),
-    ("buffers", "64 KiB storage buffers per core, 4..=65536 (default 64; 512 with nic=dpdk)"),
+    ("buffers", "256 KiB storage buffers per core, 4..=16384 (default 16; 128 with nic=dpdk)"),
     ("max_connections", "most connections per core, 16..=1048576 (default 16384)"),
     ("log", "log level: error, warn, info, debug or trace"),
 ];
@@ -122,8 +122,8 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
             }
         }
         "buffers" => match value.parse::<u32>() {
-            Ok(n) if (4..=65536).contains(&n) => {}
-            _ => return Err(bad("expected a number of buffers 4..=65536")),
+            Ok(n) if (4..=16384).contains(&n) => {}
+            _ => return Err(bad("expected a number of buffers 4..=16384")),
         },
         "max_connections" => match value.parse::<u32>() {
             Ok(n) if (16..=1 << 20).contains(&n) => {}
@@ -564,7 +564,7 @@ mod tests {
             ("console", "unix:/run/c.sock"),
             ("https_port", "65535"),
             ("buffers", "4"),
-            ("buffers", "65536"),
+            ("buffers", "16384"),
             ("max_connections", "50000"),
             ("media", "nvme:0000:00:04.0"),
             ("media", "nvme:auto"),
@@ -588,7 +588,7 @@ mod tests {
             ("console", "ttyS0"),
             ("http_port", "70000"),
             ("buffers", "3"),
-            ("buffers", "65537"),
+            ("buffers", "16385"),
             ("buffers", "many"),
             ("max_connections", "15"),
             ("max_connections", "-1"),

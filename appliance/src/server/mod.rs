@@ -77,11 +77,11 @@ pub struct ServeArgs {
     /// Most connections per core.
     #[arg(long, default_value_t = 16384)]
     pub max_connections: usize,
-    /// 64 KiB storage buffers per core: bound the data read from storage and not yet sent
-    /// (a buffer goes back once its bytes are sent). Default 64 (4 MiB a core, which stays
-    /// in the caches until it is sealed and sent), 512 with `--nic dpdk`, whose zero-copy
-    /// transmit holds a buffer until the PMD frees its mbufs (late, on some PMDs).
-    #[arg(long)]
+    /// 256 KiB storage buffers per core: bound the data read from storage and not yet sent
+    /// (a buffer goes back once its bytes are sent). Default 16 (4 MiB a core, which stays
+    /// in the caches until it is sealed and sent), 128 with `--nic dpdk`, whose zero-copy
+    /// transmit holds a buffer until the PMD frees its mbufs (late, on some PMDs). 4 to 16384.
+    #[arg(long, value_parser = parse_buffers)]
     pub buffers: Option<usize>,
     /// Seconds a connection may go without progress before it is closed: no new data from
     /// the peer, and less than a segment of ours acknowledged (a peer that holds a zero
@@ -460,12 +460,20 @@ fn start_dpdk(_args: &ServeArgs, _net: Net, _cores: Vec<usize>, _console: Consol
     Err(ServeError::Option("--nic dpdk: this binary was built without the `dpdk` feature (cargo build --features dpdk)".into()))
 }
 
+/// `--buffers`: 4 (two connections' chunks) to 16384 (4 GiB a core).
+fn parse_buffers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (4..=16384).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number of buffers 4..=16384, not {s:?}")),
+    }
+}
+
 /// Storage buffers per core by default ([`ServeArgs::buffers`]): fewer seal faster (what was
-/// just read is still in the L2 cache; `appliance bench --buffers 64` against 512 at 100 and
-/// 10,000 connections: 1.2x to 1.4x, docs/performance.md).
-pub const BUFFERS: usize = 64;
-/// With DPDK: the PMD may hold sent buffers until its ring runs low.
-pub const DPDK_BUFFERS: usize = 512;
+/// just read is still in the caches: 4 MiB against 32 MiB a core measured 1.2x to 1.4x at
+/// 100 and 10,000 connections, docs/performance.md).
+pub const BUFFERS: usize = 16;
+/// With DPDK: the PMD may hold sent buffers until its ring runs low (32 MiB a core).
+pub const DPDK_BUFFERS: usize = 128;
 
 /// What every pipeline is built from.
 struct Setup {
@@ -792,6 +800,20 @@ mod tests {
         let mut full = vec!["serve", "--nic", "tap:t0", "--ip", "10.0.0.2/24"];
         full.extend_from_slice(argv);
         <Serve as clap::Parser>::try_parse_from(full).map(|s| s.args.media)
+    }
+
+    #[test]
+    fn buffers_are_bounded_on_the_command_line() {
+        let buffers = |n: &str| {
+            let full = ["serve", "--nic", "tap:t0", "--ip", "10.0.0.2/24", "--media", "a.vol", "--buffers", n];
+            <Serve as clap::Parser>::try_parse_from(full).map(|s| s.args.buffers)
+        };
+        assert_eq!(buffers("4").unwrap(), Some(4));
+        assert_eq!(buffers("16384").unwrap(), Some(16384));
+        for bad in ["3", "16385", "0", "many"] {
+            let e = buffers(bad).unwrap_err().to_string();
+            assert!(e.contains("4..=16384"), "{bad}: {e}");
+        }
     }
 
     #[test]

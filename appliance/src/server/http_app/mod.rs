@@ -3,7 +3,7 @@
 //! and serves the response stream by pulling it.
 //!
 //! A response is a head (kept: a few hundred bytes, sealed as one record under TLS) followed
-//! by an object range that is read from storage into 64 KiB DMA chunks only when TCP asks for
+//! by an object range that is read from storage into 256 KiB DMA chunks only when TCP asks for
 //! those bytes. Under TLS the records of a chunk are sealed in place as soon as its read
 //! completes; their 5-byte headers and 17-byte trailers live beside the chunk, so storage DMA
 //! lands exactly where the NIC reads. Record boundaries and sequence numbers are a function of
@@ -51,8 +51,13 @@ mod tests;
 use stream::{free_ready_chunks_below, release_chunks, seal_chunk, walk_ready, yield_read_ahead, Stop};
 
 /// Bytes of object data per storage read and DMA buffer (a multiple of the record size).
-pub const CHUNK: usize = 64 * 1024;
-const CHUNKS_PER_CONN: usize = 4;
+/// 256 KiB rather than 64: a quarter of the reads, completions, chunk lookups and buffer
+/// turns per byte, and with fewer buffers the pool stays as small (docs/performance.md).
+pub const CHUNK: usize = 256 * 1024;
+/// Chunk slots per sending connection: the chunk being sent and the one read ahead of it
+/// (or one read again for a retransmission). Each holds a storage buffer, so this also
+/// bounds what one connection that stops reading (a zero window) holds of the pool.
+const CHUNKS_PER_CONN: usize = 2;
 const RECORDS_PER_CHUNK: usize = CHUNK / RECORD_PLAINTEXT as usize;
 const RX_BUF: usize = 16 * 1024;
 /// Receive buffers per core, at most (fewer for small storage pools): a buffer is held only
@@ -598,7 +603,7 @@ impl<S: Storage> HttpApp<S> {
             tls_rx_pool: BufPool::new(0, RECORD_RX_BUF),
             rx_waiters: VecDeque::with_capacity(max_conns),
             rx_holders: VecDeque::with_capacity(4 * MAX_RX_BUFFERS + 1),
-            chunk_sets: (0..buffers).map(|_| Box::new([Chunk::FREE, Chunk::FREE, Chunk::FREE, Chunk::FREE])).collect(),
+            chunk_sets: (0..buffers).map(|_| Box::new([Chunk::FREE; CHUNKS_PER_CONN])).collect(),
             held: Held::new(max_conns),
             // Every connection once, entries of closed ones until a compaction (at half as
             // many again: `poll_handshakes`), and one receive burst's worth: it never grows.
