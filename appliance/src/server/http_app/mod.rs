@@ -63,6 +63,9 @@ const RX_BUF: usize = 16 * 1024;
 /// Receive buffers per core, at most (fewer for small storage pools): a buffer is held only
 /// while a request head arrives in pieces, so few are in use at once.
 const MAX_RX_BUFFERS: usize = 256;
+/// Receive buffers per storage buffer: the receive pool holds a quarter of the storage
+/// pool's bytes (64 of 16 KiB beside 16 of 256 KiB by default), at least 16 buffers.
+const RX_BUFFERS_PER_CHUNK: usize = CHUNK / (4 * RX_BUF);
 /// Under pressure on the receive pool, a partial head older than this gives its buffer up
 /// ([`HttpApp::evict_oldest_head`]); a client that is not stalling sends its head faster.
 const HEAD_EVICT_AFTER: Instant = crate::net::SEC;
@@ -599,7 +602,7 @@ impl<S: Storage> HttpApp<S> {
             tls_config: None,
             https_port: 0,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
-            rx_pool: BufPool::new(buffers.clamp(16, MAX_RX_BUFFERS), RX_BUF),
+            rx_pool: BufPool::new((buffers * RX_BUFFERS_PER_CHUNK).clamp(16, MAX_RX_BUFFERS), RX_BUF),
             tls_rx_pool: BufPool::new(0, RECORD_RX_BUF),
             rx_waiters: VecDeque::with_capacity(max_conns),
             rx_holders: VecDeque::with_capacity(4 * MAX_RX_BUFFERS + 1),

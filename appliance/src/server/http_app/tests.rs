@@ -969,3 +969,15 @@ fn emulation_leaves_https_and_errors_alone() {
     let missing = h.client_app.fetches.iter().find(|f| f.status == 404).expect("the 404");
     assert!(missing.complete && !missing.emulated, "{missing:?}");
 }
+
+/// The receive pool holds a quarter of the storage pool's bytes: with the default 16
+/// storage buffers a core, 64 slow request heads each keep a buffer (the e2e eviction check
+/// holds 64 idle connections with a partial head each), as with 64 buffers of 64 KiB before.
+#[test]
+fn the_receive_pool_is_a_quarter_of_the_storage_pool() {
+    for (buffers, rx) in [(4, 16), (crate::server::BUFFERS, 64), (crate::server::DPDK_BUFFERS, 256)] {
+        let (_dir, storage, volume, _) = patterned_volume(10_000);
+        let h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), buffers);
+        assert_eq!(h.server.app.rx_buffers_free().0, rx, "{buffers} storage buffers");
+    }
+}
