@@ -128,7 +128,7 @@ pub struct BenchArgs {
     pub no_pacing: bool,
     /// 256 KiB storage buffers per core, as `serve --buffers` (they bound the data read and
     /// not yet sent, and so how much of it the caches must hold).
-    #[arg(long, default_value_t = crate::server::BUFFERS as u64, value_parser = clap::value_parser!(u64).range(4..=16384))]
+    #[arg(long, default_value_t = crate::server::BUFFERS as u64, value_parser = clap::value_parser!(u64).range(crate::server::MIN_BUFFERS as u64..=crate::server::MAX_BUFFERS as u64))]
     pub buffers: u64,
     /// Runs of every case: all cases run once, then again, N times in all (so that a slow
     /// spell of the machine falls on every case alike), and each case is reported once, by

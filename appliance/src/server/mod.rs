@@ -460,11 +460,16 @@ fn start_dpdk(_args: &ServeArgs, _net: Net, _cores: Vec<usize>, _console: Consol
     Err(ServeError::Option("--nic dpdk: this binary was built without the `dpdk` feature (cargo build --features dpdk)".into()))
 }
 
-/// `--buffers`: 4 (two connections' chunks) to 16384 (4 GiB a core).
+/// Fewest storage buffers a core takes (`--buffers`, `appliance.buffers`): two connections'
+/// chunks.
+pub const MIN_BUFFERS: usize = 4;
+/// Most storage buffers a core takes: 4 GiB.
+pub const MAX_BUFFERS: usize = 16384;
+
 fn parse_buffers(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
-        Ok(n) if (4..=16384).contains(&n) => Ok(n),
-        _ => Err(format!("expected a number of buffers 4..=16384, not {s:?}")),
+        Ok(n) if (MIN_BUFFERS..=MAX_BUFFERS).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number of buffers {MIN_BUFFERS}..={MAX_BUFFERS}, not {s:?}")),
     }
 }
 
@@ -624,7 +629,7 @@ fn run<N: Nic>(
         cfg,
         tls,
         https_port: args.https_port,
-        buffers: args.buffers.unwrap_or(if args.nic == "dpdk" { DPDK_BUFFERS } else { BUFFERS }).max(4),
+        buffers: args.buffers.unwrap_or(if args.nic == "dpdk" { DPDK_BUFFERS } else { BUFFERS }),
         header_timeout: args.header_timeout * SEC,
         tls_emulation: args.tls_emulation,
         start,
