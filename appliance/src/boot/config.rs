@@ -121,10 +121,9 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
                 return Err(bad("expected packet:<ifname>, tap:<ifname> or dpdk"));
             }
         }
-        "buffers" => match value.parse::<usize>() {
-            Ok(n) if (crate::server::MIN_BUFFERS..=crate::server::MAX_BUFFERS).contains(&n) => {}
-            _ => return Err(bad(&format!("expected a number of buffers {}..={}", crate::server::MIN_BUFFERS, crate::server::MAX_BUFFERS))),
-        },
+        "buffers" => {
+            crate::server::parse_buffers(value).map_err(|e| bad(&e))?;
+        }
         "max_connections" => match value.parse::<u32>() {
             Ok(n) if (16..=1 << 20).contains(&n) => {}
             _ => return Err(bad("expected a number of connections 16..=1048576")),

@@ -466,7 +466,8 @@ pub const MIN_BUFFERS: usize = 4;
 /// Most storage buffers a core takes: 4 GiB.
 pub const MAX_BUFFERS: usize = 16384;
 
-fn parse_buffers(s: &str) -> Result<usize, String> {
+/// A storage buffer count as `--buffers` and `appliance.buffers` take it.
+pub fn parse_buffers(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (MIN_BUFFERS..=MAX_BUFFERS).contains(&n) => Ok(n),
         _ => Err(format!("expected a number of buffers {MIN_BUFFERS}..={MAX_BUFFERS}, not {s:?}")),

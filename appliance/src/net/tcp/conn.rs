@@ -590,10 +590,11 @@ impl TcpConn {
         let pending = self.stream_len.saturating_sub(self.snd_nxt);
         let wnd_room = (self.snd_una + self.snd_wnd).saturating_sub(self.snd_nxt);
         let cwnd_room = self.cc.cwnd.saturating_sub(self.pipe());
-        let len = pending.min(self.send_quantum()).min(wnd_room).min(cwnd_room);
+        let (quantum, mss) = (self.send_quantum(), self.max_payload());
+        let len = pending.min(quantum).min(wnd_room).min(cwnd_room);
         // Sender-side silly window avoidance: no small segment while more is coming and
         // something is in flight, unless the peer's whole window is that small.
-        if len > 0 && len < self.max_payload() && len < pending && self.snd_nxt > self.snd_una && len < self.snd_wnd / 2 {
+        if len > 0 && len < mss && len < pending && self.snd_nxt > self.snd_una && len < self.snd_wnd / 2 {
             return 0;
         }
         // Segmentation offload deferral (as Linux's `tcp_tso_should_defer`): when a window,
@@ -601,8 +602,7 @@ impl TcpConn {
         // flight, wait for its ACK to open the window instead of sending a runt. A 256 KiB
         // window held four 64 KiB frames and one of 1.5 KB: a fifth of the frames for 0.6%
         // of the bytes. The frame in flight is many segments, which receivers ACK at once.
-        let quantum = self.send_quantum();
-        if quantum > self.max_payload() && len < quantum / 2 && len < pending && self.snd_nxt - self.snd_una >= quantum {
+        if quantum > mss && len < quantum / 2 && len < pending && self.snd_nxt - self.snd_una >= quantum {
             return 0;
         }
         len
