@@ -120,6 +120,7 @@ impl ConsoleHost for FakeHost {
                 errors: 0,
                 timeouts: 0,
                 resets: 0,
+                mapped_reads: 0,
             },
             storage_backend: "file".to_string(),
             drives: (0..if self.drives > 1 { 3 } else { 1 })

@@ -145,7 +145,7 @@ pub(crate) fn table(
         ),
         (
             "storage",
-            // reads/read_bytes/errors/timeouts/resets are the backends' own counts (the device
+            // reads/read_bytes/errors/timeouts/resets/mapped_reads are the backends' own counts (the device
             // view), summed over the drives; pipeline_* are what the per-core pipelines counted.
             Group(vec![
                 ("backend", Text(c.storage_backend.clone())),
@@ -154,6 +154,7 @@ pub(crate) fn table(
                 ("errors", Num(c.storage.errors)),
                 ("timeouts", Num(c.storage.timeouts)),
                 ("resets", Num(c.storage.resets)),
+                ("mapped_reads", Num(c.storage.mapped_reads)),
                 ("in_flight", Num(s.storage_in_flight)),
                 ("buffer_waits", Num(s.storage_buffer_waits)),
                 ("pipeline_reads", Num(s.storage_reads)),
@@ -176,6 +177,7 @@ pub(crate) fn table(
                                     ("errors", Num(d.counters.errors)),
                                     ("timeouts", Num(d.counters.timeouts)),
                                     ("resets", Num(d.counters.resets)),
+                                    ("mapped_reads", Num(d.counters.mapped_reads)),
                                 ]
                             })
                             .collect(),

@@ -144,6 +144,16 @@ impl<S: Storage> Storage for Drives<S> {
         }
     }
 
+    fn mapped(&mut self, offset: u64, len: usize) -> Option<&[u8]> {
+        let (drive, local) = split(offset);
+        self.drives.get_mut(drive)?.mapped(local, len)
+    }
+
+    fn maps(&self, offset: u64) -> bool {
+        let (drive, local) = split(offset);
+        self.drives.get(drive).is_some_and(|d| d.maps(local))
+    }
+
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
         // Every drive, every time: a drive with nothing in flight may still hand back reads
         // a controller reset ended.
@@ -281,6 +291,14 @@ impl Storage for Backend {
         each!(self, d => d.submit_read(tag, offset, len, buf))
     }
 
+    fn mapped(&mut self, offset: u64, len: usize) -> Option<&[u8]> {
+        each!(self, d => d.mapped(offset, len))
+    }
+
+    fn maps(&self, offset: u64) -> bool {
+        each!(self, d => d.maps(offset))
+    }
+
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
         each!(self, d => d.poll(out))
     }
@@ -335,6 +353,20 @@ mod tests {
     }
 
     use crate::storage::poll_for;
+
+    #[test]
+    fn mapped_ranges_are_routed_by_drive() {
+        let (_da, a) = crate::storage::file::tests::shm_file(&[0x10; 2 * 4096]);
+        let (_db, b) = crate::storage::file::tests::shm_file(&[0x80; 4096]);
+        let files = vec![Backend::File(FileStorage::open(&a).unwrap()), Backend::File(FileStorage::open(&b).unwrap())];
+        let mut d = Drives::new(files).unwrap();
+        assert_eq!(d.mapped(address(1, 0), 4096), Some(&[0x80; 4096][..]));
+        assert_eq!(d.mapped(address(0, 4096), 4096), Some(&[0x10; 4096][..]));
+        // Past one drive's end (not into the next), and a drive that does not exist.
+        assert_eq!(d.mapped(address(1, 4096), 4096), None);
+        assert_eq!(d.mapped(address(2, 0), 4096), None);
+        assert_eq!((d.drive_counters(0).mapped_reads, d.drive_counters(1).mapped_reads, d.counters().mapped_reads), (1, 1, 2));
+    }
 
     #[test]
     fn reads_are_routed_by_drive_and_counted_per_drive() {

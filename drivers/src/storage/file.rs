@@ -7,6 +7,11 @@
 //! whose completion is queued, which the caller drives the same way (submit, then poll). The file is opened read-only with
 //! `O_DIRECT` so reads bypass the page cache like the NVMe driver does; file systems that
 //! refuse `O_DIRECT` fall back to buffered reads with a warning.
+//!
+//! A file in memory is also mapped, under a read lease (`storage::mapping`), so that a caller
+//! that passes over the bytes anyway can take them from the mapping ([`Storage::mapped`]).
+//! Someone opening the file for writing breaks the lease: the mapping is dropped, and reads
+//! go on with `pread`.
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -14,6 +19,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+use super::mapping::Mapping;
 use super::uring::UringReads;
 use super::{Completion, DmaBuf, DmaPool, Storage, StorageCounters, StorageError};
 
@@ -22,10 +28,15 @@ pub const FILE_BLOCK_SIZE: usize = 4096;
 /// Reads in flight (or, with `pread`, completions not yet polled), at most.
 pub const FILE_QUEUE_DEPTH: usize = 64;
 
+/// A mapped file's lease is checked at least every this many polls (about a millisecond
+/// apart when idle), so a writer waiting for it is let go soon even when nothing is read.
+const LEASE_CHECK_POLLS: u32 = 256;
+
 /// How the file backend reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileIo {
-    /// io_uring; `pread` where the kernel refuses it, and for files on tmpfs or ramfs.
+    /// io_uring; `pread` where the kernel refuses it, and for files on tmpfs or ramfs, which
+    /// are also mapped ([`Storage::mapped`]; see [`FileStorage::unmap`]).
     Async,
     /// `pread` at submission: every read finished before `submit_read` returns.
     Synchronous,
@@ -40,6 +51,11 @@ pub struct FileStorage {
     /// The io_uring reads, or `None` for `pread`. Declared before `file` so that it drops
     /// first: dropping waits for reads in flight, whose queued entries name the descriptor.
     ring: Option<UringReads>,
+    /// A file in memory, mapped under a read lease; dropped (before `file`, which it names)
+    /// when the lease breaks.
+    mapping: Option<Mapping>,
+    /// Polls since the lease was last checked (it is checked every [`LEASE_CHECK_POLLS`]).
+    polls_since_lease_check: u32,
     file: File,
     /// Bytes in the file (or on the device) when it was opened.
     capacity: u64,
@@ -100,7 +116,23 @@ impl FileStorage {
                 }
             },
         };
+        let mapping = match io {
+            FileIo::Async if ring.is_none() && in_memory(&file) => {
+                // Up to the end of the last block: past the file's end its page reads as zeros,
+                // as `read_into` gives them.
+                match Mapping::new(&file, capacity.div_ceil(FILE_BLOCK_SIZE as u64) * FILE_BLOCK_SIZE as u64) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        log::info!("{}: not mapped ({e}), reading with pread", path.display());
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         Ok(FileStorage {
+            mapping,
+            polls_since_lease_check: 0,
             file,
             capacity,
             direct,
@@ -117,6 +149,32 @@ impl FileStorage {
             FileIo::Async
         } else {
             FileIo::Synchronous
+        }
+    }
+
+    /// Whether the file is mapped ([`Storage::mapped`] gives its bytes).
+    pub fn is_mapped(&self) -> bool {
+        self.mapping.is_some()
+    }
+
+    /// Read with `pread` only from now on, so that every read lands in a buffer as a drive's
+    /// DMA does (benchmarks that stand the file in for a drive).
+    pub fn unmap(&mut self) {
+        self.mapping = None;
+    }
+
+    /// Drop the mapping if its lease broke (someone opened the file for writing, and waits
+    /// for it); whether the mapping is still there.
+    fn check_lease(&mut self) -> bool {
+        self.polls_since_lease_check = 0;
+        match &self.mapping {
+            Some(m) if m.intact() => true,
+            Some(_) => {
+                log::warn!("file storage: the volume file is being opened for writing; reading with pread from now on");
+                self.mapping = None;
+                false
+            }
+            None => false,
         }
     }
 
@@ -255,7 +313,29 @@ impl Storage for FileStorage {
         Ok(())
     }
 
+    fn mapped(&mut self, offset: u64, len: usize) -> Option<&[u8]> {
+        let block = FILE_BLOCK_SIZE as u64;
+        if self.mapping.is_none() || !offset.is_multiple_of(block) || !(len as u64).is_multiple_of(block) || !self.check_lease() {
+            return None;
+        }
+        let bytes = self.mapping.as_ref()?.bytes(offset, len)?;
+        self.counters.reads += 1;
+        self.counters.read_bytes += len as u64;
+        self.counters.mapped_reads += 1;
+        Some(bytes)
+    }
+
+    fn maps(&self, _offset: u64) -> bool {
+        self.mapping.is_some()
+    }
+
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        if self.mapping.is_some() {
+            self.polls_since_lease_check += 1;
+            if self.polls_since_lease_check >= LEASE_CHECK_POLLS {
+                self.check_lease();
+            }
+        }
         let Some(ring) = &mut self.ring else {
             let n = self.done.len();
             out.extend(self.done.drain(..));
@@ -299,7 +379,7 @@ impl Storage for FileStorage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
@@ -468,6 +548,93 @@ mod tests {
             let c = read_one(&mut s, &pool, 0, 4096);
             c.result.unwrap();
             assert_eq!(c.buf.as_slice(), &data[..]);
+        }
+    }
+
+    /// `bytes` in a file of its own on tmpfs (/dev/shm), closed (no writer holds it).
+    pub(crate) fn shm_file(bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+        let path = dir.path().join("vol");
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_file_in_memory_is_mapped_and_gives_the_bytes_a_read_gives() {
+        let data = pattern(3 * 4096 + 100);
+        let (_dir, path) = shm_file(&data);
+        let mut s = FileStorage::open(&path).unwrap();
+        assert!(s.is_mapped());
+        let pool = s.dma_pool(4 * 4096, 1).unwrap();
+        let read = read_one(&mut s, &pool, 0, 4 * 4096);
+        read.result.unwrap();
+        let mapped = s.mapped(0, 4 * 4096).unwrap();
+        assert_eq!(mapped, &read.buf.as_slice()[..4 * 4096]);
+        assert_eq!(&mapped[..data.len()], &data[..]);
+        assert!(mapped[data.len()..].iter().all(|&b| b == 0), "past the end of the file: zeros, as read");
+        assert_eq!(s.mapped(4096, 4096).unwrap(), &data[4096..8192]);
+        assert_eq!(s.counters().mapped_reads, 2);
+        assert_eq!(s.counters().reads, 3);
+        // Unaligned, or past the last block: not given (submit_read refuses those).
+        assert!(s.mapped(1, 4096).is_none());
+        assert!(s.mapped(0, 100).is_none());
+        assert!(s.mapped(4096, 4 * 4096).is_none());
+        assert_eq!(s.counters().mapped_reads, 2);
+        s.unmap();
+        assert!(!s.is_mapped() && s.mapped(0, 4096).is_none());
+        // Read with pread only when asked, and never a file on disk.
+        assert!(!FileStorage::open_with(&path, FileIo::Synchronous).unwrap().is_mapped());
+        let f = file_with(&data);
+        if !in_memory(f.as_file()) {
+            assert!(!FileStorage::open(f.path()).unwrap().is_mapped());
+        }
+    }
+
+    #[test]
+    fn a_file_someone_has_open_for_writing_is_not_mapped() {
+        let (_dir, path) = shm_file(&pattern(4096));
+        let writer = OpenOptions::new().write(true).open(&path).unwrap();
+        let mut s = FileStorage::open(&path).unwrap();
+        assert!(!s.is_mapped(), "no lease while a writer holds the file");
+        assert!(s.mapped(0, 4096).is_none());
+        drop(writer);
+    }
+
+    /// Someone opens the file for writing: the kernel holds the opener back until the lease
+    /// is given up; the backend gives it up (at a read, or at a poll if none comes), and reads
+    /// go on with pread, seeing what the writer wrote.
+    #[test]
+    fn a_writer_breaks_the_lease_and_reads_go_on_with_pread() {
+        for by_poll in [false, true] {
+            let data = pattern(2 * 4096);
+            let (_dir, path) = shm_file(&data);
+            let mut s = FileStorage::open(&path).unwrap();
+            assert!(s.is_mapped());
+            let writer = {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut f = OpenOptions::new().write(true).open(&path).unwrap();
+                    f.write_all(&[0xee; 4096]).unwrap();
+                })
+            };
+            let start = std::time::Instant::now();
+            let mut out = Vec::new();
+            while s.is_mapped() && start.elapsed() < std::time::Duration::from_secs(20) {
+                if by_poll {
+                    s.poll(&mut out);
+                } else if let Some(bytes) = s.mapped(0, 4096) {
+                    assert_eq!(bytes, &data[..4096], "the writer waits: the bytes are as they were");
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            assert!(!s.is_mapped(), "the lease break was not noticed (by_poll {by_poll})");
+            writer.join().unwrap();
+            assert!(s.mapped(0, 4096).is_none());
+            let pool = s.dma_pool(4096, 1).unwrap();
+            let c = read_one(&mut s, &pool, 0, 4096);
+            c.result.unwrap();
+            assert_eq!(c.buf.as_slice(), &[0xee; 4096][..]);
+            assert!(start.elapsed() < std::time::Duration::from_secs(20), "the writer was let go at once, not at lease-break-time");
         }
     }
 

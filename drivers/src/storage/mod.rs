@@ -8,6 +8,7 @@ pub mod bench;
 pub mod dma;
 pub mod drives;
 pub mod file;
+mod mapping;
 pub mod nvme;
 mod uring;
 
@@ -51,6 +52,8 @@ pub struct StorageCounters {
     pub timeouts: u64,
     /// Controller resets this queue performed (an NVMe controller that stopped answering).
     pub resets: u64,
+    /// Of `reads`, those taken from a mapping of the medium ([`Storage::mapped`]).
+    pub mapped_reads: u64,
 }
 
 impl std::ops::AddAssign for StorageCounters {
@@ -60,6 +63,7 @@ impl std::ops::AddAssign for StorageCounters {
         self.errors += o.errors;
         self.timeouts += o.timeouts;
         self.resets += o.resets;
+        self.mapped_reads += o.mapped_reads;
     }
 }
 
@@ -83,6 +87,20 @@ pub trait Storage {
         len: usize,
         buf: DmaBuf,
     ) -> Result<(), (StorageError, DmaBuf)>;
+    /// The medium's bytes `offset..offset + len` when they lie in memory this core may read
+    /// where they are (a volume file on tmpfs, mapped): the caller then takes them in the pass
+    /// it makes over them anyway (sealing TLS records out of place into its buffer) instead
+    /// of having them copied into a buffer first. Counted as a read. `None`: read them with
+    /// [`Storage::submit_read`] (a device, a range outside the medium, unaligned, or a
+    /// mapping given up). The slice must be used before this queue is used again.
+    fn mapped(&mut self, _offset: u64, _len: usize) -> Option<&[u8]> {
+        None
+    }
+    /// Whether reads at `offset` come from a mapping ([`Storage::mapped`]) as things stand:
+    /// nothing to wait for, so nothing to read ahead.
+    fn maps(&self, _offset: u64) -> bool {
+        false
+    }
     /// Move finished reads to `out` (capacity reserved by the caller). Returns how many.
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize;
     /// Reads submitted and not yet completed.
