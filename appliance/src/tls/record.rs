@@ -98,12 +98,7 @@ pub fn seal_in_place(
     payload: &mut [u8],
     tag: &mut [u8; TAG_LEN],
 ) -> Result<(), RecordError> {
-    if keys.version() != TlsVersion::Tls13 {
-        return Err(RecordError::WrongVersion {
-            keys: keys.version(),
-            wanted: TlsVersion::Tls13,
-        });
-    }
+    expect_version(keys, TlsVersion::Tls13)?;
     if payload.is_empty() || payload.len() > MAX_PLAINTEXT + 1 {
         return Err(RecordError::BadLength(payload.len()));
     }
@@ -119,6 +114,42 @@ pub fn seal_in_place(
 /// Bytes after a TLS 1.3 record's content: the encrypted inner content type and the tag.
 pub const TLS13_TRAILER_LEN: usize = 1 + TAG_LEN;
 
+/// A record's content and where its ciphertext goes: encrypted where it lies, or read from
+/// one slice and written to another of the same length. Either way each byte is read once
+/// and written once (docs/performance.md).
+pub enum Content<'a> {
+    InPlace(&'a mut [u8]),
+    Copied { from: &'a [u8], to: &'a mut [u8] },
+}
+
+impl Content<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Content::InPlace(b) => b.len(),
+            Content::Copied { from, .. } => from.len(),
+        }
+    }
+
+    /// Seal with `extra_in` (encrypted after the content) into `extra_out_and_tag`.
+    fn seal(self, keys: &Keys, nonce: [u8; 12], aad: &[u8], extra_in: &[u8], extra_out_and_tag: &mut [u8]) -> Result<(), RecordError> {
+        let len = self.len();
+        let nonce = Nonce::assume_unique_for_key(nonce);
+        keys.with_aead(|k| match self {
+            Content::InPlace(b) => k.seal_in_place_scatter(nonce, Aad::from(aad), b, extra_in, extra_out_and_tag),
+            Content::Copied { from, to } => k.seal_out_of_place_scatter(nonce, Aad::from(aad), from, to, extra_in, extra_out_and_tag),
+        })
+        .map_err(|_| RecordError::BadLength(len))
+    }
+}
+
+fn expect_version(keys: &Keys, wanted: TlsVersion) -> Result<(), RecordError> {
+    if keys.version() == wanted {
+        Ok(())
+    } else {
+        Err(RecordError::WrongVersion { keys: keys.version(), wanted })
+    }
+}
+
 /// Seal one TLS 1.3 record whose content fills `payload` exactly (a storage DMA buffer of up
 /// to 16 KiB): the inner content type is encrypted into `trailer[0]` and the tag follows it in
 /// `trailer[1..]`, so nothing is written past the payload buffer. The wire bytes are
@@ -131,23 +162,25 @@ pub fn seal_in_place_split(
     inner_type: u8,
     trailer: &mut [u8; TLS13_TRAILER_LEN],
 ) -> Result<(), RecordError> {
-    if keys.version() != TlsVersion::Tls13 {
-        return Err(RecordError::WrongVersion {
-            keys: keys.version(),
-            wanted: TlsVersion::Tls13,
-        });
+    seal_split(keys, seq, header, Content::InPlace(payload), inner_type, trailer)
+}
+
+/// [`seal_in_place_split`] for content in place or copied (sealed out of place): the same
+/// wire bytes either way.
+pub fn seal_split(
+    keys: &Keys,
+    seq: u64,
+    header: &mut [u8; HEADER_LEN],
+    content: Content<'_>,
+    inner_type: u8,
+    trailer: &mut [u8; TLS13_TRAILER_LEN],
+) -> Result<(), RecordError> {
+    expect_version(keys, TlsVersion::Tls13)?;
+    if content.len() > MAX_PLAINTEXT {
+        return Err(RecordError::BadLength(content.len()));
     }
-    if payload.len() > MAX_PLAINTEXT {
-        return Err(RecordError::BadLength(payload.len()));
-    }
-    write_header(
-        header,
-        CONTENT_APPLICATION_DATA,
-        payload.len() + TLS13_TRAILER_LEN,
-    );
-    let nonce = Nonce::assume_unique_for_key(keys.nonce(seq));
-    keys.with_aead(|k| k.seal_in_place_scatter(nonce, Aad::from(&header[..]), payload, &[inner_type], trailer))
-        .map_err(|_| RecordError::BadLength(payload.len()))
+    write_header(header, CONTENT_APPLICATION_DATA, content.len() + TLS13_TRAILER_LEN);
+    content.seal(keys, keys.nonce(seq), &header[..], &[inner_type], trailer)
 }
 
 /// Seal one TLS 1.2 AES-GCM record in place: `header` receives the 5-byte record header and the
@@ -161,28 +194,28 @@ pub fn seal_in_place_tls12(
     payload: &mut [u8],
     tag: &mut [u8; TAG_LEN],
 ) -> Result<(), RecordError> {
-    if keys.version() != TlsVersion::Tls12 {
-        return Err(RecordError::WrongVersion {
-            keys: keys.version(),
-            wanted: TlsVersion::Tls12,
-        });
+    seal_tls12(keys, seq, content_type, header, Content::InPlace(payload), tag)
+}
+
+/// [`seal_in_place_tls12`] for content in place or copied (sealed out of place): the same
+/// wire bytes either way.
+pub fn seal_tls12(
+    keys: &Keys,
+    seq: u64,
+    content_type: u8,
+    header: &mut [u8; HEADER_LEN + TLS12_EXPLICIT_NONCE_LEN],
+    content: Content<'_>,
+    tag: &mut [u8; TAG_LEN],
+) -> Result<(), RecordError> {
+    expect_version(keys, TlsVersion::Tls12)?;
+    let len = content.len();
+    if len > MAX_PLAINTEXT {
+        return Err(RecordError::BadLength(len));
     }
-    if payload.len() > MAX_PLAINTEXT {
-        return Err(RecordError::BadLength(payload.len()));
-    }
-    write_header(
-        &mut header[..HEADER_LEN],
-        content_type,
-        TLS12_EXPLICIT_NONCE_LEN + payload.len() + TAG_LEN,
-    );
+    write_header(&mut header[..HEADER_LEN], content_type, TLS12_EXPLICIT_NONCE_LEN + len + TAG_LEN);
     let nonce = keys.nonce(seq);
     header[HEADER_LEN..].copy_from_slice(&nonce[4..]);
-    let aad = tls12_aad(seq, content_type, payload.len());
-    let sealed = keys
-        .with_aead(|k| k.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..]), payload))
-        .map_err(|_| RecordError::BadLength(payload.len()))?;
-    tag.copy_from_slice(sealed.as_ref());
-    Ok(())
+    content.seal(keys, nonce, &tls12_aad(seq, content_type, len), &[], tag)
 }
 
 fn tls12_aad(seq: u64, content_type: u8, plaintext_len: usize) -> [u8; 13] {
@@ -491,6 +524,38 @@ mod tests {
             prop_assert_eq!(trailer[0], contiguous[plain.len()]);
             prop_assert_eq!(&trailer[1..], &t1[..]);
         }
+
+        #[test]
+        fn sealing_a_copy_gives_the_bytes_of_sealing_in_place(suite in suite(), tls12 in any::<bool>(), seq in any::<u64>(),
+                                                              plain in proptest::collection::vec(any::<u8>(), 0..20000)) {
+            let plain = &plain[..plain.len().min(MAX_PLAINTEXT)];
+            // TLS 1.2 has AES-GCM suites only here.
+            let (version, suite) = if tls12 { (TlsVersion::Tls12, AeadSuite::Aes256Gcm) } else { (TlsVersion::Tls13, suite) };
+            let keys = Keys::new(version, suite, &[7u8; 32][..suite.key_len()], &[3; 12]).unwrap();
+            let mut in_place = plain.to_vec();
+            let mut copied = vec![0xa5u8; plain.len()];
+            if tls12 {
+                let (mut h1, mut t1, mut h2, mut t2) = ([0u8; 13], [0u8; 16], [0u8; 13], [0u8; 16]);
+                seal_in_place_tls12(&keys, seq, CONTENT_APPLICATION_DATA, &mut h1, &mut in_place, &mut t1).unwrap();
+                seal_tls12(&keys, seq, CONTENT_APPLICATION_DATA, &mut h2, Content::Copied { from: plain, to: &mut copied }, &mut t2).unwrap();
+                prop_assert_eq!((h1, t1), (h2, t2));
+            } else {
+                let (mut h1, mut t1, mut h2, mut t2) = ([0u8; 5], [0u8; TLS13_TRAILER_LEN], [0u8; 5], [0u8; TLS13_TRAILER_LEN]);
+                seal_in_place_split(&keys, seq, &mut h1, &mut in_place, CONTENT_APPLICATION_DATA, &mut t1).unwrap();
+                seal_split(&keys, seq, &mut h2, Content::Copied { from: plain, to: &mut copied }, CONTENT_APPLICATION_DATA, &mut t2).unwrap();
+                prop_assert_eq!((h1, t1), (h2, t2));
+            }
+            prop_assert_eq!(in_place, copied);
+        }
+    }
+
+    #[test]
+    fn a_copy_into_a_slice_of_another_length_is_refused_untouched() {
+        let keys = tls13_keys();
+        let (mut h, mut t, mut to) = ([0u8; 5], [0u8; TLS13_TRAILER_LEN], [0u8; 99]);
+        let err = seal_split(&keys, 0, &mut h, Content::Copied { from: &[1; 100], to: &mut to }, CONTENT_APPLICATION_DATA, &mut t);
+        assert_eq!(err, Err(RecordError::BadLength(100)));
+        assert_eq!(to, [0u8; 99]);
     }
 
     fn tls13_keys() -> Keys {
