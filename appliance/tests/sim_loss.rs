@@ -52,9 +52,16 @@ fn transfer_with(loss: f64, seed: u64, tls: bool, offload: bool) {
 }
 
 fn transfer_tcp(loss: f64, seed: u64, tls: bool, offload: bool, congestion: CongestionControl, pacing: bool) {
-    let dir = tempfile::tempdir().unwrap();
+    transfer_from(loss, seed, tls, offload, congestion, pacing, false)
+}
+
+/// `in_memory`: the volume on tmpfs, mapped, so that records are sealed out of the mapping
+/// (and sealed from it again for each retransmission).
+fn transfer_from(loss: f64, seed: u64, tls: bool, offload: bool, congestion: CongestionControl, pacing: bool, in_memory: bool) {
+    let dir = if in_memory { tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm") } else { tempfile::tempdir().unwrap() };
     let vol_path = sample_volume(dir.path());
     let mut storage = FileStorage::open(&vol_path).unwrap();
+    assert_eq!(storage.is_mapped(), in_memory);
     let volume = appliance::volume::load(&mut storage).unwrap();
     let expected = volume.lookup("/video/big.ts").unwrap().sha256;
     let to_client = SimConfig { tso: offload, ..lossy(seed, loss) };
@@ -92,6 +99,14 @@ fn transfer_tcp(loss: f64, seed: u64, tls: bool, offload: bool, congestion: Cong
         assert!(stats.tls_records_sealed > (BIG / 16384) as u64, "every record sealed at least once");
         assert!(stats.tcp_rto_timeouts > 0, "timeouts released chunks: records were read and sealed again");
     }
+    // Mapped, every body chunk is taken from the mapping (the volume's index was read before).
+    let mapped = drivers::storage::Storage::counters(&h.server.app.storage).mapped_reads;
+    if in_memory && tls {
+        assert_eq!(mapped, stats.storage_reads, "every chunk sealed out of the mapping");
+        assert!(mapped > (BIG / appliance::server::http_app::CHUNK) as u64, "chunks were sealed from the mapping again");
+    } else {
+        assert_eq!(mapped, 0);
+    }
     // Let the connection close and check nothing is left behind.
     h.run_until(Duration::from_secs(120), |h| h.server.stack.connection_count() == 0 && h.server.app.buffers_free() == 64);
     assert_eq!(h.server.stack.connection_count(), 0, "server connection state reclaimed");
@@ -125,6 +140,18 @@ fn fifty_megabytes_with_segmentation_offload_at_two_percent_loss() {
 #[test]
 fn fifty_megabytes_over_tls_with_segmentation_offload_at_two_percent_loss() {
     transfer_with(0.02, 5, true, true);
+}
+
+#[test]
+fn fifty_megabytes_over_tls_sealed_out_of_a_volume_in_memory_at_two_percent_loss() {
+    let tcp = appliance::net::tcp::Config::default();
+    transfer_from(0.02, 9, true, true, tcp.congestion, tcp.pacing, true);
+}
+
+#[test]
+fn fifty_megabytes_plain_from_a_volume_in_memory_at_one_percent_loss() {
+    let tcp = appliance::net::tcp::Config::default();
+    transfer_from(0.01, 10, false, false, tcp.congestion, tcp.pacing, true);
 }
 
 #[test]

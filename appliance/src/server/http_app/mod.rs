@@ -313,6 +313,74 @@ fn chunk_end(index: u64) -> u64 {
     (index + 1) * CHUNK as u64
 }
 
+/// What became of a chunk that was asked for ([`HttpApp::start_read`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadStart {
+    /// A read is under way: its completion wakes the connection.
+    Started,
+    /// Ready now (the medium is in memory, and was read as the chunk was sealed).
+    Filled,
+    /// No buffer, slot or queue room (the connection waits in line), or the read was refused.
+    NotStarted,
+}
+
+/// The session a connection's response bodies are sealed with: its own under TLS (once the
+/// handshake is over), the emulation's on plain HTTP when that is on.
+fn body_session<'a>(held: &'a Held, emulation: Option<&'a RecordSession>, tls: Option<&ConnTls>) -> Option<&'a RecordSession> {
+    match tls {
+        Some(t) => match t.phase {
+            TlsPhase::Session(k) => held.sessions.get(k),
+            _ => None,
+        },
+        // A plain connection's records are emulated TLS (only made when on).
+        None => emulation,
+    }
+}
+
+/// Make chunk `ki` of `c` ready to send from `buf`: holding the bytes read, or (`from`) to
+/// receive the medium's bytes as its TLS records are sealed out of place. Chunks of
+/// responses without records take their bytes as read. A chunk wholly below `acked` goes
+/// back at once. Err: sealing failed (logged and counted; the chunk is freed): the
+/// connection must end.
+#[allow(clippy::too_many_arguments)] // the disjoint parts of the app one completion needs
+fn finish_chunk(
+    held: &Held,
+    session: Option<&RecordSession>,
+    stats: &mut Stats,
+    c: &mut HttpConn,
+    ki: usize,
+    mut buf: DmaBuf,
+    from: Option<&[u8]>,
+    acked: u64,
+) -> Result<(), ()> {
+    let HttpConn { responses, chunks, .. } = c;
+    let Some(chunks) = chunks.as_deref_mut() else { return Ok(()) };
+    let resp_start = chunks[ki].resp_start;
+    let sealed = match (session, responses.iter(&held.responses).find(|r| r.start == resp_start)) {
+        (Some(s), Some(r)) if r.tls.is_some() => seal_chunk(s, r, &mut chunks[ki], &mut buf, from),
+        _ => {
+            if let Some(from) = from {
+                buf.as_mut_slice()[..from.len()].copy_from_slice(from);
+            }
+            Ok(0)
+        }
+    };
+    let k = &mut chunks[ki];
+    match sealed {
+        Ok(records) => {
+            stats.tls_records_sealed += records;
+            k.state = if k.stream_end > acked { ChunkState::Ready(buf) } else { ChunkState::Free };
+            Ok(())
+        }
+        Err(err) => {
+            log::warn!("sealing records failed, closing the connection: {err}");
+            stats.tls_bad_records += 1;
+            k.state = ChunkState::Free;
+            Err(())
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum TlsPhase {
     /// In [`Held::handshakes`].
@@ -1344,8 +1412,6 @@ impl<S: Storage> HttpApp<S> {
         self.release_idle(c);
     }
 
-    /// Start reading chunk `index` of response `resp` into a free slot. Returns false when
-    /// no buffer or slot is free (the connection is woken when one is).
     fn wait_for_buffer(&mut self, id: ConnId, c: &mut HttpConn) {
         if !c.waiting {
             c.waiting = true;
@@ -1354,38 +1420,40 @@ impl<S: Storage> HttpApp<S> {
         }
     }
 
-    fn start_read(&mut self, id: ConnId, c: &mut HttpConn, resp: usize, index: u64) -> bool {
-        let Some(r) = c.responses.get(&self.held.responses, resp) else { return false };
-        let (start, head_len, body) = (r.start, r.head_len, r.body);
+    /// Start reading chunk `index` of response `resp` into a free slot; with a medium in
+    /// memory, fill (and seal) it now instead.
+    fn start_read(&mut self, id: ConnId, c: &mut HttpConn, resp: usize, index: u64) -> ReadStart {
+        let Some(r) = c.responses.get(&self.held.responses, resp) else { return ReadStart::NotStarted };
+        let (start, head_len, body, sealed) = (r.start, r.head_len, r.body, r.tls.is_some());
         if c.chunks.as_ref().is_some_and(|set| set.iter().all(|k| !matches!(k.state, ChunkState::Free))) && !yield_read_ahead(c, start, index) {
             // Every slot is being read or holds bytes due before these: a completion or
             // the sending of those frees one, and wakes the connection.
-            return false;
+            return ReadStart::NotStarted;
         }
         if self.reads_in_flight >= self.max_reads_in_flight {
             self.wait_for_buffer(id, c);
-            return false;
+            return ReadStart::NotStarted;
         }
-        let Some(b) = body else { return false };
+        let Some(b) = body else { return ReadStart::NotStarted };
         // With the pool empty, a chunk this connection read ahead gives its buffer to the
         // retransmission that must go first (else every connection could hold read-ahead
         // while waiting for a buffer to resend what precedes it).
         let buf = self.pool.alloc().or_else(|| if yield_read_ahead(c, start, index) { self.pool.alloc() } else { None });
         let Some(buf) = buf else {
             self.wait_for_buffer(id, c);
-            return false;
+            return ReadStart::NotStarted;
         };
         if c.chunks.is_none() {
             // As many sets as storage buffers, and a held set holds a buffer: one is free.
             let Some(set) = self.chunk_sets.pop() else {
                 drop(buf);
                 self.wait_for_buffer(id, c);
-                return false;
+                return ReadStart::NotStarted;
             };
             c.chunks = Some(set);
         }
-        let Some(set) = c.chunks.as_deref_mut() else { return false };
-        let Some(slot) = set.iter().position(|k| matches!(k.state, ChunkState::Free)) else { return false };
+        let Some(set) = c.chunks.as_deref_mut() else { return ReadStart::NotStarted };
+        let Some(slot) = set.iter().position(|k| matches!(k.state, ChunkState::Free)) else { return ReadStart::NotStarted };
         let chunk_obj = index * CHUNK as u64;
         let valid = (b.size - chunk_obj).min(CHUNK as u64);
         let hi = (chunk_obj + valid).min(b.obj_off + b.len);
@@ -1402,19 +1470,38 @@ impl<S: Storage> HttpApp<S> {
         k.skip = (lo - chunk_obj) as u32;
         // Plain: the last body byte of the chunk; TLS: set when the chunk is sealed.
         k.stream_end = start + head_len as u64 + (hi - b.obj_off);
+        // A medium in memory is read by the seal itself, out of place into the buffer: one
+        // pass over the bytes instead of a copy and a seal. (Bodies sent as they are read go
+        // through `submit_read`: the buffer takes a copy either way.)
+        let session = body_session(&self.held, self.emulation.as_deref(), c.tls.as_ref()).filter(|_| sealed);
+        if let Some(from) = session.and_then(|_| self.storage.mapped(b.extent + lo, read_len as usize)) {
+            self.stats.storage_reads += 1;
+            self.stats.storage_read_bytes += read_len;
+            k.state = ChunkState::Pending(tag);
+            // Asked for now, so nothing of it is acknowledged yet.
+            if finish_chunk(&self.held, session, &mut self.stats, c, slot, buf, Some(from), 0).is_ok() {
+                return ReadStart::Filled;
+            }
+            self.release_chunks(c);
+            if !c.refused {
+                c.refused = true;
+                self.refused.push_back(id);
+            }
+            return ReadStart::NotStarted;
+        }
         match self.storage.submit_read(tag, b.extent + lo, read_len as usize, buf) {
             Ok(()) => {
                 k.state = ChunkState::Pending(tag);
                 self.reads_in_flight += 1;
                 self.stats.storage_reads += 1;
                 self.stats.storage_read_bytes += read_len;
-                true
+                ReadStart::Started
             }
             Err((drivers::storage::StorageError::QueueFull, _buf)) => {
                 // Back-pressure, not a fault: try again when a read completes.
                 self.release_chunks(c);
                 self.wait_for_buffer(id, c);
-                false
+                ReadStart::NotStarted
             }
             Err((e, _buf)) => {
                 // The drive cannot read it (failed, or the request is out of its range):
@@ -1426,7 +1513,7 @@ impl<S: Storage> HttpApp<S> {
                     c.refused = true;
                     self.refused.push_back(id);
                 }
-                false
+                ReadStart::NotStarted
             }
         }
     }
@@ -1457,42 +1544,19 @@ impl<S: Storage> HttpApp<S> {
             let Some(ki) = conn.chunks.as_ref().and_then(|set| set.iter().position(|k| matches!(k.state, ChunkState::Pending(t) if t == comp.tag))) else {
                 continue;
             };
-            let HttpConn { tls, responses, chunks, .. } = &mut *conn;
-            let Some(chunks) = chunks.as_deref_mut() else { continue };
-            let mut buf = comp.buf;
             match comp.result {
                 Ok(()) => {
-                    let session = match tls {
-                        Some(t) => match t.phase {
-                            TlsPhase::Session(k) => self.held.sessions.get(k),
-                            _ => None,
-                        },
-                        // A plain connection's records are emulated TLS (only made when on).
-                        None => self.emulation.as_deref(),
-                    };
-                    let resp_start = chunks[ki].resp_start;
-                    let sealed = match (session, responses.iter(&self.held.responses).find(|r| r.start == resp_start)) {
-                        (Some(s), Some(r)) if r.tls.is_some() => seal_chunk(s, r, &mut chunks[ki], &mut buf),
-                        _ => Ok(0),
-                    };
-                    match sealed {
-                        Ok(records) => {
-                            self.stats.tls_records_sealed += records;
-                            let k = &mut chunks[ki];
-                            k.state = if k.stream_end > e.tcp.acked_offset() { ChunkState::Ready(buf) } else { ChunkState::Free };
-                        }
-                        Err(err) => {
-                            log::warn!("sealing records failed, closing the connection: {err}");
-                            self.stats.tls_bad_records += 1;
-                            chunks[ki].state = ChunkState::Free;
-                            e.tcp.abort();
-                        }
+                    let session = body_session(&self.held, self.emulation.as_deref(), conn.tls.as_ref());
+                    if finish_chunk(&self.held, session, &mut self.stats, conn, ki, comp.buf, None, e.tcp.acked_offset()).is_err() {
+                        e.tcp.abort();
                     }
                 }
                 Err(err) => {
                     // Never send wrong bytes: end this transfer only.
                     log::warn!("storage read failed, closing the connection: {err}");
-                    chunks[ki].state = ChunkState::Free;
+                    if let Some(set) = conn.chunks.as_deref_mut() {
+                        set[ki].state = ChunkState::Free;
+                    }
                     e.tcp.abort();
                 }
             }
@@ -1704,24 +1768,39 @@ impl<S: Storage> App for HttpApp<S> {
     }
 
     fn available(&mut self, _now: Instant, id: ConnId, c: &mut HttpConn, off: u64, max: usize, resend: bool) -> Ready {
-        let (len, stop, body_chunk) = walk_ready(&self.held, c, off, max, |_| {});
+        let (mut len, mut stop, body_chunk) = walk_ready(&self.held, c, off, max, |_| {});
         // A read under way, or started now, wakes the connection when it completes: what
-        // follows is on its way. (One that could not start is not counted.)
-        let more_soon = match stop {
-            Stop::Missing { resp, index } => self.start_read(id, c, resp, index),
-            Stop::Pending => true,
-            Stop::Done => false,
+        // follows is on its way. (One that could not start is not counted.) A chunk filled
+        // at once is walked on into (at most every chunk `max` spans, and one more).
+        let mut fills = max / CHUNK + 2;
+        let more_soon = loop {
+            match stop {
+                Stop::Missing { resp, index } => match self.start_read(id, c, resp, index) {
+                    ReadStart::Filled if fills > 0 => {
+                        fills -= 1;
+                        (len, stop, _) = walk_ready(&self.held, c, off, max, |_| {});
+                    }
+                    ReadStart::Filled | ReadStart::Started => break true,
+                    ReadStart::NotStarted => break false,
+                },
+                Stop::Pending => break true,
+                Stop::Done => break false,
+            }
         };
         let ready = Ready { len, more_soon };
         // Read ahead: the next chunk of this response, so the wire never waits on it. Not
         // for a retransmission: after a timeout most of what follows usually arrived (the
-        // ACK will say), and reading it again would be wasted.
+        // ACK will say), and reading it again would be wasted. Not from a medium in memory
+        // either, for bodies sealed out of it: there is no waiting to hide, and a chunk sealed
+        // just before it is sent is still in the core's cache when the NIC (or the TAP's
+        // copy) takes it.
         if let Some((resp, index)) = body_chunk.filter(|_| !resend) {
             let Some(r) = c.responses.get(&self.held.responses, resp) else { return ready };
-            let (start, body) = (r.start, r.body);
+            let (start, body, sealed) = (r.start, r.body, r.tls.is_some());
             if let Some(b) = body {
                 let next = index + 1;
-                if next * (CHUNK as u64) < b.obj_off + b.len && c.find_chunk(start, next).is_none() {
+                let filled_when_asked = sealed && self.storage.maps(b.extent + next * CHUNK as u64);
+                if next * (CHUNK as u64) < b.obj_off + b.len && c.find_chunk(start, next).is_none() && !filled_when_asked {
                     self.start_read(id, c, resp, next);
                 }
             }

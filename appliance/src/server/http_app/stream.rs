@@ -7,7 +7,7 @@ use drivers::storage::DmaBuf;
 use super::{chunk_end, Chunk, ChunkSet, ChunkState, HttpConn, Held, Response, TlsPhase, CHUNK, RECORDS_PER_CHUNK, TRAILER};
 use crate::tls::handshake::RecordSession;
 use crate::tls::layout::{RecordPart, RecordSource, ResponseLayout};
-use crate::tls::record::{self, CONTENT_APPLICATION_DATA};
+use crate::tls::record::{self, Content, CONTENT_APPLICATION_DATA};
 use crate::tls::{TlsError, TlsVersion};
 
 /// Free the ready chunks whose bytes all lie below stream offset `off` (sent, or
@@ -238,9 +238,10 @@ fn bytes_or_nothing(b: &[u8]) -> Loc<'_> {
     }
 }
 
-/// Seal, in place, the records of `resp` whose plaintext lies in chunk `k` (buffer `buf`).
+/// Seal the records of `resp` whose plaintext lies in chunk `k`: in place in `buf`, or, with
+/// `from` (the bytes a read would have put in `buf`), out of place from there into `buf`.
 /// Returns how many records were sealed.
-pub(super) fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, buf: &mut DmaBuf) -> Result<u64, TlsError> {
+pub(super) fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, buf: &mut DmaBuf, from: Option<&[u8]>) -> Result<u64, TlsError> {
     let (Some(t), Some(b)) = (r.tls, r.body) else { return Ok(0) };
     let base = k.index * CHUNK as u64;
     let lo = base.max(b.obj_off);
@@ -256,19 +257,25 @@ pub(super) fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, b
         };
         debug_assert!(object_start >= lo && object_end <= hi);
         let j = (rec - first) as usize;
-        let payload = &mut buf.as_mut_slice()[(object_start - at) as usize..(object_end - at) as usize];
+        let range = (object_start - at) as usize..(object_end - at) as usize;
         // Sealing in place is one pass over each payload byte (read, then written back where
-        // it lies): one byte touched, where a copy would touch two (docs/performance.md).
-        crate::accounting::add_touched(payload.len());
+        // it lies): one byte touched, where a copy and then a seal would touch two
+        // (docs/performance.md). Sealing out of the medium's mapping is one pass as well: it
+        // is the copy.
+        crate::accounting::add_touched(range.len());
+        let content = match from {
+            Some(from) => Content::Copied { from: from.get(range.clone()).ok_or(TlsError::Malformed("chunk source"))?, to: &mut buf.as_mut_slice()[range] },
+            None => Content::InPlace(&mut buf.as_mut_slice()[range]),
+        };
         let seq = t.layout.seq(rec);
         match keys.version() {
             TlsVersion::Tls13 => {
                 let hdr: &mut [u8; 5] = (&mut k.hdr[j][..5]).try_into().expect("5-byte header");
-                record::seal_in_place_split(keys, seq, hdr, payload, CONTENT_APPLICATION_DATA, &mut k.trl[j])?
+                record::seal_split(keys, seq, hdr, content, CONTENT_APPLICATION_DATA, &mut k.trl[j])?
             }
             TlsVersion::Tls12 => {
                 let tag: &mut [u8; 16] = (&mut k.trl[j][..16]).try_into().expect("16-byte tag");
-                record::seal_in_place_tls12(keys, seq, CONTENT_APPLICATION_DATA, &mut k.hdr[j], payload, tag)?
+                record::seal_tls12(keys, seq, CONTENT_APPLICATION_DATA, &mut k.hdr[j], content, tag)?
             }
         }
     }
