@@ -28,9 +28,10 @@ pub const FILE_BLOCK_SIZE: usize = 4096;
 /// Reads in flight (or, with `pread`, completions not yet polled), at most.
 pub const FILE_QUEUE_DEPTH: usize = 64;
 
-/// A mapped file's lease is checked at least every this many polls (about a millisecond
-/// apart when idle), so a writer waiting for it is let go soon even when nothing is read.
-const LEASE_CHECK_POLLS: u32 = 256;
+/// A mapped file's lease is checked at a poll when it was last checked this long ago, so a
+/// writer waiting for it is let go within a millisecond or two even when nothing is read (an
+/// idle loop polls at least once a millisecond).
+const LEASE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// How the file backend reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,8 +55,8 @@ pub struct FileStorage {
     /// A file in memory, mapped under a read lease; dropped (before `file`, which it names)
     /// when the lease breaks.
     mapping: Option<Mapping>,
-    /// Polls since the lease was last checked (it is checked every [`LEASE_CHECK_POLLS`]).
-    polls_since_lease_check: u32,
+    /// When the lease was last checked (see [`LEASE_CHECK_EVERY`]).
+    lease_checked: std::time::Instant,
     file: File,
     /// Bytes in the file (or on the device) when it was opened.
     capacity: u64,
@@ -132,7 +133,7 @@ impl FileStorage {
         };
         Ok(FileStorage {
             mapping,
-            polls_since_lease_check: 0,
+            lease_checked: std::time::Instant::now(),
             file,
             capacity,
             direct,
@@ -166,7 +167,7 @@ impl FileStorage {
     /// Drop the mapping if its lease broke (someone opened the file for writing, and waits
     /// for it); whether the mapping is still there.
     fn check_lease(&mut self) -> bool {
-        self.polls_since_lease_check = 0;
+        self.lease_checked = std::time::Instant::now();
         match &self.mapping {
             Some(m) if m.intact() => true,
             Some(_) => {
@@ -330,11 +331,8 @@ impl Storage for FileStorage {
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
-        if self.mapping.is_some() {
-            self.polls_since_lease_check += 1;
-            if self.polls_since_lease_check >= LEASE_CHECK_POLLS {
-                self.check_lease();
-            }
+        if self.mapping.is_some() && self.lease_checked.elapsed() >= LEASE_CHECK_EVERY {
+            self.check_lease();
         }
         let Some(ring) = &mut self.ring else {
             let n = self.done.len();
