@@ -176,6 +176,75 @@ pub fn measure_record_seal_gbps(
     }
 }
 
+/// How [`measure_volume_seal_gbps`] takes a volume file's bytes to seal them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeRead {
+    /// Read into the chunk buffer (`pread`, or io_uring on a disk), then sealed in place.
+    ReadThenSeal,
+    /// Sealed out of the file's mapping into the chunk buffer (a file on tmpfs).
+    SealFromMapping,
+}
+
+/// Seal TLS 1.3 records (16 KiB, AES-128-GCM, the fast path's record functions) of
+/// `chunk`-byte pieces of the volume file at `path`, in order and wrapping around, into one
+/// of `buffers` chunk buffers in turn, for about `duration`, taking the bytes as `how`
+/// says (through [`drivers::storage::FileStorage`], as the server does). Returns content
+/// GB/s, reading included: what it costs the core to turn the file into sealed records.
+pub fn measure_volume_seal_gbps(path: &std::path::Path, how: VolumeRead, chunk: usize, buffers: usize, duration: Duration) -> Result<f64, String> {
+    use drivers::storage::{FileStorage, Storage};
+    const RECORD: usize = 16 * 1024;
+    let mut storage = FileStorage::open(path).map_err(|e| e.to_string())?;
+    if how == VolumeRead::ReadThenSeal {
+        storage.unmap();
+    } else if !storage.is_mapped() {
+        return Err(format!("{}: not mapped (not on tmpfs, or not leased)", path.display()));
+    }
+    let pool = storage.dma_pool(chunk, buffers.max(1)).map_err(|e| e.to_string())?;
+    let mut bufs: Vec<_> = (0..buffers.max(1)).filter_map(|_| pool.alloc()).collect();
+    let keys = super::Keys::new(super::TlsVersion::Tls13, super::AeadSuite::Aes128Gcm, &[0x42; 16], &IV).map_err(|e| e.to_string())?;
+    let chunks = storage.capacity() / chunk as u64;
+    if chunks == 0 {
+        return Err(format!("{}: smaller than one {chunk}-byte chunk", path.display()));
+    }
+    let (mut header, mut trailer) = ([0u8; 5], [0u8; super::record::TLS13_TRAILER_LEN]);
+    let mut done = Vec::with_capacity(1);
+    let (mut next, mut seq, mut bytes) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    loop {
+        let offset = (next % chunks) * chunk as u64;
+        let mut buf = bufs.pop().ok_or("no buffer")?;
+        match how {
+            VolumeRead::ReadThenSeal => {
+                storage.submit_read(next, offset, chunk, buf).map_err(|(e, _)| e.to_string())?;
+                while storage.poll(&mut done) == 0 {}
+                let c = done.pop().ok_or("no completion")?;
+                c.result.map_err(|e| e.to_string())?;
+                buf = c.buf;
+                for rec in buf.as_mut_slice()[..chunk].chunks_mut(RECORD) {
+                    super::record::seal_in_place_split(&keys, seq, &mut header, rec, 23, &mut trailer).map_err(|e| e.to_string())?;
+                    seq += 1;
+                }
+            }
+            VolumeRead::SealFromMapping => {
+                let from = storage.mapped(offset, chunk).ok_or("the mapping went away")?;
+                for (src, dst) in from.chunks(RECORD).zip(buf.as_mut_slice()[..chunk].chunks_mut(RECORD)) {
+                    let content = super::record::Content::Copied { from: src, to: dst };
+                    super::record::seal_split(&keys, seq, &mut header, content, 23, &mut trailer).map_err(|e| e.to_string())?;
+                    seq += 1;
+                }
+            }
+        }
+        black_box(&trailer);
+        bufs.insert(0, buf);
+        next += 1;
+        bytes += chunk as u64;
+        let elapsed = start.elapsed();
+        if elapsed >= duration {
+            return Ok(bytes as f64 / elapsed.as_secs_f64() / 1e9);
+        }
+    }
+}
+
 /// OpenSSL's AES-128-GCM over 16 KiB buffers: `openssl speed -evp aes-128-gcm -bytes 16384
 /// -seconds N`, run as a child process (it inherits the calling thread's CPU affinity, so a
 /// pinned caller measures its own core). Returns GB/s and `openssl version`'s line.
