@@ -6,7 +6,9 @@
 //! by an object range that is read from storage into 256 KiB DMA chunks only when TCP asks for
 //! those bytes. Under TLS the records of a chunk are sealed in place as soon as its read
 //! completes; their 5-byte headers and 17-byte trailers live beside the chunk, so storage DMA
-//! lands exactly where the NIC reads. Record boundaries and sequence numbers are a function of
+//! lands exactly where the NIC reads. From a volume in memory (a file on tmpfs, mapped) the
+//! records are sealed out of the mapping into the chunk's buffer when TCP asks for them: the
+//! seal is the read ([`Storage::mapped`]). Record boundaries and sequence numbers are a function of
 //! the stream offset ([`ResponseLayout`]), so a chunk released at a retransmission timeout is
 //! read and sealed again to the same bytes. Chunks go back to the pool once sent (a
 //! retransmission reads and seals them again).
@@ -1477,7 +1479,6 @@ impl<S: Storage> HttpApp<S> {
         if let Some(from) = session.and_then(|_| self.storage.mapped(b.extent + lo, read_len as usize)) {
             self.stats.storage_reads += 1;
             self.stats.storage_read_bytes += read_len;
-            k.state = ChunkState::Pending(tag);
             // Asked for now, so nothing of it is acknowledged yet.
             if finish_chunk(&self.held, session, &mut self.stats, c, slot, buf, Some(from), 0).is_ok() {
                 return ReadStart::Filled;

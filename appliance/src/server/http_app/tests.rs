@@ -734,7 +734,12 @@ fn the_oldest_partial_head_gives_its_buffer_to_a_waiting_request() {
 /// A volume with one patterned file of `len` bytes at `/v.ts` (every offset differs, so
 /// a record opened at the wrong place shows).
 fn patterned_volume(len: usize) -> (tempfile::TempDir, drivers::storage::FileStorage, crate::volume::Volume, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
+    patterned_volume_in(len, false)
+}
+
+/// [`patterned_volume`], on /dev/shm (mapped) when `in_memory`.
+fn patterned_volume_in(len: usize, in_memory: bool) -> (tempfile::TempDir, drivers::storage::FileStorage, crate::volume::Volume, Vec<u8>) {
+    let dir = if in_memory { tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm") } else { tempfile::tempdir().unwrap() };
     let tree = dir.path().join("tree");
     std::fs::create_dir_all(&tree).unwrap();
     let mut x: u64 = 0x9e3779b97f4a7c15;
@@ -750,6 +755,7 @@ fn patterned_volume(len: usize) -> (tempfile::TempDir, drivers::storage::FileSto
     let vol = dir.path().join("media.vol");
     crate::volume::pack(&tree, &vol).unwrap();
     let mut storage = drivers::storage::FileStorage::open(&vol).unwrap();
+    assert_eq!(storage.is_mapped(), in_memory);
     let volume = crate::volume::load(&mut storage).unwrap();
     (dir, storage, volume, data)
 }
@@ -758,12 +764,18 @@ fn patterned_volume(len: usize) -> (tempfile::TempDir, drivers::storage::FileSto
 /// one record, the last bytes) arrive as records that open with the dummy key to the
 /// volume's bytes, byte-exact; Content-Length is the framed length (the fetch completes
 /// on exactly that many bytes). Timeouts released chunks, so records were read and sealed
-/// again: a re-seal that differed would not open.
+/// again: a re-seal that differed would not open. From a volume on disk (read, then sealed
+/// in place) and from one on tmpfs (sealed out of its mapping).
 #[test]
 fn emulated_tls_bodies_open_to_the_volume_bytes_over_loss() {
+    emulated_tls_over_loss(false);
+    emulated_tls_over_loss(true);
+}
+
+fn emulated_tls_over_loss(in_memory: bool) {
     use sha2::{Digest, Sha256};
     const LEN: usize = 1_500_000;
-    let (_dir, storage, volume, data) = patterned_volume(LEN);
+    let (_dir, storage, volume, data) = patterned_volume_in(LEN, in_memory);
     let lossy = |seed| SimConfig { seed, loss: 0.05, reorder: 0.02, duplicate: 0.01, delay: Duration::from_millis(1), ..SimConfig::default() };
     let mut h = SimHarness::new(storage, volume, lossy(11), lossy(12), 16);
     h.server.app.enable_tls_emulation().unwrap();
@@ -788,6 +800,8 @@ fn emulated_tls_bodies_open_to_the_volume_bytes_over_loss() {
     assert!(s.tcp_rto_timeouts > 0, "no timeout released a chunk: {s:?}");
     assert!(s.tls_records_sealed > records, "{} sealed for {records} records: nothing sealed again", s.tls_records_sealed);
     assert_eq!((s.tls_handshakes, s.tls_records_opened), (0, 0), "requests are plaintext");
+    let mapped = drivers::storage::Storage::counters(&h.server.app.storage).mapped_reads;
+    assert_eq!(mapped, if in_memory { s.storage_reads } else { 0 }, "chunks sealed out of the mapping");
     h.run_for(Duration::from_secs(5));
     assert_eq!(h.server.stack.connection_count(), 0);
     assert_eq!(h.server.app.buffers_free(), 16, "every buffer back");
