@@ -287,6 +287,9 @@ struct Chunk {
     skip: u32,
     /// Stream offset just past this chunk's last byte on the wire (released once ACKed).
     stream_end: u64,
+    /// The object offset just past the bytes read (the chunk's end, the body's, or, for a
+    /// retransmission, the end of the records it asked for).
+    obj_end: u64,
     first_rec: u64,
     hdr: [[u8; HEADER_MAX]; RECORDS_PER_CHUNK],
     trl: [[u8; TRAILER]; RECORDS_PER_CHUNK],
@@ -299,6 +302,7 @@ impl Chunk {
         index: 0,
         skip: 0,
         stream_end: 0,
+        obj_end: 0,
         first_rec: 0,
         hdr: [[0; HEADER_MAX]; RECORDS_PER_CHUNK],
         trl: [[0; TRAILER]; RECORDS_PER_CHUNK],
@@ -308,11 +312,11 @@ impl Chunk {
     fn buf_base(&self) -> u64 {
         self.index * CHUNK as u64 + u64::from(self.skip)
     }
-}
 
-/// The object offset just past chunk `index`'s bytes (the object may end before).
-fn chunk_end(index: u64) -> u64 {
-    (index + 1) * CHUNK as u64
+    /// Whether the chunk holds (or its read will bring) object byte `pos`.
+    fn holds(&self, pos: u64) -> bool {
+        (self.buf_base()..self.obj_end).contains(&pos)
+    }
 }
 
 /// What became of a chunk that was asked for ([`HttpApp::start_read`]).
@@ -561,8 +565,10 @@ impl HttpConn {
         self.tls.is_some()
     }
 
-    fn find_chunk(&self, resp_start: u64, index: u64) -> Option<&Chunk> {
-        self.chunks.as_deref()?.iter().find(|k| !matches!(k.state, ChunkState::Free) && k.resp_start == resp_start && k.index == index)
+    /// The chunk of response `resp_start` that holds object byte `pos` (in chunk `index`).
+    /// A retransmission may have read part of a chunk only: another part is not found there.
+    fn find_chunk(&self, resp_start: u64, index: u64, pos: u64) -> Option<&Chunk> {
+        self.chunks.as_deref()?.iter().find(|k| !matches!(k.state, ChunkState::Free) && k.resp_start == resp_start && k.index == index && k.holds(pos))
     }
 
     /// Unparsed request bytes.
@@ -1422,9 +1428,12 @@ impl<S: Storage> HttpApp<S> {
         }
     }
 
-    /// Start reading chunk `index` of response `resp` into a free slot; with a medium in
-    /// memory, fill (and seal) it now instead.
-    fn start_read(&mut self, id: ConnId, c: &mut HttpConn, resp: usize, index: u64) -> ReadStart {
+    /// Start reading chunk `index` of response `resp` into a free slot, from the block that
+    /// holds object byte `from` (a record's first under TLS) to the chunk's end, or with
+    /// `upto` only to the record (or block) holding object byte `upto - 1`: a retransmission
+    /// reads what it resends, not the whole chunk. With a medium in memory, fill (and seal)
+    /// it now instead.
+    fn start_read(&mut self, id: ConnId, c: &mut HttpConn, resp: usize, index: u64, from: u64, upto: Option<u64>) -> ReadStart {
         let Some(r) = c.responses.get(&self.held.responses, resp) else { return ReadStart::NotStarted };
         let (start, head_len, body, sealed) = (r.start, r.head_len, r.body, r.tls.is_some());
         if c.chunks.as_ref().is_some_and(|set| set.iter().all(|k| !matches!(k.state, ChunkState::Free))) && !yield_read_ahead(c, start, index) {
@@ -1458,11 +1467,18 @@ impl<S: Storage> HttpApp<S> {
         let Some(slot) = set.iter().position(|k| matches!(k.state, ChunkState::Free)) else { return ReadStart::NotStarted };
         let chunk_obj = index * CHUNK as u64;
         let valid = (b.size - chunk_obj).min(CHUNK as u64);
-        let hi = (chunk_obj + valid).min(b.obj_off + b.len);
-        // From the block holding the body's first byte in this chunk to the block holding
-        // its last: a range that starts or ends inside the chunk reads no more (nothing
-        // outside it is sealed or sent).
-        let lo = chunk_obj.max(b.obj_off) / BLOCK * BLOCK;
+        let mut hi = (chunk_obj + valid).min(b.obj_off + b.len);
+        if let Some(upto) = upto {
+            // Whole records (they are 16 KiB-aligned in the object; blocks divide them).
+            hi = hi.min(upto.max(from + 1).div_ceil(RECORD_PLAINTEXT) * RECORD_PLAINTEXT);
+        }
+        // From the block holding the body's first byte in this chunk (or the first byte
+        // wanted) to the block holding its last: a range that starts or ends inside the
+        // chunk reads no more (nothing outside it is sealed or sent).
+        let lo = chunk_obj.max(b.obj_off).max(from) / BLOCK * BLOCK;
+        if lo >= hi {
+            return ReadStart::NotStarted;
+        }
         let read_len = (hi - lo).div_ceil(BLOCK) * BLOCK;
         c.read_seq = c.read_seq.wrapping_add(1);
         let tag = (id.slot as u64) << 32 | (id.gen as u16 as u64) << 16 | c.read_seq as u64;
@@ -1470,6 +1486,7 @@ impl<S: Storage> HttpApp<S> {
         k.resp_start = start;
         k.index = index;
         k.skip = (lo - chunk_obj) as u32;
+        k.obj_end = hi;
         // Plain: the last body byte of the chunk; TLS: set when the chunk is sealed.
         k.stream_end = start + head_len as u64 + (hi - b.obj_off);
         // A medium in memory is read by the seal itself, out of place into the buffer: one
@@ -1776,7 +1793,9 @@ impl<S: Storage> App for HttpApp<S> {
         let mut fills = max / CHUNK + 2;
         let more_soon = loop {
             match stop {
-                Stop::Missing { resp, index } => match self.start_read(id, c, resp, index) {
+                // A retransmission reads the records it resends (and what the walk wants
+                // beyond them in that chunk); a first read, the whole chunk.
+                Stop::Missing { resp, index, at } => match self.start_read(id, c, resp, index, at, resend.then_some(at + (max - len) as u64)) {
                     ReadStart::Filled if fills > 0 => {
                         fills -= 1;
                         (len, stop, _) = walk_ready(&self.held, c, off, max, |_| {});
@@ -1801,8 +1820,9 @@ impl<S: Storage> App for HttpApp<S> {
             if let Some(b) = body {
                 let next = index + 1;
                 let filled_when_asked = sealed && self.storage.maps(b.extent + next * CHUNK as u64);
-                if next * (CHUNK as u64) < b.obj_off + b.len && c.find_chunk(start, next).is_none() && !filled_when_asked {
-                    self.start_read(id, c, resp, next);
+                let next_obj = next * CHUNK as u64;
+                if next_obj < b.obj_off + b.len && c.find_chunk(start, next, next_obj).is_none() && !filled_when_asked {
+                    self.start_read(id, c, resp, next, next_obj, None);
                 }
             }
         }

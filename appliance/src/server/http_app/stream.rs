@@ -4,7 +4,7 @@
 
 use drivers::storage::DmaBuf;
 
-use super::{chunk_end, Chunk, ChunkSet, ChunkState, HttpConn, Held, Response, TlsPhase, CHUNK, RECORDS_PER_CHUNK, TRAILER};
+use super::{Chunk, ChunkSet, ChunkState, HttpConn, Held, Response, TlsPhase, CHUNK, RECORDS_PER_CHUNK, TRAILER};
 use crate::tls::handshake::RecordSession;
 use crate::tls::layout::{RecordPart, RecordSource, ResponseLayout};
 use crate::tls::record::{self, Content, CONTENT_APPLICATION_DATA};
@@ -58,8 +58,9 @@ enum Loc<'a> {
     /// A part of a sealed record of a TLS body: the records after it in the same chunk
     /// follow on the wire, so a walk goes on there without locating each part again.
     Record(RecordAt<'a>),
-    /// Chunk `index` of response `resp` is not in memory: read it.
-    Missing { resp: usize, index: u64 },
+    /// Chunk `index` of response `resp` is not in memory from object byte `at` (a record's
+    /// first under TLS): read it.
+    Missing { resp: usize, index: u64, at: u64 },
     /// A read is under way.
     Pending,
     /// Nothing is held there (beyond the stream, or acknowledged already).
@@ -96,10 +97,10 @@ fn locate<'a>(held: &'a Held, c: &'a HttpConn, off: u64) -> (Loc<'a>, Option<Bod
         None => {
             let obj_pos = b.obj_off + (rel - r.head_len as u64);
             let index = obj_pos / CHUNK as u64;
-            let loc = match c.find_chunk(r.start, index) {
-                None => Loc::Missing { resp, index },
+            let loc = match c.find_chunk(r.start, index, obj_pos) {
+                None => Loc::Missing { resp, index, at: obj_pos },
                 Some(k @ Chunk { state: ChunkState::Ready(buf), .. }) => {
-                    let end = chunk_end(index).min(b.obj_off + b.len);
+                    let end = k.obj_end;
                     let at = k.buf_base();
                     Loc::Bytes(&buf.as_slice()[(obj_pos - at) as usize..(end - at) as usize])
                 }
@@ -114,8 +115,8 @@ fn locate<'a>(held: &'a Held, c: &'a HttpConn, off: u64) -> (Loc<'a>, Option<Bod
             };
             let index = object_start / CHUNK as u64;
             let chunk = Some((resp, index));
-            let k = match c.find_chunk(r.start, index) {
-                None => return (Loc::Missing { resp, index }, chunk),
+            let k = match c.find_chunk(r.start, index, object_start) {
+                None => return (Loc::Missing { resp, index, at: object_start }, chunk),
                 Some(k) => k,
             };
             let ChunkState::Ready(buf) = &k.state else { return (Loc::Pending, chunk) };
@@ -166,8 +167,8 @@ impl<'a> RecordAt<'a> {
                     return None;
                 }
                 let RecordSource::Body { object_start, object_end } = self.layout.record_source(rec) else { return None };
-                if object_end > chunk_end(self.chunk.index) || rec - self.chunk.first_rec >= RECORDS_PER_CHUNK as u64 {
-                    return None; // the next chunk's: located afresh
+                if object_end > self.chunk.obj_end || rec - self.chunk.first_rec >= RECORDS_PER_CHUNK as u64 {
+                    return None; // past what this chunk read (the next chunk's): located afresh
                 }
                 return Some(RecordAt { rec, part: RecordPart::Header(0), object_start, object_end, ..self });
             }
@@ -180,8 +181,8 @@ impl<'a> RecordAt<'a> {
 pub(super) enum Stop {
     /// At `max`, at the part limit, or where nothing more is held.
     Done,
-    /// At a chunk not read yet: (response, chunk index) to read.
-    Missing { resp: usize, index: u64 },
+    /// At a chunk not read yet: (response, chunk index, the object byte from which) to read.
+    Missing { resp: usize, index: u64, at: u64 },
     /// At a chunk whose read is under way.
     Pending,
 }
@@ -223,7 +224,7 @@ pub(super) fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usi
                     None => break,
                 }
             },
-            Loc::Missing { resp, index } => return (n, Stop::Missing { resp, index }, first),
+            Loc::Missing { resp, index, at } => return (n, Stop::Missing { resp, index, at }, first),
             Loc::Pending => return (n, Stop::Pending, first),
             Loc::Nothing => return (n, Stop::Done, first),
         }
@@ -243,10 +244,11 @@ fn bytes_or_nothing(b: &[u8]) -> Loc<'_> {
 /// Returns how many records were sealed.
 pub(super) fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, buf: &mut DmaBuf, from: Option<&[u8]>) -> Result<u64, TlsError> {
     let (Some(t), Some(b)) = (r.tls, r.body) else { return Ok(0) };
-    let base = k.index * CHUNK as u64;
-    let lo = base.max(b.obj_off);
-    let hi = chunk_end(k.index).min(b.obj_off + b.len);
+    // The read started at a record's first block (the body's first byte's, or the first
+    // record a retransmission resends) and ended at a record's end or the body's.
     let at = k.buf_base();
+    let lo = at.max(b.obj_off);
+    let hi = k.obj_end;
     let keys = session.tx_keys(t.epoch)?;
     let first = r.record_of(&t, &b, lo);
     let last = r.record_of(&t, &b, hi - 1);
