@@ -4,11 +4,14 @@
 //! handle to one of them and goes back to the free list when dropped. The pool is per core
 //! (`Rc`, not `Arc`): no locks on the fast path.
 //!
-//! The free list is first in, first out: the buffer given back longest ago is handed out
-//! first. A device that reads buffers after their handles came back (a NIC sending payload
-//! from them without copying, see [`RegionLease`]) adds its [`DeviceHolds`]: a buffer it
-//! still holds stays on the free list, in its place, and is not handed out until the device
-//! lets go of it.
+//! The buffer given back last is handed out first: it is the likeliest to be in the core's
+//! caches still, so a small working set of buffers stays there however large the pool (a
+//! core that seals into a buffer, and copies it to a TAP, touches lines it had already).
+//! A device that reads buffers after their handles came back (a NIC sending payload from
+//! them without copying, see [`RegionLease`]) adds its [`DeviceHolds`]: then the free list is
+//! first in, first out (the buffer given back longest ago is the likeliest to be let go of),
+//! and a buffer the device still holds stays on the free list, in its place, and is not
+//! handed out until the device lets go of it.
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
@@ -43,8 +46,9 @@ struct PoolInner {
     count: usize,
     /// Device address of `base` (IOVA); equal to the virtual address for heap pools.
     iova_base: u64,
-    /// Free buffers, the one given back longest ago first. Room for every buffer: pushing
-    /// never allocates.
+    /// Free buffers, the one given back longest ago first (handed out from the back, or
+    /// from the front when a device holds buffers). Room for every buffer: pushing never
+    /// allocates.
     free: RefCell<VecDeque<u32>>,
     /// The devices that may still read free buffers (usually none or one).
     holds: RefCell<Vec<Arc<dyn DeviceHolds>>>,
@@ -134,13 +138,14 @@ impl DmaPool {
         }
     }
 
-    /// The free buffer given back longest ago that no device holds; None when there is none
-    /// (when there are free buffers but all are held, the device is asked to let go).
+    /// The free buffer given back last, or with a device that holds buffers, the one given
+    /// back longest ago that it does not hold; None when there is none (when there are free
+    /// buffers but all are held, the device is asked to let go).
     pub fn alloc(&self) -> Option<DmaBuf> {
         let mut free = self.inner.free.borrow_mut();
         let holds = self.inner.holds.borrow();
         let at = if holds.is_empty() {
-            (!free.is_empty()).then_some(0)
+            free.len().checked_sub(1)
         } else {
             let at = free.iter().position(|&i| !holds.iter().any(|h| h.held(i as usize)));
             if at.is_none() && !free.is_empty() {
@@ -386,9 +391,40 @@ mod tests {
         }
     }
 
+    /// Without a device that holds buffers, the one given back last goes out first (warm in
+    /// the caches): a core that takes and gives back one buffer at a time keeps using it.
     #[test]
-    fn the_free_list_is_first_in_first_out() {
+    fn the_buffer_given_back_last_goes_out_first() {
         let pool = DmaPool::heap(4096, 4, 4096);
+        let bufs: Vec<DmaBuf> = (0..4).map(|_| pool.alloc().unwrap()).collect();
+        assert_eq!(bufs.iter().map(|b| b.index()).collect::<Vec<_>>(), [3, 2, 1, 0], "fresh pool: from the back");
+        let mut bufs: Vec<Option<DmaBuf>> = bufs.into_iter().map(Some).collect();
+        // Given back 1 (index 2), 3 (index 0), 0 (index 3): handed out again the other way round.
+        for i in [1, 3, 0] {
+            bufs[i] = None;
+        }
+        let three = pool.alloc().unwrap();
+        assert_eq!(three.index(), 3);
+        let again = pool.alloc().unwrap();
+        assert_eq!(again.index(), 0);
+        drop(again); // back on top, above 2
+        for _ in 0..3 {
+            let b = pool.alloc().unwrap();
+            assert_eq!(b.index(), 0, "one buffer in use at a time: always the same one");
+        }
+        let (zero, two) = (pool.alloc().unwrap(), pool.alloc().unwrap());
+        assert_eq!((zero.index(), two.index()), (0, 2));
+        assert!(pool.alloc().is_none());
+        drop((zero, two, three));
+        assert_eq!(pool.held_waits(), 0);
+    }
+
+    /// With a device that holds buffers, the one given back longest ago goes out first: the
+    /// likeliest to have been let go of.
+    #[test]
+    fn with_a_device_the_free_list_is_first_in_first_out() {
+        let pool = DmaPool::heap(4096, 4, 4096);
+        pool.add_device_holds(Arc::new(FakeHolds::default()));
         let bufs: Vec<DmaBuf> = (0..4).map(|_| pool.alloc().unwrap()).collect();
         assert_eq!(bufs.iter().map(|b| b.index()).collect::<Vec<_>>(), [0, 1, 2, 3], "fresh pool: in order");
         let mut bufs: Vec<Option<DmaBuf>> = bufs.into_iter().map(Some).collect();
