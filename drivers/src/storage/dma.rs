@@ -391,18 +391,27 @@ mod tests {
         }
     }
 
+    /// Takes all four buffers of a fresh `pool`, then gives back those with indices 2, 0 and
+    /// 3, in that order. Returns the indices in the order they first came out, and the buffer
+    /// kept (index 1).
+    fn all_out_then_2_0_3_back(pool: &DmaPool) -> (Vec<u32>, DmaBuf) {
+        let mut bufs: Vec<DmaBuf> = (0..4).map(|_| pool.alloc().unwrap()).collect();
+        let first_out = bufs.iter().map(|b| b.index()).collect();
+        for i in [2, 0, 3] {
+            let at = bufs.iter().position(|b| b.index() == i).unwrap();
+            drop(bufs.remove(at));
+        }
+        (first_out, bufs.pop().unwrap())
+    }
+
     /// Without a device that holds buffers, the one given back last goes out first (warm in
     /// the caches): a core that takes and gives back one buffer at a time keeps using it.
     #[test]
     fn the_buffer_given_back_last_goes_out_first() {
         let pool = DmaPool::heap(4096, 4, 4096);
-        let bufs: Vec<DmaBuf> = (0..4).map(|_| pool.alloc().unwrap()).collect();
-        assert_eq!(bufs.iter().map(|b| b.index()).collect::<Vec<_>>(), [3, 2, 1, 0], "fresh pool: from the back");
-        let mut bufs: Vec<Option<DmaBuf>> = bufs.into_iter().map(Some).collect();
-        // Given back 1 (index 2), 3 (index 0), 0 (index 3): handed out again the other way round.
-        for i in [1, 3, 0] {
-            bufs[i] = None;
-        }
+        let (first_out, _one) = all_out_then_2_0_3_back(&pool);
+        assert_eq!(first_out, [3, 2, 1, 0], "fresh pool: from the back");
+        // Handed out again the other way round.
         let three = pool.alloc().unwrap();
         assert_eq!(three.index(), 3);
         let again = pool.alloc().unwrap();
@@ -425,13 +434,9 @@ mod tests {
     fn with_a_device_the_free_list_is_first_in_first_out() {
         let pool = DmaPool::heap(4096, 4, 4096);
         pool.add_device_holds(Arc::new(FakeHolds::default()));
-        let bufs: Vec<DmaBuf> = (0..4).map(|_| pool.alloc().unwrap()).collect();
-        assert_eq!(bufs.iter().map(|b| b.index()).collect::<Vec<_>>(), [0, 1, 2, 3], "fresh pool: in order");
-        let mut bufs: Vec<Option<DmaBuf>> = bufs.into_iter().map(Some).collect();
-        // Given back 2, 0, 3: handed out again in that order.
-        for i in [2, 0, 3] {
-            bufs[i] = None;
-        }
+        let (first_out, _one) = all_out_then_2_0_3_back(&pool);
+        assert_eq!(first_out, [0, 1, 2, 3], "fresh pool: in order");
+        // Handed out again in the order given back.
         let two = pool.alloc().unwrap();
         assert_eq!(two.index(), 2);
         let again = pool.alloc().unwrap();

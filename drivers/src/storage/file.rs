@@ -316,12 +316,11 @@ impl Storage for FileStorage {
 
     fn mapped(&mut self, offset: u64, len: usize) -> Option<&[u8]> {
         let block = FILE_BLOCK_SIZE as u64;
-        if self.mapping.is_none() || !offset.is_multiple_of(block) || !(len as u64).is_multiple_of(block) || !self.check_lease() {
+        if !offset.is_multiple_of(block) || !(len as u64).is_multiple_of(block) || !self.check_lease() {
             return None;
         }
         let bytes = self.mapping.as_ref()?.bytes(offset, len)?;
-        self.counters.reads += 1;
-        self.counters.read_bytes += len as u64;
+        count_read(&mut self.counters, &Ok(()), len);
         self.counters.mapped_reads += 1;
         Some(bytes)
     }
