@@ -38,7 +38,9 @@ pub fn allocator_installed() -> bool {
     INSTALLED.load(Ordering::Relaxed)
 }
 
-/// Runs `f` with allocations on this thread counted.
+/// Runs `f` with allocations on this thread counted. Never inlined: `ci/profile-bench` tells
+/// the server's samples from the in-process clients' by this frame.
+#[inline(never)]
 pub fn counting<R>(f: impl FnOnce() -> R) -> R {
     let was = COUNTING.with(|c| c.replace(true));
     let r = f();
@@ -47,7 +49,9 @@ pub fn counting<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Runs `f`, a step of a TLS handshake (rustls): inside [`counting`] its time and allocations
-/// are also added to [`handshake_work`]. Outside (in `serve`) it costs nothing.
+/// are also added to [`handshake_work`]. Outside (in `serve`) it costs nothing. Never inlined,
+/// for `ci/profile-bench` as [`counting`].
+#[inline(never)]
 pub fn handshake<R>(f: impl FnOnce() -> R) -> R {
     if !COUNTING.with(Cell::get) {
         return f();

@@ -456,6 +456,11 @@ const TEST_NAME: &str = "appliance.test";
 /// A throw-away CA and server certificate: the server's configuration and a client
 /// configuration that trusts it (for tests and the benchmark).
 pub fn test_tls_configs() -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), String> {
+    test_tls_configs_for(rustls::DEFAULT_VERSIONS)
+}
+
+/// [`test_tls_configs`], the client offering only `versions` (TLS 1.2 alone, say).
+pub fn test_tls_configs_for(versions: &[&'static rustls::SupportedProtocolVersion]) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
     let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|x| e(&x))?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|x| e(&x))?;
@@ -475,7 +480,7 @@ pub fn test_tls_configs() -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::Clie
     roots.add(ca.der().clone()).map_err(|x| e(&x))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|x| e(&x))?
         .with_root_certificates(roots)
         .with_no_client_auth();

@@ -50,7 +50,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-use stream::{free_ready_chunks_below, release_chunks, seal_chunk, walk_ready, yield_read_ahead, Stop};
+use stream::{free_ready_chunks_below, ready_len, release_chunks, seal_chunk, walk_ready, yield_read_ahead, Stop};
 
 /// Bytes of object data per storage read and DMA buffer (a multiple of the record size).
 /// 256 KiB rather than 64: a quarter of the reads, completions, chunk lookups and buffer
@@ -1786,7 +1786,7 @@ impl<S: Storage> App for HttpApp<S> {
     }
 
     fn available(&mut self, _now: Instant, id: ConnId, c: &mut HttpConn, off: u64, max: usize, resend: bool) -> Ready {
-        let (mut len, mut stop, body_chunk) = walk_ready(&self.held, c, off, max, |_| {});
+        let (mut len, mut stop, body_chunk) = ready_len(&self.held, c, off, max);
         // A read under way, or started now, wakes the connection when it completes: what
         // follows is on its way. (One that could not start is not counted.) A chunk filled
         // at once is walked on into (at most every chunk `max` spans, and one more).
@@ -1798,7 +1798,7 @@ impl<S: Storage> App for HttpApp<S> {
                 Stop::Missing { resp, index, at } => match self.start_read(id, c, resp, index, at, resend.then_some(at + (max - len) as u64)) {
                     ReadStart::Filled if fills > 0 => {
                         fills -= 1;
-                        (len, stop, _) = walk_ready(&self.held, c, off, max, |_| {});
+                        (len, stop, _) = ready_len(&self.held, c, off, max);
                     }
                     ReadStart::Filled | ReadStart::Started => break true,
                     ReadStart::NotStarted => break false,

@@ -1,6 +1,7 @@
 //! Where each byte of a connection's response stream lies: the response heads, the
-//! storage chunks read for bodies and the TLS records sealed in them. `available` and
-//! `payload` walk the same way ([`walk_ready`]), so what one promises the other gives.
+//! storage chunks read for bodies and the TLS records sealed in them. `available`
+//! ([`ready_len`]) and `payload` ([`walk_ready`]) walk the same way, so what one promises the
+//! other gives.
 
 use drivers::storage::DmaBuf;
 
@@ -161,23 +162,40 @@ impl<'a> RecordAt<'a> {
             RecordPart::Header(_) => RecordPart::Payload(0),
             RecordPart::Payload(_) if self.layout.format().inner_type_len > 0 => RecordPart::InnerType,
             RecordPart::Payload(_) => RecordPart::Tag(0),
-            RecordPart::InnerType | RecordPart::Tag(_) => {
-                let rec = self.rec + 1;
-                if rec >= self.layout.record_count() {
-                    return None;
-                }
-                let RecordSource::Body { object_start, object_end } = self.layout.record_source(rec) else { return None };
-                if object_end > self.chunk.obj_end || rec - self.chunk.first_rec >= RECORDS_PER_CHUNK as u64 {
-                    return None; // past what this chunk read (the next chunk's): located afresh
-                }
-                return Some(RecordAt { rec, part: RecordPart::Header(0), object_start, object_end, ..self });
-            }
+            RecordPart::InnerType | RecordPart::Tag(_) => return self.next_record(),
         };
         Some(RecordAt { part, ..self })
     }
+
+    /// The first part of the next record if it lies in the same chunk.
+    fn next_record(self) -> Option<RecordAt<'a>> {
+        let rec = self.rec + 1;
+        if rec >= self.layout.record_count() {
+            return None;
+        }
+        let RecordSource::Body { object_start, object_end } = self.layout.record_source(rec) else { return None };
+        if object_end > self.chunk.obj_end || rec - self.chunk.first_rec >= RECORDS_PER_CHUNK as u64 {
+            return None; // past what this chunk read (the next chunk's): located afresh
+        }
+        Some(RecordAt { rec, part: RecordPart::Header(0), object_start, object_end, ..self })
+    }
+
+    /// At a record's first byte: the record's length on the wire (header, payload, trailer:
+    /// [`PARTS_PER_RECORD`] parts).
+    fn whole_record_len(&self) -> Option<usize> {
+        if self.part != RecordPart::Header(0) {
+            return None;
+        }
+        Some((self.layout.format().overhead() + self.object_end - self.object_start) as usize)
+    }
 }
 
+/// The parts a walk gives per record: its header, its payload and its trailer (the inner
+/// content type and the tag, or the tag alone), as [`RecordAt::next`] steps.
+const PARTS_PER_RECORD: usize = 3;
+
 /// Why [`walk_ready`] stopped.
+#[derive(Debug, PartialEq, Eq)]
 pub(super) enum Stop {
     /// At `max`, at the part limit, or where nothing more is held.
     Done,
@@ -190,15 +208,28 @@ pub(super) enum Stop {
 /// Walk the bytes ready from stream offset `off`: at most `max` of them, in at most
 /// [`MAX_PARTS`](crate::net::iface::MAX_PARTS) slices, each given to `each` in order. Returns
 /// how many bytes, why the walk stopped, and the body chunk holding `off` (if `max` > 0 and
-/// it is body bytes). `available` and `payload` both walk, so they agree on every slice.
-pub(super) fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'a [u8])) -> (usize, Stop, Option<BodyChunk>) {
+/// it is body bytes). `available` ([`ready_len`]) and `payload` both walk, so they agree on
+/// every slice.
+pub(super) fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, each: impl FnMut(&'a [u8])) -> (usize, Stop, Option<BodyChunk>) {
+    walk::<true>(held, c, off, max, each)
+}
+
+/// What [`walk_ready`] returns, without the slices: a record that lies whole within the
+/// walk's limits is stepped over by its length, its header and trailer not read (the walk
+/// for `payload` reads them). `available` asks this once per segment.
+pub(super) fn ready_len(held: &Held, c: &HttpConn, off: u64, max: usize) -> (usize, Stop, Option<BodyChunk>) {
+    walk::<false>(held, c, off, max, |_| {})
+}
+
+fn walk<'a, const SLICES: bool>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'a [u8])) -> (usize, Stop, Option<BodyChunk>) {
+    use crate::net::iface::MAX_PARTS;
     let (mut n, mut parts) = (0usize, 0usize);
-    let mut take = |b: &'a [u8], n: &mut usize| {
+    let mut take = |b: &'a [u8], n: &mut usize, parts: &mut usize| {
         let b = &b[..b.len().min(max - *n)];
         each(b);
         *n += b.len();
-        parts += 1;
-        *n < max && parts < crate::net::iface::MAX_PARTS
+        *parts += 1;
+        *n < max && *parts < MAX_PARTS
     };
     let mut first = None;
     loop {
@@ -211,12 +242,23 @@ pub(super) fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usi
         }
         match loc {
             Loc::Bytes(b) => {
-                if !take(b, &mut n) {
+                if !take(b, &mut n, &mut parts) {
                     return (n, Stop::Done, first);
                 }
             }
             Loc::Record(mut at) => loop {
-                if !take(at.bytes(), &mut n) {
+                // Taking each of this record's parts would leave the walk below both limits
+                // (and cut none of them): the same as adding up the record.
+                if let Some(w) = at.whole_record_len().filter(|&w| !SLICES && n + w < max && parts + PARTS_PER_RECORD < MAX_PARTS) {
+                    n += w;
+                    parts += PARTS_PER_RECORD;
+                    match at.next_record() {
+                        Some(next) => at = next,
+                        None => break,
+                    }
+                    continue;
+                }
+                if !take(at.bytes(), &mut n, &mut parts) {
                     return (n, Stop::Done, first);
                 }
                 match at.next() {

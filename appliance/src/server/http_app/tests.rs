@@ -995,3 +995,60 @@ fn the_receive_pool_is_a_quarter_of_the_storage_pool() {
         assert_eq!(h.server.app.rx_buffers_free().0, rx, "{buffers} storage buffers");
     }
 }
+
+/// What `available` counts (`ready_len`, stepping over whole records) is what `payload`
+/// walks part by part (`walk_ready`): at offsets all over every stream, with limits around
+/// part and record lengths, while transfers are under way (ranges not on a record boundary
+/// among them) over TLS 1.3, TLS 1.2 (no inner content type) and emulated TLS.
+#[test]
+fn counting_what_is_ready_agrees_with_walking_it() {
+    const LEN: usize = 1_500_000;
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let tls12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    for (versions, emulation) in [(tls13, false), (tls12, false), (tls13, true)] {
+        let (_dir, storage, volume, _) = patterned_volume(LEN);
+        let far = SimConfig { delay: Duration::from_millis(2), ..SimConfig::default() };
+        let mut h = SimHarness::new(storage, volume, far.clone(), far, 16);
+        let ranges = [None, Some((1000, 700_000)), Some((16_384, 3 * 16_384 - 1))];
+        if emulation {
+            h.server.app.enable_tls_emulation().unwrap();
+            for r in ranges {
+                assert!(h.start_fetch("/v.ts", r));
+            }
+        } else {
+            let (server, client) = crate::loopback::test_tls_configs_for(versions).unwrap();
+            h.enable_tls(server, client);
+            for r in ranges {
+                assert!(h.start_fetch_tls("/v.ts", r));
+            }
+        }
+        let limits = [1, 4, 5, 6, 17, 18, 1000, 16_384, 16_401, 16_406, 16_423, 40_000, 65_536, 1 << 20];
+        let (mut compared, mut skipped_to_the_limit) = (0u64, 0u64);
+        let mut round = 0u64;
+        while h.client_app.fetches.len() < ranges.len() {
+            assert!(h.now() < 60 * SEC, "fetches did not finish");
+            h.step(true);
+            round += 1;
+            if !round.is_multiple_of(7) {
+                continue;
+            }
+            let held = &h.server.app.held;
+            for (_, _, e) in h.server.stack.connections() {
+                let c = &e.app;
+                let from = e.tcp.acked_offset();
+                for off in (from..c.stream_len).step_by(3_989).chain([c.stream_len]) {
+                    for max in limits {
+                        let walked = super::walk_ready(held, c, off, max, |_| {});
+                        let counted = super::ready_len(held, c, off, max);
+                        assert_eq!(walked, counted, "offset {off}, at most {max} bytes ({versions:?}, emulation {emulation})");
+                        compared += 1;
+                        skipped_to_the_limit += u64::from(counted.0 == max && max > 2 * 16_384);
+                    }
+                }
+            }
+        }
+        assert!(compared > 10_000 && skipped_to_the_limit > 100, "compared {compared}, {skipped_to_the_limit} reached a limit past two records");
+        let s = h.server.stats();
+        assert_eq!(s.tls_handshakes, u64::from(!emulation) * ranges.len() as u64);
+    }
+}
