@@ -249,7 +249,8 @@ fn walk<'a, const SLICES: bool>(held: &'a Held, c: &'a HttpConn, off: u64, max: 
             Loc::Record(mut at) => loop {
                 // Taking each of this record's parts would leave the walk below both limits
                 // (and cut none of them): the same as adding up the record.
-                if let Some(w) = at.whole_record_len().filter(|&w| !SLICES && n + w < max && parts + PARTS_PER_RECORD < MAX_PARTS) {
+                let whole = if SLICES { None } else { at.whole_record_len().filter(|&w| n + w < max && parts + PARTS_PER_RECORD < MAX_PARTS) };
+                if let Some(w) = whole {
                     n += w;
                     parts += PARTS_PER_RECORD;
                     match at.next_record() {
