@@ -1428,6 +1428,16 @@ impl<S: Storage> HttpApp<S> {
         }
     }
 
+    /// Bytes of this transfer will never come (a read refused, a seal that failed): give its
+    /// chunks back and queue the connection to be ended at the next storage poll.
+    fn end_transfer(&mut self, id: ConnId, c: &mut HttpConn) {
+        self.release_chunks(c);
+        if !c.refused {
+            c.refused = true;
+            self.refused.push_back(id);
+        }
+    }
+
     /// Start reading chunk `index` of response `resp` into a free slot, from the block that
     /// holds object byte `from` (a record's first under TLS) to the chunk's end, or with
     /// `upto` only to the record (or block) holding object byte `upto - 1`: a retransmission
@@ -1500,11 +1510,7 @@ impl<S: Storage> HttpApp<S> {
             if finish_chunk(&self.held, session, &mut self.stats, c, slot, buf, Some(from), 0).is_ok() {
                 return ReadStart::Filled;
             }
-            self.release_chunks(c);
-            if !c.refused {
-                c.refused = true;
-                self.refused.push_back(id);
-            }
+            self.end_transfer(id, c);
             return ReadStart::NotStarted;
         }
         match self.storage.submit_read(tag, b.extent + lo, read_len as usize, buf) {
@@ -1526,11 +1532,7 @@ impl<S: Storage> HttpApp<S> {
                 // those bytes will never come, so this transfer ends, like a failed read.
                 log::warn!("storage read refused, closing the connection: {e}");
                 self.stats.storage_errors += 1;
-                self.release_chunks(c);
-                if !c.refused {
-                    c.refused = true;
-                    self.refused.push_back(id);
-                }
+                self.end_transfer(id, c);
                 ReadStart::NotStarted
             }
         }
