@@ -39,10 +39,10 @@ criterion_group!(benches, seal_16k);
 
 /// A volume file on tmpfs turned into sealed records: read into the buffer and sealed in
 /// place, against sealed out of the file's mapping (what `appliance serve` does with a
-/// volume on tmpfs). 512 MiB, more than the caches hold, in 256 KiB chunks and 16 buffers
-/// as the server's defaults.
+/// volume on tmpfs). 512 MiB, more than the caches hold, in chunks and buffers as the server's
+/// defaults.
 fn volume_table(secs: f64, best: f64) {
-    const CHUNK: usize = 256 * 1024;
+    const CHUNK: usize = appliance::server::http_app::CHUNK;
     println!("a 512 MiB volume file on tmpfs (/dev/shm) to sealed TLS 1.3 records, {CHUNK}-byte chunks, AES-128-GCM");
     let dir = match tempfile::tempdir_in("/dev/shm") {
         Ok(d) => d,
@@ -59,7 +59,7 @@ fn volume_table(secs: f64, best: f64) {
         ("pread, seal in place", VolumeRead::ReadThenSeal),
         ("seal from the mapping", VolumeRead::SealFromMapping),
     ] {
-        match measure_volume_seal_gbps(&path, how, CHUNK, 16, Duration::from_secs_f64(secs)) {
+        match measure_volume_seal_gbps(&path, how, CHUNK, appliance::server::BUFFERS, Duration::from_secs_f64(secs)) {
             Ok(g) => println!("{:<22} {:>8.2} {:>9.0}%", name, g, 100.0 * g / best),
             Err(e) => println!("{name:<22} not measured: {e}"),
         }

@@ -126,7 +126,7 @@ pub struct BenchArgs {
     /// The server does not pace (the default), as `serve --no-pacing`.
     #[arg(long)]
     pub no_pacing: bool,
-    /// 256 KiB storage buffers per core, as `serve --buffers` (they bound the data read and
+    /// 512 KiB storage buffers per core, as `serve --buffers` (they bound the data read and
     /// not yet sent, and so how much of it the caches must hold).
     #[arg(long, default_value_t = crate::server::BUFFERS as u64, value_parser = clap::value_parser!(u64).range(crate::server::MIN_BUFFERS as u64..=crate::server::MAX_BUFFERS as u64))]
     pub buffers: u64,
@@ -145,7 +145,7 @@ pub struct ServerSetup {
     pub offload: bool,
     pub congestion: CongestionControl,
     pub pacing: bool,
-    /// 256 KiB storage buffers per core, as `serve --buffers`.
+    /// 512 KiB storage buffers per core, as `serve --buffers`.
     pub buffers: usize,
 }
 
@@ -187,6 +187,7 @@ struct CoreResult {
     handshake_ns: u64,
     handshake_allocs: u64,
     segments_sent: u64,
+    segments_received: u64,
     retransmits: u64,
     rto_timeouts: u64,
     /// Bytes the storage backend read during the transfers.
@@ -228,9 +229,11 @@ pub struct CaseResult {
     /// TCP segments the servers sent (a TSO frame counts once) and retransmitted, during
     /// the transfers.
     pub segments_sent: u64,
+    /// TCP segments the server received during the transfers (mostly ACKs).
+    pub segments_received: u64,
     pub retransmits: u64,
     /// Retransmission timeouts (each sends a segment again, and a retransmission reads and
-    /// seals its 256 KiB chunk again).
+    /// seals the records it resends again).
     pub rto_timeouts: u64,
     /// Bytes read from storage per body byte served: 1 plus what retransmissions read again
     /// (and the rounding of ranges to blocks).
@@ -359,9 +362,9 @@ fn on_first_core<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// AES-128-GCM sealing of 16 KiB TLS 1.3 records, in place, over data the storage backend
-/// has just read into its buffers: what the pipeline seals. Reads of 256 KiB go through the
-/// same backend and pool size as the cases (`buffers` of them in flight, then each completed
-/// buffer sealed as sixteen records with the fast path's record function); only the sealing is
+/// has just read into its buffers: what the pipeline seals. Reads of a chunk (512 KiB) go
+/// through the same backend and pool size as the cases (`buffers` of them in flight, then each
+/// completed buffer sealed as 16 KiB records with the fast path's record function); only the sealing is
 /// timed, over about `bytes` of the volume. On this VM the drive's "DMA" is the hypervisor
 /// writing guest memory, so the bytes are not in this core's caches when sealed, as after a
 /// real drive's DMA; [`measure_seal_gbps`] seals one hot buffer over and over. Returns Gb/s.
@@ -504,6 +507,7 @@ fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, res
         wall_seconds: results.iter().map(|r| r.wall).fold(0.0, f64::max),
         handshakes: results.iter().map(|r| r.handshakes).sum(),
         segments_sent: results.iter().map(|r| r.segments_sent).sum(),
+        segments_received: results.iter().map(|r| r.segments_received).sum(),
         retransmits: results.iter().map(|r| r.retransmits).sum(),
         rto_timeouts: results.iter().map(|r| r.rto_timeouts).sum(),
         storage_read_per_byte: if body_bytes == 0 { f64::NAN } else { results.iter().map(|r| r.read_bytes).sum::<u64>() as f64 / body_bytes as f64 },
@@ -654,6 +658,7 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
     out.handshakes = h.server.app.stats.tls_handshakes;
     let tcp1 = h.server.stats();
     out.segments_sent = tcp1.tcp_tx_segments - tcp0.tcp_tx_segments;
+    out.segments_received = tcp1.tcp_rx_segments - tcp0.tcp_rx_segments;
     out.retransmits = tcp1.tcp_retransmits - tcp0.tcp_retransmits;
     out.rto_timeouts = tcp1.tcp_rto_timeouts - tcp0.tcp_rto_timeouts;
     out.read_bytes = read;
@@ -738,7 +743,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
     let list = |xs: &[f64]| xs.iter().map(|&x| num(x)).collect::<Vec<_>>().join(",");
     if json {
         println!(
-            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_openssl_gbps\":{},\"ratio_to_openssl\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{},\"repeats\":{},\"gbps_per_core_runs\":[{}],\"ref_seal_gbps_runs\":[{}]{}}}",
+            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_openssl_gbps\":{},\"ratio_to_openssl\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_segments_received\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{},\"repeats\":{},\"gbps_per_core_runs\":[{}],\"ref_seal_gbps_runs\":[{}]{}}}",
             case_name(r.mode),
             if r.offload { "-offload" } else { "" },
             r.mode.name(),
@@ -777,6 +782,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             num(r.wall_seconds),
             r.handshakes,
             r.segments_sent,
+            r.segments_received,
             r.retransmits,
             r.rto_timeouts,
             num(r.storage_read_per_byte),

@@ -77,10 +77,10 @@ pub struct ServeArgs {
     /// Most connections per core.
     #[arg(long, default_value_t = 16384)]
     pub max_connections: usize,
-    /// 256 KiB storage buffers per core: bound the data read from storage and not yet sent
-    /// (a buffer goes back once its bytes are sent). Default 16 (4 MiB a core, which stays
-    /// in the caches until it is sealed and sent), 128 with `--nic dpdk`, whose zero-copy
-    /// transmit holds a buffer until the PMD frees its mbufs (late, on some PMDs). 4 to 16384.
+    /// 512 KiB storage buffers per core: bound the data read from storage and not yet sent
+    /// (a buffer goes back once its bytes are sent). Default 8 (4 MiB a core, which stays
+    /// in the caches until it is sealed and sent), 64 with `--nic dpdk`, whose zero-copy
+    /// transmit holds a buffer until the PMD frees its mbufs (late, on some PMDs). 4 to 8192.
     #[arg(long, value_parser = parse_buffers)]
     pub buffers: Option<usize>,
     /// Seconds a connection may go without progress before it is closed: no new data from
@@ -464,7 +464,7 @@ fn start_dpdk(_args: &ServeArgs, _net: Net, _cores: Vec<usize>, _console: Consol
 /// chunks.
 pub const MIN_BUFFERS: usize = 4;
 /// Most storage buffers a core takes: 4 GiB.
-pub const MAX_BUFFERS: usize = 16384;
+pub const MAX_BUFFERS: usize = 8192;
 
 /// A storage buffer count as `--buffers` and `appliance.buffers` take it.
 pub fn parse_buffers(s: &str) -> Result<usize, String> {
@@ -477,9 +477,9 @@ pub fn parse_buffers(s: &str) -> Result<usize, String> {
 /// Storage buffers per core by default ([`ServeArgs::buffers`]): fewer seal faster (what was
 /// just read is still in the caches: 4 MiB against 32 MiB a core measured 1.2x to 1.4x at
 /// 100 and 10,000 connections, docs/performance.md).
-pub const BUFFERS: usize = 16;
+pub const BUFFERS: usize = 8;
 /// With DPDK: the PMD may hold sent buffers until its ring runs low (32 MiB a core).
-pub const DPDK_BUFFERS: usize = 128;
+pub const DPDK_BUFFERS: usize = 64;
 
 /// What every pipeline is built from.
 struct Setup {
@@ -819,10 +819,10 @@ mod tests {
             <Serve as clap::Parser>::try_parse_from(full).map(|s| s.args.buffers)
         };
         assert_eq!(buffers("4").unwrap(), Some(4));
-        assert_eq!(buffers("16384").unwrap(), Some(16384));
-        for bad in ["3", "16385", "0", "many"] {
+        assert_eq!(buffers("8192").unwrap(), Some(8192));
+        for bad in ["3", "8193", "0", "many"] {
             let e = buffers(bad).unwrap_err().to_string();
-            assert!(e.contains("4..=16384"), "{bad}: {e}");
+            assert!(e.contains("4..=8192"), "{bad}: {e}");
         }
     }
 

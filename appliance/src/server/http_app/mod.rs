@@ -3,7 +3,7 @@
 //! and serves the response stream by pulling it.
 //!
 //! A response is a head (kept: a few hundred bytes, sealed as one record under TLS) followed
-//! by an object range that is read from storage into 256 KiB DMA chunks only when TCP asks for
+//! by an object range that is read from storage into 512 KiB DMA chunks only when TCP asks for
 //! those bytes. Under TLS the records of a chunk are sealed in place as soon as its read
 //! completes; their 5-byte headers and 17-byte trailers live beside the chunk, so storage DMA
 //! lands exactly where the NIC reads. From a volume in memory (a file on tmpfs, mapped) the
@@ -53,9 +53,10 @@ mod tests;
 use stream::{free_ready_chunks_below, ready_len, release_chunks, seal_chunk, walk_ready, yield_read_ahead, Stop};
 
 /// Bytes of object data per storage read and DMA buffer (a multiple of the record size).
-/// 256 KiB rather than 64: a quarter of the reads, completions, chunk lookups and buffer
-/// turns per byte, and with fewer buffers the pool stays as small (docs/performance.md).
-pub const CHUNK: usize = 256 * 1024;
+/// 512 KiB rather than 64 or 256: an eighth (a half) of the reads, completions, chunk lookups
+/// and buffer turns per byte, fewer frames cut short where a chunk ends, and with fewer
+/// buffers the pool stays as small (docs/performance.md).
+pub const CHUNK: usize = 512 * 1024;
 /// Chunk slots per sending connection: the chunk being sent and the one read ahead of it
 /// (or one read again for a retransmission). Each holds a storage buffer, so this also
 /// bounds what one connection that stops reading (a zero window) holds of the pool.
@@ -66,7 +67,7 @@ const RX_BUF: usize = 16 * 1024;
 /// while a request head arrives in pieces, so few are in use at once.
 const MAX_RX_BUFFERS: usize = 256;
 /// Receive buffers per storage buffer: the receive pool holds a quarter of the storage
-/// pool's bytes (64 of 16 KiB beside 16 of 256 KiB by default), at least 16 buffers.
+/// pool's bytes (64 of 16 KiB beside 8 of 512 KiB by default), at least 16 buffers.
 const RX_BUFFERS_PER_CHUNK: usize = CHUNK / (4 * RX_BUF);
 /// Under pressure on the receive pool, a partial head older than this gives its buffer up
 /// ([`HttpApp::evict_oldest_head`]); a client that is not stalling sends its head faster.
