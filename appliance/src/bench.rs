@@ -363,9 +363,9 @@ fn on_first_core<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 
 /// AES-128-GCM sealing of 16 KiB TLS 1.3 records, in place, over data the storage backend
 /// has just read into its buffers: what the pipeline seals. Reads of a chunk (512 KiB) go
-/// through the same backend and pool size as the cases (`buffers` of them in flight, then each
-/// completed buffer sealed as 16 KiB records with the fast path's record function); only the sealing is
-/// timed, over about `bytes` of the volume. On this VM the drive's "DMA" is the hypervisor
+/// through the same backend and pool size as the cases (`buffers` of them in flight, then
+/// each completed buffer sealed as 16 KiB records with the fast path's record function);
+/// only the sealing is timed, over about `bytes` of the volume. On this VM the drive's "DMA" is the hypervisor
 /// writing guest memory, so the bytes are not in this core's caches when sealed, as after a
 /// real drive's DMA; [`measure_seal_gbps`] seals one hot buffer over and over. Returns Gb/s.
 fn measure_device_seal_gbps(vol: &std::path::Path, buffers: usize, bytes: u64) -> Result<f64, String> {

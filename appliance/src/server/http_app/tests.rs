@@ -275,7 +275,7 @@ fn two_drives_one_failing(error: drivers::storage::StorageError, delay_polls: u3
     let storage = &h.server.app.storage;
     let (c0, c1) = (storage.drive_counters(0), storage.drive_counters(1));
     assert_eq!(c0.errors, 0);
-    // The index's reads and one a chunk of the large file at least.
+    // The index's reads, and at least one per chunk of the large file.
     assert!(c0.reads >= 3 + 300_000u64.div_ceil(super::CHUNK as u64), "{c0:?}");
     assert!(c1.errors >= 2 && c1.reads == loaded1, "{c1:?}");
     assert_eq!(c1.timeouts, if error == drivers::storage::StorageError::Timeout { c1.errors } else { 0 });
