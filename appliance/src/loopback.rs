@@ -207,6 +207,9 @@ pub struct ClientApp {
     pub body_bytes: u64,
     /// TLS errors seen by the client (bad records, alerts).
     pub tls_failures: u64,
+    /// `(tag, after)`: the connection of fetch `tag` stops reading once `after` body bytes
+    /// arrived, announcing a zero window, until its entry is taken out.
+    pub stalling: Vec<(u64, u64)>,
 }
 
 /// Status, Content-Length and whether the body is emulated TLS.
@@ -222,7 +225,7 @@ fn parse_head(head: &[u8]) -> Option<(u16, Option<u64>, bool)> {
 
 impl Default for ClientApp {
     fn default() -> ClientApp {
-        ClientApp { fetches: Vec::new(), rx_room: 65535, body_bytes: 0, tls_failures: 0 }
+        ClientApp { fetches: Vec::new(), rx_room: 65535, body_bytes: 0, tls_failures: 0, stalling: Vec::new() }
     }
 }
 
@@ -319,7 +322,10 @@ impl App for ClientApp {
         None
     }
 
-    fn rx_room(&self, _c: &ClientConn) -> usize {
+    fn rx_room(&self, c: &ClientConn) -> usize {
+        if self.stalling.iter().any(|&(tag, after)| tag == c.tag && c.received >= after) {
+            return 0;
+        }
         self.rx_room
     }
 

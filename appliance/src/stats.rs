@@ -89,6 +89,9 @@ pub struct Stats {
     /// Times a connection had to wait for a free storage buffer (or read slot) before its
     /// next read: many mean the core's `buffers` are too few for its load.
     pub storage_buffer_waits: u64,
+    /// Storage buffers given back, read and not sent, because the peer's window was closed
+    /// (a client that stopped reading); their bytes are read again when it opens.
+    pub storage_window_releases: u64,
     // Console
     pub console_commands: u64,
     pub console_errors: u64,
@@ -150,7 +153,7 @@ impl AddAssign for Stats {
             http_body_bytes, http_header_timeouts, http_rx_buffer_waits, http_head_evictions, tls_handshakes, tls_handshake_failures,
             tls_records_sealed, tls_records_opened, tls_key_contexts_built, tls_bad_records, tls_fail_malformed,
             tls_fail_incompatible, tls_fail_peer_alert, tls_fail_bad_mac, tls_fail_other, storage_reads,
-            storage_read_bytes, storage_errors, storage_in_flight, storage_buffer_waits, console_commands, console_errors,
+            storage_read_bytes, storage_errors, storage_in_flight, storage_buffer_waits, storage_window_releases, console_commands, console_errors,
         );
     }
 }

@@ -157,6 +157,7 @@ pub(crate) fn table(
                 ("mapped_reads", Num(c.storage.mapped_reads)),
                 ("in_flight", Num(s.storage_in_flight)),
                 ("buffer_waits", Num(s.storage_buffer_waits)),
+                ("window_releases", Num(s.storage_window_releases)),
                 ("pipeline_reads", Num(s.storage_reads)),
                 ("pipeline_read_bytes", Num(s.storage_read_bytes)),
                 ("pipeline_errors", Num(s.storage_errors)),

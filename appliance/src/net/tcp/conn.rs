@@ -154,7 +154,8 @@ pub trait DataSource {
     /// How many bytes from stream offset `off` (at most `max`) can be gathered right now. Zero
     /// means "not yet" (a storage read is under way); the connection tries again later.
     /// `resend`: the bytes went out before (a retransmission), so what follows them may
-    /// have arrived and need not be prepared ahead.
+    /// have arrived and need not be prepared ahead; or they are a zero-window probe's byte,
+    /// and the peer has no room for what follows.
     fn available(&mut self, off: u64, max: usize, resend: bool) -> Ready;
 }
 
@@ -457,6 +458,12 @@ impl TcpConn {
     /// Next new stream byte to send.
     pub fn sent_offset(&self) -> u64 {
         self.snd_nxt
+    }
+
+    /// The peer announced a zero window: no new byte can go until it opens. (While a
+    /// zero-window probe is due the window reads 1, so the probe's byte is not in this.)
+    pub fn peer_window_closed(&self) -> bool {
+        self.snd_wnd == 0 && self.state.can_send_data()
     }
 
     /// Send a FIN once the stream (as long as it is now) is all sent.
@@ -851,7 +858,11 @@ impl TcpConn {
                     let got = if self.dry {
                         Ready { len: 0, more_soon: true }
                     } else {
-                        src.available(off, len as usize, false)
+                        // A zero-window probe's byte (the window of 1 its timer opened) is
+                        // asked for as a resend: the peer has no room for what follows, so
+                        // nothing is read ahead for it (a client that stops reading would
+                        // otherwise have chunks read for every probe).
+                        src.available(off, len as usize, self.snd_wnd == 1 && off == self.snd_una)
                     };
                     let n = self.sendable(got, len);
                     self.app_blocked = n == 0;
@@ -1992,6 +2003,59 @@ mod tests {
         assert_eq!(out.acked, 500, "the ACK of a segment at a zero window's edge is processed");
         assert_eq!(out.deliver, None, "its data is not taken");
         assert!(!out.rejected);
+    }
+
+    /// A zero-window probe asks the application for its one byte as a resend (nothing is
+    /// prepared ahead for a peer with no room), whether the peer takes the byte or drops it;
+    /// new data once the window opens is asked for as such.
+    #[test]
+    fn a_zero_window_probe_asks_for_its_byte_alone() {
+        struct Asked(Vec<(u64, usize, bool)>);
+        impl DataSource for Asked {
+            fn available(&mut self, off: u64, max: usize, resend: bool) -> Ready {
+                self.0.push((off, max, resend));
+                Ready::now(max)
+            }
+        }
+        let cfg = Config::default();
+        let mut s = established_plain(&cfg);
+        s.set_stream_len(100_000);
+        let mut src = Asked(Vec::new());
+        assert_eq!(s.poll_tx(2, &mut src).unwrap().payload_len, 1000);
+        assert_eq!(src.0, [(0, 1000, false)]);
+        let ack = |s: &TcpConn, off: u64, window: u16| SegmentIn { seq: 6, ack: Some(s.seq_of(off)), flags: flags::ACK, window, ..Default::default() };
+        s.on_segment(&cfg, 10 * MS, &ack(&s, 1000, 0), 1000);
+        assert!(s.peer_window_closed());
+        let mut now = 10 * MS;
+        // Taken: the probes go on from the next byte.
+        for n in 0..3u64 {
+            assert!(s.poll_tx(now, &mut src).is_none());
+            now = s.next_deadline().expect("the probe timer runs");
+            s.on_timer(&cfg, now);
+            assert!(!s.peer_window_closed(), "the probe's window of one byte");
+            src.0.clear();
+            assert_eq!(s.poll_tx(now, &mut src).unwrap().payload_len, 1);
+            assert_eq!(src.0, [(1000 + n, 1, true)]);
+            s.on_segment(&cfg, now + MS, &ack(&s, 1001 + n, 0), 1000);
+            assert!(s.peer_window_closed());
+        }
+        // Dropped: the probe goes again (a retransmission).
+        assert!(s.poll_tx(now + MS, &mut src).is_none());
+        now = s.next_deadline().expect("the probe timer runs");
+        s.on_timer(&cfg, now);
+        src.0.clear();
+        assert_eq!(s.poll_tx(now, &mut src).unwrap().payload_len, 1);
+        s.on_segment(&cfg, now + MS, &ack(&s, 1003, 0), 1000);
+        now = s.next_deadline().expect("the timer runs");
+        s.on_timer(&cfg, now);
+        assert_eq!(s.poll_tx(now, &mut src).unwrap().payload_len, 1);
+        assert!(src.0.iter().all(|&(off, max, resend)| off == 1003 && max == 1 && resend), "{:?}", src.0);
+        // The window opens: new data, asked for as such.
+        s.on_segment(&cfg, now + MS, &ack(&s, 1004, 60), 1000);
+        assert!(!s.peer_window_closed());
+        src.0.clear();
+        assert!(s.poll_tx(now + MS, &mut src).is_some());
+        assert_eq!(src.0[0], (1004, 60, false));
     }
 
     /// A peer that answers each zero-window probe by taking its one byte and announcing a

@@ -11,7 +11,8 @@
 //! seal is the read ([`Storage::mapped`]). Record boundaries and sequence numbers are a function of
 //! the stream offset ([`ResponseLayout`]), so a chunk released at a retransmission timeout is
 //! read and sealed again to the same bytes. Chunks go back to the pool once sent (a
-//! retransmission reads and seals them again).
+//! retransmission reads and seals them again), and, not yet sent, when the client's window
+//! closes (a client that stops reading holds no storage buffer).
 //!
 //! An idle keep-alive connection holds no buffer: receive buffers (and, under TLS, record
 //! reassembly buffers) are lent by per-core pools made at start-up only while a request is
@@ -1729,7 +1730,22 @@ impl<S: Storage> App for HttpApp<S> {
         // chunks go back now, not at the ACK: a core's pool then bounds what it is reading,
         // sealing and sending, not its bandwidth-delay product, and a small pool stays in
         // the caches. A retransmission reads them again (no send buffer).
-        if free_ready_chunks_below(c, sent_to) {
+        if free_ready_chunks_below(c, sent_to) > 0 {
+            self.release_chunks(c);
+        }
+    }
+
+    fn on_peer_window_closed(&mut self, c: &mut HttpConn) {
+        // A client that stops reading would otherwise hold what was read for it (up to two
+        // chunks) until it reads again or the idle timeout ends it, and a few such clients
+        // hold a core's pool. The bytes are read and sealed again when the window opens. A
+        // zero-window probe reads only the record (or blocks) of its byte, while the
+        // probe's window of one byte is open, and gives it back at the peer's answer; so
+        // does a read that completes after the window closed (at the next segment from the
+        // peer: an ACK of what is in flight, or the next probe's answer).
+        let freed = free_ready_chunks_below(c, u64::MAX);
+        if freed > 0 {
+            self.stats.storage_window_releases += freed as u64;
             self.release_chunks(c);
         }
     }
@@ -1813,7 +1829,8 @@ impl<S: Storage> App for HttpApp<S> {
         let ready = Ready { len, more_soon };
         // Read ahead: the next chunk of this response, so the wire never waits on it. Not
         // for a retransmission: after a timeout most of what follows usually arrived (the
-        // ACK will say), and reading it again would be wasted. Not from a medium in memory
+        // ACK will say), and reading it again would be wasted; nor for a zero-window probe
+        // (asked as a resend), whose peer has no room for it. Not from a medium in memory
         // either, for bodies sealed out of it: there is no waiting to hide, and a chunk sealed
         // just before it is sent is still in the core's cache when the NIC (or the TAP's
         // copy) takes it.

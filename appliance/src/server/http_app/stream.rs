@@ -12,13 +12,13 @@ use crate::tls::record::{self, Content, CONTENT_APPLICATION_DATA};
 use crate::tls::{TlsError, TlsVersion};
 
 /// Free the ready chunks whose bytes all lie below stream offset `off` (sent, or
-/// acknowledged); whether any was.
-pub(super) fn free_ready_chunks_below(c: &mut HttpConn, off: u64) -> bool {
-    let mut freed = false;
+/// acknowledged; `u64::MAX`: every ready chunk); how many were.
+pub(super) fn free_ready_chunks_below(c: &mut HttpConn, off: u64) -> usize {
+    let mut freed = 0;
     for k in c.chunks.iter_mut().flat_map(|set| set.iter_mut()) {
         if matches!(k.state, ChunkState::Ready(_)) && k.stream_end <= off {
             k.state = ChunkState::Free;
-            freed = true;
+            freed += 1;
         }
     }
     freed

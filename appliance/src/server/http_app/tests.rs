@@ -849,6 +849,70 @@ fn buffers_go_back_once_sent_so_the_pool_does_not_bound_the_bytes_in_flight() {
     assert!(h.server.stats().storage_buffer_waits > 0, "waits counted");
 }
 
+/// Clients that stop reading mid-body (a zero window) give the storage buffers read for
+/// them back: four of them could hold twice a pool of four buffers, yet a fifth client is
+/// served at once while they stall, and once they read again their transfers finish
+/// byte-exact (the bytes read and, over TLS, sealed again).
+fn stalled_readers_leave_the_pool_to_others(tls: bool) {
+    use crate::loopback::FetchRequest;
+    use sha2::{Digest, Sha256};
+    const LEN: usize = 4 * super::CHUNK;
+    const BUFFERS: usize = 4;
+    const STALLED: u64 = 4;
+    let after = super::CHUNK as u64 / 2;
+    let (_dir, storage, volume, data) = patterned_volume(LEN);
+    let link = SimConfig { delay: Duration::from_millis(1), ..SimConfig::default() };
+    let mut h = SimHarness::new(storage, volume, link.clone(), link, BUFFERS);
+    if tls {
+        let (server, client) = crate::loopback::test_tls_configs().unwrap();
+        h.enable_tls(server, client);
+    }
+    h.client.cfg.tcp.rcv_window_shift = 5;
+    h.client_app.rx_room = super::CHUNK;
+    let fetch = |tag| FetchRequest { path: "/v.ts".into(), range: None, tls, tag, abort: None };
+    for tag in 1..=STALLED {
+        h.client_app.stalling.push((tag, after));
+        assert!(h.open_fetch(&fetch(tag)));
+    }
+    assert!(h.run_until(Duration::from_secs(10), |h| h.client_app.body_bytes >= STALLED * after), "the stalled clients got going");
+    h.run_for(Duration::from_millis(200));
+    assert!(h.client_app.fetches.is_empty(), "none finished: {:?}", h.client_app.fetches);
+    assert_eq!(h.server.stack.connection_count(), STALLED as usize, "the stalled connections are open");
+    assert_eq!(h.server.app.buffers_free(), BUFFERS, "zero-window clients hold no storage buffer");
+    let released = h.server.stats().storage_window_releases;
+    assert!(released > 0, "the buffers given back are counted");
+    // Another client is served while they stall (the idle timeout, 60 s, is far off).
+    assert!(h.open_fetch(&fetch(99)));
+    assert!(h.run_until_fetches(1, Duration::from_secs(2)), "the fifth client waited for the stalled ones");
+    let want: [u8; 32] = Sha256::digest(&data).into();
+    assert!(h.client_app.fetches[0].tag == 99 && h.client_app.fetches[0].complete && h.client_app.fetches[0].sha256 == want, "{:?}", h.client_app.fetches);
+    // Stalled for longer: each zero-window probe reads its byte's record (or blocks), and
+    // gives it back at the answer; the probes back off, so the reads are few and small.
+    let (reads, read_bytes) = (h.server.stats().storage_reads, h.server.stats().storage_read_bytes);
+    h.run_for(Duration::from_secs(5));
+    let (probe_reads, probe_bytes) = (h.server.stats().storage_reads - reads, h.server.stats().storage_read_bytes - read_bytes);
+    assert!(probe_reads > 0 && probe_reads <= 10 * STALLED, "{probe_reads} reads in 5 s of zero windows");
+    assert!(probe_bytes <= probe_reads * 2 * crate::tls::layout::RECORD_PLAINTEXT, "{probe_bytes} bytes in {probe_reads} reads: more than a probe's byte needs");
+    assert_eq!(h.server.app.buffers_free(), BUFFERS, "nothing held between probes");
+    assert_eq!(h.server.stack.connection_count(), STALLED as usize, "the stalled connections are open");
+    // They read again: zero-window probes find the window open, and the rest is read again.
+    h.client_app.stalling.clear();
+    assert!(h.run_until_fetches(1 + STALLED as usize, Duration::from_secs(30)), "the stalled transfers did not finish");
+    assert!(h.client_app.fetches.iter().all(|f| f.complete && f.status == 200 && f.sha256 == want), "{:?}", h.client_app.fetches);
+    h.run_for(Duration::from_secs(1));
+    assert_eq!(h.server.app.buffers_free(), BUFFERS, "every buffer back");
+}
+
+#[test]
+fn stalled_readers_leave_the_pool_to_others_over_http() {
+    stalled_readers_leave_the_pool_to_others(false);
+}
+
+#[test]
+fn stalled_readers_leave_the_pool_to_others_over_https() {
+    stalled_readers_leave_the_pool_to_others(true);
+}
+
 /// The client acknowledges each 64 KiB TSO frame with one ACK, as a receiver with GRO
 /// does; slow start still doubles the window per round trip, so 8 MB over a 20 ms round
 /// trip (a 1 MiB receive window) arrive in about 15 round trips. Counting two segments per
