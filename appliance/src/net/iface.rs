@@ -106,10 +106,11 @@ pub trait App {
     /// at least once (the NIC copied it or holds its buffer), so buffers of those bytes may go
     /// back before the ACK; a retransmission asks for them again.
     fn on_sent(&mut self, _c: &mut Self::Conn, _sent_to: u64) {}
-    /// A segment left the peer's window closed ([`TcpConn::peer_window_closed`]): what the
-    /// application prepared and has not sent cannot go until it opens, and may be given back
-    /// to be prepared again then (a client that stops reading must not hold shared buffers).
-    fn on_peer_window_closed(&mut self, c: &mut Self::Conn) {
+    /// A segment left the peer's window closed after a zero-window probe
+    /// ([`TcpConn::peer_stalled`]): what the application prepared and has not sent cannot go
+    /// until it opens, and may be given back to be prepared again then (a client that stopped
+    /// reading must not hold shared buffers).
+    fn on_peer_stalled(&mut self, c: &mut Self::Conn) {
         let _ = c;
     }
     /// A retransmission timeout fired: everything unacknowledged will be asked for again.
@@ -696,8 +697,8 @@ impl<C> Stack<C> {
             // Released buffers may let the application read what it could not before.
             e.tcp.on_buffers_released();
         }
-        if e.tcp.peer_window_closed() {
-            app.on_peer_window_closed(&mut e.app);
+        if e.tcp.peer_stalled() {
+            app.on_peer_stalled(&mut e.app);
         }
         if let Some((start, len)) = out.deliver {
             app.on_data(now, id, &mut e.app, &mut e.tcp, &rx.seg.payload[start..start + len]);

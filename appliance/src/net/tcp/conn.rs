@@ -69,7 +69,8 @@ pub struct Config {
     pub init_rto: u64,
     pub min_rto: u64,
     pub max_rto: u64,
-    /// Give up on a connection after this many consecutive retransmission timeouts.
+    /// Give up on a connection after this many consecutive retransmission timeouts (under
+    /// 255: the count saturates there).
     pub max_retries: u32,
     pub max_syn_retries: u32,
     pub time_wait: u64,
@@ -285,7 +286,7 @@ pub struct TcpConn {
     /// sent, when the last went).
     rtt_probe: Option<(u64, Instant)>,
     rto_deadline: Option<Instant>,
-    retries: u16,
+    retries: u8,
     // Receive side.
     irs: u32,
     rcv_nxt: u32,
@@ -301,6 +302,9 @@ pub struct TcpConn {
     ack: AckOwed,
     syn_pending: bool,
     rst_pending: bool,
+    /// A retransmission timeout fired with the peer's window closed (see [`TcpConn::peer_stalled`])
+    /// since the window was last open.
+    probed: bool,
     time_wait_deadline: Option<Instant>,
     /// When the peer last moved the connection on (see [`TcpConn::note_acked_progress`]).
     last_progress: Instant,
@@ -364,6 +368,7 @@ impl TcpConn {
             sack_ok: false,
             ack: AckOwed::No,
             syn_pending: false,
+            probed: false,
             rst_pending: false,
             time_wait_deadline: None,
             last_progress: now,
@@ -460,10 +465,12 @@ impl TcpConn {
         self.snd_nxt
     }
 
-    /// The peer announced a zero window: no new byte can go until it opens. (While a
-    /// zero-window probe is due the window reads 1, so the probe's byte is not in this.)
-    pub fn peer_window_closed(&self) -> bool {
-        self.snd_wnd == 0 && self.state.can_send_data()
+    /// The peer's window is closed and stayed closed through a retransmission timeout (a
+    /// zero-window probe, or a resend of what was in flight, at least `min_rto` after it
+    /// closed): a client that stopped reading, not one that paused for a moment. (While a
+    /// probe is due the window reads 1.)
+    pub fn peer_stalled(&self) -> bool {
+        self.snd_wnd == 0 && self.probed && self.state.can_send_data()
     }
 
     /// Send a FIN once the stream (as long as it is now) is all sent.
@@ -1150,6 +1157,7 @@ impl TcpConn {
         let wl_seq = self.window_seq(seg);
         if ack_off > self.snd_una || seq::lt(self.snd_wl1, wl_seq) || (self.snd_wl1 == wl_seq && ack_off >= self.snd_wl2) {
             self.snd_wnd = wnd;
+            self.probed &= wnd == 0;
             self.snd_wl1 = wl_seq;
             self.snd_wl2 = ack_off;
         }
@@ -1337,6 +1345,9 @@ impl TcpConn {
         }
         self.rto = (self.rto * 2).min(cfg.max_rto);
         self.rto_deadline = Some(now + self.rto);
+        // A timeout with the window closed sends a probe, or resends what is in flight (a
+        // peer that shrank its window drops it): either asks whether the window opened.
+        self.probed |= self.snd_wnd == 0;
         match self.state {
             State::SynSent | State::SynReceived => self.syn_pending = true,
             _ if self.snd_wnd == 0 && self.snd_nxt == self.snd_una && !self.fin_sent => {
@@ -2007,7 +2018,8 @@ mod tests {
 
     /// A zero-window probe asks the application for its one byte as a resend (nothing is
     /// prepared ahead for a peer with no room), whether the peer takes the byte or drops it;
-    /// new data once the window opens is asked for as such.
+    /// new data once the window opens is asked for as such. The peer counts as stalled once
+    /// a probe found its window closed, until it opens.
     #[test]
     fn a_zero_window_probe_asks_for_its_byte_alone() {
         struct Asked(Vec<(u64, usize, bool)>);
@@ -2025,19 +2037,19 @@ mod tests {
         assert_eq!(src.0, [(0, 1000, false)]);
         let ack = |s: &TcpConn, off: u64, window: u16| SegmentIn { seq: 6, ack: Some(s.seq_of(off)), flags: flags::ACK, window, ..Default::default() };
         s.on_segment(&cfg, 10 * MS, &ack(&s, 1000, 0), 1000);
-        assert!(s.peer_window_closed());
+        assert!(!s.peer_stalled(), "closed, but no probe has found it closed yet: maybe a pause");
         let mut now = 10 * MS;
         // Taken: the probes go on from the next byte.
         for n in 0..3u64 {
             assert!(s.poll_tx(now, &mut src).is_none());
             now = s.next_deadline().expect("the probe timer runs");
             s.on_timer(&cfg, now);
-            assert!(!s.peer_window_closed(), "the probe's window of one byte");
+            assert!(!s.peer_stalled(), "the probe's window of one byte");
             src.0.clear();
             assert_eq!(s.poll_tx(now, &mut src).unwrap().payload_len, 1);
             assert_eq!(src.0, [(1000 + n, 1, true)]);
             s.on_segment(&cfg, now + MS, &ack(&s, 1001 + n, 0), 1000);
-            assert!(s.peer_window_closed());
+            assert!(s.peer_stalled());
         }
         // Dropped: the probe goes again (a retransmission).
         assert!(s.poll_tx(now + MS, &mut src).is_none());
@@ -2052,7 +2064,7 @@ mod tests {
         assert!(src.0.iter().all(|&(off, max, resend)| off == 1003 && max == 1 && resend), "{:?}", src.0);
         // The window opens: new data, asked for as such.
         s.on_segment(&cfg, now + MS, &ack(&s, 1004, 60), 1000);
-        assert!(!s.peer_window_closed());
+        assert!(!s.peer_stalled());
         src.0.clear();
         assert!(s.poll_tx(now + MS, &mut src).is_some());
         assert_eq!(src.0[0], (1004, 60, false));

@@ -1735,14 +1735,14 @@ impl<S: Storage> App for HttpApp<S> {
         }
     }
 
-    fn on_peer_window_closed(&mut self, c: &mut HttpConn) {
-        // A client that stops reading would otherwise hold what was read for it (up to two
-        // chunks) until it reads again or the idle timeout ends it, and a few such clients
-        // hold a core's pool. The bytes are read and sealed again when the window opens. A
-        // zero-window probe reads only the record (or blocks) of its byte, while the
-        // probe's window of one byte is open, and gives it back at the peer's answer; so
-        // does a read that completes after the window closed (at the next segment from the
-        // peer: an ACK of what is in flight, or the next probe's answer).
+    fn on_peer_stalled(&mut self, c: &mut HttpConn) {
+        // A client that stopped reading would otherwise hold what was read for it (up to
+        // two chunks) until it reads again or the idle timeout ends it, and a few such
+        // clients hold a core's pool. Only once a probe found the window still closed (an
+        // RTO after it closed): a player that pauses reading for a moment keeps its chunks
+        // and is not read twice. The bytes are read and sealed again when the window opens.
+        // Each later probe reads only the record (or blocks) of its byte, and gives it back
+        // at the peer's answer; so does a read that completes after the window closed.
         let freed = free_ready_chunks_below(c, u64::MAX);
         if freed > 0 {
             self.stats.storage_window_releases += freed as u64;

@@ -849,10 +849,10 @@ fn buffers_go_back_once_sent_so_the_pool_does_not_bound_the_bytes_in_flight() {
     assert!(h.server.stats().storage_buffer_waits > 0, "waits counted");
 }
 
-/// Clients that stop reading mid-body (a zero window) give the storage buffers read for
-/// them back: four of them could hold twice a pool of four buffers, yet a fifth client is
-/// served at once while they stall, and once they read again their transfers finish
-/// byte-exact (the bytes read and, over TLS, sealed again).
+/// Clients that stop reading mid-body (a zero window, still closed at the first probe)
+/// give the storage buffers read for them back: four of them could hold twice a pool of
+/// four buffers, yet a fifth client is served at once while they stall, and once they read
+/// again their transfers finish byte-exact (the bytes read and, over TLS, sealed again).
 fn stalled_readers_leave_the_pool_to_others(tls: bool) {
     use crate::loopback::FetchRequest;
     use sha2::{Digest, Sha256};
@@ -875,7 +875,12 @@ fn stalled_readers_leave_the_pool_to_others(tls: bool) {
         assert!(h.open_fetch(&fetch(tag)));
     }
     assert!(h.run_until(Duration::from_secs(10), |h| h.client_app.body_bytes >= STALLED * after), "the stalled clients got going");
-    h.run_for(Duration::from_millis(200));
+    // A pause shorter than the first probe keeps what was read (the window may open again).
+    h.run_for(Duration::from_millis(50));
+    assert!(h.server.app.buffers_free() < BUFFERS, "a pause of 50 ms gave the buffers up");
+    assert_eq!(h.server.stats().storage_window_releases, 0);
+    // Past the first probe (an RTO, 200 ms at least), the stalled connections hold nothing.
+    h.run_for(Duration::from_millis(1000));
     assert!(h.client_app.fetches.is_empty(), "none finished: {:?}", h.client_app.fetches);
     assert_eq!(h.server.stack.connection_count(), STALLED as usize, "the stalled connections are open");
     assert_eq!(h.server.app.buffers_free(), BUFFERS, "zero-window clients hold no storage buffer");
