@@ -207,9 +207,10 @@ pub struct ClientApp {
     pub body_bytes: u64,
     /// TLS errors seen by the client (bad records, alerts).
     pub tls_failures: u64,
-    /// `(tag, after)`: the connection of fetch `tag` stops reading once `after` body bytes
-    /// arrived, announcing a zero window, until its entry is taken out.
-    pub stalling: Vec<(u64, u64)>,
+    /// `(tag, after, window)`: once `after` body bytes arrived, the connection of fetch `tag`
+    /// announces `window` bytes (0: it stops reading; a few: it reads a few bytes at a time),
+    /// until its entry is taken out.
+    pub stalling: Vec<(u64, u64, usize)>,
 }
 
 /// Status, Content-Length and whether the body is emulated TLS.
@@ -323,10 +324,10 @@ impl App for ClientApp {
     }
 
     fn rx_room(&self, c: &ClientConn) -> usize {
-        if self.stalling.iter().any(|&(tag, after)| tag == c.tag && c.received >= after) {
-            return 0;
+        match self.stalling.iter().find(|&&(tag, after, _)| tag == c.tag && c.received >= after) {
+            Some(&(_, _, window)) => window,
+            None => self.rx_room,
         }
-        self.rx_room
     }
 
     fn on_data(&mut self, _now: Instant, _id: ConnId, c: &mut ClientConn, tcp: &mut TcpConn, data: &[u8]) {

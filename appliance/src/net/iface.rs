@@ -106,10 +106,11 @@ pub trait App {
     /// at least once (the NIC copied it or holds its buffer), so buffers of those bytes may go
     /// back before the ACK; a retransmission asks for them again.
     fn on_sent(&mut self, _c: &mut Self::Conn, _sent_to: u64) {}
-    /// A segment left the peer's window closed after a zero-window probe
-    /// ([`TcpConn::peer_stalled`]): what the application prepared and has not sent cannot go
-    /// until it opens, and may be given back to be prepared again then (a client that stopped
-    /// reading must not hold shared buffers).
+    /// The peer's window is closed and a timeout found it so, or it is smaller than a
+    /// segment ([`TcpConn::peer_stalled`]; called after each segment received and each round
+    /// of sending while it holds): what the application prepared and has not sent cannot go
+    /// now, and may be given back to be prepared again (a client that stopped reading, or
+    /// reads a few bytes at a time, must not hold shared buffers).
     fn on_peer_stalled(&mut self, c: &mut Self::Conn) {
         let _ = c;
     }
@@ -935,6 +936,9 @@ impl<C> Stack<C> {
             }
             if queued_here {
                 app.on_sent(conn, tcp.sent_offset());
+                if tcp.peer_stalled() {
+                    app.on_peer_stalled(conn);
+                }
             }
             if more {
                 if let Some((_, e)) = self.conns.get_mut(id) {

@@ -469,8 +469,12 @@ impl TcpConn {
     /// zero-window probe, or a resend of what was in flight, at least `min_rto` after it
     /// closed): a client that stopped reading, not one that paused for a moment. (While a
     /// probe is due the window reads 1.)
+    /// Or its window is open but smaller than one segment: a receiver that takes a few bytes
+    /// at a time (Linux announces a zero window rather than that), or a probe's window of 1.
+    /// What such a peer is sent is read for it at each turn, not held between its ACKs.
     pub fn peer_stalled(&self) -> bool {
-        self.snd_wnd == 0 && self.probed && self.state.can_send_data()
+        let small = self.snd_wnd > 0 && self.snd_wnd < self.max_payload() as u64;
+        self.state.can_send_data() && ((self.snd_wnd == 0 && self.probed) || small)
     }
 
     /// Send a FIN once the stream (as long as it is now) is all sent.
@@ -865,11 +869,12 @@ impl TcpConn {
                     let got = if self.dry {
                         Ready { len: 0, more_soon: true }
                     } else {
-                        // A zero-window probe's byte (the window of 1 its timer opened) is
-                        // asked for as a resend: the peer has no room for what follows, so
-                        // nothing is read ahead for it (a client that stops reading would
-                        // otherwise have chunks read for every probe).
-                        src.available(off, len as usize, self.snd_wnd == 1 && off == self.snd_una)
+                        // A zero-window probe's byte (the window of 1 its timer opened), or
+                        // what a window smaller than a segment takes, is asked for as a
+                        // resend: the peer has no room for what follows, so nothing is read
+                        // ahead for it (a client that stops reading, or reads a few bytes at
+                        // a time, would otherwise have chunks read and held for it).
+                        src.available(off, len as usize, self.snd_wnd < self.max_payload() as u64)
                     };
                     let n = self.sendable(got, len);
                     self.app_blocked = n == 0;
@@ -2018,8 +2023,9 @@ mod tests {
 
     /// A zero-window probe asks the application for its one byte as a resend (nothing is
     /// prepared ahead for a peer with no room), whether the peer takes the byte or drops it;
-    /// new data once the window opens is asked for as such. The peer counts as stalled once
-    /// a probe found its window closed, until it opens.
+    /// so is what a window smaller than a segment takes; new data once the window opens is
+    /// asked for as such. The peer counts as stalled once a probe found its window closed,
+    /// and while its window is smaller than a segment.
     #[test]
     fn a_zero_window_probe_asks_for_its_byte_alone() {
         struct Asked(Vec<(u64, usize, bool)>);
@@ -2044,7 +2050,7 @@ mod tests {
             assert!(s.poll_tx(now, &mut src).is_none());
             now = s.next_deadline().expect("the probe timer runs");
             s.on_timer(&cfg, now);
-            assert!(!s.peer_stalled(), "the probe's window of one byte");
+            assert!(s.peer_stalled(), "the probe's window of one byte is less than a segment");
             src.0.clear();
             assert_eq!(s.poll_tx(now, &mut src).unwrap().payload_len, 1);
             assert_eq!(src.0, [(1000 + n, 1, true)]);
@@ -2062,12 +2068,18 @@ mod tests {
         s.on_timer(&cfg, now);
         assert_eq!(s.poll_tx(now, &mut src).unwrap().payload_len, 1);
         assert!(src.0.iter().all(|&(off, max, resend)| off == 1003 && max == 1 && resend), "{:?}", src.0);
-        // The window opens: new data, asked for as such.
+        // A window smaller than a segment: what it takes, asked for as a resend.
         s.on_segment(&cfg, now + MS, &ack(&s, 1004, 60), 1000);
-        assert!(!s.peer_stalled());
+        assert!(s.peer_stalled());
         src.0.clear();
         assert!(s.poll_tx(now + MS, &mut src).is_some());
-        assert_eq!(src.0[0], (1004, 60, false));
+        assert_eq!(src.0[0], (1004, 60, true));
+        // The window opens: new data, asked for as such.
+        s.on_segment(&cfg, now + 2 * MS, &ack(&s, 1064, 5000), 1000);
+        assert!(!s.peer_stalled());
+        src.0.clear();
+        assert!(s.poll_tx(now + 2 * MS, &mut src).is_some());
+        assert_eq!(src.0[0], (1064, 1000, false));
     }
 
     /// A peer that answers each zero-window probe by taking its one byte and announcing a

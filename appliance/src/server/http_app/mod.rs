@@ -1742,7 +1742,10 @@ impl<S: Storage> App for HttpApp<S> {
         // RTO after it closed): a player that pauses reading for a moment keeps its chunks
         // and is not read twice. The bytes are read and sealed again when the window opens.
         // Each later probe reads only the record (or blocks) of its byte, and gives it back
-        // at the peer's answer; so does a read that completes after the window closed.
+        // once sent; so does a read that completes after the window closed (at the next
+        // segment). A window smaller than a segment is served the same way: what it takes is
+        // read (whole records) at each turn and given back once sent, so a client that reads
+        // a few bytes at a time holds no buffer between its ACKs.
         let freed = free_ready_chunks_below(c, u64::MAX);
         if freed > 0 {
             self.stats.storage_window_releases += freed as u64;

@@ -871,7 +871,7 @@ fn stalled_readers_leave_the_pool_to_others(tls: bool) {
     h.client_app.rx_room = super::CHUNK;
     let fetch = |tag| FetchRequest { path: "/v.ts".into(), range: None, tls, tag, abort: None };
     for tag in 1..=STALLED {
-        h.client_app.stalling.push((tag, after));
+        h.client_app.stalling.push((tag, after, 0));
         assert!(h.open_fetch(&fetch(tag)));
     }
     assert!(h.run_until(Duration::from_secs(10), |h| h.client_app.body_bytes >= STALLED * after), "the stalled clients got going");
@@ -906,6 +906,63 @@ fn stalled_readers_leave_the_pool_to_others(tls: bool) {
     assert!(h.client_app.fetches.iter().all(|f| f.complete && f.status == 200 && f.sha256 == want), "{:?}", h.client_app.fetches);
     h.run_for(Duration::from_secs(1));
     assert_eq!(h.server.app.buffers_free(), BUFFERS, "every buffer back");
+}
+
+/// Clients that read a few bytes at a time (a 100-byte window, never zero: the idle timeout
+/// does not end them, as they make progress) hold no storage buffer between their ACKs:
+/// each turn reads the record their window reaches into and gives it back once sent. Four
+/// of them on a pool of four buffers leave it free, a fifth client is served at once, and
+/// once they read normally again their transfers finish byte-exact.
+fn trickling_readers_leave_the_pool_to_others(tls: bool) {
+    use crate::loopback::FetchRequest;
+    use sha2::{Digest, Sha256};
+    const LEN: usize = 4 * super::CHUNK;
+    const BUFFERS: usize = 4;
+    const TRICKLING: u64 = 4;
+    let after = super::CHUNK as u64 / 2;
+    let (_dir, storage, volume, data) = patterned_volume(LEN);
+    let link = SimConfig { delay: Duration::from_millis(1), ..SimConfig::default() };
+    let mut h = SimHarness::new(storage, volume, link.clone(), link, BUFFERS);
+    if tls {
+        let (server, client) = crate::loopback::test_tls_configs().unwrap();
+        h.enable_tls(server, client);
+    }
+    h.client.cfg.tcp.rcv_window_shift = 0;
+    h.client_app.rx_room = 65535;
+    let fetch = |tag| FetchRequest { path: "/v.ts".into(), range: None, tls, tag, abort: None };
+    for tag in 1..=TRICKLING {
+        h.client_app.stalling.push((tag, after, 100));
+        assert!(h.open_fetch(&fetch(tag)));
+    }
+    assert!(h.run_until(Duration::from_secs(10), |h| h.client_app.body_bytes >= TRICKLING * after), "the trickling clients got going");
+    let acked = |h: &SimHarness<_>| h.server.stack.connections().map(|(_, _, e)| e.tcp.acked_offset()).sum::<u64>();
+    let (bytes, reads) = (acked(&h), h.server.stats().storage_reads);
+    h.run_for(Duration::from_millis(500));
+    assert!(acked(&h) > bytes + 4 * 100, "they still get bytes");
+    assert!(h.client_app.fetches.is_empty(), "none finished: {:?}", h.client_app.fetches);
+    assert_eq!(h.server.app.buffers_free(), BUFFERS, "trickling clients hold no storage buffer between turns");
+    assert!(h.server.stats().storage_window_releases > 0);
+    let turns = h.server.stats().storage_reads - reads;
+    assert!(turns > 0 && h.server.stats().storage_read_bytes <= (LEN as u64) * 2 + turns * 2 * crate::tls::layout::RECORD_PLAINTEXT, "reads of more than the records a window reaches");
+    assert!(h.open_fetch(&fetch(99)));
+    assert!(h.run_until_fetches(1, Duration::from_secs(2)), "the fifth client waited for the trickling ones");
+    let want: [u8; 32] = Sha256::digest(&data).into();
+    assert!(h.client_app.fetches[0].tag == 99 && h.client_app.fetches[0].complete && h.client_app.fetches[0].sha256 == want, "{:?}", h.client_app.fetches);
+    h.client_app.stalling.clear();
+    assert!(h.run_until_fetches(1 + TRICKLING as usize, Duration::from_secs(30)), "the trickling transfers did not finish");
+    assert!(h.client_app.fetches.iter().all(|f| f.complete && f.status == 200 && f.sha256 == want), "{:?}", h.client_app.fetches);
+    h.run_for(Duration::from_secs(1));
+    assert_eq!(h.server.app.buffers_free(), BUFFERS, "every buffer back");
+}
+
+#[test]
+fn trickling_readers_leave_the_pool_to_others_over_http() {
+    trickling_readers_leave_the_pool_to_others(false);
+}
+
+#[test]
+fn trickling_readers_leave_the_pool_to_others_over_https() {
+    trickling_readers_leave_the_pool_to_others(true);
 }
 
 #[test]
