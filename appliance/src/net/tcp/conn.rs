@@ -473,7 +473,7 @@ impl TcpConn {
     /// at a time (Linux announces a zero window rather than that), or a probe's window of 1.
     /// What such a peer is sent is read for it at each turn, not held between its ACKs.
     pub fn peer_stalled(&self) -> bool {
-        let small = self.snd_wnd > 0 && self.snd_wnd < self.max_payload() as u64;
+        let small = self.snd_wnd > 0 && self.snd_wnd < self.max_payload();
         self.state.can_send_data() && ((self.snd_wnd == 0 && self.probed) || small)
     }
 
@@ -874,7 +874,7 @@ impl TcpConn {
                         // resend: the peer has no room for what follows, so nothing is read
                         // ahead for it (a client that stops reading, or reads a few bytes at
                         // a time, would otherwise have chunks read and held for it).
-                        src.available(off, len as usize, self.snd_wnd < self.max_payload() as u64)
+                        src.available(off, len as usize, self.snd_wnd < self.max_payload())
                     };
                     let n = self.sendable(got, len);
                     self.app_blocked = n == 0;
