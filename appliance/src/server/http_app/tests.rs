@@ -849,63 +849,86 @@ fn buffers_go_back_once_sent_so_the_pool_does_not_bound_the_bytes_in_flight() {
     assert!(h.server.stats().storage_buffer_waits > 0, "waits counted");
 }
 
+/// Storage buffers of the pool the slow-reader tests share, and how many slow clients.
+const SLOW_BUFFERS: usize = 4;
+const SLOW_CLIENTS: u64 = 4;
+const SLOW_LEN: usize = 4 * super::CHUNK;
+
+fn slow_fetch(tls: bool, tag: u64) -> crate::loopback::FetchRequest {
+    crate::loopback::FetchRequest { path: "/v.ts".into(), range: None, tls, tag, abort: None }
+}
+
+/// A pool of [`SLOW_BUFFERS`] and [`SLOW_CLIENTS`] clients (tags 1..) fetching a four-chunk
+/// object over a 1 ms link, whose windows (`rx_room`, scaled by `shift`) become `window`
+/// bytes once half a chunk each arrived; run until they got there. The volume's directory,
+/// the harness and the object's SHA-256.
+fn slow_readers(tls: bool, shift: u8, rx_room: usize, window: usize) -> (tempfile::TempDir, SimHarness<drivers::storage::FileStorage>, [u8; 32]) {
+    use sha2::{Digest, Sha256};
+    let after = super::CHUNK as u64 / 2;
+    let (dir, storage, volume, data) = patterned_volume(SLOW_LEN);
+    let link = SimConfig { delay: Duration::from_millis(1), ..SimConfig::default() };
+    let mut h = SimHarness::new(storage, volume, link.clone(), link, SLOW_BUFFERS);
+    if tls {
+        let (server, client) = crate::loopback::test_tls_configs().unwrap();
+        h.enable_tls(server, client);
+    }
+    h.client.cfg.tcp.rcv_window_shift = shift;
+    h.client_app.rx_room = rx_room;
+    for tag in 1..=SLOW_CLIENTS {
+        h.client_app.stalling.push((tag, after, window));
+        assert!(h.open_fetch(&slow_fetch(tls, tag)));
+    }
+    assert!(h.run_until(Duration::from_secs(10), |h| h.client_app.body_bytes >= SLOW_CLIENTS * after), "the slow clients got going");
+    (dir, h, Sha256::digest(&data).into())
+}
+
+/// While the slow clients hold on, another client is served at once (the idle timeout,
+/// 60 s, is far off).
+fn a_fifth_client_is_served(h: &mut SimHarness<drivers::storage::FileStorage>, tls: bool, want: [u8; 32]) {
+    assert!(h.open_fetch(&slow_fetch(tls, 99)));
+    assert!(h.run_until_fetches(1, Duration::from_secs(2)), "the fifth client waited for the slow ones");
+    assert!(h.client_app.fetches[0].tag == 99 && h.client_app.fetches[0].complete && h.client_app.fetches[0].sha256 == want, "{:?}", h.client_app.fetches);
+}
+
+/// The slow clients read normally again: their transfers finish byte-exact (what was given
+/// back read and, over TLS, sealed again), and every buffer comes back.
+fn slow_readers_finish(h: &mut SimHarness<drivers::storage::FileStorage>, want: [u8; 32]) {
+    h.client_app.stalling.clear();
+    assert!(h.run_until_fetches(1 + SLOW_CLIENTS as usize, Duration::from_secs(30)), "the slow transfers did not finish");
+    assert!(h.client_app.fetches.iter().all(|f| f.complete && f.status == 200 && f.sha256 == want), "{:?}", h.client_app.fetches);
+    h.run_for(Duration::from_secs(1));
+    assert_eq!(h.server.app.buffers_free(), SLOW_BUFFERS, "every buffer back");
+}
+
 /// Clients that stop reading mid-body (a zero window, still closed at the first probe)
 /// give the storage buffers read for them back: four of them could hold twice a pool of
 /// four buffers, yet a fifth client is served at once while they stall, and once they read
 /// again their transfers finish byte-exact (the bytes read and, over TLS, sealed again).
 fn stalled_readers_leave_the_pool_to_others(tls: bool) {
-    use crate::loopback::FetchRequest;
-    use sha2::{Digest, Sha256};
-    const LEN: usize = 4 * super::CHUNK;
-    const BUFFERS: usize = 4;
-    const STALLED: u64 = 4;
-    let after = super::CHUNK as u64 / 2;
-    let (_dir, storage, volume, data) = patterned_volume(LEN);
-    let link = SimConfig { delay: Duration::from_millis(1), ..SimConfig::default() };
-    let mut h = SimHarness::new(storage, volume, link.clone(), link, BUFFERS);
-    if tls {
-        let (server, client) = crate::loopback::test_tls_configs().unwrap();
-        h.enable_tls(server, client);
-    }
-    h.client.cfg.tcp.rcv_window_shift = 5;
-    h.client_app.rx_room = super::CHUNK;
-    let fetch = |tag| FetchRequest { path: "/v.ts".into(), range: None, tls, tag, abort: None };
-    for tag in 1..=STALLED {
-        h.client_app.stalling.push((tag, after, 0));
-        assert!(h.open_fetch(&fetch(tag)));
-    }
-    assert!(h.run_until(Duration::from_secs(10), |h| h.client_app.body_bytes >= STALLED * after), "the stalled clients got going");
+    let (_dir, mut h, want) = slow_readers(tls, 5, super::CHUNK, 0);
     // A pause shorter than the first probe keeps what was read (the window may open again).
     h.run_for(Duration::from_millis(50));
-    assert!(h.server.app.buffers_free() < BUFFERS, "a pause of 50 ms gave the buffers up");
+    assert!(h.server.app.buffers_free() < SLOW_BUFFERS, "a pause of 50 ms gave the buffers up");
     assert_eq!(h.server.stats().storage_window_releases, 0);
     // Past the first probe (an RTO, 200 ms at least), the stalled connections hold nothing.
     h.run_for(Duration::from_millis(1000));
     assert!(h.client_app.fetches.is_empty(), "none finished: {:?}", h.client_app.fetches);
-    assert_eq!(h.server.stack.connection_count(), STALLED as usize, "the stalled connections are open");
-    assert_eq!(h.server.app.buffers_free(), BUFFERS, "zero-window clients hold no storage buffer");
+    assert_eq!(h.server.stack.connection_count(), SLOW_CLIENTS as usize, "the stalled connections are open");
+    assert_eq!(h.server.app.buffers_free(), SLOW_BUFFERS, "zero-window clients hold no storage buffer");
     let released = h.server.stats().storage_window_releases;
     assert!(released > 0, "the buffers given back are counted");
-    // Another client is served while they stall (the idle timeout, 60 s, is far off).
-    assert!(h.open_fetch(&fetch(99)));
-    assert!(h.run_until_fetches(1, Duration::from_secs(2)), "the fifth client waited for the stalled ones");
-    let want: [u8; 32] = Sha256::digest(&data).into();
-    assert!(h.client_app.fetches[0].tag == 99 && h.client_app.fetches[0].complete && h.client_app.fetches[0].sha256 == want, "{:?}", h.client_app.fetches);
+    a_fifth_client_is_served(&mut h, tls, want);
     // Stalled for longer: each zero-window probe reads its byte's record (or blocks), and
     // gives it back at the answer; the probes back off, so the reads are few and small.
     let (reads, read_bytes) = (h.server.stats().storage_reads, h.server.stats().storage_read_bytes);
     h.run_for(Duration::from_secs(5));
     let (probe_reads, probe_bytes) = (h.server.stats().storage_reads - reads, h.server.stats().storage_read_bytes - read_bytes);
-    assert!(probe_reads > 0 && probe_reads <= 10 * STALLED, "{probe_reads} reads in 5 s of zero windows");
+    assert!(probe_reads > 0 && probe_reads <= 10 * SLOW_CLIENTS, "{probe_reads} reads in 5 s of zero windows");
     assert!(probe_bytes <= probe_reads * 2 * crate::tls::layout::RECORD_PLAINTEXT, "{probe_bytes} bytes in {probe_reads} reads: more than a probe's byte needs");
-    assert_eq!(h.server.app.buffers_free(), BUFFERS, "nothing held between probes");
-    assert_eq!(h.server.stack.connection_count(), STALLED as usize, "the stalled connections are open");
+    assert_eq!(h.server.app.buffers_free(), SLOW_BUFFERS, "nothing held between probes");
+    assert_eq!(h.server.stack.connection_count(), SLOW_CLIENTS as usize, "the stalled connections are open");
     // They read again: zero-window probes find the window open, and the rest is read again.
-    h.client_app.stalling.clear();
-    assert!(h.run_until_fetches(1 + STALLED as usize, Duration::from_secs(30)), "the stalled transfers did not finish");
-    assert!(h.client_app.fetches.iter().all(|f| f.complete && f.status == 200 && f.sha256 == want), "{:?}", h.client_app.fetches);
-    h.run_for(Duration::from_secs(1));
-    assert_eq!(h.server.app.buffers_free(), BUFFERS, "every buffer back");
+    slow_readers_finish(&mut h, want);
 }
 
 /// Clients that read a few bytes at a time (a 100-byte window, never zero: the idle timeout
@@ -914,45 +937,18 @@ fn stalled_readers_leave_the_pool_to_others(tls: bool) {
 /// of them on a pool of four buffers leave it free, a fifth client is served at once, and
 /// once they read normally again their transfers finish byte-exact.
 fn trickling_readers_leave_the_pool_to_others(tls: bool) {
-    use crate::loopback::FetchRequest;
-    use sha2::{Digest, Sha256};
-    const LEN: usize = 4 * super::CHUNK;
-    const BUFFERS: usize = 4;
-    const TRICKLING: u64 = 4;
-    let after = super::CHUNK as u64 / 2;
-    let (_dir, storage, volume, data) = patterned_volume(LEN);
-    let link = SimConfig { delay: Duration::from_millis(1), ..SimConfig::default() };
-    let mut h = SimHarness::new(storage, volume, link.clone(), link, BUFFERS);
-    if tls {
-        let (server, client) = crate::loopback::test_tls_configs().unwrap();
-        h.enable_tls(server, client);
-    }
-    h.client.cfg.tcp.rcv_window_shift = 0;
-    h.client_app.rx_room = 65535;
-    let fetch = |tag| FetchRequest { path: "/v.ts".into(), range: None, tls, tag, abort: None };
-    for tag in 1..=TRICKLING {
-        h.client_app.stalling.push((tag, after, 100));
-        assert!(h.open_fetch(&fetch(tag)));
-    }
-    assert!(h.run_until(Duration::from_secs(10), |h| h.client_app.body_bytes >= TRICKLING * after), "the trickling clients got going");
+    let (_dir, mut h, want) = slow_readers(tls, 0, 65535, 100);
     let acked = |h: &SimHarness<_>| h.server.stack.connections().map(|(_, _, e)| e.tcp.acked_offset()).sum::<u64>();
     let (bytes, reads) = (acked(&h), h.server.stats().storage_reads);
     h.run_for(Duration::from_millis(500));
     assert!(acked(&h) > bytes + 4 * 100, "they still get bytes");
     assert!(h.client_app.fetches.is_empty(), "none finished: {:?}", h.client_app.fetches);
-    assert_eq!(h.server.app.buffers_free(), BUFFERS, "trickling clients hold no storage buffer between turns");
+    assert_eq!(h.server.app.buffers_free(), SLOW_BUFFERS, "trickling clients hold no storage buffer between turns");
     assert!(h.server.stats().storage_window_releases > 0);
     let turns = h.server.stats().storage_reads - reads;
-    assert!(turns > 0 && h.server.stats().storage_read_bytes <= (LEN as u64) * 2 + turns * 2 * crate::tls::layout::RECORD_PLAINTEXT, "reads of more than the records a window reaches");
-    assert!(h.open_fetch(&fetch(99)));
-    assert!(h.run_until_fetches(1, Duration::from_secs(2)), "the fifth client waited for the trickling ones");
-    let want: [u8; 32] = Sha256::digest(&data).into();
-    assert!(h.client_app.fetches[0].tag == 99 && h.client_app.fetches[0].complete && h.client_app.fetches[0].sha256 == want, "{:?}", h.client_app.fetches);
-    h.client_app.stalling.clear();
-    assert!(h.run_until_fetches(1 + TRICKLING as usize, Duration::from_secs(30)), "the trickling transfers did not finish");
-    assert!(h.client_app.fetches.iter().all(|f| f.complete && f.status == 200 && f.sha256 == want), "{:?}", h.client_app.fetches);
-    h.run_for(Duration::from_secs(1));
-    assert_eq!(h.server.app.buffers_free(), BUFFERS, "every buffer back");
+    assert!(turns > 0 && h.server.stats().storage_read_bytes <= (SLOW_LEN as u64) * 2 + turns * 2 * crate::tls::layout::RECORD_PLAINTEXT, "reads of more than the records a window reaches");
+    a_fifth_client_is_served(&mut h, tls, want);
+    slow_readers_finish(&mut h, want);
 }
 
 #[test]
