@@ -473,8 +473,14 @@ impl TcpConn {
     /// at a time (Linux announces a zero window rather than that), or a probe's window of 1.
     /// What such a peer is sent is read for it at each turn, not held between its ACKs.
     pub fn peer_stalled(&self) -> bool {
-        let small = self.snd_wnd > 0 && self.snd_wnd < self.max_payload();
+        let small = self.snd_wnd > 0 && self.window_under_a_segment();
         self.state.can_send_data() && ((self.snd_wnd == 0 && self.probed) || small)
+    }
+
+    /// The peer's window (a probe's 1 included) holds less than one segment: what it takes
+    /// is asked for as a resend, with nothing read ahead.
+    fn window_under_a_segment(&self) -> bool {
+        self.snd_wnd < self.max_payload()
     }
 
     /// Send a FIN once the stream (as long as it is now) is all sent.
@@ -874,7 +880,7 @@ impl TcpConn {
                         // resend: the peer has no room for what follows, so nothing is read
                         // ahead for it (a client that stops reading, or reads a few bytes at
                         // a time, would otherwise have chunks read and held for it).
-                        src.available(off, len as usize, self.snd_wnd < self.max_payload())
+                        src.available(off, len as usize, self.window_under_a_segment())
                     };
                     let n = self.sendable(got, len);
                     self.app_blocked = n == 0;
