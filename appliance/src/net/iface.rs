@@ -111,6 +111,9 @@ pub trait App {
     /// of sending while it holds): what the application prepared and has not sent cannot go
     /// now, and may be given back to be prepared again (a client that stopped reading, or
     /// reads a few bytes at a time, must not hold shared buffers).
+    /// The connection's turn comes next: start loading what serving it will touch.
+    fn prefetch(&self, _c: &Self::Conn) {}
+
     fn on_peer_stalled(&mut self, c: &mut Self::Conn) {
         let _ = c;
     }
@@ -880,6 +883,16 @@ impl<C> Stack<C> {
                 // Out of budget or of ring: keep the rest for the next round.
                 self.ready.push_back(slot);
                 continue;
+            }
+            // What the next two turns touch is cold: start loading it now, so that its
+            // misses overlap this turn's work (the next one's slot was asked for in the turn
+            // before, so what it points to can be asked for now).
+            let (next, after) = self.ready.first_two();
+            if let Some(after) = after {
+                self.conns.prefetch_slot(after);
+            }
+            if let Some(e) = next.and_then(|n| self.conns.value_of_slot(n)) {
+                app.prefetch(&e.app);
             }
             let Some(id) = self.conns.id_of_slot(slot) else { continue };
             let Some((key, e)) = self.conns.get_mut(id) else { continue };

@@ -66,6 +66,13 @@ impl<T> Slab<T> {
         Some(value)
     }
 
+    /// Start loading the first `lines` cache lines of the entry at `key` without waiting.
+    pub fn prefetch(&self, key: SlabKey, lines: usize) {
+        if let Some(e) = self.entries.get(key.0 as usize) {
+            crate::sys::prefetch(e, lines);
+        }
+    }
+
     pub fn get(&self, key: SlabKey) -> Option<&T> {
         match self.entries.get(key.0 as usize)? {
             Entry::Used(v) => Some(v),

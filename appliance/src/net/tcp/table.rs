@@ -92,6 +92,18 @@ impl<T> ConnTable<T> {
         }
     }
 
+    /// Start loading `slot` into the cache without waiting for it (its turn comes later).
+    pub fn prefetch_slot(&self, slot: u32) {
+        if let Some(s) = self.slots.get(slot as usize) {
+            crate::sys::prefetch(s, usize::MAX);
+        }
+    }
+
+    /// The live entry in `slot`, if any.
+    pub fn value_of_slot(&self, slot: u32) -> Option<&T> {
+        self.slots.get(slot as usize)?.live.as_ref().map(|(_, v)| v)
+    }
+
     /// The handle of the live entry in `slot`, if any.
     pub fn id_of_slot(&self, slot: u32) -> Option<ConnId> {
         let s = self.slots.get(slot as usize)?;
@@ -346,6 +358,15 @@ impl SlotQueue {
         self.tail = slot;
         self.len += 1;
         true
+    }
+
+    /// The first two queued slots, without taking them.
+    pub fn first_two(&self) -> (Option<u32>, Option<u32>) {
+        if self.head == NIL {
+            return (None, None);
+        }
+        let second = self.next[self.head as usize];
+        (Some(self.head), (second != QUEUE_END).then_some(second))
     }
 
     pub fn pop_front(&mut self) -> Option<u32> {

@@ -1735,6 +1735,18 @@ impl<S: Storage> App for HttpApp<S> {
         }
     }
 
+    fn prefetch(&self, c: &HttpConn) {
+        // Locating its next bytes reads the oldest response (its offsets lie on both sides of
+        // its head buffer) and the chunk slots' bookkeeping (each slot's first line; its
+        // record headers and trailers follow).
+        if let Some(k) = c.responses.key(0) {
+            self.held.responses.prefetch(k, usize::MAX);
+        }
+        for k in c.chunks.iter().flat_map(|set| set.iter()) {
+            crate::sys::prefetch(k, 1);
+        }
+    }
+
     fn on_peer_stalled(&mut self, c: &mut HttpConn) {
         // A client that stopped reading would otherwise hold what was read for it (up to
         // two chunks) until it reads again or the idle timeout ends it, and a few such
