@@ -152,6 +152,9 @@ pub trait App {
 /// sealed payload in a storage buffer, its tag, and the next record's header).
 pub const MAX_PARTS: usize = 16;
 
+/// Frames of a received burst whose connection state [`Stack::warm`] loads ahead.
+pub const WARM_MAX: usize = 64;
+
 /// The slices of one segment's payload.
 pub struct Parts<'a> {
     slices: [&'a [u8]; MAX_PARTS],
@@ -408,16 +411,33 @@ struct Rx<'a> {
 }
 
 impl<C> Stack<C> {
-    /// Start loading the connection state the TCP frames of a burst need (see
-    /// [`ConnTable::warm`]), before [`Stack::on_frame`] handles them one by one. Frames that
-    /// are not TCP over IPv4 are passed over; nothing is checked or counted here.
-    pub fn warm<'a>(&self, frames: impl Iterator<Item = &'a [u8]>) {
-        let mut acc = 0u32;
-        for frame in frames {
+    /// Start loading the connection state the TCP frames of a burst need, before
+    /// [`Stack::on_frame`] handles them one by one: their index places, then the table slots
+    /// those name, then what the application will touch for each (its `prefetch`). Each
+    /// stage asks for all the burst's lines before the next reads any, so their misses
+    /// overlap. Frames that are not TCP over IPv4, and those past the first [`WARM_MAX`], are
+    /// passed over; nothing is checked or counted here.
+    pub fn warm<'a, A: App<Conn = C>>(&self, frames: impl Iterator<Item = &'a [u8]>, app: &A) {
+        let mut places = [0usize; WARM_MAX];
+        let mut n = 0;
+        for frame in frames.take(WARM_MAX) {
             let Some(key) = tcp_key_of(frame) else { continue };
-            acc ^= self.conns.warm(&key);
+            places[n] = self.conns.prefetch_place(&key);
+            n += 1;
         }
-        std::hint::black_box(acc);
+        let mut slots = [0u32; WARM_MAX];
+        let mut m = 0;
+        for &at in &places[..n] {
+            if let Some(slot) = self.conns.prefetch_slot_at(at) {
+                slots[m] = slot;
+                m += 1;
+            }
+        }
+        for &slot in &slots[..m] {
+            if let Some(e) = self.conns.value_of_slot(slot) {
+                app.prefetch(&e.app);
+            }
+        }
     }
 
     /// Handle one received frame; `checks` says which of its checksums the port verified
@@ -1288,9 +1308,12 @@ mod tests {
         let mut arp = frame;
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(super::tcp_key_of(&arp[..n]), None);
-        // The table's warm-up of a held key reads the slot the lookup finds.
+        // The table's warm-up of a held key names the slot the lookup finds.
         let mut t = super::ConnTable::with_capacity(4);
         let id = t.insert(key, ()).unwrap();
-        assert_eq!(t.warm(&key), id.gen);
+        assert_eq!(t.prefetch_slot_at(t.prefetch_place(&key)), Some(id.slot));
+        let other = super::ConnKey { remote_port: 40001, ..key };
+        assert_eq!(t.value_of_slot(id.slot), Some(&()));
+        let _ = t.prefetch_slot_at(t.prefetch_place(&other));
     }
 }

@@ -53,7 +53,7 @@ impl<N: Nic, S: Storage> Pipeline<N, S> {
     /// One iteration of the loop at monotonic time `now`: what it did.
     pub fn poll(&mut self, now: Instant) -> Turn {
         let got = self.nic.rx_burst(&mut self.rx, RX_BURST);
-        self.stack.warm(self.rx.iter().map(FrameBuf::bytes));
+        self.stack.warm(self.rx.iter().map(FrameBuf::bytes), &self.app);
         for frame in self.rx.drain(..) {
             let checks = FrameBuf::rx_checksums(&frame);
             self.stack.on_frame(now, FrameBuf::bytes(&frame), checks, &mut self.app, &mut self.nic);

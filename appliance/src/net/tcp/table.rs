@@ -80,16 +80,24 @@ impl<T> ConnTable<T> {
         Some(ConnId { slot, gen: slots[slot as usize].gen })
     }
 
-    /// Start the loads a lookup of `key` makes (its index place, then the generation on the
-    /// first line of the slot it names) without waiting for them. Given the keys of a whole burst of frames
-    /// before any is handled, the misses of its lookups overlap instead of each lookup
-    /// waiting for its own; the result only keeps the loads from being optimised away.
-    pub fn warm(&self, key: &ConnKey) -> u32 {
-        let p = self.index.places[self.index.home(self.index.hash(key.packed()))];
-        match self.slots.get(p.slot as usize) {
-            Some(s) => s.gen,
-            None => p.slot,
+    /// Start loading the index place a lookup of `key` starts at, without waiting for it;
+    /// where that place is, for [`ConnTable::prefetch_slot_at`]. Given the keys of a whole
+    /// burst of frames before any is handled, the misses of its lookups overlap instead of
+    /// each lookup waiting for its own.
+    pub fn prefetch_place(&self, key: &ConnKey) -> usize {
+        let at = self.index.home(self.index.hash(key.packed()));
+        if let Some(p) = self.index.places.get(at) {
+            crate::sys::prefetch(p, 1);
         }
+        at
+    }
+
+    /// Start loading the slot that index place `at` names (the one a lookup finds first),
+    /// without waiting for it; which slot, if any.
+    pub fn prefetch_slot_at(&self, at: usize) -> Option<u32> {
+        let p = self.index.places.get(at).filter(|p| p.slot != EMPTY)?;
+        self.prefetch_slot(p.slot);
+        Some(p.slot)
     }
 
     /// Start loading `slot` into the cache without waiting for it (its turn comes later).
