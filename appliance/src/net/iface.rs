@@ -106,14 +106,15 @@ pub trait App {
     /// at least once (the NIC copied it or holds its buffer), so buffers of those bytes may go
     /// back before the ACK; a retransmission asks for them again.
     fn on_sent(&mut self, _c: &mut Self::Conn, _sent_to: u64) {}
+    /// The connection's turn comes soon (it is queued to send, or a frame for it arrived):
+    /// start loading what serving it will touch, without waiting for it (a hint: nothing
+    /// may change).
+    fn prefetch(&self, _c: &Self::Conn) {}
     /// The peer's window is closed and a timeout found it so, or it is smaller than a
     /// segment ([`TcpConn::peer_stalled`]; called after each segment received and each round
     /// of sending while it holds): what the application prepared and has not sent cannot go
     /// now, and may be given back to be prepared again (a client that stopped reading, or
     /// reads a few bytes at a time, must not hold shared buffers).
-    /// The connection's turn comes next: start loading what serving it will touch.
-    fn prefetch(&self, _c: &Self::Conn) {}
-
     fn on_peer_stalled(&mut self, c: &mut Self::Conn) {
         let _ = c;
     }
@@ -1312,8 +1313,8 @@ mod tests {
         let mut t = super::ConnTable::with_capacity(4);
         let id = t.insert(key, ()).unwrap();
         assert_eq!(t.prefetch_slot_at(t.prefetch_place(&key)), Some(id.slot));
-        let other = super::ConnKey { remote_port: 40001, ..key };
         assert_eq!(t.value_of_slot(id.slot), Some(&()));
-        let _ = t.prefetch_slot_at(t.prefetch_place(&other));
+        assert_eq!(t.value_of_slot(id.slot + 1), None, "a slot never used");
+        assert_eq!(t.value_of_slot(99), None, "beyond the table");
     }
 }

@@ -506,12 +506,15 @@ mod tests {
         assert!(!q.push_back(2), "queued already");
         assert!(q.push_back(3));
         assert_eq!((q.len(), q.contains(2), q.contains(1)), (3, true, false));
+        assert_eq!(q.first_two(), (Some(2), Some(0)), "looked at, not taken");
         assert_eq!(q.pop_front(), Some(2));
         assert!(q.push_back(2), "popped: may queue again, at the back");
         assert_eq!(q.pop_front(), Some(0));
         assert_eq!(q.pop_front(), Some(3));
+        assert_eq!(q.first_two(), (Some(2), None));
         assert_eq!(q.pop_front(), Some(2));
         assert_eq!(q.pop_front(), None);
+        assert_eq!(q.first_two(), (None, None));
         assert!(q.is_empty() && !q.contains(2));
         assert!(q.push_back(1));
         assert_eq!(q.pop_front(), Some(1));
