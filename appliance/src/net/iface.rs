@@ -419,9 +419,13 @@ impl<C> Stack<C> {
     /// overlap. Frames that are not TCP over IPv4, and those past the first [`WARM_MAX`], are
     /// passed over; nothing is checked or counted here.
     pub fn warm<'a, A: App<Conn = C>>(&self, frames: impl Iterator<Item = &'a [u8]>, app: &A) {
+        let mut frames = frames.take(WARM_MAX).peekable();
+        if frames.peek().is_none() {
+            return; // an idle turn: nothing to set up
+        }
         let mut places = [0usize; WARM_MAX];
         let mut n = 0;
-        for frame in frames.take(WARM_MAX) {
+        for frame in frames {
             let Some(key) = tcp_key_of(frame) else { continue };
             places[n] = self.conns.prefetch_place(&key);
             n += 1;
