@@ -66,10 +66,10 @@ impl<T> Slab<T> {
         Some(value)
     }
 
-    /// Start loading the first `lines` cache lines of the entry at `key` without waiting.
-    pub fn prefetch(&self, key: SlabKey, lines: usize) {
+    /// Start loading the entry at `key` into the cache without waiting for it.
+    pub fn prefetch(&self, key: SlabKey) {
         if let Some(e) = self.entries.get(key.0 as usize) {
-            crate::sys::prefetch(e, lines);
+            crate::sys::prefetch(e, usize::MAX);
         }
     }
 

@@ -1740,7 +1740,7 @@ impl<S: Storage> App for HttpApp<S> {
         // its head buffer) and the chunk slots' bookkeeping (each slot's first line; its
         // record headers and trailers follow).
         if let Some(k) = c.responses.key(0) {
-            self.held.responses.prefetch(k, usize::MAX);
+            self.held.responses.prefetch(k);
         }
         for k in c.chunks.iter().flat_map(|set| set.iter()) {
             crate::sys::prefetch(k, 1);
