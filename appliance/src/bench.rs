@@ -5,7 +5,11 @@
 //!
 //! A case is (plaintext, TLS or emulated TLS, connections, cores). Each core runs its own pipeline, link and
 //! clients on its own thread, with `connections / cores` connections, each fetching its own
-//! range of one object. Figures per case:
+//! range of one object: by default a 2 MB body (a video segment: the product streams video),
+//! more where fewer connections would serve under 1 GB, less where more would serve over 20
+//! GB (`--transfer-kb`; `--size-mb` splits a fixed total instead; `bytes_per_conn` says which
+//! it was). A connection's body includes its slow start, which short bodies are mostly made
+//! of. Figures per case:
 //! - `gbps_per_core`: body bits served per second of server loop time, averaged over cores;
 //!   `gbps_total`: the sum over cores (each pipeline is independent).
 //! - `mem_per_conn_bytes`: after the transfers, as many keep-alive connections are opened
@@ -51,6 +55,13 @@ const CLIENT_WINDOW: usize = 256 << 10;
 const CLIENT_WINDOW_SHIFT: u8 = 3;
 /// Each connection fetches at least this much.
 const MIN_PER_CONN: u64 = 4096;
+/// Without `--size-mb`, a case serves at least this many body bytes, and at most
+/// [`MAX_CASE_BYTES`] (see [`BenchArgs::transfer_kb`]).
+const MIN_CASE_BYTES: u64 = 1_000_000_000;
+const MAX_CASE_BYTES: u64 = 20_000_000_000;
+/// The object the connections fetch their ranges of is at most this long (past a
+/// connection's own range): ranges wrap around it, and the volume is made in seconds.
+const MAX_OBJECT_BYTES: u64 = 1_000_000_000;
 /// A case that has not finished after this long is reported as failed.
 const CASE_LIMIT: Duration = Duration::from_secs(600);
 
@@ -93,9 +104,17 @@ impl Mode {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Body bytes served per case, in MB, split over its connections (each gets at least 4 KiB).
-    #[arg(long, default_value_t = 64)]
-    pub size_mb: u64,
+    /// Body bytes served per case, in MB, split over its connections (each gets at least 4
+    /// KiB). Without it each connection fetches `--transfer-kb`.
+    #[arg(long)]
+    pub size_mb: Option<u64>,
+    /// Without `--size-mb`: the body each connection fetches, in KB (default: 2 MB, a video
+    /// segment of a few seconds, as a player fetches one over its connection). Fewer
+    /// connections fetch more, so that a case serves at least 1 GB, and a case serves at
+    /// most 20 GB (at 50,000 connections, 400 KB each), so that the default run ends in
+    /// minutes.
+    #[arg(long, default_value_t = 2048, conflicts_with = "size_mb", value_parser = clap::value_parser!(u64).range(4..))]
+    pub transfer_kb: u64,
     /// Connection counts to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 10_000, 50_000])]
     pub connections: Vec<usize>,
@@ -254,9 +273,11 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
 
 fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
     let max_conns = args.connections.iter().copied().max().unwrap_or(1) as u64;
-    let total = (args.size_mb * 1_000_000).max(MIN_PER_CONN);
-    // One object big enough that every connection of the largest case has its own range.
-    let object_len = total.max(max_conns * MIN_PER_CONN).max(16 << 20);
+    let longest = args.connections.iter().map(|&n| per_conn_bytes(args, n)).max().unwrap_or(MIN_PER_CONN);
+    let largest = args.connections.iter().map(|&n| per_conn_bytes(args, n) * n as u64).max().unwrap_or(MIN_PER_CONN);
+    // One object that holds the longest body, and where every connection of the largest case
+    // starts at its own place (bodies longer than that wrap around it).
+    let object_len = longest.max(largest.min(MAX_OBJECT_BYTES)).max(max_conns * MIN_PER_CONN).max(16 << 20);
     let vol = make_volume(dir, object_len)?;
     // References, measured in this run on the core the one-core cases run on.
     let seal_now = || measure_seal_gbps(AeadProvider::AwsLcRs, 16 * 1024, Duration::from_secs(1)) * 8.0;
@@ -323,7 +344,7 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
             refs.openssl_runs.extend(openssl.map(|(gbps, _)| gbps));
         }
         for (case, &(mode, setup, connections, cores)) in cases.iter().enumerate() {
-            let r = run_case(&vol, object_len, total, mode, setup, connections, cores);
+            let r = run_case(&vol, object_len, per_conn_bytes(args, connections), mode, setup, connections, cores);
             if args.repeat == 1 {
                 failed += usize::from(!r.ok);
                 print_case(&r, &refs, args.json);
@@ -443,8 +464,19 @@ fn make_volume(dir: &std::path::Path, len: u64) -> Result<std::path::PathBuf, St
     Ok(vol)
 }
 
-pub fn run_case(vol: &std::path::Path, object_len: u64, total: u64, mode: Mode, setup: ServerSetup, connections: usize, cores: usize) -> CaseResult {
-    let per_conn = (total / connections as u64).max(MIN_PER_CONN);
+/// The body each connection of a case with `connections` fetches.
+fn per_conn_bytes(args: &BenchArgs, connections: usize) -> u64 {
+    let n = connections.max(1) as u64;
+    match args.size_mb {
+        Some(mb) => mb * 1_000_000 / n,
+        None => (args.transfer_kb * 1000).max(MIN_CASE_BYTES / n).min(MAX_CASE_BYTES / n),
+    }
+    .max(MIN_PER_CONN)
+}
+
+/// One case: each of `connections` fetches `per_conn` body bytes of the object (`object_len`
+/// bytes long) in volume `vol`.
+pub fn run_case(vol: &std::path::Path, object_len: u64, per_conn: u64, mode: Mode, setup: ServerSetup, connections: usize, cores: usize) -> CaseResult {
     let threads: Vec<_> = (0..cores)
         .map(|core| {
             // Connections split over the cores; the first ones take the remainder.
@@ -743,7 +775,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
     let list = |xs: &[f64]| xs.iter().map(|&x| num(x)).collect::<Vec<_>>().join(",");
     if json {
         println!(
-            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_openssl_gbps\":{},\"ratio_to_openssl\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_segments_received\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{},\"repeats\":{},\"gbps_per_core_runs\":[{}],\"ref_seal_gbps_runs\":[{}]{}}}",
+            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"bytes_per_conn\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_openssl_gbps\":{},\"ratio_to_openssl\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_segments_received\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{},\"repeats\":{},\"gbps_per_core_runs\":[{}],\"ref_seal_gbps_runs\":[{}]{}}}",
             case_name(r.mode),
             if r.offload { "-offload" } else { "" },
             r.mode.name(),
@@ -755,6 +787,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             r.cores,
             r.ok,
             r.body_bytes,
+            r.body_bytes / r.connections.max(1) as u64,
             num(r.gbps_per_core),
             num(r.gbps_total),
             num(r.gbps_per_core_with_handshakes),
@@ -793,7 +826,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
         );
     } else {
         println!(
-            "{:<9} {:<7} {:>6} conns {} core(s): {:>7.2} Gb/s per core ({:.0}% of sealing, {:.0}% of sealing what the drive read{}; {:.2} with handshakes, {:.2} with devices), {:>7.2} total; {:.0} B per idle conn; {:.2} bytes touched per byte; {} allocations (+{} in handshakes); {:.1} MB in {:.2} s{}{}",
+            "{:<9} {:<7} {:>6} conns {} core(s): {:>7.2} Gb/s per core ({:.0}% of sealing, {:.0}% of sealing what the drive read{}; {:.2} with handshakes, {:.2} with devices), {:>7.2} total; {:.0} B per idle conn; {:.2} bytes touched per byte; {} allocations (+{} in handshakes); {:.1} MB ({:.0} KB a connection) in {:.2} s{}{}",
             case_name(r.mode),
             if r.offload { "offload" } else { "-" },
             r.connections,
@@ -810,6 +843,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             r.allocs_on_packet_path.map_or("?".to_string(), |a| a.to_string()),
             r.allocs_in_handshakes.map_or("?".to_string(), |a| a.to_string()),
             r.body_bytes as f64 / 1e6,
+            r.body_bytes as f64 / 1e3 / r.connections.max(1) as f64,
             r.wall_seconds,
             if r.gbps_per_core_runs.len() > 1 { format!(" (median of {} runs: {} Gb/s per core)", r.gbps_per_core_runs.len(), r.gbps_per_core_runs.iter().map(|g| format!("{g:.2}")).collect::<Vec<_>>().join(", ")) } else { String::new() },
             r.error.as_ref().map_or(String::new(), |e| format!("  FAILED: {e}")),
@@ -849,7 +883,30 @@ mod tests {
     fn small_case(mode: Mode, total: u64, connections: usize) -> CaseResult {
         let dir = tempfile::tempdir().unwrap();
         let vol = make_volume(dir.path(), 16 << 20).unwrap();
-        run_case(&vol, 16 << 20, total, mode, TEST_SETUP, connections, 1)
+        run_case(&vol, 16 << 20, total / connections as u64, mode, TEST_SETUP, connections, 1)
+    }
+
+    fn bench_args(argv: &[&str]) -> Result<BenchArgs, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        <Cli as clap::Parser>::try_parse_from(std::iter::once("bench").chain(argv.iter().copied())).map(|c| c.bench)
+    }
+
+    #[test]
+    fn bodies_are_video_segments_unless_a_total_is_given() {
+        let a = bench_args(&[]).unwrap();
+        let per = |n| per_conn_bytes(&a, n);
+        // 2 MB each, at least 1 GB and at most 20 GB a case.
+        assert_eq!([per(1), per(100), per(10_000), per(50_000)], [1_000_000_000, 10_000_000, 2_000_000, 400_000]);
+        let a = bench_args(&["--transfer-kb", "100"]).unwrap();
+        assert_eq!(per_conn_bytes(&a, 10_000), 100_000);
+        let a = bench_args(&["--size-mb", "1024"]).unwrap();
+        assert_eq!([per_conn_bytes(&a, 100), per_conn_bytes(&a, 10_000), per_conn_bytes(&a, 1_000_000)], [10_240_000, 102_400, MIN_PER_CONN]);
+        assert!(bench_args(&["--size-mb", "64", "--transfer-kb", "2048"]).is_err(), "one or the other");
+        assert!(bench_args(&["--transfer-kb", "0"]).is_err());
     }
 
     #[test]
