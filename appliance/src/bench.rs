@@ -7,8 +7,8 @@
 //! clients on its own thread, with `connections / cores` connections, each fetching its own
 //! range of one object: by default a 2 MB body (a video segment: the product streams video),
 //! more where fewer connections would serve under 1 GB, less where more would serve over 20
-//! GB (`--transfer-kb`; `--size-mb` splits a fixed total instead; `bytes_per_conn` says which
-//! it was). A connection's body includes its slow start, which short bodies are mostly made
+//! GB (`--transfer-kb` gives every connection the same body; `--size-mb` splits a fixed total
+//! instead; `bytes_per_conn` says what it was). A connection's body includes its slow start, which short bodies are mostly made
 //! of. Figures per case:
 //! - `gbps_per_core`: body bits served per second of server loop time, averaged over cores;
 //!   `gbps_total`: the sum over cores (each pipeline is independent).
@@ -55,8 +55,9 @@ const CLIENT_WINDOW: usize = 256 << 10;
 const CLIENT_WINDOW_SHIFT: u8 = 3;
 /// Each connection fetches at least this much.
 const MIN_PER_CONN: u64 = 4096;
-/// Without `--size-mb`, a case serves at least this many body bytes, and at most
-/// [`MAX_CASE_BYTES`] (see [`BenchArgs::transfer_kb`]).
+/// The body each connection fetches by default, and how many a case serves at least and
+/// at most then (see [`BenchArgs::transfer_kb`]).
+const DEFAULT_TRANSFER: u64 = 2_000_000;
 const MIN_CASE_BYTES: u64 = 1_000_000_000;
 const MAX_CASE_BYTES: u64 = 20_000_000_000;
 /// The object the connections fetch their ranges of is at most this long (past a
@@ -105,16 +106,16 @@ impl Mode {
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Body bytes served per case, in MB, split over its connections (each gets at least 4
-    /// KiB). Without it each connection fetches `--transfer-kb`.
-    #[arg(long)]
+    /// KiB).
+    #[arg(long, conflicts_with = "transfer_kb")]
     pub size_mb: Option<u64>,
-    /// Without `--size-mb`: the body each connection fetches, in KB (default: 2 MB, a video
-    /// segment of a few seconds, as a player fetches one over its connection). Fewer
-    /// connections fetch more, so that a case serves at least 1 GB, and a case serves at
-    /// most 20 GB (at 50,000 connections, 400 KB each), so that the default run ends in
-    /// minutes.
-    #[arg(long, default_value_t = 2048, conflicts_with = "size_mb", value_parser = clap::value_parser!(u64).range(4..))]
-    pub transfer_kb: u64,
+    /// The body each connection fetches, in KB, whatever the number of connections. Without
+    /// this and `--size-mb`, each connection fetches 2 MB (a video segment of a few seconds,
+    /// as a player asks for one over its connection), except that fewer connections fetch
+    /// more so that a case serves at least 1 GB, and a case serves at most 20 GB (at 50,000
+    /// connections, 400 KB each), so that the default run ends in minutes.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(4..))]
+    pub transfer_kb: Option<u64>,
     /// Connection counts to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 10_000, 50_000])]
     pub connections: Vec<usize>,
@@ -467,9 +468,10 @@ fn make_volume(dir: &std::path::Path, len: u64) -> Result<std::path::PathBuf, St
 /// The body each connection of a case with `connections` fetches.
 fn per_conn_bytes(args: &BenchArgs, connections: usize) -> u64 {
     let n = connections.max(1) as u64;
-    match args.size_mb {
-        Some(mb) => mb * 1_000_000 / n,
-        None => (args.transfer_kb * 1000).max(MIN_CASE_BYTES / n).min(MAX_CASE_BYTES / n),
+    match (args.size_mb, args.transfer_kb) {
+        (Some(mb), _) => mb * 1_000_000 / n,
+        (None, Some(kb)) => kb * 1000,
+        (None, None) => DEFAULT_TRANSFER.max(MIN_CASE_BYTES / n).min(MAX_CASE_BYTES / n),
     }
     .max(MIN_PER_CONN)
 }
@@ -902,7 +904,7 @@ mod tests {
         // 2 MB each, at least 1 GB and at most 20 GB a case.
         assert_eq!([per(1), per(100), per(10_000), per(50_000)], [1_000_000_000, 10_000_000, 2_000_000, 400_000]);
         let a = bench_args(&["--transfer-kb", "100"]).unwrap();
-        assert_eq!(per_conn_bytes(&a, 10_000), 100_000);
+        assert_eq!([per_conn_bytes(&a, 1), per_conn_bytes(&a, 10_000), per_conn_bytes(&a, 1_000_000)], [100_000; 3], "as given");
         let a = bench_args(&["--size-mb", "1024"]).unwrap();
         assert_eq!([per_conn_bytes(&a, 100), per_conn_bytes(&a, 10_000), per_conn_bytes(&a, 1_000_000)], [10_240_000, 102_400, MIN_PER_CONN]);
         assert!(bench_args(&["--size-mb", "64", "--transfer-kb", "2048"]).is_err(), "one or the other");
