@@ -11,7 +11,8 @@
 //! instead; `bytes_per_conn` says what it was). A connection's body includes its slow start, which short bodies are mostly made
 //! of. Figures per case:
 //! - `gbps_per_core`: body bits served per second of server loop time, averaged over cores;
-//!   `gbps_total`: the sum over cores (each pipeline is independent).
+//!   `gbps_total`: the sum over cores (each pipeline is independent); `gbps_by_core`: each
+//!   core's own.
 //! - `mem_per_conn_bytes`: after the transfers, as many keep-alive connections are opened
 //!   again, each asks for 100 bytes and then stays open and quiet (TLS: after its handshake):
 //!   the sum of the stack's start-up reservation per table slot (the table, its index, the
@@ -260,6 +261,8 @@ pub struct CaseResult {
     pub storage_read_per_byte: f64,
     /// `gbps_per_core` of every run of the case, in the order they ran (`--repeat`).
     pub gbps_per_core_runs: Vec<f64>,
+    /// Each core's own figure in the (median) run, core 0 first.
+    pub gbps_by_core: Vec<f64>,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
@@ -546,6 +549,7 @@ fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, res
         rto_timeouts: results.iter().map(|r| r.rto_timeouts).sum(),
         storage_read_per_byte: if body_bytes == 0 { f64::NAN } else { results.iter().map(|r| r.read_bytes).sum::<u64>() as f64 / body_bytes as f64 },
         gbps_per_core_runs: vec![gbps_total / cores as f64],
+        gbps_by_core: results.iter().map(rate).collect(),
     }
 }
 
@@ -777,7 +781,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
     let list = |xs: &[f64]| xs.iter().map(|&x| num(x)).collect::<Vec<_>>().join(",");
     if json {
         println!(
-            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"bytes_per_conn\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_openssl_gbps\":{},\"ratio_to_openssl\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_segments_received\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{},\"repeats\":{},\"gbps_per_core_runs\":[{}],\"ref_seal_gbps_runs\":[{}]{}}}",
+            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"bytes_per_conn\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_openssl_gbps\":{},\"ratio_to_openssl\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_segments_received\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{},\"repeats\":{},\"gbps_per_core_runs\":[{}],\"gbps_by_core\":[{}],\"ref_seal_gbps_runs\":[{}]{}}}",
             case_name(r.mode),
             if r.offload { "-offload" } else { "" },
             r.mode.name(),
@@ -823,6 +827,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             num(r.storage_read_per_byte),
             r.gbps_per_core_runs.len(),
             list(&r.gbps_per_core_runs),
+            list(&r.gbps_by_core),
             list(&refs.seal_runs),
             r.error.as_ref().map_or(String::new(), |e| format!(",\"error\":{e:?}")),
         );
