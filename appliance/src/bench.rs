@@ -8,8 +8,8 @@
 //! range of one object: by default a 2 MB body (a video segment: the product streams video),
 //! more where fewer connections would serve under 1 GB, less where more would serve over 20
 //! GB (`--transfer-kb` gives every connection the same body; `--size-mb` splits a fixed total
-//! instead; `bytes_per_conn` says what it was). A connection's body includes its slow start, which short bodies are mostly made
-//! of. Figures per case:
+//! instead; `bytes_per_conn` says what it was). A connection's body includes its slow start,
+//! which short bodies are mostly made of. Figures per case:
 //! - `gbps_per_core`: body bits served per second of server loop time, averaged over cores;
 //!   `gbps_total`: the sum over cores (each pipeline is independent); `gbps_by_core`: each
 //!   core's own.
@@ -278,7 +278,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
 fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
     let max_conns = args.connections.iter().copied().max().unwrap_or(1) as u64;
     let longest = args.connections.iter().map(|&n| per_conn_bytes(args, n)).max().unwrap_or(MIN_PER_CONN);
-    let largest = args.connections.iter().map(|&n| per_conn_bytes(args, n) * n as u64).max().unwrap_or(MIN_PER_CONN);
+    let largest = args.connections.iter().map(|&n| per_conn_bytes(args, n).saturating_mul(n as u64)).max().unwrap_or(MIN_PER_CONN);
     // One object that holds the longest body, and where every connection of the largest case
     // starts at its own place (bodies longer than that wrap around it).
     let object_len = longest.max(largest.min(MAX_OBJECT_BYTES)).max(max_conns * MIN_PER_CONN).max(16 << 20);
@@ -472,8 +472,8 @@ fn make_volume(dir: &std::path::Path, len: u64) -> Result<std::path::PathBuf, St
 fn per_conn_bytes(args: &BenchArgs, connections: usize) -> u64 {
     let n = connections.max(1) as u64;
     match (args.size_mb, args.transfer_kb) {
-        (Some(mb), _) => mb * 1_000_000 / n,
-        (None, Some(kb)) => kb * 1000,
+        (Some(mb), _) => mb.saturating_mul(1_000_000) / n,
+        (None, Some(kb)) => kb.saturating_mul(1000),
         (None, None) => DEFAULT_TRANSFER.max(MIN_CASE_BYTES / n).min(MAX_CASE_BYTES / n),
     }
     .max(MIN_PER_CONN)
