@@ -227,6 +227,8 @@ pub struct CaseResult {
     pub ok: bool,
     pub error: Option<String>,
     pub body_bytes: u64,
+    /// The body each connection asked for.
+    pub bytes_per_conn: u64,
     pub gbps_per_core: f64,
     pub gbps_total: f64,
     /// Per core, counting TLS handshakes' time as well.
@@ -500,7 +502,7 @@ pub fn run_case(vol: &std::path::Path, object_len: u64, per_conn: u64, mode: Mod
         .into_iter()
         .map(|t| t.join().unwrap_or_else(|_| CoreResult { error: Some("pipeline thread panicked".into()), ..CoreResult::default() }))
         .collect();
-    combine(mode, setup, connections, cores, &results)
+    CaseResult { bytes_per_conn: per_conn, ..combine(mode, setup, connections, cores, &results) }
 }
 
 fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, results: &[CoreResult]) -> CaseResult {
@@ -525,6 +527,7 @@ fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, res
         ok: results.iter().all(|r| r.ok),
         error: results.iter().find_map(|r| r.error.clone()),
         body_bytes,
+        bytes_per_conn: if connections == 0 { 0 } else { body_bytes / connections as u64 },
         gbps_per_core: gbps_total / cores as f64,
         gbps_total,
         gbps_per_core_with_handshakes: results.iter().map(|r| per(r, r.server_ns)).sum::<f64>() / cores as f64,
@@ -793,7 +796,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             r.cores,
             r.ok,
             r.body_bytes,
-            r.body_bytes / r.connections.max(1) as u64,
+            r.bytes_per_conn,
             num(r.gbps_per_core),
             num(r.gbps_total),
             num(r.gbps_per_core_with_handshakes),
@@ -850,7 +853,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             r.allocs_on_packet_path.map_or("?".to_string(), |a| a.to_string()),
             r.allocs_in_handshakes.map_or("?".to_string(), |a| a.to_string()),
             r.body_bytes as f64 / 1e6,
-            r.body_bytes as f64 / 1e3 / r.connections.max(1) as f64,
+            r.bytes_per_conn as f64 / 1e3,
             r.wall_seconds,
             if r.gbps_per_core_runs.len() > 1 { format!(" (median of {} runs: {} Gb/s per core)", r.gbps_per_core_runs.len(), r.gbps_per_core_runs.iter().map(|g| format!("{g:.2}")).collect::<Vec<_>>().join(", ")) } else { String::new() },
             r.error.as_ref().map_or(String::new(), |e| format!("  FAILED: {e}")),
@@ -923,6 +926,7 @@ mod tests {
             let r = small_case(mode, total, 50);
             assert!(r.ok, "{mode:?}: {:?}", r.error);
             assert_eq!(r.body_bytes, total, "{mode:?}");
+            assert_eq!(r.bytes_per_conn, total / 50, "{mode:?}: what each asked for");
             assert_eq!(r.retransmits, 0, "{mode:?}");
             assert!(r.segments_sent >= total / MAX_SEGMENT, "{mode:?}: {} segments", r.segments_sent);
             assert_eq!(r.handshakes, if mode == Mode::Tls { 50 } else { 0 });
