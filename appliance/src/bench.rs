@@ -502,10 +502,10 @@ pub fn run_case(vol: &std::path::Path, object_len: u64, per_conn: u64, mode: Mod
         .into_iter()
         .map(|t| t.join().unwrap_or_else(|_| CoreResult { error: Some("pipeline thread panicked".into()), ..CoreResult::default() }))
         .collect();
-    CaseResult { bytes_per_conn: per_conn, ..combine(mode, setup, connections, cores, &results) }
+    combine(mode, setup, connections, cores, per_conn, &results)
 }
 
-fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, results: &[CoreResult]) -> CaseResult {
+fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, per_conn: u64, results: &[CoreResult]) -> CaseResult {
     let per = |r: &CoreResult, ns: u64| if ns == 0 { 0.0 } else { r.body_bytes as f64 * 8.0 / ns as f64 };
     let rate = |r: &CoreResult| per(r, r.server_ns.saturating_sub(r.handshake_ns));
     let body_bytes: u64 = results.iter().map(|r| r.body_bytes).sum();
@@ -527,7 +527,7 @@ fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, res
         ok: results.iter().all(|r| r.ok),
         error: results.iter().find_map(|r| r.error.clone()),
         body_bytes,
-        bytes_per_conn: if connections == 0 { 0 } else { body_bytes / connections as u64 },
+        bytes_per_conn: per_conn,
         gbps_per_core: gbps_total / cores as f64,
         gbps_total,
         gbps_per_core_with_handshakes: results.iter().map(|r| per(r, r.server_ns)).sum::<f64>() / cores as f64,
@@ -948,7 +948,7 @@ mod tests {
     }
 
     fn run_of(gbps: f64, ok: bool) -> CaseResult {
-        let mut r = combine(Mode::Plain, TEST_SETUP, 1, 1, &[]);
+        let mut r = combine(Mode::Plain, TEST_SETUP, 1, 1, MIN_PER_CONN, &[]);
         r.gbps_per_core = gbps;
         r.ok = ok;
         r
