@@ -13,6 +13,12 @@
 //! - `gbps_per_core`: body bits served per second of server loop time, averaged over cores;
 //!   `gbps_total`: the sum over cores (each pipeline is independent); `gbps_by_core`: each
 //!   core's own.
+//! - `seal_ms_per_gb`: of the server's time per GB served (averaged over cores), what sealing
+//!   the body records took; `seal_to_ref`: that against the sealing reference's time per GB
+//!   (above 1 by what sealing records fresh from the drive, in place, costs beyond sealing
+//!   one hot buffer); `other_ms_per_gb`: the rest of the server's time per GB (TCP/IP, HTTP,
+//!   the records' bookkeeping; handshakes left out), which does not swing with the caches'
+//!   luck as sealing cold data does, so comparing builds on it needs fewer rounds.
 //! - `mem_per_conn_bytes`: after the transfers, as many keep-alive connections are opened
 //!   again, each asks for 100 bytes and then stays open and quiet (TLS: after its handshake):
 //!   the sum of the stack's start-up reservation per table slot (the table, its index, the
@@ -207,6 +213,7 @@ struct CoreResult {
     device_ns: u64,
     handshake_ns: u64,
     handshake_allocs: u64,
+    sealing_ns: u64,
     segments_sent: u64,
     segments_received: u64,
     retransmits: u64,
@@ -237,6 +244,11 @@ pub struct CaseResult {
     pub gbps_per_core_with_devices: f64,
     pub device_seconds: f64,
     pub handshake_seconds: f64,
+    /// Server time per GB served spent sealing body records, averaged over cores (ms).
+    pub seal_ms_per_gb: f64,
+    /// The rest of the server's time per GB (TCP/IP, HTTP, the record bookkeeping, the
+    /// sealing of small records; handshakes left out), averaged over cores (ms).
+    pub other_ms_per_gb: f64,
     pub allocs_in_handshakes: Option<u64>,
     pub mem_per_conn_bytes: f64,
     pub mem_table_per_conn_bytes: f64,
@@ -518,6 +530,9 @@ fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, per
     let slot = results.iter().map(|r| r.table_bytes_per_slot).fold(ConnTable::<Entry<HttpConn>>::slot_bytes() as f64, f64::max);
     let per_idle = |b: f64| if idle_conns == 0 { f64::NAN } else { b / idle_conns as f64 };
     let touched: u64 = results.iter().map(|r| r.touched + r.storage_touched).sum();
+    let ms_per_gb = |ns: u64| if body_bytes == 0 { f64::NAN } else { ns as f64 / body_bytes as f64 * 1e3 };
+    let sealing_ns: u64 = results.iter().map(|r| r.sealing_ns).sum();
+    let other_ns: u64 = results.iter().map(|r| r.server_ns.saturating_sub(r.handshake_ns + r.sealing_ns)).sum();
     CaseResult {
         mode,
         offload: setup.offload,
@@ -534,6 +549,8 @@ fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, per
         gbps_per_core_with_devices: results.iter().map(|r| per(r, r.server_ns + r.device_ns)).sum::<f64>() / cores as f64,
         device_seconds: results.iter().map(|r| r.device_ns).max().unwrap_or(0) as f64 / 1e9,
         handshake_seconds: results.iter().map(|r| r.handshake_ns).max().unwrap_or(0) as f64 / 1e9,
+        seal_ms_per_gb: ms_per_gb(sealing_ns),
+        other_ms_per_gb: ms_per_gb(other_ns),
         allocs_in_handshakes: accounting::allocator_installed().then(|| results.iter().map(|r| r.handshake_allocs).sum()),
         mem_per_conn_bytes: slot + per_idle(idle_heap as f64) + per_idle(idle_c_heap as f64) + per_idle(idle_slab as f64),
         mem_table_per_conn_bytes: slot,
@@ -671,6 +688,7 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
     // Only the transfer phase counts: set the counters aside after the opens.
     let (ns0, allocs0, touched0, device0) = (h.server_ns, h.server_allocs, h.server_touched, h.server_device_ns);
     let (hs_ns0, hs_allocs0) = (h.server_handshake_ns, h.server_handshake_allocs);
+    let sealing0 = h.server_sealing_ns;
     let reads0 = drivers::storage::Storage::counters(&h.server.app.storage).read_bytes;
     let woken0 = h.server.app.stats.tls_key_contexts_built;
     let tcp0 = h.server.stats();
@@ -691,6 +709,7 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
     out.device_ns = h.server_device_ns - device0;
     out.handshake_ns = h.server_handshake_ns - hs_ns0;
     out.handshake_allocs = h.server_handshake_allocs - hs_allocs0;
+    out.sealing_ns = h.server_sealing_ns - sealing0;
     // AEAD contexts built again for woken keys are C allocations the counter cannot see.
     out.allocs = h.server_allocs - allocs0 + (h.server.app.stats.tls_key_contexts_built - woken0);
     out.touched = h.server_touched - touched0;
@@ -784,7 +803,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
     let list = |xs: &[f64]| xs.iter().map(|&x| num(x)).collect::<Vec<_>>().join(",");
     if json {
         println!(
-            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"bytes_per_conn\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_openssl_gbps\":{},\"ratio_to_openssl\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_segments_received\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{},\"repeats\":{},\"gbps_per_core_runs\":[{}],\"gbps_by_core\":[{}],\"ref_seal_gbps_runs\":[{}]{}}}",
+            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"bytes_per_conn\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"seal_ms_per_gb\":{},\"seal_to_ref\":{},\"other_ms_per_gb\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_openssl_gbps\":{},\"ratio_to_openssl\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_segments_received\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{},\"repeats\":{},\"gbps_per_core_runs\":[{}],\"gbps_by_core\":[{}],\"ref_seal_gbps_runs\":[{}]{}}}",
             case_name(r.mode),
             if r.offload { "-offload" } else { "" },
             r.mode.name(),
@@ -806,6 +825,9 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             r.allocs_in_handshakes.map_or("null".to_string(), |a| a.to_string()),
             num(seal),
             num(r.gbps_per_core / seal),
+            num(r.seal_ms_per_gb),
+            num(r.seal_ms_per_gb / (8e3 / seal)),
+            num(r.other_ms_per_gb),
             num(device_seal),
             num(r.gbps_per_core / device_seal),
             openssl.map_or("null".to_string(), num),
@@ -836,7 +858,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
         );
     } else {
         println!(
-            "{:<9} {:<7} {:>6} conns {} core(s): {:>7.2} Gb/s per core ({:.0}% of sealing, {:.0}% of sealing what the drive read{}; {:.2} with handshakes, {:.2} with devices), {:>7.2} total; {:.0} B per idle conn; {:.2} bytes touched per byte; {} allocations (+{} in handshakes); {:.1} MB ({:.0} KB a connection) in {:.2} s{}{}",
+            "{:<9} {:<7} {:>6} conns {} core(s): {:>7.2} Gb/s per core ({:.0}% of sealing, {:.0}% of sealing what the drive read{}; {:.2} with handshakes, {:.2} with devices), {:>7.2} total;{} the rest {:.1} ms per GB; {:.0} B per idle conn; {:.2} bytes touched per byte; {} allocations (+{} in handshakes); {:.1} MB ({:.0} KB a connection) in {:.2} s{}{}",
             case_name(r.mode),
             if r.offload { "offload" } else { "-" },
             r.connections,
@@ -848,6 +870,8 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             r.gbps_per_core_with_handshakes,
             r.gbps_per_core_with_devices,
             r.gbps_total,
+            if r.seal_ms_per_gb > 0.0 { format!(" sealing {:.1} ms per GB ({:.3}x the reference's),", r.seal_ms_per_gb, r.seal_ms_per_gb / (8e3 / seal)) } else { String::new() },
+            r.other_ms_per_gb,
             r.mem_per_conn_bytes,
             r.bytes_touched_per_byte,
             r.allocs_on_packet_path.map_or("?".to_string(), |a| a.to_string()),

@@ -441,6 +441,8 @@ pub struct SimHarness<S: Storage> {
     /// Of `server_ns` and `server_allocs`: what TLS handshake steps (rustls) took.
     pub server_handshake_ns: u64,
     pub server_handshake_allocs: u64,
+    /// Of `server_ns`: sealing body records ([`crate::accounting::sealing`]).
+    pub server_sealing_ns: u64,
     /// Heap allocations made inside the server loop, and the bytes they still hold (counted
     /// only when the process's global allocator is [`crate::accounting::CountingAlloc`]).
     pub server_allocs: u64,
@@ -536,6 +538,7 @@ impl<S: Storage> SimHarness<S> {
             server_device_ns: 0,
             server_handshake_ns: 0,
             server_handshake_allocs: 0,
+            server_sealing_ns: 0,
             server_allocs: 0,
             server_heap_bytes: 0,
             server_touched: 0,
@@ -706,6 +709,7 @@ impl<S: Storage> SimHarness<S> {
         let (allocs0, heap0) = crate::accounting::allocations();
         let touched0 = crate::accounting::touched();
         let (hs_ns0, hs_allocs0) = crate::accounting::handshake_work();
+        let sealing0 = crate::accounting::sealing_ns();
         let server = &mut self.server;
         let turn = crate::accounting::counting(|| server.poll(now));
         let (allocs1, heap1) = crate::accounting::allocations();
@@ -723,6 +727,7 @@ impl<S: Storage> SimHarness<S> {
             let device = self.server.nic.device_ns() + self.server.app.storage.device_ns() - device0;
             self.server_ns += (t0.elapsed().as_nanos() as u64).saturating_sub(device);
             self.server_device_ns += device;
+            self.server_sealing_ns += crate::accounting::sealing_ns() - sealing0;
         }
         let t1 = std::time::Instant::now();
         let got = self.client_nic.rx_burst(&mut self.rx, RX_BURST);

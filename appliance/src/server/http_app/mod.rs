@@ -365,7 +365,7 @@ fn finish_chunk(
     let Some(chunks) = chunks.as_deref_mut() else { return Ok(()) };
     let resp_start = chunks[ki].resp_start;
     let sealed = match (session, responses.iter(&held.responses).find(|r| r.start == resp_start)) {
-        (Some(s), Some(r)) if r.tls.is_some() => seal_chunk(s, r, &mut chunks[ki], &mut buf, from),
+        (Some(s), Some(r)) if r.tls.is_some() => crate::accounting::sealing(|| seal_chunk(s, r, &mut chunks[ki], &mut buf, from)),
         _ => {
             if let Some(from) = from {
                 buf.as_mut_slice()[..from.len()].copy_from_slice(from);
