@@ -124,7 +124,14 @@ fn marked<'a>(c: &'a HttpConn, r: &Response, t: &'a RespTls, off: u64) -> Option
     let (k, m) = set.iter().find_map(|k| k.marks.iter().find(|m| m.off == off).map(|m| (k, *m)))?;
     let ChunkState::Ready(buf) = &k.state else { return None };
     let RecordSource::Body { object_start, object_end } = t.layout.record_source(m.rec) else { return None };
-    let held = k.resp_start == r.start && k.holds(object_start) && object_end <= k.obj_end && m.rec.checked_sub(k.first_rec).is_some_and(|j| j < RECORDS_PER_CHUNK as u64);
+    let format = t.layout.format();
+    let inside = match m.part {
+        RecordPart::Header(i) => i < format.header_len,
+        RecordPart::Payload(i) => u64::from(i) < object_end - object_start,
+        RecordPart::InnerType => format.inner_type_len > 0,
+        RecordPart::Tag(i) => i < format.tag_len,
+    };
+    let held = inside && k.resp_start == r.start && k.holds(object_start) && object_end <= k.obj_end && m.rec.checked_sub(k.first_rec).is_some_and(|j| j < RECORDS_PER_CHUNK as u64);
     held.then(|| RecordAt { layout: &t.layout, chunk: k, buf: buf.as_slice(), base: k.buf_base(), rec: m.rec, part: m.part, object_start, object_end })
 }
 
@@ -391,6 +398,9 @@ pub(super) fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, b
     let first = r.record_of(&t, &b, lo);
     let last = r.record_of(&t, &b, hi - 1);
     k.first_rec = first;
+    // Marks of what the slot held before (another response's, or another connection's:
+    // slots go back to a pool) say nothing about these records.
+    k.marks = [Mark::NONE; 2];
     for rec in first..=last {
         let RecordSource::Body { object_start, object_end } = t.layout.record_source(rec) else {
             return Err(TlsError::Malformed("record layout"));
