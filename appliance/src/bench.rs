@@ -974,8 +974,9 @@ mod tests {
     /// Connections that wait on the core's few buffers hand their chunk slots on to others
     /// mid-stream (slots go back once all of a connection's chunks are free), and ranges start
     /// on any 4 KiB boundary, so the same stream offsets fall in records laid out differently:
-    /// what a slot noted for one connection must not place another's bytes (`stream::Mark`;
-    /// before marks were cleared when a slot is filled, 2 of these 100 bodies came out wrong).
+    /// nothing a slot kept for one connection may place another's bytes. (A walk that started
+    /// from where the last one stopped, tried on 2026-12-06, did: 2 of these 100 bodies came
+    /// out wrong.)
     #[test]
     fn connections_that_share_few_buffers_each_get_their_own_bytes() {
         let dir = tempfile::tempdir().unwrap();

@@ -51,7 +51,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-use stream::{free_ready_chunks_below, note_marks, ready_len, release_chunks, seal_chunk, walk_ready, yield_read_ahead, Stop};
+use stream::{free_ready_chunks_below, ready_len, release_chunks, seal_chunk, walk_ready, yield_read_ahead, Stop};
 
 /// Bytes of object data per storage read and DMA buffer (a multiple of the record size).
 /// 512 KiB rather than 64 or 256: an eighth (a half) of the reads, completions, chunk lookups
@@ -295,9 +295,6 @@ struct Chunk {
     first_rec: u64,
     hdr: [[u8; HEADER_MAX]; RECORDS_PER_CHUNK],
     trl: [[u8; TRAILER]; RECORDS_PER_CHUNK],
-    /// Where the last `available` walk began and where it stopped, when that was in one of
-    /// this chunk's records ([`stream::Mark`]).
-    marks: [stream::Mark; 2],
 }
 
 impl Chunk {
@@ -311,7 +308,6 @@ impl Chunk {
         first_rec: 0,
         hdr: [[0; HEADER_MAX]; RECORDS_PER_CHUNK],
         trl: [[0; TRAILER]; RECORDS_PER_CHUNK],
-        marks: [stream::Mark::NONE; 2],
     };
 
     /// The object offset of the buffer's first byte.
@@ -1824,7 +1820,7 @@ impl<S: Storage> App for HttpApp<S> {
     }
 
     fn available(&mut self, _now: Instant, id: ConnId, c: &mut HttpConn, off: u64, max: usize, resend: bool) -> Ready {
-        let (mut len, mut stop, body_chunk, mut marks) = ready_len(&self.held, c, off, max);
+        let (mut len, mut stop, body_chunk) = ready_len(&self.held, c, off, max);
         // A read under way, or started now, wakes the connection when it completes: what
         // follows is on its way. (One that could not start is not counted.) A chunk filled
         // at once is walked on into (at most every chunk `max` spans, and one more).
@@ -1836,7 +1832,7 @@ impl<S: Storage> App for HttpApp<S> {
                 Stop::Missing { resp, index, at } => match self.start_read(id, c, resp, index, at, resend.then_some(at + (max - len) as u64)) {
                     ReadStart::Filled if fills > 0 => {
                         fills -= 1;
-                        (len, stop, _, marks) = ready_len(&self.held, c, off, max);
+                        (len, stop, _) = ready_len(&self.held, c, off, max);
                     }
                     ReadStart::Filled | ReadStart::Started => break true,
                     ReadStart::NotStarted => break false,
@@ -1846,8 +1842,6 @@ impl<S: Storage> App for HttpApp<S> {
             }
         };
         let ready = Ready { len, more_soon };
-        // `payload` walks from `off` next, and the next segment from where this walk stopped.
-        note_marks(c, marks);
         // Read ahead: the next chunk of this response, so the wire never waits on it. Not
         // for a retransmission: after a timeout most of what follows usually arrived (the
         // ACK will say), and reading it again would be wasted; nor for a zero-window probe

@@ -5,7 +5,7 @@
 
 use drivers::storage::DmaBuf;
 
-use super::{Chunk, ChunkSet, ChunkState, HttpConn, Held, RespTls, Response, TlsPhase, CHUNK, RECORDS_PER_CHUNK, TRAILER};
+use super::{Chunk, ChunkSet, ChunkState, HttpConn, Held, Response, TlsPhase, CHUNK, RECORDS_PER_CHUNK, TRAILER};
 use crate::tls::handshake::RecordSession;
 use crate::tls::layout::{RecordPart, RecordSource, ResponseLayout};
 use crate::tls::record::{self, Content, CONTENT_APPLICATION_DATA};
@@ -71,70 +71,6 @@ enum Loc<'a> {
 /// A body chunk: (response index in the connection's queue, chunk index of its object).
 type BodyChunk = (usize, u64);
 
-/// A stream offset that a walk found in a sealed record of a chunk: the record and the place
-/// in it. `available` notes where its walk began (where `payload` walks from next) and where
-/// it stopped (where the next segment starts), so that those walks start there instead of
-/// locating the offset again. Where an offset lies in its response's records never changes,
-/// so a mark is only a hint about which chunk holds it: [`marked`] checks that the chunk
-/// still holds the record before using it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Mark {
-    off: u64,
-    rec: u64,
-    part: RecordPart,
-}
-
-impl Mark {
-    pub(super) const NONE: Mark = Mark { off: u64::MAX, rec: 0, part: RecordPart::Header(0) };
-}
-
-/// Where a walk began and stopped: (chunk slot, mark) for each end that lay in a record.
-pub(super) type WalkMarks = [Option<(usize, Mark)>; 2];
-
-/// Note `marks` in their chunks (`available`, after its walk).
-pub(super) fn note_marks(c: &mut HttpConn, marks: WalkMarks) {
-    let Some(set) = c.chunks.as_deref_mut() else { return };
-    for (i, (slot, mark)) in marks.into_iter().enumerate().filter_map(|(i, m)| Some((i, m?))) {
-        if let Some(k) = set.get_mut(slot) {
-            k.marks[i] = mark;
-        }
-    }
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Tests: locate every offset afresh, as if no mark had been noted.
-    pub(super) static IGNORE_MARKS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Tests: the stream offsets marked in `c`'s chunks.
-#[cfg(test)]
-pub(super) fn marked_offsets(c: &HttpConn) -> Vec<u64> {
-    c.chunks.iter().flat_map(|set| set.iter()).flat_map(|k| k.marks.iter()).map(|m| m.off).filter(|&o| o != u64::MAX).collect()
-}
-
-/// Stream offset `off`, of response `r` (body records under `t`), where a chunk's mark says
-/// it is, if that chunk still holds the record sealed: what [`locate`] would find there.
-fn marked<'a>(c: &'a HttpConn, r: &Response, t: &'a RespTls, off: u64) -> Option<RecordAt<'a>> {
-    #[cfg(test)]
-    if IGNORE_MARKS.with(std::cell::Cell::get) {
-        return None;
-    }
-    let set = c.chunks.as_deref()?;
-    let (k, m) = set.iter().find_map(|k| k.marks.iter().find(|m| m.off == off).map(|m| (k, *m)))?;
-    let ChunkState::Ready(buf) = &k.state else { return None };
-    let RecordSource::Body { object_start, object_end } = t.layout.record_source(m.rec) else { return None };
-    let format = t.layout.format();
-    let inside = match m.part {
-        RecordPart::Header(i) => i < format.header_len,
-        RecordPart::Payload(i) => u64::from(i) < object_end - object_start,
-        RecordPart::InnerType => format.inner_type_len > 0,
-        RecordPart::Tag(i) => i < format.tag_len,
-    };
-    let held = inside && k.resp_start == r.start && k.holds(object_start) && object_end <= k.obj_end && m.rec.checked_sub(k.first_rec).is_some_and(|j| j < RECORDS_PER_CHUNK as u64);
-    held.then(|| RecordAt { layout: &t.layout, chunk: k, buf: buf.as_slice(), base: k.buf_base(), rec: m.rec, part: m.part, object_start, object_end })
-}
-
 /// What lies at stream offset `off`, and the body chunk that holds it when it is body bytes
 /// (what the read-ahead starts from).
 fn locate<'a>(held: &'a Held, c: &'a HttpConn, off: u64) -> (Loc<'a>, Option<BodyChunk>) {
@@ -174,11 +110,6 @@ fn locate<'a>(held: &'a Held, c: &'a HttpConn, off: u64) -> (Loc<'a>, Option<Bod
             (loc, Some((resp, index)))
         }
         Some(t) => {
-            if let Some(at) = marked(c, r, t, off) {
-                debug_assert_eq!(t.layout.locate(rel - t.clear_head), Some((at.rec, at.part)), "a mark says where its offset lies");
-                let index = at.object_start / CHUNK as u64;
-                return (Loc::Record(at), Some((resp, index)));
-            }
             let Some((rec, part)) = t.layout.locate(rel - t.clear_head) else { return (Loc::Nothing, None) };
             let RecordSource::Body { object_start, object_end } = t.layout.record_source(rec) else {
                 return (Loc::Nothing, None); // the head record lies in `head`, handled above
@@ -280,19 +211,17 @@ pub(super) enum Stop {
 /// it is body bytes). `available` ([`ready_len`]) and `payload` both walk, so they agree on
 /// every slice.
 pub(super) fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, each: impl FnMut(&'a [u8])) -> (usize, Stop, Option<BodyChunk>) {
-    let (n, stop, first, _) = walk::<true>(held, c, off, max, each);
-    (n, stop, first)
+    walk::<true>(held, c, off, max, each)
 }
 
 /// What [`walk_ready`] returns, without the slices: a record that lies whole within the
 /// walk's limits is stepped over by its length, its header and trailer not read (the walk
-/// for `payload` reads them). `available` asks this once per segment. Also where the walk began
-/// and where it stopped, when in a sealed record, for `available` to note ([`note_marks`]).
-pub(super) fn ready_len(held: &Held, c: &HttpConn, off: u64, max: usize) -> (usize, Stop, Option<BodyChunk>, WalkMarks) {
+/// for `payload` reads them). `available` asks this once per segment.
+pub(super) fn ready_len(held: &Held, c: &HttpConn, off: u64, max: usize) -> (usize, Stop, Option<BodyChunk>) {
     walk::<false>(held, c, off, max, |_| {})
 }
 
-fn walk<'a, const SLICES: bool>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'a [u8])) -> (usize, Stop, Option<BodyChunk>, WalkMarks) {
+fn walk<'a, const SLICES: bool>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'a [u8])) -> (usize, Stop, Option<BodyChunk>) {
     use crate::net::iface::MAX_PARTS;
     let (mut n, mut parts) = (0usize, 0usize);
     let mut take = |b: &'a [u8], n: &mut usize, parts: &mut usize| {
@@ -303,15 +232,9 @@ fn walk<'a, const SLICES: bool>(held: &'a Held, c: &'a HttpConn, off: u64, max: 
         *n < max && *parts < MAX_PARTS
     };
     let mut first = None;
-    // Only `available`'s walk notes marks (`payload` walks from the one it noted).
-    let mut marks: WalkMarks = [None; 2];
-    let mark = |at: &RecordAt<'_>, off: u64| {
-        let slot = c.chunks.as_deref()?.iter().position(|k| std::ptr::eq(k, at.chunk))?;
-        Some((slot, Mark { off, rec: at.rec, part: at.part }))
-    };
     loop {
         if n >= max {
-            return (n, Stop::Done, first, marks);
+            return (n, Stop::Done, first);
         }
         let (loc, chunk) = locate(held, c, off + n as u64);
         if n == 0 {
@@ -320,59 +243,34 @@ fn walk<'a, const SLICES: bool>(held: &'a Held, c: &'a HttpConn, off: u64, max: 
         match loc {
             Loc::Bytes(b) => {
                 if !take(b, &mut n, &mut parts) {
-                    return (n, Stop::Done, first, marks);
+                    return (n, Stop::Done, first);
                 }
             }
-            Loc::Record(mut at) => {
-                if !SLICES && n == 0 {
-                    marks[0] = mark(&at, off);
-                }
-                loop {
-                    // Taking each of this record's parts would leave the walk below both limits
-                    // (and cut none of them): the same as adding up the record.
-                    let whole = if SLICES { None } else { at.whole_record_len().filter(|&w| n + w < max && parts + PARTS_PER_RECORD < MAX_PARTS) };
-                    if let Some(w) = whole {
-                        n += w;
-                        parts += PARTS_PER_RECORD;
-                        match at.next_record() {
-                            Some(next) => at = next,
-                            None => break,
-                        }
-                        continue;
-                    }
-                    let b = at.bytes();
-                    let before = n;
-                    if !take(b, &mut n, &mut parts) {
-                        if !SLICES {
-                            // Where the next segment starts: in this part, or at the next.
-                            let taken = n - before;
-                            let end = if taken < b.len() { Some(RecordAt { part: part_after(at.part, taken as u32), ..at }) } else { at.next() };
-                            marks[1] = end.and_then(|e| mark(&e, off + n as u64));
-                        }
-                        return (n, Stop::Done, first, marks);
-                    }
-                    match at.next() {
+            Loc::Record(mut at) => loop {
+                // Taking each of this record's parts would leave the walk below both limits
+                // (and cut none of them): the same as adding up the record.
+                let whole = if SLICES { None } else { at.whole_record_len().filter(|&w| n + w < max && parts + PARTS_PER_RECORD < MAX_PARTS) };
+                if let Some(w) = whole {
+                    n += w;
+                    parts += PARTS_PER_RECORD;
+                    match at.next_record() {
                         Some(next) => at = next,
                         None => break,
                     }
+                    continue;
                 }
-            }
-            Loc::Missing { resp, index, at } => return (n, Stop::Missing { resp, index, at }, first, marks),
-            Loc::Pending => return (n, Stop::Pending, first, marks),
-            Loc::Nothing => return (n, Stop::Done, first, marks),
+                if !take(at.bytes(), &mut n, &mut parts) {
+                    return (n, Stop::Done, first);
+                }
+                match at.next() {
+                    Some(next) => at = next,
+                    None => break,
+                }
+            },
+            Loc::Missing { resp, index, at } => return (n, Stop::Missing { resp, index, at }, first),
+            Loc::Pending => return (n, Stop::Pending, first),
+            Loc::Nothing => return (n, Stop::Done, first),
         }
-    }
-}
-
-/// The place `taken` bytes further into a record than `part`, within the slice
-/// [`RecordAt::bytes`] gives for it (the trailer is one slice: the inner type, then the tag).
-fn part_after(part: RecordPart, taken: u32) -> RecordPart {
-    match part {
-        RecordPart::Header(i) => RecordPart::Header(i + taken),
-        RecordPart::Payload(i) => RecordPart::Payload(i + taken),
-        RecordPart::InnerType if taken == 0 => RecordPart::InnerType,
-        RecordPart::InnerType => RecordPart::Tag(taken - 1),
-        RecordPart::Tag(i) => RecordPart::Tag(i + taken),
     }
 }
 
@@ -398,9 +296,6 @@ pub(super) fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, b
     let first = r.record_of(&t, &b, lo);
     let last = r.record_of(&t, &b, hi - 1);
     k.first_rec = first;
-    // Marks of what the slot held before (another response's, or another connection's:
-    // slots go back to a pool) say nothing about these records.
-    k.marks = [Mark::NONE; 2];
     for rec in first..=last {
         let RecordSource::Body { object_start, object_end } = t.layout.record_source(rec) else {
             return Err(TlsError::Malformed("record layout"));
