@@ -669,6 +669,28 @@ impl<S: Storage> SimHarness<S> {
         true
     }
 
+    /// The TLS client on local port `port` updates its traffic keys (a KeyUpdate record
+    /// goes out now, whatever the connection is doing); whether it could.
+    #[cfg(test)]
+    pub fn client_key_update(&mut self, port: u16) -> bool {
+        let Some(id) = self.client.connections().find(|(_, k, _)| k.local_port == port).map(|(id, _, _)| id) else { return false };
+        let Some(e) = self.client.get_mut(id) else { return false };
+        let c = &mut e.app;
+        let Some(tls) = &mut c.tls else { return false };
+        if tls.refresh_traffic_keys().is_err() {
+            return false;
+        }
+        while tls.wants_write() {
+            if tls.write_tls(&mut c.out).is_err() {
+                return false;
+            }
+        }
+        let len = c.out.len() as u64;
+        e.tcp.set_stream_len(len);
+        self.client.wake(id);
+        true
+    }
+
     /// Run both loops for `d` of virtual time.
     pub fn run_for(&mut self, d: Duration) {
         let end = self.now() + d.as_nanos() as u64;

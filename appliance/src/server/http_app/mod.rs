@@ -412,6 +412,11 @@ struct ConnTls {
     failed: bool,
     /// Its next handshake step waits in [`HttpApp::hs_queue`].
     hs_queued: bool,
+    /// The session may hold a reassembly buffer: set before anything can give it one (a
+    /// loan, received bytes, the handover), cleared only when it gave its buffer back. While
+    /// clear, the ACKs of a long response need not touch the session (a cache miss per ACK
+    /// at many connections): it holds no buffer, and its free space is a whole buffer's.
+    rx_buf_maybe: bool,
     records_opened_seen: u64,
 }
 
@@ -761,17 +766,23 @@ impl<S: Storage> HttpApp<S> {
         }
         self.release_chunks(c);
         let quiet = c.responses.is_empty() && c.chunks.is_none() && c.rx.is_none() && c.tls.as_ref().is_some_and(|t| t.hs_out.is_empty());
-        if let Some(s) = self.held.session_mut(c) {
-            if let Some(b) = s.take_idle_rx_buf() {
-                self.tls_rx_pool.give(b);
-            }
-            // Nothing to seal or open until the peer sends again (which wakes them):
-            // drop the AEAD contexts, 1.2 KB in C per connection. Not before the first
-            // request, which follows the handshake at once (the header timeout bounds the
-            // wait): building them again then would be an allocation per connection.
-            if quiet && c.requests > 0 && !s.has_rx_buf() {
-                s.sleep_keys();
-            }
+        if !quiet && c.tls.as_ref().is_some_and(|t| !t.rx_buf_maybe) {
+            return; // no buffer to give back, no keys to put to sleep
+        }
+        let Some(s) = self.held.session_mut(c) else { return };
+        if let Some(b) = s.take_idle_rx_buf() {
+            self.tls_rx_pool.give(b);
+        }
+        let held = s.has_rx_buf();
+        // Nothing to seal or open until the peer sends again (which wakes them):
+        // drop the AEAD contexts, 1.2 KB in C per connection. Not before the first
+        // request, which follows the handshake at once (the header timeout bounds the
+        // wait): building them again then would be an allocation per connection.
+        if quiet && c.requests > 0 && !held {
+            s.sleep_keys();
+        }
+        if let Some(t) = &mut c.tls {
+            t.rx_buf_maybe = held;
         }
     }
 
@@ -798,6 +809,7 @@ impl<S: Storage> HttpApp<S> {
             self.tls_rx_pool.give(b);
         }
         if let Some(t) = &mut c.tls {
+            t.rx_buf_maybe = false;
             self.held.drop_tls(t);
         }
     }
@@ -884,6 +896,9 @@ impl<S: Storage> HttpApp<S> {
             if let Some(b) = self.held.session_mut(c).and_then(|s| s.take_rx_buf()) {
                 self.tls_rx_pool.give(b);
             }
+            if let Some(t) = &mut c.tls {
+                t.rx_buf_maybe = false;
+            }
             stack.wake(id);
             return true;
         }
@@ -918,6 +933,9 @@ impl<S: Storage> HttpApp<S> {
             if c.rx.is_none() {
                 let Some(buf) = self.rx_pool.take() else { break };
                 c.rx = Some(RxBuf { buf, len: 0 });
+            }
+            if let Some(t) = &mut c.tls {
+                t.rx_buf_maybe = true;
             }
             if let Some(s) = self.held.session_mut(c) {
                 if !s.has_rx_buf() {
@@ -1205,6 +1223,7 @@ impl<S: Storage> HttpApp<S> {
             return;
         }
         let TlsPhase::Session(key) = t.phase else { return };
+        t.rx_buf_maybe = true;
         let Some(s) = self.held.sessions.get_mut(key) else { return };
         self.stats.tls_key_contexts_built += u64::from(s.wake_keys());
         if !s.has_rx_buf() {
@@ -1272,6 +1291,8 @@ impl<S: Storage> HttpApp<S> {
                 t.hs_base = hs_base;
                 t.hs_out = hs_out;
                 t.phase = TlsPhase::Session(key);
+                // Records that came with the last flight are in a buffer of the session's.
+                t.rx_buf_maybe = true;
                 c.stream_len = t.hs_base + t.hs_out.len() as u64;
                 tcp.set_stream_len(c.stream_len);
                 if !early_plaintext.is_empty() {
@@ -1619,7 +1640,7 @@ impl<S: Storage> App for HttpApp<S> {
         let tls = match &self.tls_config {
             Some(cfg) if local_port == self.https_port => match crate::accounting::handshake(|| HandshakeDriver::new(cfg.clone())) {
                 Ok(d) => match self.held.handshakes.insert(d) {
-                    Ok(key) => Some(ConnTls { phase: TlsPhase::Handshake(key), hs_out: Vec::new(), hs_base: 0, next_seq: 0, epoch: 0, failed: false, hs_queued: false, records_opened_seen: 0 }),
+                    Ok(key) => Some(ConnTls { phase: TlsPhase::Handshake(key), hs_out: Vec::new(), hs_base: 0, next_seq: 0, epoch: 0, failed: false, hs_queued: false, rx_buf_maybe: false, records_opened_seen: 0 }),
                     Err(_) => {
                         // Cannot happen: the slab has room for every connection the table holds.
                         log::warn!("no room for a TLS handshake");
@@ -1658,8 +1679,13 @@ impl<S: Storage> App for HttpApp<S> {
             None => rx,
             Some(TlsPhase::Handshake(_)) => RX_BUF,
             Some(TlsPhase::Session(k)) => {
+                let tls_pool = self.tls_rx_pool.available() > 0;
+                if c.tls.as_ref().is_some_and(|t| !t.rx_buf_maybe) {
+                    // No buffer held: a whole one's room, if the pool can lend one.
+                    return if tls_pool { RECORD_RX_BUF.min(rx) } else { 0 };
+                }
                 let Some(s) = self.held.sessions.get(k) else { return 0 };
-                let record = if s.has_rx_buf() || self.tls_rx_pool.available() > 0 { s.rx_space() } else { 0 };
+                let record = if s.has_rx_buf() || tls_pool { s.rx_space() } else { 0 };
                 record.min(rx)
             }
             Some(TlsPhase::Dead) => 0,

@@ -497,6 +497,71 @@ fn an_idle_tls_connection_holds_no_aead_context_until_its_next_request() {
     assert_eq!(session_of(&h), (false, 0, 0, 0), "asleep again, and never used asleep");
 }
 
+/// Every TLS connection whose `rx_buf_maybe` is clear holds no reassembly buffer (so that
+/// `rx_room` and `release_idle` may skip the session); the first that does not, if any.
+fn tls_rx_mirror_broken(h: &SimHarness<drivers::storage::FileStorage>) -> Option<String> {
+    h.server.stack.connections().find_map(|(_, k, e)| {
+        let t = e.app.tls.as_ref()?;
+        let s = h.server.app.held.session(&e.app)?;
+        (!t.rx_buf_maybe && (s.has_rx_buf() || s.rx_space() != crate::tls::handshake::RX_BUF_LEN)).then(|| format!("port {}: buffer held unseen", k.remote_port))
+    })
+}
+
+/// Keep-alive HTTPS requests of 1.5 KB (a long query) over a lossy link with the smallest
+/// MTU (576), so that their records arrive in pieces that wait in the session's buffer,
+/// and KeyUpdates from the client in the middle of long responses: at every step, a
+/// connection that the server believes holds no reassembly buffer holds none (what `rx_room` and
+/// `release_idle` rely on to leave the session untouched), every response is right, and
+/// the buffers all come back once the connection is idle.
+#[test]
+fn a_tls_session_never_holds_a_buffer_its_connection_does_not_know_of() {
+    let (_dir, storage, volume) = crate::loopback::tiny_volume();
+    let link = SimConfig { loss: 0.03, reorder: 0.02, mtu: 576, seed: 7, ..SimConfig::default() };
+    let mut h = SimHarness::new(storage, volume, link.clone(), link, 16);
+    let (server, client) = crate::loopback::test_tls_configs().unwrap();
+    h.enable_tls(server, client);
+    let free0 = h.server.app.rx_buffers_free();
+    let check = |h: &SimHarness<_>| {
+        if let Some(e) = tls_rx_mirror_broken(h) {
+            panic!("{e}");
+        }
+    };
+    let path = format!("/a.txt?pad={}", "p".repeat(1_500));
+    assert!(h.start_keep_alive(true, &path, Some((0, 9_999))));
+    assert!(h.run_until(Duration::from_secs(30), |h| {
+        check(h);
+        !h.client_app.fetches.is_empty()
+    }));
+    let port = h.client.connections().next().map(|(_, k, _)| k.local_port).expect("the client connection");
+    for (i, (from, to)) in [(10u64, 99_999u64), (5, 5), (1_000, 60_000), (99_000, 99_999)].into_iter().enumerate() {
+        assert!(h.request_again(port, &path, Some((from, to))));
+        // Mid-response (its chunks held, the receive buffer given back), the client
+        // updates its keys: a record arrives while the connection is busy sending.
+        let midway = h.run_until(Duration::from_secs(30), |h| {
+            check(h);
+            h.client_app.body_bytes > 0 && h.server.stack.connections().any(|(_, _, e)| e.app.chunks.is_some())
+        });
+        if midway && to - from > 50_000 {
+            assert!(h.client_key_update(port));
+        }
+        let done = h.run_until(Duration::from_secs(30), |h| {
+            check(h);
+            h.client_app.fetches.len() >= i + 2
+        });
+        assert!(done, "request {i}: {:?}", h.client_app.fetches);
+    }
+    for f in &h.client_app.fetches {
+        assert!(f.complete && f.status == 206, "{f:?}");
+        assert_eq!(f.sha256, sha(&vec![b'a'; f.body_len as usize]), "{f:?}");
+    }
+    assert_eq!(h.client_app.fetches.iter().map(|f| f.body_len).collect::<Vec<_>>(), [10_000, 99_990, 1, 59_001, 1_000]);
+    h.run_for(Duration::from_millis(500));
+    check(&h);
+    assert_eq!(h.server.app.rx_buffers_free(), free0, "every receive buffer back while idle");
+    assert_eq!((h.server.stats().tls_bad_records, h.client_app.tls_failures), (0, 0));
+    assert!(h.server.stats().tls_records_opened >= 5 + 2, "the requests and the KeyUpdates opened");
+}
+
 /// What an idle keep-alive connection holds, printed as a breakdown (`--nocapture`), and
 /// the budget it must stay within.
 #[test]
