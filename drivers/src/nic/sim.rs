@@ -590,6 +590,7 @@ impl SimNic {
     /// [`SimNic::device_ns`]); benchmarks use it to tell the server's own work from the
     /// link's, which on hardware the NIC's DMA engines do.
     pub fn time_device(&mut self) {
+        crate::cycles::init();
         self.device_ns.get_or_insert(0);
     }
 
@@ -602,9 +603,9 @@ impl SimNic {
         if self.device_ns.is_none() {
             return work(self);
         }
-        let t0 = std::time::Instant::now();
+        let t0 = crate::cycles::now();
         let r = work(self);
-        let ns = t0.elapsed().as_nanos() as u64;
+        let ns = crate::cycles::to_ns(crate::cycles::now().wrapping_sub(t0));
         if let Some(d) = &mut self.device_ns {
             *d += ns;
         }

@@ -186,6 +186,7 @@ impl FileStorage {
 
     /// Measure the real time spent in reads from now on (see [`FileStorage::device_ns`]).
     pub fn time_device(&mut self) {
+        crate::cycles::init();
         self.device_ns.get_or_insert(0);
     }
 
@@ -304,10 +305,10 @@ impl Storage for FileStorage {
         if self.done.len() >= FILE_QUEUE_DEPTH {
             return Err((StorageError::QueueFull, buf));
         }
-        let t0 = self.device_ns.map(|_| std::time::Instant::now());
+        let t0 = self.device_ns.map(|_| crate::cycles::now());
         let result = self.read_into(offset, &mut buf.as_mut_slice()[..len]);
         if let (Some(t0), Some(d)) = (t0, &mut self.device_ns) {
-            *d += t0.elapsed().as_nanos() as u64;
+            *d += crate::cycles::to_ns(crate::cycles::now().wrapping_sub(t0));
         }
         count_read(&mut self.counters, &result, len);
         self.done.push_back(Completion { tag, buf, result });
@@ -340,10 +341,10 @@ impl Storage for FileStorage {
         };
         if ring.needs_enter() {
             // The system call stands for the device's doorbell and command processing.
-            let t0 = self.device_ns.map(|_| std::time::Instant::now());
+            let t0 = self.device_ns.map(|_| crate::cycles::now());
             let submitted = ring.submit_queued();
             if let (Some(t0), Some(d)) = (t0, &mut self.device_ns) {
-                *d += t0.elapsed().as_nanos() as u64;
+                *d += crate::cycles::to_ns(crate::cycles::now().wrapping_sub(t0));
             }
             if let Err(e) = submitted {
                 // EAGAIN/EBUSY (the kernel short of memory or of completion room) or EINTR:
