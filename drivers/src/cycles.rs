@@ -34,6 +34,12 @@ pub fn now() -> u64 {
     }
 }
 
+/// Nanoseconds since `start`, a reading of [`now`].
+#[inline]
+pub fn ns_since(start: u64) -> u64 {
+    to_ns(now().wrapping_sub(start))
+}
+
 /// Nanoseconds in `ticks` ticks of [`now`].
 #[inline]
 pub fn to_ns(ticks: u64) -> u64 {
@@ -90,7 +96,7 @@ mod tests {
         init();
         let (t0, c0) = (Instant::now(), now());
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let (ns, ticked) = (t0.elapsed().as_nanos() as f64, to_ns(now() - c0) as f64);
+        let (ns, ticked) = (t0.elapsed().as_nanos() as f64, ns_since(c0) as f64);
         assert!((ticked / ns - 1.0).abs() < 0.05, "{ticked} ns by ticks against {ns} by Instant");
     }
 }

@@ -605,7 +605,7 @@ impl SimNic {
         }
         let t0 = crate::cycles::now();
         let r = work(self);
-        let ns = crate::cycles::to_ns(crate::cycles::now().wrapping_sub(t0));
+        let ns = crate::cycles::ns_since(t0);
         if let Some(d) = &mut self.device_ns {
             *d += ns;
         }

@@ -308,7 +308,7 @@ impl Storage for FileStorage {
         let t0 = self.device_ns.map(|_| crate::cycles::now());
         let result = self.read_into(offset, &mut buf.as_mut_slice()[..len]);
         if let (Some(t0), Some(d)) = (t0, &mut self.device_ns) {
-            *d += crate::cycles::to_ns(crate::cycles::now().wrapping_sub(t0));
+            *d += crate::cycles::ns_since(t0);
         }
         count_read(&mut self.counters, &result, len);
         self.done.push_back(Completion { tag, buf, result });
@@ -344,7 +344,7 @@ impl Storage for FileStorage {
             let t0 = self.device_ns.map(|_| crate::cycles::now());
             let submitted = ring.submit_queued();
             if let (Some(t0), Some(d)) = (t0, &mut self.device_ns) {
-                *d += crate::cycles::to_ns(crate::cycles::now().wrapping_sub(t0));
+                *d += crate::cycles::ns_since(t0);
             }
             if let Err(e) = submitted {
                 // EAGAIN/EBUSY (the kernel short of memory or of completion room) or EINTR:
