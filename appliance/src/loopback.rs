@@ -107,9 +107,7 @@ impl ClientConn {
         c.keep_alive = true;
         let tls = c.tls.as_mut()?;
         tls.writer().write_all(&request_bytes(path, range, true)).ok()?;
-        while tls.wants_write() {
-            tls.write_tls(&mut c.out).ok()?;
-        }
+        write_tls_out(tls, &mut c.out).then_some(())?;
         Some(c)
     }
 }
@@ -161,9 +159,7 @@ impl ClientConn {
         let mut c = ClientConn::idle();
         let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).ok()?;
         let mut tls = rustls::ClientConnection::new(config, server_name).ok()?;
-        while tls.wants_write() {
-            tls.write_tls(&mut c.out).ok()?;
-        }
+        write_tls_out(&mut tls, &mut c.out).then_some(())?;
         c.tls = Some(Box::new(tls));
         Some(c)
     }
@@ -174,9 +170,7 @@ impl ClientConn {
         let mut c = ClientConn::idle_tls(config, name)?;
         let tls = c.tls.as_mut()?;
         tls.writer().write_all(&request).ok()?;
-        while tls.wants_write() {
-            tls.write_tls(&mut c.out).ok()?;
-        }
+        write_tls_out(tls, &mut c.out).then_some(())?;
         Some(c)
     }
 
@@ -306,14 +300,20 @@ impl ClientApp {
 fn close(c: &mut ClientConn, tcp: &mut TcpConn) {
     if let Some(tls) = &mut c.tls {
         tls.send_close_notify();
-        while tls.wants_write() {
-            if tls.write_tls(&mut c.out).is_err() {
-                break;
-            }
-        }
+        write_tls_out(tls, &mut c.out);
         tcp.set_stream_len(c.out.len() as u64);
     }
     tcp.close();
+}
+
+/// Append every record the client session has to send to `out`; whether all went.
+fn write_tls_out(tls: &mut rustls::ClientConnection, out: &mut Vec<u8>) -> bool {
+    while tls.wants_write() {
+        if tls.write_tls(out).is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 impl App for ClientApp {
@@ -364,11 +364,7 @@ impl App for ClientApp {
             self.tls_failures += 1;
         }
         if !c.done && !failed {
-            while tls.wants_write() {
-                if tls.write_tls(&mut c.out).is_err() {
-                    break;
-                }
-            }
+            write_tls_out(&mut tls, &mut c.out);
             tcp.set_stream_len(c.out.len() as u64);
         }
         c.tls = Some(tls);
@@ -624,9 +620,20 @@ impl<S: Storage> SimHarness<S> {
 
     /// Send `bytes` more on the client connection from local port `port`.
     pub fn send_more(&mut self, port: u16, bytes: &[u8]) -> bool {
+        self.with_client_on(port, |c| {
+            c.out.extend_from_slice(bytes);
+            true
+        })
+    }
+
+    /// Let `add` append to the stream of the client connection from local port `port`, and
+    /// send what it added; whether there was such a connection and `add` succeeded.
+    fn with_client_on(&mut self, port: u16, add: impl FnOnce(&mut ClientConn) -> bool) -> bool {
         let Some(id) = self.client.connections().find(|(_, k, _)| k.local_port == port).map(|(id, _, _)| id) else { return false };
         let Some(e) = self.client.get_mut(id) else { return false };
-        e.app.out.extend_from_slice(bytes);
+        if !add(&mut e.app) {
+            return false;
+        }
         let len = e.app.out.len() as u64;
         e.tcp.set_stream_len(len);
         self.client.wake(id);
@@ -636,59 +643,36 @@ impl<S: Storage> SimHarness<S> {
     /// Ask for `path` again on the finished keep-alive connection from local port `port`
     /// (over TLS through its client session): its response is a fetch of its own.
     pub fn request_again(&mut self, port: u16, path: &str, range: Option<(u64, u64)>) -> bool {
-        let Some(id) = self.client.connections().find(|(_, k, _)| k.local_port == port).map(|(id, _, _)| id) else { return false };
-        let Some(e) = self.client.get_mut(id) else { return false };
-        let c = &mut e.app;
-        if !c.done || !c.keep_alive {
-            return false;
-        }
-        c.done = false;
-        c.status = 0;
-        c.head.clear();
-        c.content_length = None;
-        c.received = 0;
-        c.plain_len = 0;
-        c.hasher = Sha256::new();
-        let request = request_bytes(path, range, true);
-        match &mut c.tls {
-            Some(tls) => {
-                if tls.writer().write_all(&request).is_err() {
-                    return false;
-                }
-                while tls.wants_write() {
-                    if tls.write_tls(&mut c.out).is_err() {
-                        return false;
-                    }
+        self.with_client_on(port, |c| {
+            if !c.done || !c.keep_alive {
+                return false;
+            }
+            c.done = false;
+            c.status = 0;
+            c.head.clear();
+            c.content_length = None;
+            c.received = 0;
+            c.plain_len = 0;
+            c.hasher = Sha256::new();
+            let request = request_bytes(path, range, true);
+            match &mut c.tls {
+                Some(tls) => tls.writer().write_all(&request).is_ok() && write_tls_out(tls, &mut c.out),
+                None => {
+                    c.out.extend_from_slice(&request);
+                    true
                 }
             }
-            None => c.out.extend_from_slice(&request),
-        }
-        let len = c.out.len() as u64;
-        e.tcp.set_stream_len(len);
-        self.client.wake(id);
-        true
+        })
     }
 
     /// The TLS client on local port `port` updates its traffic keys (a KeyUpdate record
     /// goes out now, whatever the connection is doing); whether it could.
     #[cfg(test)]
     pub fn client_key_update(&mut self, port: u16) -> bool {
-        let Some(id) = self.client.connections().find(|(_, k, _)| k.local_port == port).map(|(id, _, _)| id) else { return false };
-        let Some(e) = self.client.get_mut(id) else { return false };
-        let c = &mut e.app;
-        let Some(tls) = &mut c.tls else { return false };
-        if tls.refresh_traffic_keys().is_err() {
-            return false;
-        }
-        while tls.wants_write() {
-            if tls.write_tls(&mut c.out).is_err() {
-                return false;
-            }
-        }
-        let len = c.out.len() as u64;
-        e.tcp.set_stream_len(len);
-        self.client.wake(id);
-        true
+        self.with_client_on(port, |c| match &mut c.tls {
+            Some(tls) => tls.refresh_traffic_keys().is_ok() && write_tls_out(tls, &mut c.out),
+            None => false,
+        })
     }
 
     /// Run both loops for `d` of virtual time.

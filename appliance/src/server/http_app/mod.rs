@@ -805,12 +805,19 @@ impl<S: Storage> HttpApp<S> {
         self.held.clear(&mut c.responses);
         c.rx_waiting = false;
         self.release_idle(c);
+        self.give_back_tls_rx_buf(c);
+        if let Some(t) = &mut c.tls {
+            self.held.drop_tls(t);
+        }
+    }
+
+    /// Take the session's reassembly buffer back to its pool, whatever it holds.
+    fn give_back_tls_rx_buf(&mut self, c: &mut HttpConn) {
         if let Some(b) = self.held.session_mut(c).and_then(|s| s.take_rx_buf()) {
             self.tls_rx_pool.give(b);
         }
         if let Some(t) = &mut c.tls {
             t.rx_buf_maybe = false;
-            self.held.drop_tls(t);
         }
     }
 
@@ -893,12 +900,7 @@ impl<S: Storage> HttpApp<S> {
             if let Some(b) = c.rx.take() {
                 self.rx_pool.give(b.buf);
             }
-            if let Some(b) = self.held.session_mut(c).and_then(|s| s.take_rx_buf()) {
-                self.tls_rx_pool.give(b);
-            }
-            if let Some(t) = &mut c.tls {
-                t.rx_buf_maybe = false;
-            }
+            self.give_back_tls_rx_buf(c);
             stack.wake(id);
             return true;
         }
