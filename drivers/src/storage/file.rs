@@ -317,7 +317,9 @@ impl Storage for FileStorage {
 
     fn mapped(&mut self, offset: u64, len: usize) -> Option<&[u8]> {
         let block = FILE_BLOCK_SIZE as u64;
-        if !offset.is_multiple_of(block) || !(len as u64).is_multiple_of(block) || !self.check_lease() {
+        // Unmapped (a drive's stand-in, or a file system that cannot map): no lease to check,
+        // and no clock to read on every read.
+        if self.mapping.is_none() || !offset.is_multiple_of(block) || !(len as u64).is_multiple_of(block) || !self.check_lease() {
             return None;
         }
         let bytes = self.mapping.as_ref()?.bytes(offset, len)?;
