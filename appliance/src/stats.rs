@@ -44,6 +44,9 @@ pub struct Stats {
     pub tcp_evicted: u64,
     /// Segments the NIC's transmit ring refused (taken back and sent in a later round).
     pub tcp_tx_ring_full: u64,
+    /// Segments taken back because the application could not give the bytes it had said
+    /// were ready (asked again at once from a fresh look; see `App::payload`).
+    pub tcp_tx_payload_short: u64,
     // HTTP
     pub http_requests: u64,
     pub http_status_2xx: u64,
@@ -147,7 +150,7 @@ impl AddAssign for Stats {
             tcp_connections_opened, tcp_connections_closed, tcp_connections_reset,
             tcp_connections_refused, tcp_retransmits, tcp_fast_retransmits, tcp_rto_timeouts,
             tcp_syn_cookies_sent, tcp_syn_cookies_accepted, tcp_syn_dropped, tcp_rst_sent,
-            tcp_challenge_acks, tcp_out_of_window, tcp_idle_timeouts, tcp_table_full, tcp_evicted, tcp_tx_ring_full, http_requests,
+            tcp_challenge_acks, tcp_out_of_window, tcp_idle_timeouts, tcp_table_full, tcp_evicted, tcp_tx_ring_full, tcp_tx_payload_short, http_requests,
             http_status_2xx, http_status_206, http_status_304, http_status_400, http_status_404,
             http_status_405, http_status_408, http_status_414, http_status_416, http_status_431, http_status_other,
             http_body_bytes, http_header_timeouts, http_rx_buffer_waits, http_head_evictions, tls_handshakes, tls_handshake_failures,

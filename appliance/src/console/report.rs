@@ -93,6 +93,7 @@ pub(crate) fn table(
                 ("table_full", Num(s.tcp_table_full)),
                 ("evicted", Num(s.tcp_evicted)),
                 ("tx_ring_full", Num(s.tcp_tx_ring_full)),
+                ("tx_payload_short", Num(s.tcp_tx_payload_short)),
             ]),
         ),
         (

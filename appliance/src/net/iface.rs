@@ -145,8 +145,16 @@ pub trait App {
     }
     /// See [`DataSource::available`]. The bytes may lie in up to [`MAX_PARTS`] places.
     fn available(&mut self, now: Instant, id: ConnId, c: &mut Self::Conn, off: u64, max: usize, resend: bool) -> Ready;
-    /// The `len` bytes from `off` promised by `available`, as slices in order.
+    /// The `len` bytes from `off` promised by `available`, as slices in order. Fewer (or
+    /// none) where they are not all there: the stack then takes the segment back and calls
+    /// [`App::payload_short`] (an application may answer `available` from what it found at
+    /// an earlier ask, and walk only here).
     fn payload<'a>(&'a self, c: &'a Self::Conn, off: u64, len: usize, parts: &mut Parts<'a>);
+    /// `payload` gave fewer bytes than `available` promised: the next `available` must look
+    /// afresh.
+    fn payload_short(&mut self, c: &mut Self::Conn) {
+        let _ = c;
+    }
 }
 
 /// Most slices one segment's payload is gathered from (e.g. a TLS record's header, its
@@ -927,6 +935,7 @@ impl<C> Stack<C> {
             let mut hdr = [0u8; MAX_HEADERS_LEN];
             let mut more = false;
             let mut queued_here = false;
+            let mut short_once = false;
             loop {
                 if sent >= budget {
                     more = true;
@@ -937,7 +946,19 @@ impl<C> Stack<C> {
                 let Some(seg) = tcp.poll_tx(now, &mut src) else { break };
                 let mut parts = Parts::default();
                 app.payload(conn, seg.payload_off, seg.payload_len, &mut parts);
-                debug_assert_eq!(parts.total(), seg.payload_len);
+                if parts.total() != seg.payload_len {
+                    // Promised and not there (the application answered from an earlier
+                    // look): take the segment back and ask again, once, from a fresh look.
+                    *tcp = before;
+                    self.stats.tcp_tx_payload_short += 1;
+                    app.payload_short(conn);
+                    if short_once {
+                        more = true;
+                        break;
+                    }
+                    short_once = true;
+                    continue;
+                }
                 let offload = self.cfg.offloads.tcp_checksum;
                 let mss = tcp.wire_payload();
                 // A segment longer than one MSS goes out as several: their IP ids with it.

@@ -51,7 +51,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-use stream::{free_ready_chunks_below, ready_len, release_chunks, seal_chunk, walk_ready, yield_read_ahead, Stop};
+use stream::{free_ready_chunks_below, ready_end_in_chunk, ready_len, release_chunks, seal_chunk, walk_ready, yield_read_ahead, Stop};
 
 /// Bytes of object data per storage read and DMA buffer (a multiple of the record size).
 /// 512 KiB rather than 64 or 256: an eighth (a half) of the reads, completions, chunk lookups
@@ -514,10 +514,48 @@ pub struct HttpConn {
     /// [`HttpApp::refused`] to be ended.
     refused: bool,
     tls: Option<ConnTls>,
-    pub requests: u64,
+    /// Requests parsed on this connection (saturating: what matters is whether there was one).
+    pub requests: u32,
     /// A request head (or, on a new connection, the TLS handshake and the first head) must
     /// be complete by then; `None` between requests (the idle timeout applies there).
     head_deadline: Option<Instant>,
+    /// What `available` last found ready in a body chunk, so that the next segments from it
+    /// are promised without walking its records again: see [`ReadyHint`].
+    ready_hint: ReadyHint,
+}
+
+/// The stream offset up to which bytes lie ready, one after another, in the body chunk
+/// `available` last walked into (0: nothing known). Asks for new bytes come at rising
+/// offsets (TCP's next byte to send), so an ask that ends before it is answered without a
+/// walk, until the chunk's end. It is a hint: `payload` walks for the bytes themselves, and
+/// if they are not all there the stack takes the segment back ([`App::payload_short`]
+/// forgets the hint). Chunks given back before they are sent forget it too. While `ahead`
+/// (the next chunk's read could not start: no slot or no buffer), any chunk given back and
+/// any buffer granted forgets it, so that the next ask walks and starts that read. Both in
+/// one word (`ahead` in the top bit: stream offsets stay far below 2^63), as every
+/// connection carries it.
+#[derive(Clone, Copy, Debug, Default)]
+struct ReadyHint(u64);
+
+impl ReadyHint {
+    const AHEAD: u64 = 1 << 63;
+
+    fn new(to: u64, ahead: bool) -> ReadyHint {
+        ReadyHint(to.min(Self::AHEAD - 1) | if ahead { Self::AHEAD } else { 0 })
+    }
+
+    fn to(self) -> u64 {
+        self.0 & !Self::AHEAD
+    }
+
+    fn ahead(self) -> bool {
+        self.0 & Self::AHEAD != 0
+    }
+
+    /// Whether the `max` bytes from `off` (an ask for new bytes) lie within it.
+    fn covers(self, off: u64, max: usize) -> bool {
+        off.saturating_add(max as u64) <= self.to()
+    }
 }
 
 /// For diagnostics (the simulation's per-second dumps): spans and states, no bytes.
@@ -560,6 +598,7 @@ impl HttpConn {
             tls,
             requests: 0,
             head_deadline: None,
+            ready_hint: ReadyHint::default(),
         }
     }
 
@@ -792,6 +831,7 @@ impl<S: Storage> HttpApp<S> {
 
     /// Give everything back (the connection is gone).
     fn release_all(&mut self, c: &mut HttpConn) {
+        c.ready_hint = ReadyHint::default();
         if let Some(b) = c.rx.take() {
             self.rx_pool.give(b.buf);
         }
@@ -1164,7 +1204,7 @@ impl<S: Storage> HttpApp<S> {
             self.stats.http_requests += 1;
             self.stats.count_status(plan.status);
             self.stats.http_body_bytes += body.map_or(0, |b| b.len);
-            c.requests += 1;
+            c.requests = c.requests.saturating_add(1);
             c.stream_len = resp.end;
             // Room was checked above: the push cannot fail.
             self.held.push(&mut c.responses, resp);
@@ -1621,6 +1661,8 @@ impl<S: Storage> HttpApp<S> {
             // A connection gone since it queued is skipped (its handle no longer resolves).
             if let Some(e) = stack.get_mut(id) {
                 e.app.waiting = false;
+                // Its next ask walks, and starts the read it waited to start.
+                e.app.ready_hint = ReadyHint::default();
                 stack.wake(id);
                 free -= 1;
             }
@@ -1848,6 +1890,12 @@ impl<S: Storage> App for HttpApp<S> {
     }
 
     fn available(&mut self, _now: Instant, id: ConnId, c: &mut HttpConn, off: u64, max: usize, resend: bool) -> Ready {
+        // Within the bytes the last walk found ready in its chunk ([`ReadyHint`]): no walk
+        // over the response, its chunks and records (cold at many connections).
+        if !resend && c.ready_hint.covers(off, max) {
+            return Ready { len: max, more_soon: false };
+        }
+        c.ready_hint = ReadyHint::default();
         let (mut len, mut stop, body_chunk) = ready_len(&self.held, c, off, max);
         // A read under way, or started now, wakes the connection when it completes: what
         // follows is on its way. (One that could not start is not counted.) A chunk filled
@@ -1877,24 +1925,37 @@ impl<S: Storage> App for HttpApp<S> {
         // either, for bodies sealed out of it: there is no waiting to hide, and a chunk sealed
         // just before it is sent is still in the core's cache when the NIC (or the TAP's
         // copy) takes it.
-        if let Some((resp, index)) = body_chunk.filter(|_| !resend) {
-            let Some(r) = c.responses.get(&self.held.responses, resp) else { return ready };
-            let (start, body, sealed) = (r.start, r.body, r.tls.is_some());
-            if let Some(b) = body {
-                let next = index + 1;
-                let filled_when_asked = sealed && self.storage.maps(b.extent + next * CHUNK as u64);
-                let next_obj = next * CHUNK as u64;
-                if next_obj < b.obj_off + b.len && c.find_chunk(start, next, next_obj).is_none() && !filled_when_asked {
-                    self.start_read(id, c, resp, next, next_obj, None);
-                }
+        let Some((resp, index)) = body_chunk.filter(|_| !resend) else { return ready };
+        let Some(r) = c.responses.get(&self.held.responses, resp) else { return ready };
+        let (start, body, sealed) = (r.start, r.body, r.tls.is_some());
+        let Some(b) = body else { return ready };
+        let next = index + 1;
+        let filled_when_asked = sealed && self.storage.maps(b.extent + next * CHUNK as u64);
+        let next_obj = next * CHUNK as u64;
+        let ahead_settled = if next_obj < b.obj_off + b.len && c.find_chunk(start, next, next_obj).is_none() && !filled_when_asked {
+            !matches!(self.start_read(id, c, resp, next, next_obj, None), ReadStart::NotStarted)
+        } else {
+            true
+        };
+        // The asks that follow within this chunk need no walk (nor, until a slot or a buffer
+        // frees, another try at the read-ahead).
+        if len > 0 {
+            if let Some(to) = ready_end_in_chunk(&self.held, c, off) {
+                c.ready_hint = ReadyHint::new(to, !ahead_settled);
             }
         }
         ready
     }
 
     fn payload<'a>(&'a self, c: &'a HttpConn, off: u64, len: usize, parts: &mut Parts<'a>) {
-        let mut full = false;
-        let (n, _, _) = walk_ready(&self.held, c, off, len, |b| full |= !parts.push(b));
-        debug_assert!(n == len && !full, "payload asked for bytes that available() did not promise");
+        // Short (the stack checks) only where a hint promised what a chunk given back since no
+        // longer holds: the walk and `available`'s agree on every slice.
+        walk_ready(&self.held, c, off, len, |b| {
+            parts.push(b);
+        });
+    }
+
+    fn payload_short(&mut self, c: &mut HttpConn) {
+        c.ready_hint = ReadyHint::default();
     }
 }

@@ -1,11 +1,13 @@
 //! Where each byte of a connection's response stream lies: the response heads, the
 //! storage chunks read for bodies and the TLS records sealed in them. `available`
 //! ([`ready_len`]) and `payload` ([`walk_ready`]) walk the same way, so what one promises the
-//! other gives.
+//! other gives. Between its walks `available` answers from where the last one found the
+//! chunk's ready bytes to end ([`ready_end_in_chunk`], kept as the connection's `ReadyHint`);
+//! `payload` always walks, and the stack takes back a segment it could not fill.
 
 use drivers::storage::DmaBuf;
 
-use super::{Chunk, ChunkSet, ChunkState, HttpConn, Held, Response, TlsPhase, CHUNK, RECORDS_PER_CHUNK, TRAILER};
+use super::{Chunk, ChunkSet, ChunkState, HttpConn, Held, ReadyHint, Response, TlsPhase, CHUNK, RECORDS_PER_CHUNK, TRAILER};
 use crate::tls::handshake::RecordSession;
 use crate::tls::layout::{RecordPart, RecordSource, ResponseLayout};
 use crate::tls::record::{self, Content, CONTENT_APPLICATION_DATA};
@@ -15,11 +17,17 @@ use crate::tls::{TlsError, TlsVersion};
 /// acknowledged; `u64::MAX`: every ready chunk); how many were.
 pub(super) fn free_ready_chunks_below(c: &mut HttpConn, off: u64) -> usize {
     let mut freed = 0;
+    let mut hinted = false;
     for k in c.chunks.iter_mut().flat_map(|set| set.iter_mut()) {
         if matches!(k.state, ChunkState::Ready(_)) && k.stream_end <= off {
             k.state = ChunkState::Free;
             freed += 1;
+            // The hinted chunk, or one after it (the hint ends at the hinted chunk's end).
+            hinted |= k.stream_end >= c.ready_hint.to();
         }
+    }
+    if hinted || (freed > 0 && c.ready_hint.ahead()) {
+        c.ready_hint = ReadyHint::default();
     }
     freed
 }
@@ -36,6 +44,7 @@ pub(super) fn yield_read_ahead(c: &mut HttpConn, start: u64, index: u64) -> bool
     match later {
         Some(k) => {
             k.state = ChunkState::Free;
+            c.ready_hint = ReadyHint::default();
             true
         }
         None => false,
@@ -70,6 +79,18 @@ enum Loc<'a> {
 
 /// A body chunk: (response index in the connection's queue, chunk index of its object).
 type BodyChunk = (usize, u64);
+
+/// Where the bytes ready from stream offset `off` end in the body chunk that holds it (the
+/// end of the last record sealed in it, or of its bytes), if `off` lies in one that is
+/// ready: all of `off..end` may be promised later without walking it again (its parts, at
+/// most five records' worth in one segment, stay within a segment's slices).
+pub(super) fn ready_end_in_chunk(held: &Held, c: &HttpConn, off: u64) -> Option<u64> {
+    match locate(held, c, off) {
+        (Loc::Record(at), Some(_)) => Some(at.chunk.stream_end),
+        (Loc::Bytes(b), Some(_)) => Some(off + b.len() as u64),
+        _ => None,
+    }
+}
 
 /// What lies at stream offset `off`, and the body chunk that holds it when it is body bytes
 /// (what the read-ahead starts from).

@@ -873,6 +873,70 @@ fn emulated_tls_over_loss(in_memory: bool) {
     assert_eq!(h.server.app.buffers_free(), 16, "every buffer back");
 }
 
+/// `available` answers the asks that follow a walk from the hint the walk left (where the
+/// chunk's ready bytes end), and `payload` walks for the bytes. Over a lossy, reordering link
+/// with segmentation offload (segments of up to four records), plain and TLS 1.3, whole file
+/// and ranges: every body byte-exact, and no hint promised what was not there (no segment
+/// taken back). Then with every hint made to promise everything before each round: the stack
+/// takes back each segment `payload` cannot fill, asks again from a fresh walk, and the bodies
+/// are still byte-exact.
+#[test]
+fn a_ready_hint_promises_only_what_is_there_and_a_false_one_costs_a_second_ask() {
+    for tls in [false, true] {
+        for lie in [false, true] {
+            ready_hints_over_loss(tls, lie);
+        }
+    }
+}
+
+fn ready_hints_over_loss(tls: bool, lie: bool) {
+    use sha2::{Digest, Sha256};
+    const LEN: usize = 3 * super::CHUNK + 70_001;
+    let (_dir, storage, volume, data) = patterned_volume(LEN);
+    let lossy = |seed, tso| SimConfig { seed, tso, loss: 0.02, reorder: 0.02, duplicate: 0.01, delay: Duration::from_millis(1), ..SimConfig::default() };
+    let mut h = SimHarness::new(storage, volume, lossy(21, true), lossy(22, false), 16);
+    h.client.cfg.tcp.rcv_window_shift = 5;
+    h.client_app.rx_room = 2 * super::CHUNK;
+    if tls {
+        let (server, client) = crate::loopback::test_tls_configs().unwrap();
+        h.enable_tls(server, client);
+    }
+    let len = LEN as u64;
+    let ranges = [None, Some((1_000, 1_200_000)), Some((16_383, 16_385)), Some((len - 70_000, len - 1))];
+    for (i, r) in ranges.iter().enumerate() {
+        let req = crate::loopback::FetchRequest { path: "/v.ts".into(), range: *r, tls, tag: i as u64, abort: None };
+        assert!(h.open_fetch(&req));
+    }
+    let end = h.now() + Duration::from_secs(600).as_nanos() as u64;
+    while h.client_app.fetches.len() < ranges.len() && h.now() < end {
+        if lie {
+            let ids: Vec<_> = h.server.stack.connections().map(|(id, _, _)| id).collect();
+            for id in ids {
+                if let Some(e) = h.server.stack.get_mut(id) {
+                    e.app.ready_hint = super::ReadyHint::new(u64::MAX, false);
+                }
+            }
+        }
+        h.step(true);
+    }
+    assert_eq!(h.client_app.fetches.len(), ranges.len(), "tls {tls}, lie {lie}: transfers did not finish");
+    for r in ranges {
+        let (a, b) = r.unwrap_or((0, len - 1));
+        let want: [u8; 32] = Sha256::digest(&data[a as usize..=b as usize]).into();
+        let f = h.client_app.fetches.iter().find(|f| f.sha256 == want);
+        assert!(f.is_some_and(|f| f.complete && f.body_len == b - a + 1), "tls {tls}, lie {lie}, {r:?}: {:?}", h.client_app.fetches);
+    }
+    let s = h.server.stats();
+    assert!(s.tcp_retransmits > 0, "the link lost nothing: {s:?}");
+    if lie {
+        assert!(s.tcp_tx_payload_short > 0, "tls {tls}: no false promise was taken back");
+    } else {
+        assert_eq!(s.tcp_tx_payload_short, 0, "tls {tls}: a hint promised bytes that were not there");
+    }
+    h.run_for(Duration::from_secs(5));
+    assert_eq!(h.server.app.buffers_free(), 16, "every buffer back");
+}
+
 /// Chunks go back to the pool once sent, not once acknowledged: over a link with a
 /// round-trip time, 32 transfers keep more bytes in flight than 2 buffers hold, and
 /// every body is byte-exact (a loss would be read again, as sim_loss checks). The
@@ -963,6 +1027,8 @@ fn slow_readers_finish(h: &mut SimHarness<drivers::storage::FileStorage>, want: 
     assert!(h.client_app.fetches.iter().all(|f| f.complete && f.status == 200 && f.sha256 == want), "{:?}", h.client_app.fetches);
     h.run_for(Duration::from_secs(1));
     assert_eq!(h.server.app.buffers_free(), SLOW_BUFFERS, "every buffer back");
+    // Buffers given back before their bytes were sent took the ready hints with them.
+    assert_eq!(h.server.stats().tcp_tx_payload_short, 0, "a hint promised bytes given back");
 }
 
 /// Clients that stop reading mid-body (a zero window, still closed at the first probe)
