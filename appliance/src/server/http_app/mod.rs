@@ -51,7 +51,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-use stream::{free_ready_chunks_below, ready_end_in_chunk, ready_len, release_chunks, seal_chunk, walk_ready, yield_read_ahead, Stop};
+use stream::{free_ready_chunks_below, ready_len, release_chunks, seal_chunk, walk_ready, yield_read_ahead, FirstChunk, Stop};
 
 /// Bytes of object data per storage read and DMA buffer (a multiple of the record size).
 /// 512 KiB rather than 64 or 256: an eighth (a half) of the reads, completions, chunk lookups
@@ -1896,7 +1896,7 @@ impl<S: Storage> App for HttpApp<S> {
             return Ready { len: max, more_soon: false };
         }
         c.ready_hint = ReadyHint::default();
-        let (mut len, mut stop, body_chunk) = ready_len(&self.held, c, off, max);
+        let (mut len, mut stop, mut first) = ready_len(&self.held, c, off, max);
         // A read under way, or started now, wakes the connection when it completes: what
         // follows is on its way. (One that could not start is not counted.) A chunk filled
         // at once is walked on into (at most every chunk `max` spans, and one more).
@@ -1908,7 +1908,7 @@ impl<S: Storage> App for HttpApp<S> {
                 Stop::Missing { resp, index, at } => match self.start_read(id, c, resp, index, at, resend.then_some(at + (max - len) as u64)) {
                     ReadStart::Filled if fills > 0 => {
                         fills -= 1;
-                        (len, stop, _) = ready_len(&self.held, c, off, max);
+                        (len, stop, first) = ready_len(&self.held, c, off, max);
                     }
                     ReadStart::Filled | ReadStart::Started => break true,
                     ReadStart::NotStarted => break false,
@@ -1925,7 +1925,7 @@ impl<S: Storage> App for HttpApp<S> {
         // either, for bodies sealed out of it: there is no waiting to hide, and a chunk sealed
         // just before it is sent is still in the core's cache when the NIC (or the TAP's
         // copy) takes it.
-        let Some((resp, index)) = body_chunk.filter(|_| !resend) else { return ready };
+        let Some(FirstChunk { at: (resp, index), ready_end }) = first.filter(|_| !resend) else { return ready };
         let Some(r) = c.responses.get(&self.held.responses, resp) else { return ready };
         let (start, body, sealed) = (r.start, r.body, r.tls.is_some());
         let Some(b) = body else { return ready };
@@ -1939,10 +1939,8 @@ impl<S: Storage> App for HttpApp<S> {
         };
         // The asks that follow within this chunk need no walk (nor, until a slot or a buffer
         // frees, another try at the read-ahead).
-        if len > 0 {
-            if let Some(to) = ready_end_in_chunk(&self.held, c, off) {
-                c.ready_hint = ReadyHint::new(to, !ahead_settled);
-            }
+        if let Some(to) = ready_end.filter(|_| len > 0) {
+            c.ready_hint = ReadyHint::new(to, !ahead_settled);
         }
         ready
     }

@@ -2,8 +2,9 @@
 //! storage chunks read for bodies and the TLS records sealed in them. `available`
 //! ([`ready_len`]) and `payload` ([`walk_ready`]) walk the same way, so what one promises the
 //! other gives. Between its walks `available` answers from where the last one found the
-//! chunk's ready bytes to end ([`ready_end_in_chunk`], kept as the connection's `ReadyHint`);
-//! `payload` always walks, and the stack takes back a segment it could not fill.
+//! chunk's ready bytes to end ([`FirstChunk::ready_end`], kept as the connection's
+//! `ReadyHint`); `payload` always walks, and the stack takes back a segment it could not
+//! fill.
 
 use drivers::storage::DmaBuf;
 
@@ -80,16 +81,14 @@ enum Loc<'a> {
 /// A body chunk: (response index in the connection's queue, chunk index of its object).
 type BodyChunk = (usize, u64);
 
-/// Where the bytes ready from stream offset `off` end in the body chunk that holds it (the
-/// end of the last record sealed in it, or of its bytes), if `off` lies in one that is
-/// ready: all of `off..end` may be promised later without walking it again (its parts, at
-/// most five records' worth in one segment, stay within a segment's slices).
-pub(super) fn ready_end_in_chunk(held: &Held, c: &HttpConn, off: u64) -> Option<u64> {
-    match locate(held, c, off) {
-        (Loc::Record(at), Some(_)) => Some(at.chunk.stream_end),
-        (Loc::Bytes(b), Some(_)) => Some(off + b.len() as u64),
-        _ => None,
-    }
+/// The body chunk holding the first byte a walk looked at, and where the bytes ready from
+/// that byte end in it (the end of the last record sealed in it, or of its bytes; `None`
+/// when it is not ready): all of them may be promised later without walking again (their
+/// parts, at most five records' worth in one segment, stay within a segment's slices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct FirstChunk {
+    pub(super) at: BodyChunk,
+    pub(super) ready_end: Option<u64>,
 }
 
 /// What lies at stream offset `off`, and the body chunk that holds it when it is body bytes
@@ -229,20 +228,20 @@ pub(super) enum Stop {
 /// Walk the bytes ready from stream offset `off`: at most `max` of them, in at most
 /// [`MAX_PARTS`](crate::net::iface::MAX_PARTS) slices, each given to `each` in order. Returns
 /// how many bytes, why the walk stopped, and the body chunk holding `off` (if `max` > 0 and
-/// it is body bytes). `available` ([`ready_len`]) and `payload` both walk, so they agree on
+/// it is body bytes) with where its ready bytes end. `available` ([`ready_len`]) and `payload` both walk, so they agree on
 /// every slice.
-pub(super) fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, each: impl FnMut(&'a [u8])) -> (usize, Stop, Option<BodyChunk>) {
+pub(super) fn walk_ready<'a>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, each: impl FnMut(&'a [u8])) -> (usize, Stop, Option<FirstChunk>) {
     walk::<true>(held, c, off, max, each)
 }
 
 /// What [`walk_ready`] returns, without the slices: a record that lies whole within the
 /// walk's limits is stepped over by its length, its header and trailer not read (the walk
 /// for `payload` reads them). `available` asks this once per segment.
-pub(super) fn ready_len(held: &Held, c: &HttpConn, off: u64, max: usize) -> (usize, Stop, Option<BodyChunk>) {
+pub(super) fn ready_len(held: &Held, c: &HttpConn, off: u64, max: usize) -> (usize, Stop, Option<FirstChunk>) {
     walk::<false>(held, c, off, max, |_| {})
 }
 
-fn walk<'a, const SLICES: bool>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'a [u8])) -> (usize, Stop, Option<BodyChunk>) {
+fn walk<'a, const SLICES: bool>(held: &'a Held, c: &'a HttpConn, off: u64, max: usize, mut each: impl FnMut(&'a [u8])) -> (usize, Stop, Option<FirstChunk>) {
     use crate::net::iface::MAX_PARTS;
     let (mut n, mut parts) = (0usize, 0usize);
     let mut take = |b: &'a [u8], n: &mut usize, parts: &mut usize| {
@@ -259,7 +258,14 @@ fn walk<'a, const SLICES: bool>(held: &'a Held, c: &'a HttpConn, off: u64, max: 
         }
         let (loc, chunk) = locate(held, c, off + n as u64);
         if n == 0 {
-            first = chunk;
+            first = chunk.map(|at| FirstChunk {
+                at,
+                ready_end: match &loc {
+                    Loc::Record(r) => Some(r.chunk.stream_end),
+                    Loc::Bytes(b) => Some(off + b.len() as u64),
+                    _ => None,
+                },
+            });
         }
         match loc {
             Loc::Bytes(b) => {
