@@ -6,7 +6,7 @@
 //! A case is (plaintext, TLS or emulated TLS, connections, cores). Each core runs its own pipeline, link and
 //! clients on its own thread, with `connections / cores` connections, each fetching its own
 //! range of one object: by default a 2 MB body (a video segment: the product streams video),
-//! more where fewer connections would serve under 1 GB, less where more would serve over 20
+//! more where fewer connections would serve under 4 GB, less where more would serve over 20
 //! GB (`--transfer-kb` gives every connection the same body; `--size-mb` splits a fixed total
 //! instead; `bytes_per_conn` says what it was). A connection's body includes its slow start,
 //! which short bodies are mostly made of. Figures per case:
@@ -63,9 +63,11 @@ const CLIENT_WINDOW_SHIFT: u8 = 3;
 /// Each connection fetches at least this much.
 const MIN_PER_CONN: u64 = 4096;
 /// The body each connection fetches by default, and how many a case serves at least and
-/// at most then (see [`BenchArgs::transfer_kb`]).
+/// at most then (see [`BenchArgs::transfer_kb`]). At least 4 GB: a case of 1 GB at 100
+/// connections took about 0.1 s of server time, short enough for one burst of the host's
+/// other work to move it by a quarter.
 const DEFAULT_TRANSFER: u64 = 2_000_000;
-const MIN_CASE_BYTES: u64 = 1_000_000_000;
+const MIN_CASE_BYTES: u64 = 4_000_000_000;
 const MAX_CASE_BYTES: u64 = 20_000_000_000;
 /// The object the connections fetch their ranges of is at most this long (past a
 /// connection's own range): ranges wrap around it, and the volume is made in seconds.
@@ -119,7 +121,7 @@ pub struct BenchArgs {
     /// The body each connection fetches, in KB, whatever the number of connections. Without
     /// this and `--size-mb`, each connection fetches 2 MB (a video segment of a few seconds,
     /// as a player asks for one over its connection), except that fewer connections fetch
-    /// more so that a case serves at least 1 GB, and a case serves at most 20 GB (at 50,000
+    /// more so that a case serves at least 4 GB, and a case serves at most 20 GB (at 50,000
     /// connections, 400 KB each), so that the default run ends in minutes.
     #[arg(long, value_parser = clap::value_parser!(u64).range(4..))]
     pub transfer_kb: Option<u64>,
@@ -935,8 +937,8 @@ mod tests {
     fn bodies_are_video_segments_unless_a_total_is_given() {
         let a = bench_args(&[]).unwrap();
         let per = |n| per_conn_bytes(&a, n);
-        // 2 MB each, at least 1 GB and at most 20 GB a case.
-        assert_eq!([per(1), per(100), per(10_000), per(50_000)], [1_000_000_000, 10_000_000, 2_000_000, 400_000]);
+        // 2 MB each, at least 4 GB and at most 20 GB a case.
+        assert_eq!([per(1), per(100), per(10_000), per(50_000)], [4_000_000_000, 40_000_000, 2_000_000, 400_000]);
         let a = bench_args(&["--transfer-kb", "100"]).unwrap();
         assert_eq!([per_conn_bytes(&a, 1), per_conn_bytes(&a, 10_000), per_conn_bytes(&a, 1_000_000)], [100_000; 3], "as given");
         let a = bench_args(&["--size-mb", "1024"]).unwrap();
