@@ -133,14 +133,9 @@ pub fn measure_seal_gbps(provider: AeadProvider, record_len: usize, duration: Du
     }
 }
 
-/// Seal TLS 1.3 records of `record_len` content bytes back to back with the fast path's own
-/// record function ([`super::record::seal_in_place_split`]: header and type+tag outside the
-/// payload, aws-lc-rs) for about `duration`; returns content GB/s.
-pub fn measure_record_seal_gbps(
-    suite: super::AeadSuite,
-    record_len: usize,
-    duration: Duration,
-) -> f64 {
+/// The fast path's own TLS 1.3 record function ([`super::record::seal_in_place_split`]:
+/// header and type+tag outside the payload, aws-lc-rs) as a sealer of record `seq`'s content.
+fn tls13_record_sealer(suite: super::AeadSuite) -> impl FnMut(u64, &mut [u8]) {
     let key = [0x42u8; 32];
     let keys = super::Keys::new(
         super::TlsVersion::Tls13,
@@ -149,14 +144,24 @@ pub fn measure_record_seal_gbps(
         &IV,
     )
     .expect("valid key length");
-    let mut payload = vec![0x5au8; record_len.min(super::record::MAX_PLAINTEXT)];
     let mut header = [0u8; 5];
     let mut trailer = [0u8; super::record::TLS13_TRAILER_LEN];
-    let mut seal = |seq: u64, payload: &mut [u8]| {
+    move |seq: u64, payload: &mut [u8]| {
         super::record::seal_in_place_split(&keys, seq, &mut header, payload, 23, &mut trailer)
             .expect("record within limits");
         black_box(&trailer);
-    };
+    }
+}
+
+/// Seal TLS 1.3 records of `record_len` content bytes back to back with the fast path's own
+/// record function ([`tls13_record_sealer`]) for about `duration`; returns content GB/s.
+pub fn measure_record_seal_gbps(
+    suite: super::AeadSuite,
+    record_len: usize,
+    duration: Duration,
+) -> f64 {
+    let mut seal = tls13_record_sealer(suite);
+    let mut payload = vec![0x5au8; record_len.min(super::record::MAX_PLAINTEXT)];
     for seq in 0..16 {
         seal(seq, &mut payload);
     }
@@ -174,6 +179,52 @@ pub fn measure_record_seal_gbps(
             return bytes as f64 / elapsed.as_secs_f64() / 1e9;
         }
     }
+}
+
+/// What the TLS 1.3 record costs beyond a plain seal of its content: the fast path's record
+/// seal of `record_len` content bytes (AES-128-GCM, [`tls13_record_sealer`]: the inner
+/// content type is one more byte, sealed apart) against the reference's seal of the same
+/// bytes (aws-lc-rs, [`Sealer::seal`], what `ref_seal_gbps` measures), hot buffers, in
+/// `trials` pairs of runs of `records` records each taken in turn, so that a drift of the
+/// machine falls on both alike. Returns the quartiles of the pairs' time ratios (record /
+/// reference): [first, median, third]. Measured one after the other (`--table`'s two
+/// figures), a 1-3% difference is lost in the spread between runs.
+pub fn paired_record_seal_ratio(record_len: usize, trials: usize, records: u64) -> [f64; 3] {
+    let reference = Sealer::new(AeadProvider::AwsLcRs);
+    let mut record = tls13_record_sealer(super::AeadSuite::Aes128Gcm);
+    let mut plain = |seq: u64, buf: &mut [u8]| {
+        black_box(reference.seal(seq, buf));
+    };
+    let mut buf = vec![0x5au8; record_len.min(super::record::MAX_PLAINTEXT)];
+    let mut seq = 0u64;
+    let mut run = |seal: &mut dyn FnMut(u64, &mut [u8])| {
+        let start = Instant::now();
+        for _ in 0..records {
+            seal(seq, black_box(&mut buf));
+            seq += 1;
+        }
+        start.elapsed().as_secs_f64()
+    };
+    // One pair to warm caches and clock before any is kept.
+    run(&mut plain);
+    run(&mut record);
+    let mut ratios: Vec<f64> = (0..trials.max(1))
+        .map(|i| {
+            // Each first in turn: a pair's second run does not always find the other's
+            // caches or clock.
+            let (p, r) = if i % 2 == 0 {
+                let p = run(&mut plain);
+                (p, run(&mut record))
+            } else {
+                let r = run(&mut record);
+                (run(&mut plain), r)
+            };
+            r / p
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: usize| ratios[(ratios.len() - 1) * q / 4];
+    [at(1), at(2), at(3)]
 }
 
 /// How [`measure_volume_seal_gbps`] takes a volume file's bytes to seal them.
@@ -317,6 +368,13 @@ mod tests {
             Duration::from_millis(20),
         );
         assert!(gbps > 0.0 && gbps.is_finite());
+    }
+
+    #[test]
+    fn paired_ratio_gives_ordered_quartiles() {
+        let [q1, median, q3] = paired_record_seal_ratio(4096, 5, 20);
+        assert!(q1.is_finite() && q1 > 0.0, "{q1}");
+        assert!(q1 <= median && median <= q3, "{q1} {median} {q3}");
     }
 
     #[test]
