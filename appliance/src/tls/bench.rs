@@ -154,7 +154,8 @@ fn tls13_record_sealer(suite: super::AeadSuite) -> impl FnMut(u64, &mut [u8]) {
 }
 
 /// Seal TLS 1.3 records of `record_len` content bytes back to back with the fast path's own
-/// record function ([`tls13_record_sealer`]) for about `duration`; returns content GB/s.
+/// record function ([`super::record::seal_in_place_split`]) for about `duration`; returns
+/// content GB/s.
 pub fn measure_record_seal_gbps(
     suite: super::AeadSuite,
     record_len: usize,
@@ -182,8 +183,8 @@ pub fn measure_record_seal_gbps(
 }
 
 /// What the TLS 1.3 record costs beyond a plain seal of its content: the fast path's record
-/// seal of `record_len` content bytes (AES-128-GCM, [`tls13_record_sealer`]: the inner
-/// content type is one more byte, sealed apart) against the reference's seal of the same
+/// seal of `record_len` content bytes (AES-128-GCM, [`super::record::seal_in_place_split`]:
+/// the inner content type is one more byte, sealed apart) against the reference's seal of the same
 /// bytes (aws-lc-rs, [`Sealer::seal`], what `ref_seal_gbps` measures), hot buffers, in
 /// `trials` pairs of runs of `records` records each taken in turn, so that a drift of the
 /// machine falls on both alike. Returns the quartiles of the pairs' time ratios (record /
