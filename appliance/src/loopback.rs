@@ -799,16 +799,7 @@ pub(crate) fn volume_of(files: &[(&str, &[u8])]) -> (tempfile::TempDir, drivers:
 /// A volume of two small files (`/index.html`, `/a.txt`) in a temporary directory, for tests.
 #[cfg(test)]
 pub(crate) fn tiny_volume() -> (tempfile::TempDir, drivers::storage::FileStorage, crate::volume::Volume) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let tree = dir.path().join("tree");
-    std::fs::create_dir_all(&tree).expect("mkdir");
-    std::fs::write(tree.join("index.html"), b"<html>hello</html>\n").expect("write");
-    std::fs::write(tree.join("a.txt"), vec![b'a'; 100_000]).expect("write");
-    let vol = dir.path().join("media.vol");
-    crate::volume::pack(&tree, &vol).expect("pack");
-    let mut storage = drivers::storage::FileStorage::open(&vol).expect("open");
-    let volume = crate::volume::load(&mut storage).expect("load");
-    (dir, storage, volume)
+    volume_of(&[("index.html", b"<html>hello</html>\n"), ("a.txt", &[b'a'; 100_000])])
 }
 
 #[cfg(test)]
