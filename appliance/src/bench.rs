@@ -128,7 +128,8 @@ pub struct BenchArgs {
     /// Connection counts to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 100, 10_000, 50_000])]
     pub connections: Vec<usize>,
-    /// Core counts to measure, comma-separated (one pipeline thread per core).
+    /// Core counts to measure, comma-separated (one pipeline thread per core, on the cores the
+    /// process may run on, in their order: `taskset -c 1` runs the one-core cases on core 1).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     pub cores: Vec<usize>,
     /// Plaintext HTTP, HTTPS, emulated TLS (plain HTTP, bodies sealed with a dummy key), or
@@ -277,13 +278,17 @@ pub struct CaseResult {
     pub storage_read_per_byte: f64,
     /// `gbps_per_core` of every run of the case, in the order they ran (`--repeat`).
     pub gbps_per_core_runs: Vec<f64>,
-    /// Each core's own figure in the (median) run, core 0 first.
+    /// Each core's own figure in the (median) run, the first case core first.
     pub gbps_by_core: Vec<f64>,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
     if args.connections.contains(&0) || args.cores.contains(&0) {
         return Err("--connections and --cores take positive numbers".into());
+    }
+    let allowed = case_cores();
+    if let Some(&most) = args.cores.iter().max().filter(|&&n| n > allowed.len()) {
+        log::warn!("bench: {most} cores asked, the process may run on {} ({allowed:?}): the pipelines beyond those are not pinned and share them", allowed.len());
     }
     let dir = tempfile_dir(args.dir.as_deref())?;
     let result = run_in(&args, &dir);
@@ -387,14 +392,37 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The cores the cases run on, in order: those the process was started on (`taskset -c 1
+/// appliance bench` runs the one-core cases on core 1), read once, before any of the bench's
+/// threads pins itself.
+fn case_cores() -> &'static [usize] {
+    static CORES: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    CORES.get_or_init(crate::sys::allowed_cores)
+}
+
+/// Pin the calling thread to case core `index` (the `index`-th allowed core); where there is
+/// none (more cores asked than allowed) or the pinning fails, the thread is left where it is.
+fn pin_to_case_core(index: usize) {
+    pin_to_nth(case_cores(), index);
+}
+
+fn pin_to_nth(cores: &[usize], index: usize) {
+    match cores.get(index) {
+        Some(&core) => {
+            if let Err(e) = crate::sys::pin_to_core(core) {
+                log::debug!("bench: cannot pin to core {core}: {e}");
+            }
+        }
+        None => log::debug!("bench: no allowed core for pipeline {index}: left unpinned"),
+    }
+}
+
 /// Runs `f` on a thread pinned to the first case core (where the one-core cases run), so that
 /// the references are measured on that core; a child process it starts inherits the pinning.
 fn on_first_core<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
-            if let Err(e) = crate::sys::pin_to_core(0) {
-                log::debug!("bench: cannot pin the references to core 0: {e}");
-            }
+            pin_to_case_core(0);
             f()
         })
         .join()
@@ -505,9 +533,7 @@ pub fn run_case(vol: &std::path::Path, object_len: u64, per_conn: u64, mode: Mod
             let first = connections / cores * core + core.min(connections % cores);
             let vol = vol.to_path_buf();
             std::thread::spawn(move || {
-                if let Err(e) = crate::sys::pin_to_core(core) {
-                    log::debug!("bench: cannot pin to core {core}: {e}");
-                }
+                pin_to_case_core(core);
                 run_core(&vol, object_len, per_conn, first, n, mode, setup)
             })
         })
@@ -909,6 +935,25 @@ fn tempfile_dir(base: Option<&std::path::Path>) -> Result<std::path::PathBuf, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn case_cores_are_the_allowed_ones_in_order() {
+        // A thread allowed only the last core, as `taskset -c <last>` would start the bench:
+        // its first case core is that one, not core 0.
+        std::thread::spawn(|| {
+            let last = *crate::sys::allowed_cores().last().expect("a core");
+            crate::sys::pin_to_core(last).expect("pin");
+            let allowed = crate::sys::allowed_cores();
+            assert_eq!(allowed, vec![last]);
+            pin_to_nth(&allowed, 0);
+            assert_eq!(crate::sys::allowed_cores(), vec![last]);
+            // More pipelines than cores: left where they are, not moved to core 1, 2, ...
+            pin_to_nth(&allowed, 1);
+            assert_eq!(crate::sys::allowed_cores(), vec![last]);
+        })
+        .join()
+        .expect("the pinned thread");
+    }
 
     /// A small case end to end, HTTPS and plain: every body byte-exact (run_core checks each
     /// against the object), and over a link that loses nothing nothing is retransmitted,
