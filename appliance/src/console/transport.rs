@@ -350,9 +350,9 @@ impl ConsoleIo {
         else {
             return;
         };
-        // accept(2) on an empty queue still makes and frees a socket in the kernel (some
-        // microseconds, at every poll: 1-2% of the core while idle). A zero-timeout poll says
-        // whether anyone waits; when the poll itself fails, accept finds out why.
+        // accept(2) on an empty queue still makes and frees a socket in the kernel, at every
+        // poll (a thousand a second). A zero-timeout poll says whether anyone waits; when the
+        // poll itself fails, accept finds out why.
         if poll_now(listener.as_raw_fd(), libc::POLLIN).is_ok_and(|revents| revents == 0) {
             return;
         }
