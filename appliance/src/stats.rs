@@ -70,6 +70,8 @@ pub struct Stats {
     pub http_head_evictions: u64,
     // TLS
     pub tls_handshakes: u64,
+    /// Of them, sessions resumed with a ticket.
+    pub tls_handshakes_resumed: u64,
     pub tls_handshake_failures: u64,
     pub tls_records_sealed: u64,
     pub tls_records_opened: u64,
@@ -153,7 +155,7 @@ impl AddAssign for Stats {
             tcp_challenge_acks, tcp_out_of_window, tcp_idle_timeouts, tcp_table_full, tcp_evicted, tcp_tx_ring_full, tcp_tx_payload_short, http_requests,
             http_status_2xx, http_status_206, http_status_304, http_status_400, http_status_404,
             http_status_405, http_status_408, http_status_414, http_status_416, http_status_431, http_status_other,
-            http_body_bytes, http_header_timeouts, http_rx_buffer_waits, http_head_evictions, tls_handshakes, tls_handshake_failures,
+            http_body_bytes, http_header_timeouts, http_rx_buffer_waits, http_head_evictions, tls_handshakes, tls_handshakes_resumed, tls_handshake_failures,
             tls_records_sealed, tls_records_opened, tls_key_contexts_built, tls_bad_records, tls_fail_malformed,
             tls_fail_incompatible, tls_fail_peer_alert, tls_fail_bad_mac, tls_fail_other, storage_reads,
             storage_read_bytes, storage_errors, storage_in_flight, storage_buffer_waits, storage_window_releases, console_commands, console_errors,

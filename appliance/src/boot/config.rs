@@ -54,6 +54,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("https_port", "HTTPS port (default 443)"),
     ("tls_cert", "PEM certificate file (enables HTTPS with tls_key)"),
     ("tls_key", "PEM private key file"),
+    ("tls_tickets", "TLS session resumption with tickets: on or off (default on)"),
     ("cores", "cores to run pipelines on, e.g. 0-3,6"),
     ("buffers", "512 KiB storage buffers per core, 4..=8192 (default 8; 64 with nic=dpdk)"),
     ("max_connections", "most connections per core, 16..=1048576 (default 16384)"),
@@ -161,6 +162,11 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
                 }
             }
             crate::server::parse_media(&items).map_err(|e| bad(&e.to_string()))?;
+        }
+        "tls_tickets" => {
+            if !matches!(value, "on" | "off") {
+                return Err(bad("expected on or off"));
+            }
         }
         "tls_cert" | "tls_key" | "dpdk_args" => {}
         other => return Err(ConfigError::UnknownKey(other.to_string())),
@@ -317,6 +323,9 @@ pub fn serve_args(cfg: &BootConfig) -> Vec<String> {
         push("--tls-key", key);
     }
     push("--console", cfg.get("console").unwrap_or(DEFAULT_CONSOLE));
+    if cfg.get("tls_tickets") == Some("off") {
+        args.push("--no-tls-tickets".to_string());
+    }
     args
 }
 
@@ -570,6 +579,8 @@ mod tests {
             ("media", "/dev/nvme0n1"),
             ("media", "nvme:0000:00:04.0,nvme:0000:00:05.0"),
             ("media", "nvme:auto,nvme:auto,/dev/sdb"),
+            ("tls_tickets", "on"),
+            ("tls_tickets", "off"),
         ] {
             validate(k, v).unwrap_or_else(|e| panic!("{k}={v}: {e}"));
         }
@@ -584,6 +595,7 @@ mod tests {
             ("cores", "3-1"),
             ("cores", "a"),
             ("log", "loud"),
+            ("tls_tickets", "no"),
             ("console", "ttyS0"),
             ("http_port", "70000"),
             ("buffers", "3"),
@@ -637,6 +649,13 @@ mod tests {
         assert_eq!(parsed.args.dpdk_args, "-l 0 --vdev net_tap0");
         assert_eq!(parsed.args.media, ["/dev/nvme0n1"]);
         assert_eq!((parsed.args.buffers, parsed.args.max_connections), (Some(128), 50000));
+        assert!(!parsed.args.no_tls_tickets);
+        cfg.apply("tls_tickets", "off", "partition").unwrap();
+        let args = serve_args(&cfg);
+        assert!(args.join(" ").ends_with("--tls-key /k.pem --console unix:/run/console --no-tls-tickets"), "{args:?}");
+        let parsed = <Serve as clap::Parser>::try_parse_from(&args).expect("serve parses its own arguments");
+        assert!(parsed.args.no_tls_tickets);
+        cfg.apply("tls_tickets", "on", "partition").unwrap();
         // Several volumes, one per drive: one --media with the list, which serve splits.
         cfg.apply("media", "nvme:0000:00:04.0,nvme:auto", "cmdline").unwrap();
         let args = serve_args(&cfg);

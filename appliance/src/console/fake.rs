@@ -98,6 +98,7 @@ impl ConsoleHost for FakeHost {
             tcp_retransmits: 7,
             http_requests: 11,
             tls_handshakes: 4,
+            tls_handshakes_resumed: 1,
             ..Stats::default()
         };
         for _ in 0..3 {

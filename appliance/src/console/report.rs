@@ -127,6 +127,7 @@ pub(crate) fn table(
             "tls",
             Group(vec![
                 ("handshakes", Num(s.tls_handshakes)),
+                ("handshakes_resumed", Num(s.tls_handshakes_resumed)),
                 ("handshake_failures", Num(s.tls_handshake_failures)),
                 ("records_sealed", Num(s.tls_records_sealed)),
                 ("records_opened", Num(s.tls_records_opened)),

@@ -68,6 +68,14 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
     #[arg(long, default_value_t = 443)]
     pub https_port: u16,
+    /// Do not resume TLS sessions: issue no session tickets and accept none, so that every
+    /// HTTPS connection makes a full handshake. By default a TLS 1.3 handshake ends with two
+    /// tickets and a TLS 1.2 one with one; a client that comes back with one skips the
+    /// certificate and its signature. The tickets are encrypted under keys made at start-up
+    /// (random, never written out, rotated every 6 hours; a ticket is good for 12), so a
+    /// restart makes every client do a full handshake again.
+    #[arg(long)]
+    pub no_tls_tickets: bool,
     /// Cores to run pipelines on, e.g. "0-3" or "1,3" (default: every allowed core).
     #[arg(long)]
     pub cores: Option<String>,
@@ -620,7 +628,11 @@ fn run<N: Nic>(
                 return Err(ServeError::Option(format!("--https-port {} is also the HTTP port", args.https_port)));
             }
             cfg.listen_ports.push(args.https_port);
-            Some(crate::tls::handshake::load_server_config(cert, key)?)
+            let config = crate::tls::handshake::load_server_config(cert, key)?;
+            Some(match args.no_tls_tickets {
+                true => crate::tls::handshake::without_resumption(&config),
+                false => config,
+            })
         }
         _ => None,
     };

@@ -41,12 +41,16 @@ const ALERT_CLOSE_NOTIFY: u8 = 0;
 const ALERT_NO_RENEGOTIATION: u8 = 100;
 const HANDSHAKE_KEY_UPDATE: u8 = 24;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
+/// Session tickets sent after each TLS 1.3 handshake (as OpenSSL and rustls do by default):
+/// a player that opens a second connection has one to resume with as well.
+pub const TLS13_TICKETS: usize = 2;
 
 /// Server configuration from PEM files: a certificate chain (leaf first) and an RSA, ECDSA or
 /// Ed25519 private key (PKCS#8, PKCS#1 or SEC1). TLS 1.3 with AES-128-GCM preferred, then
 /// AES-256-GCM and ChaCha20-Poly1305; TLS 1.2 with ECDHE AES-GCM; ALPN http/1.1; no 0-RTT;
-/// no tickets (nothing to resume into the fast path); secret extraction on. rustls never
-/// renegotiates.
+/// session resumption by stateless tickets ([`TLS13_TICKETS`] after a TLS 1.3 handshake, one
+/// in a TLS 1.2 one; [`without_resumption`] turns them off); secret extraction on. rustls
+/// never renegotiates.
 pub fn load_server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -102,9 +106,44 @@ pub fn server_config(
     config.enable_secret_extraction = true;
     config.ignore_client_order = true;
     config.max_early_data_size = 0;
-    config.send_tls13_tickets = 0;
+    // Resumption state lives in the tickets alone (encrypted under keys of this config's
+    // ticketer, made at start-up and rotated every 6 hours; a ticket is good for 12): no
+    // session cache for the cores to share. A resumed handshake skips the certificate and
+    // its signature; TLS 1.3 still runs a fresh key exchange (rustls offers only
+    // psk_dhe_ke), so the traffic keys keep forward secrecy.
+    config.ticketer = provider::Ticketer::new()?;
+    config.send_tls13_tickets = TLS13_TICKETS;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.key_log = Arc::new(TrafficSecretCapture);
     Ok(Arc::new(config))
+}
+
+/// The same configuration with session resumption off (`serve --no-tls-tickets`): no tickets
+/// issued, none accepted, every handshake a full one.
+pub fn without_resumption(config: &ServerConfig) -> Arc<ServerConfig> {
+    let mut config = config.clone();
+    config.ticketer = Arc::new(NoTickets);
+    config.send_tls13_tickets = 0;
+    Arc::new(config)
+}
+
+/// A ticketer that issues and accepts nothing (rustls keeps its own private).
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn lifetime(&self) -> u32 {
+        0
+    }
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 #[derive(Default)]
@@ -179,6 +218,8 @@ pub struct Handover {
     /// the first fast-path record starts at `handshake_tx_base + handshake_tx.len()`.
     pub handshake_tx: Vec<u8>,
     pub handshake_tx_base: u64,
+    /// The client resumed a session with a ticket (no certificate was sent).
+    pub resumed: bool,
 }
 
 impl HandshakeDriver {
@@ -357,6 +398,11 @@ impl HandshakeDriver {
         self.conn.alpn_protocol()
     }
 
+    /// The handshake resumed a session (known once it is complete).
+    pub fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     /// Hand the finished connection to the fast path.
     pub fn into_session(self) -> Result<Handover, TlsError> {
         if !self.complete {
@@ -367,6 +413,7 @@ impl HandshakeDriver {
             Some(ProtocolVersion::TLSv1_2) => TlsVersion::Tls12,
             _ => return Err(TlsError::UnsupportedSuite),
         };
+        let resumed = self.resumed();
         let (secrets, _kernel) = self.conn.dangerous_into_kernel_connection()?;
         let tx_keys = Keys::from_rustls(version, &secrets.tx.1)?;
         let rx_keys = Keys::from_rustls(version, &secrets.rx.1)?;
@@ -403,6 +450,7 @@ impl HandshakeDriver {
             early_plaintext: self.plaintext,
             handshake_tx: self.outgoing,
             handshake_tx_base: self.out_base,
+            resumed,
         })
     }
 }

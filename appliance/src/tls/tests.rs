@@ -54,7 +54,7 @@ fn make_pki(name: &str, rsa: bool) -> TestPki {
     }
 }
 
-fn client(pki: &TestPki, suite: SupportedCipherSuite) -> ClientConnection {
+fn client_config(pki: &TestPki, suite: SupportedCipherSuite) -> Arc<ClientConfig> {
     let version = match suite {
         SupportedCipherSuite::Tls13(_) => &rustls::version::TLS13,
         _ => &rustls::version::TLS12,
@@ -71,11 +71,17 @@ fn client(pki: &TestPki, suite: SupportedCipherSuite) -> ClientConnection {
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    ClientConnection::new(
-        Arc::new(config),
-        ServerName::try_from("appliance.test").unwrap(),
-    )
-    .unwrap()
+    Arc::new(config)
+}
+
+fn client(pki: &TestPki, suite: SupportedCipherSuite) -> ClientConnection {
+    client_of(&client_config(pki, suite))
+}
+
+/// A connection of `config`'s: connections of one config share its session store, so a
+/// later one resumes with a ticket an earlier one received.
+fn client_of(config: &Arc<ClientConfig>) -> ClientConnection {
+    ClientConnection::new(config.clone(), ServerName::try_from("appliance.test").unwrap()).unwrap()
 }
 
 /// Server bytes not yet given to the client, by stream offset, as the stack would pull them.
@@ -105,8 +111,16 @@ fn handshake(
     request: &[u8],
 ) -> (ClientConnection, Handover) {
     let config = load_server_config(&pki.dir.join("cert.pem"), &pki.dir.join("key.pem")).unwrap();
+    handshake_of(config, client(pki, suite), request)
+}
+
+/// As [`handshake`], with this server configuration and client connection.
+fn handshake_of(
+    config: Arc<rustls::ServerConfig>,
+    mut client: ClientConnection,
+    request: &[u8],
+) -> (ClientConnection, Handover) {
     let mut driver = HandshakeDriver::new(config).unwrap();
-    let mut client = client(pki, suite);
     client.writer().write_all(request).unwrap();
     let mut sent = 0;
     for _ in 0..10 {
@@ -221,9 +235,19 @@ fn object(len: usize) -> Vec<u8> {
         .collect()
 }
 
+const REQUEST: &[u8] = b"GET /video.ts HTTP/1.1\r\nHost: appliance.test\r\n\r\n";
+
 fn full_exchange(pki: &TestPki, suite: SupportedCipherSuite, version: TlsVersion) {
-    let request = b"GET /video.ts HTTP/1.1\r\nHost: appliance.test\r\n\r\n";
-    let (mut client, handover) = handshake(pki, suite, request);
+    let (client, handover) = handshake(pki, suite, REQUEST);
+    assert!(!handover.resumed);
+    exchange(client, handover, version);
+}
+
+/// After a handshake that carried [`REQUEST`]: the request read, two pipelined responses
+/// sealed by the fast path and read byte-exact by the client, a second request, close_notify
+/// both ways.
+fn exchange(mut client: ClientConnection, handover: Handover, version: TlsVersion) {
+    let request = REQUEST;
     let mut session = handover.session;
     assert_eq!(session.version(), version);
     // TLS 1.3 clients send the request with their Finished: rustls decrypts it if it came in
@@ -341,6 +365,76 @@ fn tls12_ecdhe_rsa_aes256_end_to_end() {
         provider::cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
         TlsVersion::Tls12,
     );
+}
+
+/// A client comes back with a ticket from its first connection: the second handshake is a
+/// resumption on both sides, and the fast path's records (after the tickets rustls sealed
+/// under the same keys) read byte-exact.
+fn resumption(name: &str, suite: SupportedCipherSuite, version: TlsVersion) {
+    let pki = make_pki(name, false);
+    let server = load_server_config(&pki.dir.join("cert.pem"), &pki.dir.join("key.pem")).unwrap();
+    let clients = client_config(&pki, suite);
+    let (first, handover) = handshake_of(server.clone(), client_of(&clients), REQUEST);
+    assert!(!handover.resumed, "the first handshake is a full one");
+    assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    // TLS 1.3 sends its tickets after the handshake, in one record sealed under the traffic
+    // keys: the fast path's first record follows it.
+    if version == TlsVersion::Tls13 {
+        assert_eq!(handover.session.tx_seq_start(), 1);
+    }
+    exchange(first, handover, version);
+    for _ in 0..2 {
+        let (again, handover) = handshake_of(server.clone(), client_of(&clients), REQUEST);
+        assert!(handover.resumed, "the client came back with a ticket");
+        assert_eq!(again.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        exchange(again, handover, version);
+    }
+}
+
+#[test]
+fn tls13_session_resumed_with_a_ticket() {
+    resumption("resume13", provider::cipher_suite::TLS13_AES_128_GCM_SHA256, TlsVersion::Tls13);
+}
+
+#[test]
+fn tls12_session_resumed_with_a_ticket() {
+    resumption(
+        "resume12",
+        provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        TlsVersion::Tls12,
+    );
+}
+
+#[test]
+fn tickets_off_or_from_another_server_make_full_handshakes() {
+    let pki = make_pki("no-resume", false);
+    let server = load_server_config(&pki.dir.join("cert.pem"), &pki.dir.join("key.pem")).unwrap();
+    // A restarted server: same certificate, new ticket keys.
+    let restarted = load_server_config(&pki.dir.join("cert.pem"), &pki.dir.join("key.pem")).unwrap();
+    let off = handshake::without_resumption(&server);
+    for (suite, version) in [
+        (provider::cipher_suite::TLS13_AES_128_GCM_SHA256, TlsVersion::Tls13),
+        (provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TlsVersion::Tls12),
+    ] {
+        let clients = client_config(&pki, suite);
+        let (first, handover) = handshake_of(server.clone(), client_of(&clients), REQUEST);
+        exchange(first, handover, version);
+        for other in [&restarted, &off] {
+            let (again, handover) = handshake_of(other.clone(), client_of(&clients), REQUEST);
+            assert!(!handover.resumed, "{version:?}: a ticket the server cannot read is not resumed");
+            assert_eq!(again.handshake_kind(), Some(rustls::HandshakeKind::Full));
+            exchange(again, handover, version);
+        }
+        // Without tickets none is issued: the fast path's first TLS 1.3 record is the first
+        // under the traffic keys (TLS 1.2's first is the server's Finished).
+        let (fresh, handover) = handshake_of(off.clone(), client(&pki, suite), REQUEST);
+        let first_seq = u64::from(version == TlsVersion::Tls12);
+        assert_eq!(handover.session.tx_seq_start(), first_seq);
+        exchange(fresh, handover, version);
+        let (again, handover) = handshake_of(off.clone(), client_of(&clients), REQUEST);
+        assert!(!handover.resumed);
+        exchange(again, handover, version);
+    }
 }
 
 #[test]

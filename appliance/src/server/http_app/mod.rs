@@ -1321,13 +1321,14 @@ impl<S: Storage> HttpApp<S> {
         let handover = crate::accounting::handshake(|| d.into_session()).and_then(|h| {
             let (seq, epoch) = (h.session.tx_seq_start(), h.session.tx_epoch());
             match self.held.sessions.insert(h.session) {
-                Ok(key) => Ok((h.handshake_tx_base, h.handshake_tx, h.early_plaintext, seq, epoch, key)),
+                Ok(key) => Ok((h.handshake_tx_base, h.handshake_tx, h.early_plaintext, seq, epoch, key, h.resumed)),
                 Err(_) => Err(TlsError::NoRoom("session")),
             }
         });
         match handover {
-            Ok((hs_base, hs_out, early_plaintext, seq, epoch, key)) => {
+            Ok((hs_base, hs_out, early_plaintext, seq, epoch, key, resumed)) => {
                 self.stats.tls_handshakes += 1;
+                self.stats.tls_handshakes_resumed += u64::from(resumed);
                 t.next_seq = seq;
                 t.epoch = epoch;
                 t.hs_base = hs_base;

@@ -681,6 +681,26 @@ fn a_burst_of_handshakes_waits_in_line_and_every_one_completes() {
     assert_eq!(h.server.app.handshakes_queued(), 0);
 }
 
+/// A client that comes back with the ticket of its first connection resumes its session:
+/// counted apart, and its fetch is byte-exact (the tickets went out before the first
+/// response's records, under the same keys).
+#[test]
+fn a_client_that_comes_back_resumes_its_session() {
+    let (_dir, mut h) = tiny_tls_harness();
+    let want = sha(&[b'a'; 100_000]);
+    for n in 1..=3 {
+        assert!(h.start_fetch_tls("/a.txt", None));
+        let end = h.now() + 10 * SEC;
+        while h.client_app.fetches.len() < n && h.now() < end {
+            h.step(true);
+        }
+        let f = h.client_app.fetches.last().expect("fetched");
+        assert!(f.complete && f.status == 200 && f.sha256 == want, "{f:?}");
+    }
+    let s = h.server.stats();
+    assert_eq!((s.tls_handshakes, s.tls_handshakes_resumed), (3, 2));
+}
+
 /// Clients that give up (RST) while their handshakes wait in line leave entries of
 /// closed connections in the queue; at half as many as the table holds they are dropped
 /// in one pass (not only when the line reaches them), and the queue never grows past
