@@ -388,3 +388,89 @@ mod tests {
         }
     }
 }
+
+/// Server time of one TLS handshake, in microseconds: medians of [`measure_handshakes_us`].
+#[derive(Clone, Copy, Debug)]
+pub struct HandshakeTimes {
+    /// A full handshake of a server that issues no tickets (`serve --no-tls-tickets`).
+    pub full_without_tickets: f64,
+    /// A full handshake, tickets issued at its end (the default).
+    pub full: f64,
+    /// A client that comes back with a ticket.
+    pub resumed: f64,
+}
+
+/// Server time of TLS handshakes in memory, full and resumed (medians of `count` each, the
+/// kinds in turn so that a slow spell of the machine falls on all): the handshake driver's
+/// steps and the handover of the keys to the fast path. The in-memory rustls client's work is
+/// not timed. `client` decides the version (and must trust `server`'s certificate, for
+/// `appliance.test`); full handshakes use a copy with a session store of its own, resumed
+/// ones come back with a ticket of the connection before. Used by `benches/handshake.rs`.
+pub fn measure_handshakes_us(
+    server: &std::sync::Arc<rustls::ServerConfig>,
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    count: usize,
+) -> Result<HandshakeTimes, String> {
+    let without_tickets = super::handshake::without_resumption(server);
+    // A client new to the server: it asks for tickets (a TLS 1.2 server issues one only
+    // then) and has none to offer.
+    let fresh = || {
+        let mut c = (**client).clone();
+        c.resumption = rustls::client::Resumption::in_memory_sessions(4);
+        std::sync::Arc::new(c)
+    };
+    // The first connection of `client` gets the tickets the timed ones resume with.
+    handshake_server_time(server, client, false)?;
+    let mut times = [(); 3].map(|()| Vec::with_capacity(count));
+    for _ in 0..count {
+        times[0].push(handshake_server_time(&without_tickets, &fresh(), false)?);
+        times[1].push(handshake_server_time(server, &fresh(), false)?);
+        times[2].push(handshake_server_time(server, client, true)?);
+    }
+    let [a, b, c] = times.map(|mut v| {
+        v.sort_unstable();
+        v[v.len() / 2].as_secs_f64() * 1e6
+    });
+    Ok(HandshakeTimes { full_without_tickets: a, full: b, resumed: c })
+}
+
+/// One handshake in memory; the server's share of its time. Fails unless it completed and
+/// was (or was not) a resumption as `resumed` says.
+fn handshake_server_time(
+    server: &std::sync::Arc<rustls::ServerConfig>,
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    resumed: bool,
+) -> Result<Duration, String> {
+    use super::handshake::{HandshakeDriver, HandshakeProgress};
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let name = rustls::pki_types::ServerName::try_from("appliance.test").map_err(|x| e(&x))?;
+    let mut conn = rustls::ClientConnection::new(client.clone(), name).map_err(|x| e(&x))?;
+    let mut driver = HandshakeDriver::new(server.clone()).map_err(|x| e(&x))?;
+    let (mut spent, mut sent, mut wire) = (Duration::ZERO, 0u64, Vec::new());
+    for _ in 0..8 {
+        wire.clear();
+        while conn.wants_write() {
+            conn.write_tls(&mut wire).map_err(|x| e(&x))?;
+        }
+        let t = Instant::now();
+        let progress = driver.receive(&wire).map_err(|x| e(&x))?;
+        spent += t.elapsed();
+        while sent < driver.tx_end() {
+            let n = conn.read_tls(&mut driver.tx_bytes(sent)).map_err(|x| e(&x))?;
+            conn.process_new_packets().map_err(|x| e(&x))?;
+            sent += n as u64;
+            driver.ack(sent);
+        }
+        if progress == HandshakeProgress::Complete {
+            let t = Instant::now();
+            let handover = driver.into_session().map_err(|x| e(&x))?;
+            spent += t.elapsed();
+            black_box(&handover);
+            if conn.is_handshaking() || handover.resumed != resumed {
+                return Err(format!("handshake: client still handshaking {}, resumed {} (want {resumed})", conn.is_handshaking(), handover.resumed));
+            }
+            return Ok(spent);
+        }
+    }
+    Err("handshake did not complete in 8 flights".into())
+}
