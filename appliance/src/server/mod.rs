@@ -629,10 +629,7 @@ fn run<N: Nic>(
             }
             cfg.listen_ports.push(args.https_port);
             let config = crate::tls::handshake::load_server_config(cert, key)?;
-            Some(match args.no_tls_tickets {
-                true => crate::tls::handshake::without_resumption(&config),
-                false => config,
-            })
+            Some(if args.no_tls_tickets { crate::tls::handshake::without_resumption(&config) } else { config })
         }
         _ => None,
     };
