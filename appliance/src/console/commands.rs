@@ -246,7 +246,8 @@ fn status(host: &mut dyn ConsoleHost, out: &mut String) {
     let _ = writeln!(out, "http      port {}", s.http_port);
     match s.https_port {
         Some(p) => {
-            let _ = writeln!(out, "https     port {p}");
+            let tickets = if s.tls_tickets { "on" } else { "off" };
+            let _ = writeln!(out, "https     port {p}, session tickets {tickets}");
         }
         None => out.push_str("https     off\n"),
     }
@@ -544,7 +545,7 @@ mod tests {
             "cores     0,1 (2 pipelines)",
             "media     file /tmp/vol, 3 objects, 6000 bytes",
             "http      port 8080",
-            "https     port 8443",
+            "https     port 8443, session tickets on",
             "draining  no",
         ] {
             assert!(out.contains(want), "status lacks {want:?}: {out}");

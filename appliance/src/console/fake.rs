@@ -89,6 +89,7 @@ impl ConsoleHost for FakeHost {
             draining: self.draining,
             http_port: 8080,
             https_port: Some(8443),
+            tls_tickets: true,
         }
     }
 

@@ -65,6 +65,8 @@ pub struct StatusInfo {
     pub http_port: u16,
     /// `None` when HTTPS is not configured.
     pub https_port: Option<u16>,
+    /// HTTPS resumes sessions with tickets (`serve --no-tls-tickets` turns it off).
+    pub tls_tickets: bool,
 }
 
 /// The mounted media volumes, in brief.

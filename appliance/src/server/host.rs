@@ -38,6 +38,7 @@ pub struct Host {
     cores: Vec<usize>,
     http_port: u16,
     https_port: Option<u16>,
+    tls_tickets: bool,
     /// `--media`: one spec per drive.
     media_source: Vec<String>,
     /// What each drive turned out to be (the controller `nvme:auto` found), where known.
@@ -58,6 +59,7 @@ impl Host {
             cores,
             http_port: args.http_port,
             https_port: args.tls_cert.is_some().then_some(args.https_port),
+            tls_tickets: !args.no_tls_tickets,
             media_source: args.media.clone(),
             media_detail: args.media_detail.clone(),
             media_found: args.media_found.clone(),
@@ -130,6 +132,7 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
             draining: self.pipe.app.draining,
             http_port: self.host.http_port,
             https_port: self.host.https_port,
+            tls_tickets: self.host.tls_tickets,
         }
     }
 
