@@ -15,6 +15,9 @@ pub struct Stats {
     pub arp_address_conflicts: u64,
     pub ip_rx_bad: u64,
     pub ip_rx_not_ours: u64,
+    /// IPv4 fragments, dropped: the appliance neither reassembles nor sends them (its TCP
+    /// peers set DF and find the path MTU; a fragment is a broken path or a flood).
+    pub ip_rx_fragments: u64,
     pub icmp_echo_answered: u64,
     // TCP
     pub tcp_rx_segments: u64,
@@ -147,7 +150,7 @@ macro_rules! add_fields {
 impl AddAssign for Stats {
     fn add_assign(&mut self, o: Stats) {
         add_fields!(self, o;
-            eth_rx_frames, eth_rx_bad, arp_requests_answered, arp_replies, arp_announcements_sent, arp_address_conflicts, ip_rx_bad, ip_rx_not_ours,
+            eth_rx_frames, eth_rx_bad, arp_requests_answered, arp_replies, arp_announcements_sent, arp_address_conflicts, ip_rx_bad, ip_rx_not_ours, ip_rx_fragments,
             icmp_echo_answered, tcp_rx_segments, tcp_tx_segments, tcp_rx_bad, tcp_rx_checksum_offloaded, tcp_connections_active,
             tcp_connections_opened, tcp_connections_closed, tcp_connections_reset,
             tcp_connections_refused, tcp_retransmits, tcp_fast_retransmits, tcp_rto_timeouts,

@@ -600,7 +600,7 @@ mod tests {
         assert_eq!(v["storage"]["reads"], 12);
         assert_eq!(v["storage"]["read_bytes"], 49152);
         assert_eq!(v["console"]["commands"], 1);
-        // Every Stats field appears: count the numeric leaves fed from Stats (68 fields; the
+        // Every Stats field appears: count the numeric leaves fed from Stats (69 fields; the
         // console pair is merged, storage counters add 6, nic adds 8; lists are not counted).
         fn leaves(v: &serde_json::Value) -> usize {
             match v {
@@ -611,7 +611,7 @@ mod tests {
         }
         // xstats: the driver's own names (two in the fake host).
         assert_eq!(v["nic"]["xstats"]["rx_good_packets"], 101);
-        assert_eq!(leaves(&v), 68 + 6 + 8 + 2);
+        assert_eq!(leaves(&v), 69 + 6 + 8 + 2);
         // One volume: one drive, the same counts as the totals.
         let drives = v["storage"]["drives"].as_array().expect("storage.drives is an array");
         assert_eq!(drives.len(), 1);

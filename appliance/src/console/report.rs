@@ -62,6 +62,7 @@ pub(crate) fn table(
             Group(vec![
                 ("rx_bad", Num(s.ip_rx_bad)),
                 ("rx_not_ours", Num(s.ip_rx_not_ours)),
+                ("rx_fragments", Num(s.ip_rx_fragments)),
             ]),
         ),
         (

@@ -530,7 +530,7 @@ impl<C> Stack<C> {
         }
         if ip.more_frags() || ip.frag_offset() != 0 {
             // We never send more than the MTU and do not reassemble.
-            self.stats.ip_rx_bad += 1;
+            self.stats.ip_rx_fragments += 1;
             return;
         }
         let src_ip = ip.src_addr().octets();
@@ -1153,6 +1153,30 @@ mod tests {
         h.run_for(Duration::from_millis(50));
         assert_eq!(h.server.stats().arp_address_conflicts, 1);
         assert_eq!(h.server.stats().arp_requests_answered, 0);
+    }
+
+    /// An ICMP echo request in two IPv4 fragments: both dropped, counted as fragments (not
+    /// as bad headers), no answer.
+    #[test]
+    fn ip_fragments_are_dropped_and_counted_apart() {
+        let (_dir, storage, volume) = tiny_volume();
+        let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+        // MF with offset 0, then the last fragment at offset 8 bytes (one unit).
+        for flags_offset in [0x2000u16, 0x0001] {
+            let mut frame = [0u8; 14 + 20 + 8];
+            headers::emit_ethernet(&mut frame, h.server.nic.link().mac, h.client_nic.link().mac, headers::ETHERTYPE_IPV4);
+            headers::emit_ipv4(&mut frame[14..34], CLIENT_IP, SERVER_IP, 1, 8, 7);
+            frame[20..22].copy_from_slice(&flags_offset.to_be_bytes());
+            frame[24..26].copy_from_slice(&[0, 0]);
+            let sum = crate::net::checksum::finish(crate::net::checksum::accumulate(0, &frame[14..34]));
+            frame[24..26].copy_from_slice(&sum.to_be_bytes());
+            frame[34] = 8; // echo request
+            assert!(h.client_nic.tx_gather(&[&frame]));
+        }
+        h.client_nic.tx_flush();
+        h.run_for(Duration::from_millis(50));
+        let s = h.server.stats();
+        assert_eq!((s.ip_rx_fragments, s.ip_rx_bad, s.icmp_echo_answered), (2, 0, 0));
     }
 
     #[test]
