@@ -21,6 +21,11 @@
 //! configuration; a partition with no valid slot is an empty configuration. A write goes to
 //! the other slot with the next sequence number and is flushed (fsync) before it returns, so
 //! a power cut during a write leaves the previous configuration in force.
+//!
+//! A second region of two slots follows at [`REGION_SIZE`], the same layout with the magic
+//! "APPLTLS1": the certificate chain and private key installed from the console (`tls
+//! install`), as PEM text; an empty payload means none. It is apart from the settings so that
+//! `config show` and `config set` never see the key.
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -38,6 +43,9 @@ pub const PARTITION_NAME: &str = "appliance-config";
 pub const STORE_ENV: &str = "APPLIANCE_CONFIG_DEVICE";
 
 const MAGIC: &[u8; 8] = b"APPLCFG1";
+const CREDENTIALS_MAGIC: &[u8; 8] = b"APPLTLS1";
+/// Where the credentials' region starts, from the settings' region.
+const CREDENTIALS_AT: u64 = REGION_SIZE;
 const HEADER: usize = 64;
 const MAX_PAYLOAD: usize = SLOT_SIZE as usize - HEADER;
 
@@ -73,6 +81,8 @@ pub enum ConfigError {
     Io { path: String, source: std::io::Error },
     #[error("configuration store {path} is too small ({len} bytes, needs {REGION_SIZE})")]
     TooSmall { path: String, len: u64 },
+    #[error("configuration store {path} has no room for a certificate ({len} bytes, needs {needs})", needs = 2 * REGION_SIZE)]
+    NoCredentialRegion { path: String, len: u64 },
 }
 
 fn key_names() -> String {
@@ -336,6 +346,8 @@ pub struct ConfigStore {
     path: PathBuf,
     /// Byte offset of the two slots inside `file` (0 for a partition device).
     base: u64,
+    /// Bytes from `base` to the end of `file`.
+    len: u64,
 }
 
 /// One decoded slot.
@@ -364,7 +376,7 @@ impl ConfigStore {
         if len < offset + REGION_SIZE {
             return Err(ConfigError::TooSmall { path: path.display().to_string(), len: len.saturating_sub(offset) });
         }
-        Ok(ConfigStore { file, path, base: offset })
+        Ok(ConfigStore { file, path, base: offset, len: len - offset })
     }
 
     /// Finds the store: the device named by `$APPLIANCE_CONFIG_DEVICE` if set, else the block
@@ -416,6 +428,51 @@ impl ConfigStore {
         self.write(seq + 1, &clean)
     }
 
+    /// The certificate chain and private key installed from the console, as PEM text;
+    /// `None` when none is (or a store too small to hold one).
+    pub fn load_credentials(&self) -> Result<Option<String>, ConfigError> {
+        if self.len < 2 * REGION_SIZE {
+            return Ok(None);
+        }
+        let Some((_, payload)) = self.current_credentials()? else { return Ok(None) };
+        Ok(std::str::from_utf8(&payload).ok().filter(|t| !t.is_empty()).map(str::to_string))
+    }
+
+    /// Stores `pem` (certificate chain and key) as the installed credentials, atomically.
+    pub fn store_credentials(&mut self, pem: &str) -> Result<(), ConfigError> {
+        self.write_credentials(pem.as_bytes())
+    }
+
+    /// Removes the installed credentials, atomically (the files named by `tls_cert` and
+    /// `tls_key` serve again from the next start).
+    pub fn clear_credentials(&mut self) -> Result<(), ConfigError> {
+        self.write_credentials(&[])
+    }
+
+    fn current_credentials(&self) -> Result<Option<(u64, Vec<u8>)>, ConfigError> {
+        let mut best: Option<(u64, Vec<u8>)> = None;
+        let mut buf = vec![0u8; SLOT_SIZE as usize];
+        for index in 0..2 {
+            self.file.read_exact_at(&mut buf, self.base + CREDENTIALS_AT + index * SLOT_SIZE).map_err(|e| self.io(e))?;
+            if let Some((seq, payload)) = decode_region_slot(CREDENTIALS_MAGIC, &buf) {
+                if best.as_ref().is_none_or(|(b, _)| seq > *b) {
+                    best = Some((seq, payload.to_vec()));
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    fn write_credentials(&mut self, payload: &[u8]) -> Result<(), ConfigError> {
+        if self.len < 2 * REGION_SIZE {
+            return Err(ConfigError::NoCredentialRegion { path: self.path.display().to_string(), len: self.len });
+        }
+        let seq = self.current_credentials()?.map_or(0, |(seq, _)| seq) + 1;
+        let slot = encode_region_slot(CREDENTIALS_MAGIC, seq, payload)?;
+        self.file.write_all_at(&slot, self.base + CREDENTIALS_AT + (seq % 2) * SLOT_SIZE).map_err(|e| self.io(e))?;
+        self.file.sync_all().map_err(|e| self.io(e))
+    }
+
     fn io(&self, source: std::io::Error) -> ConfigError {
         ConfigError::Io { path: self.path.display().to_string(), source }
     }
@@ -452,15 +509,20 @@ fn encode_slot(seq: u64, pairs: &[(String, String)]) -> Result<Vec<u8>, ConfigEr
         payload.push_str(v);
         payload.push('\n');
     }
+    encode_region_slot(MAGIC, seq, payload.as_bytes())
+}
+
+/// A slot of either region: `magic`, sequence number, length, digest, payload.
+fn encode_region_slot(magic: &[u8; 8], seq: u64, payload: &[u8]) -> Result<Vec<u8>, ConfigError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(ConfigError::TooLarge(payload.len()));
     }
     let mut slot = vec![0u8; SLOT_SIZE as usize];
-    slot[0..8].copy_from_slice(MAGIC);
+    slot[0..8].copy_from_slice(magic);
     slot[8..16].copy_from_slice(&seq.to_le_bytes());
     slot[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    slot[HEADER..HEADER + payload.len()].copy_from_slice(payload.as_bytes());
-    let digest = slot_digest(&slot[0..32], payload.as_bytes());
+    slot[HEADER..HEADER + payload.len()].copy_from_slice(payload);
+    let digest = slot_digest(&slot[0..32], payload);
     slot[32..64].copy_from_slice(&digest);
     Ok(slot)
 }
@@ -473,7 +535,19 @@ fn slot_digest(head: &[u8], payload: &[u8]) -> [u8; 32] {
 }
 
 fn decode_slot(slot: &[u8]) -> Option<Slot> {
-    if slot.len() < HEADER || &slot[0..8] != MAGIC {
+    let (seq, payload) = decode_region_slot(MAGIC, slot)?;
+    let text = std::str::from_utf8(payload).ok()?;
+    let pairs = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Some(Slot { seq, pairs })
+}
+
+/// The sequence number and payload of a valid slot of the region `magic` names.
+fn decode_region_slot<'a>(magic: &[u8; 8], slot: &'a [u8]) -> Option<(u64, &'a [u8])> {
+    if slot.len() < HEADER || &slot[0..8] != magic {
         return None;
     }
     let seq = u64::from_le_bytes(slot[8..16].try_into().ok()?);
@@ -485,13 +559,7 @@ fn decode_slot(slot: &[u8]) -> Option<Slot> {
     if slot_digest(&slot[0..32], payload) != slot[32..64] {
         return None;
     }
-    let text = std::str::from_utf8(payload).ok()?;
-    let pairs = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Some(Slot { seq, pairs })
+    Some((seq, payload))
 }
 
 /// The name (e.g. "vda2") of the block device under `sys_block` whose uevent says
@@ -724,6 +792,33 @@ mod tests {
         assert_eq!(again.load().unwrap().len(), 2);
         assert!(ConfigStore::open(f.path()).unwrap().load().unwrap().is_empty());
         assert!(matches!(ConfigStore::open_at(f.path(), 3 * 1024 * 1024 - 10), Err(ConfigError::TooSmall { .. })));
+    }
+
+    #[test]
+    fn credentials_live_apart_from_settings_and_survive_a_torn_write() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(1024 * 1024).unwrap();
+        let mut s = ConfigStore::open(f.path()).unwrap();
+        assert_eq!(s.load_credentials().unwrap(), None);
+        s.set("ip", "10.0.0.1/8").unwrap();
+        s.store_credentials("-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap(); // seq 1, slot 1
+        s.store_credentials("second").unwrap(); // seq 2, slot 0
+        let again = ConfigStore::open(f.path()).unwrap();
+        assert_eq!(again.load_credentials().unwrap().as_deref(), Some("second"));
+        assert_eq!(again.load().unwrap(), vec![("ip".to_string(), "10.0.0.1/8".to_string())], "settings untouched, and the key never among them");
+        // A power cut in the middle of the newest write leaves the one before.
+        s.file.write_all_at(b"X", CREDENTIALS_AT + HEADER as u64 + 2).unwrap();
+        assert_eq!(s.load_credentials().unwrap().as_deref(), Some("-----BEGIN CERTIFICATE-----\nAAAA\n"));
+        s.clear_credentials().unwrap();
+        assert_eq!(ConfigStore::open(f.path()).unwrap().load_credentials().unwrap(), None);
+        assert_eq!(s.load().unwrap().len(), 1);
+        // The settings' store of the smallest size has no room for them: said so, nothing written.
+        let (_small, mut small) = store_file();
+        assert_eq!(small.load_credentials().unwrap(), None);
+        let e = small.store_credentials("x").unwrap_err().to_string();
+        assert!(e.contains("no room for a certificate"), "{e}");
+        assert!(matches!(small.store_credentials(&"x".repeat(MAX_PAYLOAD + 1)), Err(ConfigError::NoCredentialRegion { .. })));
+        assert!(matches!(s.store_credentials(&"x".repeat(MAX_PAYLOAD + 1)), Err(ConfigError::TooLarge(_))));
     }
 
     #[test]

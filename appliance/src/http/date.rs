@@ -83,6 +83,15 @@ pub fn http_date(unix: u64, out: &mut [u8; HTTP_DATE_LEN]) {
     put_2digits(&mut out[23..25], secs % 60);
 }
 
+/// Formats `unix` (seconds since the epoch) as "YYYY-MM-DD HH:MM:SS UTC", for operators (the
+/// console's certificate dates); times before 1970 as the epoch, past 9999 as its last second.
+pub fn utc_timestamp(unix: i64) -> String {
+    let unix = (unix.max(0) as u64).min(MAX_UNIX);
+    let (year, month, day) = civil_from_days(unix / 86_400);
+    let secs = unix % 86_400;
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
 fn digits(s: &[u8]) -> Option<u64> {
     if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
         return None;
@@ -187,6 +196,14 @@ pub fn parse_http_date(s: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn utc_timestamps_for_operators() {
+        assert_eq!(utc_timestamp(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_timestamp(-5), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_timestamp(1_796_083_200 + 3661), "2026-12-01 01:01:01 UTC");
+        assert_eq!(utc_timestamp(i64::MAX), "9999-12-31 23:59:59 UTC");
+    }
 
     fn fmt(unix: u64) -> String {
         let mut out = [0u8; HTTP_DATE_LEN];

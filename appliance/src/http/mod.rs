@@ -25,7 +25,7 @@ mod range;
 mod request;
 mod response;
 
-pub use date::{http_date, parse_http_date, HTTP_DATE_LEN};
+pub use date::{http_date, parse_http_date, utc_timestamp, HTTP_DATE_LEN};
 // Content types come from the volume, where `pack` records them.
 pub use crate::volume::content_type_for;
 pub use range::{if_range_matches, parse_range, RangeOutcome};

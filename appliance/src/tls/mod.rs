@@ -4,6 +4,7 @@
 //! offset ([`layout`]), so a retransmission re-seals to the same bytes. [`bench`](mod@bench) measures the
 //! AEAD implementations this choice rests on.
 pub mod bench;
+pub mod certs;
 pub mod emulation;
 pub mod handshake;
 pub mod keys;
