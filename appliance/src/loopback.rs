@@ -466,6 +466,17 @@ pub fn test_tls_configs() -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::Clie
 
 /// [`test_tls_configs`], the client offering only `versions` (TLS 1.2 alone, say).
 pub fn test_tls_configs_for(versions: &[&'static rustls::SupportedProtocolVersion]) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), String> {
+    let (certs, key, client) = test_credentials(versions)?;
+    let server = crate::tls::handshake::server_config(certs, key).map_err(|e| e.to_string())?;
+    Ok((server, client))
+}
+
+/// A throw-away CA's chain (leaf for the test name, then the CA) and the leaf's key, and a
+/// client configuration that trusts that CA alone, offering `versions`.
+#[allow(clippy::type_complexity)]
+pub fn test_credentials(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>, Arc<rustls::ClientConfig>), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
     let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|x| e(&x))?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|x| e(&x))?;
@@ -476,11 +487,6 @@ pub fn test_tls_configs_for(versions: &[&'static rustls::SupportedProtocolVersio
         .map_err(|x| e(&x))?
         .signed_by(&key, &ca, &ca_key)
         .map_err(|x| e(&x))?;
-    let server = crate::tls::handshake::server_config(
-        vec![leaf.der().clone(), ca.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .map_err(|x| e(&x))?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).map_err(|x| e(&x))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -489,7 +495,7 @@ pub fn test_tls_configs_for(versions: &[&'static rustls::SupportedProtocolVersio
         .map_err(|x| e(&x))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok((server, Arc::new(client)))
+    Ok((vec![leaf.der().clone(), ca.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()), Arc::new(client)))
 }
 
 impl<S: Storage> SimHarness<S> {
@@ -549,6 +555,11 @@ impl<S: Storage> SimHarness<S> {
     pub fn enable_tls(&mut self, server: Arc<rustls::ServerConfig>, client: Arc<rustls::ClientConfig>) {
         self.server.app.enable_tls(server, HTTPS_PORT);
         self.server.stack.cfg.listen_ports.push(HTTPS_PORT);
+        self.client_tls = Some(client);
+    }
+
+    /// The clients' TLS configuration from now on (which CA they trust, their tickets).
+    pub fn set_client_tls(&mut self, client: Arc<rustls::ClientConfig>) {
         self.client_tls = Some(client);
     }
 

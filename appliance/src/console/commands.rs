@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use super::report;
-use super::{ConsoleHost, PowerAction, LIST_DEFAULT, LIST_MAX, MAX_LINE};
+use super::{ConsoleHost, PowerAction, TlsInfo, LIST_DEFAULT, LIST_MAX, MAX_LINE};
 
 /// Every command, with its usage and a one-line description, in the order `help` lists them.
 const COMMANDS: &[(&str, &str)] = &[
@@ -32,6 +32,12 @@ const COMMANDS: &[(&str, &str)] = &[
     ),
     ("drain", "stop accepting connections; open transfers finish"),
     ("config show", "list the settings"),
+    ("tls", "the HTTPS certificate: names, issuer, validity, key, fingerprint"),
+    (
+        "tls install",
+        "then paste a certificate chain and its key (PEM), then a line 'end'",
+    ),
+    ("tls remove", "forget the installed certificate; the start-up files serve again"),
     ("config set KEY VALUE", "change a setting"),
     ("reboot", "reboot the appliance (after this answer)"),
     ("poweroff", "power the appliance off (after this answer)"),
@@ -39,11 +45,14 @@ const COMMANDS: &[(&str, &str)] = &[
     ("uptime", "time since start"),
 ];
 
-/// The interpreter. Keeps only its own counters; all appliance state lives in the host.
+/// The interpreter. Keeps only its own counters and a `tls install` under way; all
+/// appliance state lives in the host.
 #[derive(Debug, Default)]
 pub struct Console {
     commands: u64,
     errors: u64,
+    /// The PEM lines of a `tls install` so far, until its line `end`.
+    paste: Option<String>,
 }
 
 /// A command's failure: the text after `error: `.
@@ -67,7 +76,13 @@ impl Console {
     /// Execute one line (without its line end) and append the answer to `out`. The answer
     /// always ends with `ok\n` or `error: <reason>\n`. An empty (or all-blank) line answers
     /// `ok` and is not counted as a command.
+    ///
+    /// After `tls install` the lines that follow are PEM text, answered once, by its line
+    /// `end` (or `abort`).
     pub fn execute(&mut self, line: &str, host: &mut dyn ConsoleHost, out: &mut String) {
+        if self.paste.is_some() {
+            return self.paste_line(line, host, out);
+        }
         if line.len() > MAX_LINE {
             self.commands += 1;
             return self.fail(out, format!("line too long (more than {MAX_LINE} bytes)"));
@@ -95,6 +110,16 @@ impl Console {
             "log" => log_level(&args, host, out),
             "drain" => no_args(cmd, &args).map(|()| drain(host, out)),
             "config" => config(line, &args, host, out),
+            "tls" => match args.as_slice() {
+                [] => tls_show(host, out),
+                ["install"] => {
+                    // The answer comes with the line `end`.
+                    self.paste = Some(String::new());
+                    return;
+                }
+                ["remove"] => host.tls_remove().map(|(info, note)| tls_installed(&info, &note, out)),
+                _ => Err("usage: tls | tls install | tls remove".to_string()),
+            },
             "reboot" => no_args(cmd, &args).map(|()| power(PowerAction::Reboot, host, out)),
             "poweroff" => no_args(cmd, &args).map(|()| power(PowerAction::Poweroff, host, out)),
             "version" => no_args(cmd, &args).map(|()| {
@@ -114,6 +139,47 @@ impl Console {
             Ok(()) => out.push_str("ok\n"),
             Err(reason) => self.fail(out, reason),
         }
+    }
+
+    /// One line of a `tls install`: PEM text, or the `end` that installs it, or `abort`.
+    fn paste_line(&mut self, line: &str, host: &mut dyn ConsoleHost, out: &mut String) {
+        let Some(pem) = self.paste.as_mut() else { return };
+        let line = line.trim();
+        match line {
+            "end" => {
+                let pem = self.paste.take().unwrap_or_default();
+                match host.tls_install(&pem) {
+                    Ok((info, note)) => {
+                        tls_installed(&info, &note, out);
+                        out.push_str("ok\n");
+                    }
+                    Err(reason) => self.fail(out, format!("tls install: {reason}; nothing changed")),
+                }
+            }
+            // Blank lines (a terminal's extra line ends) carry nothing.
+            "" => {}
+            "abort" => {
+                self.paste = None;
+                self.fail(out, "tls install aborted; nothing changed".to_string());
+            }
+            _ if line.contains('\u{fffd}') => {
+                self.paste = None;
+                self.fail(out, "tls install: a line is not valid UTF-8; nothing changed".to_string());
+            }
+            _ if pem.len() + line.len() + 1 > crate::tls::certs::MAX_PEM => {
+                self.paste = None;
+                self.fail(out, format!("tls install: more than {} bytes of PEM text; nothing changed", crate::tls::certs::MAX_PEM));
+            }
+            _ => {
+                pem.push_str(line);
+                pem.push('\n');
+            }
+        }
+    }
+
+    /// Whether a `tls install` is collecting PEM lines (they get no answer until `end`).
+    pub fn pasting(&self) -> bool {
+        self.paste.is_some()
     }
 
     fn fail(&mut self, out: &mut String, reason: String) {
@@ -426,6 +492,48 @@ fn config(line: &str, args: &[&str], host: &mut dyn ConsoleHost, out: &mut Strin
     }
 }
 
+/// `tls`: the certificate in use.
+fn tls_show(host: &mut dyn ConsoleHost, out: &mut String) -> CmdResult {
+    match host.tls_info() {
+        Some(info) => {
+            tls_describe(&info, out);
+            Ok(())
+        }
+        None => Err("HTTPS is off (serve --tls-cert/--tls-key, or tls install)".to_string()),
+    }
+}
+
+/// `tls install` and `tls remove`: where the certificate went, then what is served now.
+fn tls_installed(info: &TlsInfo, note: &str, out: &mut String) {
+    let _ = writeln!(out, "{}", shown_path(note));
+    tls_describe(info, out);
+}
+
+fn tls_describe(info: &TlsInfo, out: &mut String) {
+    let tickets = if info.tickets { "on" } else { "off" };
+    let _ = writeln!(out, "https     port {}, session tickets {tickets}", info.port);
+    let _ = writeln!(out, "source    {}", shown_path(&info.source));
+    let Some(leaf) = info.chain.first() else {
+        return;
+    };
+    let _ = writeln!(out, "subject   {}", shown_path(&leaf.subject));
+    let names: Vec<String> = leaf.names.iter().map(|n| shown_path(n)).collect();
+    let _ = writeln!(out, "names     {}", if names.is_empty() { "(none)".to_string() } else { names.join(", ") });
+    let _ = writeln!(out, "issuer    {}", shown_path(&leaf.issuer));
+    let _ = writeln!(out, "valid     from {}", crate::http::utc_timestamp(leaf.not_before));
+    let _ = writeln!(out, "expires   {}", leaf.expiry(info.now));
+    if leaf.not_after > info.now && leaf.days_left(info.now) < crate::tls::certs::EXPIRY_WARNING_DAYS {
+        let _ = writeln!(out, "warning   expires in under {} days: install a renewed certificate", crate::tls::certs::EXPIRY_WARNING_DAYS);
+    } else if leaf.not_after <= info.now {
+        out.push_str("warning   expired: clients refuse it; install a renewed certificate\n");
+    }
+    let _ = writeln!(out, "key       {}", leaf.key);
+    let _ = writeln!(out, "sha256    {}", leaf.fingerprint());
+    for (i, c) in info.chain.iter().enumerate().skip(1) {
+        let _ = writeln!(out, "chain {i}   {}, expires {}", shown_path(&c.subject), crate::http::utc_timestamp(c.not_after));
+    }
+}
+
 /// What follows the first `n` whitespace-separated words of `line`, trimmed.
 fn rest_after_words(line: &str, n: usize) -> &str {
     let mut rest = line.trim_start();
@@ -524,12 +632,96 @@ mod tests {
             "poweroff",
             "version",
             "uptime",
+            "tls",
+            "tls install",
+            "tls remove",
         ] {
             assert!(
                 out.lines().any(|l| l.starts_with(cmd)),
                 "help lacks {cmd}: {out}"
             );
         }
+    }
+
+    #[test]
+    fn tls_shows_the_certificate_and_when_it_expires() {
+        let (out, _) = ok("tls");
+        for want in [
+            "https     port 443, session tickets on",
+            "source    files /etc/appliance/tls/cert.pem, key.pem",
+            "subject   CN=media.example",
+            "names     media.example, 192.0.2.10",
+            "issuer    CN=Example CA",
+            "valid     from 2026-11-30 00:00:00 UTC",
+            "expires   2027-03-01 00:00:00 UTC (in 90 days)",
+            "key       ECDSA P-256",
+            "sha256    AB:AB:",
+            "chain 1   CN=Example CA, expires 2033-05-18 03:33:20 UTC",
+        ] {
+            assert!(out.contains(want), "tls lacks {want:?}: {out}");
+        }
+        assert!(!out.contains("warning"), "{out}");
+        // Close to its end, and past it.
+        let mut c = Console::new();
+        let mut h = FakeHost::new();
+        let now = h.tls.as_ref().unwrap().now;
+        h.tls.as_mut().unwrap().chain[0].not_after = now + 10 * 86_400;
+        let out = run(&mut c, &mut h, "tls");
+        assert!(out.contains("(in 10 days)") && out.contains("warning   expires in under 30 days"), "{out}");
+        h.tls.as_mut().unwrap().chain[0].not_after = now - 2 * 86_400;
+        let out = run(&mut c, &mut h, "tls");
+        assert!(out.contains("(expired 2 days ago)") && out.contains("warning   expired"), "{out}");
+        h.tls = None;
+        assert!(run(&mut c, &mut h, "tls").starts_with("error: HTTPS is off"));
+        assert!(err("tls show me").starts_with("error: usage: tls | tls install | tls remove"));
+    }
+
+    #[test]
+    fn tls_install_takes_pem_lines_until_end_and_answers_once() {
+        let mut c = Console::new();
+        let mut h = FakeHost::new();
+        let mut out = String::new();
+        for line in ["tls install", "-----BEGIN CERTIFICATE-----", "  AAAA  ", "", "-----END CERTIFICATE-----\r"] {
+            c.execute(line, &mut h, &mut out);
+            assert!(c.pasting());
+        }
+        assert_eq!(out, "", "no answer until the line end");
+        let out = run(&mut c, &mut h, "end");
+        assert!(!c.pasting());
+        assert!(out.starts_with("stored in the configuration partition"), "{out}");
+        assert!(out.contains("subject   CN=renewed.example") && out.contains("source    installed from the console"), "{out}");
+        assert_eq!(h.installed, ["-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"]);
+        assert_eq!((c.commands(), c.errors()), (1, 0), "the paste is one command");
+        // Commands work again afterwards.
+        assert!(run(&mut c, &mut h, "version").ends_with("ok\n"));
+
+        // Refused by the host: one error, nothing changed, and the console out of paste mode.
+        let mut out = String::new();
+        c.execute("tls install", &mut h, &mut out);
+        c.execute("status", &mut h, &mut out);
+        assert_eq!(out, "", "a command word inside a paste is PEM text");
+        let out = run(&mut c, &mut h, "end");
+        assert_eq!(out, "error: tls install: no certificate in the PEM text; nothing changed\n");
+        assert_eq!(h.installed[1], "status\n");
+        assert!(!c.pasting());
+
+        // abort, and text past the limit.
+        let mut out = String::new();
+        c.execute("tls install", &mut h, &mut out);
+        assert_eq!(run(&mut c, &mut h, "abort"), "error: tls install aborted; nothing changed\n");
+        c.execute("tls install", &mut h, &mut out);
+        let line = "A".repeat(64);
+        let mut answered = String::new();
+        for _ in 0..(crate::tls::certs::MAX_PEM / 65 + 2) {
+            c.execute(&line, &mut h, &mut answered);
+            if !answered.is_empty() {
+                break;
+            }
+        }
+        assert!(answered.starts_with("error: tls install: more than 61440 bytes of PEM text"), "{answered}");
+        assert!(!c.pasting());
+        assert_eq!(h.installed.len(), 2, "neither reached the host");
+        assert!(run(&mut c, &mut h, "tls remove").starts_with("error: no certificate was installed"));
     }
 
     #[test]

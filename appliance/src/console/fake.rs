@@ -14,6 +14,10 @@ pub struct FakeHost {
     /// 1 (the default): the media is one volume; more: three drives, the second holding a
     /// copy of `/seg1.ts`, the third not opened at start.
     pub drives: usize,
+    /// The certificate `tls` shows (None: HTTPS off).
+    pub tls: Option<TlsInfo>,
+    /// PEM text each `tls install` handed over, accepted or not.
+    pub installed: Vec<String>,
 }
 
 impl Default for FakeHost {
@@ -31,7 +35,31 @@ impl FakeHost {
             config: vec![("idle_timeout_s".to_string(), "30".to_string())],
             conns_total: 1500,
             drives: 1,
+            tls: Some(TlsInfo {
+                port: 443,
+                tickets: true,
+                source: "files /etc/appliance/tls/cert.pem, key.pem".to_string(),
+                chain: vec![
+                    fake_cert("CN=media.example", "CN=Example CA", 1_796_083_200 + 90 * 86_400),
+                    fake_cert("CN=Example CA", "CN=Example CA", 2_000_000_000),
+                ],
+                now: 1_796_083_200,
+            }),
+            installed: Vec::new(),
         }
+    }
+}
+
+/// A certificate as the host would describe it (fixed names and dates).
+pub fn fake_cert(subject: &str, issuer: &str, not_after: i64) -> crate::tls::certs::CertSummary {
+    crate::tls::certs::CertSummary {
+        subject: subject.to_string(),
+        issuer: issuer.to_string(),
+        names: vec!["media.example".to_string(), "192.0.2.10".to_string()],
+        not_before: 1_796_083_200 - 86_400,
+        not_after,
+        key: "ECDSA P-256".to_string(),
+        sha256: [0xab; 32],
     }
 }
 
@@ -207,5 +235,25 @@ impl ConsoleHost for FakeHost {
         }
         self.config.push((key.to_string(), value.to_string()));
         Ok(())
+    }
+
+    fn tls_info(&self) -> Option<TlsInfo> {
+        self.tls.clone()
+    }
+
+    fn tls_install(&mut self, pem: &str) -> Result<(TlsInfo, String), String> {
+        self.installed.push(pem.to_string());
+        let mut info = self.tls.clone().ok_or("HTTPS is off")?;
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err("no certificate in the PEM text".to_string());
+        }
+        info.source = "installed from the console".to_string();
+        info.chain[0] = fake_cert("CN=renewed.example", "CN=Example CA", info.now + 365 * 86_400);
+        self.tls = Some(info.clone());
+        Ok((info, "stored in the configuration partition; new handshakes on every core use it".to_string()))
+    }
+
+    fn tls_remove(&mut self) -> Result<(TlsInfo, String), String> {
+        Err("no certificate was installed from the console".to_string())
     }
 }

@@ -193,6 +193,19 @@ pub struct Listing<T> {
     pub entries: Vec<T>,
 }
 
+/// The HTTPS certificate in use, as `tls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub port: u16,
+    pub tickets: bool,
+    /// Where the certificate came from: the files given at start, or `tls install`.
+    pub source: String,
+    /// Leaf first.
+    pub chain: Vec<crate::tls::certs::CertSummary>,
+    /// The appliance's wall clock (unix seconds), for the days left.
+    pub now: i64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PowerAction {
     Reboot,
@@ -218,4 +231,12 @@ pub trait ConsoleHost {
     fn config_show(&self) -> Vec<(String, String)>;
     /// Change a setting; `Err` holds the reason shown after `error: `.
     fn config_set(&mut self, key: &str, value: &str) -> Result<(), String>;
+    /// The HTTPS certificate in use; `None` when HTTPS is off.
+    fn tls_info(&self) -> Option<TlsInfo>;
+    /// Check `pem` (a certificate chain, leaf first, and its private key), make it every
+    /// core's certificate for new handshakes and store it for the next start. `Ok` holds what
+    /// is served now and a line on where it was stored; `Err` the reason, with nothing changed.
+    fn tls_install(&mut self, pem: &str) -> Result<(TlsInfo, String), String>;
+    /// Forget the installed certificate: the files given at start serve again.
+    fn tls_remove(&mut self) -> Result<(TlsInfo, String), String>;
 }

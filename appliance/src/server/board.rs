@@ -57,6 +57,10 @@ pub struct Board {
     /// Bumped by each connection listing request; `conns_max` is its size limit.
     conns_request: AtomicU64,
     conns_max: AtomicUsize,
+    /// The certificate `tls install` or `tls remove` made last, with the HTTPS port, and
+    /// its generation (bumped by each): the cores take it at their next publication.
+    tls: Mutex<Option<(std::sync::Arc<rustls::ServerConfig>, u16)>>,
+    tls_generation: AtomicU64,
 }
 
 impl Board {
@@ -68,7 +72,33 @@ impl Board {
             stop: AtomicBool::new(false),
             conns_request: AtomicU64::new(0),
             conns_max: AtomicUsize::new(0),
+            tls: Mutex::new(None),
+            tls_generation: AtomicU64::new(0),
         }
+    }
+
+    /// A new server configuration (certificate) for every core's new handshakes on `port`.
+    pub fn publish_tls(&self, config: std::sync::Arc<rustls::ServerConfig>, port: u16) {
+        let mut slot = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = Some((config, port));
+        self.tls_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The configuration published since generation `seen`, if any (`seen` then moves on).
+    /// Never waits: while the console holds the slot it answers `None` and the core asks again
+    /// at its next publication.
+    pub fn tls_update(&self, seen: &mut u64) -> Option<(std::sync::Arc<rustls::ServerConfig>, u16)> {
+        let generation = self.tls_generation.load(Ordering::Acquire);
+        if generation == *seen {
+            return None;
+        }
+        let slot = match self.tls.try_lock() {
+            Ok(slot) => slot,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        *seen = generation;
+        slot.clone()
     }
 
     pub fn pipelines(&self) -> usize {

@@ -11,9 +11,10 @@ use drivers::storage::Storage;
 use super::board::Board;
 use super::pipeline::Pipeline;
 use super::{monotonic_ns, ServeArgs};
+use super::credentials::{self, TlsState};
 use crate::console::{
     ConnSummary, ConsoleHost, Counters, DriveCounters, DriveSummary, Listing, MediaEntry, MediaSummary, PowerAction, ShadowedPath,
-    StatusInfo, LIST_MAX,
+    StatusInfo, TlsInfo, LIST_MAX,
 };
 
 /// How long `conns` waits for the other cores' listings (they answer within a loop turn).
@@ -21,7 +22,7 @@ const LISTING_WAIT: Duration = Duration::from_millis(200);
 pub use crate::sys::{allowed_cores, pin_to_core};
 
 /// The configuration partition the image's init found (passed in the environment).
-fn config_store() -> Option<crate::boot::config::ConfigStore> {
+pub fn config_store() -> Option<crate::boot::config::ConfigStore> {
     let path = std::env::var_os(crate::boot::config::STORE_ENV)?;
     crate::boot::config::ConfigStore::open(path).map_err(|e| log::warn!("configuration store: {e}")).ok()
 }
@@ -37,8 +38,11 @@ pub struct Host {
     gateway: Option<Ipv4Addr>,
     cores: Vec<usize>,
     http_port: u16,
-    https_port: Option<u16>,
+    /// `--https-port`: where HTTPS listens once it has a certificate.
+    https_port: u16,
     tls_tickets: bool,
+    /// The HTTPS configuration in force (None: HTTPS off).
+    tls: Option<super::credentials::TlsState>,
     /// `--media`: one spec per drive.
     media_source: Vec<String>,
     /// What each drive turned out to be (the controller `nvme:auto` found), where known.
@@ -58,8 +62,9 @@ impl Host {
             gateway: args.gateway,
             cores,
             http_port: args.http_port,
-            https_port: args.tls_cert.is_some().then_some(args.https_port),
+            https_port: args.https_port,
             tls_tickets: !args.no_tls_tickets,
+            tls: args.tls.clone(),
             media_source: args.media.clone(),
             media_detail: args.media_detail.clone(),
             media_found: args.media_found.clone(),
@@ -131,7 +136,7 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
             },
             draining: self.pipe.app.draining,
             http_port: self.host.http_port,
-            https_port: self.host.https_port,
+            https_port: self.host.tls.as_ref().map(|t| t.port),
             tls_tickets: self.host.tls_tickets,
         }
     }
@@ -231,4 +236,76 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
         };
         store.set(key, value).map_err(|e| e.to_string())
     }
+
+    fn tls_info(&self) -> Option<TlsInfo> {
+        self.host.tls.as_ref().map(tls_info)
+    }
+
+    fn tls_install(&mut self, pem: &str) -> Result<(TlsInfo, String), String> {
+        let port = self.host.https_port;
+        if self.host.tls.is_none() && port == self.host.http_port {
+            return Err(format!("the HTTPS port {port} is the HTTP port (serve --https-port)"));
+        }
+        let state = credentials::install(self.host.tls.as_ref(), pem, port, self.host.tls_tickets, wall_now())?;
+        // Stored before it serves: a certificate that cannot be kept changes nothing.
+        let note = match config_store() {
+            Some(mut store) => {
+                store.store_credentials(pem).map_err(|e| e.to_string())?;
+                "stored in the configuration partition; new handshakes on every core use it"
+            }
+            None => "new handshakes on every core use it; not stored (no configuration partition): the start-up certificate serves again after a restart",
+        };
+        let leaf = &state.chain[0];
+        log::info!("tls: certificate {} installed from the console, expires {}", leaf.subject, leaf.expiry(wall_now()));
+        Ok((self.serve_with(state), note.to_string()))
+    }
+
+    fn tls_remove(&mut self) -> Result<(TlsInfo, String), String> {
+        let mut store = config_store();
+        let stored = store.as_ref().is_some_and(|s| matches!(s.load_credentials(), Ok(Some(_))));
+        let Some(current) = self.host.tls.clone() else {
+            // Stored credentials that did not load at start: HTTPS is off, and they can go.
+            let Some(store) = store.as_mut().filter(|_| stored) else { return Err("HTTPS is off".to_string()) };
+            store.clear_credentials().map_err(|e| e.to_string())?;
+            let off = TlsInfo { port: self.host.https_port, tickets: self.host.tls_tickets, source: "none: HTTPS is off".to_string(), chain: Vec::new(), now: wall_now() };
+            return Ok((off, "removed from the configuration partition".to_string()));
+        };
+        if !current.installed() && !stored {
+            return Err("no certificate was installed from the console".to_string());
+        }
+        let files = credentials::back_to_files(&current)?;
+        if let Some(store) = store.as_mut() {
+            store.clear_credentials().map_err(|e| e.to_string())?;
+        }
+        log::info!("tls: the certificate installed from the console was removed");
+        match files {
+            Some(state) => Ok((self.serve_with(state), "removed; new handshakes on every core use the start-up files again".to_string())),
+            None if current.installed() => Ok((
+                tls_info(&current),
+                "removed from the configuration partition; it serves until the appliance restarts (no certificate files were given at start)".to_string(),
+            )),
+            None => Ok((tls_info(&current), "removed from the configuration partition".to_string())),
+        }
+    }
+}
+
+impl<N: Nic, S: Storage> View<'_, N, S> {
+    /// Every core's new handshakes use `state` from now on: this core at once, the others at
+    /// their next publication.
+    fn serve_with(&mut self, state: TlsState) -> TlsInfo {
+        self.pipe.adopt_tls(state.config.clone(), state.port);
+        self.board.publish_tls(state.config.clone(), state.port);
+        let info = tls_info(&state);
+        self.host.tls = Some(state);
+        info
+    }
+}
+
+fn tls_info(t: &TlsState) -> TlsInfo {
+    TlsInfo { port: t.port, tickets: t.tickets, source: t.source.clone(), chain: t.chain.clone(), now: wall_now() }
+}
+
+/// The wall clock in unix seconds (certificate validity).
+fn wall_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }

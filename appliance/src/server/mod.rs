@@ -2,6 +2,7 @@
 //! backend and its queues, media and its queues, addresses, ports) and runs them, each pinned
 //! to its core, with the management console polled on the first core.
 pub mod board;
+pub mod credentials;
 pub mod host;
 pub mod http_app;
 pub mod pipeline;
@@ -134,6 +135,9 @@ pub struct ServeArgs {
     /// (`stats json` storage.drives[].source).
     #[arg(skip)]
     pub media_found: Vec<String>,
+    /// The HTTPS configuration to start with ([`credentials::at_start`]), made by `serve`.
+    #[arg(skip)]
+    pub tls: Option<credentials::TlsState>,
 }
 
 /// Where `--media` points.
@@ -272,16 +276,18 @@ fn wall_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-pub fn serve(args: ServeArgs) -> Result<Outcome, ServeError> {
+pub fn serve(mut args: ServeArgs) -> Result<Outcome, ServeError> {
     let (ip, prefix) = parse_ip_prefix(&args.ip)?;
     let mac = args.mac.as_deref().map(parse_mac).transpose()?;
     let cores = match &args.cores {
         Some(c) => parse_cores(c)?,
         None => host::allowed_cores(),
     };
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        // Checked here so that a bad certificate is refused before anything starts.
-        crate::tls::handshake::load_server_config(cert, key)?;
+    // Loaded here so that a bad certificate is refused before anything starts.
+    let files = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+    args.tls = credentials::at_start(files, host::config_store().as_ref(), args.https_port, !args.no_tls_tickets, wall_unix() as i64)?;
+    if args.tls.is_some() && args.https_port == args.http_port {
+        return Err(ServeError::Option(format!("--https-port {} is also the HTTP port", args.https_port)));
     }
     let console = ConsoleService::open(&args.console)?;
     let net = Net { ip, prefix, mac };
@@ -622,17 +628,10 @@ fn run<N: Nic>(
     cfg.tcp.congestion = args.congestion.unwrap_or(cfg.tcp.congestion);
     cfg.tcp.pacing = (cfg.tcp.pacing || args.pacing) && !args.no_pacing;
     cfg.listen_ports = vec![args.http_port];
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            if args.https_port == args.http_port {
-                return Err(ServeError::Option(format!("--https-port {} is also the HTTP port", args.https_port)));
-            }
-            cfg.listen_ports.push(args.https_port);
-            let config = crate::tls::handshake::load_server_config(cert, key)?;
-            Some(if args.no_tls_tickets { crate::tls::handshake::without_resumption(&config) } else { config })
-        }
-        _ => None,
-    };
+    let tls = args.tls.as_ref().map(|t| t.config.clone());
+    if tls.is_some() {
+        cfg.listen_ports.push(args.https_port);
+    }
     cfg.max_conns = args.max_connections.max(16);
     cfg.idle_timeout = args.idle_timeout.max(1) * SEC;
     let setup = Setup {
@@ -717,7 +716,7 @@ fn run<N: Nic>(
             "serving http://{}:{}{} on {} ({}), mac {}, {} pipeline(s) on core(s) {:?}",
             net.ip,
             args.http_port,
-            if args.tls_cert.is_some() { format!(" and https://{}:{}", net.ip, args.https_port) } else { String::new() },
+            if args.tls.is_some() { format!(" and https://{}:{}", net.ip, args.https_port) } else { String::new() },
             args.nic,
             link.driver,
             host::format_mac(&pipe.stack.cfg.mac),
@@ -746,6 +745,8 @@ fn run_pipeline<N: Nic, S: Storage>(
     mut console: Option<(&mut host::Host, &mut ConsoleService)>,
 ) -> Option<Outcome> {
     let core = board.core_of(index);
+    // The certificate generation this core serves (`tls install` publishes newer ones).
+    let mut tls_seen = 0;
     let mut iter: u64 = 0;
     let mut last_tick = 0u64;
     loop {
@@ -776,8 +777,12 @@ fn run_pipeline<N: Nic, S: Storage>(
                     });
                 }
             } else {
-                // The console's own core is read live; the others publish for it.
+                // The console's own core is read live; the others publish for it, and take
+                // a certificate the console installed.
                 pipe.publish(board, index, core, now);
+                if let Some((config, port)) = board.tls_update(&mut tls_seen) {
+                    pipe.adopt_tls(config, port);
+                }
                 if board.stopped() {
                     return None;
                 }

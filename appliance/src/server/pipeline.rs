@@ -80,6 +80,15 @@ impl<N: Nic, S: Storage> Pipeline<N, S> {
         }
     }
 
+    /// New handshakes on `port` use `config` from now on (HTTPS starts if it was off);
+    /// handshakes under way and sessions keep the configuration they started with.
+    pub fn adopt_tls(&mut self, config: std::sync::Arc<rustls::ServerConfig>, port: u16) {
+        if !self.stack.cfg.listen_ports.contains(&port) {
+            self.stack.cfg.listen_ports.push(port);
+        }
+        self.app.enable_tls(config, port);
+    }
+
     /// At most `max` of this core's connections as the console lists them.
     pub fn connection_summaries(&self, max: usize, now: Instant, core: usize) -> Vec<ConnSummary> {
         self.stack

@@ -118,6 +118,19 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A configuration for new credentials that keeps `current`'s session tickets: its ticketer
+/// (tickets issued before still resume) and how many it sends (none when they are off).
+pub fn replacing(
+    current: &ServerConfig,
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = Arc::unwrap_or_clone(server_config(certs, key)?);
+    config.ticketer = current.ticketer.clone();
+    config.send_tls13_tickets = current.send_tls13_tickets;
+    Ok(Arc::new(config))
+}
+
 /// The same configuration with session resumption off (`serve --no-tls-tickets`): no tickets
 /// issued, none accepted, every handshake a full one.
 pub fn without_resumption(config: &ServerConfig) -> Arc<ServerConfig> {

@@ -701,6 +701,44 @@ fn a_client_that_comes_back_resumes_its_session() {
     assert_eq!((s.tls_handshakes, s.tls_handshakes_resumed), (3, 2));
 }
 
+/// A certificate installed while serving (the console's `tls install` on this core): new
+/// handshakes present it, a client with a ticket from before still resumes (the ticket keys
+/// stay), and a client that trusts only the old CA can no longer connect.
+#[test]
+fn a_certificate_replaced_while_serving_is_what_new_handshakes_get() {
+    let (_dir, storage, volume) = tiny_volume();
+    let mut h = SimHarness::new(storage, volume, SimConfig::default(), SimConfig::default(), 16);
+    let versions = rustls::DEFAULT_VERSIONS;
+    let (certs, key, old_client) = crate::loopback::test_credentials(versions).unwrap();
+    let old = crate::tls::handshake::server_config(certs, key).unwrap();
+    h.enable_tls(old.clone(), old_client.clone());
+    let want = sha(&[b'a'; 100_000]);
+    let fetch = |h: &mut SimHarness<_>| {
+        let n = h.client_app.fetches.len() + 1;
+        assert!(h.start_fetch_tls("/a.txt", None));
+        let end = h.now() + 10 * SEC;
+        while h.client_app.fetches.len() < n && h.now() < end {
+            h.step(true);
+        }
+        h.client_app.fetches.get(n - 1).is_some_and(|f| f.complete && f.status == 200 && f.sha256 == want)
+    };
+    assert!(fetch(&mut h), "the first certificate serves");
+    let (certs, key, new_client) = crate::loopback::test_credentials(versions).unwrap();
+    let new = crate::tls::handshake::replacing(&old, certs, key).unwrap();
+    h.server.adopt_tls(new, crate::loopback::HTTPS_PORT);
+    assert_eq!(h.server.stack.cfg.listen_ports.iter().filter(|&&p| p == crate::loopback::HTTPS_PORT).count(), 1);
+    assert!(fetch(&mut h), "a ticket from before the change still resumes");
+    assert_eq!(h.server.stats().tls_handshakes_resumed, 1);
+    h.set_client_tls(new_client);
+    assert!(fetch(&mut h), "a client that trusts the new CA only makes a full handshake");
+    let mut stale = (*old_client).clone();
+    stale.resumption = rustls::client::Resumption::disabled();
+    h.set_client_tls(std::sync::Arc::new(stale));
+    assert!(!fetch(&mut h), "a client that trusts the old CA only, without a ticket, is refused");
+    let s = h.server.stats();
+    assert_eq!((s.tls_handshakes, s.tls_handshakes_resumed), (3, 1), "{s:?}");
+}
+
 /// Clients that give up (RST) while their handshakes wait in line leave entries of
 /// closed connections in the queue; at half as many as the table holds they are dropped
 /// in one pass (not only when the line reaches them), and the queue never grows past
