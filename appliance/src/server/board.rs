@@ -165,6 +165,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_core_takes_a_published_certificate_once_and_never_waits_for_it() {
+        let board = Board::new(&[0, 1]);
+        let (mut seen_a, mut seen_b) = (0, 0);
+        assert!(board.tls_update(&mut seen_a).is_none(), "nothing published");
+        let (first, _) = crate::loopback::test_tls_configs().unwrap();
+        let (second, _) = crate::loopback::test_tls_configs().unwrap();
+        board.publish_tls(first.clone(), 443);
+        board.publish_tls(second.clone(), 8443);
+        // A core that missed the first publication takes only the newest.
+        let (got, port) = board.tls_update(&mut seen_a).expect("published");
+        assert!(std::sync::Arc::ptr_eq(&got, &second) && port == 8443);
+        assert!(board.tls_update(&mut seen_a).is_none(), "once");
+        // While the console holds the slot, a core goes on and asks again next time.
+        let held = board.tls.lock().unwrap();
+        assert!(board.tls_update(&mut seen_b).is_none());
+        drop(held);
+        assert!(board.tls_update(&mut seen_b).is_some_and(|(c, _)| std::sync::Arc::ptr_eq(&c, &second)));
+    }
+
+    #[test]
     fn a_listing_request_is_answered_once_by_each_other_pipeline() {
         let board = Board::new(&[2, 5]);
         assert_eq!((board.pipelines(), board.core_of(1)), (2, 5));
