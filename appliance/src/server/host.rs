@@ -64,7 +64,7 @@ impl Host {
             http_port: args.http_port,
             https_port: args.https_port,
             tls_tickets: !args.no_tls_tickets,
-            tls: args.tls.clone(),
+            tls: args.tls.as_deref().cloned(),
             media_source: args.media.clone(),
             media_detail: args.media_detail.clone(),
             media_found: args.media_found.clone(),

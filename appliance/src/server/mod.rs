@@ -137,7 +137,7 @@ pub struct ServeArgs {
     pub media_found: Vec<String>,
     /// The HTTPS configuration to start with ([`credentials::at_start`]), made by `serve`.
     #[arg(skip)]
-    pub tls: Option<credentials::TlsState>,
+    pub tls: Option<Box<credentials::TlsState>>,
 }
 
 /// Where `--media` points.
@@ -285,7 +285,7 @@ pub fn serve(mut args: ServeArgs) -> Result<Outcome, ServeError> {
     };
     // Loaded here so that a bad certificate is refused before anything starts.
     let files = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
-    args.tls = credentials::at_start(files, host::config_store().as_ref(), args.https_port, !args.no_tls_tickets, wall_unix() as i64)?;
+    args.tls = credentials::at_start(files, host::config_store().as_ref(), args.https_port, !args.no_tls_tickets, wall_unix() as i64)?.map(Box::new);
     if args.tls.is_some() && args.https_port == args.http_port {
         return Err(ServeError::Option(format!("--https-port {} is also the HTTP port", args.https_port)));
     }
