@@ -177,6 +177,16 @@ impl Console {
         }
     }
 
+    /// Gives up a `tls install` under way: silently when its client left (`out` None), else
+    /// with an error answer.
+    pub fn abandon_paste(&mut self, out: Option<&mut String>, idle: Duration) {
+        if self.paste.take().is_some() {
+            if let Some(out) = out {
+                self.fail(out, format!("tls install: no line for {} s; nothing changed", idle.as_secs()));
+            }
+        }
+    }
+
     /// Whether a `tls install` is collecting PEM lines (they get no answer until `end`).
     pub fn pasting(&self) -> bool {
         self.paste.is_some()

@@ -9,7 +9,17 @@ pub struct ConsoleService {
     console: Console,
     /// Answers of one poll, reused so a steady console allocates nothing new.
     answer: String,
+    /// The transport's client count when last polled ([`ConsoleIo::clients`]).
+    clients: u64,
+    /// When the last line of a `tls install` paste came.
+    paste_line_at: Instant,
+    /// [`PASTE_IDLE`] (shorter in tests).
+    pub(super) paste_idle: Duration,
 }
+
+/// A `tls install` paste that gets no line for this long is given up (an operator who
+/// walked away must not leave the console swallowing commands as PEM).
+pub const PASTE_IDLE: Duration = Duration::from_secs(60);
 
 impl ConsoleService {
     pub fn new(io: ConsoleIo) -> Self {
@@ -17,6 +27,9 @@ impl ConsoleService {
             io,
             console: Console::new(),
             answer: String::new(),
+            clients: 0,
+            paste_line_at: Instant::now(),
+            paste_idle: PASTE_IDLE,
         }
     }
 
@@ -33,9 +46,32 @@ impl ConsoleService {
             io,
             console,
             answer,
+            clients,
+            paste_line_at,
+            paste_idle,
         } = self;
         answer.clear();
+        // The client that started a paste is gone: the next one starts afresh. (A poll that
+        // changes the client passes no line, so this comes before the new client's first.)
+        let mut client_changed = |io: &ConsoleIo, console: &mut Console| {
+            if io.clients() != *clients {
+                *clients = io.clients();
+                console.abandon_paste(None, Duration::ZERO);
+            }
+        };
+        client_changed(io, console);
         let n = io.poll_lines(max_lines, &mut |line| console.execute(line, host, answer));
+        client_changed(io, console);
+        if console.pasting() {
+            let now = Instant::now();
+            if n > 0 {
+                *paste_line_at = now;
+            } else if now.duration_since(*paste_line_at) >= *paste_idle {
+                console.abandon_paste(Some(answer), *paste_idle);
+            }
+        } else {
+            *paste_line_at = Instant::now();
+        }
         if !answer.is_empty() {
             io.write_str(answer);
         }

@@ -88,6 +88,8 @@ pub struct ConsoleIo {
     echo: bool,
     /// The last byte echoed was a CR, so an LF right after it is not echoed again.
     echo_after_cr: bool,
+    /// Bumped each time a client's state is dropped (a new or departed client).
+    clients: u64,
 }
 
 impl ConsoleIo {
@@ -140,6 +142,7 @@ impl ConsoleIo {
             dropped_bytes: 0,
             echo,
             echo_after_cr: false,
+            clients: 0,
         })
     }
 
@@ -183,10 +186,16 @@ impl ConsoleIo {
 
     /// Without blocking: write pending output, take a new Unix client, read what is available
     /// and pass up to `max_lines` complete lines to `f`. Returns how many lines were passed.
+    /// A poll that changed the client passes none: the caller sees [`ConsoleIo::clients`]
+    /// move before the new client's first line.
     pub fn poll_lines(&mut self, max_lines: usize, f: &mut dyn FnMut(&str)) -> usize {
+        let clients = self.clients;
         self.flush();
         self.retire_finished_client();
         self.accept();
+        if self.clients != clients {
+            return 0;
+        }
         let mut produced = 0;
         let mut read_total = 0;
         while produced < max_lines {
@@ -389,8 +398,15 @@ impl ConsoleIo {
         }
     }
 
+    /// How many times a client's state was dropped: a change tells the interpreter that a
+    /// multi-line command (`tls install`) of the client before must not go on.
+    pub fn clients(&self) -> u64 {
+        self.clients
+    }
+
     /// Input and output of a previous client must not leak to the next one.
     fn reset_client_state(&mut self) {
+        self.clients += 1;
         self.lines.reset();
         self.rstart = 0;
         self.rend = 0;
@@ -805,6 +821,43 @@ mod tests {
             read_answer(&mut svc, &mut host, &mut reader),
             ["appliance 9.8.7", "ok"]
         );
+    }
+
+    #[test]
+    fn a_paste_left_by_a_client_does_not_swallow_the_next_ones_commands() {
+        let path = sock_path("paste");
+        let mut svc = ConsoleService::open(&format!("unix:{}", path.display())).unwrap();
+        let mut host = FakeHost::new();
+        let mut first = UnixStream::connect(&path).unwrap();
+        svc.poll(&mut host, 8);
+        first.write_all(b"tls install\n-----BEGIN CERTIFICATE-----\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !svc.console().pasting() && Instant::now() < deadline {
+            svc.poll(&mut host, 8);
+        }
+        assert!(svc.console().pasting());
+        let second = UnixStream::connect(&path).unwrap();
+        svc.poll(&mut host, 8);
+        assert!(!svc.console().pasting(), "the paste went with its client");
+        second.set_nonblocking(true).unwrap();
+        let mut w = second.try_clone().unwrap();
+        let mut reader = io::BufReader::new(second);
+        w.write_all(b"version\n").unwrap();
+        assert_eq!(read_answer(&mut svc, &mut host, &mut reader), ["appliance 9.8.7", "ok"]);
+        assert!(host.installed.is_empty(), "nothing reached the host");
+        drop(first);
+        // A paste that stops coming is given up with an answer.
+        svc.paste_idle = Duration::from_millis(50);
+        w.write_all(b"tls install\n-----BEGIN CERTIFICATE-----\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !svc.console().pasting() && Instant::now() < deadline {
+            svc.poll(&mut host, 8);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(read_answer(&mut svc, &mut host, &mut reader), ["error: tls install: no line for 0 s; nothing changed"]);
+        assert!(!svc.console().pasting());
+        w.write_all(b"version\n").unwrap();
+        assert_eq!(read_answer(&mut svc, &mut host, &mut reader), ["appliance 9.8.7", "ok"]);
     }
 
     #[test]

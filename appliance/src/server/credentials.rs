@@ -120,11 +120,9 @@ pub fn back_to_files(current: &TlsState) -> Result<Option<TlsState>, String> {
     let Some((cert, key)) = &current.files else { return Ok(None) };
     let loaded = handshake::load_server_config(cert, key).map_err(|e| e.to_string())?;
     // The files' certificate, with the tickets of the configuration in force.
-    let mut config = Arc::unwrap_or_clone(loaded);
-    config.ticketer = current.config.ticketer.clone();
-    config.send_tls13_tickets = current.config.send_tls13_tickets;
+    let config = handshake::keeping_tickets(loaded, &current.config);
     Ok(Some(TlsState {
-        config: Arc::new(config),
+        config,
         chain: describe_file(cert),
         source: format!("files {}, {}", cert.display(), key.display()),
         port: current.port,

@@ -125,10 +125,15 @@ pub fn replacing(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = Arc::unwrap_or_clone(server_config(certs, key)?);
+    Ok(keeping_tickets(server_config(certs, key)?, current))
+}
+
+/// `config` with `current`'s ticketer and ticket count.
+pub fn keeping_tickets(config: Arc<ServerConfig>, current: &ServerConfig) -> Arc<ServerConfig> {
+    let mut config = Arc::unwrap_or_clone(config);
     config.ticketer = current.ticketer.clone();
     config.send_tls13_tickets = current.send_tls13_tickets;
-    Ok(Arc::new(config))
+    Arc::new(config)
 }
 
 /// The same configuration with session resumption off (`serve --no-tls-tickets`): no tickets
