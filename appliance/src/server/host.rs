@@ -274,18 +274,23 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
             return Err("no certificate was installed from the console".to_string());
         }
         let files = credentials::back_to_files(&current)?;
+        if files.is_none() && store.is_none() {
+            return Err("no certificate files were given at start to go back to, and no configuration partition holds it: \
+                        the installed certificate serves until the appliance restarts"
+                .to_string());
+        }
         if let Some(store) = store.as_mut() {
             store.clear_credentials().map_err(|e| e.to_string())?;
         }
         log::info!("tls: the certificate installed from the console was removed");
-        match files {
-            Some(state) => Ok((self.serve_with(state), "removed; new handshakes on every core use the start-up files again".to_string())),
-            None if current.installed() => Ok((
+        Ok(match files {
+            Some(state) => (self.serve_with(state), "removed; new handshakes on every core use the start-up files again".to_string()),
+            None if current.installed() => (
                 tls_info(&current),
                 "removed from the configuration partition; it serves until the appliance restarts (no certificate files were given at start)".to_string(),
-            )),
-            None => Ok((tls_info(&current), "removed from the configuration partition".to_string())),
-        }
+            ),
+            None => (tls_info(&current), "removed from the configuration partition".to_string()),
+        })
     }
 }
 
@@ -307,5 +312,5 @@ fn tls_info(t: &TlsState) -> TlsInfo {
 
 /// The wall clock in unix seconds (certificate validity).
 fn wall_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    super::wall_unix() as i64
 }
