@@ -542,6 +542,9 @@ fn tls_describe(info: &TlsInfo, out: &mut String) {
     } else if leaf.not_after <= info.now {
         out.push_str("warning   expired: clients refuse it; install a renewed certificate\n");
     }
+    if leaf.not_before > info.now {
+        out.push_str("warning   not valid yet by the appliance's clock (is the clock behind?)\n");
+    }
     let _ = writeln!(out, "key       {}", leaf.key);
     let _ = writeln!(out, "sha256    {}", leaf.fingerprint());
     for (i, c) in info.chain.iter().enumerate().skip(1) {
@@ -686,6 +689,8 @@ mod tests {
         h.tls.as_mut().unwrap().chain[0].not_after = now - 2 * 86_400;
         let out = run(&mut c, &mut h, "tls");
         assert!(out.contains("(expired 2 days ago)") && out.contains("warning   expired"), "{out}");
+        h.tls.as_mut().unwrap().chain[0].not_before = now + 60;
+        assert!(run(&mut c, &mut h, "tls").contains("warning   not valid yet by the appliance's clock"));
         h.tls = None;
         assert!(run(&mut c, &mut h, "tls").starts_with("error: HTTPS is off"));
         assert!(err("tls show me").starts_with("error: usage: tls | tls install | tls remove"));

@@ -128,12 +128,18 @@ pub fn from_pem(text: &str) -> Result<Credentials, CredentialsError> {
     Ok(Credentials { certs, key, chain })
 }
 
-/// Refuses a leaf that clients would refuse for its dates at `now` (unix seconds).
+/// How far ahead of the appliance's clock a certificate's start may be and still be taken: a
+/// certificate issued a moment ago (OpenSSL starts it at the second it signs) must not be
+/// refused by an appliance whose clock is a little behind (a guest's, a machine's RTC).
+pub const CLOCK_SKEW: i64 = DAY;
+
+/// Refuses a leaf that clients would refuse for its dates at `now` (unix seconds): one that
+/// has expired, or starts more than [`CLOCK_SKEW`] from now.
 pub fn check_validity(leaf: &CertSummary, now: i64) -> Result<(), CredentialsError> {
     if leaf.not_after <= now {
         return Err(CredentialsError::Expired { not_after: leaf.not_after, now });
     }
-    if leaf.not_before > now {
+    if leaf.not_before > now + CLOCK_SKEW {
         return Err(CredentialsError::NotYetValid { not_before: leaf.not_before, now });
     }
     Ok(())
@@ -278,5 +284,9 @@ mod tests {
         let (cert, key, _) = pem_of(&rcgen::PKCS_ECDSA_P256_SHA256, &["new.example"], (2, 30));
         let creds = from_pem(&format!("{cert}{key}")).unwrap();
         assert!(matches!(check_validity(creds.leaf(), now()), Err(CredentialsError::NotYetValid { .. })));
+        // Issued a moment ago by a clock a little ahead of the appliance's: taken.
+        let mut soon = creds.leaf().clone();
+        soon.not_before = now() + 600;
+        check_validity(&soon, now()).unwrap();
     }
 }
