@@ -57,10 +57,43 @@ pub struct Board {
     /// Bumped by each connection listing request; `conns_max` is its size limit.
     conns_request: AtomicU64,
     conns_max: AtomicUsize,
-    /// The certificate `tls install` or `tls remove` made last, with the HTTPS port, and
-    /// its generation (bumped by each): the cores take it at their next publication.
-    tls: Mutex<Option<(std::sync::Arc<rustls::ServerConfig>, u16)>>,
-    tls_generation: AtomicU64,
+    /// The certificate `tls install` or `tls remove` made last: the cores take it at their
+    /// next publication, and each core's HTTP layer when it accepts an HTTPS connection.
+    pub tls: std::sync::Arc<TlsSlot>,
+}
+
+/// The server configuration the console published last, with the HTTPS port, and its
+/// generation (bumped by each publication, after the slot is written and released).
+#[derive(Default)]
+pub struct TlsSlot {
+    config: Mutex<Option<(std::sync::Arc<rustls::ServerConfig>, u16)>>,
+    generation: AtomicU64,
+}
+
+impl TlsSlot {
+    /// A new server configuration (certificate) for new handshakes on `port`.
+    pub fn publish(&self, config: std::sync::Arc<rustls::ServerConfig>, port: u16) {
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Some((config, port));
+        // Bumped once the slot is free again: whoever sees the new generation finds it.
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The configuration published since generation `seen`, if any (`seen` then moves on):
+    /// one atomic load when nothing changed. Never waits: while another core holds the slot
+    /// it answers `None` and the caller asks again later.
+    pub fn update(&self, seen: &mut u64) -> Option<(std::sync::Arc<rustls::ServerConfig>, u16)> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if generation == *seen {
+            return None;
+        }
+        let slot = match self.config.try_lock() {
+            Ok(slot) => slot,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        *seen = generation;
+        slot.clone()
+    }
 }
 
 impl Board {
@@ -72,33 +105,18 @@ impl Board {
             stop: AtomicBool::new(false),
             conns_request: AtomicU64::new(0),
             conns_max: AtomicUsize::new(0),
-            tls: Mutex::new(None),
-            tls_generation: AtomicU64::new(0),
+            tls: std::sync::Arc::new(TlsSlot::default()),
         }
     }
 
     /// A new server configuration (certificate) for every core's new handshakes on `port`.
     pub fn publish_tls(&self, config: std::sync::Arc<rustls::ServerConfig>, port: u16) {
-        let mut slot = self.tls.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = Some((config, port));
-        self.tls_generation.fetch_add(1, Ordering::Release);
+        self.tls.publish(config, port);
     }
 
-    /// The configuration published since generation `seen`, if any (`seen` then moves on).
-    /// Never waits: while the console holds the slot it answers `None` and the core asks again
-    /// at its next publication.
+    /// [`TlsSlot::update`] of this board's slot.
     pub fn tls_update(&self, seen: &mut u64) -> Option<(std::sync::Arc<rustls::ServerConfig>, u16)> {
-        let generation = self.tls_generation.load(Ordering::Acquire);
-        if generation == *seen {
-            return None;
-        }
-        let slot = match self.tls.try_lock() {
-            Ok(slot) => slot,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        *seen = generation;
-        slot.clone()
+        self.tls.update(seen)
     }
 
     pub fn pipelines(&self) -> usize {
@@ -178,7 +196,7 @@ mod tests {
         assert!(std::sync::Arc::ptr_eq(&got, &second) && port == 8443);
         assert!(board.tls_update(&mut seen_a).is_none(), "once");
         // While the console holds the slot, a core goes on and asks again next time.
-        let held = board.tls.lock().unwrap();
+        let held = board.tls.config.lock().unwrap();
         assert!(board.tls_update(&mut seen_b).is_none());
         drop(held);
         assert!(board.tls_update(&mut seen_b).is_some_and(|(c, _)| std::sync::Arc::ptr_eq(&c, &second)));

@@ -507,7 +507,7 @@ struct Setup {
 }
 
 impl Setup {
-    fn pipeline<N: Nic, S: Storage>(&self, mut nic: N, storage: S, library: std::sync::Arc<volume::Library>) -> Result<Pipeline<N, S>, ServeError> {
+    fn pipeline<N: Nic, S: Storage>(&self, mut nic: N, storage: S, library: std::sync::Arc<volume::Library>, board: &Board) -> Result<Pipeline<N, S>, ServeError> {
         // Every queue is the same port: the first queue's link settings hold for all.
         let stack = Stack::new(self.cfg.clone(), monotonic_ns(self.start));
         let mut app = HttpApp::new(storage, library, self.buffers, self.cfg.max_conns)?;
@@ -515,6 +515,7 @@ impl Setup {
         if let Some(config) = &self.tls {
             app.enable_tls(config.clone(), self.https_port);
         }
+        app.follow_tls(board.tls.clone());
         if self.tls_emulation {
             app.enable_tls_emulation()?;
         }
@@ -659,7 +660,7 @@ fn run<N: Nic>(
             let (setup, board, vol) = (&setup, &board, vol.clone());
             let thread = std::thread::Builder::new().name(format!("pipeline-{core}")).spawn_scoped(scope, move || {
                 pin(core);
-                let built = nic(index).and_then(|n| Ok((n, storage(index)?))).and_then(|(n, s)| setup.pipeline(n, s, vol));
+                let built = nic(index).and_then(|n| Ok((n, storage(index)?))).and_then(|(n, s)| setup.pipeline(n, s, vol, board));
                 match built {
                     Ok(mut pipe) => {
                         let _ = ready.send(Ok(()));
@@ -687,7 +688,7 @@ fn run<N: Nic>(
         // The first core's pipeline, built here meanwhile; then the start-up's first error.
         let mut first = match failure {
             Some(e) => Err(e),
-            None => setup.pipeline(first_nic, first_storage, vol.clone()),
+            None => setup.pipeline(first_nic, first_storage, vol.clone(), &board),
         };
         for (core, _, built, _) in &others {
             let error = match built.recv() {

@@ -665,6 +665,10 @@ pub struct HttpApp<S: Storage> {
     refused: VecDeque<ConnId>,
     pub draining: bool,
     tls_config: Option<Arc<rustls::ServerConfig>>,
+    /// Where the console publishes a new certificate, and the generation taken from it:
+    /// checked when an HTTPS connection is accepted, so that none made after the console's
+    /// answer starts with the certificate before.
+    tls_slot: Option<(Arc<crate::server::board::TlsSlot>, u64)>,
     https_port: u16,
     /// Nanoseconds a request head may take to arrive whole (slowloris defence); 0: no limit.
     pub header_timeout: u64,
@@ -722,6 +726,7 @@ impl<S: Storage> HttpApp<S> {
             refused: VecDeque::with_capacity(max_conns),
             draining: false,
             tls_config: None,
+            tls_slot: None,
             https_port: 0,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             rx_pool: BufPool::new((buffers * RX_BUFFERS_PER_CHUNK).clamp(16, MAX_RX_BUFFERS), RX_BUF),
@@ -748,6 +753,11 @@ impl<S: Storage> HttpApp<S> {
         if self.tls_rx_pool.count() == 0 {
             self.tls_rx_pool = BufPool::new(self.rx_pool.count(), RECORD_RX_BUF);
         }
+    }
+
+    /// Take new certificates from `slot` as HTTPS connections are accepted.
+    pub fn follow_tls(&mut self, slot: Arc<crate::server::board::TlsSlot>) {
+        self.tls_slot = Some((slot, 0));
     }
 
     /// Bytes of this core's pools of connection state (receive and record buffers, chunk
@@ -1681,6 +1691,11 @@ impl<S: Storage> App for HttpApp<S> {
         self.clock = now;
         if self.draining {
             return None;
+        }
+        if local_port == self.https_port && self.tls_config.is_some() {
+            if let Some((config, _)) = self.tls_slot.as_mut().and_then(|(slot, seen)| slot.update(seen)) {
+                self.tls_config = Some(config);
+            }
         }
         let tls = match &self.tls_config {
             Some(cfg) if local_port == self.https_port => match crate::accounting::handshake(|| HandshakeDriver::new(cfg.clone())) {

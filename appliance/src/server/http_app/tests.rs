@@ -725,7 +725,13 @@ fn a_certificate_replaced_while_serving_is_what_new_handshakes_get() {
     assert!(fetch(&mut h), "the first certificate serves");
     let (certs, key, new_client) = crate::loopback::test_credentials(versions).unwrap();
     let new = crate::tls::handshake::replacing(&old, certs, key).unwrap();
-    h.server.adopt_tls(new, crate::loopback::HTTPS_PORT);
+    // Published where the console puts it: the next accepted connection takes it, before
+    // the core's own once-a-millisecond look (`Pipeline::adopt_tls`, which also opens the
+    // port when HTTPS was off).
+    let slot = std::sync::Arc::new(crate::server::board::TlsSlot::default());
+    h.server.app.follow_tls(slot.clone());
+    slot.publish(new.clone(), crate::loopback::HTTPS_PORT);
+    h.server.adopt_tls(old.clone(), crate::loopback::HTTPS_PORT); // what a core had: the slot wins at accept
     assert_eq!(h.server.stack.cfg.listen_ports.iter().filter(|&&p| p == crate::loopback::HTTPS_PORT).count(), 1);
     assert!(fetch(&mut h), "a ticket from before the change still resumes");
     assert_eq!(h.server.stats().tls_handshakes_resumed, 1);
