@@ -109,16 +109,6 @@ impl Board {
         }
     }
 
-    /// A new server configuration (certificate) for every core's new handshakes on `port`.
-    pub fn publish_tls(&self, config: std::sync::Arc<rustls::ServerConfig>, port: u16) {
-        self.tls.publish(config, port);
-    }
-
-    /// [`TlsSlot::update`] of this board's slot.
-    pub fn tls_update(&self, seen: &mut u64) -> Option<(std::sync::Arc<rustls::ServerConfig>, u16)> {
-        self.tls.update(seen)
-    }
-
     pub fn pipelines(&self) -> usize {
         self.slots.len()
     }
@@ -186,20 +176,20 @@ mod tests {
     fn each_core_takes_a_published_certificate_once_and_never_waits_for_it() {
         let board = Board::new(&[0, 1]);
         let (mut seen_a, mut seen_b) = (0, 0);
-        assert!(board.tls_update(&mut seen_a).is_none(), "nothing published");
+        assert!(board.tls.update(&mut seen_a).is_none(), "nothing published");
         let (first, _) = crate::loopback::test_tls_configs().unwrap();
         let (second, _) = crate::loopback::test_tls_configs().unwrap();
-        board.publish_tls(first.clone(), 443);
-        board.publish_tls(second.clone(), 8443);
+        board.tls.publish(first.clone(), 443);
+        board.tls.publish(second.clone(), 8443);
         // A core that missed the first publication takes only the newest.
-        let (got, port) = board.tls_update(&mut seen_a).expect("published");
+        let (got, port) = board.tls.update(&mut seen_a).expect("published");
         assert!(std::sync::Arc::ptr_eq(&got, &second) && port == 8443);
-        assert!(board.tls_update(&mut seen_a).is_none(), "once");
+        assert!(board.tls.update(&mut seen_a).is_none(), "once");
         // While the console holds the slot, a core goes on and asks again next time.
         let held = board.tls.config.lock().unwrap();
-        assert!(board.tls_update(&mut seen_b).is_none());
+        assert!(board.tls.update(&mut seen_b).is_none());
         drop(held);
-        assert!(board.tls_update(&mut seen_b).is_some_and(|(c, _)| std::sync::Arc::ptr_eq(&c, &second)));
+        assert!(board.tls.update(&mut seen_b).is_some_and(|(c, _)| std::sync::Arc::ptr_eq(&c, &second)));
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub fn at_start(
         }) {
             Ok((config, chain)) => {
                 let state = TlsState {
-                    config: if tickets { config } else { handshake::without_resumption(&config) },
+                    config: tickets_as_asked(config, tickets),
                     chain,
                     source: format!("{FROM_CONSOLE} (configuration partition)"),
                     port,
@@ -82,7 +82,7 @@ pub fn at_start(
     let Some((cert, key)) = files else { return Ok(None) };
     let config = handshake::load_server_config(cert, key)?;
     let state = TlsState {
-        config: if tickets { config } else { handshake::without_resumption(&config) },
+        config: tickets_as_asked(config, tickets),
         chain: describe_file(cert),
         source: format!("files {}, {}", cert.display(), key.display()),
         port,
@@ -101,7 +101,7 @@ pub fn install(current: Option<&TlsState>, pem: &str, port: u16, tickets: bool, 
     let chain = creds.chain;
     let config = match current {
         Some(current) => handshake::replacing(&current.config, creds.certs, creds.key),
-        None => handshake::server_config(creds.certs, creds.key).map(|c| if tickets { c } else { handshake::without_resumption(&c) }),
+        None => handshake::server_config(creds.certs, creds.key).map(|c| tickets_as_asked(c, tickets)),
     }
     .map_err(|e| e.to_string())?;
     Ok(TlsState {
@@ -131,6 +131,15 @@ pub fn back_to_files(current: &TlsState) -> Result<Option<TlsState>, String> {
     }))
 }
 
+/// `config` as made (tickets on), or without resumption (`--no-tls-tickets`).
+fn tickets_as_asked(config: Arc<ServerConfig>, tickets: bool) -> Arc<ServerConfig> {
+    if tickets {
+        config
+    } else {
+        handshake::without_resumption(&config)
+    }
+}
+
 /// The certificates of a PEM file, described (empty when it cannot be read or parsed).
 fn describe_file(path: &Path) -> Vec<CertSummary> {
     use rustls::pki_types::pem::PemObject;
@@ -153,19 +162,12 @@ fn log_certificate(state: &TlsState, now: i64) {
 mod tests {
     use super::*;
 
+    use crate::tls::certs::test_now as now;
+
     /// A self-signed certificate and key for `name`, valid from `from` to `to` days from now.
     fn pem(name: &str, from: i64, to: i64) -> (String, String) {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now + time::Duration::days(from);
-        params.not_after = now + time::Duration::days(to);
-        (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
-    }
-
-    fn now() -> i64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+        let (cert, key, _) = crate::tls::certs::test_pem(&rcgen::PKCS_ECDSA_P256_SHA256, &[name], (from, to));
+        (cert, key)
     }
 
     struct Files {

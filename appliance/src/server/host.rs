@@ -299,7 +299,7 @@ impl<N: Nic, S: Storage> View<'_, N, S> {
     /// their next publication.
     fn serve_with(&mut self, state: TlsState) -> TlsInfo {
         self.pipe.adopt_tls(state.config.clone(), state.port);
-        self.board.publish_tls(state.config.clone(), state.port);
+        self.board.tls.publish(state.config.clone(), state.port);
         let info = tls_info(&state);
         self.host.tls = Some(state);
         info

@@ -781,7 +781,7 @@ fn run_pipeline<N: Nic, S: Storage>(
                 // The console's own core is read live; the others publish for it, and take
                 // a certificate the console installed.
                 pipe.publish(board, index, core, now);
-                if let Some((config, port)) = board.tls_update(&mut tls_seen) {
+                if let Some((config, port)) = board.tls.update(&mut tls_seen) {
                     pipe.adopt_tls(config, port);
                 }
                 if board.stopped() {

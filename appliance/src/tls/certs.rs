@@ -201,24 +201,31 @@ fn key_kind(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> String {
     }
 }
 
+/// A self-signed certificate for `names` (the first is its CN), valid from `days.0` to
+/// `days.1` days from now, as (certificate PEM, key PEM, certificate DER): for tests.
+#[cfg(test)]
+pub(crate) fn test_pem(alg: &'static rcgen::SignatureAlgorithm, names: &[&str], days: (i64, i64)) -> (String, String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate_for(alg).unwrap();
+    let mut params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, names.first().copied().unwrap_or("test"));
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now + time::Duration::days(days.0);
+    params.not_after = now + time::Duration::days(days.1);
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+}
+
+/// The wall clock in unix seconds: for tests.
+#[cfg(test)]
+pub(crate) fn test_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use super::{test_now as now, test_pem as pem_of};
 
-    fn pem_of(alg: &'static rcgen::SignatureAlgorithm, names: &[&str], days: (i64, i64)) -> (String, String, Vec<u8>) {
-        let key = rcgen::KeyPair::generate_for(alg).unwrap();
-        let mut params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, "media.example");
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now + time::Duration::days(days.0);
-        params.not_after = now + time::Duration::days(days.1);
-        let cert = params.self_signed(&key).unwrap();
-        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
-    }
-
-    fn now() -> i64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-    }
 
     #[test]
     fn a_chain_and_key_are_read_and_described() {
