@@ -81,14 +81,7 @@ pub fn at_start(
     }
     let Some((cert, key)) = files else { return Ok(None) };
     let config = handshake::load_server_config(cert, key)?;
-    let state = TlsState {
-        config: tickets_as_asked(config, tickets),
-        chain: describe_file(cert),
-        source: format!("files {}, {}", cert.display(), key.display()),
-        port,
-        tickets,
-        files: files_owned,
-    };
+    let state = from_files(tickets_as_asked(config, tickets), cert, key, port, tickets);
     log_certificate(&state, now);
     Ok(Some(state))
 }
@@ -121,14 +114,19 @@ pub fn back_to_files(current: &TlsState) -> Result<Option<TlsState>, String> {
     let loaded = handshake::load_server_config(cert, key).map_err(|e| e.to_string())?;
     // The files' certificate, with the tickets of the configuration in force.
     let config = handshake::keeping_tickets(loaded, &current.config);
-    Ok(Some(TlsState {
+    Ok(Some(from_files(config, cert, key, current.port, current.tickets)))
+}
+
+/// The state of `config`, made from the files `cert` and `key`.
+fn from_files(config: Arc<ServerConfig>, cert: &Path, key: &Path, port: u16, tickets: bool) -> TlsState {
+    TlsState {
         config,
         chain: describe_file(cert),
         source: format!("files {}, {}", cert.display(), key.display()),
-        port: current.port,
-        tickets: current.tickets,
-        files: current.files.clone(),
-    }))
+        port,
+        tickets,
+        files: Some((cert.to_path_buf(), key.to_path_buf())),
+    }
 }
 
 /// `config` as made (tickets on), or without resumption (`--no-tls-tickets`).
