@@ -9,7 +9,7 @@ use appliance::tls::bench::{
     measure_record_seal_gbps, measure_seal_gbps, measure_volume_seal_gbps, openssl_speed_gbps,
     paired_record_seal_ratio, AeadProvider, Sealer, VolumeRead,
 };
-use appliance::tls::AeadSuite;
+use appliance::tls::{AeadImpl, AeadSuite};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 
 const RECORD: usize = 16384;
@@ -55,13 +55,16 @@ fn volume_table(secs: f64, best: f64) {
         return println!("not measured: {e}");
     }
     drop(data);
-    for (name, how) in [
-        ("pread, seal in place", VolumeRead::ReadThenSeal),
-        ("seal from the mapping", VolumeRead::SealFromMapping),
-    ] {
-        match measure_volume_seal_gbps(&path, how, CHUNK, appliance::server::BUFFERS, Duration::from_secs_f64(secs)) {
-            Ok(g) => println!("{:<22} {:>8.2} {:>9.0}%", name, g, 100.0 * g / best),
-            Err(e) => println!("{name:<22} not measured: {e}"),
+    for with in AeadImpl::ALL {
+        for (name, how) in [
+            ("pread, seal in place", VolumeRead::ReadThenSeal),
+            ("seal from the mapping", VolumeRead::SealFromMapping),
+        ] {
+            let name = format!("{name} ({})", with.name());
+            match measure_volume_seal_gbps(&path, how, with, CHUNK, appliance::server::BUFFERS, Duration::from_secs_f64(secs)) {
+                Ok(g) => println!("{:<36} {:>8.2} {:>9.0}%", name, g, 100.0 * g / best),
+                Err(e) => println!("{name:<36} not measured: {e}"),
+            }
         }
     }
 }
@@ -118,6 +121,9 @@ fn main() {
         println!(
             "AES-128-GCM record seal time / aws-lc-rs plain seal, {pairs} pairs taken in turn: median {median:.4} (quartiles {q1:.4}-{q3:.4})"
         );
+        // What `serve` does at start: a chunk's records sealed by each, the faster chosen.
+        let choice = appliance::tls::choice::measure(5, Duration::from_millis(10));
+        println!("serve's choice at start (a 512 KiB chunk's records, best of 5 rounds): {}", choice.describe());
         println!();
         volume_table(secs, best);
         return;

@@ -51,7 +51,8 @@ use crate::net::iface::Entry;
 use crate::net::tcp::{Config as TcpConfig, CongestionControl};
 use crate::net::tcp::table::ConnTable;
 use crate::server::http_app::HttpConn;
-use crate::tls::bench::{measure_seal_gbps, openssl_speed_gbps, AeadProvider};
+use crate::tls::bench::{measure_seal_gbps, openssl_speed_gbps};
+use crate::tls::{choice, AeadChoice, AeadImpl};
 
 const OBJECT: &str = "/big.ts";
 /// Volume bytes read and sealed for the drive's sealing reference (the drive is slow here:
@@ -158,6 +159,10 @@ pub struct BenchArgs {
     /// The server does not pace (the default), as `serve --no-pacing`.
     #[arg(long)]
     pub no_pacing: bool,
+    /// Seal with this AES-GCM implementation, as `serve --aead` (default: the faster, measured
+    /// at start as `serve` does).
+    #[arg(long, value_enum)]
+    pub aead: Option<AeadImpl>,
     /// 512 KiB storage buffers per core, as `serve --buffers` (they bound the data read and
     /// not yet sent, and so how much of it the caches must hold).
     #[arg(long, default_value_t = crate::server::BUFFERS as u64, value_parser = clap::value_parser!(u64).range(crate::server::MIN_BUFFERS as u64..=crate::server::MAX_BUFFERS as u64))]
@@ -179,6 +184,8 @@ pub struct ServerSetup {
     pub pacing: bool,
     /// 512 KiB storage buffers per core, as `serve --buffers`.
     pub buffers: usize,
+    /// What seals the records, as `serve --aead` (or its measurement) chose.
+    pub aead: AeadImpl,
 }
 
 /// Bytes per second (10^9) of memcpy of 16 KiB blocks over a 64 MiB working set.
@@ -232,6 +239,8 @@ struct CoreResult {
 pub struct CaseResult {
     pub mode: Mode,
     pub offload: bool,
+    /// What sealed the records.
+    pub aead: AeadImpl,
     /// Storage buffers per core.
     pub buffers: usize,
     pub connections: usize,
@@ -307,12 +316,15 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
     let object_len = longest.max(largest.min(MAX_OBJECT_BYTES)).max(max_conns * MIN_PER_CONN).max(16 << 20);
     let vol = make_volume(dir, object_len)?;
     // References, measured in this run on the core the one-core cases run on.
-    let seal_now = || measure_seal_gbps(AeadProvider::AwsLcRs, 16 * 1024, Duration::from_secs(1)) * 8.0;
+    // What `serve` would seal with here (or what --aead names): the cases seal with it and
+    // the reference is its speed.
+    let aead = on_first_core(|| args.aead.map_or_else(choice::measure_at_start, AeadChoice::named));
+    let seal_now = || measure_seal_gbps(aead.chosen.provider(), 16 * 1024, Duration::from_secs(1)) * 8.0;
     let openssl_now = || openssl_speed_gbps(1).map(|(gbps, version)| (gbps * 8.0, version));
     let (seal, memcpy, device_seal, openssl) = on_first_core(|| {
         let seal = seal_now();
         let memcpy = memcpy_gbps(Duration::from_secs(1)) * 8.0;
-        let device_seal = measure_device_seal_gbps(&vol, args.buffers as usize, object_len.min(DEVICE_SEAL_BYTES));
+        let device_seal = measure_device_seal_gbps(&vol, aead.chosen, args.buffers as usize, object_len.min(DEVICE_SEAL_BYTES));
         (seal, memcpy, device_seal, openssl_now())
     });
     let device_seal = device_seal?;
@@ -323,7 +335,8 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
     let openssl = openssl.ok().map(|(gbps, _)| gbps);
     let mut refs = References { seal, device_seal, memcpy, seal_runs: vec![seal], openssl, openssl_runs: openssl.into_iter().collect() };
     if !args.json {
-        println!("references on one core: AES-128-GCM sealing of 16 KiB records (aws-lc-rs) {seal:.2} Gb/s, of records the drive just read {device_seal:.2} Gb/s, `openssl speed -evp aes-128-gcm -bytes 16384` {openssl_text}, memcpy {memcpy:.2} Gb/s");
+        println!("records sealed with {}", aead.describe());
+        println!("references on one core: AES-128-GCM sealing of 16 KiB records ({}) {seal:.2} Gb/s, of records the drive just read {device_seal:.2} Gb/s, `openssl speed -evp aes-128-gcm -bytes 16384` {openssl_text}, memcpy {memcpy:.2} Gb/s", aead.chosen.name());
         println!("allocation counting: {}", if accounting::allocator_installed() { "on" } else { "off (not the appliance binary)" });
     }
     let mut modes: Vec<Mode> = Vec::new();
@@ -351,6 +364,7 @@ fn run_in(args: &BenchArgs, dir: &std::path::Path) -> Result<(), String> {
         congestion: args.congestion.unwrap_or(defaults.congestion),
         pacing: (defaults.pacing || args.pacing) && !args.no_pacing,
         buffers: args.buffers as usize,
+        aead: aead.chosen,
     };
     let mut cases = Vec::new();
     for &mode in &modes {
@@ -439,7 +453,7 @@ fn on_first_core<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 /// only the sealing is timed, over about `bytes` of the volume. On this VM the drive's "DMA" is the hypervisor
 /// writing guest memory, so the bytes are not in this core's caches when sealed, as after a
 /// real drive's DMA; [`measure_seal_gbps`] seals one hot buffer over and over. Returns Gb/s.
-fn measure_device_seal_gbps(vol: &std::path::Path, buffers: usize, bytes: u64) -> Result<f64, String> {
+fn measure_device_seal_gbps(vol: &std::path::Path, with: AeadImpl, buffers: usize, bytes: u64) -> Result<f64, String> {
     use crate::server::http_app::CHUNK;
     use crate::tls::{record, AeadSuite, Keys, TlsVersion};
     use drivers::storage::{Completion, Storage, StorageError};
@@ -448,6 +462,7 @@ fn measure_device_seal_gbps(vol: &std::path::Path, buffers: usize, bytes: u64) -
     storage.unmap();
     let pool = storage.dma_pool(CHUNK, buffers.max(1)).map_err(|e| e.to_string())?;
     let keys = Keys::new(TlsVersion::Tls13, AeadSuite::Aes128Gcm, &[0x42; 16], &[0x24; 12]).map_err(|e| e.to_string())?;
+    let bulk = keys.bulk_key(with);
     let chunks = (storage.capacity() / CHUNK as u64).max(1);
     let (mut header, mut trailer) = ([0u8; record::HEADER_LEN], [0u8; record::TLS13_TRAILER_LEN]);
     let mut done = Vec::with_capacity(buffers.max(1));
@@ -466,8 +481,9 @@ fn measure_device_seal_gbps(vol: &std::path::Path, buffers: usize, bytes: u64) -
         for Completion { mut buf, result, .. } in done.drain(..) {
             result.map_err(|e| e.to_string())?;
             let t = Instant::now();
-            for payload in buf.as_mut_slice()[..CHUNK].chunks_exact_mut(RECORD) {
-                record::seal_in_place_split(&keys, seq, &mut header, payload, 23, &mut trailer).map_err(|e| e.to_string())?;
+            for at in (0..CHUNK).step_by(RECORD) {
+                let content = record::Content::in_buffer(buf.as_mut_slice(), at..at + RECORD, None).ok_or("a chunk larger than its buffer")?;
+                record::seal_split(&keys, &bulk, seq, &mut header, content, 23, &mut trailer).map_err(|e| e.to_string())?;
                 seq += 1;
             }
             sealing += t.elapsed();
@@ -566,6 +582,7 @@ fn combine(mode: Mode, setup: ServerSetup, connections: usize, cores: usize, per
     CaseResult {
         mode,
         offload: setup.offload,
+        aead: setup.aead,
         buffers: setup.buffers,
         connections,
         cores,
@@ -682,6 +699,7 @@ fn run_core(vol: &std::path::Path, object_len: u64, per_conn: u64, first: usize,
         h.server.stack.cfg.idle_timeout = CASE_LIMIT.as_nanos() as u64;
         h.server.stack.cfg.tcp.congestion = setup.congestion;
         h.server.stack.cfg.tcp.pacing = setup.pacing;
+        h.server.app.seal_with(setup.aead);
         h.client.cfg.idle_timeout = CASE_LIMIT.as_nanos() as u64;
         // Clients announce 256 KiB windows, as real ones announce more than 64 KiB: in a
         // 64 KiB window about one TSO frame fits, and each frame waited for an ACK.
@@ -835,7 +853,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
     let seal_to_ref = r.seal_ms_per_gb * seal / 8e3;
     if json {
         println!(
-            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"bytes_per_conn\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"seal_ms_per_gb\":{},\"seal_to_ref\":{},\"other_ms_per_gb\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_openssl_gbps\":{},\"ratio_to_openssl\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_segments_received\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{},\"repeats\":{},\"gbps_per_core_runs\":[{}],\"gbps_by_core\":[{}],\"ref_seal_gbps_runs\":[{}]{}}}",
+            "{{\"case\":\"{}-sim{}\",\"mode\":\"{}\",\"tls\":{},\"tls_emulation\":{},\"offload\":{},\"buffers\":{},\"aead\":\"{}\",\"connections\":{},\"cores\":{},\"ok\":{},\"bytes\":{},\"bytes_per_conn\":{},\"gbps_per_core\":{},\"gbps_total\":{},\"gbps_per_core_with_handshakes\":{},\"gbps_per_core_with_devices\":{},\"device_seconds\":{},\"handshake_seconds\":{},\"allocs_in_handshakes\":{},\"ref_seal_gbps\":{},\"ratio_to_seal\":{},\"seal_ms_per_gb\":{},\"seal_to_ref\":{},\"other_ms_per_gb\":{},\"ref_seal_device_gbps\":{},\"ratio_to_seal_device\":{},\"ref_openssl_gbps\":{},\"ratio_to_openssl\":{},\"ref_memcpy_gbps\":{},\"ratio_to_memcpy\":{},\"mem_per_conn_bytes\":{},\"mem_table_per_conn_bytes\":{},\"mem_heap_per_conn_bytes\":{},\"mem_c_heap_per_conn_bytes\":{},\"mem_slab_per_conn_bytes\":{},\"pool_bytes_per_core\":{},\"bytes_touched_per_byte\":{},\"allocs_on_packet_path\":{},\"server_seconds\":{},\"wall_seconds\":{},\"tls_handshakes\":{},\"tcp_segments_sent\":{},\"tcp_segments_received\":{},\"tcp_retransmits\":{},\"tcp_rto_timeouts\":{},\"storage_read_per_byte\":{},\"repeats\":{},\"gbps_per_core_runs\":[{}],\"gbps_by_core\":[{}],\"ref_seal_gbps_runs\":[{}]{}}}",
             case_name(r.mode),
             if r.offload { "-offload" } else { "" },
             r.mode.name(),
@@ -843,6 +861,7 @@ fn print_case(r: &CaseResult, refs: &References, json: bool) {
             r.mode == Mode::TlsEmulation,
             r.offload,
             r.buffers,
+            r.aead.name(),
             r.connections,
             r.cores,
             r.ok,
@@ -961,7 +980,7 @@ mod tests {
     /// against the object), and over a link that loses nothing nothing is retransmitted,
     /// which spurious timeouts (the clients' time taken for round trips) would break.
     /// The test cases' server: offload, CUBIC, 16 buffers.
-    const TEST_SETUP: ServerSetup = ServerSetup { offload: true, congestion: CongestionControl::Cubic, pacing: false, buffers: 16 };
+    const TEST_SETUP: ServerSetup = ServerSetup { offload: true, congestion: CongestionControl::Cubic, pacing: false, buffers: 16, aead: AeadImpl::Ring };
 
     /// `total` bytes of a 16 MiB object over `connections` on one core, in a volume made in
     /// a temporary directory.

@@ -3,12 +3,14 @@
 //! duplication. A 50 MB transfer must arrive byte-exact and the retransmission counters move;
 //! also with the server's port offering checksum and segmentation offload (64 KiB TCP frames,
 //! lost and reordered whole, re-sent as single segments). The default congestion control and
-//! pacing, and NewReno and CUBIC paced and not.
+//! pacing, and NewReno and CUBIC paced and not. TLS records are sealed by aws-lc-rs in some
+//! cases and by ring in others (`serve --aead`), in place and out of a mapped volume.
 use std::io::Write;
 use std::time::Duration;
 
 use appliance::loopback::SimHarness;
 use appliance::net::tcp::CongestionControl;
+use appliance::tls::AeadImpl;
 use drivers::nic::sim::SimConfig;
 use drivers::storage::FileStorage;
 
@@ -52,12 +54,13 @@ fn transfer_with(loss: f64, seed: u64, tls: bool, offload: bool) {
 }
 
 fn transfer_tcp(loss: f64, seed: u64, tls: bool, offload: bool, congestion: CongestionControl, pacing: bool) {
-    transfer_from(loss, seed, tls, offload, congestion, pacing, false)
+    transfer_from(loss, seed, tls, offload, congestion, pacing, false, AeadImpl::AwsLcRs)
 }
 
 /// `in_memory`: the volume on tmpfs, mapped, so that records are sealed out of the mapping
-/// (and sealed from it again for each retransmission).
-fn transfer_from(loss: f64, seed: u64, tls: bool, offload: bool, congestion: CongestionControl, pacing: bool, in_memory: bool) {
+/// (and sealed from it again for each retransmission). `aead` seals the records.
+#[allow(clippy::too_many_arguments)] // one test's knobs
+fn transfer_from(loss: f64, seed: u64, tls: bool, offload: bool, congestion: CongestionControl, pacing: bool, in_memory: bool, aead: AeadImpl) {
     let dir = if in_memory { tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm") } else { tempfile::tempdir().unwrap() };
     let vol_path = sample_volume(dir.path());
     let mut storage = FileStorage::open(&vol_path).unwrap();
@@ -68,6 +71,7 @@ fn transfer_from(loss: f64, seed: u64, tls: bool, offload: bool, congestion: Con
     let mut h = SimHarness::new(storage, volume, to_client, lossy(seed ^ 0xabcdef, loss), 64);
     h.server.stack.cfg.tcp.congestion = congestion;
     h.server.stack.cfg.tcp.pacing = pacing;
+    h.server.app.seal_with(aead);
     assert_eq!(drivers::nic::Nic::link(&h.server.nic).offloads.tso_max_payload > 0, offload);
     if tls {
         let (server, client) = appliance::loopback::test_tls_configs().unwrap();
@@ -147,20 +151,27 @@ fn fifty_megabytes_with_segmentation_offload_at_two_percent_loss() {
 }
 
 #[test]
-fn fifty_megabytes_over_tls_with_segmentation_offload_at_two_percent_loss() {
-    transfer_with(0.02, 5, true, true);
+fn fifty_megabytes_over_tls_sealed_by_ring_with_segmentation_offload_at_two_percent_loss() {
+    let tcp = appliance::net::tcp::Config::default();
+    transfer_from(0.02, 5, true, true, tcp.congestion, tcp.pacing, false, AeadImpl::Ring);
 }
 
 #[test]
 fn fifty_megabytes_over_tls_sealed_out_of_a_volume_in_memory_at_two_percent_loss() {
     let tcp = appliance::net::tcp::Config::default();
-    transfer_from(0.02, 9, true, true, tcp.congestion, tcp.pacing, true);
+    transfer_from(0.02, 9, true, true, tcp.congestion, tcp.pacing, true, AeadImpl::AwsLcRs);
+}
+
+#[test]
+fn fifty_megabytes_over_tls_sealed_by_ring_out_of_a_volume_in_memory_at_two_percent_loss() {
+    let tcp = appliance::net::tcp::Config::default();
+    transfer_from(0.02, 11, true, true, tcp.congestion, tcp.pacing, true, AeadImpl::Ring);
 }
 
 #[test]
 fn fifty_megabytes_plain_from_a_volume_in_memory_at_one_percent_loss() {
     let tcp = appliance::net::tcp::Config::default();
-    transfer_from(0.01, 10, false, false, tcp.congestion, tcp.pacing, true);
+    transfer_from(0.01, 10, false, false, tcp.congestion, tcp.pacing, true, AeadImpl::AwsLcRs);
 }
 
 #[test]

@@ -44,6 +44,7 @@ impl FakeHost {
                     fake_cert("CN=Example CA", "CN=Example CA", 2_000_000_000),
                 ],
                 now: 1_796_083_200,
+                sealer: "ring (measured at start: aws-lc-rs 4.08 GB/s, ring 7.29 GB/s)".to_string(),
             }),
             installed: Vec::new(),
         }

@@ -204,6 +204,8 @@ pub struct TlsInfo {
     pub chain: Vec<crate::tls::certs::CertSummary>,
     /// The appliance's wall clock (unix seconds), for the days left.
     pub now: i64,
+    /// The AES-GCM implementation sealing response records, and why (`serve --aead`).
+    pub sealer: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

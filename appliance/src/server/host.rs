@@ -41,6 +41,8 @@ pub struct Host {
     /// `--https-port`: where HTTPS listens once it has a certificate.
     https_port: u16,
     tls_tickets: bool,
+    /// What seals response records, and why ([`crate::tls::AeadChoice::describe`]).
+    sealer: String,
     /// The HTTPS configuration in force (None: HTTPS off).
     tls: Option<super::credentials::TlsState>,
     /// `--media`: one spec per drive.
@@ -64,6 +66,7 @@ impl Host {
             http_port: args.http_port,
             https_port: args.https_port,
             tls_tickets: !args.no_tls_tickets,
+            sealer: args.aead_choice.as_ref().map_or_else(|| crate::tls::AeadImpl::AwsLcRs.name().to_string(), |c| c.describe()),
             tls: args.tls.as_deref().cloned(),
             media_source: args.media.clone(),
             media_detail: args.media_detail.clone(),
@@ -238,7 +241,7 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
     }
 
     fn tls_info(&self) -> Option<TlsInfo> {
-        self.host.tls.as_ref().map(tls_info)
+        self.host.tls.as_ref().map(|t| tls_info(t, &self.host.sealer))
     }
 
     fn tls_install(&mut self, pem: &str) -> Result<(TlsInfo, String), String> {
@@ -267,7 +270,7 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
             // Stored credentials that did not load at start: HTTPS is off, and they can go.
             let Some(store) = store.as_mut().filter(|_| stored) else { return Err("HTTPS is off".to_string()) };
             store.clear_credentials().map_err(|e| e.to_string())?;
-            let off = TlsInfo { port: self.host.https_port, tickets: self.host.tls_tickets, source: "none: HTTPS is off".to_string(), chain: Vec::new(), now: wall_now() };
+            let off = TlsInfo { port: self.host.https_port, tickets: self.host.tls_tickets, source: "none: HTTPS is off".to_string(), chain: Vec::new(), now: wall_now(), sealer: self.host.sealer.clone() };
             return Ok((off, "removed from the configuration partition".to_string()));
         };
         if !current.installed() && !stored {
@@ -286,10 +289,10 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
         Ok(match files {
             Some(state) => (self.serve_with(state), "removed; new handshakes on every core use the start-up files again".to_string()),
             None if current.installed() => (
-                tls_info(&current),
+                tls_info(&current, &self.host.sealer),
                 "removed from the configuration partition; it serves until the appliance restarts (no certificate files were given at start)".to_string(),
             ),
-            None => (tls_info(&current), "removed from the configuration partition".to_string()),
+            None => (tls_info(&current, &self.host.sealer), "removed from the configuration partition".to_string()),
         })
     }
 }
@@ -300,14 +303,14 @@ impl<N: Nic, S: Storage> View<'_, N, S> {
     fn serve_with(&mut self, state: TlsState) -> TlsInfo {
         self.pipe.adopt_tls(state.config.clone(), state.port);
         self.board.tls.publish(state.config.clone(), state.port);
-        let info = tls_info(&state);
+        let info = tls_info(&state, &self.host.sealer);
         self.host.tls = Some(state);
         info
     }
 }
 
-fn tls_info(t: &TlsState) -> TlsInfo {
-    TlsInfo { port: t.port, tickets: t.tickets, source: t.source.clone(), chain: t.chain.clone(), now: wall_now() }
+fn tls_info(t: &TlsState, sealer: &str) -> TlsInfo {
+    TlsInfo { port: t.port, tickets: t.tickets, source: t.source.clone(), chain: t.chain.clone(), now: wall_now(), sealer: sealer.to_string() }
 }
 
 /// The wall clock in unix seconds (certificate validity).

@@ -77,6 +77,12 @@ pub struct ServeArgs {
     /// restart makes every client do a full handshake again.
     #[arg(long)]
     pub no_tls_tickets: bool,
+    /// The AES-GCM implementation that seals response records: `aws-lc-rs` or `ring`. By
+    /// default both are measured at start (about 0.1 s) and the faster is taken: aws-lc-rs
+    /// where the CPU has AVX-512, ring where it has VAES without it (docs/tls.md). The log
+    /// and the console's `tls` say which.
+    #[arg(long, value_enum)]
+    pub aead: Option<crate::tls::AeadImpl>,
     /// Cores to run pipelines on, e.g. "0-3" or "1,3" (default: every allowed core).
     #[arg(long)]
     pub cores: Option<String>,
@@ -138,6 +144,9 @@ pub struct ServeArgs {
     /// The HTTPS configuration to start with ([`credentials::at_start`]), made by `serve`.
     #[arg(skip)]
     pub tls: Option<Box<credentials::TlsState>>,
+    /// What seals response records: `--aead`, or measured by `serve` at start.
+    #[arg(skip)]
+    pub aead_choice: Option<Box<crate::tls::AeadChoice>>,
 }
 
 /// Where `--media` points.
@@ -289,6 +298,13 @@ pub fn serve(mut args: ServeArgs) -> Result<Outcome, ServeError> {
     if args.tls.is_some() && args.https_port == args.http_port {
         return Err(ServeError::Option(format!("--https-port {} is also the HTTP port", args.https_port)));
     }
+    // Measured even while HTTPS is off: `tls install` may turn it on.
+    let aead = match args.aead {
+        Some(named) => crate::tls::AeadChoice::named(named),
+        None => crate::tls::choice::measure_at_start(),
+    };
+    log::info!("TLS records are sealed with {}", aead.describe());
+    args.aead_choice = Some(Box::new(aead));
     let console = ConsoleService::open(&args.console)?;
     let net = Net { ip, prefix, mac };
     if let Some(name) = args.nic.strip_prefix("tap:") {
@@ -503,6 +519,7 @@ struct Setup {
     buffers: usize,
     header_timeout: u64,
     tls_emulation: bool,
+    aead: crate::tls::AeadImpl,
     start: std::time::Instant,
 }
 
@@ -512,6 +529,7 @@ impl Setup {
         let stack = Stack::new(self.cfg.clone(), monotonic_ns(self.start));
         let mut app = HttpApp::new(storage, library, self.buffers, self.cfg.max_conns)?;
         app.header_timeout = self.header_timeout;
+        app.seal_with(self.aead);
         if let Some(config) = &self.tls {
             app.enable_tls(config.clone(), self.https_port);
         }
@@ -642,6 +660,7 @@ fn run<N: Nic>(
         buffers: args.buffers.unwrap_or(if args.nic == "dpdk" { DPDK_BUFFERS } else { BUFFERS }),
         header_timeout: args.header_timeout * SEC,
         tls_emulation: args.tls_emulation,
+        aead: args.aead_choice.as_ref().map_or(crate::tls::AeadImpl::AwsLcRs, |c| c.chosen),
         start,
     };
     if args.tls_emulation {

@@ -5,6 +5,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use super::record::Content;
+
 /// An AES-128-GCM implementation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AeadProvider {
@@ -237,12 +239,12 @@ pub enum VolumeRead {
     SealFromMapping,
 }
 
-/// Seal TLS 1.3 records (16 KiB, AES-128-GCM, the fast path's record functions) of
-/// `chunk`-byte pieces of the volume file at `path`, in order and wrapping around, into one
+/// Seal TLS 1.3 records (16 KiB, AES-128-GCM, the fast path's record functions with `with`)
+/// of `chunk`-byte pieces of the volume file at `path`, in order and wrapping around, into one
 /// of `buffers` chunk buffers in turn, for about `duration`, taking the bytes as `how`
 /// says (through [`drivers::storage::FileStorage`], as the server does). Returns content
 /// GB/s, reading included: what it costs the core to turn the file into sealed records.
-pub fn measure_volume_seal_gbps(path: &std::path::Path, how: VolumeRead, chunk: usize, buffers: usize, duration: Duration) -> Result<f64, String> {
+pub fn measure_volume_seal_gbps(path: &std::path::Path, how: VolumeRead, with: super::AeadImpl, chunk: usize, buffers: usize, duration: Duration) -> Result<f64, String> {
     use drivers::storage::{FileStorage, Storage};
     const RECORD: usize = 16 * 1024;
     let mut storage = FileStorage::open(path).map_err(|e| e.to_string())?;
@@ -254,6 +256,7 @@ pub fn measure_volume_seal_gbps(path: &std::path::Path, how: VolumeRead, chunk: 
     let pool = storage.dma_pool(chunk, buffers.max(1)).map_err(|e| e.to_string())?;
     let mut bufs: Vec<_> = (0..buffers.max(1)).filter_map(|_| pool.alloc()).collect();
     let keys = super::Keys::new(super::TlsVersion::Tls13, super::AeadSuite::Aes128Gcm, &[0x42; 16], &IV).map_err(|e| e.to_string())?;
+    let bulk = keys.bulk_key(with);
     let chunks = storage.capacity() / chunk as u64;
     if chunks == 0 {
         return Err(format!("{}: smaller than one {chunk}-byte chunk", path.display()));
@@ -272,16 +275,18 @@ pub fn measure_volume_seal_gbps(path: &std::path::Path, how: VolumeRead, chunk: 
                 let c = done.pop().ok_or("no completion")?;
                 c.result.map_err(|e| e.to_string())?;
                 buf = c.buf;
-                for rec in buf.as_mut_slice()[..chunk].chunks_mut(RECORD) {
-                    super::record::seal_in_place_split(&keys, seq, &mut header, rec, 23, &mut trailer).map_err(|e| e.to_string())?;
+                for at in (0..chunk).step_by(RECORD) {
+                    let content = Content::in_buffer(buf.as_mut_slice(), at..(at + RECORD).min(chunk), None).ok_or("chunk larger than its buffer")?;
+                    super::record::seal_split(&keys, &bulk, seq, &mut header, content, 23, &mut trailer).map_err(|e| e.to_string())?;
                     seq += 1;
                 }
             }
             VolumeRead::SealFromMapping => {
                 let from = storage.mapped(offset, chunk).ok_or("the mapping went away")?;
-                for (src, dst) in from.chunks(RECORD).zip(buf.as_mut_slice()[..chunk].chunks_mut(RECORD)) {
-                    let content = super::record::Content::Copied { from: src, to: dst };
-                    super::record::seal_split(&keys, seq, &mut header, content, 23, &mut trailer).map_err(|e| e.to_string())?;
+                for at in (0..chunk).step_by(RECORD) {
+                    let range = at..(at + RECORD).min(chunk);
+                    let content = Content::in_buffer(buf.as_mut_slice(), range.clone(), Some(&from[range])).ok_or("chunk larger than its buffer")?;
+                    super::record::seal_split(&keys, &bulk, seq, &mut header, content, 23, &mut trailer).map_err(|e| e.to_string())?;
                     seq += 1;
                 }
             }

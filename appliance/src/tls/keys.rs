@@ -4,6 +4,7 @@
 use aws_lc_rs::{aead, hkdf};
 use rustls::ConnectionTrafficSecrets;
 
+use super::choice::AeadImpl;
 use super::TlsError;
 
 /// Record protocol version of a connection.
@@ -216,6 +217,35 @@ impl Keys {
     /// First 4 bytes of the IV: the TLS 1.2 GCM salt.
     pub(crate) fn salt(&self) -> [u8; 4] {
         [self.iv[0], self.iv[1], self.iv[2], self.iv[3]]
+    }
+}
+
+/// The AEAD a chunk's records are sealed with: the [`Keys`]' own context (aws-lc-rs), or a
+/// ring context made from the same key for that chunk alone ([`Keys::bulk_key`]). Made on the
+/// stack per chunk, it costs an AES key expansion and a GHASH table per 512 KiB and nothing
+/// while the connection is idle.
+#[allow(clippy::large_enum_variant)] // on the stack for one chunk: a Box would allocate per chunk
+pub enum BulkKey {
+    Keys,
+    Ring(ring::aead::LessSafeKey),
+}
+
+impl Keys {
+    /// What to seal a chunk's records with when `with` is the implementation chosen
+    /// ([`super::choice`]): ring for the AES-GCM suites when it is; the keys' own otherwise
+    /// (ChaCha20-Poly1305 stays on aws-lc-rs: the choice measures AES-128-GCM).
+    pub fn bulk_key(&self, with: AeadImpl) -> BulkKey {
+        let algorithm = match (with, self.suite) {
+            (AeadImpl::AwsLcRs, _) | (_, AeadSuite::ChaCha20Poly1305) => return BulkKey::Keys,
+            (AeadImpl::Ring, AeadSuite::Aes128Gcm) => &ring::aead::AES_128_GCM,
+            (AeadImpl::Ring, AeadSuite::Aes256Gcm) => &ring::aead::AES_256_GCM,
+        };
+        match ring::aead::UnboundKey::new(algorithm, &self.raw[..self.suite.key_len()]) {
+            Ok(key) => BulkKey::Ring(ring::aead::LessSafeKey::new(key)),
+            // The length was checked when the keys were made; the keys' own AEAD seals the
+            // same bytes.
+            Err(_) => BulkKey::Keys,
+        }
     }
 }
 

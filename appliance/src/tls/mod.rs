@@ -5,6 +5,7 @@
 //! AEAD implementations this choice rests on.
 pub mod bench;
 pub mod certs;
+pub mod choice;
 pub mod emulation;
 pub mod handshake;
 pub mod keys;
@@ -14,7 +15,8 @@ pub mod record;
 pub use handshake::{
     load_server_config, Handover, HandshakeDriver, HandshakeProgress, Incoming, RecordSession,
 };
-pub use keys::{AeadSuite, Keys, TlsVersion, TrafficSecret};
+pub use choice::{AeadChoice, AeadImpl};
+pub use keys::{AeadSuite, BulkKey, Keys, TlsVersion, TrafficSecret};
 pub use layout::{RecordFormat, RecordPart, RecordSource, ResponseLayout};
 pub use record::{
     open_in_place, seal_in_place, seal_in_place_split, seal_in_place_tls12, OpenedRecord,

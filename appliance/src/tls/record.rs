@@ -4,7 +4,7 @@
 //! contiguous buffer. Wire format only: the sequence number is the caller's.
 use aws_lc_rs::aead::{Aad, Nonce};
 
-use super::keys::{Keys, TlsVersion};
+use super::keys::{BulkKey, Keys, TlsVersion};
 
 pub const CONTENT_CHANGE_CIPHER_SPEC: u8 = 20;
 pub const CONTENT_ALERT: u8 = 21;
@@ -115,31 +115,94 @@ pub fn seal_in_place(
 pub const TLS13_TRAILER_LEN: usize = 1 + TAG_LEN;
 
 /// A record's content and where its ciphertext goes: encrypted where it lies, or read from
-/// one slice and written to another of the same length. Either way each byte is read once
-/// and written once (docs/performance.md).
-pub enum Content<'a> {
-    InPlace(&'a mut [u8]),
-    Copied { from: &'a [u8], to: &'a mut [u8] },
+/// one slice and written to another. Either way each byte is read once and written once
+/// (docs/performance.md), except when ring seals a copy: it copies first, then seals in place.
+///
+/// ring has no scatter API, so it seals a TLS 1.3 record only when the inner content type can
+/// sit right after the content: made by [`Content::in_buffer`], the byte after the content in
+/// its buffer (the next record's first byte) is lent for the seal and given back. Without
+/// that byte (the buffer's last record), aws-lc-rs seals it.
+pub struct Content<'a> {
+    from: Option<&'a [u8]>,
+    /// `len` bytes of ciphertext, then perhaps the byte that may be lent.
+    to: &'a mut [u8],
+    len: usize,
 }
 
-impl Content<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Content::InPlace(b) => b.len(),
-            Content::Copied { from, .. } => from.len(),
-        }
+impl<'a> Content<'a> {
+    /// Sealed where it lies: all of `bytes`.
+    pub fn in_place(bytes: &'a mut [u8]) -> Content<'a> {
+        let len = bytes.len();
+        Content { from: None, to: bytes, len }
     }
 
-    /// Seal with `extra_in` (encrypted after the content) into `extra_out_and_tag`.
-    fn seal(self, keys: &Keys, nonce: [u8; 12], aad: &[u8], extra_in: &[u8], extra_out_and_tag: &mut [u8]) -> Result<(), RecordError> {
-        let len = self.len();
-        let nonce = Nonce::assume_unique_for_key(nonce);
-        keys.with_aead(|k| match self {
-            Content::InPlace(b) => k.seal_in_place_scatter(nonce, Aad::from(aad), b, extra_in, extra_out_and_tag),
-            Content::Copied { from, to } => k.seal_out_of_place_scatter(nonce, Aad::from(aad), from, to, extra_in, extra_out_and_tag),
-        })
-        .map_err(|_| RecordError::BadLength(len))
+    /// Read from `from`, written to `to`, which must be as long (sealing refuses it, leaving
+    /// `to` untouched, when it is not).
+    pub fn copied(from: &'a [u8], to: &'a mut [u8]) -> Content<'a> {
+        Content { from: Some(from), len: from.len(), to }
     }
+
+    /// `buf[range]`: the bytes there, or those of `from` (as long as the range) written
+    /// there. The byte after the range, when `buf` has one, may be lent to the seal and is
+    /// given back. None when the range is not inside `buf` or `from` is not as long.
+    pub fn in_buffer(buf: &'a mut [u8], range: std::ops::Range<usize>, from: Option<&'a [u8]>) -> Option<Content<'a>> {
+        let len = range.len();
+        if range.end > buf.len() || from.is_some_and(|f| f.len() != len) {
+            return None;
+        }
+        let end = (range.end + 1).min(buf.len());
+        Some(Content { from, to: &mut buf[range.start..end], len })
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Seal with `extra` (encrypted after the content: a TLS 1.3 record's inner type) into
+    /// `extra_out_and_tag`. Returns the payload bytes the CPU touched: the content's length,
+    /// twice that when ring sealed a copy.
+    fn seal(self, keys: &Keys, bulk: &BulkKey, nonce: [u8; 12], aad: &[u8], extra: Option<u8>, extra_out_and_tag: &mut [u8]) -> Result<usize, RecordError> {
+        let Content { from, to, len } = self;
+        if to.len() < len {
+            return Err(RecordError::BadLength(len));
+        }
+        let extra_len = usize::from(extra.is_some());
+        if let BulkKey::Ring(k) = bulk {
+            if to.len() >= len + extra_len && extra_out_and_tag.len() == extra_len + TAG_LEN {
+                return seal_ring(k, from, &mut to[..len + extra_len], nonce, aad, extra, extra_out_and_tag);
+            }
+        }
+        let extra_in = extra.as_slice();
+        let nonce = Nonce::assume_unique_for_key(nonce);
+        keys.with_aead(|k| match from {
+            None => k.seal_in_place_scatter(nonce, Aad::from(aad), &mut to[..len], extra_in, extra_out_and_tag),
+            Some(from) => k.seal_out_of_place_scatter(nonce, Aad::from(aad), from, &mut to[..len], extra_in, extra_out_and_tag),
+        })
+        .map_err(|_| RecordError::BadLength(len))?;
+        Ok(len)
+    }
+}
+
+/// ring's seal of `whole` (the content, then room for `extra`): the content copied in first
+/// when it comes `from` elsewhere, `extra` written after it, all sealed in place; the sealed
+/// `extra` byte moves to `extra_out_and_tag[0]` and the lent byte gets its value back.
+fn seal_ring(key: &ring::aead::LessSafeKey, from: Option<&[u8]>, whole: &mut [u8], nonce: [u8; 12], aad: &[u8], extra: Option<u8>, extra_out_and_tag: &mut [u8]) -> Result<usize, RecordError> {
+    let len = whole.len() - usize::from(extra.is_some());
+    let mut touched = len;
+    if let Some(from) = from {
+        whole[..len].copy_from_slice(from);
+        touched += len;
+    }
+    let lent = extra.map(|e| std::mem::replace(&mut whole[len], e));
+    let (extra_out, tag_out) = extra_out_and_tag.split_at_mut(extra_out_and_tag.len() - TAG_LEN);
+    let sealed = key.seal_in_place_separate_tag(ring::aead::Nonce::assume_unique_for_key(nonce), ring::aead::Aad::from(aad), whole);
+    if let Some(lent) = lent {
+        extra_out[0] = std::mem::replace(&mut whole[len], lent);
+    }
+    // ring refuses only inputs past 2^36 bytes.
+    let tag = sealed.map_err(|_| RecordError::BadLength(len))?;
+    tag_out.copy_from_slice(tag.as_ref());
+    Ok(touched)
 }
 
 fn expect_version(keys: &Keys, wanted: TlsVersion) -> Result<(), RecordError> {
@@ -162,25 +225,27 @@ pub fn seal_in_place_split(
     inner_type: u8,
     trailer: &mut [u8; TLS13_TRAILER_LEN],
 ) -> Result<(), RecordError> {
-    seal_split(keys, seq, header, Content::InPlace(payload), inner_type, trailer)
+    seal_split(keys, &BulkKey::Keys, seq, header, Content::in_place(payload), inner_type, trailer).map(drop)
 }
 
-/// [`seal_in_place_split`] for content in place or copied (sealed out of place): the same
-/// wire bytes either way.
+/// [`seal_in_place_split`] for content in place or copied (sealed out of place), with the
+/// keys' own AEAD or ring's (`bulk`): the same wire bytes every way. Returns the payload bytes
+/// the CPU touched.
 pub fn seal_split(
     keys: &Keys,
+    bulk: &BulkKey,
     seq: u64,
     header: &mut [u8; HEADER_LEN],
     content: Content<'_>,
     inner_type: u8,
     trailer: &mut [u8; TLS13_TRAILER_LEN],
-) -> Result<(), RecordError> {
+) -> Result<usize, RecordError> {
     expect_version(keys, TlsVersion::Tls13)?;
     if content.len() > MAX_PLAINTEXT {
         return Err(RecordError::BadLength(content.len()));
     }
     write_header(header, CONTENT_APPLICATION_DATA, content.len() + TLS13_TRAILER_LEN);
-    content.seal(keys, keys.nonce(seq), &header[..], &[inner_type], trailer)
+    content.seal(keys, bulk, keys.nonce(seq), &header[..], Some(inner_type), trailer)
 }
 
 /// Seal one TLS 1.2 AES-GCM record in place: `header` receives the 5-byte record header and the
@@ -194,19 +259,21 @@ pub fn seal_in_place_tls12(
     payload: &mut [u8],
     tag: &mut [u8; TAG_LEN],
 ) -> Result<(), RecordError> {
-    seal_tls12(keys, seq, content_type, header, Content::InPlace(payload), tag)
+    seal_tls12(keys, &BulkKey::Keys, seq, content_type, header, Content::in_place(payload), tag).map(drop)
 }
 
-/// [`seal_in_place_tls12`] for content in place or copied (sealed out of place): the same
-/// wire bytes either way.
+/// [`seal_in_place_tls12`] for content in place or copied (sealed out of place), with the
+/// keys' own AEAD or ring's (`bulk`): the same wire bytes every way. Returns the payload
+/// bytes the CPU touched.
 pub fn seal_tls12(
     keys: &Keys,
+    bulk: &BulkKey,
     seq: u64,
     content_type: u8,
     header: &mut [u8; HEADER_LEN + TLS12_EXPLICIT_NONCE_LEN],
     content: Content<'_>,
     tag: &mut [u8; TAG_LEN],
-) -> Result<(), RecordError> {
+) -> Result<usize, RecordError> {
     expect_version(keys, TlsVersion::Tls12)?;
     let len = content.len();
     if len > MAX_PLAINTEXT {
@@ -215,7 +282,7 @@ pub fn seal_tls12(
     write_header(&mut header[..HEADER_LEN], content_type, TLS12_EXPLICIT_NONCE_LEN + len + TAG_LEN);
     let nonce = keys.nonce(seq);
     header[HEADER_LEN..].copy_from_slice(&nonce[4..]);
-    content.seal(keys, nonce, &tls12_aad(seq, content_type, len), &[], tag)
+    content.seal(keys, bulk, nonce, &tls12_aad(seq, content_type, len), None, tag)
 }
 
 fn tls12_aad(seq: u64, content_type: u8, plaintext_len: usize) -> [u8; 13] {
@@ -374,6 +441,7 @@ mod tests {
     //! `chacha20poly1305`), and records sealed by it are opened here.
     use super::*;
     use crate::tls::keys::AeadSuite;
+    use crate::tls::AeadImpl;
     use aes_gcm::aead::{AeadInPlace, KeyInit};
     use proptest::prelude::*;
 
@@ -537,15 +605,50 @@ mod tests {
             if tls12 {
                 let (mut h1, mut t1, mut h2, mut t2) = ([0u8; 13], [0u8; 16], [0u8; 13], [0u8; 16]);
                 seal_in_place_tls12(&keys, seq, CONTENT_APPLICATION_DATA, &mut h1, &mut in_place, &mut t1).unwrap();
-                seal_tls12(&keys, seq, CONTENT_APPLICATION_DATA, &mut h2, Content::Copied { from: plain, to: &mut copied }, &mut t2).unwrap();
+                seal_tls12(&keys, &BulkKey::Keys, seq, CONTENT_APPLICATION_DATA, &mut h2, Content::copied(plain, &mut copied), &mut t2).unwrap();
                 prop_assert_eq!((h1, t1), (h2, t2));
             } else {
                 let (mut h1, mut t1, mut h2, mut t2) = ([0u8; 5], [0u8; TLS13_TRAILER_LEN], [0u8; 5], [0u8; TLS13_TRAILER_LEN]);
                 seal_in_place_split(&keys, seq, &mut h1, &mut in_place, CONTENT_APPLICATION_DATA, &mut t1).unwrap();
-                seal_split(&keys, seq, &mut h2, Content::Copied { from: plain, to: &mut copied }, CONTENT_APPLICATION_DATA, &mut t2).unwrap();
+                seal_split(&keys, &BulkKey::Keys, seq, &mut h2, Content::copied(plain, &mut copied), CONTENT_APPLICATION_DATA, &mut t2).unwrap();
                 prop_assert_eq!((h1, t1), (h2, t2));
             }
             prop_assert_eq!(in_place, copied);
+        }
+
+        /// ring seals a record of a chunk buffer (borrowing the next byte, or with none to
+        /// borrow) to the bytes aws-lc-rs makes, in place or from a copy, and gives the
+        /// borrowed byte back.
+        #[test]
+        fn ring_seals_a_chunk_record_as_aws_lc_does(suite in suite(), tls12 in any::<bool>(), copied in any::<bool>(), seq in any::<u64>(),
+                                                   len in 0usize..=MAX_PLAINTEXT, start in 0usize..64, after in 0usize..3) {
+            let (version, suite) = if tls12 { (TlsVersion::Tls12, AeadSuite::Aes128Gcm) } else { (TlsVersion::Tls13, suite) };
+            let keys = Keys::new(version, suite, &[4u8; 32][..suite.key_len()], &[6; 12]).unwrap();
+            let plain: Vec<u8> = (0..start + len + after).map(|i| (i * 13 + 1) as u8).collect();
+            let range = start..start + len;
+            let seal = |bulk: &BulkKey| {
+                let mut buf = if copied { vec![0xeeu8; plain.len()] } else { plain.clone() };
+                // The bytes around the record, as the chunk had them before.
+                buf[range.end..].copy_from_slice(&plain[range.end..]);
+                let from = copied.then(|| &plain[range.clone()]);
+                let content = Content::in_buffer(&mut buf, range.clone(), from).unwrap();
+                let (mut h, mut t) = ([0u8; 13], [0u8; TLS13_TRAILER_LEN]);
+                let touched = match version {
+                    TlsVersion::Tls13 => seal_split(&keys, bulk, seq, (&mut h[..5]).try_into().unwrap(), content, CONTENT_APPLICATION_DATA, &mut t),
+                    TlsVersion::Tls12 => seal_tls12(&keys, bulk, seq, CONTENT_APPLICATION_DATA, &mut h, content, (&mut t[..16]).try_into().unwrap()),
+                }.unwrap();
+                (buf, h, t, touched)
+            };
+            let (aws_buf, aws_h, aws_t, aws_touched) = seal(&BulkKey::Keys);
+            let ring_key = keys.bulk_key(AeadImpl::Ring);
+            prop_assert_eq!(matches!(ring_key, BulkKey::Ring(_)), suite != AeadSuite::ChaCha20Poly1305);
+            let (ring_buf, ring_h, ring_t, ring_touched) = seal(&ring_key);
+            prop_assert_eq!(&aws_buf, &ring_buf);
+            prop_assert_eq!((aws_h, aws_t), (ring_h, ring_t));
+            prop_assert_eq!(&ring_buf[range.end..], &plain[range.end..], "the byte after the record is given back");
+            prop_assert_eq!(aws_touched, len);
+            let ring_copies = copied && matches!(ring_key, BulkKey::Ring(_)) && (after > 0 || tls12);
+            prop_assert_eq!(ring_touched, if ring_copies { 2 * len } else { len });
         }
     }
 
@@ -553,9 +656,14 @@ mod tests {
     fn a_copy_into_a_slice_of_another_length_is_refused_untouched() {
         let keys = tls13_keys();
         let (mut h, mut t, mut to) = ([0u8; 5], [0u8; TLS13_TRAILER_LEN], [0u8; 99]);
-        let err = seal_split(&keys, 0, &mut h, Content::Copied { from: &[1; 100], to: &mut to }, CONTENT_APPLICATION_DATA, &mut t);
-        assert_eq!(err, Err(RecordError::BadLength(100)));
-        assert_eq!(to, [0u8; 99]);
+        for bulk in [BulkKey::Keys, keys.bulk_key(AeadImpl::Ring)] {
+            let err = seal_split(&keys, &bulk, 0, &mut h, Content::copied(&[1; 100], &mut to), CONTENT_APPLICATION_DATA, &mut t);
+            assert_eq!(err, Err(RecordError::BadLength(100)));
+            assert_eq!(to, [0u8; 99]);
+        }
+        let mut buf = [0u8; 100];
+        assert!(Content::in_buffer(&mut buf, 50..101, None).is_none());
+        assert!(Content::in_buffer(&mut buf, 0..10, Some(&[1; 9])).is_none());
     }
 
     fn tls13_keys() -> Keys {

@@ -44,7 +44,7 @@ use crate::stats::Stats;
 use crate::tls::handshake::{HandshakeDriver, HandshakeProgress, Incoming, RecordSession};
 use crate::tls::layout::{RecordFormat, ResponseLayout, RECORD_PLAINTEXT};
 use crate::tls::record::{self, CONTENT_APPLICATION_DATA};
-use crate::tls::TlsError;
+use crate::tls::{AeadImpl, TlsError};
 use crate::volume::Library;
 
 mod stream;
@@ -192,13 +192,15 @@ struct Held {
     max_conns: usize,
     /// Connections with at least one response queued.
     busy_queues: usize,
+    /// What seals response records ([`HttpApp::seal_with`]).
+    aead: AeadImpl,
 }
 
 impl Held {
     fn new(max_conns: usize) -> Self {
         // A first response for every connection, and as many again queued behind others
         // (pipelined requests, control records).
-        Held { responses: Slab::with_capacity(2 * max_conns), handshakes: Slab::with_capacity(0), sessions: Slab::with_capacity(0), max_conns, busy_queues: 0 }
+        Held { responses: Slab::with_capacity(2 * max_conns), handshakes: Slab::with_capacity(0), sessions: Slab::with_capacity(0), max_conns, busy_queues: 0, aead: AeadImpl::AwsLcRs }
     }
 
     fn enable_tls(&mut self) {
@@ -365,7 +367,7 @@ fn finish_chunk(
     let Some(chunks) = chunks.as_deref_mut() else { return Ok(()) };
     let resp_start = chunks[ki].resp_start;
     let sealed = match (session, responses.iter(&held.responses).find(|r| r.start == resp_start)) {
-        (Some(s), Some(r)) if r.tls.is_some() => crate::accounting::sealing(|| seal_chunk(s, r, &mut chunks[ki], &mut buf, from)),
+        (Some(s), Some(r)) if r.tls.is_some() => crate::accounting::sealing(|| seal_chunk(s, held.aead, r, &mut chunks[ki], &mut buf, from)),
         _ => {
             if let Some(from) = from {
                 buf.as_mut_slice()[..from.len()].copy_from_slice(from);
@@ -1014,6 +1016,12 @@ impl<S: Storage> HttpApp<S> {
     pub fn enable_tls_emulation(&mut self) -> Result<(), TlsError> {
         self.emulation = Some(Box::new(crate::tls::emulation::session()?));
         Ok(())
+    }
+
+    /// Seal response records (HTTPS and emulated) with `aead` (aws-lc-rs until told):
+    /// [`crate::tls::choice`] picks it at start by measurement.
+    pub fn seal_with(&mut self, aead: AeadImpl) {
+        self.held.aead = aead;
     }
 
     pub fn buffers_free(&self) -> usize {

@@ -12,7 +12,7 @@ use super::{Chunk, ChunkSet, ChunkState, HttpConn, Held, ReadyHint, Response, Tl
 use crate::tls::handshake::RecordSession;
 use crate::tls::layout::{RecordPart, RecordSource, ResponseLayout};
 use crate::tls::record::{self, Content, CONTENT_APPLICATION_DATA};
-use crate::tls::{TlsError, TlsVersion};
+use crate::tls::{AeadImpl, TlsError, TlsVersion};
 
 /// Free the ready chunks whose bytes all lie below stream offset `off` (sent, or
 /// acknowledged; `u64::MAX`: every ready chunk); how many were.
@@ -312,7 +312,7 @@ fn bytes_or_nothing(b: &[u8]) -> Loc<'_> {
 /// Seal the records of `resp` whose plaintext lies in chunk `k`: in place in `buf`, or, with
 /// `from` (the bytes a read would have put in `buf`), out of place from there into `buf`.
 /// Returns how many records were sealed.
-pub(super) fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, buf: &mut DmaBuf, from: Option<&[u8]>) -> Result<u64, TlsError> {
+pub(super) fn seal_chunk(session: &RecordSession, with: AeadImpl, r: &Response, k: &mut Chunk, buf: &mut DmaBuf, from: Option<&[u8]>) -> Result<u64, TlsError> {
     let (Some(t), Some(b)) = (r.tls, r.body) else { return Ok(0) };
     // The read started at a record's first block (the body's first byte's, or the first
     // record a retransmission resends) and ended at a record's end or the body's.
@@ -320,6 +320,7 @@ pub(super) fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, b
     let lo = at.max(b.obj_off);
     let hi = k.obj_end;
     let keys = session.tx_keys(t.epoch)?;
+    let bulk = keys.bulk_key(with);
     let first = r.record_of(&t, &b, lo);
     let last = r.record_of(&t, &b, hi - 1);
     k.first_rec = first;
@@ -330,26 +331,29 @@ pub(super) fn seal_chunk(session: &RecordSession, r: &Response, k: &mut Chunk, b
         debug_assert!(object_start >= lo && object_end <= hi);
         let j = (rec - first) as usize;
         let range = (object_start - at) as usize..(object_end - at) as usize;
+        let from = match from {
+            Some(from) => Some(from.get(range.clone()).ok_or(TlsError::Malformed("chunk source"))?),
+            None => None,
+        };
+        // The records are sealed in order, so the byte after this one's content (which ring
+        // borrows for the inner type) is the next record's, not sealed yet.
+        let content = Content::in_buffer(buf.as_mut_slice(), range, from).ok_or(TlsError::Malformed("chunk range"))?;
+        let seq = t.layout.seq(rec);
         // Sealing in place is one pass over each payload byte (read, then written back where
         // it lies): one byte touched, where a copy and then a seal would touch two
-        // (docs/performance.md). Sealing out of the medium's mapping is one pass as well: it
-        // is the copy.
-        crate::accounting::add_touched(range.len());
-        let content = match from {
-            Some(from) => Content::Copied { from: from.get(range.clone()).ok_or(TlsError::Malformed("chunk source"))?, to: &mut buf.as_mut_slice()[range] },
-            None => Content::InPlace(&mut buf.as_mut_slice()[range]),
-        };
-        let seq = t.layout.seq(rec);
-        match keys.version() {
+        // (docs/performance.md). Sealing out of the medium's mapping is one pass as well with
+        // aws-lc-rs (the seal is the copy); ring copies, then seals: two.
+        let touched = match keys.version() {
             TlsVersion::Tls13 => {
                 let hdr: &mut [u8; 5] = (&mut k.hdr[j][..5]).try_into().expect("5-byte header");
-                record::seal_split(keys, seq, hdr, content, CONTENT_APPLICATION_DATA, &mut k.trl[j])?
+                record::seal_split(keys, &bulk, seq, hdr, content, CONTENT_APPLICATION_DATA, &mut k.trl[j])?
             }
             TlsVersion::Tls12 => {
                 let tag: &mut [u8; 16] = (&mut k.trl[j][..16]).try_into().expect("16-byte tag");
-                record::seal_tls12(keys, seq, CONTENT_APPLICATION_DATA, &mut k.hdr[j], content, tag)?
+                record::seal_tls12(keys, &bulk, seq, CONTENT_APPLICATION_DATA, &mut k.hdr[j], content, tag)?
             }
-        }
+        };
+        crate::accounting::add_touched(touched);
     }
     k.stream_end = r.start + t.clear_head + t.layout.record_wire_range(last).end;
     Ok(last - first + 1)
