@@ -63,6 +63,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("tls_cert", "PEM certificate file (enables HTTPS with tls_key)"),
     ("tls_key", "PEM private key file"),
     ("tls_tickets", "TLS session resumption with tickets: on or off (default on)"),
+    ("aead", "AES-GCM implementation sealing TLS records: auto (the faster, measured at start), aws-lc-rs or ring (default auto)"),
     ("cores", "cores to run pipelines on, e.g. 0-3,6"),
     ("buffers", "512 KiB storage buffers per core, 4..=8192 (default 8; 64 with nic=dpdk)"),
     ("max_connections", "most connections per core, 16..=1048576 (default 16384)"),
@@ -176,6 +177,11 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         "tls_tickets" => {
             if !matches!(value, "on" | "off") {
                 return Err(bad("expected on or off"));
+            }
+        }
+        "aead" => {
+            if value != "auto" && <crate::tls::AeadImpl as clap::ValueEnum>::from_str(value, false).is_err() {
+                return Err(bad("expected auto, aws-lc-rs or ring"));
             }
         }
         "tls_cert" | "tls_key" | "dpdk_args" => {}
@@ -335,6 +341,10 @@ pub fn serve_args(cfg: &BootConfig) -> Vec<String> {
     push("--console", cfg.get("console").unwrap_or(DEFAULT_CONSOLE));
     if cfg.get("tls_tickets") == Some("off") {
         args.push("--no-tls-tickets".to_string());
+    }
+    if let Some(aead) = cfg.get("aead").filter(|a| *a != "auto") {
+        args.push("--aead".to_string());
+        args.push(aead.to_string());
     }
     args
 }
@@ -649,6 +659,9 @@ mod tests {
             ("media", "nvme:auto,nvme:auto,/dev/sdb"),
             ("tls_tickets", "on"),
             ("tls_tickets", "off"),
+            ("aead", "auto"),
+            ("aead", "aws-lc-rs"),
+            ("aead", "ring"),
         ] {
             validate(k, v).unwrap_or_else(|e| panic!("{k}={v}: {e}"));
         }
@@ -664,6 +677,8 @@ mod tests {
             ("cores", "a"),
             ("log", "loud"),
             ("tls_tickets", "no"),
+            ("aead", "openssl"),
+            ("aead", "Ring"),
             ("console", "ttyS0"),
             ("http_port", "70000"),
             ("buffers", "3"),
@@ -723,6 +738,12 @@ mod tests {
         assert!(args.join(" ").ends_with("--tls-key /k.pem --console unix:/run/console --no-tls-tickets"), "{args:?}");
         let parsed = <Serve as clap::Parser>::try_parse_from(&args).expect("serve parses its own arguments");
         assert!(parsed.args.no_tls_tickets);
+        assert_eq!(parsed.args.aead, None);
+        cfg.apply("aead", "ring", "partition").unwrap();
+        let parsed = <Serve as clap::Parser>::try_parse_from(serve_args(&cfg)).expect("serve parses its own arguments");
+        assert_eq!(parsed.args.aead, Some(crate::tls::AeadImpl::Ring));
+        cfg.apply("aead", "auto", "partition").unwrap();
+        assert!(!serve_args(&cfg).contains(&"--aead".to_string()));
         cfg.apply("tls_tickets", "on", "partition").unwrap();
         // Several volumes, one per drive: one --media with the list, which serve splits.
         cfg.apply("media", "nvme:0000:00:04.0,nvme:auto", "cmdline").unwrap();
