@@ -25,16 +25,12 @@ pub struct TlsState {
     pub chain: Vec<CertSummary>,
     /// "files CERT, KEY" or [`FROM_CONSOLE`] (with where it is kept).
     pub source: String,
+    /// Installed from the console (`tls install`), not the files given at start.
+    pub installed: bool,
     pub port: u16,
     pub tickets: bool,
     /// The files given at start, which `tls remove` goes back to.
     pub files: Option<(PathBuf, PathBuf)>,
-}
-
-impl TlsState {
-    pub fn installed(&self) -> bool {
-        self.source.starts_with(FROM_CONSOLE)
-    }
 }
 
 /// The configuration to start with: the credentials stored by `tls install` if the store holds
@@ -66,6 +62,7 @@ pub fn at_start(
                     config: tickets_as_asked(config, tickets),
                     chain,
                     source: format!("{FROM_CONSOLE} (configuration partition)"),
+                    installed: true,
                     port,
                     tickets,
                     files: files_owned,
@@ -101,6 +98,7 @@ pub fn install(current: Option<&TlsState>, pem: &str, port: u16, tickets: bool, 
         config,
         chain,
         source: FROM_CONSOLE.to_string(),
+        installed: true,
         port: current.map_or(port, |c| c.port),
         tickets: current.map_or(tickets, |c| c.tickets),
         files: current.and_then(|c| c.files.clone()),
@@ -123,6 +121,7 @@ fn from_files(config: Arc<ServerConfig>, cert: &Path, key: &Path, port: u16, tic
         config,
         chain: describe_file(cert),
         source: format!("files {}, {}", cert.display(), key.display()),
+        installed: false,
         port,
         tickets,
         files: Some((cert.to_path_buf(), key.to_path_buf())),
@@ -199,19 +198,19 @@ mod tests {
         let (_f, mut store) = store();
         let from_files = at_start(Some((&cert, &key)), Some(&store), 443, true, now()).unwrap().unwrap();
         assert_eq!(from_files.chain[0].subject, "CN=files.example");
-        assert!(from_files.source.starts_with("files ") && !from_files.installed());
+        assert!(from_files.source.starts_with("files ") && !from_files.installed);
         let (c, k) = pem("installed.example", -1, 30);
         store.store_credentials(&format!("{c}{k}")).unwrap();
         let installed = at_start(Some((&cert, &key)), Some(&store), 443, false, now()).unwrap().unwrap();
         assert_eq!(installed.chain[0].subject, "CN=installed.example");
-        assert!(installed.installed() && !installed.tickets);
+        assert!(installed.installed && !installed.tickets);
         assert_eq!(installed.config.send_tls13_tickets, 0, "tickets off as asked");
         // Without files too: HTTPS serves the installed certificate.
-        assert!(at_start(None, Some(&store), 443, true, now()).unwrap().unwrap().installed());
+        assert!(at_start(None, Some(&store), 443, true, now()).unwrap().unwrap().installed);
         // A stored key that does not fit the certificate: the files serve, or nothing.
         let (_, other_key) = pem("x.example", -1, 30);
         store.store_credentials(&format!("{c}{other_key}")).unwrap();
-        assert!(!at_start(Some((&cert, &key)), Some(&store), 443, true, now()).unwrap().unwrap().installed());
+        assert!(!at_start(Some((&cert, &key)), Some(&store), 443, true, now()).unwrap().unwrap().installed);
         assert!(at_start(None, Some(&store), 443, true, now()).unwrap().is_none());
         // Bad files are an error, as they always were.
         std::fs::write(&cert, "not PEM").unwrap();
@@ -226,7 +225,7 @@ mod tests {
         let (c, k) = pem("new.example", -1, 365);
         let next = install(Some(&current), &format!("{k}{c}"), 443, false, now()).unwrap();
         assert_eq!(next.chain[0].subject, "CN=new.example");
-        assert_eq!((next.port, next.tickets, next.installed()), (8443, true, true), "port and tickets stay");
+        assert_eq!((next.port, next.tickets, next.installed), (8443, true, true), "port and tickets stay");
         assert!(Arc::ptr_eq(&next.config.ticketer, &current.config.ticketer), "the same ticket keys");
         let back = back_to_files(&next).unwrap().unwrap();
         assert_eq!(back.chain[0].subject, "CN=files.example");

@@ -273,7 +273,7 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
             let off = TlsInfo { port: self.host.https_port, tickets: self.host.tls_tickets, source: "none: HTTPS is off".to_string(), chain: Vec::new(), now: wall_now(), sealer: self.host.sealer.clone() };
             return Ok((off, "removed from the configuration partition".to_string()));
         };
-        if !current.installed() && !stored {
+        if !current.installed && !stored {
             return Err("no certificate was installed from the console".to_string());
         }
         let files = credentials::back_to_files(&current)?;
@@ -288,7 +288,7 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
         log::info!("tls: the certificate installed from the console was removed");
         Ok(match files {
             Some(state) => (self.serve_with(state), "removed; new handshakes on every core use the start-up files again".to_string()),
-            None if current.installed() => (
+            None if current.installed => (
                 tls_info(&current, &self.host.sealer),
                 "removed from the configuration partition; it serves until the appliance restarts (no certificate files were given at start)".to_string(),
             ),

@@ -136,8 +136,8 @@ impl<'a> Content<'a> {
         Content { from: None, to: bytes, len }
     }
 
-    /// Read from `from`, written to `to`, which must be as long (sealing refuses it, leaving
-    /// `to` untouched, when it is not).
+    /// Read from `from`, written to the start of `to` (sealing refuses a shorter `to`,
+    /// leaving it untouched; ring may lend the byte after the content from a longer one).
     pub fn copied(from: &'a [u8], to: &'a mut [u8]) -> Content<'a> {
         Content { from: Some(from), len: from.len(), to }
     }
