@@ -253,7 +253,7 @@ pub fn measure_volume_seal_gbps(path: &std::path::Path, how: VolumeRead, with: s
     } else if !storage.is_mapped() {
         return Err(format!("{}: not mapped (not on tmpfs, or not leased)", path.display()));
     }
-    let pool = storage.dma_pool(chunk, buffers.max(1)).map_err(|e| e.to_string())?;
+    let pool = storage.dma_pool(chunk + crate::server::http_app::SEAL_ROOM, buffers.max(1)).map_err(|e| e.to_string())?;
     let mut bufs: Vec<_> = (0..buffers.max(1)).filter_map(|_| pool.alloc()).collect();
     let keys = super::Keys::new(super::TlsVersion::Tls13, super::AeadSuite::Aes128Gcm, &[0x42; 16], &IV).map_err(|e| e.to_string())?;
     let bulk = keys.bulk_key(with);

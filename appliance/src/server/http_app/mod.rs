@@ -58,6 +58,11 @@ use stream::{free_ready_chunks_below, ready_len, release_chunks, seal_chunk, wal
 /// and buffer turns per byte, fewer frames cut short where a chunk ends, and with fewer
 /// buffers the pool stays as small (docs/performance.md).
 pub const CHUNK: usize = 512 * 1024;
+/// Bytes of each storage buffer past its chunk: room for ring, which cannot seal a TLS 1.3
+/// record's content and inner type apart, to borrow the byte after a full chunk's last record
+/// as it borrows the next record's first byte for the others (docs/tls.md). A block, so that
+/// every buffer stays block-aligned for NVMe; 0.8% more pool.
+pub const SEAL_ROOM: usize = 4096;
 /// Chunk slots per sending connection: the chunk being sent and the one read ahead of it
 /// (or one read again for a retransmission). Each holds a storage buffer, so this also
 /// bounds what one connection that stops reading (a zero window) holds of the pool.
@@ -708,12 +713,12 @@ impl<S: Storage> HttpApp<S> {
         &self.pool
     }
 
-    /// `buffers` DMA chunks of [`CHUNK`] bytes bound what this core has in flight.
+    /// `buffers` DMA chunks of [`CHUNK`] bytes (and [`SEAL_ROOM`]) bound what this core has in flight.
     /// Objects are read from `storage` at the addresses `library` gives (drive and offset).
     /// The slabs of per-connection state have room for `max_conns` connections (the
     /// connection table's capacity).
     pub fn new(mut storage: S, library: impl Into<Arc<Library>>, buffers: usize, max_conns: usize) -> Result<Self, drivers::storage::StorageError> {
-        let pool = storage.dma_pool(CHUNK, buffers)?;
+        let pool = storage.dma_pool(CHUNK + SEAL_ROOM, buffers)?;
         Ok(HttpApp {
             storage,
             pool,
