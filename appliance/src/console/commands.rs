@@ -38,6 +38,7 @@ const COMMANDS: &[(&str, &str)] = &[
         "then paste a certificate chain and its key (PEM), then a line 'end'",
     ),
     ("tls remove", "forget the installed certificate; the start-up files serve again"),
+    ("tls rotate-tickets", "new session-ticket keys now: tickets issued before no longer resume"),
     ("config set KEY VALUE", "change a setting"),
     ("reboot", "reboot the appliance (after this answer)"),
     ("poweroff", "power the appliance off (after this answer)"),
@@ -118,7 +119,10 @@ impl Console {
                     return;
                 }
                 ["remove"] => host.tls_remove().map(|(info, note)| tls_installed(&info, &note, out)),
-                _ => Err("usage: tls | tls install | tls remove".to_string()),
+                ["rotate-tickets"] => host
+                    .tls_rotate_tickets()
+                    .map(|info| tls_installed(&info, "new session-ticket keys on every core: tickets issued before no longer resume", out)),
+                _ => Err("usage: tls | tls install | tls remove | tls rotate-tickets".to_string()),
             },
             "reboot" => no_args(cmd, &args).map(|()| power(PowerAction::Reboot, host, out)),
             "poweroff" => no_args(cmd, &args).map(|()| power(PowerAction::Poweroff, host, out)),
@@ -695,7 +699,22 @@ mod tests {
         assert!(run(&mut c, &mut h, "tls").contains("warning   not valid yet by the appliance's clock"));
         h.tls = None;
         assert!(run(&mut c, &mut h, "tls").starts_with("error: HTTPS is off"));
-        assert!(err("tls show me").starts_with("error: usage: tls | tls install | tls remove"));
+        assert!(err("tls show me").starts_with("error: usage: tls | tls install | tls remove | tls rotate-tickets"));
+    }
+
+    #[test]
+    fn tls_rotate_tickets_answers_with_what_is_served() {
+        let mut c = Console::new();
+        let mut h = FakeHost::new();
+        let out = run(&mut c, &mut h, "tls rotate-tickets");
+        assert!(out.starts_with("new session-ticket keys on every core: tickets issued before no longer resume\n"), "{out}");
+        assert!(out.contains("subject   CN=media.example") && out.ends_with("ok\n"), "{out}");
+        assert_eq!(h.ticket_rotations, 1);
+        h.tls.as_mut().unwrap().tickets = false;
+        assert_eq!(run(&mut c, &mut h, "tls rotate-tickets"), "error: session tickets are off\n");
+        h.tls = None;
+        assert_eq!(run(&mut c, &mut h, "tls rotate-tickets"), "error: HTTPS is off\n");
+        assert_eq!(h.ticket_rotations, 1);
     }
 
     #[test]

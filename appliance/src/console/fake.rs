@@ -18,6 +18,8 @@ pub struct FakeHost {
     pub tls: Option<TlsInfo>,
     /// PEM text each `tls install` handed over, accepted or not.
     pub installed: Vec<String>,
+    /// `tls rotate-tickets` that succeeded.
+    pub ticket_rotations: u32,
 }
 
 impl Default for FakeHost {
@@ -47,6 +49,7 @@ impl FakeHost {
                 sealer: "ring (measured at start: aws-lc-rs 4.08 GB/s, ring 7.29 GB/s)".to_string(),
             }),
             installed: Vec::new(),
+            ticket_rotations: 0,
         }
     }
 }
@@ -252,6 +255,17 @@ impl ConsoleHost for FakeHost {
         info.chain[0] = fake_cert("CN=renewed.example", "CN=Example CA", info.now + 365 * 86_400);
         self.tls = Some(info.clone());
         Ok((info, "stored in the configuration partition; new handshakes on every core use it".to_string()))
+    }
+
+    fn tls_rotate_tickets(&mut self) -> Result<TlsInfo, String> {
+        match &self.tls {
+            Some(info) if info.tickets => {
+                self.ticket_rotations += 1;
+                Ok(info.clone())
+            }
+            Some(_) => Err("session tickets are off".to_string()),
+            None => Err("HTTPS is off".to_string()),
+        }
     }
 
     fn tls_remove(&mut self) -> Result<(TlsInfo, String), String> {

@@ -241,4 +241,7 @@ pub trait ConsoleHost {
     fn tls_install(&mut self, pem: &str) -> Result<(TlsInfo, String), String>;
     /// Forget the installed certificate: the files given at start serve again.
     fn tls_remove(&mut self) -> Result<(TlsInfo, String), String>;
+    /// New session-ticket keys for every core's new handshakes: no ticket issued before
+    /// resumes. `Err` when HTTPS or tickets are off.
+    fn tls_rotate_tickets(&mut self) -> Result<TlsInfo, String>;
 }

@@ -105,6 +105,16 @@ pub fn install(current: Option<&TlsState>, pem: &str, port: u16, tickets: bool, 
     })
 }
 
+/// `tls rotate-tickets`: `current` with new session-ticket keys, so that no ticket issued
+/// before resumes (a client makes one full handshake and gets new tickets).
+pub fn rotate_ticket_keys(current: &TlsState) -> Result<TlsState, String> {
+    if !current.tickets {
+        return Err("session tickets are off (tls_tickets off, serve --no-tls-tickets): there are no keys to rotate".to_string());
+    }
+    let config = handshake::with_new_ticket_keys(&current.config).map_err(|e| e.to_string())?;
+    Ok(TlsState { config, ..current.clone() })
+}
+
 /// `tls remove`: the configuration of the files given at start again (keeping `current`'s
 /// tickets), or `None` when there were none.
 pub fn back_to_files(current: &TlsState) -> Result<Option<TlsState>, String> {
@@ -240,5 +250,25 @@ mod tests {
         let first = install(None, &format!("{c}{k}"), 4443, false, now()).unwrap();
         assert_eq!((first.port, first.tickets, first.config.send_tls13_tickets), (4443, false, 0));
         assert!(back_to_files(&first).unwrap().is_none(), "no files to go back to");
+    }
+
+    #[test]
+    fn rotating_the_ticket_keys_keeps_the_certificate_and_refuses_older_tickets() {
+        let files = Files::new("files.example");
+        let (cert, key) = files.paths();
+        let current = at_start(Some((&cert, &key)), None, 443, true, now()).unwrap().unwrap();
+        let ticket = current.config.ticketer.encrypt(b"a session").unwrap();
+        assert_eq!(current.config.ticketer.decrypt(&ticket).as_deref(), Some(&b"a session"[..]));
+        let next = rotate_ticket_keys(&current).unwrap();
+        assert!(!Arc::ptr_eq(&next.config.ticketer, &current.config.ticketer));
+        assert_eq!(next.config.ticketer.decrypt(&ticket), None, "a ticket from before does not resume");
+        assert!(next.config.ticketer.enabled());
+        let fresh = next.config.ticketer.encrypt(b"another").unwrap();
+        assert_eq!(next.config.ticketer.decrypt(&fresh).as_deref(), Some(&b"another"[..]));
+        assert_eq!((next.chain[0].subject.as_str(), next.port, next.tickets, next.installed), ("CN=files.example", 443, true, false));
+        assert_eq!(next.config.send_tls13_tickets, current.config.send_tls13_tickets);
+        // Tickets off: nothing to rotate.
+        let off = at_start(Some((&cert, &key)), None, 443, false, now()).unwrap().unwrap();
+        assert!(rotate_ticket_keys(&off).unwrap_err().starts_with("session tickets are off"));
     }
 }

@@ -263,6 +263,13 @@ impl<N: Nic, S: Storage> ConsoleHost for View<'_, N, S> {
         Ok((self.serve_with(state), note.to_string()))
     }
 
+    fn tls_rotate_tickets(&mut self) -> Result<TlsInfo, String> {
+        let current = self.host.tls.as_ref().ok_or("HTTPS is off")?;
+        let state = credentials::rotate_ticket_keys(current)?;
+        log::info!("tls: new session-ticket keys from the console; tickets issued before no longer resume");
+        Ok(self.serve_with(state))
+    }
+
     fn tls_remove(&mut self) -> Result<(TlsInfo, String), String> {
         let mut store = config_store();
         let stored = store.as_ref().is_some_and(|s| matches!(s.load_credentials(), Ok(Some(_))));

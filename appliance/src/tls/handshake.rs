@@ -136,6 +136,14 @@ pub fn keeping_tickets(config: Arc<ServerConfig>, current: &ServerConfig) -> Arc
     Arc::new(config)
 }
 
+/// The same configuration with new session-ticket keys (a new ticketer): tickets issued under
+/// `current`'s no longer resume; the certificate and ticket count stay.
+pub fn with_new_ticket_keys(current: &ServerConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = current.clone();
+    config.ticketer = provider::Ticketer::new()?;
+    Ok(Arc::new(config))
+}
+
 /// The same configuration with session resumption off (`serve --no-tls-tickets`): no tickets
 /// issued, none accepted, every handshake a full one.
 pub fn without_resumption(config: &ServerConfig) -> Arc<ServerConfig> {
