@@ -1,6 +1,7 @@
 //! Traffic keys of one direction of a connection (AEAD key + static IV), and the TLS 1.3 key
 //! schedule step this layer needs once rustls has handed the connection over: deriving key/IV
-//! from a traffic secret and the next secret on KeyUpdate (RFC 8446 7.1-7.3), on aws-lc-rs.
+//! from a traffic secret and the next secret on KeyUpdate (RFC 8446 7.1-7.3), on aws-lc-rs;
+//! and the ring context a chunk's records may be sealed with instead ([`BulkKey`]).
 use aws_lc_rs::{aead, hkdf};
 use rustls::ConnectionTrafficSecrets;
 
