@@ -455,16 +455,14 @@ fn on_first_core<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 /// real drive's DMA; [`measure_seal_gbps`] seals one hot buffer over and over. Returns Gb/s.
 fn measure_device_seal_gbps(vol: &std::path::Path, with: AeadImpl, buffers: usize, bytes: u64) -> Result<f64, String> {
     use crate::server::http_app::CHUNK;
-    use crate::tls::{record, AeadSuite, Keys, TlsVersion};
+    use crate::tls::{AeadSuite, Keys, TlsVersion};
     use drivers::storage::{Completion, Storage, StorageError};
-    const RECORD: usize = 16 * 1024;
     let mut storage = FileStorage::open(vol).map_err(|e| e.to_string())?;
     storage.unmap();
     let pool = storage.dma_pool(CHUNK + crate::server::http_app::SEAL_ROOM, buffers.max(1)).map_err(|e| e.to_string())?;
     let keys = Keys::new(TlsVersion::Tls13, AeadSuite::Aes128Gcm, &[0x42; 16], &[0x24; 12]).map_err(|e| e.to_string())?;
     let bulk = keys.bulk_key(with);
     let chunks = (storage.capacity() / CHUNK as u64).max(1);
-    let (mut header, mut trailer) = ([0u8; record::HEADER_LEN], [0u8; record::TLS13_TRAILER_LEN]);
     let mut done = Vec::with_capacity(buffers.max(1));
     let (mut next, mut seq, mut sealed, mut sealing) = (0u64, 0u64, 0u64, Duration::ZERO);
     while sealed < bytes {
@@ -481,11 +479,7 @@ fn measure_device_seal_gbps(vol: &std::path::Path, with: AeadImpl, buffers: usiz
         for Completion { mut buf, result, .. } in done.drain(..) {
             result.map_err(|e| e.to_string())?;
             let t = Instant::now();
-            for at in (0..CHUNK).step_by(RECORD) {
-                let content = record::Content::in_buffer(buf.as_mut_slice(), at..at + RECORD, None).ok_or("a chunk larger than its buffer")?;
-                record::seal_split(&keys, &bulk, seq, &mut header, content, 23, &mut trailer).map_err(|e| e.to_string())?;
-                seq += 1;
-            }
+            crate::tls::bench::seal_chunk_records(&keys, &bulk, buf.as_mut_slice(), CHUNK, None, &mut seq).map_err(|e| e.to_string())?;
             sealing += t.elapsed();
             sealed += CHUNK as u64;
         }

@@ -230,6 +230,24 @@ pub fn paired_record_seal_ratio(record_len: usize, trials: usize, records: u64) 
     [at(1), at(2), at(3)]
 }
 
+/// Seal the 16 KiB TLS 1.3 records of `buf[..chunk]` as the pipeline seals a chunk, with
+/// `bulk`: in place, or out of `from` (the chunk's bytes in a mapping); each record may borrow
+/// the byte after it ([`Content::in_buffer`]). The first is record `*seq`, which ends past the
+/// last. Returns the bytes sealed.
+pub fn seal_chunk_records(keys: &super::Keys, bulk: &super::BulkKey, buf: &mut [u8], chunk: usize, from: Option<&[u8]>, seq: &mut u64) -> Result<usize, super::RecordError> {
+    const RECORD: usize = super::layout::RECORD_PLAINTEXT as usize;
+    let (mut header, mut trailer) = ([0u8; super::record::HEADER_LEN], [0u8; super::record::TLS13_TRAILER_LEN]);
+    for at in (0..chunk).step_by(RECORD) {
+        let range = at..(at + RECORD).min(chunk);
+        let source = from.map(|f| f.get(range.clone()).ok_or(super::RecordError::BufferTooSmall(chunk))).transpose()?;
+        let content = Content::in_buffer(buf, range, source).ok_or(super::RecordError::BufferTooSmall(chunk))?;
+        super::record::seal_split(keys, bulk, *seq, &mut header, content, super::record::CONTENT_APPLICATION_DATA, &mut trailer)?;
+        black_box(&trailer);
+        *seq += 1;
+    }
+    Ok(chunk)
+}
+
 /// How [`measure_volume_seal_gbps`] takes a volume file's bytes to seal them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VolumeRead {
@@ -246,7 +264,6 @@ pub enum VolumeRead {
 /// GB/s, reading included: what it costs the core to turn the file into sealed records.
 pub fn measure_volume_seal_gbps(path: &std::path::Path, how: VolumeRead, with: super::AeadImpl, chunk: usize, buffers: usize, duration: Duration) -> Result<f64, String> {
     use drivers::storage::{FileStorage, Storage};
-    const RECORD: usize = 16 * 1024;
     let mut storage = FileStorage::open(path).map_err(|e| e.to_string())?;
     if how == VolumeRead::ReadThenSeal {
         storage.unmap();
@@ -261,7 +278,6 @@ pub fn measure_volume_seal_gbps(path: &std::path::Path, how: VolumeRead, with: s
     if chunks == 0 {
         return Err(format!("{}: smaller than one {chunk}-byte chunk", path.display()));
     }
-    let (mut header, mut trailer) = ([0u8; 5], [0u8; super::record::TLS13_TRAILER_LEN]);
     let mut done = Vec::with_capacity(1);
     let (mut next, mut seq, mut bytes) = (0u64, 0u64, 0u64);
     let start = Instant::now();
@@ -275,23 +291,13 @@ pub fn measure_volume_seal_gbps(path: &std::path::Path, how: VolumeRead, with: s
                 let c = done.pop().ok_or("no completion")?;
                 c.result.map_err(|e| e.to_string())?;
                 buf = c.buf;
-                for at in (0..chunk).step_by(RECORD) {
-                    let content = Content::in_buffer(buf.as_mut_slice(), at..(at + RECORD).min(chunk), None).ok_or("chunk larger than its buffer")?;
-                    super::record::seal_split(&keys, &bulk, seq, &mut header, content, 23, &mut trailer).map_err(|e| e.to_string())?;
-                    seq += 1;
-                }
+                seal_chunk_records(&keys, &bulk, buf.as_mut_slice(), chunk, None, &mut seq).map_err(|e| e.to_string())?;
             }
             VolumeRead::SealFromMapping => {
                 let from = storage.mapped(offset, chunk).ok_or("the mapping went away")?;
-                for at in (0..chunk).step_by(RECORD) {
-                    let range = at..(at + RECORD).min(chunk);
-                    let content = Content::in_buffer(buf.as_mut_slice(), range.clone(), Some(&from[range])).ok_or("chunk larger than its buffer")?;
-                    super::record::seal_split(&keys, &bulk, seq, &mut header, content, 23, &mut trailer).map_err(|e| e.to_string())?;
-                    seq += 1;
-                }
+                seal_chunk_records(&keys, &bulk, buf.as_mut_slice(), chunk, Some(from), &mut seq).map_err(|e| e.to_string())?;
             }
         }
-        black_box(&trailer);
         bufs.insert(0, buf);
         next += 1;
         bytes += chunk as u64;
