@@ -66,7 +66,7 @@ impl Host {
             http_port: args.http_port,
             https_port: args.https_port,
             tls_tickets: !args.no_tls_tickets,
-            sealer: args.aead_choice.as_ref().map_or_else(|| crate::tls::AeadImpl::AwsLcRs.name().to_string(), |c| c.describe()),
+            sealer: args.aead_choice.describe(),
             tls: args.tls.as_deref().cloned(),
             media_source: args.media.clone(),
             media_detail: args.media_detail.clone(),

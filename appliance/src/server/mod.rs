@@ -146,7 +146,7 @@ pub struct ServeArgs {
     pub tls: Option<Box<credentials::TlsState>>,
     /// What seals response records: `--aead`, or measured by `serve` at start.
     #[arg(skip)]
-    pub aead_choice: Option<Box<crate::tls::AeadChoice>>,
+    pub aead_choice: Box<crate::tls::AeadChoice>,
 }
 
 /// Where `--media` points.
@@ -304,7 +304,7 @@ pub fn serve(mut args: ServeArgs) -> Result<Outcome, ServeError> {
         None => crate::tls::choice::measure_at_start(),
     };
     log::info!("TLS records are sealed with {}", aead.describe());
-    args.aead_choice = Some(Box::new(aead));
+    *args.aead_choice = aead;
     let console = ConsoleService::open(&args.console)?;
     let net = Net { ip, prefix, mac };
     if let Some(name) = args.nic.strip_prefix("tap:") {
@@ -660,7 +660,7 @@ fn run<N: Nic>(
         buffers: args.buffers.unwrap_or(if args.nic == "dpdk" { DPDK_BUFFERS } else { BUFFERS }),
         header_timeout: args.header_timeout * SEC,
         tls_emulation: args.tls_emulation,
-        aead: args.aead_choice.as_ref().map_or(crate::tls::AeadImpl::AwsLcRs, |c| c.chosen),
+        aead: args.aead_choice.chosen,
         start,
     };
     if args.tls_emulation {

@@ -239,8 +239,7 @@ pub fn seal_chunk_records(keys: &super::Keys, bulk: &super::BulkKey, buf: &mut [
     let (mut header, mut trailer) = ([0u8; super::record::HEADER_LEN], [0u8; super::record::TLS13_TRAILER_LEN]);
     for at in (0..chunk).step_by(RECORD) {
         let range = at..(at + RECORD).min(chunk);
-        let source = from.map(|f| f.get(range.clone()).ok_or(super::RecordError::BufferTooSmall(chunk))).transpose()?;
-        let content = Content::in_buffer(buf, range, source).ok_or(super::RecordError::BufferTooSmall(chunk))?;
+        let content = Content::in_buffer(buf, range, from).ok_or(super::RecordError::BufferTooSmall(chunk))?;
         super::record::seal_split(keys, bulk, *seq, &mut header, content, super::record::CONTENT_APPLICATION_DATA, &mut trailer)?;
         black_box(&trailer);
         *seq += 1;

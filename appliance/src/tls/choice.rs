@@ -46,6 +46,13 @@ pub struct AeadChoice {
     pub measured: Option<[f64; 2]>,
 }
 
+/// aws-lc-rs, as an [`crate::server::http_app::HttpApp`] seals until told otherwise.
+impl Default for AeadChoice {
+    fn default() -> AeadChoice {
+        AeadChoice::named(AeadImpl::AwsLcRs)
+    }
+}
+
 impl AeadChoice {
     /// What the operator named, unmeasured.
     pub fn named(chosen: AeadImpl) -> AeadChoice {

@@ -142,12 +142,17 @@ impl<'a> Content<'a> {
         Content { from: Some(from), len: from.len(), to }
     }
 
-    /// `buf[range]`: the bytes there, or those of `from` (as long as the range) written
-    /// there. The byte after the range, when `buf` has one, may be lent to the seal and is
-    /// given back. None when the range is not inside `buf` or `from` is not as long.
+    /// `buf[range]`: the bytes there, or those at the same offsets of `from` (the bytes that
+    /// belong in `buf`, such as the chunk's in a mapping) written there. The byte after the
+    /// range, when `buf` has one, may be lent to the seal and is given back. None when the
+    /// range is not inside `buf` (or `from`).
     pub fn in_buffer(buf: &'a mut [u8], range: std::ops::Range<usize>, from: Option<&'a [u8]>) -> Option<Content<'a>> {
         let len = range.len();
-        if range.end > buf.len() || from.is_some_and(|f| f.len() != len) {
+        let from = match from {
+            Some(from) => Some(from.get(range.clone())?),
+            None => None,
+        };
+        if range.end > buf.len() {
             return None;
         }
         let end = (range.end + 1).min(buf.len());
@@ -630,7 +635,7 @@ mod tests {
                 let mut buf = if copied { vec![0xeeu8; plain.len()] } else { plain.clone() };
                 // The bytes around the record, as the chunk had them before.
                 buf[range.end..].copy_from_slice(&plain[range.end..]);
-                let from = copied.then(|| &plain[range.clone()]);
+                let from = copied.then_some(&plain[..]);
                 let content = Content::in_buffer(&mut buf, range.clone(), from).unwrap();
                 let (mut h, mut t) = ([0u8; 13], [0u8; TLS13_TRAILER_LEN]);
                 let touched = match version {

@@ -331,10 +331,6 @@ pub(super) fn seal_chunk(session: &RecordSession, with: AeadImpl, r: &Response, 
         debug_assert!(object_start >= lo && object_end <= hi);
         let j = (rec - first) as usize;
         let range = (object_start - at) as usize..(object_end - at) as usize;
-        let from = match from {
-            Some(from) => Some(from.get(range.clone()).ok_or(TlsError::Malformed("chunk source"))?),
-            None => None,
-        };
         // The records are sealed in order, so the byte after this one's content (which ring
         // borrows for the inner type) is the next record's, not sealed yet.
         let content = Content::in_buffer(buf.as_mut_slice(), range, from).ok_or(TlsError::Malformed("chunk range"))?;
