@@ -77,8 +77,8 @@ pub fn at_start(
         }
     }
     let Some((cert, key)) = files else { return Ok(None) };
-    let config = handshake::load_server_config(cert, key)?;
-    let state = from_files(tickets_as_asked(config, tickets), cert, key, port, tickets);
+    let (config, chain) = load_files(cert, key)?;
+    let state = from_files(tickets_as_asked(config, tickets), chain, cert, key, port, tickets);
     log_certificate(&state, now);
     Ok(Some(state))
 }
@@ -119,17 +119,26 @@ pub fn rotate_ticket_keys(current: &TlsState) -> Result<TlsState, String> {
 /// tickets), or `None` when there were none.
 pub fn back_to_files(current: &TlsState) -> Result<Option<TlsState>, String> {
     let Some((cert, key)) = &current.files else { return Ok(None) };
-    let loaded = handshake::load_server_config(cert, key).map_err(|e| e.to_string())?;
+    let (loaded, chain) = load_files(cert, key).map_err(|e| e.to_string())?;
     // The files' certificate, with the tickets of the configuration in force.
     let config = handshake::keeping_tickets(loaded, &current.config);
-    Ok(Some(from_files(config, cert, key, current.port, current.tickets)))
+    Ok(Some(from_files(config, chain, cert, key, current.port, current.tickets)))
 }
 
-/// The state of `config`, made from the files `cert` and `key`.
-fn from_files(config: Arc<ServerConfig>, cert: &Path, key: &Path, port: u16, tickets: bool) -> TlsState {
+/// The configuration of the files `cert` and `key` and their chain described, from one read
+/// of each (so that `tls` describes the certificate served even if a file changes meanwhile).
+fn load_files(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, Vec<CertSummary>), TlsError> {
+    let (ders, key) = handshake::read_pem_files(cert, key)?;
+    // Empty or partial when the DER does not parse as X.509 here, though rustls may take it.
+    let chain = ders.iter().filter_map(|der| certs::describe(der).ok()).collect();
+    Ok((handshake::server_config(ders, key)?, chain))
+}
+
+/// The state of `config`, made from the files `cert` and `key` (described as `chain`).
+fn from_files(config: Arc<ServerConfig>, chain: Vec<CertSummary>, cert: &Path, key: &Path, port: u16, tickets: bool) -> TlsState {
     TlsState {
         config,
-        chain: describe_file(cert),
+        chain,
         source: format!("files {}, {}", cert.display(), key.display()),
         installed: false,
         port,
@@ -145,13 +154,6 @@ fn tickets_as_asked(config: Arc<ServerConfig>, tickets: bool) -> Arc<ServerConfi
     } else {
         handshake::without_resumption(&config)
     }
-}
-
-/// The certificates of a PEM file, described (empty when it cannot be read or parsed).
-fn describe_file(path: &Path) -> Vec<CertSummary> {
-    use rustls::pki_types::pem::PemObject;
-    let Ok(iter) = rustls::pki_types::CertificateDer::pem_file_iter(path) else { return Vec::new() };
-    iter.filter_map(Result::ok).filter_map(|der| certs::describe(&der).ok()).collect()
 }
 
 /// The certificate in the log at start, with a warning when it is past or near its end.

@@ -52,6 +52,15 @@ pub const TLS13_TICKETS: usize = 2;
 /// in a TLS 1.2 one; [`without_resumption`] turns them off); secret extraction on. rustls
 /// never renegotiates.
 pub fn load_server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let (certs, key) = read_pem_files(cert_pem, key_pem)?;
+    server_config(certs, key)
+}
+
+/// The certificate chain and private key of two PEM files, each file read once.
+pub fn read_pem_files(
+    cert_pem: &Path,
+    key_pem: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |e: rustls::pki_types::pem::Error| match e {
@@ -78,7 +87,7 @@ pub fn load_server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<ServerC
         }
         other => io_err(key_pem)(other),
     })?;
-    server_config(certs, key)
+    Ok((certs, key))
 }
 
 /// As [`load_server_config`], from DER already in memory.
