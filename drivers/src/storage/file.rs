@@ -29,8 +29,8 @@ pub const FILE_BLOCK_SIZE: usize = 4096;
 pub const FILE_QUEUE_DEPTH: usize = 64;
 
 /// A mapped file's lease is checked at a poll when it was last checked this long ago, so a
-/// writer waiting for it is let go within a millisecond or two even when nothing is read (an
-/// idle loop polls at least once a millisecond).
+/// writer waiting for it is let go within a millisecond or two even when nothing is read (a
+/// loop with connections polls at least once a millisecond; one without, every 10 ms).
 const LEASE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// How the file backend reads.
