@@ -813,16 +813,44 @@ fn run_pipeline<N: Nic, S: Storage>(
                 }
             }
         }
-        if !pipe.poll(now).busy() {
-            let wait = if pipe.stack.connection_count() == 0 { WAIT_WITHOUT_CONNECTIONS } else { Duration::from_millis(1) };
+        let turn = pipe.poll(now);
+        if let Some(wait) = wait_after(turn, pipe.stack.connection_count()) {
             pipe.nic.wait_rx(wait);
         }
+    }
+}
+
+/// How long the loop may wait for a frame after `turn`, with `connections` in the table: not
+/// at all when it must go round again at once; a millisecond (the timers' tick) while there
+/// are connections; [`WAIT_WITHOUT_CONNECTIONS`] without.
+fn wait_after(turn: pipeline::Turn, connections: usize) -> Option<Duration> {
+    if turn.busy() {
+        None
+    } else if connections > 0 {
+        Some(Duration::from_millis(1))
+    } else {
+        Some(WAIT_WITHOUT_CONNECTIONS)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loop_waits_long_only_without_connections_and_work() {
+        let idle = pipeline::Turn { worked: false, reads_in_flight: false, handshakes_queued: false };
+        assert_eq!(wait_after(idle, 0), Some(WAIT_WITHOUT_CONNECTIONS));
+        assert_eq!(wait_after(idle, 1), Some(Duration::from_millis(1)), "timers tick each millisecond");
+        for busy in [
+            pipeline::Turn { worked: true, ..idle },
+            pipeline::Turn { reads_in_flight: true, ..idle },
+            pipeline::Turn { handshakes_queued: true, ..idle },
+        ] {
+            assert_eq!(wait_after(busy, 0), None, "{busy:?}");
+            assert_eq!(wait_after(busy, 5), None, "{busy:?}");
+        }
+    }
 
     #[test]
     fn media_specs_parse() {
