@@ -459,7 +459,7 @@ fn measure_device_seal_gbps(vol: &std::path::Path, with: AeadImpl, buffers: usiz
     use drivers::storage::{Completion, Storage, StorageError};
     let mut storage = FileStorage::open(vol).map_err(|e| e.to_string())?;
     storage.unmap();
-    let pool = storage.dma_pool(CHUNK + crate::server::http_app::SEAL_ROOM, buffers.max(1)).map_err(|e| e.to_string())?;
+    let pool = storage.dma_pool(crate::server::http_app::BUFFER_LEN, buffers.max(1)).map_err(|e| e.to_string())?;
     let keys = Keys::new(TlsVersion::Tls13, AeadSuite::Aes128Gcm, &[0x42; 16], &[0x24; 12]).map_err(|e| e.to_string())?;
     let bulk = keys.bulk_key(with);
     let chunks = (storage.capacity() / CHUNK as u64).max(1);

@@ -78,8 +78,7 @@ const CHUNK: usize = crate::server::http_app::CHUNK;
 /// on a tie). About `2 * rounds * round` of this core's time.
 pub fn measure(rounds: u32, round: Duration) -> AeadChoice {
     let keys = Keys::new(TlsVersion::Tls13, AeadSuite::Aes128Gcm, &[0x42; 16], &[0x24; 12]).expect("16-byte key");
-    // A storage buffer: a chunk and the room after it.
-    let mut buf = vec![0x5au8; CHUNK + crate::server::http_app::SEAL_ROOM];
+    let mut buf = vec![0x5au8; crate::server::http_app::BUFFER_LEN];
     let mut best = [0f64; 2];
     let mut seq = 0u64;
     for _ in 0..rounds.max(1) {

@@ -63,6 +63,8 @@ pub const CHUNK: usize = 512 * 1024;
 /// as it borrows the next record's first byte for the others (docs/tls.md). A block, so that
 /// every buffer stays block-aligned for NVMe; 0.8% more pool.
 pub const SEAL_ROOM: usize = 4096;
+/// Bytes of each storage buffer: a chunk and the room after it.
+pub const BUFFER_LEN: usize = CHUNK + SEAL_ROOM;
 /// Chunk slots per sending connection: the chunk being sent and the one read ahead of it
 /// (or one read again for a retransmission). Each holds a storage buffer, so this also
 /// bounds what one connection that stops reading (a zero window) holds of the pool.
@@ -718,7 +720,7 @@ impl<S: Storage> HttpApp<S> {
     /// The slabs of per-connection state have room for `max_conns` connections (the
     /// connection table's capacity).
     pub fn new(mut storage: S, library: impl Into<Arc<Library>>, buffers: usize, max_conns: usize) -> Result<Self, drivers::storage::StorageError> {
-        let pool = storage.dma_pool(CHUNK + SEAL_ROOM, buffers)?;
+        let pool = storage.dma_pool(BUFFER_LEN, buffers)?;
         Ok(HttpApp {
             storage,
             pool,
